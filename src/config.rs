@@ -1,0 +1,781 @@
+//! Configuration: TOML on disk → a validated [`Config`].
+//!
+//! Loading happens in two steps. Serde reads the file into the `Raw*` structs, which deny unknown
+//! fields and keep the byte span of every value that validation may reject. `validate` then checks
+//! every rule and collects *all* problems, each naming the file, line, column, field and the fix,
+//! so an operator fixes a file in one pass instead of one error per run.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The largest UDP payload dnlb ever sends: the DNS Flag Day 2020 value, which avoids IP
+/// fragmentation on practically every path.
+pub const MAX_UDP_PAYLOAD: u16 = 1232;
+
+/// One problem found in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// 1-based line of the offending value (0 when the whole file is at fault).
+    pub line: usize,
+    /// 1-based column of the offending value.
+    pub column: usize,
+    /// Dotted path of the field, e.g. `service[0].server[1].address`.
+    pub field: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+/// Why a configuration could not be loaded. Always the operator's file (or its absence).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        /// The file named on the command line.
+        path: String,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// The file was read but breaks one or more rules.
+    #[error("{}", render_problems(path, problems))]
+    Invalid {
+        /// The file named on the command line.
+        path: String,
+        /// Every problem found, in file order.
+        problems: Vec<ConfigProblem>,
+    },
+}
+
+fn render_problems(path: &str, problems: &[ConfigProblem]) -> String {
+    let mut out = String::new();
+    for (i, p) in problems.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str(&format!(
+            "{path}:{}:{}: {}: {}",
+            p.line, p.column, p.field, p.message
+        ));
+    }
+    out
+}
+
+/// Which I/O backend the workers use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IoMode {
+    /// io_uring where the kernel allows it, else portable (one log line says why).
+    Auto,
+    /// io_uring only; starting fails if the kernel refuses it.
+    Uring,
+    /// recvmmsg/sendmmsg on plain sockets.
+    Portable,
+}
+
+impl std::str::FromStr for IoMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(IoMode::Auto),
+            "uring" => Ok(IoMode::Uring),
+            "portable" => Ok(IoMode::Portable),
+            other => Err(format!(
+                "unknown io mode `{other}`: use uring, portable or auto"
+            )),
+        }
+    }
+}
+
+/// How a service picks the addresses of one A/AAAA answer from its healthy servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Policy {
+    /// Rotate the healthy set by one position per answer.
+    RoundRobin,
+    /// The paper's scheme: one server is on duty for a whole probe round.
+    OnDuty,
+}
+
+/// A SIP transport a server is reachable on; each has its own SRV name (RFC 3263).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transport {
+    /// SIP over UDP: `_sip._udp`, NAPTR service `SIP+D2U`.
+    Udp,
+    /// SIP over TCP: `_sip._tcp`, NAPTR service `SIP+D2T`.
+    Tcp,
+    /// SIP over TLS: `_sips._tcp`, NAPTR service `SIPS+D2T`.
+    Tls,
+}
+
+impl Transport {
+    /// All transports, in NAPTR order preference (TLS first, as RFC 3263's example does).
+    pub const ALL: [Transport; 3] = [Transport::Tls, Transport::Tcp, Transport::Udp];
+}
+
+// ---------------------------------------------------------------------------------------------
+// The file as written.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    server: RawServerSection,
+    #[serde(default)]
+    probe: RawProbe,
+    #[serde(default)]
+    service: Vec<RawService>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServerSection {
+    listen: Spanned<Vec<Spanned<String>>>,
+    #[serde(default = "default_true")]
+    tcp: bool,
+    #[serde(default)]
+    workers: Option<Spanned<u64>>,
+    #[serde(default = "default_io")]
+    io: IoMode,
+    #[serde(default = "default_true")]
+    pin_workers: bool,
+    #[serde(default = "default_tcp_idle_timeout_ms")]
+    tcp_idle_timeout_ms: Spanned<u64>,
+    #[serde(default = "default_tcp_max_connections")]
+    tcp_max_connections: Spanned<u64>,
+    #[serde(default = "default_max_udp_payload")]
+    max_udp_payload: Spanned<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProbe {
+    #[serde(default = "default_interval_ms")]
+    interval_ms: Spanned<u64>,
+    #[serde(default = "default_timeout_ms")]
+    timeout_ms: Spanned<u64>,
+}
+
+impl Default for RawProbe {
+    fn default() -> Self {
+        RawProbe {
+            interval_ms: default_interval_ms(),
+            timeout_ms: default_timeout_ms(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: Spanned<String>,
+    #[serde(default = "default_policy")]
+    policy: Policy,
+    #[serde(default)]
+    answers: Option<Spanned<u64>>,
+    #[serde(default)]
+    ttl: Option<Spanned<u64>>,
+    #[serde(default = "no_servers")]
+    server: Spanned<Vec<RawSipServer>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSipServer {
+    address: Spanned<String>,
+    #[serde(default)]
+    port: Option<Spanned<u64>>,
+    #[serde(default = "default_transports")]
+    transports: Spanned<Vec<Transport>>,
+    #[serde(default = "default_priority")]
+    priority: Spanned<u64>,
+    #[serde(default = "default_weight")]
+    weight: Spanned<u64>,
+    #[serde(default)]
+    host: Option<Spanned<String>>,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_io() -> IoMode {
+    IoMode::Auto
+}
+fn spanned<T>(value: T) -> Spanned<T> {
+    Spanned::new(0..0, value)
+}
+fn default_tcp_idle_timeout_ms() -> Spanned<u64> {
+    spanned(10_000)
+}
+fn default_tcp_max_connections() -> Spanned<u64> {
+    spanned(256)
+}
+fn default_max_udp_payload() -> Spanned<u64> {
+    spanned(u64::from(MAX_UDP_PAYLOAD))
+}
+fn default_interval_ms() -> Spanned<u64> {
+    spanned(1_000)
+}
+fn default_timeout_ms() -> Spanned<u64> {
+    spanned(150)
+}
+fn default_policy() -> Policy {
+    Policy::RoundRobin
+}
+fn no_servers() -> Spanned<Vec<RawSipServer>> {
+    spanned(Vec::new())
+}
+fn default_transports() -> Spanned<Vec<Transport>> {
+    spanned(vec![Transport::Udp])
+}
+fn default_priority() -> Spanned<u64> {
+    spanned(10)
+}
+fn default_weight() -> Spanned<u64> {
+    spanned(10)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The validated form the rest of dnlb reads.
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Sockets and workers.
+    pub server: ServerConfig,
+    /// SIP probing.
+    pub probe: ProbeConfig,
+    /// The SIP service names dnlb answers itself.
+    pub services: Vec<ServiceConfig>,
+}
+
+/// Where and how dnlb listens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    /// UDP (and TCP, when `tcp`) addresses; every worker binds each with SO_REUSEPORT.
+    pub listen: Vec<SocketAddr>,
+    /// Whether a TCP listener runs beside each UDP socket.
+    pub tcp: bool,
+    /// Worker threads per listen address; `None` means one per available core.
+    pub workers: Option<usize>,
+    /// I/O backend choice.
+    pub io: IoMode,
+    /// Pin worker `i` to core `i` (mod the number of cores).
+    pub pin_workers: bool,
+    /// A TCP connection idle this long is closed (RFC 7766 §6.2.3).
+    pub tcp_idle_timeout: Duration,
+    /// Connections over this many are closed at once.
+    pub tcp_max_connections: usize,
+    /// Largest UDP reply payload, whatever the client advertises.
+    pub max_udp_payload: u16,
+}
+
+/// SIP probe timing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeConfig {
+    /// Time between two probes of one server; also the default answer TTL (the paper's rule).
+    pub interval: Duration,
+    /// A probe without a final reply after this long is a failure.
+    pub timeout: Duration,
+}
+
+/// One SIP service name and its server farm.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceConfig {
+    /// Lower-case name without the trailing dot, e.g. `sip.example.test`.
+    pub name: String,
+    /// How A/AAAA answers pick servers.
+    pub policy: Policy,
+    /// Addresses per A/AAAA answer; `None` means all healthy ones.
+    pub answers: Option<usize>,
+    /// TTL of every answer, in seconds.
+    pub ttl: u32,
+    /// The farm, in the order written.
+    pub servers: Vec<SipServer>,
+}
+
+/// One SIP server of a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SipServer {
+    /// Its IP address.
+    pub address: IpAddr,
+    /// Its SIP port.
+    pub port: u16,
+    /// Transports it serves; each puts it in one SRV set.
+    pub transports: Vec<Transport>,
+    /// SRV priority (lower is preferred).
+    pub priority: u16,
+    /// SRV weight among equal priorities.
+    pub weight: u16,
+    /// SRV target host name (lower case, no trailing dot).
+    pub host: String,
+}
+
+impl Config {
+    /// Reads and validates a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|problems| ConfigError::Invalid {
+            path: path.display().to_string(),
+            problems,
+        })
+    }
+
+    /// Parses and validates TOML text, returning every problem found.
+    pub fn parse(text: &str) -> Result<Config, Vec<ConfigProblem>> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            let (field, message) = split_serde_message(e.message());
+            vec![problem_at(text, span, &field, &message)]
+        })?;
+        let mut v = Validator {
+            text,
+            problems: Vec::new(),
+        };
+        let config = v.config(raw);
+        if v.problems.is_empty() {
+            Ok(config)
+        } else {
+            v.problems.sort_by_key(|p| (p.line, p.column));
+            Err(v.problems)
+        }
+    }
+}
+
+/// Serde says "unknown field `x`, expected ..." or "missing field `x`"; lift the field name out.
+fn split_serde_message(message: &str) -> (String, String) {
+    let field = message
+        .split('`')
+        .nth(1)
+        .filter(|_| message.contains("field `"))
+        .unwrap_or("file")
+        .to_string();
+    let mut message = message.trim().to_string();
+    if message.starts_with("unknown field") {
+        message.push_str(" (remove it or correct its spelling)");
+    }
+    (field, message)
+}
+
+fn problem_at(text: &str, span: Range<usize>, field: &str, message: &str) -> ConfigProblem {
+    let (line, column) = if span == (0..0) {
+        (0, 0)
+    } else {
+        line_column(text, span.start)
+    };
+    ConfigProblem {
+        line,
+        column,
+        field: field.to_string(),
+        message: message.to_string(),
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
+    (line, column)
+}
+
+struct Validator<'t> {
+    text: &'t str,
+    problems: Vec<ConfigProblem>,
+}
+
+impl Validator<'_> {
+    fn fail(&mut self, span: Range<usize>, field: &str, message: impl Into<String>) {
+        let p = problem_at(self.text, span, field, &message.into());
+        self.problems.push(p);
+    }
+
+    /// Checks `lo <= value <= hi`, naming the field and the range on failure.
+    fn ranged(&mut self, value: &Spanned<u64>, field: &str, lo: u64, hi: u64, unit: &str) -> u64 {
+        let v = *value.get_ref();
+        if v < lo || v > hi {
+            self.fail(
+                value.span(),
+                field,
+                format!("{v} is out of range: use {lo} to {hi}{unit}"),
+            );
+            return lo;
+        }
+        v
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Config {
+        let server = self.server(raw.server);
+        let probe = self.probe(&raw.probe);
+        let mut services = Vec::with_capacity(raw.service.len());
+        let mut names = HashSet::new();
+        for (i, s) in raw.service.into_iter().enumerate() {
+            let span = s.name.span();
+            let service = self.service(i, s, &probe);
+            if !names.insert(service.name.clone()) {
+                self.fail(
+                    span,
+                    &format!("service[{i}].name"),
+                    format!(
+                        "`{}` is configured twice: merge the two services",
+                        service.name
+                    ),
+                );
+            }
+            services.push(service);
+        }
+        Config {
+            server,
+            probe,
+            services,
+        }
+    }
+
+    fn server(&mut self, raw: RawServerSection) -> ServerConfig {
+        let mut listen = Vec::new();
+        if raw.listen.get_ref().is_empty() {
+            self.fail(
+                raw.listen.span(),
+                "server.listen",
+                "is empty: add an address such as \"127.0.0.1:53\"",
+            );
+        }
+        for (i, a) in raw.listen.get_ref().iter().enumerate() {
+            let field = format!("server.listen[{i}]");
+            match a.get_ref().parse::<SocketAddr>() {
+                Ok(addr) if addr.port() == 0 => self.fail(
+                    a.span(),
+                    &field,
+                    "port 0 is not allowed: every worker binds the same port with SO_REUSEPORT, so name a fixed port such as 53",
+                ),
+                Ok(addr) if listen.contains(&addr) => {
+                    self.fail(a.span(), &field, format!("{addr} is listed twice: remove one"))
+                }
+                Ok(addr) => listen.push(addr),
+                Err(_) => self.fail(
+                    a.span(),
+                    &field,
+                    format!("`{}` is not an address with a port: write \"127.0.0.1:53\" or \"[::1]:53\"", a.get_ref()),
+                ),
+            }
+        }
+        let workers = raw
+            .workers
+            .map(|w| self.ranged(&w, "server.workers", 1, 1024, "") as usize);
+        let idle = self.ranged(
+            &raw.tcp_idle_timeout_ms,
+            "server.tcp_idle_timeout_ms",
+            100,
+            600_000,
+            " ms",
+        );
+        let max_conn = self.ranged(
+            &raw.tcp_max_connections,
+            "server.tcp_max_connections",
+            1,
+            65_536,
+            "",
+        );
+        let payload = self.ranged(
+            &raw.max_udp_payload,
+            "server.max_udp_payload",
+            512,
+            u64::from(MAX_UDP_PAYLOAD),
+            " bytes",
+        );
+        ServerConfig {
+            listen,
+            tcp: raw.tcp,
+            workers,
+            io: raw.io,
+            pin_workers: raw.pin_workers,
+            tcp_idle_timeout: Duration::from_millis(idle),
+            tcp_max_connections: max_conn as usize,
+            max_udp_payload: payload as u16,
+        }
+    }
+
+    fn probe(&mut self, raw: &RawProbe) -> ProbeConfig {
+        let interval = self.ranged(&raw.interval_ms, "probe.interval_ms", 100, 3_600_000, " ms");
+        let timeout = self.ranged(&raw.timeout_ms, "probe.timeout_ms", 10, 60_000, " ms");
+        if timeout >= interval {
+            self.fail(
+                raw.timeout_ms.span(),
+                "probe.timeout_ms",
+                format!("{timeout} ms is not shorter than probe.interval_ms ({interval} ms): lower the timeout or raise the interval"),
+            );
+        }
+        ProbeConfig {
+            interval: Duration::from_millis(interval),
+            timeout: Duration::from_millis(timeout),
+        }
+    }
+
+    fn service(&mut self, i: usize, raw: RawService, probe: &ProbeConfig) -> ServiceConfig {
+        let field = |f: &str| format!("service[{i}].{f}");
+        let name = normalize_name(raw.name.get_ref());
+        if let Err(why) = check_name(&name) {
+            self.fail(
+                raw.name.span(),
+                &field("name"),
+                format!("`{}` {why}", raw.name.get_ref()),
+            );
+        }
+        // The paper's rule: an answer lives exactly one probe period, rounded up to a second.
+        let default_ttl = probe.interval.as_millis().div_ceil(1000).max(1) as u64;
+        let ttl = match &raw.ttl {
+            Some(t) => self.ranged(t, &field("ttl"), 0, 86_400, " s"),
+            None => default_ttl,
+        } as u32;
+        let answers = raw
+            .answers
+            .as_ref()
+            .map(|a| self.ranged(a, &field("answers"), 1, 64, "") as usize);
+        if raw.server.get_ref().is_empty() {
+            self.fail(
+                raw.name.span(),
+                &field("server"),
+                format!("service `{name}` has no servers: add at least one [[service.server]] with an address"),
+            );
+        }
+        let mut servers: Vec<SipServer> = Vec::new();
+        for (j, s) in raw.server.into_inner().into_iter().enumerate() {
+            let sf = |f: &str| format!("service[{i}].server[{j}].{f}");
+            let address = match s.address.get_ref().parse::<IpAddr>() {
+                Ok(a) if a.is_unspecified() || a.is_multicast() => {
+                    self.fail(
+                        s.address.span(),
+                        &sf("address"),
+                        format!("{a} cannot be a SIP server: use a unicast address"),
+                    );
+                    a
+                }
+                Ok(a) => a,
+                Err(_) => {
+                    self.fail(
+                        s.address.span(),
+                        &sf("address"),
+                        format!("`{}` is not an IP address: write one such as \"192.0.2.10\" or \"2001:db8::10\" (no port; use `port`)", s.address.get_ref()),
+                    );
+                    IpAddr::from([0, 0, 0, 0])
+                }
+            };
+            let transports = s.transports.get_ref().clone();
+            if transports.is_empty() {
+                self.fail(
+                    s.transports.span(),
+                    &sf("transports"),
+                    "is empty: list at least one of \"udp\", \"tcp\", \"tls\"",
+                );
+            }
+            let default_port = if transports == [Transport::Tls] {
+                5061
+            } else {
+                5060
+            };
+            let port = match &s.port {
+                Some(p) => self.ranged(p, &sf("port"), 1, 65_535, ""),
+                None => default_port,
+            } as u16;
+            let priority = self.ranged(&s.priority, &sf("priority"), 0, 65_535, "") as u16;
+            let weight = self.ranged(&s.weight, &sf("weight"), 0, 65_535, "") as u16;
+            let host = match &s.host {
+                Some(h) => {
+                    let host = normalize_name(h.get_ref());
+                    if let Err(why) = check_name(&host) {
+                        self.fail(h.span(), &sf("host"), format!("`{}` {why}", h.get_ref()));
+                    }
+                    host
+                }
+                None => default_host(address, &name),
+            };
+            if servers
+                .iter()
+                .any(|o| o.address == address && o.port == port)
+            {
+                self.fail(
+                    s.address.span(),
+                    &sf("address"),
+                    format!("{address} port {port} is listed twice in service `{name}`: list a server once with all its transports"),
+                );
+            }
+            servers.push(SipServer {
+                address,
+                port,
+                transports,
+                priority,
+                weight,
+                host,
+            });
+        }
+        ServiceConfig {
+            name,
+            policy: raw.policy,
+            answers,
+            ttl,
+            servers,
+        }
+    }
+}
+
+/// Lower-cases and strips one trailing dot.
+fn normalize_name(name: &str) -> String {
+    name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
+}
+
+/// Checks a presentation-format name against RFC 1035's limits (letters, digits, hyphen and
+/// underscore, labels of 1 to 63 octets, at most 253 characters).
+fn check_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("is empty: write a name such as \"sip.example.net\"");
+    }
+    if name.len() > 253 {
+        return Err("is longer than 253 characters: use a shorter name");
+    }
+    for label in name.split('.') {
+        if label.is_empty() {
+            return Err("has an empty label (two dots in a row): remove the extra dot");
+        }
+        if label.len() > 63 {
+            return Err("has a label longer than 63 characters: shorten it");
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err("has a character other than a letter, digit, '-' or '_': correct the name");
+        }
+    }
+    Ok(())
+}
+
+/// The SRV target name of a server without an explicit `host`: derived from its address so that a
+/// server listed for several transports keeps one name (`ip-192-0-2-10.<service>`).
+fn default_host(address: IpAddr, service: &str) -> String {
+    match address {
+        IpAddr::V4(a) => {
+            let [x, y, z, w] = a.octets();
+            format!("ip-{x}-{y}-{z}-{w}.{service}")
+        }
+        IpAddr::V6(a) => {
+            let hex: String = a.octets().iter().map(|b| format!("{b:02x}")).collect();
+            format!("ip6-{hex}.{service}")
+        }
+    }
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}: {}: {}",
+            self.line, self.column, self.field, self.message
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[server]
+listen = ["127.0.0.1:5353"]
+
+[[service]]
+name = "SIP.Example.Test."
+
+[[service.server]]
+address = "127.0.0.11"
+"#;
+
+    #[test]
+    fn defaults_follow_the_paper() {
+        let c = Config::parse(MINIMAL).unwrap();
+        let s = &c.services[0];
+        assert_eq!(s.name, "sip.example.test");
+        assert_eq!(s.ttl, 1, "TTL defaults to the probe interval");
+        assert_eq!(s.policy, Policy::RoundRobin);
+        assert_eq!(s.servers[0].port, 5060);
+        assert_eq!(s.servers[0].transports, vec![Transport::Udp]);
+        assert_eq!(s.servers[0].host, "ip-127-0-0-11.sip.example.test");
+        assert_eq!(c.server.max_udp_payload, 1232);
+    }
+
+    #[test]
+    fn ttl_rounds_the_interval_up() {
+        let text = MINIMAL.replace("[server]", "[probe]\ninterval_ms = 2500\n\n[server]");
+        assert_eq!(Config::parse(&text).unwrap().services[0].ttl, 3);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_line() {
+        let text = r#"[server]
+listen = ["127.0.0.1:0", "nonsense"]
+
+[[service]]
+name = "bad..name"
+[[service.server]]
+address = "300.1.1.1"
+[[service.server]]
+address = "127.0.0.1"
+[[service.server]]
+address = "127.0.0.1"
+"#;
+        let problems = Config::parse(text).unwrap_err();
+        let fields: Vec<_> = problems
+            .iter()
+            .map(|p| (p.line, p.field.as_str()))
+            .collect();
+        assert_eq!(
+            fields,
+            vec![
+                (2, "server.listen[0]"),
+                (2, "server.listen[1]"),
+                (5, "service[0].name"),
+                (7, "service[0].server[0].address"),
+                (11, "service[0].server[2].address"),
+            ]
+        );
+        assert!(
+            problems[4].message.contains("listed twice"),
+            "{}",
+            problems[4].message
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_errors() {
+        let text = MINIMAL.replace(
+            "address = \"127.0.0.11\"",
+            "address = \"127.0.0.11\"\nwieght = 3",
+        );
+        let p = Config::parse(&text).unwrap_err();
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].field, "wieght");
+        assert_eq!(p[0].line, 10);
+        assert!(p[0].message.contains("unknown field"), "{}", p[0].message);
+    }
+
+    #[test]
+    fn timeout_must_be_below_interval() {
+        let text = MINIMAL.replace(
+            "[server]",
+            "[probe]\ninterval_ms = 200\ntimeout_ms = 200\n\n[server]",
+        );
+        let p = Config::parse(&text).unwrap_err();
+        assert_eq!(p[0].field, "probe.timeout_ms");
+    }
+}

@@ -1,0 +1,266 @@
+//! Replies as a copy and a patch.
+//!
+//! A [`Template`] holds everything of a reply that follows the question, encoded once when a
+//! snapshot is built. Its compression pointers refer to the question name at offset 12, whose
+//! length and layout are the same in every query for that name, so a reply is:
+//!
+//! ```text
+//!  client packet  [ header | question ] ...            copied verbatim (0x20 case preserved)
+//!  reply          [ header'| question | template body | OPT? ]
+//!                   ^ ID kept; flags, counts patched     ^ appended when the client sent EDNS
+//! ```
+
+use super::query::{flag, rcode, Query, HEADER_LEN};
+
+/// Size of the OPT record dnlb appends: root name, type, class, TTL, empty RDATA.
+pub const OPT_LEN: usize = 11;
+
+/// Everything of a reply after the question, pre-encoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    /// Bits OR-ed into the reply flags: AA and the RCODE.
+    pub flags: u16,
+    /// Answer, authority and additional record counts.
+    pub counts: [u16; 3],
+    /// The encoded records.
+    pub body: Box<[u8]>,
+    /// How many bytes of `body` are the answer and authority sections: the prefix that is kept
+    /// when the additional section does not fit (RFC 2181 §9: no TC needed for that).
+    pub required_len: usize,
+}
+
+impl Template {
+    /// A reply with no records and the given RCODE (REFUSED, SERVFAIL, or NODATA when 0).
+    pub fn empty(authoritative: bool, rcode: u8) -> Template {
+        let aa = if authoritative { flag::AA } else { 0 };
+        Template {
+            flags: aa | rcode as u16,
+            counts: [0; 3],
+            body: Box::new([]),
+            required_len: 0,
+        }
+    }
+}
+
+/// Where a reply goes, which bounds its size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// UDP: at most 512 bytes, or the client's EDNS size capped by `max_payload`.
+    Udp {
+        /// The server's own cap (1232 by default).
+        max_payload: u16,
+    },
+    /// TCP: up to 65,535 bytes.
+    Tcp,
+}
+
+impl Transport {
+    /// The largest reply this query may get over this transport.
+    #[inline]
+    pub fn limit(self, query: &Query) -> usize {
+        match (self, query.edns) {
+            (Transport::Tcp, _) => u16::MAX as usize,
+            (Transport::Udp { .. }, None) => 512,
+            (Transport::Udp { max_payload }, Some(e)) => e.payload.min(max_payload) as usize,
+        }
+    }
+}
+
+/// What a reply turned out as, for the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// Bytes written.
+    pub len: usize,
+    /// Whether TC was set.
+    pub truncated: bool,
+}
+
+#[inline]
+fn put16(out: &mut [u8], at: usize, v: u16) {
+    out[at..at + 2].copy_from_slice(&v.to_be_bytes());
+}
+
+/// Writes the reply to `query` (which arrived as `packet`) from `template` into `out`.
+///
+/// `out` must hold at least `transport.limit(query)` bytes, capped at `out.len()`.
+#[inline]
+pub fn write_reply(
+    packet: &[u8],
+    query: &Query,
+    template: &Template,
+    transport: Transport,
+    out: &mut [u8],
+) -> Written {
+    let limit = transport.limit(query).min(out.len());
+    let opt = if query.edns.is_some() { OPT_LEN } else { 0 };
+    let q_end = query.question_end;
+    let mut flags = (query.flags & (flag::RD | flag::CD)) | flag::QR | template.flags;
+    let mut counts = template.counts;
+    let body: &[u8] = if q_end + template.body.len() + opt <= limit {
+        &template.body
+    } else if q_end + template.required_len + opt <= limit {
+        counts[2] = 0;
+        &template.body[..template.required_len]
+    } else {
+        flags |= flag::TC;
+        counts = [0; 3];
+        &[]
+    };
+    out[..q_end].copy_from_slice(&packet[..q_end]);
+    put16(out, 2, flags);
+    put16(out, 4, 1);
+    put16(out, 6, counts[0]);
+    put16(out, 8, counts[1]);
+    put16(out, 10, counts[2] + u16::from(opt != 0));
+    let mut len = q_end + body.len();
+    out[q_end..len].copy_from_slice(body);
+    if let Some(edns) = query.edns {
+        len += write_opt(&mut out[len..], 0, edns.dnssec_ok, transport);
+    }
+    Written {
+        len,
+        truncated: flags & flag::TC != 0,
+    }
+}
+
+/// Writes an OPT record advertising dnlb's own payload size.
+#[inline]
+fn write_opt(out: &mut [u8], extended_rcode: u8, dnssec_ok: bool, transport: Transport) -> usize {
+    let payload = match transport {
+        Transport::Udp { max_payload } => max_payload,
+        Transport::Tcp => crate::config::MAX_UDP_PAYLOAD,
+    };
+    let do_bit = if dnssec_ok { 0x80 } else { 0 };
+    out[..OPT_LEN].copy_from_slice(&[0, 0, 41, 0, 0, extended_rcode, 0, do_bit, 0, 0, 0]);
+    put16(out, 3, payload);
+    OPT_LEN
+}
+
+/// Writes BADVERS (RFC 6891 §6.1.3): the question and an OPT with version 0 and extended RCODE 16.
+#[inline]
+pub fn write_badvers(packet: &[u8], query: &Query, transport: Transport, out: &mut [u8]) -> usize {
+    let q_end = query.question_end;
+    out[..q_end].copy_from_slice(&packet[..q_end]);
+    put16(out, 2, (query.flags & (flag::RD | flag::CD)) | flag::QR);
+    out[4..12].copy_from_slice(&[0, 1, 0, 0, 0, 0, 0, 1]);
+    let dnssec_ok = query.edns.is_some_and(|e| e.dnssec_ok);
+    q_end
+        + write_opt(
+            &mut out[q_end..],
+            (rcode::BADVERS >> 4) as u8,
+            dnssec_ok,
+            transport,
+        )
+}
+
+/// Writes a header-only error reply (FORMERR, NOTIMP) for a packet whose question could not be
+/// used: ID, opcode and RD are echoed, every count is zero.
+#[inline]
+pub fn write_header_error(packet: &[u8], rcode: u8, out: &mut [u8]) -> usize {
+    out[..HEADER_LEN].fill(0);
+    out[..2].copy_from_slice(&packet[..2]);
+    let asked = u16::from_be_bytes([packet[2], packet[3]]);
+    put16(
+        out,
+        2,
+        (asked & (flag::OPCODE | flag::RD)) | flag::QR | u16::from(rcode),
+    );
+    HEADER_LEN
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dns::query::{parse, MAX_NAME_LEN};
+
+    fn query_packet(edns_payload: Option<u16>) -> Vec<u8> {
+        let mut p = vec![0xab, 0xcd, 0x01, 0x10, 0, 1, 0, 0, 0, 0, 0, 0];
+        p.extend_from_slice(b"\x01A\x00\x00\x01\x00\x01");
+        if let Some(size) = edns_payload {
+            p[11] = 1;
+            p.extend_from_slice(&[0, 0, 41]);
+            p.extend_from_slice(&size.to_be_bytes());
+            p.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        }
+        p
+    }
+
+    fn template(body_len: usize, required_len: usize) -> Template {
+        Template {
+            flags: flag::AA,
+            counts: [1, 0, 1],
+            body: vec![7; body_len].into(),
+            required_len,
+        }
+    }
+
+    #[test]
+    fn copies_question_and_patches_header() {
+        let p = query_packet(None);
+        let mut name = [0; MAX_NAME_LEN];
+        let q = parse(&p, &mut name).unwrap();
+        let mut out = [0u8; 1500];
+        let w = write_reply(
+            &p,
+            &q,
+            &template(20, 10),
+            Transport::Udp { max_payload: 1232 },
+            &mut out,
+        );
+        assert_eq!(
+            w,
+            Written {
+                len: p.len() + 20,
+                truncated: false
+            }
+        );
+        assert_eq!(&out[..2], &[0xab, 0xcd]);
+        assert_eq!(
+            u16::from_be_bytes([out[2], out[3]]),
+            flag::QR | flag::AA | flag::RD | flag::CD
+        );
+        assert_eq!(&out[4..12], &[0, 1, 0, 1, 0, 0, 0, 1]);
+        assert_eq!(&out[12..p.len()], &p[12..], "question echoed with its case");
+    }
+
+    #[test]
+    fn drops_additionals_then_truncates() {
+        let p = query_packet(None);
+        let mut name = [0; MAX_NAME_LEN];
+        let q = parse(&p, &mut name).unwrap();
+        let mut out = [0u8; 1500];
+        let udp = Transport::Udp { max_payload: 1232 };
+        let w = write_reply(&p, &q, &template(600, 400), udp, &mut out);
+        assert_eq!((w.len, w.truncated, out[11]), (p.len() + 400, false, 0));
+        let w = write_reply(&p, &q, &template(600, 600), udp, &mut out);
+        assert_eq!((w.len, w.truncated, out[7]), (p.len(), true, 0));
+        let w = write_reply(&p, &q, &template(600, 600), Transport::Tcp, &mut out);
+        assert_eq!((w.len, w.truncated), (p.len() + 600, false));
+    }
+
+    #[test]
+    fn edns_raises_the_limit_and_adds_opt() {
+        let p = query_packet(Some(4096));
+        let mut name = [0; MAX_NAME_LEN];
+        let q = parse(&p, &mut name).unwrap();
+        let mut out = [0u8; 1500];
+        let w = write_reply(
+            &p,
+            &q,
+            &template(1000, 1000),
+            Transport::Udp { max_payload: 1232 },
+            &mut out,
+        );
+        let q_end = q.question_end;
+        assert_eq!(
+            w,
+            Written {
+                len: q_end + 1000 + OPT_LEN,
+                truncated: false
+            }
+        );
+        assert_eq!(&out[w.len - OPT_LEN..w.len - 8], &[0, 0, 41]);
+        assert_eq!(u16::from_be_bytes([out[w.len - 8], out[w.len - 7]]), 1232);
+        assert_eq!(out[11], 2, "additional count includes the OPT");
+    }
+}

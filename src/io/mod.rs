@@ -1,0 +1,187 @@
+//! Datagram I/O: the only place with `unsafe` code.
+//!
+//! ```text
+//!            ┌──────────── Backend::serve(socket, handler, stop) ────────────┐
+//!  socket ──►│ uring:    multishot recvmsg + provided buffer ring, sendmsg     │──► socket
+//!            │ portable: recvmmsg batch (32)            → sendmmsg batch       │
+//!            └───────── handler.begin_batch(); handler.handle(query) → reply ─┘
+//! ```
+//!
+//! A backend knows nothing about DNS: it hands each datagram to a [`Handler`] and sends whatever
+//! bytes come back to the sender. Both backends batch: one snapshot load per batch, one system
+//! call (or ring submission) per batch of replies.
+
+pub mod affinity;
+pub mod portable;
+pub mod uring;
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::IoMode;
+
+/// Largest datagram a backend receives; longer ones are truncated by the kernel and then fail
+/// to parse. DNS queries are far smaller.
+pub const RECV_SIZE: usize = 2048;
+/// Room for one reply. Replies never exceed the 1232-byte UDP cap, but the no-work floor server
+/// echoes whole queries.
+pub const REPLY_SIZE: usize = RECV_SIZE;
+
+/// The sender of a datagram, as the raw `sockaddr` bytes the kernel wrote.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer<'a>(pub &'a [u8]);
+
+impl Peer<'_> {
+    /// Decodes the address (IPv4 or IPv6); `None` for any other family.
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
+        let b = self.0;
+        let family = u16::from_ne_bytes([*b.first()?, *b.get(1)?]);
+        let port = u16::from_be_bytes([*b.get(2)?, *b.get(3)?]);
+        match i32::from(family) {
+            libc::AF_INET => {
+                let ip: [u8; 4] = b.get(4..8)?.try_into().ok()?;
+                Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), port))
+            }
+            libc::AF_INET6 => {
+                let ip: [u8; 16] = b.get(8..24)?.try_into().ok()?;
+                Some(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(ip)), port))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// What a backend calls for the datagrams it receives.
+pub trait Handler {
+    /// Called once before each batch of datagrams (load the snapshot here, not per packet).
+    fn begin_batch(&mut self);
+    /// Handles one datagram and writes the reply into `reply`; returns its length, 0 for none.
+    fn handle(&mut self, query: &[u8], peer: Peer<'_>, reply: &mut [u8]) -> usize;
+    /// Counts an I/O error the backend met (receive or send); never logged per packet.
+    fn io_error(&mut self, error: io::Error);
+}
+
+/// Which backend a worker runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// io_uring.
+    Uring,
+    /// recvmmsg/sendmmsg.
+    Portable,
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Backend::Uring => "uring",
+            Backend::Portable => "portable",
+        })
+    }
+}
+
+/// Why the configured backend cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum IoError {
+    /// `io = "uring"` was asked for and the kernel refused it.
+    #[error("io_uring is not available: {0} (set io = \"portable\" or \"auto\")")]
+    UringUnavailable(String),
+    /// A socket could not be set up.
+    #[error("cannot set up a UDP socket on {addr}: {source}")]
+    Socket {
+        /// The listen address.
+        addr: SocketAddr,
+        /// What the operating system said.
+        source: io::Error,
+    },
+}
+
+impl Backend {
+    /// Picks the backend for `mode`. For `auto`, returns the reason io_uring was passed over so
+    /// the caller can log it once.
+    pub fn choose(mode: IoMode) -> Result<(Backend, Option<String>), IoError> {
+        match mode {
+            IoMode::Portable => Ok((Backend::Portable, None)),
+            IoMode::Uring => uring::check_support()
+                .map(|()| (Backend::Uring, None))
+                .map_err(IoError::UringUnavailable),
+            IoMode::Auto => match uring::check_support() {
+                Ok(()) => Ok((Backend::Uring, None)),
+                Err(why) => Ok((Backend::Portable, Some(why))),
+            },
+        }
+    }
+
+    /// Serves `socket` until `stop` fires.
+    pub fn serve<H: Handler>(
+        self,
+        socket: &UdpSocket,
+        handler: &mut H,
+        stop: &Stop,
+    ) -> io::Result<()> {
+        match self {
+            Backend::Uring => uring::serve(socket, handler, stop),
+            Backend::Portable => portable::serve(socket, handler, stop),
+        }
+    }
+}
+
+/// Binds one worker's UDP socket: SO_REUSEPORT so every worker has its own socket on the same
+/// address (the kernel spreads flows across them), large buffers to ride out bursts.
+pub fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, IoError> {
+    let fail = |source| IoError::Socket { addr, source };
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(fail)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true).map_err(fail)?;
+    }
+    socket.set_reuse_address(true).map_err(fail)?;
+    socket.set_reuse_port(true).map_err(fail)?;
+    // Best effort: the kernel caps these at net.core.{r,w}mem_max (see tuning.md).
+    let _ignored = socket.set_recv_buffer_size(4 << 20);
+    let _ignored = socket.set_send_buffer_size(4 << 20);
+    socket.bind(&addr.into()).map_err(fail)?;
+    Ok(socket.into())
+}
+
+/// Tells workers to stop: a flag for loops that wake up on their own, and a pipe that becomes
+/// readable for loops that sleep in the kernel (io_uring polls it).
+#[derive(Debug)]
+pub struct Stop {
+    flag: AtomicBool,
+    reader: io::PipeReader,
+    writer: io::PipeWriter,
+}
+
+impl Stop {
+    /// A stop signal that has not fired.
+    pub fn new() -> io::Result<Stop> {
+        let (reader, writer) = io::pipe()?;
+        Ok(Stop {
+            flag: AtomicBool::new(false),
+            reader,
+            writer,
+        })
+    }
+
+    /// Fires the signal; every worker sees it.
+    pub fn fire(&self) {
+        self.flag.store(true, Ordering::Release);
+        let mut writer = &self.writer;
+        // One byte makes the pipe readable for every poller; nobody reads it.
+        let _ignored = io::Write::write(&mut writer, &[1]);
+    }
+
+    /// Whether the signal has fired.
+    #[inline]
+    pub fn fired(&self) -> bool {
+        self.flag.load(Ordering::Acquire)
+    }
+
+    /// The pipe end io_uring polls.
+    pub fn reader(&self) -> &io::PipeReader {
+        &self.reader
+    }
+}

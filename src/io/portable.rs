@@ -1,0 +1,139 @@
+//! The portable backend: recvmmsg/sendmmsg batches on a blocking socket.
+//!
+//! The socket has a receive timeout so the loop notices a stop within 100 ms when idle; under
+//! load `MSG_WAITFORONE` returns as soon as one datagram is there, with whatever else is queued.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::net::UdpSocket;
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use super::{Handler, Peer, Stop, RECV_SIZE, REPLY_SIZE};
+
+/// Datagrams per recvmmsg call (quinn-udp uses 32 too; see tuning.md).
+pub const BATCH: usize = 32;
+/// Room for any socket address (`sockaddr_storage`).
+const NAME_SIZE: usize = 128;
+
+/// Buffers for one batch; boxed so the pointers in the headers stay valid.
+struct Buffers {
+    recv: [[u8; RECV_SIZE]; BATCH],
+    reply: [[u8; REPLY_SIZE]; BATCH],
+    names: [[u8; NAME_SIZE]; BATCH],
+}
+
+/// Serves `socket` with `handler` until `stop` fires.
+pub fn serve<H: Handler>(socket: &UdpSocket, handler: &mut H, stop: &Stop) -> io::Result<()> {
+    socket.set_read_timeout(Some(Duration::from_millis(100)))?;
+    let fd = socket.as_raw_fd();
+    let mut bufs: Box<Buffers> = Box::new(Buffers {
+        recv: [[0; RECV_SIZE]; BATCH],
+        reply: [[0; REPLY_SIZE]; BATCH],
+        names: [[0; NAME_SIZE]; BATCH],
+    });
+    let mut recv_iov: [libc::iovec; BATCH] = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }; BATCH];
+    let mut send_iov = recv_iov;
+    // SAFETY: `mmsghdr` is plain old data (pointers and integers); all-zero is a valid value.
+    let mut recv_msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut send_msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+    for i in 0..BATCH {
+        recv_iov[i] = libc::iovec {
+            iov_base: bufs.recv[i].as_mut_ptr().cast(),
+            iov_len: RECV_SIZE,
+        };
+    }
+    while !stop.fired() {
+        for i in 0..BATCH {
+            let h = &mut recv_msgs[i].msg_hdr;
+            h.msg_name = bufs.names[i].as_mut_ptr().cast();
+            h.msg_namelen = NAME_SIZE as libc::socklen_t;
+            h.msg_iov = &mut recv_iov[i];
+            h.msg_iovlen = 1;
+            h.msg_control = std::ptr::null_mut();
+            h.msg_controllen = 0;
+            h.msg_flags = 0;
+        }
+        // SAFETY:
+        // - every header points at buffers owned by `bufs` and `recv_iov`, which outlive the
+        //   call and are not otherwise borrowed during it;
+        // - the kernel writes at most `iov_len` bytes per datagram and `msg_namelen` bytes of
+        //   address, both the true sizes of those buffers;
+        // - `BATCH` is the length of `recv_msgs`.
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                recv_msgs.as_mut_ptr(),
+                BATCH as u32,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::WouldBlock
+                | io::ErrorKind::TimedOut
+                | io::ErrorKind::Interrupted => {}
+                _ => handler.io_error(e),
+            }
+            continue;
+        }
+        handler.begin_batch();
+        let mut replies = 0;
+        let Buffers { recv, reply, names } = &mut *bufs;
+        for i in 0..n as usize {
+            let len = (recv_msgs[i].msg_len as usize).min(RECV_SIZE);
+            let name_len = (recv_msgs[i].msg_hdr.msg_namelen as usize).min(NAME_SIZE);
+            let out = handler.handle(
+                &recv[i][..len],
+                Peer(&names[i][..name_len]),
+                &mut reply[replies],
+            );
+            if out == 0 {
+                continue;
+            }
+            send_iov[replies] = libc::iovec {
+                iov_base: reply[replies].as_mut_ptr().cast(),
+                iov_len: out,
+            };
+            let h = &mut send_msgs[replies].msg_hdr;
+            h.msg_name = names[i].as_mut_ptr().cast();
+            h.msg_namelen = name_len as libc::socklen_t;
+            h.msg_iov = &mut send_iov[replies];
+            h.msg_iovlen = 1;
+            replies += 1;
+        }
+        let mut sent = 0;
+        while sent < replies {
+            // SAFETY:
+            // - headers `sent..replies` point at reply buffers and peer names in `bufs` filled
+            //   above, and at `send_iov` entries; all outlive the call and are only read by it;
+            // - the count passed is the number of initialised headers from `sent` on.
+            let rc = unsafe {
+                libc::sendmmsg(
+                    fd,
+                    send_msgs[sent..].as_mut_ptr(),
+                    (replies - sent) as u32,
+                    0,
+                )
+            };
+            if rc < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                // Skip the datagram the kernel refused (e.g. an unroutable peer) and go on.
+                handler.io_error(e);
+                sent += 1;
+            } else {
+                sent += rc as usize;
+            }
+        }
+    }
+    Ok(())
+}

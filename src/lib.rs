@@ -1,0 +1,30 @@
+//! dnlb: a DNS relay that load-balances SIP server farms by answering SIP service names with
+//! healthy servers only (the DN-LB scheme), built for the edge of a carrier network.
+//!
+//! ```text
+//!  clients ─► worker 0..N (pinned, own SO_REUSEPORT socket, own io_uring) ─► reply
+//!                 │ load() once per batch
+//!                 ▼
+//!            SnapshotHandle (ArcSwap<Snapshot>) ◄── publish() ── config today, the prober next
+//! ```
+//!
+//! Modules:
+//! - [`config`]: TOML → validated [`config::Config`], errors that name file, line, field and fix.
+//! - [`dns`]: zero-copy query parsing, reply templates and their copy-and-patch.
+//! - [`snapshot`]: the immutable answer set and its lock-free handle.
+//! - [`select`]: selection policies (round-robin, on-duty), pure functions.
+//! - [`worker`]: per-query logic, shared by UDP workers and TCP connections.
+//! - [`io`]: the io_uring and recvmmsg backends; the only module with `unsafe`.
+//! - [`tcp`]: DNS over TCP.
+//! - [`server`]: starting and stopping threads.
+//! - [`metrics`]: per-worker counters.
+
+pub mod config;
+pub mod dns;
+pub mod io;
+pub mod metrics;
+pub mod select;
+pub mod server;
+pub mod snapshot;
+pub mod tcp;
+pub mod worker;

@@ -1,0 +1,154 @@
+//! The `dnlb` command: run the server, or check a configuration file.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use dnlb::config::{Config, IoMode};
+use dnlb::server::Server;
+use dnlb::snapshot::{Health, Snapshot, SnapshotHandle};
+
+const USAGE: &str = "\
+usage: dnlb --config PATH [--io uring|portable|auto] [--workers N]
+       dnlb check-config PATH
+       dnlb --help | --version
+
+  --config PATH      run with this TOML configuration (see examples/dnlb.toml)
+  --io MODE          override server.io: uring, portable or auto
+  --workers N        override server.workers (worker threads per listen address)
+  check-config PATH  validate PATH; print every problem and exit 1 if there is one";
+
+enum Command {
+    Run {
+        config: PathBuf,
+        io: Option<IoMode>,
+        workers: Option<usize>,
+    },
+    Check(PathBuf),
+    Help,
+    Version,
+}
+
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command> {
+    let mut config = None;
+    let mut io = None;
+    let mut workers = None;
+    while let Some(arg) = args.next() {
+        let mut value = |flag: &str| {
+            args.next()
+                .with_context(|| format!("{flag} needs a value\n\n{USAGE}"))
+        };
+        match arg.as_str() {
+            "--help" | "-h" => return Ok(Command::Help),
+            "--version" | "-V" => return Ok(Command::Version),
+            "check-config" => return Ok(Command::Check(value("check-config")?.into())),
+            "--config" | "-c" => config = Some(PathBuf::from(value("--config")?)),
+            "--io" => {
+                io = Some(
+                    value("--io")?
+                        .parse::<IoMode>()
+                        .map_err(anyhow::Error::msg)?,
+                )
+            }
+            "--workers" => {
+                let v = value("--workers")?;
+                match v.parse::<usize>() {
+                    Ok(n) if (1..=1024).contains(&n) => workers = Some(n),
+                    _ => bail!("--workers: `{v}` is not a number from 1 to 1024"),
+                }
+            }
+            other => bail!("unknown argument `{other}`\n\n{USAGE}"),
+        }
+    }
+    match config {
+        Some(config) => Ok(Command::Run {
+            config,
+            io,
+            workers,
+        }),
+        None => bail!("no configuration given: pass --config PATH\n\n{USAGE}"),
+    }
+}
+
+fn run(path: PathBuf, io: Option<IoMode>, workers: Option<usize>) -> Result<()> {
+    let mut config = Config::load(&path)?;
+    if let Some(io) = io {
+        config.server.io = io;
+    }
+    if workers.is_some() {
+        config.server.workers = workers;
+    }
+    // Until the prober runs, every configured server counts as healthy; the snapshot goes through
+    // the same handle the prober will publish through.
+    let snapshot =
+        Snapshot::build(&config, &Health::all_up(&config), 0, 1).context("building answers")?;
+    let snapshots = SnapshotHandle::new(snapshot);
+    let server = Server::start(&config.server, snapshots)?;
+    if let Some(why) = server.fallback_reason() {
+        eprintln!("dnlb: io_uring unavailable, using the portable backend: {why}");
+    }
+    let listen: Vec<String> = config
+        .server
+        .listen
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    eprintln!(
+        "dnlb: serving {} service(s) on {} (udp{}), {} worker(s) per address, io={}",
+        config.services.len(),
+        listen.join(", "),
+        if config.server.tcp { "+tcp" } else { "" },
+        server.workers_per_address(),
+        server.backend()
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
+    }
+    while !stop.load(Ordering::Relaxed) && !server.worker_died() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (totals, errors) = server.shutdown();
+    eprintln!("dnlb: stopped: {totals}");
+    if !errors.is_empty() {
+        bail!("{}", errors.join("; "));
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let result = parse_args(std::env::args().skip(1)).and_then(|command| match command {
+        Command::Help => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        Command::Version => {
+            println!("dnlb {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Command::Check(path) => {
+            let config = Config::load(&path)?;
+            println!(
+                "{}: ok ({} service(s))",
+                path.display(),
+                config.services.len()
+            );
+            Ok(())
+        }
+        Command::Run {
+            config,
+            io,
+            workers,
+        } => run(config, io, workers),
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dnlb: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,411 @@
+//! The immutable snapshot workers answer from, and the handle it is published through.
+//!
+//! ```text
+//!  config + health ──build()──► Snapshot ──publish()──► ArcSwap ──load() once per batch──► workers
+//!  (prober, reload)             (every answer pre-encoded)          (lock-free read side)
+//! ```
+//!
+//! Everything a worker reads is in one `Snapshot`, swapped in one store, so a reply can never mix
+//! two health states.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::{ArcSwap, Guard};
+use hickory_proto::rr::{Name, Record};
+
+use crate::config::{Config, ServiceConfig, Transport};
+use crate::dns::answer::Template;
+use crate::dns::encode::{self, EncodeError};
+use crate::dns::{rtype, wire_name};
+use crate::select;
+
+/// A small, fast hasher for short lower-case names (FxHash's multiply-rotate).
+#[derive(Default, Clone, Copy)]
+pub struct NameHasher(u64);
+
+impl Hasher for NameHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let word = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+            self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
+        }
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// The answers of one (name, type): one template per rotation position.
+#[derive(Debug)]
+pub struct Rotation {
+    /// Index of this rotation's counter in a worker's rotation state.
+    slot: usize,
+    /// The templates, answered in turn.
+    templates: Box<[Template]>,
+}
+
+/// Everything dnlb answers for one managed name.
+#[derive(Debug)]
+struct NameAnswers {
+    /// Per record type; a handful at most, so a linear scan.
+    by_type: Vec<(u16, Rotation)>,
+    /// NOERROR with an empty answer, for every other type.
+    nodata: Template,
+}
+
+/// Health of each configured server per transport, as the snapshot builder reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// `up[service][server]` lists the transports on which that server is healthy.
+    pub up: Vec<Vec<Vec<Transport>>>,
+}
+
+impl Health {
+    /// Every server healthy on every transport it is configured for.
+    pub fn all_up(config: &Config) -> Health {
+        let up = config
+            .services
+            .iter()
+            .map(|s| s.servers.iter().map(|v| v.transports.clone()).collect())
+            .collect();
+        Health { up }
+    }
+}
+
+/// An immutable set of pre-encoded answers.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Increases by one per publish; workers reset their rotation state when it changes.
+    pub generation: u64,
+    /// When it was built, so its age can be reported.
+    pub built_at: Instant,
+    /// Number of rotation counters a worker needs.
+    pub rotation_slots: usize,
+    names: HashMap<Box<[u8]>, NameAnswers, BuildHasherDefault<NameHasher>>,
+}
+
+/// What the snapshot says about a question.
+#[derive(Debug, Clone, Copy)]
+pub enum Lookup<'s> {
+    /// A managed name: answer with this template.
+    Answer(&'s Template),
+    /// Not a name dnlb manages: the relay's (for now REFUSED).
+    NotManaged,
+}
+
+impl Snapshot {
+    /// A snapshot that manages no names.
+    pub fn empty() -> Snapshot {
+        Snapshot {
+            generation: 0,
+            built_at: Instant::now(),
+            rotation_slots: 0,
+            names: HashMap::default(),
+        }
+    }
+
+    /// Builds every answer for `config` given `health`. `round` is the probe round (on-duty).
+    pub fn build(
+        config: &Config,
+        health: &Health,
+        round: u64,
+        generation: u64,
+    ) -> Result<Snapshot, EncodeError> {
+        let mut b = Builder {
+            names: HashMap::default(),
+            slots: 0,
+        };
+        for (i, service) in config.services.iter().enumerate() {
+            let up = health.up.get(i).map(Vec::as_slice).unwrap_or(&[]);
+            b.service(service, up, round)?;
+        }
+        Ok(Snapshot {
+            generation,
+            built_at: Instant::now(),
+            rotation_slots: b.slots,
+            names: b.names,
+        })
+    }
+
+    /// Looks up a lower-case wire name and type. `rotation` is the worker's counter array,
+    /// at least `rotation_slots` long.
+    #[inline]
+    pub fn lookup(&self, name: &[u8], qtype: u16, rotation: &mut [u32]) -> Lookup<'_> {
+        let Some(entry) = self.names.get(name) else {
+            return Lookup::NotManaged;
+        };
+        // RFC 8482: ANY gets one RRset; the A set is the useful one for a SIP name.
+        let wanted = if qtype == rtype::ANY { rtype::A } else { qtype };
+        let Some((_, rot)) = entry.by_type.iter().find(|(t, _)| *t == wanted) else {
+            return Lookup::Answer(&entry.nodata);
+        };
+        let n = rot.templates.len();
+        if n == 1 {
+            return Lookup::Answer(&rot.templates[0]);
+        }
+        let counter = &mut rotation[rot.slot];
+        let i = *counter as usize;
+        *counter = if i + 1 >= n { 0 } else { i as u32 + 1 };
+        Lookup::Answer(&rot.templates[i.min(n - 1)])
+    }
+
+    /// The managed names, lower-case wire format (for tests and diagnostics).
+    pub fn names(&self) -> impl Iterator<Item = &[u8]> {
+        self.names.keys().map(|k| &k[..])
+    }
+}
+
+struct Builder {
+    names: HashMap<Box<[u8]>, NameAnswers, BuildHasherDefault<NameHasher>>,
+    slots: usize,
+}
+
+impl Builder {
+    fn add(
+        &mut self,
+        owner: &Name,
+        qtype: u16,
+        templates: Vec<Template>,
+    ) -> Result<(), EncodeError> {
+        let key: Box<[u8]> = wire_name(&owner.to_ascii()).into();
+        let entry = match self.names.entry(key) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => v.insert(NameAnswers {
+                by_type: Vec::new(),
+                nodata: encode::template(owner, 0, vec![], vec![])?,
+            }),
+        };
+        // A name configured twice (a host name equal to a service name) keeps its first answers.
+        if entry.by_type.iter().all(|(t, _)| *t != qtype) {
+            let slot = self.slots;
+            self.slots += 1;
+            entry.by_type.push((
+                qtype,
+                Rotation {
+                    slot,
+                    templates: templates.into(),
+                },
+            ));
+        }
+        Ok(())
+    }
+
+    fn service(
+        &mut self,
+        service: &ServiceConfig,
+        up: &[Vec<Transport>],
+        round: u64,
+    ) -> Result<(), EncodeError> {
+        let owner = encode::name(&service.name)?;
+        let ttl = service.ttl;
+        let healthy = |i: usize| up.get(i).is_some_and(|t| !t.is_empty());
+        // All down: serve every server (the default all-down policy) rather than nothing.
+        let any_up = (0..service.servers.len()).any(healthy);
+        let serving: Vec<_> = service
+            .servers
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !any_up || healthy(*i))
+            .map(|(_, s)| s)
+            .collect();
+
+        let mut v4: Vec<IpAddr> = Vec::new();
+        let mut v6: Vec<IpAddr> = Vec::new();
+        for s in &serving {
+            let list = if s.address.is_ipv4() {
+                &mut v4
+            } else {
+                &mut v6
+            };
+            if !list.contains(&s.address) {
+                list.push(s.address);
+            }
+        }
+        for (qtype, addrs) in [(rtype::A, &v4), (rtype::AAAA, &v6)] {
+            let mut templates = Vec::new();
+            for set in select::rotations(addrs, service.policy, service.answers, round) {
+                let records = set
+                    .iter()
+                    .map(|a| encode::address_record(&owner, ttl, *a))
+                    .collect();
+                templates.push(encode::template(&owner, qtype, records, vec![])?);
+            }
+            self.add(&owner, qtype, templates)?;
+        }
+
+        // Per transport SRV sets, from the servers healthy on that transport.
+        let mut naptrs = Vec::new();
+        for (order, transport) in (0u16..).zip(Transport::ALL) {
+            let configured: Vec<_> = service
+                .servers
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.transports.contains(&transport))
+                .collect();
+            if configured.is_empty() {
+                continue;
+            }
+            let up_here = |i: usize| up.get(i).is_some_and(|t| t.contains(&transport));
+            let any = configured.iter().any(|(i, _)| up_here(*i));
+            let members: Vec<_> = configured
+                .iter()
+                .filter(|(i, _)| !any || up_here(*i))
+                .map(|(_, s)| *s)
+                .collect();
+            let (label, naptr_service) = match transport {
+                Transport::Udp => ("_sip._udp", "SIP+D2U"),
+                Transport::Tcp => ("_sip._tcp", "SIP+D2T"),
+                Transport::Tls => ("_sips._tcp", "SIPS+D2T"),
+            };
+            let srv_owner = encode::name(&format!("{label}.{}", service.name))?;
+            let mut answers = Vec::new();
+            let mut additionals: Vec<Record> = Vec::new();
+            for s in &members {
+                let target = encode::name(&s.host)?;
+                answers.push(encode::srv_record(
+                    &srv_owner, ttl, s.priority, s.weight, s.port, &target,
+                ));
+                let glue = encode::address_record(&target, ttl, s.address);
+                if !additionals.contains(&glue) {
+                    additionals.push(glue);
+                }
+            }
+            self.add(
+                &srv_owner,
+                rtype::SRV,
+                vec![encode::template(
+                    &srv_owner,
+                    rtype::SRV,
+                    answers,
+                    additionals,
+                )?],
+            )?;
+            naptrs.push(encode::naptr_record(
+                &owner,
+                ttl,
+                50 + 20 * order,
+                naptr_service,
+                &srv_owner,
+            ));
+        }
+        self.add(
+            &owner,
+            rtype::NAPTR,
+            vec![encode::template(&owner, rtype::NAPTR, naptrs, vec![])?],
+        )?;
+
+        // Each SRV target answers A/AAAA with its own address(es).
+        let mut hosts: Vec<(&str, Vec<IpAddr>)> = Vec::new();
+        for s in &service.servers {
+            match hosts.iter_mut().find(|(h, _)| *h == s.host) {
+                Some((_, addrs)) if !addrs.contains(&s.address) => addrs.push(s.address),
+                Some(_) => {}
+                None => hosts.push((&s.host, vec![s.address])),
+            }
+        }
+        for (host, addrs) in hosts {
+            let target = encode::name(host)?;
+            for (qtype, v6) in [(rtype::A, false), (rtype::AAAA, true)] {
+                let records = addrs
+                    .iter()
+                    .filter(|a| a.is_ipv6() == v6)
+                    .map(|a| encode::address_record(&target, ttl, *a))
+                    .collect();
+                self.add(
+                    &target,
+                    qtype,
+                    vec![encode::template(&target, qtype, records, vec![])?],
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The publish/read handle shared by the prober, the control thread and every worker.
+#[derive(Debug, Clone)]
+pub struct SnapshotHandle(Arc<ArcSwap<Snapshot>>);
+
+impl SnapshotHandle {
+    /// A handle holding `snapshot`.
+    pub fn new(snapshot: Snapshot) -> SnapshotHandle {
+        SnapshotHandle(Arc::new(ArcSwap::from_pointee(snapshot)))
+    }
+
+    /// The current snapshot; workers call this once per batch.
+    #[inline]
+    pub fn load(&self) -> Guard<Arc<Snapshot>> {
+        self.0.load()
+    }
+
+    /// Replaces the snapshot in one store.
+    pub fn publish(&self, snapshot: Snapshot) {
+        self.0.store(Arc::new(snapshot));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"
+[server]
+listen = ["127.0.0.1:5353"]
+[[service]]
+name = "sip.example.test"
+[[service.server]]
+address = "127.0.0.11"
+transports = ["udp", "tcp"]
+[[service.server]]
+address = "127.0.0.12"
+[[service.server]]
+address = "::1"
+transports = ["tls"]
+"#;
+
+    #[test]
+    fn builds_every_name() {
+        let config = Config::parse(CONFIG).unwrap();
+        let snap = Snapshot::build(&config, &Health::all_up(&config), 0, 1).unwrap();
+        let mut names: Vec<String> = snap
+            .names()
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names.len(), 7, "{names:?}");
+        let mut rot = vec![0; snap.rotation_slots];
+        let first = |snap: &Snapshot, rot: &mut [u32]| match snap.lookup(
+            &wire_name("sip.example.test"),
+            rtype::A,
+            rot,
+        ) {
+            Lookup::Answer(t) => t.body.clone(),
+            Lookup::NotManaged => panic!("managed"),
+        };
+        let a = first(&snap, &mut rot);
+        let b = first(&snap, &mut rot);
+        let c = first(&snap, &mut rot);
+        assert_ne!(a, b, "round robin rotates");
+        assert_eq!(a, c, "two servers, so the third answer is the first again");
+        assert!(matches!(
+            snap.lookup(&wire_name("other.test"), rtype::A, &mut rot),
+            Lookup::NotManaged
+        ));
+        match snap.lookup(&wire_name("sip.example.test"), 16, &mut rot) {
+            Lookup::Answer(t) => assert_eq!(t.counts, [0, 0, 0]),
+            Lookup::NotManaged => panic!("managed"),
+        }
+    }
+}
