@@ -59,10 +59,7 @@ fn render_problems(path: &str, problems: &[ConfigProblem]) -> String {
         if i > 0 {
             out.push('\n');
         }
-        out.push_str(&format!(
-            "{path}:{}:{}: {}: {}",
-            p.line, p.column, p.field, p.message
-        ));
+        out.push_str(&format!("{path}:{}:{}: {}: {}", p.line, p.column, p.field, p.message));
     }
     out
 }
@@ -86,9 +83,7 @@ impl std::str::FromStr for IoMode {
             "auto" => Ok(IoMode::Auto),
             "uring" => Ok(IoMode::Uring),
             "portable" => Ok(IoMode::Portable),
-            other => Err(format!(
-                "unknown io mode `{other}`: use uring, portable or auto"
-            )),
+            other => Err(format!("unknown io mode `{other}`: use uring, portable or auto")),
         }
     }
 }
@@ -164,10 +159,7 @@ struct RawProbe {
 
 impl Default for RawProbe {
     fn default() -> Self {
-        RawProbe {
-            interval_ms: default_interval_ms(),
-            timeout_ms: default_timeout_ms(),
-        }
+        RawProbe { interval_ms: default_interval_ms(), timeout_ms: default_timeout_ms() }
     }
 }
 
@@ -320,14 +312,9 @@ pub struct SipServer {
 impl Config {
     /// Reads and validates a file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Config::parse(&text).map_err(|problems| ConfigError::Invalid {
-            path: path.display().to_string(),
-            problems,
-        })
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        Config::parse(&text).map_err(|problems| ConfigError::Invalid { path: path.display().to_string(), problems })
     }
 
     /// Parses and validates TOML text, returning every problem found.
@@ -337,10 +324,7 @@ impl Config {
             let (field, message) = split_serde_message(e.message());
             vec![problem_at(text, span, &field, &message)]
         })?;
-        let mut v = Validator {
-            text,
-            problems: Vec::new(),
-        };
+        let mut v = Validator { text, problems: Vec::new() };
         let config = v.config(raw);
         if v.problems.is_empty() {
             Ok(config)
@@ -353,12 +337,7 @@ impl Config {
 
 /// Serde says "unknown field `x`, expected ..." or "missing field `x`"; lift the field name out.
 fn split_serde_message(message: &str) -> (String, String) {
-    let field = message
-        .split('`')
-        .nth(1)
-        .filter(|_| message.contains("field `"))
-        .unwrap_or("file")
-        .to_string();
+    let field = message.split('`').nth(1).filter(|_| message.contains("field `")).unwrap_or("file").to_string();
     let mut message = message.trim().to_string();
     if message.starts_with("unknown field") {
         message.push_str(" (remove it or correct its spelling)");
@@ -367,27 +346,15 @@ fn split_serde_message(message: &str) -> (String, String) {
 }
 
 fn problem_at(text: &str, span: Range<usize>, field: &str, message: &str) -> ConfigProblem {
-    let (line, column) = if span == (0..0) {
-        (0, 0)
-    } else {
-        line_column(text, span.start)
-    };
-    ConfigProblem {
-        line,
-        column,
-        field: field.to_string(),
-        message: message.to_string(),
-    }
+    let (line, column) = if span == (0..0) { (0, 0) } else { line_column(text, span.start) };
+    ConfigProblem { line, column, field: field.to_string(), message: message.to_string() }
 }
 
 /// 1-based line and column of a byte offset.
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let column = before
-        .rfind('\n')
-        .map_or(before.len(), |nl| before.len() - nl - 1)
-        + 1;
+    let column = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
     (line, column)
 }
 
@@ -406,11 +373,7 @@ impl Validator<'_> {
     fn ranged(&mut self, value: &Spanned<u64>, field: &str, lo: u64, hi: u64, unit: &str) -> u64 {
         let v = *value.get_ref();
         if v < lo || v > hi {
-            self.fail(
-                value.span(),
-                field,
-                format!("{v} is out of range: use {lo} to {hi}{unit}"),
-            );
+            self.fail(value.span(), field, format!("{v} is out of range: use {lo} to {hi}{unit}"));
             return lo;
         }
         v
@@ -428,29 +391,18 @@ impl Validator<'_> {
                 self.fail(
                     span,
                     &format!("service[{i}].name"),
-                    format!(
-                        "`{}` is configured twice: merge the two services",
-                        service.name
-                    ),
+                    format!("`{}` is configured twice: merge the two services", service.name),
                 );
             }
             services.push(service);
         }
-        Config {
-            server,
-            probe,
-            services,
-        }
+        Config { server, probe, services }
     }
 
     fn server(&mut self, raw: RawServerSection) -> ServerConfig {
         let mut listen = Vec::new();
         if raw.listen.get_ref().is_empty() {
-            self.fail(
-                raw.listen.span(),
-                "server.listen",
-                "is empty: add an address such as \"127.0.0.1:53\"",
-            );
+            self.fail(raw.listen.span(), "server.listen", "is empty: add an address such as \"127.0.0.1:53\"");
         }
         for (i, a) in raw.listen.get_ref().iter().enumerate() {
             let field = format!("server.listen[{i}]");
@@ -471,30 +423,11 @@ impl Validator<'_> {
                 ),
             }
         }
-        let workers = raw
-            .workers
-            .map(|w| self.ranged(&w, "server.workers", 1, 1024, "") as usize);
-        let idle = self.ranged(
-            &raw.tcp_idle_timeout_ms,
-            "server.tcp_idle_timeout_ms",
-            100,
-            600_000,
-            " ms",
-        );
-        let max_conn = self.ranged(
-            &raw.tcp_max_connections,
-            "server.tcp_max_connections",
-            1,
-            65_536,
-            "",
-        );
-        let payload = self.ranged(
-            &raw.max_udp_payload,
-            "server.max_udp_payload",
-            512,
-            u64::from(MAX_UDP_PAYLOAD),
-            " bytes",
-        );
+        let workers = raw.workers.map(|w| self.ranged(&w, "server.workers", 1, 1024, "") as usize);
+        let idle = self.ranged(&raw.tcp_idle_timeout_ms, "server.tcp_idle_timeout_ms", 100, 600_000, " ms");
+        let max_conn = self.ranged(&raw.tcp_max_connections, "server.tcp_max_connections", 1, 65_536, "");
+        let payload =
+            self.ranged(&raw.max_udp_payload, "server.max_udp_payload", 512, u64::from(MAX_UDP_PAYLOAD), " bytes");
         ServerConfig {
             listen,
             tcp: raw.tcp,
@@ -517,21 +450,14 @@ impl Validator<'_> {
                 format!("{timeout} ms is not shorter than probe.interval_ms ({interval} ms): lower the timeout or raise the interval"),
             );
         }
-        ProbeConfig {
-            interval: Duration::from_millis(interval),
-            timeout: Duration::from_millis(timeout),
-        }
+        ProbeConfig { interval: Duration::from_millis(interval), timeout: Duration::from_millis(timeout) }
     }
 
     fn service(&mut self, i: usize, raw: RawService, probe: &ProbeConfig) -> ServiceConfig {
         let field = |f: &str| format!("service[{i}].{f}");
         let name = normalize_name(raw.name.get_ref());
         if let Err(why) = check_name(&name) {
-            self.fail(
-                raw.name.span(),
-                &field("name"),
-                format!("`{}` {why}", raw.name.get_ref()),
-            );
+            self.fail(raw.name.span(), &field("name"), format!("`{}` {why}", raw.name.get_ref()));
         }
         // The paper's rule: an answer lives exactly one probe period, rounded up to a second.
         let default_ttl = probe.interval.as_millis().div_ceil(1000).max(1) as u64;
@@ -539,10 +465,7 @@ impl Validator<'_> {
             Some(t) => self.ranged(t, &field("ttl"), 0, 86_400, " s"),
             None => default_ttl,
         } as u32;
-        let answers = raw
-            .answers
-            .as_ref()
-            .map(|a| self.ranged(a, &field("answers"), 1, 64, "") as usize);
+        let answers = raw.answers.as_ref().map(|a| self.ranged(a, &field("answers"), 1, 64, "") as usize);
         if raw.server.get_ref().is_empty() {
             self.fail(
                 raw.name.span(),
@@ -580,11 +503,7 @@ impl Validator<'_> {
                     "is empty: list at least one of \"udp\", \"tcp\", \"tls\"",
                 );
             }
-            let default_port = if transports == [Transport::Tls] {
-                5061
-            } else {
-                5060
-            };
+            let default_port = if transports == [Transport::Tls] { 5061 } else { 5060 };
             let port = match &s.port {
                 Some(p) => self.ranged(p, &sf("port"), 1, 65_535, ""),
                 None => default_port,
@@ -601,32 +520,16 @@ impl Validator<'_> {
                 }
                 None => default_host(address, &name),
             };
-            if servers
-                .iter()
-                .any(|o| o.address == address && o.port == port)
-            {
+            if servers.iter().any(|o| o.address == address && o.port == port) {
                 self.fail(
                     s.address.span(),
                     &sf("address"),
                     format!("{address} port {port} is listed twice in service `{name}`: list a server once with all its transports"),
                 );
             }
-            servers.push(SipServer {
-                address,
-                port,
-                transports,
-                priority,
-                weight,
-                host,
-            });
+            servers.push(SipServer { address, port, transports, priority, weight, host });
         }
-        ServiceConfig {
-            name,
-            policy: raw.policy,
-            answers,
-            ttl,
-            servers,
-        }
+        ServiceConfig { name, policy: raw.policy, answers, ttl, servers }
     }
 }
 
@@ -651,10 +554,7 @@ fn check_name(name: &str) -> Result<(), &'static str> {
         if label.len() > 63 {
             return Err("has a label longer than 63 characters: shorten it");
         }
-        if !label
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
+        if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
             return Err("has a character other than a letter, digit, '-' or '_': correct the name");
         }
     }
@@ -678,11 +578,7 @@ fn default_host(address: IpAddr, service: &str) -> String {
 
 impl fmt::Display for ConfigProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}: {}: {}",
-            self.line, self.column, self.field, self.message
-        )
+        write!(f, "{}:{}: {}: {}", self.line, self.column, self.field, self.message)
     }
 }
 
@@ -735,10 +631,7 @@ address = "127.0.0.1"
 address = "127.0.0.1"
 "#;
         let problems = Config::parse(text).unwrap_err();
-        let fields: Vec<_> = problems
-            .iter()
-            .map(|p| (p.line, p.field.as_str()))
-            .collect();
+        let fields: Vec<_> = problems.iter().map(|p| (p.line, p.field.as_str())).collect();
         assert_eq!(
             fields,
             vec![
@@ -749,19 +642,12 @@ address = "127.0.0.1"
                 (11, "service[0].server[2].address"),
             ]
         );
-        assert!(
-            problems[4].message.contains("listed twice"),
-            "{}",
-            problems[4].message
-        );
+        assert!(problems[4].message.contains("listed twice"), "{}", problems[4].message);
     }
 
     #[test]
     fn unknown_fields_are_errors() {
-        let text = MINIMAL.replace(
-            "address = \"127.0.0.11\"",
-            "address = \"127.0.0.11\"\nwieght = 3",
-        );
+        let text = MINIMAL.replace("address = \"127.0.0.11\"", "address = \"127.0.0.11\"\nwieght = 3");
         let p = Config::parse(&text).unwrap_err();
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].field, "wieght");
@@ -771,10 +657,7 @@ address = "127.0.0.1"
 
     #[test]
     fn timeout_must_be_below_interval() {
-        let text = MINIMAL.replace(
-            "[server]",
-            "[probe]\ninterval_ms = 200\ntimeout_ms = 200\n\n[server]",
-        );
+        let text = MINIMAL.replace("[server]", "[probe]\ninterval_ms = 200\ntimeout_ms = 200\n\n[server]");
         let p = Config::parse(&text).unwrap_err();
         assert_eq!(p[0].field, "probe.timeout_ms");
     }

@@ -22,11 +22,7 @@ usage: dnlb --config PATH [--io uring|portable|auto] [--workers N]
   check-config PATH  validate PATH; print every problem and exit 1 if there is one";
 
 enum Command {
-    Run {
-        config: PathBuf,
-        io: Option<IoMode>,
-        workers: Option<usize>,
-    },
+    Run { config: PathBuf, io: Option<IoMode>, workers: Option<usize> },
     Check(PathBuf),
     Help,
     Version,
@@ -37,22 +33,13 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command> {
     let mut io = None;
     let mut workers = None;
     while let Some(arg) = args.next() {
-        let mut value = |flag: &str| {
-            args.next()
-                .with_context(|| format!("{flag} needs a value\n\n{USAGE}"))
-        };
+        let mut value = |flag: &str| args.next().with_context(|| format!("{flag} needs a value\n\n{USAGE}"));
         match arg.as_str() {
             "--help" | "-h" => return Ok(Command::Help),
             "--version" | "-V" => return Ok(Command::Version),
             "check-config" => return Ok(Command::Check(value("check-config")?.into())),
             "--config" | "-c" => config = Some(PathBuf::from(value("--config")?)),
-            "--io" => {
-                io = Some(
-                    value("--io")?
-                        .parse::<IoMode>()
-                        .map_err(anyhow::Error::msg)?,
-                )
-            }
+            "--io" => io = Some(value("--io")?.parse::<IoMode>().map_err(anyhow::Error::msg)?),
             "--workers" => {
                 let v = value("--workers")?;
                 match v.parse::<usize>() {
@@ -64,11 +51,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command> {
         }
     }
     match config {
-        Some(config) => Ok(Command::Run {
-            config,
-            io,
-            workers,
-        }),
+        Some(config) => Ok(Command::Run { config, io, workers }),
         None => bail!("no configuration given: pass --config PATH\n\n{USAGE}"),
     }
 }
@@ -83,19 +66,13 @@ fn run(path: PathBuf, io: Option<IoMode>, workers: Option<usize>) -> Result<()> 
     }
     // Until the prober runs, every configured server counts as healthy; the snapshot goes through
     // the same handle the prober will publish through.
-    let snapshot =
-        Snapshot::build(&config, &Health::all_up(&config), 0, 1).context("building answers")?;
+    let snapshot = Snapshot::build(&config, &Health::all_up(&config), 0, 1).context("building answers")?;
     let snapshots = SnapshotHandle::new(snapshot);
     let server = Server::start(&config.server, snapshots)?;
     if let Some(why) = server.fallback_reason() {
         eprintln!("dnlb: io_uring unavailable, using the portable backend: {why}");
     }
-    let listen: Vec<String> = config
-        .server
-        .listen
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    let listen: Vec<String> = config.server.listen.iter().map(ToString::to_string).collect();
     eprintln!(
         "dnlb: serving {} service(s) on {} (udp{}), {} worker(s) per address, io={}",
         config.services.len(),
@@ -131,18 +108,10 @@ fn main() -> ExitCode {
         }
         Command::Check(path) => {
             let config = Config::load(&path)?;
-            println!(
-                "{}: ok ({} service(s))",
-                path.display(),
-                config.services.len()
-            );
+            println!("{}: ok ({} service(s))", path.display(), config.services.len());
             Ok(())
         }
-        Command::Run {
-            config,
-            io,
-            workers,
-        } => run(config, io, workers),
+        Command::Run { config, io, workers } => run(config, io, workers),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

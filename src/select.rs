@@ -7,18 +7,12 @@
 use crate::config::Policy;
 
 /// The answers a worker cycles through, each a list of addresses in answer order.
-pub fn rotations<T: Copy>(
-    healthy: &[T],
-    policy: Policy,
-    answers: Option<usize>,
-    round: u64,
-) -> Vec<Vec<T>> {
+pub fn rotations<T: Copy>(healthy: &[T], policy: Policy, answers: Option<usize>, round: u64) -> Vec<Vec<T>> {
     let k = healthy.len();
     if k == 0 {
         return vec![Vec::new()];
     }
-    let pick =
-        |start: usize, n: usize| (0..n).map(|j| healthy[(start + j) % k]).collect::<Vec<T>>();
+    let pick = |start: usize, n: usize| (0..n).map(|j| healthy[(start + j) % k]).collect::<Vec<T>>();
     match policy {
         Policy::RoundRobin => {
             let n = answers.unwrap_or(k).min(k);
@@ -45,21 +39,12 @@ mod tests {
 
     #[test]
     fn on_duty_changes_with_the_round() {
-        assert_eq!(
-            rotations(&[1, 2, 3], Policy::OnDuty, None, 4),
-            vec![vec![2]]
-        );
-        assert_eq!(
-            rotations(&[1, 2, 3], Policy::OnDuty, Some(2), 2),
-            vec![vec![3, 1]]
-        );
+        assert_eq!(rotations(&[1, 2, 3], Policy::OnDuty, None, 4), vec![vec![2]]);
+        assert_eq!(rotations(&[1, 2, 3], Policy::OnDuty, Some(2), 2), vec![vec![3, 1]]);
     }
 
     #[test]
     fn empty_set_gives_one_empty_answer() {
-        assert_eq!(
-            rotations::<u8>(&[], Policy::RoundRobin, None, 0),
-            vec![Vec::<u8>::new()]
-        );
+        assert_eq!(rotations::<u8>(&[], Policy::RoundRobin, None, 0), vec![Vec::<u8>::new()]);
     }
 }

@@ -78,27 +78,19 @@ impl Server {
             for &addr in &config.listen {
                 let l = tcp::bind(addr).map_err(|source| ServerError::Tcp { addr, source })?;
                 // Port 0 is refused by config validation; tests may still pass it directly.
-                let bound = l
-                    .local_addr()
-                    .map_err(|source| ServerError::Tcp { addr, source })?;
+                let bound = l.local_addr().map_err(|source| ServerError::Tcp { addr, source })?;
                 listeners.push((bound, l));
             }
         }
         // One block per UDP socket, plus one that all TCP connections share.
-        let counters: CounterBlocks = (0..=sockets.len())
-            .map(|_| CachePadded::new(WorkerCounters::default()))
-            .collect();
+        let counters: CounterBlocks =
+            (0..=sockets.len()).map(|_| CachePadded::new(WorkerCounters::default())).collect();
         let stop = Arc::new(Stop::new().map_err(ServerError::Pipe)?);
-        let transport = Transport::Udp {
-            max_payload: config.max_udp_payload,
-        };
+        let transport = Transport::Udp { max_payload: config.max_udp_payload };
         let mut workers = Vec::new();
         for (block, (i, socket)) in sockets.into_iter().enumerate() {
             let (snapshots, counters, stop) = (snapshots.clone(), counters.clone(), stop.clone());
-            let core = config
-                .pin_workers
-                .then(|| cores.get(i % cores.len().max(1)).copied())
-                .flatten();
+            let core = config.pin_workers.then(|| cores.get(i % cores.len().max(1)).copied()).flatten();
             let handle = std::thread::Builder::new()
                 .name(format!("dnlb-w{i}"))
                 .spawn(move || {
@@ -126,20 +118,9 @@ impl Server {
                 open: open.clone(),
                 stop: stop.clone(),
             };
-            acceptors.push((
-                addr,
-                tcp::spawn_acceptor(listener, ctx).map_err(ServerError::Thread)?,
-            ));
+            acceptors.push((addr, tcp::spawn_acceptor(listener, ctx).map_err(ServerError::Thread)?));
         }
-        Ok(Server {
-            backend,
-            fallback_reason,
-            stop,
-            workers,
-            acceptors,
-            counters,
-            workers_per_address: n,
-        })
+        Ok(Server { backend, fallback_reason, stop, workers, acceptors, counters, workers_per_address: n })
     }
 
     /// The backend the workers run.

@@ -75,11 +75,7 @@ pub struct Health {
 impl Health {
     /// Every server healthy on every transport it is configured for.
     pub fn all_up(config: &Config) -> Health {
-        let up = config
-            .services
-            .iter()
-            .map(|s| s.servers.iter().map(|v| v.transports.clone()).collect())
-            .collect();
+        let up = config.services.iter().map(|s| s.servers.iter().map(|v| v.transports.clone()).collect()).collect();
         Health { up }
     }
 }
@@ -108,35 +104,17 @@ pub enum Lookup<'s> {
 impl Snapshot {
     /// A snapshot that manages no names.
     pub fn empty() -> Snapshot {
-        Snapshot {
-            generation: 0,
-            built_at: Instant::now(),
-            rotation_slots: 0,
-            names: HashMap::default(),
-        }
+        Snapshot { generation: 0, built_at: Instant::now(), rotation_slots: 0, names: HashMap::default() }
     }
 
     /// Builds every answer for `config` given `health`. `round` is the probe round (on-duty).
-    pub fn build(
-        config: &Config,
-        health: &Health,
-        round: u64,
-        generation: u64,
-    ) -> Result<Snapshot, EncodeError> {
-        let mut b = Builder {
-            names: HashMap::default(),
-            slots: 0,
-        };
+    pub fn build(config: &Config, health: &Health, round: u64, generation: u64) -> Result<Snapshot, EncodeError> {
+        let mut b = Builder { names: HashMap::default(), slots: 0 };
         for (i, service) in config.services.iter().enumerate() {
             let up = health.up.get(i).map(Vec::as_slice).unwrap_or(&[]);
             b.service(service, up, round)?;
         }
-        Ok(Snapshot {
-            generation,
-            built_at: Instant::now(),
-            rotation_slots: b.slots,
-            names: b.names,
-        })
+        Ok(Snapshot { generation, built_at: Instant::now(), rotation_slots: b.slots, names: b.names })
     }
 
     /// Looks up a lower-case wire name and type. `rotation` is the worker's counter array,
@@ -173,62 +151,36 @@ struct Builder {
 }
 
 impl Builder {
-    fn add(
-        &mut self,
-        owner: &Name,
-        qtype: u16,
-        templates: Vec<Template>,
-    ) -> Result<(), EncodeError> {
+    fn add(&mut self, owner: &Name, qtype: u16, templates: Vec<Template>) -> Result<(), EncodeError> {
         let key: Box<[u8]> = wire_name(&owner.to_ascii()).into();
         let entry = match self.names.entry(key) {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => v.insert(NameAnswers {
-                by_type: Vec::new(),
-                nodata: encode::template(owner, 0, vec![], vec![])?,
-            }),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(NameAnswers { by_type: Vec::new(), nodata: encode::template(owner, 0, vec![], vec![])? })
+            }
         };
         // A name configured twice (a host name equal to a service name) keeps its first answers.
         if entry.by_type.iter().all(|(t, _)| *t != qtype) {
             let slot = self.slots;
             self.slots += 1;
-            entry.by_type.push((
-                qtype,
-                Rotation {
-                    slot,
-                    templates: templates.into(),
-                },
-            ));
+            entry.by_type.push((qtype, Rotation { slot, templates: templates.into() }));
         }
         Ok(())
     }
 
-    fn service(
-        &mut self,
-        service: &ServiceConfig,
-        up: &[Vec<Transport>],
-        round: u64,
-    ) -> Result<(), EncodeError> {
+    fn service(&mut self, service: &ServiceConfig, up: &[Vec<Transport>], round: u64) -> Result<(), EncodeError> {
         let owner = encode::name(&service.name)?;
         let ttl = service.ttl;
         let healthy = |i: usize| up.get(i).is_some_and(|t| !t.is_empty());
         // All down: serve every server (the default all-down policy) rather than nothing.
         let any_up = (0..service.servers.len()).any(healthy);
-        let serving: Vec<_> = service
-            .servers
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !any_up || healthy(*i))
-            .map(|(_, s)| s)
-            .collect();
+        let serving: Vec<_> =
+            service.servers.iter().enumerate().filter(|(i, _)| !any_up || healthy(*i)).map(|(_, s)| s).collect();
 
         let mut v4: Vec<IpAddr> = Vec::new();
         let mut v6: Vec<IpAddr> = Vec::new();
         for s in &serving {
-            let list = if s.address.is_ipv4() {
-                &mut v4
-            } else {
-                &mut v6
-            };
+            let list = if s.address.is_ipv4() { &mut v4 } else { &mut v6 };
             if !list.contains(&s.address) {
                 list.push(s.address);
             }
@@ -236,10 +188,7 @@ impl Builder {
         for (qtype, addrs) in [(rtype::A, &v4), (rtype::AAAA, &v6)] {
             let mut templates = Vec::new();
             for set in select::rotations(addrs, service.policy, service.answers, round) {
-                let records = set
-                    .iter()
-                    .map(|a| encode::address_record(&owner, ttl, *a))
-                    .collect();
+                let records = set.iter().map(|a| encode::address_record(&owner, ttl, *a)).collect();
                 templates.push(encode::template(&owner, qtype, records, vec![])?);
             }
             self.add(&owner, qtype, templates)?;
@@ -248,22 +197,14 @@ impl Builder {
         // Per transport SRV sets, from the servers healthy on that transport.
         let mut naptrs = Vec::new();
         for (order, transport) in (0u16..).zip(Transport::ALL) {
-            let configured: Vec<_> = service
-                .servers
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| s.transports.contains(&transport))
-                .collect();
+            let configured: Vec<_> =
+                service.servers.iter().enumerate().filter(|(_, s)| s.transports.contains(&transport)).collect();
             if configured.is_empty() {
                 continue;
             }
             let up_here = |i: usize| up.get(i).is_some_and(|t| t.contains(&transport));
             let any = configured.iter().any(|(i, _)| up_here(*i));
-            let members: Vec<_> = configured
-                .iter()
-                .filter(|(i, _)| !any || up_here(*i))
-                .map(|(_, s)| *s)
-                .collect();
+            let members: Vec<_> = configured.iter().filter(|(i, _)| !any || up_here(*i)).map(|(_, s)| *s).collect();
             let (label, naptr_service) = match transport {
                 Transport::Udp => ("_sip._udp", "SIP+D2U"),
                 Transport::Tcp => ("_sip._tcp", "SIP+D2T"),
@@ -274,37 +215,16 @@ impl Builder {
             let mut additionals: Vec<Record> = Vec::new();
             for s in &members {
                 let target = encode::name(&s.host)?;
-                answers.push(encode::srv_record(
-                    &srv_owner, ttl, s.priority, s.weight, s.port, &target,
-                ));
+                answers.push(encode::srv_record(&srv_owner, ttl, s.priority, s.weight, s.port, &target));
                 let glue = encode::address_record(&target, ttl, s.address);
                 if !additionals.contains(&glue) {
                     additionals.push(glue);
                 }
             }
-            self.add(
-                &srv_owner,
-                rtype::SRV,
-                vec![encode::template(
-                    &srv_owner,
-                    rtype::SRV,
-                    answers,
-                    additionals,
-                )?],
-            )?;
-            naptrs.push(encode::naptr_record(
-                &owner,
-                ttl,
-                50 + 20 * order,
-                naptr_service,
-                &srv_owner,
-            ));
+            self.add(&srv_owner, rtype::SRV, vec![encode::template(&srv_owner, rtype::SRV, answers, additionals)?])?;
+            naptrs.push(encode::naptr_record(&owner, ttl, 50 + 20 * order, naptr_service, &srv_owner));
         }
-        self.add(
-            &owner,
-            rtype::NAPTR,
-            vec![encode::template(&owner, rtype::NAPTR, naptrs, vec![])?],
-        )?;
+        self.add(&owner, rtype::NAPTR, vec![encode::template(&owner, rtype::NAPTR, naptrs, vec![])?])?;
 
         // Each SRV target answers A/AAAA with its own address(es).
         let mut hosts: Vec<(&str, Vec<IpAddr>)> = Vec::new();
@@ -323,11 +243,7 @@ impl Builder {
                     .filter(|a| a.is_ipv6() == v6)
                     .map(|a| encode::address_record(&target, ttl, *a))
                     .collect();
-                self.add(
-                    &target,
-                    qtype,
-                    vec![encode::template(&target, qtype, records, vec![])?],
-                )?;
+                self.add(&target, qtype, vec![encode::template(&target, qtype, records, vec![])?])?;
             }
         }
         Ok(())
@@ -379,18 +295,12 @@ transports = ["tls"]
     fn builds_every_name() {
         let config = Config::parse(CONFIG).unwrap();
         let snap = Snapshot::build(&config, &Health::all_up(&config), 0, 1).unwrap();
-        let mut names: Vec<String> = snap
-            .names()
-            .map(|n| String::from_utf8_lossy(n).into_owned())
-            .collect();
+        let mut names: Vec<String> = snap.names().map(|n| String::from_utf8_lossy(n).into_owned()).collect();
         names.sort();
         assert_eq!(names.len(), 7, "{names:?}");
         let mut rot = vec![0; snap.rotation_slots];
-        let first = |snap: &Snapshot, rot: &mut [u32]| match snap.lookup(
-            &wire_name("sip.example.test"),
-            rtype::A,
-            rot,
-        ) {
+        let first = |snap: &Snapshot, rot: &mut [u32]| match snap.lookup(&wire_name("sip.example.test"), rtype::A, rot)
+        {
             Lookup::Answer(t) => t.body.clone(),
             Lookup::NotManaged => panic!("managed"),
         };
@@ -399,10 +309,7 @@ transports = ["tls"]
         let c = first(&snap, &mut rot);
         assert_ne!(a, b, "round robin rotates");
         assert_eq!(a, c, "two servers, so the third answer is the first again");
-        assert!(matches!(
-            snap.lookup(&wire_name("other.test"), rtype::A, &mut rot),
-            Lookup::NotManaged
-        ));
+        assert!(matches!(snap.lookup(&wire_name("other.test"), rtype::A, &mut rot), Lookup::NotManaged));
         match snap.lookup(&wire_name("sip.example.test"), 16, &mut rot) {
             Lookup::Answer(t) => assert_eq!(t.counts, [0, 0, 0]),
             Lookup::NotManaged => panic!("managed"),

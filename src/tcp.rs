@@ -63,54 +63,41 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 /// Runs the accept loop on its own thread until the stop fires (the stopper then connects once to
 /// wake a blocked `accept`).
 pub fn spawn_acceptor(listener: TcpListener, ctx: TcpContext) -> io::Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("dnlb-tcp".into())
-        .spawn(move || {
-            for stream in listener.incoming() {
-                if ctx.stop.fired() {
-                    break;
-                }
-                let Ok(stream) = stream else { continue };
-                if ctx.open.fetch_add(1, Ordering::AcqRel) >= ctx.max_connections {
-                    ctx.open.fetch_sub(1, Ordering::AcqRel);
-                    ctx.counters[ctx.block]
-                        .dropped
-                        .fetch_add(1, Ordering::Relaxed);
-                    continue; // dropping `stream` closes it
-                }
-                let conn_ctx = ctx.clone();
-                let spawned = std::thread::Builder::new()
-                    .name("dnlb-tcp-conn".into())
-                    .spawn(move || {
-                        // The result only says how the connection ended; every outcome is a normal close.
-                        let _ended = serve_connection(stream, &conn_ctx);
-                        conn_ctx.open.fetch_sub(1, Ordering::AcqRel);
-                    });
-                if spawned.is_err() {
-                    ctx.open.fetch_sub(1, Ordering::AcqRel);
-                }
+    std::thread::Builder::new().name("dnlb-tcp".into()).spawn(move || {
+        for stream in listener.incoming() {
+            if ctx.stop.fired() {
+                break;
             }
-        })
+            let Ok(stream) = stream else { continue };
+            if ctx.open.fetch_add(1, Ordering::AcqRel) >= ctx.max_connections {
+                ctx.open.fetch_sub(1, Ordering::AcqRel);
+                ctx.counters[ctx.block].dropped.fetch_add(1, Ordering::Relaxed);
+                continue; // dropping `stream` closes it
+            }
+            let conn_ctx = ctx.clone();
+            let spawned = std::thread::Builder::new().name("dnlb-tcp-conn".into()).spawn(move || {
+                let mut stream = stream;
+                // The result only says how the connection ended; every outcome is a normal close.
+                let _ended = serve_connection(&mut stream, &conn_ctx);
+                // Release the slot before the peer can see the close, so a client that
+                // reconnects at once is not refused for a connection that is gone.
+                conn_ctx.open.fetch_sub(1, Ordering::AcqRel);
+                drop(stream);
+            });
+            if spawned.is_err() {
+                ctx.open.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    })
 }
 
 /// Reads exactly `buf.len()` bytes, waking every [`WAKE`] to check the stop and the idle clock.
 /// Returns `Ok(false)` on a clean close, idle timeout or stop before the first byte.
-fn read_full(
-    stream: &mut TcpStream,
-    buf: &mut [u8],
-    ctx: &TcpContext,
-    idle_since: &mut Instant,
-) -> io::Result<bool> {
+fn read_full(stream: &mut TcpStream, buf: &mut [u8], ctx: &TcpContext, idle_since: &mut Instant) -> io::Result<bool> {
     let mut filled = 0;
     while filled < buf.len() {
         match stream.read(&mut buf[filled..]) {
-            Ok(0) => {
-                return if filled == 0 {
-                    Ok(false)
-                } else {
-                    Err(io::ErrorKind::UnexpectedEof.into())
-                }
-            }
+            Ok(0) => return if filled == 0 { Ok(false) } else { Err(io::ErrorKind::UnexpectedEof.into()) },
             Ok(n) => {
                 filled += n;
                 *idle_since = Instant::now();
@@ -118,9 +105,7 @@ fn read_full(
             Err(e)
                 if matches!(
                     e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
                 ) =>
             {
                 if ctx.stop.fired() || idle_since.elapsed() >= ctx.idle_timeout {
@@ -133,7 +118,7 @@ fn read_full(
     Ok(true)
 }
 
-fn serve_connection(mut stream: TcpStream, ctx: &TcpContext) -> io::Result<()> {
+fn serve_connection(stream: &mut TcpStream, ctx: &TcpContext) -> io::Result<()> {
     stream.set_read_timeout(Some(WAKE.min(ctx.idle_timeout)))?;
     stream.set_write_timeout(Some(ctx.idle_timeout))?;
     stream.set_nodelay(true)?;
@@ -143,11 +128,11 @@ fn serve_connection(mut stream: TcpStream, ctx: &TcpContext) -> io::Result<()> {
     let mut idle_since = Instant::now();
     loop {
         let mut len = [0u8; 2];
-        if !read_full(&mut stream, &mut len, ctx, &mut idle_since)? {
+        if !read_full(stream, &mut len, ctx, &mut idle_since)? {
             return Ok(());
         }
         let len = u16::from_be_bytes(len) as usize;
-        if !read_full(&mut stream, &mut query[..len], ctx, &mut idle_since)? {
+        if !read_full(stream, &mut query[..len], ctx, &mut idle_since)? {
             return Ok(());
         }
         responder.refresh();

@@ -98,11 +98,7 @@ impl Responder {
             return answer::write_badvers(packet, &query, transport, out);
         }
         let lookup = if query.qclass == CLASS_IN {
-            self.current.lookup(
-                &self.name[..query.name_len],
-                query.qtype,
-                &mut self.rotation,
-            )
+            self.current.lookup(&self.name[..query.name_len], query.qtype, &mut self.rotation)
         } else {
             Lookup::NotManaged
         };
@@ -116,13 +112,7 @@ impl Responder {
     }
 
     /// The seam the relay takes over: a query for a name dnlb does not manage. REFUSED for now.
-    fn unmanaged(
-        &mut self,
-        packet: &[u8],
-        query: &Query,
-        transport: Transport,
-        out: &mut [u8],
-    ) -> usize {
+    fn unmanaged(&mut self, packet: &[u8], query: &Query, transport: Transport, out: &mut [u8]) -> usize {
         let written = answer::write_reply(packet, query, &self.refused, transport, out);
         self.count_reply(self.refused.flags, written.truncated);
         written.len

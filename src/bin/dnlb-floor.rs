@@ -31,10 +31,7 @@ impl Handler for Echo {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let addr: SocketAddr = args
-        .next()
-        .ok_or("usage: dnlb-floor ADDR [--io MODE] [--workers N]")?
-        .parse()?;
+    let addr: SocketAddr = args.next().ok_or("usage: dnlb-floor ADDR [--io MODE] [--workers N]")?.parse()?;
     let mut mode = IoMode::Auto;
     let mut workers = 1usize;
     while let Some(a) = args.next() {

@@ -33,12 +33,7 @@ impl Template {
     /// A reply with no records and the given RCODE (REFUSED, SERVFAIL, or NODATA when 0).
     pub fn empty(authoritative: bool, rcode: u8) -> Template {
         let aa = if authoritative { flag::AA } else { 0 };
-        Template {
-            flags: aa | rcode as u16,
-            counts: [0; 3],
-            body: Box::new([]),
-            required_len: 0,
-        }
+        Template { flags: aa | rcode as u16, counts: [0; 3], body: Box::new([]), required_len: 0 }
     }
 }
 
@@ -84,13 +79,7 @@ fn put16(out: &mut [u8], at: usize, v: u16) {
 ///
 /// `out` must hold at least `transport.limit(query)` bytes, capped at `out.len()`.
 #[inline]
-pub fn write_reply(
-    packet: &[u8],
-    query: &Query,
-    template: &Template,
-    transport: Transport,
-    out: &mut [u8],
-) -> Written {
+pub fn write_reply(packet: &[u8], query: &Query, template: &Template, transport: Transport, out: &mut [u8]) -> Written {
     let limit = transport.limit(query).min(out.len());
     let opt = if query.edns.is_some() { OPT_LEN } else { 0 };
     let q_end = query.question_end;
@@ -117,10 +106,7 @@ pub fn write_reply(
     if let Some(edns) = query.edns {
         len += write_opt(&mut out[len..], 0, edns.dnssec_ok, transport);
     }
-    Written {
-        len,
-        truncated: flags & flag::TC != 0,
-    }
+    Written { len, truncated: flags & flag::TC != 0 }
 }
 
 /// Writes an OPT record advertising dnlb's own payload size.
@@ -144,13 +130,7 @@ pub fn write_badvers(packet: &[u8], query: &Query, transport: Transport, out: &m
     put16(out, 2, (query.flags & (flag::RD | flag::CD)) | flag::QR);
     out[4..12].copy_from_slice(&[0, 1, 0, 0, 0, 0, 0, 1]);
     let dnssec_ok = query.edns.is_some_and(|e| e.dnssec_ok);
-    q_end
-        + write_opt(
-            &mut out[q_end..],
-            (rcode::BADVERS >> 4) as u8,
-            dnssec_ok,
-            transport,
-        )
+    q_end + write_opt(&mut out[q_end..], (rcode::BADVERS >> 4) as u8, dnssec_ok, transport)
 }
 
 /// Writes a header-only error reply (FORMERR, NOTIMP) for a packet whose question could not be
@@ -160,11 +140,7 @@ pub fn write_header_error(packet: &[u8], rcode: u8, out: &mut [u8]) -> usize {
     out[..HEADER_LEN].fill(0);
     out[..2].copy_from_slice(&packet[..2]);
     let asked = u16::from_be_bytes([packet[2], packet[3]]);
-    put16(
-        out,
-        2,
-        (asked & (flag::OPCODE | flag::RD)) | flag::QR | u16::from(rcode),
-    );
+    put16(out, 2, (asked & (flag::OPCODE | flag::RD)) | flag::QR | u16::from(rcode));
     HEADER_LEN
 }
 
@@ -186,12 +162,7 @@ mod tests {
     }
 
     fn template(body_len: usize, required_len: usize) -> Template {
-        Template {
-            flags: flag::AA,
-            counts: [1, 0, 1],
-            body: vec![7; body_len].into(),
-            required_len,
-        }
+        Template { flags: flag::AA, counts: [1, 0, 1], body: vec![7; body_len].into(), required_len }
     }
 
     #[test]
@@ -200,25 +171,10 @@ mod tests {
         let mut name = [0; MAX_NAME_LEN];
         let q = parse(&p, &mut name).unwrap();
         let mut out = [0u8; 1500];
-        let w = write_reply(
-            &p,
-            &q,
-            &template(20, 10),
-            Transport::Udp { max_payload: 1232 },
-            &mut out,
-        );
-        assert_eq!(
-            w,
-            Written {
-                len: p.len() + 20,
-                truncated: false
-            }
-        );
+        let w = write_reply(&p, &q, &template(20, 10), Transport::Udp { max_payload: 1232 }, &mut out);
+        assert_eq!(w, Written { len: p.len() + 20, truncated: false });
         assert_eq!(&out[..2], &[0xab, 0xcd]);
-        assert_eq!(
-            u16::from_be_bytes([out[2], out[3]]),
-            flag::QR | flag::AA | flag::RD | flag::CD
-        );
+        assert_eq!(u16::from_be_bytes([out[2], out[3]]), flag::QR | flag::AA | flag::RD | flag::CD);
         assert_eq!(&out[4..12], &[0, 1, 0, 1, 0, 0, 0, 1]);
         assert_eq!(&out[12..p.len()], &p[12..], "question echoed with its case");
     }
@@ -244,21 +200,9 @@ mod tests {
         let mut name = [0; MAX_NAME_LEN];
         let q = parse(&p, &mut name).unwrap();
         let mut out = [0u8; 1500];
-        let w = write_reply(
-            &p,
-            &q,
-            &template(1000, 1000),
-            Transport::Udp { max_payload: 1232 },
-            &mut out,
-        );
+        let w = write_reply(&p, &q, &template(1000, 1000), Transport::Udp { max_payload: 1232 }, &mut out);
         let q_end = q.question_end;
-        assert_eq!(
-            w,
-            Written {
-                len: q_end + 1000 + OPT_LEN,
-                truncated: false
-            }
-        );
+        assert_eq!(w, Written { len: q_end + 1000 + OPT_LEN, truncated: false });
         assert_eq!(&out[w.len - OPT_LEN..w.len - 8], &[0, 0, 41]);
         assert_eq!(u16::from_be_bytes([out[w.len - 8], out[w.len - 7]]), 1232);
         assert_eq!(out[11], 2, "additional count includes the OPT");

@@ -32,15 +32,8 @@ pub enum EncodeError {
 
 /// Parses a presentation-format name as a fully qualified [`Name`].
 pub fn name(text: &str) -> Result<Name, EncodeError> {
-    let fqdn = if text.ends_with('.') {
-        text.to_string()
-    } else {
-        format!("{text}.")
-    };
-    Name::from_ascii(&fqdn).map_err(|source| EncodeError::Name {
-        name: text.to_string(),
-        source,
-    })
+    let fqdn = if text.ends_with('.') { text.to_string() } else { format!("{text}.") };
+    Name::from_ascii(&fqdn).map_err(|source| EncodeError::Name { name: text.to_string(), source })
 }
 
 /// An A or AAAA record.
@@ -49,37 +42,14 @@ pub fn address_record(owner: &Name, ttl: u32, address: IpAddr) -> Record {
 }
 
 /// An SRV record (RFC 2782).
-pub fn srv_record(
-    owner: &Name,
-    ttl: u32,
-    priority: u16,
-    weight: u16,
-    port: u16,
-    target: &Name,
-) -> Record {
-    Record::from_rdata(
-        owner.clone(),
-        ttl,
-        RData::SRV(SRV::new(priority, weight, port, target.clone())),
-    )
+pub fn srv_record(owner: &Name, ttl: u32, priority: u16, weight: u16, port: u16, target: &Name) -> Record {
+    Record::from_rdata(owner.clone(), ttl, RData::SRV(SRV::new(priority, weight, port, target.clone())))
 }
 
 /// A NAPTR record with flag "s" pointing at an SRV name (RFC 3263 §4.1).
-pub fn naptr_record(
-    owner: &Name,
-    ttl: u32,
-    order: u16,
-    service: &str,
-    replacement: &Name,
-) -> Record {
-    let rdata = NAPTR::new(
-        order,
-        50,
-        b"s".to_vec().into(),
-        service.as_bytes().into(),
-        Box::new([]),
-        replacement.clone(),
-    );
+pub fn naptr_record(owner: &Name, ttl: u32, order: u16, service: &str, replacement: &Name) -> Record {
+    let rdata =
+        NAPTR::new(order, 50, b"s".to_vec().into(), service.as_bytes().into(), Box::new([]), replacement.clone());
     Record::from_rdata(owner.clone(), ttl, RData::NAPTR(rdata))
 }
 
@@ -90,10 +60,7 @@ pub fn template(
     answers: Vec<Record>,
     additionals: Vec<Record>,
 ) -> Result<Template, EncodeError> {
-    let fail = |source| EncodeError::Encode {
-        name: owner.to_string(),
-        source,
-    };
+    let fail = |source| EncodeError::Encode { name: owner.to_string(), source };
     let answer_count = answers.len() as u16;
     let additional_count = additionals.len() as u16;
     let mut message = Message::new(0, MessageType::Response, OpCode::Query);

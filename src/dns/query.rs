@@ -137,23 +137,11 @@ pub fn parse(packet: &[u8], name: &mut [u8; MAX_NAME_LEN]) -> Result<Query, Reje
             let payload = be16(packet, at + 3).max(512);
             let version = packet[at + 6];
             let dnssec_ok = packet[at + 7] & 0x80 != 0;
-            edns = Some(Edns {
-                payload,
-                version,
-                dnssec_ok,
-            });
+            edns = Some(Edns { payload, version, dnssec_ok });
         }
         at = next;
     }
-    Ok(Query {
-        id: be16(packet, 0),
-        flags,
-        name_len,
-        question_end,
-        qtype,
-        qclass,
-        edns,
-    })
+    Ok(Query { id: be16(packet, 0), flags, name_len, question_end, qtype, qclass, edns })
 }
 
 /// Reads the uncompressed question name at offset 12, lower-casing it into `name`.
@@ -230,10 +218,7 @@ mod tests {
         let mut name = [0; MAX_NAME_LEN];
         let q = parse(&p, &mut name).unwrap();
         assert_eq!(&name[..q.name_len], b"\x03sip\x07example\x00");
-        assert_eq!(
-            (q.id, q.qtype, q.qclass, q.question_end),
-            (0x1234, 1, 1, p.len())
-        );
+        assert_eq!((q.id, q.qtype, q.qclass, q.question_end), (0x1234, 1, 1, p.len()));
         assert_eq!(q.edns, None);
     }
 
@@ -244,14 +229,7 @@ mod tests {
         p.extend_from_slice(&[0, 0, 41, 0x10, 0, 0, 1, 0x80, 0, 0, 0]);
         let mut name = [0; MAX_NAME_LEN];
         let q = parse(&p, &mut name).unwrap();
-        assert_eq!(
-            q.edns,
-            Some(Edns {
-                payload: 4096,
-                version: 1,
-                dnssec_ok: true
-            })
-        );
+        assert_eq!(q.edns, Some(Edns { payload: 4096, version: 1, dnssec_ok: true }));
     }
 
     #[test]
@@ -265,17 +243,8 @@ mod tests {
         let mut notify = ok.clone();
         notify[2] |= 4 << 3;
         assert_eq!(parse(&notify, &mut name), Err(Reject::NotImplemented));
-        assert_eq!(
-            parse(&ok[..ok.len() - 1], &mut name),
-            Err(Reject::FormatError)
-        );
-        assert_eq!(
-            parse(&query(b"\xc0\x0c", 1), &mut name),
-            Err(Reject::FormatError)
-        );
-        assert_eq!(
-            parse(&query(b"\x41a\x00", 1), &mut name),
-            Err(Reject::FormatError)
-        );
+        assert_eq!(parse(&ok[..ok.len() - 1], &mut name), Err(Reject::FormatError));
+        assert_eq!(parse(&query(b"\xc0\x0c", 1), &mut name), Err(Reject::FormatError));
+        assert_eq!(parse(&query(b"\x41a\x00", 1), &mut name), Err(Reject::FormatError));
     }
 }

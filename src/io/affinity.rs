@@ -6,10 +6,7 @@ use std::io;
 /// Pins the calling thread to `core`.
 pub fn pin_current_thread(core: usize) -> io::Result<()> {
     if core >= libc::CPU_SETSIZE as usize {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "core number out of range",
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "core number out of range"));
     }
     // SAFETY:
     // - `cpu_set_t` is a plain bit array for which all-zero is the valid empty set.
@@ -40,8 +37,6 @@ pub fn allowed_cores() -> Vec<usize> {
             let n = std::thread::available_parallelism().map_or(1, |n| n.get());
             return (0..n).collect();
         }
-        (0..libc::CPU_SETSIZE as usize)
-            .filter(|&c| libc::CPU_ISSET(c, &set))
-            .collect()
+        (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect()
     }
 }

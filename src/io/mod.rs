@@ -104,9 +104,7 @@ impl Backend {
     pub fn choose(mode: IoMode) -> Result<(Backend, Option<String>), IoError> {
         match mode {
             IoMode::Portable => Ok((Backend::Portable, None)),
-            IoMode::Uring => uring::check_support()
-                .map(|()| (Backend::Uring, None))
-                .map_err(IoError::UringUnavailable),
+            IoMode::Uring => uring::check_support().map(|()| (Backend::Uring, None)).map_err(IoError::UringUnavailable),
             IoMode::Auto => match uring::check_support() {
                 Ok(()) => Ok((Backend::Uring, None)),
                 Err(why) => Ok((Backend::Portable, Some(why))),
@@ -115,12 +113,7 @@ impl Backend {
     }
 
     /// Serves `socket` until `stop` fires.
-    pub fn serve<H: Handler>(
-        self,
-        socket: &UdpSocket,
-        handler: &mut H,
-        stop: &Stop,
-    ) -> io::Result<()> {
+    pub fn serve<H: Handler>(self, socket: &UdpSocket, handler: &mut H, stop: &Stop) -> io::Result<()> {
         match self {
             Backend::Uring => uring::serve(socket, handler, stop),
             Backend::Portable => portable::serve(socket, handler, stop),
@@ -132,8 +125,7 @@ impl Backend {
 /// address (the kernel spreads flows across them), large buffers to ride out bursts.
 pub fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, IoError> {
     let fail = |source| IoError::Socket { addr, source };
-    let socket =
-        Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(fail)?;
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(fail)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true).map_err(fail)?;
     }
@@ -159,11 +151,7 @@ impl Stop {
     /// A stop signal that has not fired.
     pub fn new() -> io::Result<Stop> {
         let (reader, writer) = io::pipe()?;
-        Ok(Stop {
-            flag: AtomicBool::new(false),
-            reader,
-            writer,
-        })
+        Ok(Stop { flag: AtomicBool::new(false), reader, writer })
     }
 
     /// Fires the signal; every worker sees it.

@@ -32,20 +32,14 @@ pub fn serve<H: Handler>(socket: &UdpSocket, handler: &mut H, stop: &Stop) -> io
         reply: [[0; REPLY_SIZE]; BATCH],
         names: [[0; NAME_SIZE]; BATCH],
     });
-    let mut recv_iov: [libc::iovec; BATCH] = [libc::iovec {
-        iov_base: std::ptr::null_mut(),
-        iov_len: 0,
-    }; BATCH];
+    let mut recv_iov: [libc::iovec; BATCH] = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; BATCH];
     let mut send_iov = recv_iov;
     // SAFETY: `mmsghdr` is plain old data (pointers and integers); all-zero is a valid value.
     let mut recv_msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
     let mut send_msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-    for i in 0..BATCH {
-        recv_iov[i] = libc::iovec {
-            iov_base: bufs.recv[i].as_mut_ptr().cast(),
-            iov_len: RECV_SIZE,
-        };
+    for (iov, buf) in recv_iov.iter_mut().zip(bufs.recv.iter_mut()) {
+        *iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: RECV_SIZE };
     }
     while !stop.fired() {
         for i in 0..BATCH {
@@ -65,20 +59,12 @@ pub fn serve<H: Handler>(socket: &UdpSocket, handler: &mut H, stop: &Stop) -> io
         //   address, both the true sizes of those buffers;
         // - `BATCH` is the length of `recv_msgs`.
         let n = unsafe {
-            libc::recvmmsg(
-                fd,
-                recv_msgs.as_mut_ptr(),
-                BATCH as u32,
-                libc::MSG_WAITFORONE,
-                std::ptr::null_mut(),
-            )
+            libc::recvmmsg(fd, recv_msgs.as_mut_ptr(), BATCH as u32, libc::MSG_WAITFORONE, std::ptr::null_mut())
         };
         if n < 0 {
             let e = io::Error::last_os_error();
             match e.kind() {
-                io::ErrorKind::WouldBlock
-                | io::ErrorKind::TimedOut
-                | io::ErrorKind::Interrupted => {}
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted => {}
                 _ => handler.io_error(e),
             }
             continue;
@@ -89,18 +75,11 @@ pub fn serve<H: Handler>(socket: &UdpSocket, handler: &mut H, stop: &Stop) -> io
         for i in 0..n as usize {
             let len = (recv_msgs[i].msg_len as usize).min(RECV_SIZE);
             let name_len = (recv_msgs[i].msg_hdr.msg_namelen as usize).min(NAME_SIZE);
-            let out = handler.handle(
-                &recv[i][..len],
-                Peer(&names[i][..name_len]),
-                &mut reply[replies],
-            );
+            let out = handler.handle(&recv[i][..len], Peer(&names[i][..name_len]), &mut reply[replies]);
             if out == 0 {
                 continue;
             }
-            send_iov[replies] = libc::iovec {
-                iov_base: reply[replies].as_mut_ptr().cast(),
-                iov_len: out,
-            };
+            send_iov[replies] = libc::iovec { iov_base: reply[replies].as_mut_ptr().cast(), iov_len: out };
             let h = &mut send_msgs[replies].msg_hdr;
             h.msg_name = names[i].as_mut_ptr().cast();
             h.msg_namelen = name_len as libc::socklen_t;
@@ -114,14 +93,7 @@ pub fn serve<H: Handler>(socket: &UdpSocket, handler: &mut H, stop: &Stop) -> io
             // - headers `sent..replies` point at reply buffers and peer names in `bufs` filled
             //   above, and at `send_iov` entries; all outlive the call and are only read by it;
             // - the count passed is the number of initialised headers from `sent` on.
-            let rc = unsafe {
-                libc::sendmmsg(
-                    fd,
-                    send_msgs[sent..].as_mut_ptr(),
-                    (replies - sent) as u32,
-                    0,
-                )
-            };
+            let rc = unsafe { libc::sendmmsg(fd, send_msgs[sent..].as_mut_ptr(), (replies - sent) as u32, 0) };
             if rc < 0 {
                 let e = io::Error::last_os_error();
                 if e.kind() == io::ErrorKind::Interrupted {

@@ -51,20 +51,18 @@ const USER_STOP: u64 = u64::MAX - 1;
 /// The error says why not (seccomp, `kernel.io_uring_disabled`, an old kernel).
 pub fn check_support() -> Result<(), String> {
     let ring = IoUring::new(8).map_err(|e| match e.raw_os_error() {
-        Some(libc::EPERM) => format!("{e} (blocked by a seccomp profile such as Docker's default, or kernel.io_uring_disabled=2)"),
+        Some(libc::EPERM) => {
+            format!("{e} (blocked by a seccomp profile such as Docker's default, or kernel.io_uring_disabled=2)")
+        }
         Some(libc::ENOSYS) => format!("{e} (kernel built without io_uring, or a seccomp filter)"),
         Some(libc::EACCES) => format!("{e} (kernel.io_uring_disabled=1 and this user is not in io_uring_group)"),
         _ => e.to_string(),
     })?;
     let mut probe = io_uring::Probe::new();
-    ring.submitter()
-        .register_probe(&mut probe)
-        .map_err(|e| format!("cannot probe io_uring opcodes: {e}"))?;
-    for (code, name) in [
-        (opcode::RecvMsg::CODE, "recvmsg"),
-        (opcode::SendMsg::CODE, "sendmsg"),
-        (opcode::PollAdd::CODE, "poll"),
-    ] {
+    ring.submitter().register_probe(&mut probe).map_err(|e| format!("cannot probe io_uring opcodes: {e}"))?;
+    for (code, name) in
+        [(opcode::RecvMsg::CODE, "recvmsg"), (opcode::SendMsg::CODE, "sendmsg"), (opcode::PollAdd::CODE, "poll")]
+    {
         if !probe.is_supported(code) {
             return Err(format!("kernel io_uring lacks {name}"));
         }
@@ -73,14 +71,9 @@ pub fn check_support() -> Result<(), String> {
     let ring_mem = BufRingMemory::new(8)?;
     // SAFETY: `ring_mem` is page-aligned, zeroed, 8 entries long, and outlives `ring`'s
     // registration: it is unregistered just below, before either is dropped.
-    unsafe {
-        ring.submitter()
-            .register_buf_ring_with_flags(ring_mem.addr(), 8, BUFFER_GROUP, 0)
-    }
-    .map_err(|e| format!("kernel lacks provided buffer rings (needs 6.0 or newer): {e}"))?;
-    ring.submitter()
-        .unregister_buf_ring(BUFFER_GROUP)
-        .map_err(|e| e.to_string())?;
+    unsafe { ring.submitter().register_buf_ring_with_flags(ring_mem.addr(), 8, BUFFER_GROUP, 0) }
+        .map_err(|e| format!("kernel lacks provided buffer rings (needs 6.0 or newer): {e}"))?;
+    ring.submitter().unregister_buf_ring(BUFFER_GROUP).map_err(|e| e.to_string())?;
     Ok(())
 }
 
@@ -146,31 +139,17 @@ impl Worker {
             .setup_single_issuer()
             .setup_defer_taskrun()
             .build(SQ_ENTRIES)
-            .or_else(|_| {
-                IoUring::builder()
-                    .setup_cqsize(CQ_ENTRIES)
-                    .build(SQ_ENTRIES)
-            })?;
+            .or_else(|_| IoUring::builder().setup_cqsize(CQ_ENTRIES).build(SQ_ENTRIES))?;
         let buf_ring = BufRingMemory::new(RECV_BUFFERS).map_err(io::Error::other)?;
         let buffers = vec![0u8; RECV_BUFFERS as usize * RECV_SIZE].into_boxed_slice();
         // SAFETY: see `check_support`; `buf_ring` outlives the registration because `ring`
         // drops first (field order).
-        unsafe {
-            ring.submitter().register_buf_ring_with_flags(
-                buf_ring.addr(),
-                RECV_BUFFERS,
-                BUFFER_GROUP,
-                0,
-            )?
-        };
+        unsafe { ring.submitter().register_buf_ring_with_flags(buf_ring.addr(), RECV_BUFFERS, BUFFER_GROUP, 0)? };
         let slots = (0..SEND_SLOTS)
             .map(|_| SendSlot {
                 // SAFETY: msghdr is plain data; all-zero is a valid (empty) value.
                 msg: unsafe { std::mem::zeroed() },
-                iov: libc::iovec {
-                    iov_base: std::ptr::null_mut(),
-                    iov_len: 0,
-                },
+                iov: libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 },
                 name: [0; NAME_SIZE],
                 reply: [0; REPLY_SIZE],
             })
@@ -178,15 +157,8 @@ impl Worker {
         // SAFETY: as above.
         let mut recv_msg: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
         recv_msg.msg_namelen = NAME_SIZE as libc::socklen_t;
-        let mut w = Worker {
-            ring,
-            buf_ring,
-            buffers,
-            slots,
-            free: (0..SEND_SLOTS as u16).rev().collect(),
-            recv_msg,
-            tail: 0,
-        };
+        let mut w =
+            Worker { ring, buf_ring, buffers, slots, free: (0..SEND_SLOTS as u16).rev().collect(), recv_msg, tail: 0 };
         for bid in 0..RECV_BUFFERS {
             w.stage_buffer(bid);
         }
@@ -231,20 +203,13 @@ impl Worker {
     }
 
     fn arm_recv(&mut self, fd: i32) -> io::Result<()> {
-        let entry = opcode::RecvMsgMulti::new(types::Fd(fd), &*self.recv_msg, BUFFER_GROUP)
-            .build()
-            .user_data(USER_RECV);
+        let entry =
+            opcode::RecvMsgMulti::new(types::Fd(fd), &*self.recv_msg, BUFFER_GROUP).build().user_data(USER_RECV);
         self.push(&entry)
     }
 
     /// Handles one datagram completion: build the reply, queue its send, return the buffer.
-    fn on_datagram<H: Handler>(
-        &mut self,
-        handler: &mut H,
-        fd: i32,
-        result: i32,
-        flags: u32,
-    ) -> io::Result<()> {
+    fn on_datagram<H: Handler>(&mut self, handler: &mut H, fd: i32, result: i32, flags: u32) -> io::Result<()> {
         let Some(bid) = cqueue::buffer_select(flags) else {
             return Ok(());
         };
@@ -281,16 +246,11 @@ impl Worker {
         self.stage_buffer(bid);
         if let Some(i) = slot_index {
             let slot = &mut self.slots[i as usize];
-            slot.iov = libc::iovec {
-                iov_base: slot.reply.as_mut_ptr().cast(),
-                iov_len: reply_len,
-            };
+            slot.iov = libc::iovec { iov_base: slot.reply.as_mut_ptr().cast(), iov_len: reply_len };
             slot.msg.msg_name = slot.name.as_mut_ptr().cast();
             slot.msg.msg_iov = &mut slot.iov;
             slot.msg.msg_iovlen = 1;
-            let entry = opcode::SendMsg::new(types::Fd(fd), &slot.msg)
-                .build()
-                .user_data(u64::from(i));
+            let entry = opcode::SendMsg::new(types::Fd(fd), &slot.msg).build().user_data(u64::from(i));
             self.push(&entry)?;
         }
         Ok(())
@@ -302,17 +262,14 @@ pub fn serve<H: Handler>(socket: &UdpSocket, handler: &mut H, stop: &Stop) -> io
     let fd = socket.as_raw_fd();
     let mut w = Worker::new()?;
     w.arm_recv(fd)?;
-    let poll = opcode::PollAdd::new(types::Fd(stop.reader().as_raw_fd()), libc::POLLIN as u32)
-        .build()
-        .user_data(USER_STOP);
+    let poll =
+        opcode::PollAdd::new(types::Fd(stop.reader().as_raw_fd()), libc::POLLIN as u32).build().user_data(USER_STOP);
     w.push(&poll)?;
     let mut batch: [(u64, i32, u32); DRAIN] = [(0, 0, 0); DRAIN];
     loop {
         match w.ring.submit_and_wait(1) {
             Ok(_) => {}
-            Err(e)
-                if e.raw_os_error() == Some(libc::EINTR)
-                    || e.raw_os_error() == Some(libc::EBUSY) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) || e.raw_os_error() == Some(libc::EBUSY) => {}
             Err(e) => return Err(e),
         }
         handler.begin_batch();

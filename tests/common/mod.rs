@@ -1,0 +1,163 @@
+//! Helpers shared by the integration tests: a real server on a loopback port, a real DNS client.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::time::Duration;
+
+use dnlb::config::{Config, IoMode};
+use dnlb::io::Backend;
+use dnlb::server::Server;
+use dnlb::snapshot::{Health, Snapshot, SnapshotHandle};
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
+use hickory_proto::rr::{Name, RecordType};
+
+/// Whether this run is CI, where a missing tool or kernel feature fails instead of skipping.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Skips (outside CI) or fails (in CI) with a visible message. Returns `false` when the caller
+/// should stop.
+pub fn require(available: bool, what: &str) -> bool {
+    if available {
+        return true;
+    }
+    if in_ci() {
+        panic!("{what} is required under CI=true but is not available");
+    }
+    eprintln!("SKIPPED: {what} is not available here (this would fail under CI=true)");
+    false
+}
+
+/// The backends to test: both, io_uring only where the kernel allows it.
+pub fn backends() -> Vec<IoMode> {
+    let mut v = vec![IoMode::Portable];
+    let uring = Backend::choose(IoMode::Uring).is_ok();
+    if require(uring, "io_uring") {
+        v.push(IoMode::Uring);
+    }
+    v
+}
+
+/// A loopback port that was free a moment ago (UDP and TCP).
+pub fn free_port() -> u16 {
+    loop {
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A config with one service of `n` servers on 127.0.0.x, listening on `port`.
+pub fn config_text(port: u16, servers: usize, extra_service: &str) -> String {
+    let mut s = format!(
+        "[server]\nlisten = [\"127.0.0.1:{port}\"]\nworkers = 2\ntcp_idle_timeout_ms = 500\ntcp_max_connections = 4\n\n[[service]]\nname = \"sip.example.test\"\n"
+    );
+    for i in 0..servers {
+        s.push_str(&format!(
+            "[[service.server]]\naddress = \"127.0.0.{}\"\ntransports = [\"udp\", \"tcp\"]\npriority = {}\nweight = {}\n",
+            11 + i,
+            10 + i,
+            5 + i
+        ));
+    }
+    s.push_str(extra_service);
+    s
+}
+
+/// A running in-process server and what the test needs to talk to it.
+pub struct TestServer {
+    pub server: Option<Server>,
+    pub addr: SocketAddr,
+    pub config: Config,
+    pub snapshots: SnapshotHandle,
+}
+
+impl TestServer {
+    /// Starts `config_text` with the given backend.
+    pub fn start(text: &str, io: IoMode) -> TestServer {
+        let mut config = Config::parse(text).unwrap_or_else(|p| panic!("test config invalid: {p:?}"));
+        config.server.io = io;
+        let snapshot = Snapshot::build(&config, &Health::all_up(&config), 0, 1).unwrap();
+        let snapshots = SnapshotHandle::new(snapshot);
+        let server = Server::start(&config.server, snapshots.clone()).unwrap();
+        let addr = config.server.listen[0];
+        TestServer { server: Some(server), addr, config, snapshots }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            let (_, errors) = s.shutdown();
+            assert!(errors.is_empty(), "{errors:?}");
+        }
+    }
+}
+
+/// A query message for `name`/`qtype` with the given ID, optionally with EDNS.
+pub fn query(name: &str, qtype: RecordType, id: u16, edns: Option<u16>) -> Vec<u8> {
+    let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+    if let Some(size) = edns {
+        let mut e = Edns::new();
+        e.set_max_payload(size);
+        m.edns = Some(e);
+    }
+    m.to_vec().unwrap()
+}
+
+/// A UDP client socket with a timeout.
+pub fn udp_client() -> UdpSocket {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    s
+}
+
+/// Sends raw bytes over UDP and returns the raw reply, or `None` after `wait`.
+pub fn udp_raw(addr: SocketAddr, packet: &[u8], wait: Duration) -> Option<Vec<u8>> {
+    let s = udp_client();
+    s.set_read_timeout(Some(wait)).unwrap();
+    s.send_to(packet, addr).unwrap();
+    let mut buf = [0u8; 4096];
+    match s.recv_from(&mut buf) {
+        Ok((n, _)) => Some(buf[..n].to_vec()),
+        Err(_) => None,
+    }
+}
+
+/// Sends a query over UDP and parses the reply.
+pub fn udp_query(addr: SocketAddr, packet: &[u8]) -> Message {
+    let raw = udp_raw(addr, packet, Duration::from_secs(2)).expect("no UDP reply within 2 s");
+    Message::from_vec(&raw).expect("reply parses")
+}
+
+/// Sends length-prefixed messages on one TCP connection and reads as many replies.
+pub fn tcp_exchange(stream: &mut TcpStream, packets: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for p in packets {
+        stream.write_all(&(p.len() as u16).to_be_bytes()).unwrap();
+        stream.write_all(p).unwrap();
+    }
+    for _ in packets {
+        let mut len = [0u8; 2];
+        stream.read_exact(&mut len).unwrap();
+        let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
+        stream.read_exact(&mut buf).unwrap();
+        out.push(buf);
+    }
+    out
+}
+
+/// Whether a command is on PATH.
+pub fn have(tool: &str) -> bool {
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .is_ok_and(|o| o.status.success())
+}

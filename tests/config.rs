@@ -1,0 +1,98 @@
+//! Configuration files: every example loads; each documented mistake gives its documented error,
+//! both from the library and from `dnlb check-config`.
+
+use std::path::Path;
+use std::process::Command;
+
+use dnlb::config::Config;
+
+#[test]
+fn every_example_loads() {
+    let mut n = 0;
+    for entry in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            n += 1;
+        }
+    }
+    assert!(n >= 1, "examples/ has no .toml file");
+}
+
+const GOOD: &str = r#"[server]
+listen = ["127.0.0.1:5353"]
+
+[[service]]
+name = "sip.example.test"
+
+[[service.server]]
+address = "127.0.0.11"
+"#;
+
+/// Runs `dnlb check-config` on `text`; returns (exit success, stdout + stderr).
+fn check(text: &str) -> (bool, String) {
+    let dir = std::env::temp_dir().join(format!("dnlb-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{:x}.toml", text.len() * 31 + text.bytes().map(usize::from).sum::<usize>()));
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_dnlb")).arg("check-config").arg(&path).output().unwrap();
+    let _cleanup = std::fs::remove_file(&path);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text.replace(&path.display().to_string(), "FILE"))
+}
+
+#[test]
+fn a_good_file_passes_check_config() {
+    let (ok, out) = check(GOOD);
+    assert!(ok, "{out}");
+    assert!(out.contains("ok (1 service(s))"), "{out}");
+}
+
+/// The documented errors (README, "Configuration errors"): each names file, line, column and field.
+#[test]
+fn documented_errors() {
+    let cases = [
+        (GOOD.replace("address = \"127.0.0.11\"", "address = \"127.0.0.11\"\nwieght = 5"), "FILE:9:1: wieght: unknown field `wieght`"),
+        (GOOD.replace("127.0.0.11", "127.0.0.300"), "FILE:8:11: service[0].server[0].address: `127.0.0.300` is not an IP address"),
+        (
+            format!("{GOOD}\n[[service.server]]\naddress = \"127.0.0.11\"\n"),
+            "FILE:11:11: service[0].server[1].address: 127.0.0.11 port 5060 is listed twice in service `sip.example.test`",
+        ),
+        (
+            "[server]\nlisten = [\"127.0.0.1:5353\"]\n\n[[service]]\nname = \"sip.example.test\"\n".to_string(),
+            "FILE:5:8: service[0].server: service `sip.example.test` has no servers",
+        ),
+        (GOOD.replace("5353", "0"), "FILE:2:11: server.listen[0]: port 0 is not allowed"),
+        (GOOD.replace("[server]", "[server]\nworkers = 0"), "FILE:2:11: server.workers: 0 is out of range: use 1 to 1024"),
+        (GOOD.replace("listen = [\"127.0.0.1:5353\"]", ""), "missing field `listen`"),
+    ];
+    for (text, expected) in cases {
+        let (ok, out) = check(&text);
+        assert!(!ok, "should fail: {expected}");
+        assert!(out.contains(expected), "expected `{expected}` in:\n{out}");
+    }
+}
+
+#[test]
+fn all_problems_are_reported_at_once() {
+    let text = GOOD.replace("127.0.0.11", "nonsense").replace("sip.example.test", "bad..name");
+    let (ok, out) = check(&text);
+    assert!(!ok);
+    assert_eq!(out.lines().filter(|l| l.contains("FILE:")).count(), 2, "{out}");
+}
+
+#[test]
+fn command_line_errors_name_the_flag() {
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_dnlb")).args(args).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (ok, err) = run(&["--config", "examples/dnlb.toml", "--io", "turbo"]);
+    assert!(!ok && err.contains("unknown io mode `turbo`"), "{err}");
+    let (ok, err) = run(&["--workers", "0", "--config", "x"]);
+    assert!(!ok && err.contains("--workers"), "{err}");
+    let (ok, err) = run(&["--config", "/nonexistent/dnlb.toml"]);
+    assert!(!ok && err.contains("/nonexistent/dnlb.toml: cannot read"), "{err}");
+    let (ok, _) = run(&["--version"]);
+    assert!(ok);
+}
