@@ -1,1 +1,64 @@
-fn main() {}
+//! Hot-path micro-benchmarks: parse, look up + patch (the whole per-query work), snapshot load.
+//! Target (issue 2): parse + look up + patch under 100 ns per query.
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use crossbeam_utils::CachePadded;
+use dnlb::config::Config;
+use dnlb::dns::answer::Transport;
+use dnlb::dns::query::{parse, MAX_NAME_LEN};
+use dnlb::metrics::{CounterBlocks, WorkerCounters};
+use dnlb::snapshot::{Health, Snapshot, SnapshotHandle};
+use dnlb::worker::Responder;
+
+const CONFIG: &str = include_str!("../examples/dnlb.toml");
+
+/// `sip.example.test A` with 0x20 case and an EDNS OPT, as a resolver would send it.
+fn query_packet() -> Vec<u8> {
+    let mut p = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 1];
+    p.extend_from_slice(b"\x03SiP\x07eXaMpLe\x04TeSt\x00\x00\x01\x00\x01");
+    p.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0]);
+    p
+}
+
+fn setup() -> (SnapshotHandle, Responder) {
+    let config = Config::parse(CONFIG).unwrap();
+    let handle = SnapshotHandle::new(Snapshot::build(&config, &Health::all_up(&config), 0, 1).unwrap());
+    let counters: CounterBlocks = (0..1).map(|_| CachePadded::new(WorkerCounters::default())).collect();
+    let responder = Responder::new(handle.clone(), counters, 0);
+    (handle, responder)
+}
+
+fn benches(c: &mut Criterion) {
+    let packet = query_packet();
+    let mut g = c.benchmark_group("hot_path");
+    g.throughput(Throughput::Elements(1));
+
+    let mut name = [0u8; MAX_NAME_LEN];
+    g.bench_function("parse", |b| b.iter(|| parse(black_box(&packet), &mut name).unwrap()));
+
+    let (handle, mut responder) = setup();
+    let mut out = [0u8; 2048];
+    let udp = Transport::Udp { max_payload: 1232 };
+    g.bench_function("parse_lookup_patch", |b| b.iter(|| responder.respond(black_box(&packet), udp, &mut out)));
+
+    let srv = {
+        let mut p = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+        p.extend_from_slice(b"\x04_sip\x04_udp\x03sip\x07example\x04test\x00\x00\x21\x00\x01");
+        p
+    };
+    g.bench_function("parse_lookup_patch_srv", |b| b.iter(|| responder.respond(black_box(&srv), udp, &mut out)));
+
+    let mut refused = packet.clone();
+    refused[13] = b'X';
+    refused[14] = b'Y';
+    g.bench_function("parse_lookup_refused", |b| b.iter(|| responder.respond(black_box(&refused), udp, &mut out)));
+
+    g.bench_function("snapshot_load", |b| b.iter(|| black_box(handle.load().generation)));
+    g.bench_function("batch_refresh", |b| b.iter(|| responder.refresh()));
+    g.finish();
+}
+
+criterion_group!(hot_path, benches);
+criterion_main!(hot_path);
