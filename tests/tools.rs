@@ -109,17 +109,35 @@ fn dnsperf_short_run_loses_nothing() {
     }
     let d = Dnlb::start("auto");
     let queries = std::env::temp_dir().join(format!("dnlb-dnsperf-{}.txt", std::process::id()));
-    std::fs::write(&queries, "sip.example.test A\n_sip._udp.sip.example.test SRV\nsip.example.test NAPTR\nSIP.Example.Test A\n").unwrap();
+    std::fs::write(
+        &queries,
+        "sip.example.test A\n_sip._udp.sip.example.test SRV\nsip.example.test NAPTR\nSIP.Example.Test A\n",
+    )
+    .unwrap();
     let _queries = TempFile(queries.clone());
     // Bounded: 2 seconds at 2,000 queries/s.
     let out = Command::new("dnsperf")
-        .args(["-s", "127.0.0.1", "-p", &d.addr.port().to_string(), "-d", queries.to_str().unwrap(), "-l", "2", "-Q", "2000"])
+        .args([
+            "-s",
+            "127.0.0.1",
+            "-p",
+            &d.addr.port().to_string(),
+            "-d",
+            queries.to_str().unwrap(),
+            "-l",
+            "2",
+            "-Q",
+            "2000",
+        ])
         .output()
         .expect("run dnsperf");
     let text = String::from_utf8_lossy(&out.stdout);
     eprintln!("{text}");
     let field = |label: &str| -> u64 {
-        let line = text.lines().find(|l| l.trim_start().starts_with(label)).unwrap_or_else(|| panic!("no `{label}` in:\n{text}"));
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(label))
+            .unwrap_or_else(|| panic!("no `{label}` in:\n{text}"));
         line.split(':').nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap()
     };
     let completed = field("Queries completed");

@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# dnsperf against dnlb, nsd (same data, rate limiting off) and dnlb's no-work floor server, in one
+# run, with each server pinned to one core and dnsperf pinned to another. Prints queries/s, lost %,
+# and server CPU microseconds per answered query, then dnlb's ratios to the floor and to nsd.
+#
+#   perf/compare.sh                       defaults: 10 s per run, io=uring, server core 0, dnsperf core 1
+#   SECONDS_PER_RUN=5 IO=portable perf/compare.sh
+#   SERVER_CPUS=0 LOAD_CPUS=1 WORKERS=1 perf/compare.sh
+#
+# Two load shapes per server: saturation (dnsperf -c 4 -q 200 -T 1) and a fixed 30,000 queries/s
+# (-Q 30000). Traffic goes to 127.0.0.1 only; every run is bounded by -l and every server started
+# here is ended by its PID.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
+IO=${IO:-uring}
+SERVER_CPUS=${SERVER_CPUS:-0}
+LOAD_CPUS=${LOAD_CPUS:-1}
+WORKERS=${WORKERS:-1}
+RATE=${RATE:-30000}
+SHAPES=${SHAPES:-"saturation fixed"}
+SERVERS=${SERVERS:-"floor dnlb nsd"}
+DNLB_BIN=${DNLB_BIN:-target/release/dnlb}
+FLOOR_BIN=${FLOOR_BIN:-target/release/dnlb-floor}
+NSD_BIN=${NSD_BIN:-$(command -v nsd || echo /usr/sbin/nsd)}
+DNSPERF=${DNSPERF:-dnsperf}
+PORT=${PORT:-5390}
+THREADS_LOAD=${THREADS_LOAD:-1}
+
+if [ -z "${SKIP_BUILD:-}" ]; then cargo build --release --quiet --bins; fi
+for tool in "$DNSPERF" taskset; do
+    command -v "$tool" >/dev/null || { echo "perf/compare.sh: $tool is missing (apt-get install dnsperf util-linux)" >&2; exit 1; }
+done
+
+work=$(mktemp -d /tmp/dnlb-perf.XXXXXX)
+pids=()
+cleanup() {
+    for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+# Same answers everywhere: sip.example.test A -> three addresses.
+printf 'sip.example.test A\n' > "$work/queries.txt"
+cat > "$work/dnlb.toml" <<EOF
+[server]
+listen = ["127.0.0.1:$PORT"]
+tcp = false
+workers = $WORKERS
+io = "$IO"
+pin_workers = true
+
+[[service]]
+name = "sip.example.test"
+[[service.server]]
+address = "127.0.0.11"
+[[service.server]]
+address = "127.0.0.12"
+[[service.server]]
+address = "127.0.0.13"
+EOF
+cat > "$work/example.test.zone" <<'EOF'
+$ORIGIN example.test.
+$TTL 1
+@   IN SOA ns.example.test. hostmaster.example.test. 1 3600 600 86400 1
+@   IN NS ns.example.test.
+ns  IN A 127.0.0.10
+sip IN A 127.0.0.11
+sip IN A 127.0.0.12
+sip IN A 127.0.0.13
+EOF
+cat > "$work/nsd.conf" <<EOF
+server:
+    ip-address: 127.0.0.1@$PORT
+    server-count: $WORKERS
+    reuseport: yes
+    username: ""
+    chroot: ""
+    zonesdir: "$work"
+    pidfile: "$work/nsd.pid"
+    xfrdfile: "$work/xfrd.state"
+    zonelistfile: "$work/zone.list"
+    database: ""
+    logfile: "$work/nsd.log"
+    verbosity: 0
+    hide-version: yes
+    receive-buffer-size: 4194304
+    send-buffer-size: 4194304
+    rrl-ratelimit: 0
+    rrl-whitelist-ratelimit: 0
+remote-control:
+    control-enable: no
+zone:
+    name: example.test
+    zonefile: example.test.zone
+EOF
+
+# CPU ticks (user + system) of a process and all its descendants.
+tree_ticks() {
+    local total=0 p
+    for p in $(descendants "$1"); do
+        if [ -r "/proc/$p/stat" ]; then
+            total=$((total + $(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$p/stat")))
+        fi
+    done
+    echo "$total"
+}
+descendants() {
+    local p=$1 c
+    echo "$p"
+    for c in $(cat /proc/"$p"/task/*/children 2>/dev/null); do descendants "$c"; done
+}
+
+wait_answer() {
+    local i
+    for i in $(seq 1 100); do
+        if "$DNSPERF" -s 127.0.0.1 -p "$PORT" -d "$work/queries.txt" -n 1 -t 1 2>/dev/null | grep -q "Queries completed: *1 "; then return 0; fi
+        sleep 0.1
+    done
+    echo "server on port $PORT did not answer" >&2
+    return 1
+}
+
+start_server() {
+    case $1 in
+        floor) taskset -c "$SERVER_CPUS" "$FLOOR_BIN" "127.0.0.1:$PORT" --io "$IO" --workers "$WORKERS" 2>"$work/floor.log" & ;;
+        dnlb) taskset -c "$SERVER_CPUS" "$DNLB_BIN" --config "$work/dnlb.toml" 2>"$work/dnlb.log" & ;;
+        nsd) taskset -c "$SERVER_CPUS" "$NSD_BIN" -d -c "$work/nsd.conf" 2>"$work/nsd.err" & ;;
+    esac
+    server_pid=$!
+    pids+=("$server_pid")
+    wait_answer
+}
+
+stop_server() {
+    kill "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+    sleep 0.5 # let the kernel release the port (io_uring teardown is asynchronous)
+}
+
+clk=$(getconf CLK_TCK)
+results="$work/results.txt"
+: > "$results"
+printf '%-8s %-11s %10s %8s %12s\n' server shape "queries/s" "lost %" "cpu us/q"
+for server in $SERVERS; do
+    start_server "$server"
+    for shape in $SHAPES; do
+        if [ "$shape" = saturation ]; then load=(-c 4 -q 200 -T "$THREADS_LOAD"); else load=(-Q "$RATE" -c 4 -T "$THREADS_LOAD"); fi
+        before=$(tree_ticks "$server_pid")
+        out=$(taskset -c "$LOAD_CPUS" "$DNSPERF" -s 127.0.0.1 -p "$PORT" -d "$work/queries.txt" -l "$SECONDS_PER_RUN" "${load[@]}" 2>&1)
+        after=$(tree_ticks "$server_pid")
+        completed=$(echo "$out" | awk '/Queries completed:/ { print $3 }')
+        lost=$(echo "$out" | awk '/Queries lost:/ { gsub(/[()%]/, "", $4); print $4 }')
+        qps=$(echo "$out" | awk '/Queries per second:/ { print $4 }')
+        us=$(awk -v t=$((after - before)) -v c="$completed" -v k="$clk" 'BEGIN { printf "%.2f", c > 0 ? t * 1e6 / k / c : 0 }')
+        printf '%-8s %-11s %10.0f %8s %12s\n' "$server" "$shape" "$qps" "$lost" "$us" | tee -a "$results"
+    done
+    stop_server
+done
+
+echo
+for shape in $SHAPES; do
+    awk -v s="$shape" '
+        $2 == s { cpu[$1] = $5; qps[$1] = $3 }
+        END {
+            if (cpu["dnlb"] > 0 && cpu["floor"] > 0) printf "%-11s dnlb/floor cpu per query: %.3f", s, cpu["dnlb"] / cpu["floor"]
+            if (cpu["dnlb"] > 0 && cpu["nsd"] > 0) printf "   dnlb/nsd: %.3f   qps dnlb/nsd: %.3f", cpu["dnlb"] / cpu["nsd"], qps["dnlb"] / qps["nsd"]
+            printf "\n"
+        }' "$results"
+done
