@@ -19,8 +19,9 @@ const SERVERS: usize = 4;
 const PUBLISHES: u64 = 3000;
 
 /// The healthy set of generation `g`: the servers whose bit is set in `g % 16` (all when none).
+/// Generation 1 is the server's initial snapshot (TTL 1, every server healthy).
 fn healthy(g: u64) -> BTreeSet<IpAddr> {
-    let mask = g % 16;
+    let mask = if g == 1 { 0 } else { g % 16 };
     let all: Vec<IpAddr> = (0..SERVERS).map(|i| format!("127.0.0.{}", 11 + i).parse().unwrap()).collect();
     let up: BTreeSet<IpAddr> = all.iter().enumerate().filter(|(i, _)| mask >> i & 1 == 1).map(|(_, a)| *a).collect();
     if up.is_empty() {
