@@ -6,6 +6,7 @@
 #   perf/compare.sh                       defaults: 10 s per run, io=uring, server core 0, dnsperf core 1
 #   SECONDS_PER_RUN=5 IO=portable perf/compare.sh
 #   SERVER_CPUS=0 LOAD_CPUS=1 WORKERS=1 perf/compare.sh
+#   CLIENTS=4 OUTSTANDING=200 THREADS_LOAD=1  dnsperf's -c, -q and -T for the saturation shape
 #
 # Two load shapes per server: saturation (dnsperf -c 4 -q 200 -T 1) and a fixed 30,000 queries/s
 # (-Q 30000). Traffic goes to 127.0.0.1 only; every run is bounded by -l and every server started
@@ -27,6 +28,8 @@ NSD_BIN=${NSD_BIN:-$(command -v nsd || echo /usr/sbin/nsd)}
 DNSPERF=${DNSPERF:-dnsperf}
 PORT=${PORT:-5390}
 THREADS_LOAD=${THREADS_LOAD:-1}
+CLIENTS=${CLIENTS:-4}
+OUTSTANDING=${OUTSTANDING:-200}
 
 if [ -z "${SKIP_BUILD:-}" ]; then cargo build --release --quiet --bins; fi
 for tool in "$DNSPERF" taskset; do
@@ -140,21 +143,21 @@ stop_server() {
     sleep 0.5 # let the kernel release the port (io_uring teardown is asynchronous)
 }
 
-clk=$(getconf CLK_TCK)
+clk=$(getconf CLK_TCK 2>/dev/null || echo 100)
 results="$work/results.txt"
 : > "$results"
 printf '%-8s %-11s %10s %8s %12s\n' server shape "queries/s" "lost %" "cpu us/q"
 for server in $SERVERS; do
     start_server "$server"
     for shape in $SHAPES; do
-        if [ "$shape" = saturation ]; then load=(-c 4 -q 200 -T "$THREADS_LOAD"); else load=(-Q "$RATE" -c 4 -T "$THREADS_LOAD"); fi
+        if [ "$shape" = saturation ]; then load=(-c "$CLIENTS" -q "$OUTSTANDING" -T "$THREADS_LOAD"); else load=(-Q "$RATE" -c "$CLIENTS" -T "$THREADS_LOAD"); fi
         before=$(tree_ticks "$server_pid")
         out=$(taskset -c "$LOAD_CPUS" "$DNSPERF" -s 127.0.0.1 -p "$PORT" -d "$work/queries.txt" -l "$SECONDS_PER_RUN" "${load[@]}" 2>&1)
         after=$(tree_ticks "$server_pid")
         completed=$(echo "$out" | awk '/Queries completed:/ { print $3 }')
         lost=$(echo "$out" | awk '/Queries lost:/ { gsub(/[()%]/, "", $4); print $4 }')
         qps=$(echo "$out" | awk '/Queries per second:/ { print $4 }')
-        us=$(awk -v t=$((after - before)) -v c="$completed" -v k="$clk" 'BEGIN { printf "%.2f", c > 0 ? t * 1e6 / k / c : 0 }')
+        us=$(awk -v t=$((after - before)) -v c="$completed" -v k="$clk" 'BEGIN { printf "%.2f", (c > 0) ? t * 1e6 / k / c : 0 }')
         printf '%-8s %-11s %10.0f %8s %12s\n' "$server" "$shape" "$qps" "$lost" "$us" | tee -a "$results"
     done
     stop_server
