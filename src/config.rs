@@ -96,6 +96,47 @@ pub enum Policy {
     RoundRobin,
     /// The paper's scheme: one server is on duty for a whole probe round.
     OnDuty,
+    /// Smooth weighted round robin over the configured weights.
+    Weighted,
+    /// Weights from the measured probe round-trip time: faster servers get more answers.
+    Latency,
+}
+
+/// What a service answers when none of its servers is healthy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AllDown {
+    /// Answer with every configured server: better a possibly dead server than none.
+    ServeAll,
+    /// Answer with the servers that were healthy last (every server if none ever was).
+    LastGood,
+    /// Answer SERVFAIL, so clients try their next resolver or name.
+    Servfail,
+    /// Answer NOERROR with no records.
+    Nodata,
+}
+
+/// The SIP request a probe sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProbeMethod {
+    /// OPTIONS (RFC 3261 §11): the usual keep-alive; answered by any SIP server.
+    Options,
+    /// The paper's dummy REGISTER (a binding query with Expires: 0, no Contact).
+    Register,
+}
+
+/// The state a server starts in, before its first probe verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StartState {
+    /// Not served until its first verdict (a service whose servers are all unknown answers per
+    /// its all-down policy).
+    Unknown,
+    /// Served until a probe says otherwise.
+    Up,
+    /// Not served until it has passed `rise` probes.
+    Down,
 }
 
 /// A SIP transport a server is reachable on; each has its own SRV name (RFC 3263).
@@ -155,11 +196,38 @@ struct RawProbe {
     interval_ms: Spanned<u64>,
     #[serde(default = "default_timeout_ms")]
     timeout_ms: Spanned<u64>,
+    #[serde(default = "default_retransmit_ms")]
+    retransmit_ms: Spanned<u64>,
+    #[serde(default = "default_method")]
+    method: ProbeMethod,
+    #[serde(default = "default_rise_fall")]
+    rise: Spanned<u64>,
+    #[serde(default = "default_rise_fall")]
+    fall: Spanned<u64>,
+    #[serde(default = "default_down_codes")]
+    down_codes: Spanned<Vec<u64>>,
+    #[serde(default = "default_start")]
+    start: StartState,
+    #[serde(default)]
+    core: Option<Spanned<u64>>,
+    #[serde(default = "default_true")]
+    enabled: bool,
 }
 
 impl Default for RawProbe {
     fn default() -> Self {
-        RawProbe { interval_ms: default_interval_ms(), timeout_ms: default_timeout_ms() }
+        RawProbe {
+            interval_ms: default_interval_ms(),
+            timeout_ms: default_timeout_ms(),
+            retransmit_ms: default_retransmit_ms(),
+            method: default_method(),
+            rise: default_rise_fall(),
+            fall: default_rise_fall(),
+            down_codes: default_down_codes(),
+            start: default_start(),
+            core: None,
+            enabled: true,
+        }
     }
 }
 
@@ -173,6 +241,10 @@ struct RawService {
     answers: Option<Spanned<u64>>,
     #[serde(default)]
     ttl: Option<Spanned<u64>>,
+    #[serde(default = "default_all_down")]
+    all_down: AllDown,
+    #[serde(default)]
+    probe_method: Option<ProbeMethod>,
     #[serde(default = "no_servers")]
     server: Spanned<Vec<RawSipServer>>,
 }
@@ -191,6 +263,8 @@ struct RawSipServer {
     weight: Spanned<u64>,
     #[serde(default)]
     host: Option<Spanned<String>>,
+    #[serde(default)]
+    probe_method: Option<ProbeMethod>,
 }
 
 fn default_true() -> bool {
@@ -216,6 +290,24 @@ fn default_interval_ms() -> Spanned<u64> {
 }
 fn default_timeout_ms() -> Spanned<u64> {
     spanned(150)
+}
+fn default_retransmit_ms() -> Spanned<u64> {
+    spanned(40)
+}
+fn default_method() -> ProbeMethod {
+    ProbeMethod::Options
+}
+fn default_rise_fall() -> Spanned<u64> {
+    spanned(2)
+}
+fn default_down_codes() -> Spanned<Vec<u64>> {
+    spanned(vec![503])
+}
+fn default_start() -> StartState {
+    StartState::Unknown
+}
+fn default_all_down() -> AllDown {
+    AllDown::ServeAll
 }
 fn default_policy() -> Policy {
     Policy::RoundRobin
@@ -268,13 +360,29 @@ pub struct ServerConfig {
     pub max_udp_payload: u16,
 }
 
-/// SIP probe timing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// SIP probing.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeConfig {
+    /// Whether the prober runs; when off, every server counts as healthy.
+    pub enabled: bool,
     /// Time between two probes of one server; also the default answer TTL (the paper's rule).
     pub interval: Duration,
     /// A probe without a final reply after this long is a failure.
     pub timeout: Duration,
+    /// First UDP retransmission after this long, doubling after (SIP's Timer A, scaled down).
+    pub retransmit: Duration,
+    /// The default probe request.
+    pub method: ProbeMethod,
+    /// Successes in a row to go up.
+    pub rise: u32,
+    /// Failures in a row to go down.
+    pub fall: u32,
+    /// Final status codes that count as a failure (503 by default).
+    pub down_codes: Vec<u16>,
+    /// State before the first verdict.
+    pub start: StartState,
+    /// Core the prober thread is pinned to, if any.
+    pub core: Option<usize>,
 }
 
 /// One SIP service name and its server farm.
@@ -288,6 +396,8 @@ pub struct ServiceConfig {
     pub answers: Option<usize>,
     /// TTL of every answer, in seconds.
     pub ttl: u32,
+    /// What to answer when no server is healthy.
+    pub all_down: AllDown,
     /// The farm, in the order written.
     pub servers: Vec<SipServer>,
 }
@@ -307,6 +417,8 @@ pub struct SipServer {
     pub weight: u16,
     /// SRV target host name (lower case, no trailing dot).
     pub host: String,
+    /// The probe request for this server.
+    pub probe_method: ProbeMethod,
 }
 
 impl Config {
@@ -381,7 +493,7 @@ impl Validator<'_> {
 
     fn config(&mut self, raw: RawConfig) -> Config {
         let server = self.server(raw.server);
-        let probe = self.probe(&raw.probe);
+        let probe = self.probe(raw.probe);
         let mut services = Vec::with_capacity(raw.service.len());
         let mut names = HashSet::new();
         for (i, s) in raw.service.into_iter().enumerate() {
@@ -440,9 +552,24 @@ impl Validator<'_> {
         }
     }
 
-    fn probe(&mut self, raw: &RawProbe) -> ProbeConfig {
+    fn probe(&mut self, raw: RawProbe) -> ProbeConfig {
         let interval = self.ranged(&raw.interval_ms, "probe.interval_ms", 100, 3_600_000, " ms");
         let timeout = self.ranged(&raw.timeout_ms, "probe.timeout_ms", 10, 60_000, " ms");
+        let retransmit = self.ranged(&raw.retransmit_ms, "probe.retransmit_ms", 5, 60_000, " ms");
+        let rise = self.ranged(&raw.rise, "probe.rise", 1, 100, "") as u32;
+        let fall = self.ranged(&raw.fall, "probe.fall", 1, 100, "") as u32;
+        let mut down_codes = Vec::new();
+        for &code in raw.down_codes.get_ref() {
+            if !(200..=699).contains(&code) {
+                self.fail(
+                    raw.down_codes.span(),
+                    "probe.down_codes",
+                    format!("{code} is not a final SIP status code: use codes from 200 to 699"),
+                );
+            }
+            down_codes.push(code as u16);
+        }
+        let core = raw.core.map(|c| self.ranged(&c, "probe.core", 0, 4095, "") as usize);
         if timeout >= interval {
             self.fail(
                 raw.timeout_ms.span(),
@@ -450,7 +577,18 @@ impl Validator<'_> {
                 format!("{timeout} ms is not shorter than probe.interval_ms ({interval} ms): lower the timeout or raise the interval"),
             );
         }
-        ProbeConfig { interval: Duration::from_millis(interval), timeout: Duration::from_millis(timeout) }
+        ProbeConfig {
+            enabled: raw.enabled,
+            interval: Duration::from_millis(interval),
+            timeout: Duration::from_millis(timeout),
+            retransmit: Duration::from_millis(retransmit),
+            method: raw.method,
+            rise,
+            fall,
+            down_codes,
+            start: raw.start,
+            core,
+        }
     }
 
     fn service(&mut self, i: usize, raw: RawService, probe: &ProbeConfig) -> ServiceConfig {
@@ -527,9 +665,10 @@ impl Validator<'_> {
                     format!("{address} port {port} is listed twice in service `{name}`: list a server once with all its transports"),
                 );
             }
-            servers.push(SipServer { address, port, transports, priority, weight, host });
+            let probe_method = s.probe_method.or(raw.probe_method).unwrap_or(probe.method);
+            servers.push(SipServer { address, port, transports, priority, weight, host, probe_method });
         }
-        ServiceConfig { name, policy: raw.policy, answers, ttl, servers }
+        ServiceConfig { name, policy: raw.policy, answers, ttl, all_down: raw.all_down, servers }
     }
 }
 

@@ -5,14 +5,15 @@
 //!  clients ─► worker 0..N (pinned, own SO_REUSEPORT socket, own io_uring) ─► reply
 //!                 │ load() once per batch
 //!                 ▼
-//!            SnapshotHandle (ArcSwap<Snapshot>) ◄── publish() ── config today, the prober next
+//!            SnapshotHandle (ArcSwap<Snapshot>) ◄── publish() on change ── prober (SIP OPTIONS/REGISTER)
 //! ```
 //!
 //! Modules:
 //! - [`config`]: TOML → validated [`config::Config`], errors that name file, line, field and fix.
 //! - [`dns`]: zero-copy query parsing, reply templates and their copy-and-patch.
 //! - [`snapshot`]: the immutable answer set and its lock-free handle.
-//! - [`select`]: selection policies (round-robin, on-duty), pure functions.
+//! - [`select`]: selection policies (round-robin, on-duty, weighted, latency), pure functions.
+//! - [`probe`]: SIP probes, the health state machine, the prober thread.
 //! - [`worker`]: per-query logic, shared by UDP workers and TCP connections.
 //! - [`io`]: the io_uring and recvmmsg backends; the only module with `unsafe`.
 //! - [`tcp`]: DNS over TCP.
@@ -23,6 +24,7 @@ pub mod config;
 pub mod dns;
 pub mod io;
 pub mod metrics;
+pub mod probe;
 pub mod select;
 pub mod server;
 pub mod snapshot;

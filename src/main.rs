@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use dnlb::config::{Config, IoMode};
+use dnlb::probe::{initial_health, Prober};
 use dnlb::server::Server;
-use dnlb::snapshot::{Health, Snapshot, SnapshotHandle};
+use dnlb::snapshot::{Snapshot, SnapshotHandle};
 
 const USAGE: &str = "\
 usage: dnlb --config PATH [--io uring|portable|auto] [--workers N]
@@ -64,11 +65,16 @@ fn run(path: PathBuf, io: Option<IoMode>, workers: Option<usize>) -> Result<()> 
     if workers.is_some() {
         config.server.workers = workers;
     }
-    // Until the prober runs, every configured server counts as healthy; the snapshot goes through
-    // the same handle the prober will publish through.
-    let snapshot = Snapshot::build(&config, &Health::all_up(&config), 0, 1).context("building answers")?;
+    // The first snapshot follows the configured start state; the prober publishes from then on.
+    let snapshot = Snapshot::build(&config, &initial_health(&config), 0, 1).context("building answers")?;
     let snapshots = SnapshotHandle::new(snapshot);
-    let server = Server::start(&config.server, snapshots)?;
+    let server = Server::start(&config.server, snapshots.clone())?;
+    let prober = if config.probe.enabled && !config.services.is_empty() {
+        Some(Prober::spawn(config.clone(), snapshots).context("starting the prober")?)
+    } else {
+        eprintln!("dnlb: probing is off: every configured server counts as healthy");
+        None
+    };
     if let Some(why) = server.fallback_reason() {
         eprintln!("dnlb: io_uring unavailable, using the portable backend: {why}");
     }
@@ -86,9 +92,20 @@ fn run(path: PathBuf, io: Option<IoMode>, workers: Option<usize>) -> Result<()> 
         signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
     }
     while !stop.load(Ordering::Relaxed) && !server.worker_died() {
+        if prober.as_ref().is_some_and(Prober::finished) {
+            eprintln!("dnlb: the prober stopped; answering from its last snapshot");
+            break;
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let (totals, errors) = server.shutdown();
+    let mut errors = Vec::new();
+    if let Some(p) = prober {
+        if let Err(e) = p.shutdown() {
+            errors.push(format!("prober: {e}"));
+        }
+    }
+    let (totals, worker_errors) = server.shutdown();
+    errors.extend(worker_errors);
     eprintln!("dnlb: stopped: {totals}");
     if !errors.is_empty() {
         bail!("{}", errors.join("; "));

@@ -17,9 +17,10 @@ use std::time::Instant;
 use arc_swap::{ArcSwap, Guard};
 use hickory_proto::rr::{Name, Record};
 
-use crate::config::{Config, ServiceConfig, Transport};
+use crate::config::{AllDown, Config, Policy, ServiceConfig, Transport};
 use crate::dns::answer::Template;
 use crate::dns::encode::{self, EncodeError};
+use crate::dns::query::rcode;
 use crate::dns::{rtype, wire_name};
 use crate::select;
 
@@ -47,13 +48,15 @@ impl Hasher for NameHasher {
     }
 }
 
-/// The answers of one (name, type): one template per rotation position.
+/// The answers of one (name, type): distinct templates and the cycle a worker walks through them.
 #[derive(Debug)]
 pub struct Rotation {
     /// Index of this rotation's counter in a worker's rotation state.
     slot: usize,
-    /// The templates, answered in turn.
+    /// The distinct templates.
     templates: Box<[Template]>,
+    /// The cycle of template indices (round-robin: 0..n; weighted: the smooth weighted order).
+    order: Box<[u32]>,
 }
 
 /// Everything dnlb answers for one managed name.
@@ -66,17 +69,19 @@ struct NameAnswers {
 }
 
 /// Health of each configured server per transport, as the snapshot builder reads it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Health {
     /// `up[service][server]` lists the transports on which that server is healthy.
     pub up: Vec<Vec<Vec<Transport>>>,
+    /// `rtt_us[service][server]`: the smoothed probe round-trip time (read by `latency`).
+    pub rtt_us: Vec<Vec<Option<u64>>>,
 }
 
 impl Health {
     /// Every server healthy on every transport it is configured for.
     pub fn all_up(config: &Config) -> Health {
         let up = config.services.iter().map(|s| s.servers.iter().map(|v| v.transports.clone()).collect()).collect();
-        Health { up }
+        Health { up, rtt_us: Vec::new() }
     }
 }
 
@@ -111,8 +116,7 @@ impl Snapshot {
     pub fn build(config: &Config, health: &Health, round: u64, generation: u64) -> Result<Snapshot, EncodeError> {
         let mut b = Builder { names: HashMap::default(), slots: 0 };
         for (i, service) in config.services.iter().enumerate() {
-            let up = health.up.get(i).map(Vec::as_slice).unwrap_or(&[]);
-            b.service(service, up, round)?;
+            b.service(service, health, i, round)?;
         }
         Ok(Snapshot { generation, built_at: Instant::now(), rotation_slots: b.slots, names: b.names })
     }
@@ -129,14 +133,14 @@ impl Snapshot {
         let Some((_, rot)) = entry.by_type.iter().find(|(t, _)| *t == wanted) else {
             return Lookup::Answer(&entry.nodata);
         };
-        let n = rot.templates.len();
-        if n == 1 {
+        let n = rot.order.len();
+        if n <= 1 {
             return Lookup::Answer(&rot.templates[0]);
         }
         let counter = &mut rotation[rot.slot];
-        let i = *counter as usize;
+        let i = (*counter as usize).min(n - 1);
         *counter = if i + 1 >= n { 0 } else { i as u32 + 1 };
-        Lookup::Answer(&rot.templates[i.min(n - 1)])
+        Lookup::Answer(&rot.templates[rot.order[i] as usize])
     }
 
     /// The managed names, lower-case wire format (for tests and diagnostics).
@@ -152,6 +156,17 @@ struct Builder {
 
 impl Builder {
     fn add(&mut self, owner: &Name, qtype: u16, templates: Vec<Template>) -> Result<(), EncodeError> {
+        let order = (0..templates.len() as u32).collect();
+        self.add_rotation(owner, qtype, templates, order)
+    }
+
+    fn add_rotation(
+        &mut self,
+        owner: &Name,
+        qtype: u16,
+        templates: Vec<Template>,
+        order: Vec<u32>,
+    ) -> Result<(), EncodeError> {
         let key: Box<[u8]> = wire_name(&owner.to_ascii()).into();
         let entry = match self.names.entry(key) {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
@@ -163,35 +178,62 @@ impl Builder {
         if entry.by_type.iter().all(|(t, _)| *t != qtype) {
             let slot = self.slots;
             self.slots += 1;
-            entry.by_type.push((qtype, Rotation { slot, templates: templates.into() }));
+            entry.by_type.push((qtype, Rotation { slot, templates: templates.into(), order: order.into() }));
         }
         Ok(())
     }
 
-    fn service(&mut self, service: &ServiceConfig, up: &[Vec<Transport>], round: u64) -> Result<(), EncodeError> {
+    fn service(
+        &mut self,
+        service: &ServiceConfig,
+        health: &Health,
+        index: usize,
+        round: u64,
+    ) -> Result<(), EncodeError> {
         let owner = encode::name(&service.name)?;
         let ttl = service.ttl;
+        let up = health.up.get(index).map(Vec::as_slice).unwrap_or(&[]);
+        let rtts = health.rtt_us.get(index).map(Vec::as_slice).unwrap_or(&[]);
         let healthy = |i: usize| up.get(i).is_some_and(|t| !t.is_empty());
-        // All down: serve every server (the default all-down policy) rather than nothing.
         let any_up = (0..service.servers.len()).any(healthy);
-        let serving: Vec<_> =
-            service.servers.iter().enumerate().filter(|(i, _)| !any_up || healthy(*i)).map(|(_, s)| s).collect();
-
-        let mut v4: Vec<IpAddr> = Vec::new();
-        let mut v6: Vec<IpAddr> = Vec::new();
-        for s in &serving {
-            let list = if s.address.is_ipv4() { &mut v4 } else { &mut v6 };
-            if !list.contains(&s.address) {
-                list.push(s.address);
+        // The all-down policy: last-good arrives here as the prober's substitute up-list, so
+        // what is left to decide is serving everything, SERVFAIL or NODATA.
+        let fallback = |any: bool| -> Option<Template> {
+            match (any, service.all_down) {
+                (true, _) | (false, AllDown::ServeAll | AllDown::LastGood) => None,
+                (false, AllDown::Servfail) => Some(Template::empty(false, rcode::SERVFAIL)),
+                (false, AllDown::Nodata) => Some(Template::empty(true, rcode::NOERROR)),
             }
-        }
-        for (qtype, addrs) in [(rtype::A, &v4), (rtype::AAAA, &v6)] {
+        };
+        let serving: Vec<usize> = (0..service.servers.len()).filter(|&i| !any_up || healthy(i)).collect();
+
+        for (qtype, v6) in [(rtype::A, false), (rtype::AAAA, true)] {
+            if let Some(t) = fallback(any_up) {
+                self.add(&owner, qtype, vec![t])?;
+                continue;
+            }
+            let mut addrs: Vec<IpAddr> = Vec::new();
+            let mut weights: Vec<u32> = Vec::new();
+            let mut rtt: Vec<Option<u64>> = Vec::new();
+            for &i in &serving {
+                let s = &service.servers[i];
+                if s.address.is_ipv6() == v6 && !addrs.contains(&s.address) {
+                    addrs.push(s.address);
+                    weights.push(u32::from(s.weight));
+                    rtt.push(rtts.get(i).copied().flatten());
+                }
+            }
+            if service.policy == Policy::Latency {
+                weights = select::latency_weights(&rtt);
+            }
+            let rotation = select::rotations(&addrs, &weights, service.policy, service.answers, round);
             let mut templates = Vec::new();
-            for set in select::rotations(addrs, service.policy, service.answers, round) {
+            for set in &rotation.answers {
                 let records = set.iter().map(|a| encode::address_record(&owner, ttl, *a)).collect();
                 templates.push(encode::template(&owner, qtype, records, vec![])?);
             }
-            self.add(&owner, qtype, templates)?;
+            let order = rotation.order.iter().map(|&i| i as u32).collect();
+            self.add_rotation(&owner, qtype, templates, order)?;
         }
 
         // Per transport SRV sets, from the servers healthy on that transport.
@@ -211,6 +253,11 @@ impl Builder {
                 Transport::Tls => ("_sips._tcp", "SIPS+D2T"),
             };
             let srv_owner = encode::name(&format!("{label}.{}", service.name))?;
+            naptrs.push(encode::naptr_record(&owner, ttl, 50 + 20 * order, naptr_service, &srv_owner));
+            if let Some(t) = fallback(any) {
+                self.add(&srv_owner, rtype::SRV, vec![t])?;
+                continue;
+            }
             let mut answers = Vec::new();
             let mut additionals: Vec<Record> = Vec::new();
             for s in &members {
@@ -222,9 +269,12 @@ impl Builder {
                 }
             }
             self.add(&srv_owner, rtype::SRV, vec![encode::template(&srv_owner, rtype::SRV, answers, additionals)?])?;
-            naptrs.push(encode::naptr_record(&owner, ttl, 50 + 20 * order, naptr_service, &srv_owner));
         }
-        self.add(&owner, rtype::NAPTR, vec![encode::template(&owner, rtype::NAPTR, naptrs, vec![])?])?;
+        let naptr = match fallback(any_up) {
+            Some(t) => t,
+            None => encode::template(&owner, rtype::NAPTR, naptrs, vec![])?,
+        };
+        self.add(&owner, rtype::NAPTR, vec![naptr])?;
 
         // Each SRV target answers A/AAAA with its own address(es).
         let mut hosts: Vec<(&str, Vec<IpAddr>)> = Vec::new();

@@ -13,7 +13,10 @@
 
 pub mod affinity;
 pub mod portable;
+mod rlimit;
 pub mod uring;
+
+pub use rlimit::raise_fd_limit;
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
