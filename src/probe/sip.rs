@@ -127,6 +127,12 @@ pub fn check_reply(bytes: &[u8], id: &ProbeId) -> Result<Reply, Mismatch> {
     if bytes.len() < 12 || !bytes.starts_with(b"SIP/2.0 ") {
         return Err(Mismatch::Unparsable);
     }
+    // A flood of forged replies must stay cheap: without our branch anywhere in the bytes, the
+    // reply cannot match, so skip the full parse.
+    let branch = id.branch.as_bytes();
+    if !bytes.windows(branch.len()).any(|w| w == branch) {
+        return Err(Mismatch::Branch);
+    }
     let response = rsip::Response::try_from(bytes).map_err(|_| Mismatch::Unparsable)?;
     let via = response.via_header().map_err(|_| Mismatch::Branch)?;
     let branch_ok = via.typed().ok().and_then(|v| v.branch().map(|b| b.to_string() == id.branch)).unwrap_or(false);

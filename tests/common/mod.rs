@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: a real server on a loopback port, a real DNS client.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod sip;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;

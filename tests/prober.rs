@@ -1,0 +1,210 @@
+//! The prober against in-process SIP responders on 127.0.0.x, observed through real DNS queries.
+//! Timing assertions have generous margins; the exact figures are printed.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::sip::{common_port, Mode, SipResponder};
+use common::*;
+use dnlb::config::IoMode;
+use dnlb::probe::Prober;
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::{RData, RecordType};
+
+/// Field order is drop order: the prober stops before the responders close their ports.
+struct Farm {
+    prober: Option<Prober>,
+    dns: TestServer,
+    responders: Vec<Option<SipResponder>>,
+}
+
+/// Starts responders on `ips` (one shared port), a DNS server and a prober for them.
+fn farm(ips: &[&str], modes: Vec<Mode>, probe: &str, service: &str) -> Farm {
+    let sip_port = common_port(ips);
+    let responders = ips
+        .iter()
+        .zip(modes)
+        .map(|(ip, mode)| Some(SipResponder::start(SocketAddr::new(ip.parse().unwrap(), sip_port), mode)))
+        .collect();
+    let mut text = format!(
+        "[server]\nlisten = [\"127.0.0.1:{}\"]\nworkers = 1\n\n[probe]\n{probe}\n\n[[service]]\nname = \"sip.example.test\"\n{service}\n",
+        free_port()
+    );
+    for ip in ips {
+        text.push_str(&format!("[[service.server]]\naddress = \"{ip}\"\nport = {sip_port}\n"));
+    }
+    let dns = TestServer::start(&text, IoMode::Portable);
+    let prober = Prober::spawn(dns.config.clone(), dns.snapshots.clone()).unwrap();
+    Farm { prober: Some(prober), dns, responders }
+}
+
+impl Farm {
+    fn answer(&self) -> Message {
+        udp_query(self.dns.addr, &query("sip.example.test.", RecordType::A, 1, None))
+    }
+
+    fn addresses(&self) -> BTreeSet<IpAddr> {
+        self.answer()
+            .answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(IpAddr::V4(a.0)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Polls DNS every 5 ms until `want` holds; returns how long it took, or panics after `limit`.
+    fn wait(&self, what: &str, limit: Duration, want: impl Fn(&BTreeSet<IpAddr>) -> bool) -> Duration {
+        let start = Instant::now();
+        loop {
+            if want(&self.addresses()) {
+                return start.elapsed();
+            }
+            assert!(start.elapsed() < limit, "{what}: not within {limit:?}; answers {:?}", self.addresses());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn status(&self) -> &dnlb::probe::ProbeStatus {
+        self.prober.as_ref().unwrap().status()
+    }
+}
+
+fn set(ips: &[&str]) -> BTreeSet<IpAddr> {
+    ips.iter().map(|i| i.parse().unwrap()).collect()
+}
+
+const FAST: &str = "interval_ms = 200\ntimeout_ms = 100\nretransmit_ms = 30\nrise = 2\nfall = 2";
+
+#[test]
+fn a_silent_server_leaves_the_answers_and_comes_back() {
+    let ips = ["127.0.0.21", "127.0.0.22", "127.0.0.23"];
+    let f = farm(&ips, vec![Mode::Reply(200, None); 3], FAST, "");
+    f.wait("all three up", Duration::from_secs(3), |a| *a == set(&ips));
+    f.responders[1].as_ref().unwrap().set(Mode::Silent);
+    let down = f.wait("silent server removed", Duration::from_secs(3), |a| *a == set(&["127.0.0.21", "127.0.0.23"]));
+    // Bound: interval × fall + timeout = 500 ms; with the fast re-check it is about interval + 2 × timeout.
+    println!("silent server removed after {down:?} (interval 200 ms, timeout 100 ms, fall 2)");
+    assert!(down <= Duration::from_millis(500 + 250), "removed after {down:?}");
+    f.responders[1].as_ref().unwrap().set(Mode::Reply(200, None));
+    let up = f.wait("server back", Duration::from_secs(3), |a| *a == set(&ips));
+    println!("server back after {up:?} (interval × rise + timeout = 500 ms)");
+    assert!(up <= Duration::from_millis(500 + 250), "back after {up:?}");
+}
+
+#[test]
+fn icmp_refusal_fails_at_once() {
+    let ips = ["127.0.0.26", "127.0.0.27"];
+    let probe = "interval_ms = 1000\ntimeout_ms = 400\nretransmit_ms = 100\nrise = 2\nfall = 1";
+    let mut f = farm(&ips, vec![Mode::Reply(200, None); 2], probe, "");
+    f.wait("both up", Duration::from_secs(4), |a| *a == set(&ips));
+    let before = f.status().refused.load(Ordering::Relaxed);
+    f.responders[0].take().unwrap().close();
+    let gone = f.wait("closed port removed", Duration::from_secs(3), |a| *a == set(&["127.0.0.27"]));
+    println!("closed port removed after {gone:?} (interval 1 s, timeout 400 ms)");
+    // At most one interval until the next probe, plus far less than the 400 ms timeout.
+    assert!(gone < Duration::from_millis(1000 + 200), "removed after {gone:?}");
+    assert!(f.status().refused.load(Ordering::Relaxed) > before, "counted as an ICMP refusal");
+}
+
+#[test]
+fn status_codes_decide_health() {
+    let ips = ["127.0.0.41", "127.0.0.42", "127.0.0.43", "127.0.0.44"];
+    let modes = vec![
+        Mode::Reply(404, None), // any final reply is alive (the paper counts even 404)
+        Mode::Reply(503, None), // a down code
+        Mode::TryingThen(200),  // provisional first, then final
+        Mode::TryingOnly,       // provisional only: times out
+    ];
+    let f = farm(&ips, modes, FAST, "");
+    f.wait("404 and 100+200 up, 503 and 100-only down", Duration::from_secs(3), |a| {
+        *a == set(&["127.0.0.41", "127.0.0.43"])
+    });
+    // Retry-After drains the server for that long even if it then answers 200.
+    f.responders[0].as_ref().unwrap().set(Mode::Reply(503, Some(2)));
+    f.wait("503 with Retry-After removes it", Duration::from_secs(2), |a| *a == set(&["127.0.0.43"]));
+    f.responders[0].as_ref().unwrap().set(Mode::Reply(200, None));
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(f.addresses(), set(&["127.0.0.43"]), "still draining");
+    f.wait("back after the drain", Duration::from_secs(4), |a| a.contains(&"127.0.0.41".parse::<IpAddr>().unwrap()));
+}
+
+#[test]
+fn forged_and_late_replies_never_bring_a_server_up() {
+    let ips = ["127.0.0.51", "127.0.0.52", "127.0.0.53", "127.0.0.54"];
+    let modes = vec![
+        Mode::Reply(200, None),
+        Mode::Forge { count: 5, then_answer: false },
+        Mode::WrongSource,
+        Mode::Late(Duration::from_millis(150)),
+    ];
+    let f = farm(&ips, modes, FAST, "");
+    f.wait("only the honest server", Duration::from_secs(3), |a| *a == set(&["127.0.0.51"]));
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(f.addresses(), set(&["127.0.0.51"]));
+    let ignored = f.status().ignored.load(Ordering::Relaxed);
+    println!("ignored {ignored} forged or late replies");
+    assert!(ignored >= 20, "forged replies reached the prober and were ignored: {ignored}");
+}
+
+#[test]
+fn all_down_policies() {
+    for (policy, expect) in [("servfail", ResponseCode::ServFail), ("nodata", ResponseCode::NoError)] {
+        let ips = ["127.0.0.61", "127.0.0.62"];
+        let f = farm(&ips, vec![Mode::Silent; 2], FAST, &format!("all_down = \"{policy}\""));
+        let start = Instant::now();
+        loop {
+            let m = f.answer();
+            if m.metadata.response_code == expect && m.answers.is_empty() {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(3), "{policy}: got {m:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    // serve-all (the default): every server, though none is healthy.
+    let ips = ["127.0.0.63", "127.0.0.64"];
+    let f = farm(&ips, vec![Mode::Silent; 2], FAST, "");
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(f.addresses(), set(&ips));
+    // last-good: the servers healthy last, after all went down.
+    let ips = ["127.0.0.65", "127.0.0.66"];
+    let f = farm(&ips, vec![Mode::Reply(200, None), Mode::Silent], FAST, "all_down = \"last-good\"");
+    f.wait("first up", Duration::from_secs(3), |a| *a == set(&["127.0.0.65"]));
+    f.responders[0].as_ref().unwrap().set(Mode::Silent);
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(f.addresses(), set(&["127.0.0.65"]), "last good set kept");
+    assert!(f.status().flips.load(Ordering::Relaxed) >= 3);
+}
+
+/// 100,000 forged replies (wrong branch, Call-ID, tag, CSeq number, method) injected between
+/// honest answers: not one state change beyond each server's first verdict.
+#[test]
+fn one_hundred_thousand_forged_replies_change_nothing() {
+    let ips = ["127.0.0.71", "127.0.0.72", "127.0.0.73", "127.0.0.74", "127.0.0.75", "127.0.0.76"];
+    let probe = "interval_ms = 100\ntimeout_ms = 90\nretransmit_ms = 60\nrise = 2\nfall = 2";
+    // 300 forged before each honest reply, paced so the socket buffer never overflows: the test
+    // is about forgeries being refused, not about a flood drowning the honest reply.
+    let f = farm(&ips, vec![Mode::Forge { count: 300, then_answer: true }; 6], probe, "");
+    f.wait("all up", Duration::from_secs(5), |a| *a == set(&ips));
+    let start = Instant::now();
+    while f.status().ignored.load(Ordering::Relaxed) < 100_000 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "only {} forged seen",
+            f.status().ignored.load(Ordering::Relaxed)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let forged: u64 = f.responders.iter().flatten().map(|r| r.forged.load(Ordering::Relaxed)).sum();
+    let ignored = f.status().ignored.load(Ordering::Relaxed);
+    let flips = f.status().flips.load(Ordering::Relaxed);
+    println!("{forged} forged sent, {ignored} seen and ignored by the prober, {flips} flips in {:?}", start.elapsed());
+    assert_eq!(flips, 6, "one flip per server (Unknown -> Up), none from forged replies");
+    assert_eq!(f.addresses(), set(&ips));
+}
