@@ -39,6 +39,7 @@ fn farm(ips: &[&str], modes: Vec<Mode>, probe: &str, service: &str) -> Farm {
     }
     let dns = TestServer::start(&text, IoMode::Portable);
     let prober = Prober::spawn(dns.config.clone(), dns.snapshots.clone()).unwrap();
+    settle(&prober, Duration::from_secs(5));
     Farm { prober: Some(prober), dns, responders }
 }
 

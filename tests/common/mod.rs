@@ -163,3 +163,17 @@ pub fn have(tool: &str) -> bool {
         .output()
         .is_ok_and(|o| o.status.success())
 }
+
+/// Waits until the prober has a verdict for every server (no state is Unknown any more), so a
+/// test's later observations come from probes, not from the start-up snapshot.
+pub fn settle(prober: &dnlb::probe::Prober, limit: Duration) {
+    let start = std::time::Instant::now();
+    loop {
+        let servers = prober.status().servers.lock().unwrap().clone();
+        if !servers.is_empty() && servers.iter().all(|s| s.state != dnlb::probe::health::State::Unknown) {
+            return;
+        }
+        assert!(start.elapsed() < limit, "prober gave no verdict for every server within {limit:?}: {servers:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -1,0 +1,146 @@
+//! Real SIP servers: three kamailio instances (Debian's package) on 127.0.0.11-13:5060, UDP and
+//! TCP, answering OPTIONS. Killing one removes it from DNS answers within interval × fall +
+//! timeout; restarting it brings it back within interval × rise + timeout (plus kamailio's own
+//! start-up). Both are measured and printed; the assertions keep generous margins.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use dnlb::config::IoMode;
+use dnlb::probe::Prober;
+use hickory_proto::rr::{RData, RecordType};
+
+const IPS: [&str; 3] = ["127.0.0.11", "127.0.0.12", "127.0.0.13"];
+
+/// One kamailio process, ended by its PID on drop.
+struct Kamailio {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Kamailio {
+    fn start(ip: &str) -> Kamailio {
+        static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("dnlb-kamailio-{}-{ip}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let modules = ["/usr/lib/x86_64-linux-gnu/kamailio/modules", "/usr/lib/kamailio/modules"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).join("sl.so").exists())
+            .expect("kamailio's sl module");
+        let cfg = format!(
+            "#!KAMAILIO\ndebug=1\nlog_stderror=yes\nchildren=1\ntcp_children=1\nlisten=udp:{ip}:5060\nlisten=tcp:{ip}:5060\n\
+             mpath=\"{modules}/\"\nloadmodule \"sl.so\"\n\
+             request_route {{\n  if (method == \"OPTIONS\") {{ sl_send_reply(\"200\", \"OK\"); exit; }}\n  sl_send_reply(\"404\", \"Not Found\");\n}}\n"
+        );
+        std::fs::write(dir.join("kamailio.cfg"), cfg).unwrap();
+        let child = Command::new("kamailio")
+            .arg("-f")
+            .arg(dir.join("kamailio.cfg"))
+            .arg("-P")
+            .arg(dir.join("kamailio.pid"))
+            .arg("-Y")
+            .arg(&dir)
+            .arg("-w")
+            .arg(&dir)
+            .args(["-DD", "-E"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start kamailio");
+        Kamailio { child, dir }
+    }
+
+    fn stop(&mut self) {
+        let _sent = Command::new("kill").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _killed = self.child.kill();
+        let _reaped = self.child.wait();
+    }
+}
+
+impl Drop for Kamailio {
+    fn drop(&mut self) {
+        self.stop();
+        let _cleanup = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn kamailio_death_and_restart_are_seen_in_dns() {
+    if !require(have("kamailio"), "kamailio (package kamailio)") {
+        return;
+    }
+    let (interval, timeout, rise, fall) = (500u64, 150u64, 2u64, 2u64);
+    let mut text = format!(
+        "[server]\nlisten = [\"127.0.0.1:{}\"]\nworkers = 1\n\n[probe]\ninterval_ms = {interval}\ntimeout_ms = {timeout}\nrise = {rise}\nfall = {fall}\n\n[[service]]\nname = \"sip.example.test\"\n",
+        free_port()
+    );
+    for ip in IPS {
+        text.push_str(&format!("[[service.server]]\naddress = \"{ip}\"\ntransports = [\"udp\", \"tcp\"]\n"));
+    }
+    let mut kamailios: Vec<Kamailio> = IPS.iter().map(|ip| Kamailio::start(ip)).collect();
+    let dns = TestServer::start(&text, IoMode::Portable);
+    let prober = Prober::spawn(dns.config.clone(), dns.snapshots.clone()).unwrap();
+    let answers = |qtype: RecordType| -> BTreeSet<IpAddr> {
+        let m = udp_query(
+            dns.addr,
+            &query(
+                if qtype == RecordType::SRV { "_sip._tcp.sip.example.test." } else { "sip.example.test." },
+                qtype,
+                1,
+                None,
+            ),
+        );
+        let section = if qtype == RecordType::SRV { &m.additionals } else { &m.answers };
+        section
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(IpAddr::V4(a.0)),
+                _ => None,
+            })
+            .collect()
+    };
+    let all: BTreeSet<IpAddr> = IPS.iter().map(|i| i.parse().unwrap()).collect();
+    let wait = |what: &str, limit: Duration, want: &BTreeSet<IpAddr>| -> Duration {
+        let start = Instant::now();
+        loop {
+            if answers(RecordType::A) == *want && answers(RecordType::SRV) == *want {
+                return start.elapsed();
+            }
+            assert!(start.elapsed() < limit, "{what}: not within {limit:?}: A {:?}", answers(RecordType::A));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    settle(&prober, Duration::from_secs(10));
+    let started = wait("all three kamailio up", Duration::from_secs(15), &all);
+    println!("all three kamailio answering OPTIONS (UDP and TCP) after {started:?}");
+
+    kamailios[1].stop();
+    let survivors: BTreeSet<IpAddr> = ["127.0.0.11", "127.0.0.13"].iter().map(|i| i.parse().unwrap()).collect();
+    let bound = Duration::from_millis(interval * fall + timeout);
+    let removed = wait("killed kamailio removed", bound * 3, &survivors);
+    println!(
+        "killed kamailio removed from A and _sip._tcp SRV after {removed:?} (interval x fall + timeout = {bound:?})"
+    );
+    assert!(removed <= bound + Duration::from_millis(300), "removed after {removed:?}, bound {bound:?}");
+
+    kamailios[1] = Kamailio::start(IPS[1]);
+    let bound = Duration::from_millis(interval * rise + timeout);
+    let back = wait("restarted kamailio back", bound * 6, &all);
+    println!("restarted kamailio back after {back:?} (interval x rise + timeout = {bound:?}, plus kamailio start-up)");
+    assert!(back <= bound + Duration::from_secs(2), "back after {back:?}, bound {bound:?}");
+    prober.shutdown().unwrap();
+}
