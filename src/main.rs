@@ -91,10 +91,12 @@ fn run(path: PathBuf, io: Option<IoMode>, workers: Option<usize>) -> Result<()> 
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
     }
+    let mut prober_lost = false;
     while !stop.load(Ordering::Relaxed) && !server.worker_died() {
-        if prober.as_ref().is_some_and(Prober::finished) {
+        if !prober_lost && prober.as_ref().is_some_and(Prober::finished) {
+            // Keep serving: the last snapshot is the best knowledge there is.
             eprintln!("dnlb: the prober stopped; answering from its last snapshot");
-            break;
+            prober_lost = true;
         }
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -209,3 +209,17 @@ fn one_hundred_thousand_forged_replies_change_nothing() {
     assert_eq!(flips, 6, "one flip per server (Unknown -> Up), none from forged replies");
     assert_eq!(f.addresses(), set(&ips));
 }
+
+/// The paper's dummy REGISTER, per server: the reply must echo CSeq "n REGISTER".
+#[test]
+fn register_probes_work() {
+    let ips = ["127.0.0.81", "127.0.0.82"];
+    let f =
+        farm(&ips, vec![Mode::Reply(200, None), Mode::Reply(401, None)], &format!("{FAST}\nmethod = \"register\""), "");
+    f.wait("both up (401 is a final reply)", Duration::from_secs(3), |a| *a == set(&ips));
+    let requests = f.responders[0].as_ref().unwrap().requests.load(Ordering::Relaxed);
+    assert!(requests >= 1);
+    // A forged reply naming OPTIONS instead of REGISTER is refused (the CSeq method check).
+    f.responders[1].as_ref().unwrap().set(Mode::Forge { count: 5, then_answer: false });
+    f.wait("forging server removed", Duration::from_secs(3), |a| *a == set(&["127.0.0.81"]));
+}
