@@ -34,6 +34,9 @@ use crate::config::{AllDown, Config, Policy, ProbeMethod, StartState, Transport}
 use crate::select;
 use crate::snapshot::{Health, Snapshot, SnapshotHandle};
 
+/// How early a timer may fire, so the loop sleeps at least this long between batches.
+const TIMER_SLACK: Duration = Duration::from_millis(2);
+
 /// Counters and per-server state the prober exports (read by the control thread and tests).
 #[derive(Debug, Default)]
 pub struct ProbeStatus {
@@ -208,7 +211,33 @@ struct Engine {
     round: u64,
     next_round: Instant,
     on_duty: bool,
+    /// Whether something that may change the answers happened since the last publish check:
+    /// a flip, a new round for on-duty, new RTTs for latency. Building the key is O(servers), so
+    /// it is done only then, not on every loop.
+    dirty: bool,
+    /// Whether any service weighs by latency (RTTs then matter once per round).
+    latency: bool,
     buf: Vec<u8>,
+    entropy: Entropy,
+}
+
+/// Random words for probe identities, drawn from the OS in 4 KiB batches (one system call per
+/// hundred probes instead of one per probe).
+struct Entropy {
+    pool: Vec<u64>,
+}
+
+impl Entropy {
+    fn words<const N: usize>(&mut self) -> [u64; N] {
+        if self.pool.len() < N {
+            self.pool = random_words::<512>().to_vec();
+        }
+        let mut out = [0u64; N];
+        for w in out.iter_mut() {
+            *w = self.pool.pop().unwrap_or_default();
+        }
+        out
+    }
 }
 
 fn random_words<const N: usize>() -> [u64; N] {
@@ -293,6 +322,7 @@ impl Engine {
         }
         let thresholds = Thresholds { rise: config.probe.rise, fall: config.probe.fall };
         let on_duty = config.services.iter().any(|s| s.policy == Policy::OnDuty);
+        let latency = config.services.iter().any(|s| s.policy == Policy::Latency);
         let last_good = vec![None; config.services.len()];
         Ok(Engine {
             snapshots,
@@ -308,7 +338,10 @@ impl Engine {
             round: 0,
             next_round: now + interval,
             on_duty,
+            dirty: true,
+            latency,
             buf: vec![0u8; 65_536],
+            entropy: Entropy { pool: Vec::new() },
             config,
         })
     }
@@ -319,7 +352,10 @@ impl Engine {
         while !stop.load(Ordering::Acquire) {
             let now = Instant::now();
             self.status.heartbeat_ms.store(now.duration_since(self.started).as_millis() as u64, Ordering::Relaxed);
-            self.fire_timers(now);
+            // Timers due within the next TIMER_SLACK fire now: the poll below sleeps in whole
+            // milliseconds, and at 10,000 probes a second the next timer is always closer than
+            // that, which would otherwise turn the loop into a busy spin (see tuning.md).
+            self.fire_timers(now + TIMER_SLACK);
             if now >= self.next_round {
                 self.end_round(now);
             }
@@ -381,7 +417,7 @@ impl Engine {
         let t = &mut self.targets[i];
         t.seq += 1;
         t.cseq = t.cseq.wrapping_add(1).max(1);
-        let id = ProbeId::new(random_words::<5>(), t.cseq, t.method);
+        let id = ProbeId::new(self.entropy.words::<5>(), t.cseq, t.method);
         let seq = t.seq;
         self.timers.push(Reverse((now + timeout, i, seq, Timer::Timeout)));
         match t.transport {
@@ -439,11 +475,14 @@ impl Engine {
     fn read_udp(&mut self, i: usize, now: Instant) {
         loop {
             let Some(sock) = self.targets[i].udp.as_ref() else { return };
-            match sock.recv(&mut self.buf) {
-                Ok(n) => {
-                    let bytes = self.buf[..n].to_vec();
-                    self.on_message(i, &bytes, now);
-                }
+            let mut buf = std::mem::take(&mut self.buf);
+            let received = sock.recv(&mut buf);
+            if let Ok(n) = received {
+                self.on_message(i, &buf[..n], now);
+            }
+            self.buf = buf;
+            match received {
+                Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
                     if self.targets[i].probe.is_some() {
@@ -563,6 +602,7 @@ impl Engine {
         let before = t.health.state();
         let flipped = t.health.observe(verdict, now, self.thresholds);
         if flipped {
+            self.dirty = true;
             self.status.flips.fetch_add(1, Ordering::Relaxed);
             let service = &self.config.services[t.service].name;
             eprintln!(
@@ -590,6 +630,7 @@ impl Engine {
 
     fn end_round(&mut self, now: Instant) {
         self.round += 1;
+        self.dirty |= self.on_duty || self.latency;
         self.next_round += self.config.probe.interval;
         if self.next_round <= now {
             self.next_round = now + self.config.probe.interval;
@@ -648,6 +689,10 @@ impl Engine {
     }
 
     fn publish_if_changed(&mut self, _now: Instant) {
+        if !self.dirty {
+            return;
+        }
+        self.dirty = false;
         let key = self.current_key();
         if self.published.as_ref() == Some(&key) {
             return;
