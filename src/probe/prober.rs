@@ -65,7 +65,7 @@ pub struct ProbeStatus {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerReport {
     /// Service name.
-    pub service: String,
+    pub service: Arc<str>,
     /// Server address and port.
     pub addr: SocketAddr,
     /// Probed transport.
@@ -166,6 +166,7 @@ struct TcpProbe {
 /// One server on one transport.
 struct Target {
     service: usize,
+    service_name: Arc<str>,
     server: usize,
     transport: Transport,
     addr: SocketAddr,
@@ -173,6 +174,8 @@ struct Target {
     health: health::Health,
     udp: Option<UdpSocket>,
     local: SocketAddr,
+    /// The UDP request, built once; each probe patches in its identity.
+    template: Option<sip::RequestTemplate>,
     probe: Option<InFlight>,
     /// Increases per probe; timer events of older probes are stale.
     seq: u64,
@@ -280,6 +283,7 @@ impl Engine {
                 for &transport in &server.transports {
                     let addr = SocketAddr::new(server.address, server.port);
                     let mut udp = None;
+                    let mut template = None;
                     let mut local =
                         if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal address");
                     if transport == Transport::Udp {
@@ -290,9 +294,11 @@ impl Engine {
                         local = sock.local_addr()?;
                         poll.registry().register(&mut sock, Token(targets.len()), Interest::READABLE)?;
                         udp = Some(sock);
+                        template = Some(sip::RequestTemplate::new(server.probe_method, addr, transport, local));
                     }
                     targets.push(Target {
                         service: si,
+                        service_name: Arc::from(service.name.as_str()),
                         server: vi,
                         transport,
                         addr,
@@ -300,9 +306,10 @@ impl Engine {
                         health: health::Health::new(start),
                         udp,
                         local,
+                        template,
                         probe: None,
                         seq: 0,
-                        cseq: 0,
+                        cseq: *sip::CSEQ_RANGE.start(),
                         next_due: now,
                         last_code: None,
                     });
@@ -416,13 +423,17 @@ impl Engine {
         let retransmit = self.config.probe.retransmit;
         let t = &mut self.targets[i];
         t.seq += 1;
-        t.cseq = t.cseq.wrapping_add(1).max(1);
+        t.cseq = if t.cseq >= *sip::CSEQ_RANGE.end() { *sip::CSEQ_RANGE.start() } else { t.cseq + 1 };
         let id = ProbeId::new(self.entropy.words::<5>(), t.cseq, t.method);
         let seq = t.seq;
         self.timers.push(Reverse((now + timeout, i, seq, Timer::Timeout)));
         match t.transport {
             Transport::Udp => {
-                let request = sip::request(&id, t.addr, t.transport, t.local);
+                let mut request = Vec::with_capacity(512);
+                match &t.template {
+                    Some(template) => template.render(&id, &mut request),
+                    None => request = sip::request(&id, t.addr, t.transport, t.local),
+                }
                 let sent = t.udp.as_ref().map(|s| s.send(&request));
                 t.probe = Some(InFlight { id, started: now, request, backoff: retransmit, tcp: None });
                 self.status.sent.fetch_add(1, Ordering::Relaxed);
@@ -639,7 +650,7 @@ impl Engine {
             .targets
             .iter()
             .map(|t| ServerReport {
-                service: self.config.services[t.service].name.clone(),
+                service: t.service_name.clone(),
                 addr: t.addr,
                 transport: t.transport,
                 state: t.health.state(),

@@ -92,6 +92,55 @@ pub fn request(id: &ProbeId, target: SocketAddr, transport: Transport, local: So
     request.to_string().into_bytes()
 }
 
+/// The first and last CSeq numbers probes use: always nine digits, so a request's layout never
+/// changes and a [`RequestTemplate`] can be patched in place.
+pub const CSEQ_RANGE: std::ops::RangeInclusive<u32> = 100_000_000..=999_999_999;
+
+/// One target's probe request, built once with rsip; each probe patches in its fresh identity.
+/// Every identity field has a fixed width (hex digits, a nine-digit CSeq), so rendering is a copy
+/// and four overwrites instead of a full rsip build per probe.
+#[derive(Debug, Clone)]
+pub struct RequestTemplate {
+    bytes: Vec<u8>,
+    /// Offsets of the branch, Call-ID, From tag and CSeq number in `bytes`, with their lengths.
+    fields: [(usize, usize); 4],
+}
+
+impl RequestTemplate {
+    /// Builds the template for `method` to `target` over `transport` from `local`.
+    pub fn new(method: ProbeMethod, target: SocketAddr, transport: Transport, local: SocketAddr) -> RequestTemplate {
+        let placeholder = ProbeId::new([u64::MAX; 5], *CSEQ_RANGE.end(), method);
+        let bytes = request(&placeholder, target, transport, local);
+        let find = |needle: &str| -> (usize, usize) {
+            let n = needle.as_bytes();
+            let at = bytes.windows(n.len()).position(|w| w == n).unwrap_or(0);
+            (at, n.len())
+        };
+        let fields = [
+            find(&placeholder.branch),
+            find(&placeholder.call_id),
+            find(&format!("tag={}", placeholder.from_tag)),
+            find(&format!("{} ", placeholder.cseq)),
+        ];
+        // The tag and CSeq needles carry a prefix or suffix to make them unique; skip those.
+        let fields = [fields[0], fields[1], (fields[2].0 + 4, fields[2].1 - 4), (fields[3].0, fields[3].1 - 1)];
+        RequestTemplate { bytes, fields }
+    }
+
+    /// Writes the request for `id` into `out` (whose contents are replaced).
+    pub fn render(&self, id: &ProbeId, out: &mut Vec<u8>) {
+        out.clear();
+        out.extend_from_slice(&self.bytes);
+        let cseq = id.cseq.clamp(*CSEQ_RANGE.start(), *CSEQ_RANGE.end()).to_string();
+        let values = [id.branch.as_bytes(), id.call_id.as_bytes(), id.from_tag.as_bytes(), cseq.as_bytes()];
+        for ((at, len), value) in self.fields.iter().zip(values) {
+            if value.len() == *len {
+                out[*at..*at + len].copy_from_slice(value);
+            }
+        }
+    }
+}
+
 /// Why a reply was not taken as an answer to the probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mismatch {
@@ -251,6 +300,26 @@ mod tests {
         assert_eq!(check_reply(&forge("7 OPTIONS", "7 REGISTER"), &id()), Err(Mismatch::CSeq));
         assert_eq!(check_reply(b"garbage", &id()), Err(Mismatch::Unparsable));
         assert_eq!(check_reply(&req(), &id()), Err(Mismatch::Unparsable), "a request is no reply");
+    }
+
+    #[test]
+    fn templates_render_exactly_what_rsip_builds() {
+        for (method, target, transport, local) in [
+            (ProbeMethod::Options, "127.0.0.11:5060", Transport::Udp, "127.0.0.1:40000"),
+            (ProbeMethod::Register, "[2001:db8::1]:5080", Transport::Tcp, "[::1]:1"),
+        ] {
+            let (target, local) = (target.parse().unwrap(), local.parse().unwrap());
+            let template = RequestTemplate::new(method, target, transport, local);
+            let mut out = Vec::new();
+            for (words, cseq) in [([1, 2, 3, 4, 5], 100_000_000), ([u64::MAX, 0, 7, 9, 1 << 40], 987_654_321)] {
+                let id = ProbeId::new(words, cseq, method);
+                template.render(&id, &mut out);
+                assert_eq!(
+                    String::from_utf8_lossy(&out),
+                    String::from_utf8_lossy(&request(&id, target, transport, local))
+                );
+            }
+        }
     }
 
     #[test]
