@@ -4,7 +4,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use dnlb::config::{ProbeMethod, Transport};
-use dnlb::probe::sip::{check_reply, request, ProbeId};
+use dnlb::probe::sip::{check_reply, request, ProbeId, RequestTemplate};
 
 fn reply_to(req: &str) -> String {
     let mut out = String::from("SIP/2.0 200 OK\r\n");
@@ -23,6 +23,9 @@ fn benches(c: &mut Criterion) {
     let target = "127.0.0.11:5060".parse().unwrap();
     let local = "127.0.0.1:40000".parse().unwrap();
     c.bench_function("probe/build_request", |b| b.iter(|| request(black_box(&id), target, Transport::Udp, local)));
+    let template = RequestTemplate::new(ProbeMethod::Options, target, Transport::Udp, local);
+    let mut out = Vec::with_capacity(512);
+    c.bench_function("probe/render_template", |b| b.iter(|| template.render(black_box(&id), &mut out)));
     let req = request(&id, target, Transport::Udp, local);
     let reply = reply_to(std::str::from_utf8(&req).unwrap());
     c.bench_function("probe/check_reply", |b| b.iter(|| check_reply(black_box(reply.as_bytes()), &id)));

@@ -7,7 +7,7 @@ import sys
 
 rows = list(csv.DictReader(open(sys.argv[1])))
 out = sys.argv[2]
-W, H, L, R, T, B = 640, 400, 70, 20, 30, 50
+W, H, L, R, T, B = 660, 400, 90, 20, 30, 50
 ns = [float(r["n"]) for r in rows]
 series = {
     "dnlb median": ([float(r["median_ms"]) for r in rows], "#1f77b4", ""),
