@@ -58,16 +58,7 @@ impl Kamailio {
     }
 
     fn stop(&mut self) {
-        let _sent = Command::new("kill").arg(self.child.id().to_string()).status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _killed = self.child.kill();
-        let _reaped = self.child.wait();
+        terminate(&mut self.child);
     }
 }
 
@@ -135,7 +126,7 @@ fn kamailio_death_and_restart_are_seen_in_dns() {
     println!(
         "killed kamailio removed from A and _sip._tcp SRV after {removed:?} (interval x fall + timeout = {bound:?})"
     );
-    assert!(removed <= bound + Duration::from_millis(300), "removed after {removed:?}, bound {bound:?}");
+    assert!(removed <= bound + Duration::from_millis(500), "removed after {removed:?}, bound {bound:?}");
 
     kamailios[1] = Kamailio::start(IPS[1]);
     let bound = Duration::from_millis(interval * rise + timeout);

@@ -91,11 +91,11 @@ fn a_silent_server_leaves_the_answers_and_comes_back() {
     let down = f.wait("silent server removed", Duration::from_secs(3), |a| *a == set(&["127.0.0.21", "127.0.0.23"]));
     // Bound: interval × fall + timeout = 500 ms; with the fast re-check it is about interval + 2 × timeout.
     println!("silent server removed after {down:?} (interval 200 ms, timeout 100 ms, fall 2)");
-    assert!(down <= Duration::from_millis(500 + 250), "removed after {down:?}");
+    assert!(down <= Duration::from_millis(500 + 500), "removed after {down:?}");
     f.responders[1].as_ref().unwrap().set(Mode::Reply(200, None));
     let up = f.wait("server back", Duration::from_secs(3), |a| *a == set(&ips));
     println!("server back after {up:?} (interval × rise + timeout = 500 ms)");
-    assert!(up <= Duration::from_millis(500 + 250), "back after {up:?}");
+    assert!(up <= Duration::from_millis(500 + 500), "back after {up:?}");
 }
 
 #[test]
@@ -188,10 +188,11 @@ fn all_down_policies() {
 #[test]
 fn one_hundred_thousand_forged_replies_change_nothing() {
     let ips = ["127.0.0.71", "127.0.0.72", "127.0.0.73", "127.0.0.74", "127.0.0.75", "127.0.0.76"];
-    let probe = "interval_ms = 100\ntimeout_ms = 90\nretransmit_ms = 60\nrise = 2\nfall = 2";
-    // 300 forged before each honest reply, paced so the socket buffer never overflows: the test
-    // is about forgeries being refused, not about a flood drowning the honest reply.
-    let f = farm(&ips, vec![Mode::Forge { count: 300, then_answer: true }; 6], probe, "");
+    // A generous timeout and fall = 3: the honest reply comes after 800 paced forgeries, and on a
+    // loaded 2-core machine a responder thread can be descheduled for a while. The test is about
+    // forgeries being refused, not about a flood delaying the honest reply past the timeout.
+    let probe = "interval_ms = 300\ntimeout_ms = 250\nretransmit_ms = 200\nrise = 2\nfall = 3";
+    let f = farm(&ips, vec![Mode::Forge { count: 800, then_answer: true }; 6], probe, "");
     f.wait("all up", Duration::from_secs(5), |a| *a == set(&ips));
     let start = Instant::now();
     while f.status().ignored.load(Ordering::Relaxed) < 100_000 {
@@ -222,4 +223,64 @@ fn register_probes_work() {
     // A forged reply naming OPTIONS instead of REGISTER is refused (the CSeq method check).
     f.responders[1].as_ref().unwrap().set(Mode::Forge { count: 5, then_answer: false });
     f.wait("forging server removed", Duration::from_secs(3), |a| *a == set(&["127.0.0.81"]));
+}
+
+/// Health is kept per transport: a server that answers on UDP but refuses TCP stays in the A and
+/// `_sip._udp` answers and leaves `_sip._tcp` only.
+#[test]
+fn health_is_per_transport() {
+    let ips = ["127.0.0.85", "127.0.0.86"];
+    // The responders speak UDP only: every TCP probe is refused.
+    let sip_port = common_port(&ips);
+    let responders: Vec<SipResponder> = ips
+        .iter()
+        .map(|ip| SipResponder::start(SocketAddr::new(ip.parse().unwrap(), sip_port), Mode::Reply(200, None)))
+        .collect();
+    let text = format!(
+        "[server]\nlisten = [\"127.0.0.1:{}\"]\nworkers = 1\n[probe]\n{FAST}\n[[service]]\nname = \"sip.example.test\"\n\
+         [[service.server]]\naddress = \"{}\"\nport = {sip_port}\ntransports = [\"udp\", \"tcp\"]\n\
+         [[service.server]]\naddress = \"{}\"\nport = {sip_port}\ntransports = [\"tcp\"]\n",
+        free_port(),
+        ips[0],
+        ips[1]
+    );
+    let dns = TestServer::start(&text, IoMode::Portable);
+    let prober = Prober::spawn(dns.config.clone(), dns.snapshots.clone()).unwrap();
+    settle(&prober, Duration::from_secs(5));
+    let srv = |name: &str| -> usize { udp_query(dns.addr, &query(name, RecordType::SRV, 1, None)).answers.len() };
+    // UDP: the first server is up. TCP: both refuse, so the TCP SRV set is all-down and, under the
+    // default serve-all policy, lists both; the A answer carries only the server healthy on UDP.
+    assert_eq!(srv("_sip._udp.sip.example.test."), 1);
+    let a: BTreeSet<IpAddr> = udp_query(dns.addr, &query("sip.example.test.", RecordType::A, 1, None))
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(IpAddr::V4(a.0)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(a, set(&["127.0.0.85"]), "only the server healthy on some transport");
+    let servers = prober.status().servers.lock().unwrap().clone();
+    let tcp_down = servers
+        .iter()
+        .filter(|s| s.transport == dnlb::config::Transport::Tcp && s.state == dnlb::probe::health::State::Down)
+        .count();
+    assert_eq!(tcp_down, 2, "{servers:?}");
+    drop(responders);
+}
+
+/// If the prober stops, workers keep answering from its last snapshot.
+#[test]
+fn answers_survive_the_prober() {
+    let ips = ["127.0.0.91", "127.0.0.92"];
+    let mut f = farm(&ips, vec![Mode::Reply(200, None), Mode::Silent], FAST, "");
+    f.wait("one up", Duration::from_secs(3), |a| *a == set(&["127.0.0.91"]));
+    let heartbeat = f.status().heartbeat_ms.load(Ordering::Relaxed);
+    f.prober.take().unwrap().shutdown().unwrap();
+    f.responders[1].as_ref().unwrap().set(Mode::Reply(200, None));
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(f.addresses(), set(&["127.0.0.91"]), "last snapshot still served");
+    let age = f.dns.snapshots.load().built_at.elapsed();
+    assert!(age >= Duration::from_millis(500), "snapshot age grows: {age:?}");
+    assert!(heartbeat > 0);
 }

@@ -49,17 +49,8 @@ impl Dnlb {
 
 impl Drop for Dnlb {
     fn drop(&mut self) {
-        // SIGTERM by PID, so dnlb shuts down cleanly; fall back to SIGKILL.
-        let _sent = Command::new("kill").arg(self.child.id().to_string()).status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _killed = self.child.kill();
-        let _reaped = self.child.wait();
+        // SIGTERM by PID, so dnlb shuts down cleanly.
+        terminate(&mut self.child);
     }
 }
 

@@ -11,8 +11,11 @@ use std::time::Duration;
 
 use super::{Handler, Peer, Stop, RECV_SIZE, REPLY_SIZE};
 
-/// Datagrams per recvmmsg call (quinn-udp uses 32 too; see tuning.md).
-pub const BATCH: usize = 32;
+/// Most datagrams per recvmmsg call (the arrays' size).
+pub const BATCH: usize = 64;
+/// Datagrams per recvmmsg call by default (quinn-udp uses 32 too); `DNLB_PORTABLE_BATCH`
+/// (1 to 64) overrides it for experiments, tuning.md has what each gave.
+pub const DEFAULT_BATCH: usize = 32;
 /// Room for any socket address (`sockaddr_storage`).
 const NAME_SIZE: usize = 128;
 
@@ -26,6 +29,11 @@ struct Buffers {
 /// Serves `socket` with `handler` until `stop` fires.
 pub fn serve<H: Handler>(socket: &UdpSocket, handler: &mut H, stop: &Stop) -> io::Result<()> {
     socket.set_read_timeout(Some(Duration::from_millis(100)))?;
+    let batch = std::env::var("DNLB_PORTABLE_BATCH")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| (1..=BATCH).contains(n))
+        .unwrap_or(DEFAULT_BATCH);
     let fd = socket.as_raw_fd();
     let mut bufs: Box<Buffers> = Box::new(Buffers {
         recv: [[0; RECV_SIZE]; BATCH],
@@ -57,9 +65,9 @@ pub fn serve<H: Handler>(socket: &UdpSocket, handler: &mut H, stop: &Stop) -> io
         //   call and are not otherwise borrowed during it;
         // - the kernel writes at most `iov_len` bytes per datagram and `msg_namelen` bytes of
         //   address, both the true sizes of those buffers;
-        // - `BATCH` is the length of `recv_msgs`.
+        // - `batch` is at most `BATCH`, the length of `recv_msgs`.
         let n = unsafe {
-            libc::recvmmsg(fd, recv_msgs.as_mut_ptr(), BATCH as u32, libc::MSG_WAITFORONE, std::ptr::null_mut())
+            libc::recvmmsg(fd, recv_msgs.as_mut_ptr(), batch as u32, libc::MSG_WAITFORONE, std::ptr::null_mut())
         };
         if n < 0 {
             let e = io::Error::last_os_error();

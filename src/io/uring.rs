@@ -30,7 +30,35 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use super::{Handler, Peer, Stop, RECV_SIZE, REPLY_SIZE};
 
 /// Receive buffers per worker (a power of two); see tuning.md for the sizes tried.
+/// `DNLB_URING_BUFFERS` overrides it for experiments.
 pub const RECV_BUFFERS: u16 = 512;
+
+/// How the ring is set up; `DNLB_URING_SETUP` (defer, coop, plain) overrides the default for
+/// experiments (tuning.md has what each gave).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Setup {
+    /// SINGLE_ISSUER + DEFER_TASKRUN.
+    Defer,
+    /// COOP_TASKRUN + TASKRUN_FLAG.
+    Coop,
+    /// No setup flags.
+    Plain,
+}
+
+/// Reads the experiment overrides once per worker, off the hot path.
+fn tuning() -> (Setup, u16) {
+    let setup = match std::env::var("DNLB_URING_SETUP").as_deref() {
+        Ok("coop") => Setup::Coop,
+        Ok("plain") => Setup::Plain,
+        _ => Setup::Defer,
+    };
+    let buffers = std::env::var("DNLB_URING_BUFFERS")
+        .ok()
+        .and_then(|v| v.parse::<u16>().ok())
+        .filter(|n| n.is_power_of_two() && (8..=32_768).contains(n))
+        .unwrap_or(RECV_BUFFERS);
+    (setup, buffers)
+}
 /// Replies that may be in flight at once per worker.
 pub const SEND_SLOTS: usize = 256;
 /// Submission queue entries; the completion queue is larger so a burst of receives cannot overflow it.
@@ -128,23 +156,33 @@ struct Worker {
     recv_msg: Box<libc::msghdr>,
     /// Our copy of the buffer ring's tail.
     tail: u16,
+    /// Number of receive buffers (a power of two).
+    nbufs: u16,
 }
 
 impl Worker {
     fn new() -> io::Result<Worker> {
         // DEFER_TASKRUN + SINGLE_ISSUER: completions are processed only when we wait, on our own
         // thread, which saves an interrupt-driven task-work run per packet (see tuning.md).
-        let ring = IoUring::builder()
-            .setup_cqsize(CQ_ENTRIES)
-            .setup_single_issuer()
-            .setup_defer_taskrun()
-            .build(SQ_ENTRIES)
-            .or_else(|_| IoUring::builder().setup_cqsize(CQ_ENTRIES).build(SQ_ENTRIES))?;
-        let buf_ring = BufRingMemory::new(RECV_BUFFERS).map_err(io::Error::other)?;
-        let buffers = vec![0u8; RECV_BUFFERS as usize * RECV_SIZE].into_boxed_slice();
+        let (setup, nbufs) = tuning();
+        let mut builder = IoUring::builder();
+        builder.setup_cqsize(CQ_ENTRIES);
+        match setup {
+            Setup::Defer => {
+                builder.setup_single_issuer().setup_defer_taskrun();
+            }
+            Setup::Coop => {
+                builder.setup_coop_taskrun().setup_taskrun_flag();
+            }
+            Setup::Plain => {}
+        }
+        let ring =
+            builder.build(SQ_ENTRIES).or_else(|_| IoUring::builder().setup_cqsize(CQ_ENTRIES).build(SQ_ENTRIES))?;
+        let buf_ring = BufRingMemory::new(nbufs).map_err(io::Error::other)?;
+        let buffers = vec![0u8; nbufs as usize * RECV_SIZE].into_boxed_slice();
         // SAFETY: see `check_support`; `buf_ring` outlives the registration because `ring`
         // drops first (field order).
-        unsafe { ring.submitter().register_buf_ring_with_flags(buf_ring.addr(), RECV_BUFFERS, BUFFER_GROUP, 0)? };
+        unsafe { ring.submitter().register_buf_ring_with_flags(buf_ring.addr(), nbufs, BUFFER_GROUP, 0)? };
         let slots = (0..SEND_SLOTS)
             .map(|_| SendSlot {
                 // SAFETY: msghdr is plain data; all-zero is a valid (empty) value.
@@ -157,9 +195,9 @@ impl Worker {
         // SAFETY: as above.
         let mut recv_msg: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
         recv_msg.msg_namelen = NAME_SIZE as libc::socklen_t;
-        let mut w =
-            Worker { ring, buf_ring, buffers, slots, free: (0..SEND_SLOTS as u16).rev().collect(), recv_msg, tail: 0 };
-        for bid in 0..RECV_BUFFERS {
+        let free = (0..SEND_SLOTS as u16).rev().collect();
+        let mut w = Worker { ring, buf_ring, buffers, slots, free, recv_msg, tail: 0, nbufs };
+        for bid in 0..nbufs {
             w.stage_buffer(bid);
         }
         w.publish_tail();
@@ -168,9 +206,9 @@ impl Worker {
 
     /// Writes buffer `bid` into the next buffer ring entry (not yet visible to the kernel).
     fn stage_buffer(&mut self, bid: u16) {
-        let mask = RECV_BUFFERS - 1;
+        let mask = self.nbufs - 1;
         let index = (self.tail & mask) as usize;
-        // SAFETY: `index` < RECV_BUFFERS, the number of entries allocated; the entry is ours
+        // SAFETY: `index` < nbufs, the number of entries allocated; the entry is ours
         // because it lies past the tail the kernel has seen (the kernel only reads entries
         // between its head and the published tail).
         let entry = unsafe { &mut *self.buf_ring.ptr.add(index) };

@@ -177,3 +177,17 @@ pub fn settle(prober: &dnlb::probe::Prober, limit: Duration) {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Ends a child process this test started: SIGTERM by its PID, then SIGKILL after 5 s.
+pub fn terminate(child: &mut std::process::Child) {
+    let _sent = std::process::Command::new("kill").arg(child.id().to_string()).status();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _killed = child.kill();
+    let _reaped = child.wait();
+}
