@@ -167,6 +167,16 @@ struct RawConfig {
     probe: RawProbe,
     #[serde(default)]
     service: Vec<RawService>,
+    #[serde(default)]
+    hosts: Option<RawHosts>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHosts {
+    file: Spanned<String>,
+    #[serde(default = "default_hosts_ttl")]
+    ttl: Spanned<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -291,6 +301,9 @@ fn default_interval_ms() -> Spanned<u64> {
 fn default_timeout_ms() -> Spanned<u64> {
     spanned(150)
 }
+fn default_hosts_ttl() -> Spanned<u64> {
+    spanned(60)
+}
 fn default_retransmit_ms() -> Spanned<u64> {
     spanned(40)
 }
@@ -337,6 +350,10 @@ pub struct Config {
     pub probe: ProbeConfig,
     /// The SIP service names dnlb answers itself.
     pub services: Vec<ServiceConfig>,
+    /// Local names from the hosts file, answered like the SIP names (A, AAAA, PTR).
+    pub hosts: Vec<crate::hosts::HostEntry>,
+    /// TTL of the hosts-file answers, in seconds.
+    pub hosts_ttl: u32,
 }
 
 /// Where and how dnlb listens.
@@ -426,17 +443,25 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-        Config::parse(&text).map_err(|problems| ConfigError::Invalid { path: path.display().to_string(), problems })
+        let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        Config::parse_in(&text, base)
+            .map_err(|problems| ConfigError::Invalid { path: path.display().to_string(), problems })
     }
 
-    /// Parses and validates TOML text, returning every problem found.
+    /// Parses and validates TOML text, returning every problem found. A relative `hosts.file` is
+    /// read relative to the current directory.
     pub fn parse(text: &str) -> Result<Config, Vec<ConfigProblem>> {
+        Config::parse_in(text, Path::new("."))
+    }
+
+    /// Like [`Config::parse`], with relative paths resolved against `base` (the config's folder).
+    pub fn parse_in(text: &str, base: &Path) -> Result<Config, Vec<ConfigProblem>> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let span = e.span().unwrap_or(0..0);
             let (field, message) = split_serde_message(e.message());
             vec![problem_at(text, span, &field, &message)]
         })?;
-        let mut v = Validator { text, problems: Vec::new() };
+        let mut v = Validator { text, base, problems: Vec::new() };
         let config = v.config(raw);
         if v.problems.is_empty() {
             Ok(config)
@@ -472,6 +497,7 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 
 struct Validator<'t> {
     text: &'t str,
+    base: &'t Path,
     problems: Vec<ConfigProblem>,
 }
 
@@ -508,7 +534,36 @@ impl Validator<'_> {
             }
             services.push(service);
         }
-        Config { server, probe, services }
+        let (hosts, hosts_ttl) = match raw.hosts {
+            Some(h) => self.hosts(h),
+            None => (Vec::new(), 60),
+        };
+        Config { server, probe, services, hosts, hosts_ttl }
+    }
+
+    fn hosts(&mut self, raw: RawHosts) -> (Vec<crate::hosts::HostEntry>, u32) {
+        let ttl = self.ranged(&raw.ttl, "hosts.ttl", 0, 86_400, " s") as u32;
+        let path = self.base.join(raw.file.get_ref());
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                self.fail(
+                    raw.file.span(),
+                    "hosts.file",
+                    format!("cannot read {}: {e}: fix the path or remove [hosts]", path.display()),
+                );
+                return (Vec::new(), ttl);
+            }
+        };
+        match crate::hosts::parse(&text) {
+            Ok(entries) => (entries, ttl),
+            Err(problems) => {
+                for p in problems {
+                    self.fail(raw.file.span(), "hosts.file", format!("{}:{}: {}", path.display(), p.line, p.message));
+                }
+                (Vec::new(), ttl)
+            }
+        }
     }
 
     fn server(&mut self, raw: RawServerSection) -> ServerConfig {

@@ -12,6 +12,7 @@
 //! - [`config`]: TOML → validated [`config::Config`], errors that name file, line, field and fix.
 //! - [`dns`]: zero-copy query parsing, reply templates and their copy-and-patch.
 //! - [`snapshot`]: the immutable answer set and its lock-free handle.
+//! - [`hosts`]: local names from a hosts file, answered from the same snapshot.
 //! - [`select`]: selection policies (round-robin, on-duty, weighted, latency), pure functions.
 //! - [`probe`]: SIP probes, the health state machine, the prober thread.
 //! - [`worker`]: per-query logic, shared by UDP workers and TCP connections.
@@ -22,6 +23,7 @@
 
 pub mod config;
 pub mod dns;
+pub mod hosts;
 pub mod io;
 pub mod metrics;
 pub mod probe;

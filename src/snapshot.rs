@@ -118,6 +118,8 @@ impl Snapshot {
         for (i, service) in config.services.iter().enumerate() {
             b.service(service, health, i, round)?;
         }
+        // Hosts-file names come after the SIP names, which win a clash (`add` keeps the first).
+        b.hosts(&config.hosts, config.hosts_ttl)?;
         Ok(Snapshot { generation, built_at: Instant::now(), rotation_slots: b.slots, names: b.names })
     }
 
@@ -295,6 +297,43 @@ impl Builder {
                     .collect();
                 self.add(&target, qtype, vec![encode::template(&target, qtype, records, vec![])?])?;
             }
+        }
+        Ok(())
+    }
+}
+
+impl Builder {
+    /// A, AAAA for every hosts-file name and PTR for every address (to its first name).
+    fn hosts(&mut self, entries: &[crate::hosts::HostEntry], ttl: u32) -> Result<(), EncodeError> {
+        let mut by_name: Vec<(&str, Vec<IpAddr>)> = Vec::new();
+        let mut ptrs: Vec<(IpAddr, &str)> = Vec::new();
+        for e in entries {
+            for name in &e.names {
+                match by_name.iter_mut().find(|(n, _)| n == name) {
+                    Some((_, addrs)) if !addrs.contains(&e.address) => addrs.push(e.address),
+                    Some(_) => {}
+                    None => by_name.push((name, vec![e.address])),
+                }
+            }
+            if !ptrs.iter().any(|(a, _)| *a == e.address) {
+                ptrs.push((e.address, &e.names[0]));
+            }
+        }
+        for (name, addrs) in by_name {
+            let owner = encode::name(name)?;
+            for (qtype, v6) in [(rtype::A, false), (rtype::AAAA, true)] {
+                let records = addrs
+                    .iter()
+                    .filter(|a| a.is_ipv6() == v6)
+                    .map(|a| encode::address_record(&owner, ttl, *a))
+                    .collect();
+                self.add(&owner, qtype, vec![encode::template(&owner, qtype, records, vec![])?])?;
+            }
+        }
+        for (address, name) in ptrs {
+            let owner = encode::name(&crate::hosts::reverse_name(address))?;
+            let record = encode::ptr_record(&owner, ttl, &encode::name(name)?);
+            self.add(&owner, rtype::PTR, vec![encode::template(&owner, rtype::PTR, vec![record], vec![])?])?;
         }
         Ok(())
     }

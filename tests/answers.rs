@@ -209,3 +209,28 @@ fn tcp_closes_idle_connections_and_bounds_their_number() {
     extra.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     assert_eq!(extra.read(&mut buf).unwrap_or(0), 0, "fifth connection closed");
 }
+
+#[test]
+fn hosts_file_names_are_answered_with_ptr() {
+    let dir = std::env::temp_dir().join(format!("dnlb-hosts-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("hosts"), "192.0.2.10 proxy.example.test proxy-alias.example.test\n2001:db8::10 proxy.example.test\n127.0.0.99 sip.example.test # a service name wins\n").unwrap();
+    let text =
+        config_text(free_port(), 2, &format!("\n[hosts]\nfile = \"{}\"\nttl = 300\n", dir.join("hosts").display()));
+    for io in backends() {
+        let t = TestServer::start(&text, io);
+        let m = udp_query(t.addr, &query("Proxy.Example.Test.", RecordType::A, 1, None));
+        assert_eq!(addresses(&m), vec!["192.0.2.10".parse::<IpAddr>().unwrap()], "{io:?}");
+        assert!(m.answers.iter().all(|r| r.ttl == 300));
+        let m = udp_query(t.addr, &query("proxy.example.test.", RecordType::AAAA, 2, None));
+        assert_eq!(addresses(&m), vec!["2001:db8::10".parse::<IpAddr>().unwrap()]);
+        let m = udp_query(t.addr, &query("10.2.0.192.in-addr.arpa.", RecordType::PTR, 3, None));
+        match &m.answers[0].data {
+            RData::PTR(p) => assert_eq!(p.0.to_ascii(), "proxy.example.test."),
+            other => panic!("not PTR: {other:?}"),
+        }
+        let m = udp_query(t.addr, &query("sip.example.test.", RecordType::A, 4, None));
+        assert!(!addresses(&m).contains(&"127.0.0.99".parse::<IpAddr>().unwrap()), "the SIP service keeps its answers");
+    }
+    let _cleanup = std::fs::remove_dir_all(&dir);
+}

@@ -74,6 +74,20 @@ fn documented_errors() {
 }
 
 #[test]
+fn hosts_file_problems_name_the_file_and_line() {
+    let dir = std::env::temp_dir().join(format!("dnlb-hosts-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("hosts"), "192.0.2.1 ok\n192.0.2.300 bad\n").unwrap();
+    let text = format!("{GOOD}\n[hosts]\nfile = \"{}\"\n", dir.join("hosts").display());
+    let (ok, out) = check(&text);
+    assert!(!ok);
+    assert!(out.contains("hosts.file:") && out.contains("hosts:2: `192.0.2.300` is not an IP address"), "{out}");
+    let (ok, out) = check(&format!("{GOOD}\n[hosts]\nfile = \"/nonexistent/hosts\"\n"));
+    assert!(!ok && out.contains("cannot read /nonexistent/hosts"), "{out}");
+    let _cleanup = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn all_problems_are_reported_at_once() {
     let text = GOOD.replace("127.0.0.11", "nonsense").replace("sip.example.test", "bad..name");
     let (ok, out) = check(&text);

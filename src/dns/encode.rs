@@ -41,6 +41,11 @@ pub fn address_record(owner: &Name, ttl: u32, address: IpAddr) -> Record {
     Record::from_rdata(owner.clone(), ttl, RData::from(address))
 }
 
+/// A PTR record.
+pub fn ptr_record(owner: &Name, ttl: u32, target: &Name) -> Record {
+    Record::from_rdata(owner.clone(), ttl, RData::PTR(hickory_proto::rr::rdata::PTR(target.clone())))
+}
+
 /// An SRV record (RFC 2782).
 pub fn srv_record(owner: &Name, ttl: u32, priority: u16, weight: u16, port: u16, target: &Name) -> Record {
     Record::from_rdata(owner.clone(), ttl, RData::SRV(SRV::new(priority, weight, port, target.clone())))

@@ -9,6 +9,8 @@ pub mod query;
 pub mod rtype {
     /// IPv4 address.
     pub const A: u16 = 1;
+    /// Domain name pointer (reverse lookups).
+    pub const PTR: u16 = 12;
     /// IPv6 address.
     pub const AAAA: u16 = 28;
     /// Service location (RFC 2782).
