@@ -13,6 +13,7 @@
 //! - [`dns`]: zero-copy query parsing, reply templates and their copy-and-patch.
 //! - [`snapshot`]: the immutable answer set and its lock-free handle.
 //! - [`hosts`]: local names from a hosts file, answered from the same snapshot.
+//! - [`relay`]: building blocks of the upstream relay (reply acceptance, cache).
 //! - [`select`]: selection policies (round-robin, on-duty, weighted, latency), pure functions.
 //! - [`probe`]: SIP probes, the health state machine, the prober thread.
 //! - [`worker`]: per-query logic, shared by UDP workers and TCP connections.
@@ -27,6 +28,7 @@ pub mod hosts;
 pub mod io;
 pub mod metrics;
 pub mod probe;
+pub mod relay;
 pub mod select;
 pub mod server;
 pub mod snapshot;

@@ -111,7 +111,7 @@ pub fn write_reply(packet: &[u8], query: &Query, template: &Template, transport:
 
 /// Writes an OPT record advertising dnlb's own payload size.
 #[inline]
-fn write_opt(out: &mut [u8], extended_rcode: u8, dnssec_ok: bool, transport: Transport) -> usize {
+pub fn write_opt(out: &mut [u8], extended_rcode: u8, dnssec_ok: bool, transport: Transport) -> usize {
     let payload = match transport {
         Transport::Udp { max_payload } => max_payload,
         Transport::Tcp => crate::config::MAX_UDP_PAYLOAD,

@@ -170,8 +170,21 @@ fn read_question_name(packet: &[u8], name: &mut [u8; MAX_NAME_LEN]) -> Result<us
     }
 }
 
-/// Skips one resource record starting at `at`; returns its type and the offset after it.
-fn skip_record(packet: &[u8], mut at: usize) -> Option<(u16, usize)> {
+/// Where the parts of one resource record lie in a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordSpan {
+    /// Record type.
+    pub rtype: u16,
+    /// Offset of the 32-bit TTL field.
+    pub ttl_at: usize,
+    /// Offset of the RDATA.
+    pub rdata_at: usize,
+    /// Offset just past the record.
+    pub end: usize,
+}
+
+/// Walks one resource record starting at `at` (owner names may be compressed).
+pub fn record_at(packet: &[u8], mut at: usize) -> Option<RecordSpan> {
     // Owner name: labels, ending in the root label or a compression pointer.
     loop {
         let len = *packet.get(at)? as usize;
@@ -191,13 +204,17 @@ fn skip_record(packet: &[u8], mut at: usize) -> Option<(u16, usize)> {
     if packet.len() < at + 10 {
         return None;
     }
-    let rtype = be16(packet, at);
     let rdlen = be16(packet, at + 8) as usize;
     let end = at + 10 + rdlen;
     if end > packet.len() {
         return None;
     }
-    Some((rtype, end))
+    Some(RecordSpan { rtype: be16(packet, at), ttl_at: at + 4, rdata_at: at + 10, end })
+}
+
+/// Skips one resource record starting at `at`; returns its type and the offset after it.
+fn skip_record(packet: &[u8], at: usize) -> Option<(u16, usize)> {
+    record_at(packet, at).map(|r| (r.rtype, r.end))
 }
 
 #[cfg(test)]
