@@ -72,7 +72,7 @@ impl Cache {
         if self.capacity == 0 {
             return None;
         }
-        let (bytes, ttl_fields, ttl) = cacheable(reply)?;
+        let Cacheable { bytes, ttl_fields, ttl } = cacheable(reply)?;
         if !self.entries.contains_key(&key) {
             while self.entries.len() >= self.capacity {
                 let Some(old) = self.order.pop_front() else { break };
@@ -140,9 +140,16 @@ impl Cache {
     }
 }
 
-/// Whether and for how long a reply may be cached; returns the bytes to keep (OPT removed), the
-/// TTL fields to count down, and the TTL.
-fn cacheable(reply: &[u8]) -> Option<(Box<[u8]>, Box<[(u32, u32)]>, u32)> {
+/// A reply fit for the cache: the bytes to keep (OPT removed), the TTL fields to count down
+/// (offset, original value), and how long it may be kept.
+struct Cacheable {
+    bytes: Box<[u8]>,
+    ttl_fields: Box<[(u32, u32)]>,
+    ttl: u32,
+}
+
+/// Whether and for how long a reply may be cached.
+fn cacheable(reply: &[u8]) -> Option<Cacheable> {
     if reply.len() < HEADER_LEN {
         return None;
     }
@@ -205,7 +212,7 @@ fn cacheable(reply: &[u8]) -> Option<(Box<[u8]>, Box<[(u32, u32)]>, u32)> {
         bytes.truncate(start);
         bytes[10..12].copy_from_slice(&(ar - 1).to_be_bytes());
     }
-    Some((bytes.into(), ttl_fields.into(), ttl))
+    Some(Cacheable { bytes: bytes.into(), ttl_fields: ttl_fields.into(), ttl })
 }
 
 #[cfg(test)]
