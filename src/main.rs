@@ -101,6 +101,20 @@ fn run(path: PathBuf, io: Option<IoMode>, workers: Option<usize>) -> Result<()> 
         std::thread::sleep(Duration::from_millis(100));
     }
     let mut errors = Vec::new();
+    if let Some(p) = &prober {
+        let st = p.status();
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        eprintln!(
+            "dnlb: prober: sent={} replies={} ignored={} refused={} timeouts={} flips={} publishes={}",
+            get(&st.sent),
+            get(&st.replies),
+            get(&st.ignored),
+            get(&st.refused),
+            get(&st.timeouts),
+            get(&st.flips),
+            get(&st.publishes)
+        );
+    }
     if let Some(p) = prober {
         if let Err(e) = p.shutdown() {
             errors.push(format!("prober: {e}"));
