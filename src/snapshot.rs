@@ -288,21 +288,24 @@ impl Builder {
             }
         }
         for (host, addrs) in hosts {
-            let target = encode::name(host)?;
-            for (qtype, v6) in [(rtype::A, false), (rtype::AAAA, true)] {
-                let records = addrs
-                    .iter()
-                    .filter(|a| a.is_ipv6() == v6)
-                    .map(|a| encode::address_record(&target, ttl, *a))
-                    .collect();
-                self.add(&target, qtype, vec![encode::template(&target, qtype, records, vec![])?])?;
-            }
+            self.add_addresses(host, &addrs, ttl)?;
         }
         Ok(())
     }
 }
 
 impl Builder {
+    /// A and AAAA answers (one fixed template each) for a host name with these addresses.
+    fn add_addresses(&mut self, name: &str, addrs: &[IpAddr], ttl: u32) -> Result<(), EncodeError> {
+        let owner = encode::name(name)?;
+        for (qtype, v6) in [(rtype::A, false), (rtype::AAAA, true)] {
+            let records =
+                addrs.iter().filter(|a| a.is_ipv6() == v6).map(|a| encode::address_record(&owner, ttl, *a)).collect();
+            self.add(&owner, qtype, vec![encode::template(&owner, qtype, records, vec![])?])?;
+        }
+        Ok(())
+    }
+
     /// A, AAAA for every hosts-file name and PTR for every address (to its first name).
     fn hosts(&mut self, entries: &[crate::hosts::HostEntry], ttl: u32) -> Result<(), EncodeError> {
         let mut by_name: Vec<(&str, Vec<IpAddr>)> = Vec::new();
@@ -320,15 +323,7 @@ impl Builder {
             }
         }
         for (name, addrs) in by_name {
-            let owner = encode::name(name)?;
-            for (qtype, v6) in [(rtype::A, false), (rtype::AAAA, true)] {
-                let records = addrs
-                    .iter()
-                    .filter(|a| a.is_ipv6() == v6)
-                    .map(|a| encode::address_record(&owner, ttl, *a))
-                    .collect();
-                self.add(&owner, qtype, vec![encode::template(&owner, qtype, records, vec![])?])?;
-            }
+            self.add_addresses(name, &addrs, ttl)?;
         }
         for (address, name) in ptrs {
             let owner = encode::name(&crate::hosts::reverse_name(address))?;
