@@ -169,6 +169,26 @@ struct RawConfig {
     service: Vec<RawService>,
     #[serde(default)]
     hosts: Option<RawHosts>,
+    #[serde(default)]
+    relay: Option<RawRelay>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRelay {
+    upstreams: Spanned<Vec<Spanned<String>>>,
+    #[serde(default = "default_relay_timeout_ms")]
+    timeout_ms: Spanned<u64>,
+    #[serde(default)]
+    allow: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default = "default_cache_entries")]
+    cache_entries: Spanned<u64>,
+    #[serde(default = "default_relay_sockets")]
+    sockets_per_worker: Spanned<u64>,
+    #[serde(default = "default_max_pending")]
+    max_pending: Spanned<u64>,
+    #[serde(default = "default_true")]
+    managed_for_all: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -301,6 +321,18 @@ fn default_interval_ms() -> Spanned<u64> {
 fn default_timeout_ms() -> Spanned<u64> {
     spanned(150)
 }
+fn default_relay_timeout_ms() -> Spanned<u64> {
+    spanned(2000)
+}
+fn default_cache_entries() -> Spanned<u64> {
+    spanned(10_000)
+}
+fn default_relay_sockets() -> Spanned<u64> {
+    spanned(8)
+}
+fn default_max_pending() -> Spanned<u64> {
+    spanned(4096)
+}
 fn default_hosts_ttl() -> Spanned<u64> {
     spanned(60)
 }
@@ -354,6 +386,27 @@ pub struct Config {
     pub hosts: Vec<crate::hosts::HostEntry>,
     /// TTL of the hosts-file answers, in seconds.
     pub hosts_ttl: u32,
+    /// Where other names go; `None` answers them REFUSED.
+    pub relay: Option<RelayConfig>,
+}
+
+/// The upstream relay for every name dnlb does not manage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayConfig {
+    /// Upstream resolvers, tried in turn (a timed-out query is retried once on the next one).
+    pub upstreams: Vec<SocketAddr>,
+    /// An upstream query without a reply after this long is retried or answered SERVFAIL.
+    pub timeout: Duration,
+    /// Clients the relay serves; others get REFUSED.
+    pub allow: Vec<crate::relay::acl::Prefix>,
+    /// Answers cached per worker (0: no cache).
+    pub cache_entries: usize,
+    /// Upstream sockets per worker (each with its own random source port).
+    pub sockets_per_worker: usize,
+    /// Upstream queries in flight per worker; past that, SERVFAIL at once.
+    pub max_pending: usize,
+    /// Whether managed SIP names are answered for clients outside `allow` too.
+    pub managed_for_all: bool,
 }
 
 /// Where and how dnlb listens.
@@ -538,7 +591,65 @@ impl Validator<'_> {
             Some(h) => self.hosts(h),
             None => (Vec::new(), 60),
         };
-        Config { server, probe, services, hosts, hosts_ttl }
+        let relay = raw.relay.map(|r| self.relay(r));
+        Config { server, probe, services, hosts, hosts_ttl, relay }
+    }
+
+    fn relay(&mut self, raw: RawRelay) -> RelayConfig {
+        let mut upstreams = Vec::new();
+        if raw.upstreams.get_ref().is_empty() {
+            self.fail(raw.upstreams.span(), "relay.upstreams", "is empty: add a resolver such as \"127.0.0.53:53\"");
+        }
+        for (i, u) in raw.upstreams.get_ref().iter().enumerate() {
+            let field = format!("relay.upstreams[{i}]");
+            match u.get_ref().parse::<SocketAddr>() {
+                Ok(a) if a.port() == 0 || a.ip().is_unspecified() || a.ip().is_multicast() => self.fail(
+                    u.span(),
+                    &field,
+                    format!("{a} cannot be queried: name a unicast address and a port other than 0"),
+                ),
+                Ok(a) => upstreams.push(a),
+                Err(_) => self.fail(
+                    u.span(),
+                    &field,
+                    format!(
+                        "`{}` is not an address with a port: write \"192.0.2.53:53\" or \"[2001:db8::53]:53\"",
+                        u.get_ref()
+                    ),
+                ),
+            }
+        }
+        let mut allow = Vec::new();
+        match &raw.allow {
+            None => allow.extend(
+                crate::relay::acl::DEFAULT_ALLOW.iter().filter_map(|p| crate::relay::acl::Prefix::parse(p).ok()),
+            ),
+            Some(list) => {
+                for (i, p) in list.get_ref().iter().enumerate() {
+                    match crate::relay::acl::Prefix::parse(p.get_ref()) {
+                        Ok(prefix) => allow.push(prefix),
+                        Err(why) => self.fail(
+                            p.span(),
+                            &format!("relay.allow[{i}]"),
+                            format!("{why}: write a prefix such as \"10.0.0.0/8\""),
+                        ),
+                    }
+                }
+            }
+        }
+        let timeout = self.ranged(&raw.timeout_ms, "relay.timeout_ms", 50, 30_000, " ms");
+        let cache_entries = self.ranged(&raw.cache_entries, "relay.cache_entries", 0, 10_000_000, "") as usize;
+        let sockets = self.ranged(&raw.sockets_per_worker, "relay.sockets_per_worker", 1, 255, "") as usize;
+        let max_pending = self.ranged(&raw.max_pending, "relay.max_pending", 1, 1_000_000, "") as usize;
+        RelayConfig {
+            upstreams,
+            timeout: Duration::from_millis(timeout),
+            allow,
+            cache_entries,
+            sockets_per_worker: sockets,
+            max_pending,
+            managed_for_all: raw.managed_for_all,
+        }
     }
 
     fn hosts(&mut self, raw: RawHosts) -> (Vec<crate::hosts::HostEntry>, u32) {

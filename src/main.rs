@@ -68,7 +68,8 @@ fn run(path: PathBuf, io: Option<IoMode>, workers: Option<usize>) -> Result<()> 
     // The first snapshot follows the configured start state; the prober publishes from then on.
     let snapshot = Snapshot::build(&config, &initial_health(&config), 0, 1).context("building answers")?;
     let snapshots = SnapshotHandle::new(snapshot);
-    let server = Server::start(&config.server, snapshots.clone())?;
+    let relay = config.relay.clone().map(std::sync::Arc::new);
+    let server = Server::start(&config.server, relay, snapshots.clone())?;
     let prober = if config.probe.enabled && !config.services.is_empty() {
         Some(Prober::spawn(config.clone(), snapshots).context("starting the prober")?)
     } else {

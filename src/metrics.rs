@@ -15,6 +15,8 @@ pub struct WorkerCounters {
     pub queries: AtomicU64,
     /// Replies with RCODE NOERROR.
     pub noerror: AtomicU64,
+    /// Replies with RCODE NXDOMAIN (relayed or cached).
+    pub nxdomain: AtomicU64,
     /// Replies with RCODE FORMERR.
     pub formerr: AtomicU64,
     /// Replies with RCODE SERVFAIL.
@@ -31,6 +33,8 @@ pub struct WorkerCounters {
     pub truncated: AtomicU64,
     /// Receive or send errors from the kernel.
     pub io_errors: AtomicU64,
+    /// Queries handed to the relay (sent upstream or joined to one in flight).
+    pub relayed: AtomicU64,
 }
 
 /// Adds one to a counter only this thread writes.
@@ -49,6 +53,8 @@ pub struct Totals {
     pub queries: u64,
     /// See [`WorkerCounters::noerror`].
     pub noerror: u64,
+    /// See [`WorkerCounters::nxdomain`].
+    pub nxdomain: u64,
     /// See [`WorkerCounters::formerr`].
     pub formerr: u64,
     /// See [`WorkerCounters::servfail`].
@@ -65,6 +71,8 @@ pub struct Totals {
     pub truncated: u64,
     /// See [`WorkerCounters::io_errors`].
     pub io_errors: u64,
+    /// See [`WorkerCounters::relayed`].
+    pub relayed: u64,
 }
 
 impl Totals {
@@ -75,6 +83,7 @@ impl Totals {
             let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
             t.queries += get(&b.queries);
             t.noerror += get(&b.noerror);
+            t.nxdomain += get(&b.nxdomain);
             t.formerr += get(&b.formerr);
             t.servfail += get(&b.servfail);
             t.notimp += get(&b.notimp);
@@ -83,6 +92,7 @@ impl Totals {
             t.dropped += get(&b.dropped);
             t.truncated += get(&b.truncated);
             t.io_errors += get(&b.io_errors);
+            t.relayed += get(&b.relayed);
         }
         t
     }
@@ -92,8 +102,19 @@ impl fmt::Display for Totals {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "queries={} noerror={} formerr={} servfail={} notimp={} refused={} badvers={} dropped={} truncated={} io_errors={}",
-            self.queries, self.noerror, self.formerr, self.servfail, self.notimp, self.refused, self.badvers, self.dropped, self.truncated, self.io_errors
+            "queries={} noerror={} nxdomain={} formerr={} servfail={} notimp={} refused={} badvers={} dropped={} truncated={} io_errors={} relayed={}",
+            self.queries,
+            self.noerror,
+            self.nxdomain,
+            self.formerr,
+            self.servfail,
+            self.notimp,
+            self.refused,
+            self.badvers,
+            self.dropped,
+            self.truncated,
+            self.io_errors,
+            self.relayed
         )
     }
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
 
-use crate::config::ServerConfig;
+use crate::config::{RelayConfig, ServerConfig};
 use crate::dns::answer::Transport;
 use crate::io::{self, affinity, Backend, IoError, Stop};
 use crate::metrics::{CounterBlocks, Totals, WorkerCounters};
@@ -62,8 +62,12 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds every socket and starts the workers.
-    pub fn start(config: &ServerConfig, snapshots: SnapshotHandle) -> Result<Server, ServerError> {
+    /// Binds every socket and starts the workers; `relay` forwards the names dnlb does not manage.
+    pub fn start(
+        config: &ServerConfig,
+        relay: Option<Arc<RelayConfig>>,
+        snapshots: SnapshotHandle,
+    ) -> Result<Server, ServerError> {
         let (backend, fallback_reason) = Backend::choose(config.io)?;
         let cores = affinity::allowed_cores();
         let n = worker_count(config.workers, cores.len());
@@ -89,7 +93,7 @@ impl Server {
         let transport = Transport::Udp { max_payload: config.max_udp_payload };
         let mut workers = Vec::new();
         for (block, (i, socket)) in sockets.into_iter().enumerate() {
-            let (snapshots, counters, stop) = (snapshots.clone(), counters.clone(), stop.clone());
+            let (snapshots, counters, stop, relay) = (snapshots.clone(), counters.clone(), stop.clone(), relay.clone());
             let core = config.pin_workers.then(|| cores.get(i % cores.len().max(1)).copied()).flatten();
             let handle = std::thread::Builder::new()
                 .name(format!("dnlb-w{i}"))
@@ -99,7 +103,8 @@ impl Server {
                             eprintln!("dnlb: worker {i}: cannot pin to core {core}: {e}; running unpinned");
                         }
                     }
-                    let mut handler = UdpResponder { responder: Responder::new(snapshots, counters, block), transport };
+                    let responder = Responder::new(snapshots, counters, block).with_relay(relay, true)?;
+                    let mut handler = UdpResponder { responder, transport };
                     backend.serve(&socket, &mut handler, &stop)
                 })
                 .map_err(ServerError::Thread)?;
@@ -117,6 +122,7 @@ impl Server {
                 max_connections: config.tcp_max_connections,
                 open: open.clone(),
                 stop: stop.clone(),
+                relay: relay.clone(),
             };
             acceptors.push((addr, tcp::spawn_acceptor(listener, ctx).map_err(ServerError::Thread)?));
         }

@@ -22,7 +22,7 @@ use crate::dns::answer::Transport;
 use crate::io::Stop;
 use crate::metrics::CounterBlocks;
 use crate::snapshot::SnapshotHandle;
-use crate::worker::Responder;
+use crate::worker::{Client, Responder};
 
 /// How often a blocked read wakes to check for a stop.
 const WAKE: Duration = Duration::from_millis(200);
@@ -44,6 +44,8 @@ pub struct TcpContext {
     pub open: Arc<AtomicUsize>,
     /// Stop signal.
     pub stop: Arc<Stop>,
+    /// The relay, for names dnlb does not manage.
+    pub relay: Option<Arc<crate::config::RelayConfig>>,
 }
 
 /// Binds a TCP listener (SO_REUSEADDR and SO_REUSEPORT, so a restart does not wait for old
@@ -122,7 +124,9 @@ fn serve_connection(stream: &mut TcpStream, ctx: &TcpContext) -> io::Result<()> 
     stream.set_read_timeout(Some(WAKE.min(ctx.idle_timeout)))?;
     stream.set_write_timeout(Some(ctx.idle_timeout))?;
     stream.set_nodelay(true)?;
-    let mut responder = Responder::new(ctx.snapshots.clone(), ctx.counters.clone(), ctx.block);
+    let mut responder =
+        Responder::new(ctx.snapshots.clone(), ctx.counters.clone(), ctx.block).with_relay(ctx.relay.clone(), false)?;
+    let peer = stream.peer_addr()?;
     let mut query = vec![0u8; u16::MAX as usize];
     let mut reply = vec![0u8; 2 + u16::MAX as usize];
     let mut idle_since = Instant::now();
@@ -136,7 +140,7 @@ fn serve_connection(stream: &mut TcpStream, ctx: &TcpContext) -> io::Result<()> 
             return Ok(());
         }
         responder.refresh();
-        let n = responder.respond(&query[..len], Transport::Tcp, &mut reply[2..]);
+        let n = responder.respond_from(&query[..len], Client::Tcp(peer), Transport::Tcp, &mut reply[2..]);
         if n == 0 {
             continue;
         }

@@ -10,16 +10,21 @@
 //! ```
 
 use std::io;
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use arc_swap::Guard;
 
+use crate::config::RelayConfig;
 use crate::dns::answer::{self, Template, Transport};
 use crate::dns::query::{self, rcode, Query, Reject, MAX_NAME_LEN};
 use crate::dns::CLASS_IN;
-use crate::io::{Handler, Peer};
+use crate::io::{Handler, Outbox, Peer};
 use crate::metrics::{CounterBlocks, WorkerCounters};
+use crate::relay::acl;
+use crate::relay::engine::{self, Forwarded, Relay};
 use crate::snapshot::{Lookup, Snapshot, SnapshotHandle};
 
 /// Answers queries from the current snapshot. One per worker thread (and per TCP connection).
@@ -32,6 +37,31 @@ pub struct Responder {
     block: usize,
     refused: Template,
     name: [u8; MAX_NAME_LEN],
+    relay_config: Option<Arc<RelayConfig>>,
+    /// The UDP relay (upstream sockets, pending table, cache); TCP connections relay with a
+    /// blocking exchange instead.
+    relay: Option<Relay>,
+}
+
+/// Who sent a query, as far as the responder needs to know.
+#[derive(Debug, Clone, Copy)]
+pub enum Client<'a> {
+    /// A UDP datagram's sender, decoded only when needed.
+    Udp(Peer<'a>),
+    /// A TCP connection's peer.
+    Tcp(SocketAddr),
+    /// Unknown (benchmarks, fuzzing): the relay is not used.
+    Unknown,
+}
+
+impl Client<'_> {
+    fn addr(&self) -> Option<SocketAddr> {
+        match self {
+            Client::Udp(p) => p.socket_addr(),
+            Client::Tcp(a) => Some(*a),
+            Client::Unknown => None,
+        }
+    }
 }
 
 /// Adds one to a counter. Each worker owns its cache-padded block, so this never contends; TCP
@@ -56,7 +86,21 @@ impl Responder {
             block,
             refused: Template::empty(false, rcode::REFUSED),
             name: [0; MAX_NAME_LEN],
+            relay_config: None,
+            relay: None,
         }
+    }
+
+    /// Relays names dnlb does not manage per `config`; `udp` opens this worker's upstream sockets
+    /// (a TCP connection relays with a blocking exchange instead).
+    pub fn with_relay(mut self, config: Option<Arc<RelayConfig>>, udp: bool) -> io::Result<Responder> {
+        if let Some(c) = &config {
+            if udp {
+                self.relay = Some(Relay::new(c.clone())?);
+            }
+        }
+        self.relay_config = config;
+        Ok(self)
     }
 
     /// Loads the latest snapshot; called once per batch.
@@ -74,9 +118,16 @@ impl Responder {
         &self.counters[self.block]
     }
 
-    /// Answers one message; returns the reply length in `out`, 0 for no reply.
+    /// Answers one message from an unknown client (no relay); returns the reply length.
     #[inline]
     pub fn respond(&mut self, packet: &[u8], transport: Transport, out: &mut [u8]) -> usize {
+        self.respond_from(packet, Client::Unknown, transport, out)
+    }
+
+    /// Answers one message; returns the reply length in `out`, 0 for no reply (dropped, or sent
+    /// upstream: the answer then comes through the outbox).
+    #[inline]
+    pub fn respond_from(&mut self, packet: &[u8], client: Client<'_>, transport: Transport, out: &mut [u8]) -> usize {
         count(&self.counters().queries);
         let query = match query::parse(packet, &mut self.name) {
             Ok(q) => q,
@@ -97,6 +148,11 @@ impl Responder {
             count(&self.counters().badvers);
             return answer::write_badvers(packet, &query, transport, out);
         }
+        if let Some(c) = &self.relay_config {
+            if !c.managed_for_all && !client.addr().is_some_and(|a| acl::allowed(&c.allow, a.ip())) {
+                return self.refuse(packet, &query, transport, out);
+            }
+        }
         let lookup = if query.qclass == CLASS_IN {
             self.current.lookup(&self.name[..query.name_len], query.qtype, &mut self.rotation)
         } else {
@@ -104,24 +160,66 @@ impl Responder {
         };
         let template = match lookup {
             Lookup::Answer(t) => t,
-            Lookup::NotManaged => return self.unmanaged(packet, &query, transport, out),
+            Lookup::NotManaged => return self.unmanaged(packet, &query, client, transport, out),
         };
         let written = answer::write_reply(packet, &query, template, transport, out);
         self.count_reply(template.flags, written.truncated);
         written.len
     }
 
-    /// The seam the relay takes over: a query for a name dnlb does not manage. REFUSED for now.
-    fn unmanaged(&mut self, packet: &[u8], query: &Query, transport: Transport, out: &mut [u8]) -> usize {
+    /// A query for a name dnlb does not manage: relayed for allowed clients, else REFUSED.
+    fn unmanaged(
+        &mut self,
+        packet: &[u8],
+        query: &Query,
+        client: Client<'_>,
+        transport: Transport,
+        out: &mut [u8],
+    ) -> usize {
+        let Some(config) = self.relay_config.clone() else { return self.refuse(packet, query, transport, out) };
+        let Some(addr) = client.addr().filter(|a| acl::allowed(&config.allow, a.ip())) else {
+            return self.refuse(packet, query, transport, out);
+        };
+        let n = match (transport, self.relay.as_mut()) {
+            (Transport::Udp { .. }, Some(relay)) => {
+                let name = &self.name[..query.name_len];
+                match relay.query(packet, query, name, addr, transport, out, Instant::now()) {
+                    Forwarded::Answered(n) => n,
+                    Forwarded::Pending => {
+                        count(&self.counters().relayed);
+                        return 0;
+                    }
+                }
+            }
+            _ => {
+                count(&self.counters().relayed);
+                engine::tcp_exchange(&config, packet, query, out).unwrap_or_else(|| {
+                    let servfail = Template::empty(false, rcode::SERVFAIL);
+                    answer::write_reply(packet, query, &servfail, transport, out).len
+                })
+            }
+        };
+        if n >= 4 {
+            self.count_rcode(out[3] & 0xf, out[2] & 0x02 != 0);
+        }
+        n
+    }
+
+    fn refuse(&mut self, packet: &[u8], query: &Query, transport: Transport, out: &mut [u8]) -> usize {
         let written = answer::write_reply(packet, query, &self.refused, transport, out);
         self.count_reply(self.refused.flags, written.truncated);
         written.len
+    }
+
+    fn count_rcode(&self, rcode_bits: u8, truncated: bool) {
+        self.count_reply(u16::from(rcode_bits), truncated);
     }
 
     fn count_reply(&self, flags: u16, truncated: bool) {
         let c = self.counters();
         count(match (flags & 0xf) as u8 {
             rcode::NOERROR => &c.noerror,
+            rcode::NXDOMAIN => &c.nxdomain,
             rcode::SERVFAIL => &c.servfail,
             rcode::REFUSED => &c.refused,
             _ => &c.formerr,
@@ -147,11 +245,27 @@ impl Handler for UdpResponder {
     }
 
     #[inline]
-    fn handle(&mut self, query: &[u8], _peer: Peer<'_>, reply: &mut [u8]) -> usize {
-        self.responder.respond(query, self.transport, reply)
+    fn handle(&mut self, query: &[u8], peer: Peer<'_>, reply: &mut [u8]) -> usize {
+        self.responder.respond_from(query, Client::Udp(peer), self.transport, reply)
     }
 
     fn io_error(&mut self, _error: io::Error) {
         count(&self.responder.counters().io_errors);
+    }
+
+    fn extra_sockets(&self) -> &[UdpSocket] {
+        self.responder.relay.as_ref().map_or(&[], |r| r.sockets())
+    }
+
+    fn handle_extra(&mut self, index: usize, data: &[u8], from: SocketAddr, out: &mut Outbox) {
+        if let Some(relay) = self.responder.relay.as_mut() {
+            relay.on_reply(index, data, from, out, Instant::now());
+        }
+    }
+
+    fn tick(&mut self, out: &mut Outbox) {
+        if let Some(relay) = self.responder.relay.as_mut() {
+            relay.tick(out, Instant::now());
+        }
     }
 }

@@ -61,6 +61,8 @@ pub mod rcode {
     pub const FORMERR: u8 = 1;
     /// Server failure.
     pub const SERVFAIL: u8 = 2;
+    /// The name does not exist (relayed answers).
+    pub const NXDOMAIN: u8 = 3;
     /// Not implemented: the opcode is not supported.
     pub const NOTIMP: u8 = 4;
     /// Refused by policy.

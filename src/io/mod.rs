@@ -57,6 +57,27 @@ impl Peer<'_> {
     }
 }
 
+/// Writes `addr` as a kernel `sockaddr_in` / `sockaddr_in6` into `out`; returns its length.
+pub fn sockaddr_bytes(addr: SocketAddr, out: &mut [u8; 28]) -> usize {
+    out.fill(0);
+    match addr {
+        SocketAddr::V4(a) => {
+            out[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+            out[2..4].copy_from_slice(&a.port().to_be_bytes());
+            out[4..8].copy_from_slice(&a.ip().octets());
+            16
+        }
+        SocketAddr::V6(a) => {
+            out[..2].copy_from_slice(&(libc::AF_INET6 as u16).to_ne_bytes());
+            out[2..4].copy_from_slice(&a.port().to_be_bytes());
+            out[4..8].copy_from_slice(&a.flowinfo().to_be_bytes());
+            out[8..24].copy_from_slice(&a.ip().octets());
+            out[24..28].copy_from_slice(&a.scope_id().to_ne_bytes());
+            28
+        }
+    }
+}
+
 /// What a backend calls for the datagrams it receives.
 pub trait Handler {
     /// Called once before each batch of datagrams (load the snapshot here, not per packet).
@@ -65,6 +86,64 @@ pub trait Handler {
     fn handle(&mut self, query: &[u8], peer: Peer<'_>, reply: &mut [u8]) -> usize;
     /// Counts an I/O error the backend met (receive or send); never logged per packet.
     fn io_error(&mut self, error: io::Error);
+    /// Sockets of the handler's own (the relay's upstream sockets) that the worker loop must read
+    /// too; their datagrams go to [`Handler::handle_extra`].
+    fn extra_sockets(&self) -> &[UdpSocket] {
+        &[]
+    }
+    /// A datagram on extra socket `index`; replies to clients go into `out`.
+    fn handle_extra(&mut self, _index: usize, _data: &[u8], _from: SocketAddr, _out: &mut Outbox) {}
+    /// Called at least every [`TICK`] while there are extra sockets; late work answers into `out`.
+    fn tick(&mut self, _out: &mut Outbox) {}
+}
+
+/// How often [`Handler::tick`] runs when a handler has extra sockets.
+pub const TICK: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Replies a handler produces outside `handle` (relayed answers, timeouts), sent by the backend
+/// on the client socket. Pre-allocated; when full, further replies are dropped and counted.
+pub struct Outbox {
+    items: Vec<(SocketAddr, Box<[u8]>, usize)>,
+    used: usize,
+    /// Replies dropped because the outbox was full.
+    pub dropped: u64,
+}
+
+impl Outbox {
+    /// An outbox for up to `capacity` replies.
+    pub fn new(capacity: usize) -> Outbox {
+        let items = (0..capacity)
+            .map(|_| (SocketAddr::from(([0, 0, 0, 0], 0)), vec![0u8; REPLY_SIZE].into_boxed_slice(), 0))
+            .collect();
+        Outbox { items, used: 0, dropped: 0 }
+    }
+
+    /// Adds a reply to `peer`, written by `write` (which returns its length; 0 for none).
+    pub fn push(&mut self, peer: SocketAddr, write: impl FnOnce(&mut [u8]) -> usize) {
+        let Some((to, buf, len)) = self.items.get_mut(self.used) else {
+            self.dropped += 1;
+            return;
+        };
+        let n = write(buf);
+        if n > 0 {
+            *to = peer;
+            *len = n;
+            self.used += 1;
+        }
+    }
+
+    /// Whether no reply is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.used == 0
+    }
+
+    /// Hands every waiting reply to `send` and empties the outbox.
+    pub fn drain(&mut self, mut send: impl FnMut(SocketAddr, &[u8])) {
+        for (to, buf, len) in &self.items[..self.used] {
+            send(*to, &buf[..*len]);
+        }
+        self.used = 0;
+    }
 }
 
 /// Which backend a worker runs.

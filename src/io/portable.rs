@@ -7,9 +7,9 @@
 use std::io;
 use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use super::{Handler, Peer, Stop, RECV_SIZE, REPLY_SIZE};
+use super::{Handler, Outbox, Peer, Stop, RECV_SIZE, REPLY_SIZE, TICK};
 
 /// Most datagrams per recvmmsg call (the arrays' size).
 pub const BATCH: usize = 64;
@@ -26,9 +26,66 @@ struct Buffers {
     names: [[u8; NAME_SIZE]; BATCH],
 }
 
+fn fd_of(s: &UdpSocket) -> i32 {
+    s.as_raw_fd()
+}
+
+/// Waits (up to the next tick) for the client socket or an upstream socket; handles upstream
+/// datagrams and ticks, sends what they produced; returns whether the client socket is readable.
+fn wait_and_relay<H: Handler>(
+    socket: &UdpSocket,
+    handler: &mut H,
+    pollfds: &mut [libc::pollfd],
+    outbox: &mut Outbox,
+    buf: &mut [u8],
+    next_tick: &mut Instant,
+) -> bool {
+    let wait_ms = next_tick.saturating_duration_since(Instant::now()).as_millis().min(100) as i32;
+    // SAFETY: `pollfds` is a valid, initialised slice of `pollfd` that the call only reads and
+    // writes `revents` of, for its length; it keeps no pointer after returning.
+    let rc = unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, wait_ms.max(1)) };
+    if rc < 0 {
+        return false;
+    }
+    for (index, pfd) in pollfds[1..].iter().enumerate() {
+        if pfd.revents & libc::POLLIN == 0 {
+            continue;
+        }
+        // Each receive borrows the handler's socket only for the call, so the datagram can then
+        // go to the handler.
+        while let Some(Ok((n, from))) = handler.extra_sockets().get(index).map(|s| s.recv_from(buf)) {
+            handler.handle_extra(index, &buf[..n], from, outbox);
+        }
+    }
+    if Instant::now() >= *next_tick {
+        handler.tick(outbox);
+        *next_tick = Instant::now() + TICK;
+    }
+    outbox.drain(|to, bytes| {
+        if let Err(e) = socket.send_to(bytes, to) {
+            handler.io_error(e);
+        }
+    });
+    pollfds[0].revents & libc::POLLIN != 0
+}
+
 /// Serves `socket` with `handler` until `stop` fires.
 pub fn serve<H: Handler>(socket: &UdpSocket, handler: &mut H, stop: &Stop) -> io::Result<()> {
-    socket.set_read_timeout(Some(Duration::from_millis(100)))?;
+    // With a relay, the loop also waits on the upstream sockets (poll), so the client socket is
+    // read without blocking; without one, recvmmsg blocks, waking every 100 ms to see a stop.
+    let relay = !handler.extra_sockets().is_empty();
+    if relay {
+        socket.set_nonblocking(true)?;
+    } else {
+        socket.set_read_timeout(Some(Duration::from_millis(100)))?;
+    }
+    let mut pollfds: Vec<libc::pollfd> = std::iter::once(fd_of(socket))
+        .chain(handler.extra_sockets().iter().map(fd_of))
+        .map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 })
+        .collect();
+    let mut outbox = Outbox::new(if relay { 256 } else { 0 });
+    let mut extra_buf = vec![0u8; if relay { 65_536 } else { 0 }];
+    let mut next_tick = Instant::now() + TICK;
     let batch = std::env::var("DNLB_PORTABLE_BATCH")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
@@ -50,6 +107,9 @@ pub fn serve<H: Handler>(socket: &UdpSocket, handler: &mut H, stop: &Stop) -> io
         *iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: RECV_SIZE };
     }
     while !stop.fired() {
+        if relay && !wait_and_relay(socket, handler, &mut pollfds, &mut outbox, &mut extra_buf, &mut next_tick) {
+            continue;
+        }
         for i in 0..BATCH {
             let h = &mut recv_msgs[i].msg_hdr;
             h.msg_name = bufs.names[i].as_mut_ptr().cast();

@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod sip;
+pub mod upstream;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
@@ -85,7 +86,8 @@ impl TestServer {
         config.server.io = io;
         let snapshot = Snapshot::build(&config, &Health::all_up(&config), 0, 1).unwrap();
         let snapshots = SnapshotHandle::new(snapshot);
-        let server = Server::start(&config.server, snapshots.clone()).unwrap();
+        let relay = config.relay.clone().map(std::sync::Arc::new);
+        let server = Server::start(&config.server, relay, snapshots.clone()).unwrap();
         let addr = config.server.listen[0];
         TestServer { server: Some(server), addr, config, snapshots }
     }
@@ -126,9 +128,14 @@ pub fn udp_raw(addr: SocketAddr, packet: &[u8], wait: Duration) -> Option<Vec<u8
     s.set_read_timeout(Some(wait)).unwrap();
     s.send_to(packet, addr).unwrap();
     let mut buf = [0u8; 4096];
-    match s.recv_from(&mut buf) {
-        Ok((n, _)) => Some(buf[..n].to_vec()),
-        Err(_) => None,
+    loop {
+        match s.recv_from(&mut buf) {
+            Ok((n, _)) => return Some(buf[..n].to_vec()),
+            // A thread that created an io_uring (the backend check does) can see EINTR while the
+            // kernel tears the ring down; that is no answer either way.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return None,
+        }
     }
 }
 

@@ -1,0 +1,371 @@
+//! One worker's relay: its own upstream sockets, pending table and cache. Nothing here is shared
+//! with another worker, so no query crosses threads.
+//!
+//! ```text
+//!  client query (not managed) ─► ACL ─► cache hit? ─► reply now
+//!                                          │ miss
+//!                                          ▼
+//!        same question in flight? ── yes ─► wait on it (no second upstream query)
+//!                                          │ no
+//!                                          ▼
+//!        random socket (source port) + random ID ─► upstream ─► pending[(socket, id)]
+//!  upstream datagram ─► pending[(socket, id)] ─► accept(source, ID, exact question) ─► cache
+//!                                                   │ refused: counted, ignored
+//!                                                   ▼
+//!                                     every waiter: copy + patch (ID, question case, TTLs)
+//!  tick ─► pending past the timeout ─► retry once on the next upstream, else SERVFAIL
+//! ```
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::cache::{Cache, CacheKey};
+use super::upstream::{accept, Sent};
+use crate::config::RelayConfig;
+use crate::dns::answer::{self, Template, Transport};
+use crate::dns::query::{flag, rcode, Query, HEADER_LEN};
+use crate::io::Outbox;
+
+/// Clients waiting on one upstream query, at most.
+const MAX_WAITERS: usize = 32;
+/// Failures in a row that take an upstream out of rotation.
+const UPSTREAM_FALL: u32 = 3;
+/// How long a failed upstream is skipped before it is tried again.
+const UPSTREAM_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// What the relay did with a query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forwarded {
+    /// Answered now (a cache hit, REFUSED or SERVFAIL): this many bytes are in `out`.
+    Answered(usize),
+    /// Sent upstream (or joined a query in flight); the answer comes through the outbox.
+    Pending,
+}
+
+/// Relay counters, for the worker's totals.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RelayStats {
+    /// Queries sent upstream, retries included.
+    pub forwarded: u64,
+    /// Answers served from the cache.
+    pub cache_hits: u64,
+    /// Upstream datagrams refused (wrong source, ID or question; late).
+    pub refused_replies: u64,
+    /// Upstream queries that timed out.
+    pub timeouts: u64,
+}
+
+struct Waiter {
+    peer: SocketAddr,
+    head: Box<[u8]>,
+    query: Query,
+    transport: Transport,
+}
+
+struct Pending {
+    sent: Sent,
+    key: CacheKey,
+    bytes: Box<[u8]>,
+    waiters: Vec<Waiter>,
+    started: Instant,
+    upstream: usize,
+    retried: bool,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct UpstreamHealth {
+    failures: u32,
+    last_failure: Option<Instant>,
+}
+
+/// One worker's relay.
+pub struct Relay {
+    config: Arc<RelayConfig>,
+    sockets: Vec<UdpSocket>,
+    pending: HashMap<(usize, u16), Pending>,
+    by_key: HashMap<CacheKey, (usize, u16)>,
+    cache: Cache,
+    health: Vec<UpstreamHealth>,
+    next_upstream: usize,
+    random: Vec<u64>,
+    servfail: Template,
+    /// Counters.
+    pub stats: RelayStats,
+}
+
+impl Relay {
+    /// Opens this worker's upstream sockets (each bound to a random ephemeral port).
+    pub fn new(config: Arc<RelayConfig>) -> std::io::Result<Relay> {
+        let any_v6 = config.upstreams.iter().any(SocketAddr::is_ipv6);
+        let mut sockets = Vec::new();
+        for _ in 0..config.sockets_per_worker {
+            let bind: SocketAddr = if any_v6 { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("literal");
+            let s = UdpSocket::bind(bind)?;
+            s.set_nonblocking(true)?;
+            sockets.push(s);
+        }
+        Ok(Relay {
+            cache: Cache::new(config.cache_entries),
+            health: vec![UpstreamHealth::default(); config.upstreams.len()],
+            sockets,
+            pending: HashMap::new(),
+            by_key: HashMap::new(),
+            next_upstream: 0,
+            random: Vec::new(),
+            servfail: Template::empty(false, rcode::SERVFAIL),
+            stats: RelayStats::default(),
+            config,
+        })
+    }
+
+    /// The upstream sockets, for the worker loop to read.
+    pub fn sockets(&self) -> &[UdpSocket] {
+        &self.sockets
+    }
+
+    /// Upstream queries in flight.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    fn random(&mut self) -> u64 {
+        if self.random.is_empty() {
+            let mut bytes = [0u8; 4096];
+            // Without OS randomness the clock still varies IDs; only spoofing resistance suffers.
+            if getrandom::fill(&mut bytes).is_err() {
+                let t = Instant::now().elapsed().subsec_nanos();
+                bytes.iter_mut().enumerate().for_each(|(i, b)| *b = (t >> (i % 24)) as u8 ^ i as u8);
+            }
+            self.random = bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect();
+        }
+        self.random.pop().unwrap_or_default()
+    }
+
+    /// The next upstream to use: healthy ones in turn; when all are failing, the one that failed
+    /// longest ago.
+    fn choose_upstream(&mut self, now: Instant, avoid: Option<usize>) -> usize {
+        let n = self.config.upstreams.len();
+        for k in 0..n {
+            let i = (self.next_upstream + k) % n;
+            let h = self.health[i];
+            let resting = h.failures >= UPSTREAM_FALL
+                && h.last_failure.is_some_and(|t| now.duration_since(t) < UPSTREAM_RETRY_AFTER);
+            if !resting && Some(i) != avoid {
+                self.next_upstream = (i + 1) % n;
+                return i;
+            }
+        }
+        (0..n).filter(|&i| Some(i) != avoid || n == 1).min_by_key(|&i| self.health[i].last_failure).unwrap_or(0)
+    }
+
+    /// Handles a query for a name dnlb does not manage, from `peer`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn query(
+        &mut self,
+        packet: &[u8],
+        query: &Query,
+        name: &[u8],
+        peer: SocketAddr,
+        transport: Transport,
+        out: &mut [u8],
+        now: Instant,
+    ) -> Forwarded {
+        let key = CacheKey {
+            name: name.into(),
+            qtype: query.qtype,
+            qclass: query.qclass,
+            dnssec_ok: query.edns.is_some_and(|e| e.dnssec_ok),
+        };
+        if let Some(n) = self.cache.answer(&key, packet, query, transport, out, now) {
+            self.stats.cache_hits += 1;
+            return Forwarded::Answered(n);
+        }
+        let waiter = Waiter { peer, head: packet[..query.question_end].into(), query: *query, transport };
+        if let Some(slot) = self.by_key.get(&key) {
+            if let Some(p) = self.pending.get_mut(slot) {
+                if p.waiters.len() < MAX_WAITERS {
+                    p.waiters.push(waiter);
+                    return Forwarded::Pending;
+                }
+            }
+        }
+        if self.pending.len() >= self.config.max_pending {
+            return Forwarded::Answered(answer::write_reply(packet, query, &self.servfail, transport, out).len);
+        }
+        let bytes: Box<[u8]> = packet.into();
+        let question: Box<[u8]> = packet[HEADER_LEN..query.question_end].into();
+        let upstream = self.choose_upstream(now, None);
+        match self.send(bytes, question, key, vec![waiter], upstream, now, false) {
+            Ok(()) => Forwarded::Pending,
+            Err(_waiter) => Forwarded::Answered(answer::write_reply(packet, query, &self.servfail, transport, out).len),
+        }
+    }
+
+    /// Sends `bytes` (a client query) upstream under a fresh random socket and ID; on failure the
+    /// waiters come back so they can be answered SERVFAIL.
+    #[allow(clippy::too_many_arguments)]
+    fn send(
+        &mut self,
+        mut bytes: Box<[u8]>,
+        question: Box<[u8]>,
+        key: CacheKey,
+        waiters: Vec<Waiter>,
+        upstream: usize,
+        now: Instant,
+        retried: bool,
+    ) -> Result<(), Vec<Waiter>> {
+        let target = self.config.upstreams[upstream];
+        let mut slot = None;
+        for _ in 0..16 {
+            let r = self.random();
+            let candidate = ((r as usize >> 16) % self.sockets.len(), r as u16);
+            if !self.pending.contains_key(&candidate) {
+                slot = Some(candidate);
+                break;
+            }
+        }
+        let Some((socket, id)) = slot else { return Err(waiters) };
+        bytes[..2].copy_from_slice(&id.to_be_bytes());
+        if self.sockets[socket].send_to(&bytes, target).is_err() {
+            return Err(waiters);
+        }
+        self.stats.forwarded += 1;
+        self.by_key.insert(key.clone(), (socket, id));
+        let sent = Sent { upstream: target, id, question };
+        self.pending.insert((socket, id), Pending { sent, key, bytes, waiters, started: now, upstream, retried });
+        Ok(())
+    }
+
+    /// A datagram arrived on upstream socket `index`.
+    pub fn on_reply(&mut self, index: usize, data: &[u8], from: SocketAddr, out: &mut Outbox, now: Instant) {
+        if data.len() < 2 {
+            self.stats.refused_replies += 1;
+            return;
+        }
+        let slot = (index, u16::from_be_bytes([data[0], data[1]]));
+        let Some(p) = self.pending.get(&slot) else {
+            self.stats.refused_replies += 1;
+            return;
+        };
+        if accept(data, from, &p.sent).is_err() {
+            self.stats.refused_replies += 1;
+            return;
+        }
+        let Some(p) = self.pending.remove(&slot) else { return };
+        self.by_key.remove(&p.key);
+        self.health[p.upstream] = UpstreamHealth::default();
+        let rcode = data.get(3).map_or(0, |b| b & 0xf);
+        if rcode == rcode::SERVFAIL {
+            self.note_failure(p.upstream, now);
+        }
+        self.cache.insert(p.key.clone(), data, now);
+        for w in &p.waiters {
+            let cache = &mut self.cache;
+            out.push(w.peer, |buf| match cache.answer(&p.key, &w.head, &w.query, w.transport, buf, now) {
+                Some(n) => n,
+                None => patch_raw(data, w, buf),
+            });
+        }
+    }
+
+    fn note_failure(&mut self, upstream: usize, now: Instant) {
+        let h = &mut self.health[upstream];
+        h.failures = h.failures.saturating_add(1);
+        h.last_failure = Some(now);
+    }
+
+    /// Retries or fails every query past the timeout.
+    pub fn tick(&mut self, out: &mut Outbox, now: Instant) {
+        let timeout = self.config.timeout;
+        let expired: Vec<(usize, u16)> =
+            self.pending.iter().filter(|(_, p)| now.duration_since(p.started) >= timeout).map(|(k, _)| *k).collect();
+        for slot in expired {
+            let Some(p) = self.pending.remove(&slot) else { continue };
+            self.by_key.remove(&p.key);
+            self.stats.timeouts += 1;
+            self.note_failure(p.upstream, now);
+            let waiters = if !p.retried && self.config.upstreams.len() > 1 {
+                // Once more, on the next upstream, with a fresh socket and ID.
+                let next = self.choose_upstream(now, Some(p.upstream));
+                let Pending { sent, key, bytes, waiters, .. } = p;
+                match self.send(bytes, sent.question, key, waiters, next, now, true) {
+                    Ok(()) => continue,
+                    Err(waiters) => waiters,
+                }
+            } else {
+                p.waiters
+            };
+            for w in &waiters {
+                let servfail = &self.servfail;
+                out.push(w.peer, |buf| answer::write_reply(&w.head, &w.query, servfail, w.transport, buf).len);
+            }
+        }
+    }
+}
+
+/// An upstream reply that the cache would not keep (SERVFAIL, TC, TTL 0), patched for one waiter:
+/// its ID, flags RD/CD and question case; TC with the question alone if it does not fit.
+fn patch_raw(data: &[u8], w: &Waiter, buf: &mut [u8]) -> usize {
+    let q_end = w.query.question_end;
+    let limit = w.transport.limit(&w.query).min(buf.len());
+    if data.len() < q_end {
+        return 0;
+    }
+    let len = if data.len() <= limit {
+        buf[..data.len()].copy_from_slice(data);
+        data.len()
+    } else {
+        buf[..q_end].copy_from_slice(&data[..q_end]);
+        buf[6..12].fill(0);
+        buf[2] |= (flag::TC >> 8) as u8;
+        q_end
+    };
+    buf[..2].copy_from_slice(&w.head[..2]);
+    let flags =
+        (u16::from_be_bytes([buf[2], buf[3]]) & !(flag::RD | flag::CD)) | (w.query.flags & (flag::RD | flag::CD));
+    buf[2..4].copy_from_slice(&flags.to_be_bytes());
+    buf[HEADER_LEN..q_end].copy_from_slice(&w.head[HEADER_LEN..q_end]);
+    len
+}
+
+/// Relays one query over TCP (for a client that came over TCP): a blocking exchange from the
+/// connection's own thread, trying up to two upstreams. Returns the reply length in `out`.
+pub fn tcp_exchange(config: &RelayConfig, packet: &[u8], query: &Query, out: &mut [u8]) -> Option<usize> {
+    use std::io::{Read, Write};
+    let question: Box<[u8]> = packet.get(HEADER_LEN..query.question_end)?.into();
+    for upstream in config.upstreams.iter().take(2) {
+        let mut id = [0u8; 2];
+        if getrandom::fill(&mut id).is_err() {
+            id = (Instant::now().elapsed().subsec_nanos() as u16).to_be_bytes();
+        }
+        let mut attempt = || -> std::io::Result<Option<usize>> {
+            let mut stream = std::net::TcpStream::connect_timeout(upstream, config.timeout)?;
+            stream.set_read_timeout(Some(config.timeout))?;
+            stream.set_write_timeout(Some(config.timeout))?;
+            let mut msg = Vec::with_capacity(packet.len() + 2);
+            msg.extend_from_slice(&(packet.len() as u16).to_be_bytes());
+            msg.extend_from_slice(&id);
+            msg.extend_from_slice(&packet[2..]);
+            stream.write_all(&msg)?;
+            let mut len = [0u8; 2];
+            stream.read_exact(&mut len)?;
+            let len = u16::from_be_bytes(len) as usize;
+            if len > out.len() {
+                return Ok(None);
+            }
+            stream.read_exact(&mut out[..len])?;
+            let sent = Sent { upstream: *upstream, id: u16::from_be_bytes(id), question: question.clone() };
+            if accept(&out[..len], *upstream, &sent).is_err() {
+                return Ok(None);
+            }
+            out[..2].copy_from_slice(&packet[..2]);
+            Ok(Some(len))
+        };
+        if let Ok(Some(n)) = attempt() {
+            return Some(n);
+        }
+    }
+    None
+}

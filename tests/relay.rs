@@ -1,0 +1,151 @@
+//! The relay against a real upstream (nsd serving a test zone) and scripted fake upstreams, over
+//! real loopback sockets, for both backends.
+
+mod common;
+
+use std::io::Read;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::upstream::{Behaviour, FakeUpstream, Nsd};
+use common::*;
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::{RData, RecordType};
+
+fn relay_config(dns_port: u16, upstreams: &[std::net::SocketAddr], extra: &str) -> String {
+    let list: Vec<String> = upstreams.iter().map(|u| format!("\"{u}\"")).collect();
+    format!("{}\n[relay]\nupstreams = [{}]\ntimeout_ms = 300\n{extra}\n", config_text(dns_port, 2, ""), list.join(", "))
+}
+
+/// What a comparison looks at: RCODE, answer records (name, type, data), authority types.
+fn essence(m: &Message) -> (ResponseCode, Vec<String>, Vec<RecordType>) {
+    let mut answers: Vec<String> =
+        m.answers.iter().map(|r| format!("{} {} {}", r.name, r.record_type(), r.data)).collect();
+    answers.sort();
+    (m.metadata.response_code, answers, m.authorities.iter().map(|r| r.record_type()).collect())
+}
+
+fn tcp_query(addr: std::net::SocketAddr, packet: &[u8]) -> Message {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let r = tcp_exchange(&mut s, &[packet.to_vec()]);
+    Message::from_vec(&r[0]).unwrap()
+}
+
+#[test]
+fn answers_through_dnlb_equal_answers_from_the_upstream() {
+    if !require(have("nsd") || std::path::Path::new("/usr/sbin/nsd").exists(), "nsd (package nsd)") {
+        return;
+    }
+    let nsd = Nsd::start(free_port());
+    for io in backends() {
+        let t = TestServer::start(&relay_config(free_port(), &[nsd.addr], ""), io);
+        let cases = [
+            ("www.relay.test.", RecordType::A),
+            ("WwW.Relay.Test.", RecordType::AAAA),
+            ("alias.relay.test.", RecordType::A),
+            ("textonly.relay.test.", RecordType::A),
+            ("nx.relay.test.", RecordType::A),
+            ("relay.test.", RecordType::SOA),
+        ];
+        for (i, (name, qtype)) in cases.iter().enumerate() {
+            let q = query(name, *qtype, 100 + i as u16, Some(1232));
+            let direct = udp_query(nsd.addr, &q);
+            let relayed = udp_query(t.addr, &q);
+            assert_eq!(relayed.metadata.id, 100 + i as u16);
+            assert_eq!(essence(&relayed), essence(&direct), "{io:?} {name} {qtype}");
+            assert_eq!(relayed.queries[0].name().to_ascii(), *name, "question case kept");
+            // A second time from the cache: same answers.
+            let cached = udp_query(t.addr, &query(name, *qtype, 200 + i as u16, None));
+            assert_eq!(essence(&cached), essence(&direct), "{io:?} {name} {qtype} (cached)");
+        }
+        // A TXT too large for UDP: TC over UDP, the whole answer over TCP (relayed over TCP).
+        let q = query("big.relay.test.", RecordType::TXT, 7, None);
+        let udp = udp_query(t.addr, &q);
+        assert!(udp.metadata.truncation, "{io:?}: big TXT truncated over UDP");
+        let over_tcp = tcp_query(t.addr, &q);
+        assert_eq!(essence(&over_tcp), essence(&tcp_query(nsd.addr, &q)), "{io:?}: big TXT over TCP");
+        assert!(matches!(&over_tcp.answers[0].data, RData::TXT(_)));
+        // Managed SIP names are still answered locally.
+        let sip = udp_query(t.addr, &query("sip.example.test.", RecordType::A, 9, None));
+        assert_eq!(sip.answers.len(), 2);
+        let totals = t.server.as_ref().unwrap().totals();
+        assert!(totals.relayed >= 6, "{totals}");
+    }
+}
+
+#[test]
+fn forged_upstream_replies_are_refused() {
+    for io in backends() {
+        let fake = FakeUpstream::start(Behaviour::ForgeThenAnswer { forged: 300 });
+        let t = TestServer::start(&relay_config(free_port(), &[fake.addr], "cache_entries = 0"), io);
+        let client = udp_client();
+        let mut answered = 0;
+        for i in 0..40u16 {
+            client.send_to(&query(&format!("host{i}.forged.test."), RecordType::A, i, None), t.addr).unwrap();
+            let mut buf = [0u8; 1500];
+            let (n, _) = loop {
+                match client.recv_from(&mut buf) {
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    other => break other.expect("an answer"),
+                }
+            };
+            let m = Message::from_vec(&buf[..n]).unwrap();
+            assert_eq!(m.metadata.id, i);
+            match &m.answers[0].data {
+                RData::A(a) => assert_eq!(a.0.octets(), [198, 51, 100, 7]),
+                other => panic!("{other:?}"),
+            }
+            answered += 1;
+        }
+        let forged = fake.forged.load(std::sync::atomic::Ordering::Relaxed);
+        println!("{io:?}: {answered} true answers through {forged} forged replies");
+        assert!(forged >= 10_000);
+    }
+}
+
+#[test]
+fn a_black_holed_upstream_gives_servfail_or_the_other_upstream() {
+    for io in backends() {
+        let hole = FakeUpstream::start(Behaviour::BlackHole);
+        let t = TestServer::start(&relay_config(free_port(), &[hole.addr], ""), io);
+        let start = Instant::now();
+        let m = udp_query(t.addr, &query("x.blackhole.test.", RecordType::A, 1, None));
+        let waited = start.elapsed();
+        assert_eq!(m.metadata.response_code, ResponseCode::ServFail, "{io:?}");
+        assert!(
+            waited >= Duration::from_millis(250) && waited < Duration::from_millis(1500),
+            "SERVFAIL after {waited:?}"
+        );
+        // SIP names do not wait for the relay.
+        let start = Instant::now();
+        udp_query(t.addr, &query("sip.example.test.", RecordType::A, 2, None));
+        assert!(start.elapsed() < Duration::from_millis(100));
+        drop(t);
+
+        let good = FakeUpstream::start(Behaviour::ForgeThenAnswer { forged: 0 });
+        let t = TestServer::start(&relay_config(free_port(), &[hole.addr, good.addr], ""), io);
+        for i in 0..6u16 {
+            let m = udp_query(t.addr, &query(&format!("h{i}.failover.test."), RecordType::A, i, None));
+            assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{io:?}: answered by the other upstream");
+        }
+    }
+}
+
+#[test]
+fn clients_outside_allow_are_refused() {
+    let fake = FakeUpstream::start(Behaviour::ForgeThenAnswer { forged: 0 });
+    let t = TestServer::start(
+        &relay_config(free_port(), &[fake.addr], "allow = [\"10.0.0.0/8\"]"),
+        dnlb::config::IoMode::Portable,
+    );
+    let m = udp_query(t.addr, &query("www.acl.test.", RecordType::A, 1, None));
+    assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+    let m = udp_query(t.addr, &query("sip.example.test.", RecordType::A, 2, None));
+    assert_eq!(m.answers.len(), 2, "managed names are answered for every source by default");
+    assert_eq!(fake.queries.load(std::sync::atomic::Ordering::Relaxed), 0);
+    let mut buf = [0u8; 1];
+    let mut s = TcpStream::connect(t.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(10))).unwrap();
+    let _idle = s.read(&mut buf);
+}
