@@ -189,6 +189,15 @@ struct RawRelay {
     max_pending: Spanned<u64>,
     #[serde(default = "default_true")]
     managed_for_all: bool,
+    #[serde(default)]
+    route: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    domain: Spanned<String>,
+    upstreams: Spanned<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -407,6 +416,17 @@ pub struct RelayConfig {
     pub max_pending: usize,
     /// Whether managed SIP names are answered for clients outside `allow` too.
     pub managed_for_all: bool,
+    /// Per-domain upstreams (DNRD's `-s server:domain`); the longest matching suffix wins.
+    pub routes: Vec<Route>,
+}
+
+/// Names under `domain` go to these upstreams instead of the default ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The domain, lower case, without the trailing dot.
+    pub domain: String,
+    /// Its upstreams.
+    pub upstreams: Vec<SocketAddr>,
 }
 
 /// Where and how dnlb listens.
@@ -596,28 +616,18 @@ impl Validator<'_> {
     }
 
     fn relay(&mut self, raw: RawRelay) -> RelayConfig {
-        let mut upstreams = Vec::new();
-        if raw.upstreams.get_ref().is_empty() {
-            self.fail(raw.upstreams.span(), "relay.upstreams", "is empty: add a resolver such as \"127.0.0.53:53\"");
-        }
-        for (i, u) in raw.upstreams.get_ref().iter().enumerate() {
-            let field = format!("relay.upstreams[{i}]");
-            match u.get_ref().parse::<SocketAddr>() {
-                Ok(a) if a.port() == 0 || a.ip().is_unspecified() || a.ip().is_multicast() => self.fail(
-                    u.span(),
-                    &field,
-                    format!("{a} cannot be queried: name a unicast address and a port other than 0"),
-                ),
-                Ok(a) => upstreams.push(a),
-                Err(_) => self.fail(
-                    u.span(),
-                    &field,
-                    format!(
-                        "`{}` is not an address with a port: write \"192.0.2.53:53\" or \"[2001:db8::53]:53\"",
-                        u.get_ref()
-                    ),
-                ),
+        let upstreams = self.upstream_list(&raw.upstreams, "relay.upstreams");
+        let mut routes: Vec<Route> = Vec::new();
+        for (i, r) in raw.route.iter().enumerate() {
+            let field = format!("relay.route[{i}].domain");
+            let domain = normalize_name(r.domain.get_ref());
+            if let Err(why) = check_name(&domain) {
+                self.fail(r.domain.span(), &field, format!("`{}` {why}", r.domain.get_ref()));
+            } else if routes.iter().any(|o| o.domain == domain) {
+                self.fail(r.domain.span(), &field, format!("`{domain}` is routed twice: merge the routes"));
             }
+            let list = self.upstream_list(&r.upstreams, &format!("relay.route[{i}].upstreams"));
+            routes.push(Route { domain, upstreams: list });
         }
         let mut allow = Vec::new();
         match &raw.allow {
@@ -649,7 +659,36 @@ impl Validator<'_> {
             sockets_per_worker: sockets,
             max_pending,
             managed_for_all: raw.managed_for_all,
+            routes,
         }
+    }
+
+    /// A non-empty list of upstream addresses with ports.
+    fn upstream_list(&mut self, raw: &Spanned<Vec<Spanned<String>>>, field: &str) -> Vec<SocketAddr> {
+        let mut out = Vec::new();
+        if raw.get_ref().is_empty() {
+            self.fail(raw.span(), field, "is empty: add a resolver such as \"127.0.0.53:53\"");
+        }
+        for (i, u) in raw.get_ref().iter().enumerate() {
+            let f = format!("{field}[{i}]");
+            match u.get_ref().parse::<SocketAddr>() {
+                Ok(a) if a.port() == 0 || a.ip().is_unspecified() || a.ip().is_multicast() => self.fail(
+                    u.span(),
+                    &f,
+                    format!("{a} cannot be queried: name a unicast address and a port other than 0"),
+                ),
+                Ok(a) => out.push(a),
+                Err(_) => self.fail(
+                    u.span(),
+                    &f,
+                    format!(
+                        "`{}` is not an address with a port: write \"192.0.2.53:53\" or \"[2001:db8::53]:53\"",
+                        u.get_ref()
+                    ),
+                ),
+            }
+        }
+        out
     }
 
     fn hosts(&mut self, raw: RawHosts) -> (Vec<crate::hosts::HostEntry>, u32) {

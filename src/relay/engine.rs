@@ -71,7 +71,39 @@ struct Pending {
     waiters: Vec<Waiter>,
     started: Instant,
     upstream: usize,
+    group: usize,
     retried: bool,
+}
+
+/// Whether wire name `name` is `domain` or lies under it (label boundaries respected).
+fn under(name: &[u8], domain: &[u8]) -> bool {
+    let mut at = 0;
+    while at < name.len() {
+        if &name[at..] == domain {
+            return true;
+        }
+        let len = name[at] as usize;
+        if len == 0 {
+            break;
+        }
+        at += 1 + len;
+    }
+    false
+}
+
+/// The index of the longest route whose domain holds `name` (a lower-case wire name).
+fn route_for(routes: &[(Box<[u8]>, usize)], name: &[u8]) -> Option<usize> {
+    routes.iter().filter(|(wire, _)| under(name, wire)).max_by_key(|(wire, _)| wire.len()).map(|(_, g)| *g)
+}
+
+/// The upstreams for a name: its route's, else the default list.
+pub fn upstreams_for<'c>(config: &'c RelayConfig, name: &[u8]) -> &'c [SocketAddr] {
+    let routes: Vec<(Box<[u8]>, usize)> =
+        config.routes.iter().enumerate().map(|(i, r)| (crate::dns::wire_name(&r.domain).into(), i)).collect();
+    match route_for(&routes, name) {
+        Some(i) => &config.routes[i].upstreams,
+        None => &config.upstreams,
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -83,12 +115,19 @@ struct UpstreamHealth {
 /// One worker's relay.
 pub struct Relay {
     config: Arc<RelayConfig>,
+    /// Every upstream, the default list first, then each route's.
+    upstreams: Vec<SocketAddr>,
+    /// Per group (0: default; 1 + route index), the indices into `upstreams`.
+    groups: Vec<Vec<usize>>,
+    /// Route domains as wire names, with their group.
+    routes: Vec<(Box<[u8]>, usize)>,
+    /// Per group, where round-robin goes next.
+    next: Vec<usize>,
     sockets: Vec<UdpSocket>,
     pending: HashMap<(usize, u16), Pending>,
     by_key: HashMap<CacheKey, (usize, u16)>,
     cache: Cache,
     health: Vec<UpstreamHealth>,
-    next_upstream: usize,
     random: Vec<u64>,
     servfail: Template,
     /// Counters.
@@ -98,7 +137,16 @@ pub struct Relay {
 impl Relay {
     /// Opens this worker's upstream sockets (each bound to a random ephemeral port).
     pub fn new(config: Arc<RelayConfig>) -> std::io::Result<Relay> {
-        let any_v6 = config.upstreams.iter().any(SocketAddr::is_ipv6);
+        let mut upstreams: Vec<SocketAddr> = config.upstreams.clone();
+        let mut groups = vec![(0..upstreams.len()).collect::<Vec<usize>>()];
+        let mut routes = Vec::new();
+        for (i, r) in config.routes.iter().enumerate() {
+            let start = upstreams.len();
+            upstreams.extend(&r.upstreams);
+            groups.push((start..upstreams.len()).collect());
+            routes.push((crate::dns::wire_name(&r.domain).into_boxed_slice(), i + 1));
+        }
+        let any_v6 = upstreams.iter().any(SocketAddr::is_ipv6);
         let mut sockets = Vec::new();
         for _ in 0..config.sockets_per_worker {
             let bind: SocketAddr = if any_v6 { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("literal");
@@ -108,11 +156,14 @@ impl Relay {
         }
         Ok(Relay {
             cache: Cache::new(config.cache_entries),
-            health: vec![UpstreamHealth::default(); config.upstreams.len()],
+            health: vec![UpstreamHealth::default(); upstreams.len()],
+            next: vec![0; groups.len()],
+            upstreams,
+            groups,
+            routes,
             sockets,
             pending: HashMap::new(),
             by_key: HashMap::new(),
-            next_upstream: 0,
             random: Vec::new(),
             servfail: Template::empty(false, rcode::SERVFAIL),
             stats: RelayStats::default(),
@@ -143,21 +194,28 @@ impl Relay {
         self.random.pop().unwrap_or_default()
     }
 
-    /// The next upstream to use: healthy ones in turn; when all are failing, the one that failed
-    /// longest ago.
-    fn choose_upstream(&mut self, now: Instant, avoid: Option<usize>) -> usize {
-        let n = self.config.upstreams.len();
+    /// The next upstream of `group` to use: healthy ones in turn; when all are resting, the one
+    /// that failed longest ago. Never `avoid` unless it is the only one.
+    fn choose_upstream(&mut self, group: usize, now: Instant, avoid: Option<usize>) -> usize {
+        let members = &self.groups[group];
+        let n = members.len();
         for k in 0..n {
-            let i = (self.next_upstream + k) % n;
+            let pos = (self.next[group] + k) % n;
+            let i = members[pos];
             let h = self.health[i];
             let resting = h.failures >= UPSTREAM_FALL
                 && h.last_failure.is_some_and(|t| now.duration_since(t) < UPSTREAM_RETRY_AFTER);
             if !resting && Some(i) != avoid {
-                self.next_upstream = (i + 1) % n;
+                self.next[group] = (pos + 1) % n;
                 return i;
             }
         }
-        (0..n).filter(|&i| Some(i) != avoid || n == 1).min_by_key(|&i| self.health[i].last_failure).unwrap_or(0)
+        members
+            .iter()
+            .copied()
+            .filter(|&i| Some(i) != avoid || n == 1)
+            .min_by_key(|&i| self.health[i].last_failure)
+            .unwrap_or(members[0])
     }
 
     /// Handles a query for a name dnlb does not manage, from `peer`.
@@ -196,8 +254,9 @@ impl Relay {
         }
         let bytes: Box<[u8]> = packet.into();
         let question: Box<[u8]> = packet[HEADER_LEN..query.question_end].into();
-        let upstream = self.choose_upstream(now, None);
-        match self.send(bytes, question, key, vec![waiter], upstream, now, false) {
+        let group = route_for(&self.routes, name).unwrap_or(0);
+        let upstream = self.choose_upstream(group, now, None);
+        match self.send(bytes, question, key, vec![waiter], (upstream, group), now, false) {
             Ok(()) => Forwarded::Pending,
             Err(_waiter) => Forwarded::Answered(answer::write_reply(packet, query, &self.servfail, transport, out).len),
         }
@@ -212,11 +271,11 @@ impl Relay {
         question: Box<[u8]>,
         key: CacheKey,
         waiters: Vec<Waiter>,
-        upstream: usize,
+        (upstream, group): (usize, usize),
         now: Instant,
         retried: bool,
     ) -> Result<(), Vec<Waiter>> {
-        let target = self.config.upstreams[upstream];
+        let target = self.upstreams[upstream];
         let mut slot = None;
         for _ in 0..16 {
             let r = self.random();
@@ -234,7 +293,8 @@ impl Relay {
         self.stats.forwarded += 1;
         self.by_key.insert(key.clone(), (socket, id));
         let sent = Sent { upstream: target, id, question };
-        self.pending.insert((socket, id), Pending { sent, key, bytes, waiters, started: now, upstream, retried });
+        self.pending
+            .insert((socket, id), Pending { sent, key, bytes, waiters, started: now, upstream, group, retried });
         Ok(())
     }
 
@@ -286,11 +346,11 @@ impl Relay {
             self.by_key.remove(&p.key);
             self.stats.timeouts += 1;
             self.note_failure(p.upstream, now);
-            let waiters = if !p.retried && self.config.upstreams.len() > 1 {
-                // Once more, on the next upstream, with a fresh socket and ID.
-                let next = self.choose_upstream(now, Some(p.upstream));
-                let Pending { sent, key, bytes, waiters, .. } = p;
-                match self.send(bytes, sent.question, key, waiters, next, now, true) {
+            let waiters = if !p.retried && self.groups[p.group].len() > 1 {
+                // Once more, on the next upstream of its group, with a fresh socket and ID.
+                let next = self.choose_upstream(p.group, now, Some(p.upstream));
+                let Pending { sent, key, bytes, waiters, group, .. } = p;
+                match self.send(bytes, sent.question, key, waiters, (next, group), now, true) {
                     Ok(()) => continue,
                     Err(waiters) => waiters,
                 }
@@ -335,7 +395,9 @@ fn patch_raw(data: &[u8], w: &Waiter, buf: &mut [u8]) -> usize {
 pub fn tcp_exchange(config: &RelayConfig, packet: &[u8], query: &Query, out: &mut [u8]) -> Option<usize> {
     use std::io::{Read, Write};
     let question: Box<[u8]> = packet.get(HEADER_LEN..query.question_end)?.into();
-    for upstream in config.upstreams.iter().take(2) {
+    let mut name = [0u8; crate::dns::query::MAX_NAME_LEN];
+    crate::dns::query::parse(packet, &mut name).ok()?;
+    for upstream in upstreams_for(config, &name[..query.name_len]).iter().take(2) {
         let mut id = [0u8; 2];
         if getrandom::fill(&mut id).is_err() {
             id = (Instant::now().elapsed().subsec_nanos() as u16).to_be_bytes();
@@ -368,4 +430,23 @@ pub fn tcp_exchange(config: &RelayConfig, packet: &[u8], query: &Query, out: &mu
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dns::wire_name;
+
+    #[test]
+    fn routes_match_whole_labels_and_the_longest_wins() {
+        let routes: Vec<(Box<[u8]>, usize)> = vec![
+            (wire_name("corp.test").into(), 1),
+            (wire_name("eu.corp.test").into(), 2),
+            (wire_name("test").into(), 3),
+        ];
+        assert_eq!(route_for(&routes, &wire_name("www.eu.corp.test")), Some(2));
+        assert_eq!(route_for(&routes, &wire_name("corp.test")), Some(1));
+        assert_eq!(route_for(&routes, &wire_name("notcorp.test")), Some(3), "label boundaries, not string suffixes");
+        assert_eq!(route_for(&routes, &wire_name("example.org")), None);
+    }
 }

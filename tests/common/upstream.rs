@@ -69,8 +69,8 @@ impl Drop for Nsd {
 pub enum Behaviour {
     /// Never answers.
     BlackHole,
-    /// `forged` wrong replies (wrong ID, wrong question case, from another port), then a true
-    /// reply (an A record 198.51.100.7, TTL 60).
+    /// `forged` wrong replies (wrong ID, wrong question case, from another port; each with the
+    /// address 203.0.113.66), then the true reply (an A record 198.51.100.7, TTL 60).
     ForgeThenAnswer { forged: usize },
 }
 
@@ -106,8 +106,12 @@ impl FakeUpstream {
                 reply[3] = 0x80; // RA, NOERROR
                 reply[6..12].copy_from_slice(&[0, 1, 0, 0, 0, 0]);
                 reply.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 198, 51, 100, 7]);
+                // Forgeries carry another address, so one accepted would show in the answer.
+                let mut forgery = reply.clone();
+                let n = forgery.len();
+                forgery[n - 4..].copy_from_slice(&[203, 0, 113, 66]);
                 for k in 0..forged {
-                    let mut bad = reply.clone();
+                    let mut bad = forgery.clone();
                     match k % 3 {
                         0 => bad[1] ^= 1 + (k % 255) as u8, // wrong ID
                         1 => bad[13] ^= 0x20,               // question case changed
