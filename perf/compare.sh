@@ -7,6 +7,9 @@
 #   SECONDS_PER_RUN=5 IO=portable perf/compare.sh
 #   SERVER_CPUS=0 LOAD_CPUS=1 WORKERS=1 perf/compare.sh
 #   CLIENTS=4 OUTSTANDING=200 THREADS_LOAD=1  dnsperf's -c, -q and -T for the saturation shape
+#   WORKLOAD=cache-hit perf/compare.sh   the relay: `www.example.test A` through dnlb's relay cache,
+#                                        dnsdist's packet cache and unbound, all forwarding to an
+#                                        nsd upstream (started here on PORT+1), against the floor
 #
 # Two load shapes per server: saturation (dnsperf -c 4 -q 200 -T 1) and a fixed 30,000 queries/s
 # (-Q 30000). Traffic goes to 127.0.0.1 only; every run is bounded by -l and every server started
@@ -21,12 +24,20 @@ LOAD_CPUS=${LOAD_CPUS:-1}
 WORKERS=${WORKERS:-1}
 RATE=${RATE:-30000}
 SHAPES=${SHAPES:-"saturation fixed"}
-SERVERS=${SERVERS:-"floor dnlb nsd"}
+WORKLOAD=${WORKLOAD:-sip}
+if [ "$WORKLOAD" = cache-hit ]; then
+    SERVERS=${SERVERS:-"floor dnlb-relay dnsdist unbound"}
+    QUERY="www.example.test A"
+else
+    SERVERS=${SERVERS:-"floor dnlb nsd"}
+    QUERY="sip.example.test A"
+fi
 DNLB_BIN=${DNLB_BIN:-target/release/dnlb}
 FLOOR_BIN=${FLOOR_BIN:-target/release/dnlb-floor}
 NSD_BIN=${NSD_BIN:-$(command -v nsd || echo /usr/sbin/nsd)}
 DNSPERF=${DNSPERF:-dnsperf}
 PORT=${PORT:-5390}
+UPSTREAM_PORT=$((PORT + 1))
 THREADS_LOAD=${THREADS_LOAD:-1}
 CLIENTS=${CLIENTS:-4}
 OUTSTANDING=${OUTSTANDING:-200}
@@ -46,7 +57,7 @@ cleanup() {
 trap cleanup EXIT
 
 # Same answers everywhere: sip.example.test A -> three addresses.
-printf 'sip.example.test A\n' > "$work/queries.txt"
+printf '%s\n' "$QUERY" > "$work/queries.txt"
 cat > "$work/dnlb.toml" <<EOF
 [server]
 listen = ["127.0.0.1:$PORT"]
@@ -73,6 +84,7 @@ ns  IN A 127.0.0.10
 sip IN A 127.0.0.11
 sip IN A 127.0.0.12
 sip IN A 127.0.0.13
+www IN A 192.0.2.80
 EOF
 cat > "$work/nsd.conf" <<EOF
 server:
@@ -99,6 +111,60 @@ zone:
     name: example.test
     zonefile: example.test.zone
 EOF
+
+DNSDIST_BIN=${DNSDIST_BIN:-$(command -v dnsdist || echo /usr/bin/dnsdist)}
+UNBOUND_BIN=${UNBOUND_BIN:-$(command -v unbound || echo /usr/sbin/unbound)}
+if [ "$WORKLOAD" = cache-hit ]; then
+    # The upstream: nsd with the same zone on the next port, on the load generator's cores (it
+    # sees one query per cache, not the load).
+    sed "s/@$PORT\$/@$UPSTREAM_PORT/; s#nsd.pid#upstream.pid#; s#xfrd.state#upstream.xfrd#; s#zone.list#upstream.list#" "$work/nsd.conf" > "$work/upstream.conf"
+    taskset -c "$LOAD_CPUS" "$NSD_BIN" -d -c "$work/upstream.conf" 2>"$work/upstream.err" &
+    pids+=("$!")
+    cat > "$work/relay.toml" <<EOF2
+[server]
+listen = ["127.0.0.1:$PORT"]
+tcp = false
+workers = $WORKERS
+io = "$IO"
+[probe]
+enabled = false
+[relay]
+upstreams = ["127.0.0.1:$UPSTREAM_PORT"]
+EOF2
+    cat > "$work/dnsdist.conf" <<EOF2
+setLocal("127.0.0.1:$PORT")
+setACL({"127.0.0.0/8"})
+newServer({address="127.0.0.1:$UPSTREAM_PORT", checkInterval=3600})
+pc = newPacketCache(10000)
+getPool(""):setCache(pc)
+EOF2
+    cat > "$work/unbound.conf" <<EOF2
+server:
+    interface: 127.0.0.1@$PORT
+    port: $PORT
+    num-threads: $WORKERS
+    so-reuseport: yes
+    do-daemonize: no
+    chroot: ""
+    username: ""
+    directory: "$work"
+    pidfile: "$work/unbound.pid"
+    use-syslog: no
+    logfile: ""
+    verbosity: 0
+    access-control: 127.0.0.0/8 allow
+    do-not-query-localhost: no
+    ratelimit: 0
+    ip-ratelimit: 0
+stub-zone:
+    name: "example.test"
+    stub-addr: 127.0.0.1@$UPSTREAM_PORT
+EOF2
+    for i in $(seq 1 50); do
+        "$DNSPERF" -s 127.0.0.1 -p "$UPSTREAM_PORT" -d "$work/queries.txt" -n 1 -t 1 2>/dev/null | grep -q "Queries completed: *1 " && break
+        sleep 0.1
+    done
+fi
 
 # CPU ticks (user + system) of a process and all its descendants.
 tree_ticks() {
@@ -131,6 +197,9 @@ start_server() {
         floor) taskset -c "$SERVER_CPUS" "$FLOOR_BIN" "127.0.0.1:$PORT" --io "$IO" --workers "$WORKERS" 2>"$work/floor.log" & ;;
         dnlb) taskset -c "$SERVER_CPUS" "$DNLB_BIN" --config "$work/dnlb.toml" 2>"$work/dnlb.log" & ;;
         nsd) taskset -c "$SERVER_CPUS" "$NSD_BIN" -d -c "$work/nsd.conf" 2>"$work/nsd.err" & ;;
+        dnlb-relay) taskset -c "$SERVER_CPUS" "$DNLB_BIN" --config "$work/relay.toml" 2>"$work/relay.log" & ;;
+        dnsdist) taskset -c "$SERVER_CPUS" "$DNSDIST_BIN" --supervised --disable-syslog -C "$work/dnsdist.conf" >"$work/dnsdist.log" 2>&1 & ;;
+        unbound) taskset -c "$SERVER_CPUS" "$UNBOUND_BIN" -d -c "$work/unbound.conf" 2>"$work/unbound.log" & ;;
     esac
     server_pid=$!
     pids+=("$server_pid")
@@ -168,8 +237,11 @@ for shape in $SHAPES; do
     awk -v s="$shape" '
         $2 == s { cpu[$1] = $5; qps[$1] = $3 }
         END {
-            if (cpu["dnlb"] > 0 && cpu["floor"] > 0) printf "%-11s dnlb/floor cpu per query: %.3f", s, cpu["dnlb"] / cpu["floor"]
-            if (cpu["dnlb"] > 0 && cpu["nsd"] > 0) printf "   dnlb/nsd: %.3f   qps dnlb/nsd: %.3f", cpu["dnlb"] / cpu["nsd"], qps["dnlb"] / qps["nsd"]
+            d = (cpu["dnlb"] > 0) ? "dnlb" : "dnlb-relay"
+            if (cpu[d] > 0 && cpu["floor"] > 0) printf "%-11s %s/floor cpu per query: %.3f", s, d, cpu[d] / cpu["floor"]
+            split("nsd dnsdist unbound", refs, " ")
+            for (k in refs) if (cpu[d] > 0 && cpu[refs[k]] > 0)
+                printf "   %s/%s: %.3f (qps %.3f)", d, refs[k], cpu[d] / cpu[refs[k]], qps[d] / qps[refs[k]]
             printf "\n"
         }' "$results"
 done
