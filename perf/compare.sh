@@ -28,6 +28,12 @@ WORKLOAD=${WORKLOAD:-sip}
 if [ "$WORKLOAD" = cache-hit ]; then
     SERVERS=${SERVERS:-"floor dnlb-relay dnsdist unbound"}
     QUERY="www.example.test A"
+elif [ "$WORKLOAD" = cache-miss ]; then
+    # Unique names, each asked once (one fixed-rate pass): every query misses dnlb's cache and
+    # goes upstream. nsd answering the same zone directly is the reference.
+    SERVERS=${SERVERS:-"nsd dnlb-relay"}
+    SHAPES=fixed
+    QUERY=""
 else
     SERVERS=${SERVERS:-"floor dnlb nsd"}
     QUERY="sip.example.test A"
@@ -57,7 +63,12 @@ cleanup() {
 trap cleanup EXIT
 
 # Same answers everywhere: sip.example.test A -> three addresses.
-printf '%s\n' "$QUERY" > "$work/queries.txt"
+printf 'sip.example.test A\n' > "$work/probe.txt"
+if [ -n "$QUERY" ]; then
+    printf '%s\n' "$QUERY" > "$work/queries.txt"
+else
+    seq 1 $((RATE * SECONDS_PER_RUN + RATE)) | sed 's/^/m/; s/$/.example.test A/' > "$work/queries.txt"
+fi
 cat > "$work/dnlb.toml" <<EOF
 [server]
 listen = ["127.0.0.1:$PORT"]
@@ -114,7 +125,7 @@ EOF
 
 DNSDIST_BIN=${DNSDIST_BIN:-$(command -v dnsdist || echo /usr/bin/dnsdist)}
 UNBOUND_BIN=${UNBOUND_BIN:-$(command -v unbound || echo /usr/sbin/unbound)}
-if [ "$WORKLOAD" = cache-hit ]; then
+if [ "$WORKLOAD" != sip ]; then
     # The upstream: nsd with the same zone on the next port, on the load generator's cores (it
     # sees one query per cache, not the load).
     sed "s/@$PORT\$/@$UPSTREAM_PORT/; s#nsd.pid#upstream.pid#; s#xfrd.state#upstream.xfrd#; s#zone.list#upstream.list#" "$work/nsd.conf" > "$work/upstream.conf"
@@ -161,7 +172,7 @@ stub-zone:
     stub-addr: 127.0.0.1@$UPSTREAM_PORT
 EOF2
     for i in $(seq 1 50); do
-        "$DNSPERF" -s 127.0.0.1 -p "$UPSTREAM_PORT" -d "$work/queries.txt" -n 1 -t 1 2>/dev/null | grep -q "Queries completed: *1 " && break
+        "$DNSPERF" -s 127.0.0.1 -p "$UPSTREAM_PORT" -d "$work/probe.txt" -n 1 -t 1 2>/dev/null | grep -q "Queries completed: *1 " && break
         sleep 0.1
     done
 fi
@@ -185,7 +196,7 @@ descendants() {
 wait_answer() {
     local i
     for i in $(seq 1 100); do
-        if "$DNSPERF" -s 127.0.0.1 -p "$PORT" -d "$work/queries.txt" -n 1 -t 1 2>/dev/null | grep -q "Queries completed: *1 "; then return 0; fi
+        if "$DNSPERF" -s 127.0.0.1 -p "$PORT" -d "$work/probe.txt" -n 1 -t 1 2>/dev/null | grep -q "Queries completed: *1 "; then return 0; fi
         sleep 0.1
     done
     echo "server on port $PORT did not answer" >&2
@@ -215,7 +226,7 @@ stop_server() {
 clk=$(getconf CLK_TCK 2>/dev/null || echo 100)
 results="$work/results.txt"
 : > "$results"
-printf '%-8s %-11s %10s %8s %12s\n' server shape "queries/s" "lost %" "cpu us/q"
+printf '%-8s %-11s %10s %8s %12s %9s\n' server shape "queries/s" "lost %" "cpu us/q" "avg ms"
 for server in $SERVERS; do
     start_server "$server"
     for shape in $SHAPES; do
@@ -227,7 +238,8 @@ for server in $SERVERS; do
         lost=$(echo "$out" | awk '/Queries lost:/ { gsub(/[()%]/, "", $4); print $4 }')
         qps=$(echo "$out" | awk '/Queries per second:/ { print $4 }')
         us=$(awk -v t=$((after - before)) -v c="$completed" -v k="$clk" 'BEGIN { printf "%.2f", (c > 0) ? t * 1e6 / k / c : 0 }')
-        printf '%-8s %-11s %10.0f %8s %12s\n' "$server" "$shape" "$qps" "$lost" "$us" | tee -a "$results"
+        lat=$(echo "$out" | awk '/Average Latency \(s\):/ { printf "%.3f", $4 * 1000 }')
+        printf '%-8s %-11s %10.0f %8s %12s %9s\n' "$server" "$shape" "$qps" "$lost" "$us" "$lat" | tee -a "$results"
     done
     stop_server
 done

@@ -13,7 +13,7 @@ export CLIENTS=${CLIENTS:-64} OUTSTANDING=${OUTSTANDING:-500} SKIP_BUILD=${SKIP_
 summary=$(mktemp)
 for n in $COUNTS; do
     echo "== $n worker(s): server cores 0-$((n - 1)), dnsperf cores $LOAD_CPUS"
-    WORKERS=$n SERVER_CPUS=0-$((n - 1)) perf/compare.sh | tee /dev/stderr | awk -v n="$n" '$2 == "saturation" && NF == 5 { print n, $1, $3, $4, $5 }' >> "$summary"
+    WORKERS=$n SERVER_CPUS=0-$((n - 1)) perf/compare.sh | tee /dev/stderr | awk -v n="$n" '$2 == "saturation" && NF == 6 { print n, $1, $3, $4, $5 }' >> "$summary"
     export SKIP_BUILD=1
 done
 echo

@@ -11,10 +11,10 @@ cargo build --release --quiet --bins
 export SKIP_BUILD=1
 run() {
     local label=$1 io=$2; shift 2
-    env "$@" IO="$io" SERVERS=dnlb perf/compare.sh 2>/dev/null | awk -v l="$label" '$1 == "dnlb" && NF == 5 { printf "%-28s %-11s %10s %8s %10s\n", l, $2, $3, $4, $5 }'
+    env "$@" IO="$io" SERVERS=dnlb perf/compare.sh 2>/dev/null | awk -v l="$label" '$1 == "dnlb" && NF == 6 { printf "%-28s %-11s %10s %8s %10s\n", l, $2, $3, $4, $5 }'
 }
 printf '%-28s %-11s %10s %8s %10s\n' variant shape "queries/s" "lost %" "cpu us/q"
-IO=uring SERVERS=floor perf/compare.sh 2>/dev/null | awk '$1 == "floor" && NF == 5 { printf "%-28s %-11s %10s %8s %10s\n", "floor (uring, reference)", $2, $3, $4, $5 }'
+IO=uring SERVERS=floor perf/compare.sh 2>/dev/null | awk '$1 == "floor" && NF == 6 { printf "%-28s %-11s %10s %8s %10s\n", "floor (uring, reference)", $2, $3, $4, $5 }'
 run "uring defer_taskrun (default)" uring DNLB_URING_SETUP=defer
 run "uring coop_taskrun" uring DNLB_URING_SETUP=coop
 run "uring no setup flags" uring DNLB_URING_SETUP=plain

@@ -171,3 +171,53 @@ fn routes_pick_the_upstream_by_domain() {
     assert_eq!((m.metadata.id, m.metadata.response_code), (4, ResponseCode::ServFail));
     assert_eq!(load(&default), 1);
 }
+
+/// A black-holed upstream under load: the pending table stays at its bound (the rest get SERVFAIL
+/// at once), every client gets SERVFAIL within the timeout, and SIP names are answered meanwhile.
+#[test]
+fn a_black_hole_under_load_keeps_the_pending_table_bounded() {
+    for io in backends() {
+        let hole = FakeUpstream::start(Behaviour::BlackHole);
+        let t = TestServer::start(&relay_config(free_port(), &[hole.addr], "max_pending = 64\ncache_entries = 0"), io);
+        let client = udp_client();
+        client.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let n = 2000u16;
+        // Replies are read by a second thread while the queries go out, so no socket buffer on
+        // the client's side overflows; the queries are paced a little for the same reason.
+        let reader = client.try_clone().unwrap();
+        let start = Instant::now();
+        let collector = std::thread::spawn(move || {
+            let (mut servfail, mut latest, mut other) = (0u16, Duration::ZERO, 0u16);
+            let mut buf = [0u8; 1500];
+            while start.elapsed() < Duration::from_secs(3) && servfail + other < n {
+                if let Ok((len, _)) = reader.recv_from(&mut buf) {
+                    match Message::from_vec(&buf[..len]).map(|m| m.metadata.response_code) {
+                        Ok(ResponseCode::ServFail) => servfail += 1,
+                        _ => other += 1,
+                    }
+                    latest = start.elapsed();
+                }
+            }
+            (servfail, latest, other)
+        });
+        for i in 0..n {
+            client.send_to(&query(&format!("q{i}.hole.test."), RecordType::A, i, None), t.addr).unwrap();
+            if i % 100 == 99 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        // SIP names meanwhile: answered at once.
+        let sip_start = Instant::now();
+        let sip = udp_query(t.addr, &query("sip.example.test.", RecordType::A, 1, None));
+        let sip_time = sip_start.elapsed();
+        assert_eq!(sip.answers.len(), 2);
+        let (servfail, latest, other) = collector.join().unwrap();
+        assert_eq!(other, 0, "only SERVFAIL answers");
+        let upstream_queries = hole.queries.load(std::sync::atomic::Ordering::Relaxed);
+        println!("{io:?}: {servfail}/{n} SERVFAIL, the last after {latest:?}; {upstream_queries} upstream queries; SIP answer in {sip_time:?}");
+        assert_eq!(servfail, n, "{io:?}: every query answered");
+        assert!(latest < Duration::from_millis(300 + 500), "{io:?}: last SERVFAIL after {latest:?}");
+        assert!(upstream_queries <= 64 + 5, "{io:?}: the pending bound holds: {upstream_queries} sent upstream");
+        assert!(sip_time < Duration::from_millis(100), "{io:?}: SIP answer took {sip_time:?}");
+    }
+}
