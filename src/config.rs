@@ -191,6 +191,10 @@ struct RawRelay {
     managed_for_all: bool,
     #[serde(default)]
     route: Vec<RawRoute>,
+    #[serde(default)]
+    health_check: Option<Spanned<String>>,
+    #[serde(default = "default_health_interval_ms")]
+    health_check_interval_ms: Spanned<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -330,6 +334,9 @@ fn default_interval_ms() -> Spanned<u64> {
 fn default_timeout_ms() -> Spanned<u64> {
     spanned(150)
 }
+fn default_health_interval_ms() -> Spanned<u64> {
+    spanned(5000)
+}
 fn default_relay_timeout_ms() -> Spanned<u64> {
     spanned(2000)
 }
@@ -418,6 +425,11 @@ pub struct RelayConfig {
     pub managed_for_all: bool,
     /// Per-domain upstreams (DNRD's `-s server:domain`); the longest matching suffix wins.
     pub routes: Vec<Route>,
+    /// A name each worker asks every upstream for, every `health_check_interval`: a reply marks
+    /// the upstream healthy, a timeout counts as a failure, without waiting for client traffic.
+    pub health_check: Option<String>,
+    /// How often the health check goes to each upstream.
+    pub health_check_interval: Duration,
 }
 
 /// Names under `domain` go to these upstreams instead of the default ones.
@@ -648,6 +660,15 @@ impl Validator<'_> {
             }
         }
         let timeout = self.ranged(&raw.timeout_ms, "relay.timeout_ms", 50, 30_000, " ms");
+        let health_interval =
+            self.ranged(&raw.health_check_interval_ms, "relay.health_check_interval_ms", 100, 3_600_000, " ms");
+        let health_check = raw.health_check.as_ref().map(|h| {
+            let name = normalize_name(h.get_ref());
+            if let Err(why) = check_name(&name) {
+                self.fail(h.span(), "relay.health_check", format!("`{}` {why}", h.get_ref()));
+            }
+            name
+        });
         let cache_entries = self.ranged(&raw.cache_entries, "relay.cache_entries", 0, 10_000_000, "") as usize;
         let sockets = self.ranged(&raw.sockets_per_worker, "relay.sockets_per_worker", 1, 255, "") as usize;
         let max_pending = self.ranged(&raw.max_pending, "relay.max_pending", 1, 1_000_000, "") as usize;
@@ -660,6 +681,8 @@ impl Validator<'_> {
             max_pending,
             managed_for_all: raw.managed_for_all,
             routes,
+            health_check,
+            health_check_interval: Duration::from_millis(health_interval),
         }
     }
 

@@ -230,6 +230,17 @@ impl Responder {
     }
 }
 
+impl UdpResponder {
+    /// Counts the relayed replies queued since `before`, by RCODE, as direct replies are.
+    fn count_outbox(&self, out: &Outbox, before: usize) {
+        for reply in out.replies_since(before) {
+            if reply.len() >= 4 {
+                self.responder.count_rcode(reply[3] & 0xf, reply[2] & 0x02 != 0);
+            }
+        }
+    }
+}
+
 /// A responder bound to UDP, as the I/O backends drive it.
 pub struct UdpResponder {
     /// The shared query logic.
@@ -258,14 +269,18 @@ impl Handler for UdpResponder {
     }
 
     fn handle_extra(&mut self, index: usize, data: &[u8], from: SocketAddr, out: &mut Outbox) {
+        let before = out.len();
         if let Some(relay) = self.responder.relay.as_mut() {
             relay.on_reply(index, data, from, out, Instant::now());
         }
+        self.count_outbox(out, before);
     }
 
     fn tick(&mut self, out: &mut Outbox) {
+        let before = out.len();
         if let Some(relay) = self.responder.relay.as_mut() {
             relay.tick(out, Instant::now());
         }
+        self.count_outbox(out, before);
     }
 }

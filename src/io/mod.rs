@@ -137,6 +137,16 @@ impl Outbox {
         self.used == 0
     }
 
+    /// Replies waiting now.
+    pub fn len(&self) -> usize {
+        self.used
+    }
+
+    /// The replies queued from position `from` on (for counting them).
+    pub fn replies_since(&self, from: usize) -> impl Iterator<Item = &[u8]> {
+        self.items[from.min(self.used)..self.used].iter().map(|(_, buf, len)| &buf[..*len])
+    }
+
     /// Hands every waiting reply to `send` and empties the outbox.
     pub fn drain(&mut self, mut send: impl FnMut(SocketAddr, &[u8])) {
         for (to, buf, len) in &self.items[..self.used] {

@@ -123,6 +123,9 @@ pub struct Relay {
     routes: Vec<(Box<[u8]>, usize)>,
     /// Per group, where round-robin goes next.
     next: Vec<usize>,
+    /// The health-check query (ID patched per send) and when each upstream is next checked.
+    health_query: Option<Box<[u8]>>,
+    next_check: Vec<Instant>,
     sockets: Vec<UdpSocket>,
     pending: HashMap<(usize, u16), Pending>,
     by_key: HashMap<CacheKey, (usize, u16)>,
@@ -154,7 +157,17 @@ impl Relay {
             s.set_nonblocking(true)?;
             sockets.push(s);
         }
+        let health_query = config.health_check.as_ref().map(|name| {
+            // A plain `NAME A` query with RD set.
+            let mut q = vec![0, 0, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+            q.extend_from_slice(&crate::dns::wire_name(name));
+            q.extend_from_slice(&[0, 1, 0, 1]);
+            q.into_boxed_slice()
+        });
+        let now = Instant::now();
         Ok(Relay {
+            health_query,
+            next_check: vec![now; upstreams.len()],
             cache: Cache::new(config.cache_entries),
             health: vec![UpstreamHealth::default(); upstreams.len()],
             next: vec![0; groups.len()],
@@ -336,8 +349,27 @@ impl Relay {
         h.last_failure = Some(now);
     }
 
-    /// Retries or fails every query past the timeout.
+    /// Sends the health-check query to every upstream whose turn it is. Its reply resets the
+    /// upstream's failures (in `on_reply`); its timeout counts one (in `tick`); nobody waits on it.
+    fn check_upstreams(&mut self, now: Instant) {
+        let Some(query) = self.health_query.clone() else { return };
+        for i in 0..self.upstreams.len() {
+            if now < self.next_check[i] {
+                continue;
+            }
+            self.next_check[i] = now + self.config.health_check_interval;
+            let group = self.groups.iter().position(|g| g.contains(&i)).unwrap_or(0);
+            let name_end = query.len() - 4;
+            let key = CacheKey { name: query[HEADER_LEN..name_end].into(), qtype: 1, qclass: 1, dnssec_ok: false };
+            let question: Box<[u8]> = query[HEADER_LEN..].into();
+            // `retried = true`: a health check is never retried elsewhere.
+            let _unsent = self.send(query.clone(), question, key, Vec::new(), (i, group), now, true);
+        }
+    }
+
+    /// Retries or fails every query past the timeout, and sends due health checks.
     pub fn tick(&mut self, out: &mut Outbox, now: Instant) {
+        self.check_upstreams(now);
         let timeout = self.config.timeout;
         let expired: Vec<(usize, u16)> =
             self.pending.iter().filter(|(_, p)| now.duration_since(p.started) >= timeout).map(|(k, _)| *k).collect();
