@@ -125,6 +125,17 @@ EOF
 
 DNSDIST_BIN=${DNSDIST_BIN:-$(command -v dnsdist || echo /usr/bin/dnsdist)}
 UNBOUND_BIN=${UNBOUND_BIN:-$(command -v unbound || echo /usr/sbin/unbound)}
+# Waits until the server on port $1 answers one query (10 s at most).
+wait_answer() {
+    local port=$1 i
+    for i in $(seq 1 100); do
+        if "$DNSPERF" -s 127.0.0.1 -p "$port" -d "$work/probe.txt" -n 1 -t 1 2>/dev/null | grep -q "Queries completed: *1 "; then return 0; fi
+        sleep 0.1
+    done
+    echo "server on port $port did not answer" >&2
+    return 1
+}
+
 if [ "$WORKLOAD" != sip ]; then
     # The upstream: nsd with the same zone on the next port, on the load generator's cores (it
     # sees one query per cache, not the load).
@@ -171,10 +182,7 @@ stub-zone:
     name: "example.test"
     stub-addr: 127.0.0.1@$UPSTREAM_PORT
 EOF2
-    for i in $(seq 1 50); do
-        "$DNSPERF" -s 127.0.0.1 -p "$UPSTREAM_PORT" -d "$work/probe.txt" -n 1 -t 1 2>/dev/null | grep -q "Queries completed: *1 " && break
-        sleep 0.1
-    done
+    wait_answer "$UPSTREAM_PORT"
 fi
 
 # CPU ticks (user + system) of a process and all its descendants.
@@ -193,15 +201,6 @@ descendants() {
     for c in $(cat /proc/"$p"/task/*/children 2>/dev/null); do descendants "$c"; done
 }
 
-wait_answer() {
-    local i
-    for i in $(seq 1 100); do
-        if "$DNSPERF" -s 127.0.0.1 -p "$PORT" -d "$work/probe.txt" -n 1 -t 1 2>/dev/null | grep -q "Queries completed: *1 "; then return 0; fi
-        sleep 0.1
-    done
-    echo "server on port $PORT did not answer" >&2
-    return 1
-}
 
 start_server() {
     case $1 in
@@ -214,7 +213,7 @@ start_server() {
     esac
     server_pid=$!
     pids+=("$server_pid")
-    wait_answer
+    wait_answer "$PORT"
 }
 
 stop_server() {

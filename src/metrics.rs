@@ -35,6 +35,8 @@ pub struct WorkerCounters {
     pub io_errors: AtomicU64,
     /// Queries handed to the relay (sent upstream or joined to one in flight).
     pub relayed: AtomicU64,
+    /// Relayed replies with any other RCODE (e.g. NOTAUTH from an upstream).
+    pub other_rcode: AtomicU64,
 }
 
 /// Adds one to a counter only this thread writes.
@@ -73,6 +75,8 @@ pub struct Totals {
     pub io_errors: u64,
     /// See [`WorkerCounters::relayed`].
     pub relayed: u64,
+    /// See [`WorkerCounters::other_rcode`].
+    pub other_rcode: u64,
 }
 
 impl Totals {
@@ -93,6 +97,7 @@ impl Totals {
             t.truncated += get(&b.truncated);
             t.io_errors += get(&b.io_errors);
             t.relayed += get(&b.relayed);
+            t.other_rcode += get(&b.other_rcode);
         }
         t
     }
@@ -102,7 +107,7 @@ impl fmt::Display for Totals {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "queries={} noerror={} nxdomain={} formerr={} servfail={} notimp={} refused={} badvers={} dropped={} truncated={} io_errors={} relayed={}",
+            "queries={} noerror={} nxdomain={} formerr={} servfail={} notimp={} refused={} badvers={} dropped={} truncated={} io_errors={} relayed={} other_rcode={}",
             self.queries,
             self.noerror,
             self.nxdomain,
@@ -114,7 +119,8 @@ impl fmt::Display for Totals {
             self.dropped,
             self.truncated,
             self.io_errors,
-            self.relayed
+            self.relayed,
+            self.other_rcode
         )
     }
 }

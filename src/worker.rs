@@ -222,7 +222,9 @@ impl Responder {
             rcode::NXDOMAIN => &c.nxdomain,
             rcode::SERVFAIL => &c.servfail,
             rcode::REFUSED => &c.refused,
-            _ => &c.formerr,
+            rcode::NOTIMP => &c.notimp,
+            rcode::FORMERR => &c.formerr,
+            _ => &c.other_rcode,
         });
         if truncated {
             count(&c.truncated);

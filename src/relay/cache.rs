@@ -22,17 +22,42 @@ pub const MAX_TTL: u32 = 86_400;
 /// SOA record type (negative caching reads its MINIMUM).
 const TYPE_SOA: u16 = 6;
 
-/// What a cached answer is filed under.
+/// The longest key: a 255-octet name, type, class and the DO bit.
+pub const KEY_MAX: usize = query::MAX_NAME_LEN + 5;
+
+/// What a cached answer is filed under: the lower-case wire name, type, class and DO bit, as one
+/// byte string, so a lookup can borrow a key built on the stack (no allocation per cache hit).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct CacheKey {
-    /// Lower-case wire-format question name.
-    pub name: Box<[u8]>,
-    /// Question type.
-    pub qtype: u16,
-    /// Question class.
-    pub qclass: u16,
-    /// Whether the client asked for DNSSEC records.
-    pub dnssec_ok: bool,
+pub struct CacheKey(Box<[u8]>);
+
+impl CacheKey {
+    /// An owned key (stored with an entry or a pending query).
+    pub fn new(name: &[u8], qtype: u16, qclass: u16, dnssec_ok: bool) -> CacheKey {
+        let mut buf = [0u8; KEY_MAX];
+        CacheKey(key_bytes(name, qtype, qclass, dnssec_ok, &mut buf).into())
+    }
+
+    /// The key's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for CacheKey {
+    fn borrow(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// Writes a key into `buf` and returns it (the name is cut at 255 octets, which no valid name
+/// exceeds).
+pub fn key_bytes<'b>(name: &[u8], qtype: u16, qclass: u16, dnssec_ok: bool, buf: &'b mut [u8; KEY_MAX]) -> &'b [u8] {
+    let n = name.len().min(query::MAX_NAME_LEN);
+    buf[..n].copy_from_slice(&name[..n]);
+    buf[n..n + 2].copy_from_slice(&qtype.to_be_bytes());
+    buf[n + 2..n + 4].copy_from_slice(&qclass.to_be_bytes());
+    buf[n + 4] = u8::from(dnssec_ok);
+    &buf[..n + 5]
 }
 
 #[derive(Debug)]
@@ -89,7 +114,7 @@ impl Cache {
     /// entry is dropped then).
     pub fn answer(
         &mut self,
-        key: &CacheKey,
+        key: &[u8],
         packet: &[u8],
         query: &Query,
         transport: Transport,
@@ -99,7 +124,7 @@ impl Cache {
         let entry = self.entries.get(key)?;
         if now >= entry.expires {
             self.entries.remove(key);
-            self.order.retain(|k| k != key);
+            self.order.retain(|k| k.as_bytes() != key);
             return None;
         }
         let age = now.duration_since(entry.stored_at).as_secs().min(u64::from(u32::MAX)) as u32;
@@ -258,7 +283,7 @@ mod tests {
     }
 
     fn key(name: &str) -> CacheKey {
-        CacheKey { name: crate::dns::wire_name(name).into(), qtype: 1, qclass: 1, dnssec_ok: false }
+        CacheKey::new(&crate::dns::wire_name(name), 1, 1, false)
     }
 
     fn hit(cache: &mut Cache, name: &str, id: u16, edns: bool, now: Instant) -> Option<Message> {
@@ -267,7 +292,7 @@ mod tests {
         let q = query::parse(&packet, &mut lower).unwrap();
         let mut out = [0u8; 1500];
         let n = cache.answer(
-            &key(&name.to_ascii_lowercase()),
+            key(&name.to_ascii_lowercase()).as_bytes(),
             &packet,
             &q,
             Transport::Udp { max_payload: 1232 },

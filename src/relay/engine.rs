@@ -21,7 +21,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::cache::{Cache, CacheKey};
+use super::cache::{key_bytes, Cache, CacheKey, KEY_MAX};
 use super::upstream::{accept, Sent};
 use crate::config::RelayConfig;
 use crate::dns::answer::{self, Template, Transport};
@@ -243,18 +243,16 @@ impl Relay {
         out: &mut [u8],
         now: Instant,
     ) -> Forwarded {
-        let key = CacheKey {
-            name: name.into(),
-            qtype: query.qtype,
-            qclass: query.qclass,
-            dnssec_ok: query.edns.is_some_and(|e| e.dnssec_ok),
-        };
-        if let Some(n) = self.cache.answer(&key, packet, query, transport, out, now) {
+        // A cache hit allocates nothing: the key is built on the stack and borrowed.
+        let mut key_buf = [0u8; KEY_MAX];
+        let dnssec_ok = query.edns.is_some_and(|e| e.dnssec_ok);
+        let key = key_bytes(name, query.qtype, query.qclass, dnssec_ok, &mut key_buf);
+        if let Some(n) = self.cache.answer(key, packet, query, transport, out, now) {
             self.stats.cache_hits += 1;
             return Forwarded::Answered(n);
         }
         let waiter = Waiter { peer, head: packet[..query.question_end].into(), query: *query, transport };
-        if let Some(slot) = self.by_key.get(&key) {
+        if let Some(slot) = self.by_key.get(key) {
             if let Some(p) = self.pending.get_mut(slot) {
                 if p.waiters.len() < MAX_WAITERS {
                     p.waiters.push(waiter);
@@ -269,6 +267,7 @@ impl Relay {
         let question: Box<[u8]> = packet[HEADER_LEN..query.question_end].into();
         let group = route_for(&self.routes, name).unwrap_or(0);
         let upstream = self.choose_upstream(group, now, None);
+        let key = CacheKey::new(name, query.qtype, query.qclass, dnssec_ok);
         match self.send(bytes, question, key, vec![waiter], (upstream, group), now, false) {
             Ok(()) => Forwarded::Pending,
             Err(_waiter) => Forwarded::Answered(answer::write_reply(packet, query, &self.servfail, transport, out).len),
@@ -336,7 +335,7 @@ impl Relay {
         self.cache.insert(p.key.clone(), data, now);
         for w in &p.waiters {
             let cache = &mut self.cache;
-            out.push(w.peer, |buf| match cache.answer(&p.key, &w.head, &w.query, w.transport, buf, now) {
+            out.push(w.peer, |buf| match cache.answer(p.key.as_bytes(), &w.head, &w.query, w.transport, buf, now) {
                 Some(n) => n,
                 None => patch_raw(data, w, buf),
             });
@@ -360,7 +359,7 @@ impl Relay {
             self.next_check[i] = now + self.config.health_check_interval;
             let group = self.groups.iter().position(|g| g.contains(&i)).unwrap_or(0);
             let name_end = query.len() - 4;
-            let key = CacheKey { name: query[HEADER_LEN..name_end].into(), qtype: 1, qclass: 1, dnssec_ok: false };
+            let key = CacheKey::new(&query[HEADER_LEN..name_end], 1, 1, false);
             let question: Box<[u8]> = query[HEADER_LEN..].into();
             // `retried = true`: a health check is never retried elsewhere.
             let _unsent = self.send(query.clone(), question, key, Vec::new(), (i, group), now, true);
