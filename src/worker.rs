@@ -268,7 +268,7 @@ impl UdpResponder {
     /// and tick; call once more when the worker ends).
     pub fn publish_counters(&self) {
         if let Some(relay) = &self.responder.relay {
-            self.responder.counters().publish_relay(relay.stats());
+            self.responder.counters().publish_relay(&relay.stats());
         }
     }
 }
@@ -310,7 +310,7 @@ impl Handler for UdpResponder {
         let Some(relay) = r.relay.as_mut() else { return };
         let counters = &r.counters[r.block];
         relay.ready(&mut CountedReplies { out, counters }, Instant::now());
-        counters.publish_relay(relay.stats());
+        counters.publish_relay(&relay.stats());
     }
 
     fn tick(&mut self, out: &mut Outbox<'_>) {
@@ -318,6 +318,6 @@ impl Handler for UdpResponder {
         let Some(relay) = r.relay.as_mut() else { return };
         let counters = &r.counters[r.block];
         relay.tick(&mut CountedReplies { out, counters }, Instant::now());
-        counters.publish_relay(relay.stats());
+        counters.publish_relay(&relay.stats());
     }
 }

@@ -14,6 +14,7 @@
 pub mod affinity;
 pub mod portable;
 mod rlimit;
+pub mod udp;
 pub mod uring;
 
 pub use rlimit::raise_fd_limit;

@@ -1,14 +1,23 @@
-//! The relay's I/O: a socket of its own for every upstream exchange, all in one epoll instance
-//! (mio) that the worker's loop waits on as a single file descriptor beside its client socket.
+//! The relay's I/O: every upstream exchange gets a UDP socket connected to its upstream on a
+//! fresh random source port, all in one epoll instance (mio) that the worker's loop waits on as a
+//! single file descriptor beside its client socket.
 //!
 //! ```text
-//!  Engine ──send_udp(token)──► socket(), connect(upstream): the kernel picks a random source
-//!                              port and drops datagrams from anyone else; register with epoll
+//!  Engine ──send_udp(token)──► a spare socket of the family (else socket() + epoll_ctl once),
+//!                              connect(upstream): the kernel binds a source port drawn at random
+//!                              from net.ipv4.ip_local_port_range and drops datagrams from anyone
+//!                              else; send
+//!         ──close(token)─────► connect(AF_UNSPEC): the port is released (nothing reaches it any
+//!                              more); what was queued is read and counted late; the socket is spare
 //!         ──send_tcp(token)──► non-blocking connect, write [len][query], read [len][reply]
-//!         ──close(token)─────► drop the socket (which also takes it out of epoll)
 //!  worker loop: epoll fd readable ─► Relay::ready ─► epoll_wait(0) ─► recv each ready socket into
 //!               a 64 KiB buffer (no UDP datagram is longer) ─► Engine::on_reply / on_failure
 //! ```
+//!
+//! A socket is reused, a port never: disconnecting releases the port the kernel bound, and the
+//! next connect draws a new one, exactly as a new socket would, without the socket(), epoll_ctl()
+//! and close() of one (tuning.md has what that saved). At most [`SPARE`] sockets per family wait
+//! for reuse; more are closed.
 //!
 //! Registrations are edge-triggered, so a ready socket is read until it would block. A socket
 //! that a flood keeps readable is left after [`READS_PER_WAKE`] datagrams and read again on the
@@ -40,6 +49,12 @@ const EVENTS: usize = 256;
 const PASSES: usize = 8;
 /// Room for any UDP datagram (65,507 bytes over IPv4, 65,527 over IPv6) and any TCP message.
 const RECV_BUF: usize = 65_536;
+/// Spare UDP sockets kept per address family.
+pub const SPARE: usize = 1024;
+/// Datagrams read from a socket being released before it is closed instead (a flood).
+const DRAIN_MAX: usize = 64;
+/// The bit that marks a TCP exchange's epoll token (UDP sockets use their slot index).
+const TCP_BIT: usize = 1 << (usize::BITS - 1);
 
 /// A TCP exchange in progress: the query to write, then the reply's length and bytes to read.
 struct TcpExchange {
@@ -52,34 +67,104 @@ struct TcpExchange {
     reply: Vec<u8>,
 }
 
-/// The sockets of the exchanges in flight.
-struct Net {
-    poll: Poll,
-    udp: HashMap<Token, (UdpSocket, SocketAddr)>,
-    tcp: HashMap<Token, TcpExchange>,
+/// A UDP socket registered with epoll under its slot index, and the exchange using it now.
+struct Slot {
+    socket: UdpSocket,
+    v6: bool,
+    /// The exchange and its upstream, while connected.
+    exchange: Option<(Token, SocketAddr)>,
 }
 
-fn mio_token(token: Token) -> mio::Token {
-    mio::Token(token as usize)
+/// The sockets of the exchanges in flight, and the spare ones.
+struct Net {
+    poll: Poll,
+    /// UDP sockets by slot index (their epoll token); `None` where one was closed.
+    slots: Vec<Option<Slot>>,
+    /// Spare slots, per family (0: IPv4, 1: IPv6).
+    spare: [Vec<usize>; 2],
+    /// Slot indices free for a new socket.
+    holes: Vec<usize>,
+    /// The slot of each UDP exchange.
+    by_token: HashMap<Token, usize>,
+    tcp: HashMap<Token, TcpExchange>,
+    /// Datagrams found on a socket when it was released (late replies).
+    drained: u64,
+}
+
+impl Net {
+    /// A slot with a fresh socket of `to`'s family, registered with epoll.
+    fn open_slot(&mut self, to: SocketAddr) -> io::Result<usize> {
+        let socket = Socket::new(Domain::for_address(to), Type::DGRAM.nonblocking(), Some(Protocol::UDP))?;
+        let mut socket = UdpSocket::from_std(socket.into());
+        let index = self.holes.pop().unwrap_or(self.slots.len());
+        self.poll.registry().register(&mut socket, mio::Token(index), Interest::READABLE)?;
+        let slot = Some(Slot { socket, v6: to.is_ipv6(), exchange: None });
+        if index == self.slots.len() {
+            self.slots.push(slot);
+        } else {
+            self.slots[index] = slot;
+        }
+        Ok(index)
+    }
+
+    /// Ends the exchange on slot `index`: disconnects (releasing its port), reads and counts what
+    /// was queued, and keeps the socket spare, or closes it.
+    fn release(&mut self, index: usize) {
+        let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else { return };
+        slot.exchange = None;
+        // Kept only if disconnected and emptied within DRAIN_MAX reads; otherwise closed.
+        let mut keep = false;
+        if crate::io::udp::disconnect(slot.socket.as_fd()).is_ok() {
+            let mut scratch = [0u8; 1];
+            for _ in 0..DRAIN_MAX {
+                // A datagram longer than the scratch is cut, which is fine: it is only counted.
+                match slot.socket.recv(&mut scratch) {
+                    Ok(_) => self.drained += 1,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        keep = true;
+                        break;
+                    }
+                    // A queued ICMP error is reported once, and so consumed; try again.
+                    Err(_) => {}
+                }
+            }
+        }
+        let family = usize::from(slot.v6);
+        if keep && self.spare[family].len() < SPARE {
+            self.spare[family].push(index);
+        } else {
+            // Closing the descriptor takes it out of epoll too (no one else holds it).
+            self.slots[index] = None;
+            self.holes.push(index);
+        }
+    }
+}
+
+fn tcp_token(token: Token) -> mio::Token {
+    mio::Token(token as usize | TCP_BIT)
 }
 
 impl Wire for Net {
     fn send_udp(&mut self, token: Token, to: SocketAddr, bytes: &[u8]) -> io::Result<()> {
-        let socket = Socket::new(Domain::for_address(to), Type::DGRAM.nonblocking(), Some(Protocol::UDP))?;
-        // connect() binds an ephemeral port the kernel draws at random from
-        // net.ipv4.ip_local_port_range, and filters replies to that one peer.
-        socket.connect(&to.into())?;
-        let mut socket = UdpSocket::from_std(socket.into());
-        self.poll.registry().register(&mut socket, mio_token(token), Interest::READABLE)?;
-        socket.send(bytes)?;
-        self.udp.insert(token, (socket, to));
-        Ok(())
+        let index = match self.spare[usize::from(to.is_ipv6())].pop() {
+            Some(index) => index,
+            None => self.open_slot(to)?,
+        };
+        let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
+            return Err(io::ErrorKind::NotFound.into());
+        };
+        // connect() binds a source port the kernel draws at random, and filters replies to that
+        // one peer.
+        let sent = slot.socket.connect(to).and_then(|()| slot.socket.send(bytes));
+        slot.exchange = Some((token, to));
+        self.by_token.insert(token, index);
+        sent.map(drop)
     }
 
     fn send_tcp(&mut self, token: Token, to: SocketAddr, bytes: &[u8]) -> io::Result<()> {
         let length = u16::try_from(bytes.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         let mut stream = TcpStream::connect(to)?;
-        self.poll.registry().register(&mut stream, mio_token(token), Interest::READABLE | Interest::WRITABLE)?;
+        self.poll.registry().register(&mut stream, tcp_token(token), Interest::READABLE | Interest::WRITABLE)?;
         let mut request = Vec::with_capacity(2 + bytes.len());
         request.extend_from_slice(&length.to_be_bytes());
         request.extend_from_slice(bytes);
@@ -88,8 +173,10 @@ impl Wire for Net {
     }
 
     fn close(&mut self, token: Token) {
-        // Closing the descriptor removes it from epoll too (no one else holds it).
-        self.udp.remove(&token);
+        if let Some(index) = self.by_token.remove(&token) {
+            self.release(index);
+        }
+        // A TCP connection is closed (and so leaves epoll) when dropped.
         self.tcp.remove(&token);
     }
 }
@@ -148,10 +235,11 @@ pub struct Relay {
     engine: Engine,
     net: Net,
     events: Events,
-    /// Tokens with something to read, taken from `events` (which the handlers cannot borrow).
-    ready: Vec<Token>,
-    /// Sockets left readable after [`READS_PER_WAKE`] datagrams.
-    again: Vec<Token>,
+    /// epoll tokens with something to read, taken from `events` (which the handlers cannot
+    /// borrow).
+    ready: Vec<usize>,
+    /// epoll tokens of sockets left readable after [`READS_PER_WAKE`] datagrams.
+    again: Vec<usize>,
     buf: Box<[u8]>,
 }
 
@@ -168,7 +256,15 @@ impl Relay {
         let poll = Poll::new().map_err(RelayError::Poll)?;
         Ok(Relay {
             engine,
-            net: Net { poll, udp: HashMap::new(), tcp: HashMap::new() },
+            net: Net {
+                poll,
+                slots: Vec::new(),
+                spare: [Vec::new(), Vec::new()],
+                holes: Vec::new(),
+                by_token: HashMap::new(),
+                tcp: HashMap::new(),
+                drained: 0,
+            },
             events: Events::with_capacity(EVENTS),
             ready: Vec::with_capacity(EVENTS),
             again: Vec::new(),
@@ -181,9 +277,9 @@ impl Relay {
         self.net.poll.registry().as_fd()
     }
 
-    /// Counters.
-    pub fn stats(&self) -> &RelayStats {
-        &self.engine.stats
+    /// Counters (the engine's, and the late replies found when a socket was released).
+    pub fn stats(&self) -> RelayStats {
+        RelayStats { late: self.engine.stats.late + self.net.drained, ..self.engine.stats }
     }
 
     /// Upstream exchanges in flight.
@@ -191,9 +287,9 @@ impl Relay {
         self.engine.pending()
     }
 
-    /// Sockets open now (UDP and TCP).
+    /// Sockets open now (UDP, spare ones included, and TCP).
     pub fn open_sockets(&self) -> usize {
-        self.net.udp.len() + self.net.tcp.len()
+        self.net.slots.iter().flatten().count() + self.net.tcp.len()
     }
 
     /// Handles a query for a name dnlb does not manage; see [`Engine::query`].
@@ -218,7 +314,7 @@ impl Relay {
             self.ready.clear();
             self.ready.append(&mut self.again);
             match self.net.poll.poll(&mut self.events, Some(Duration::ZERO)) {
-                Ok(()) => self.ready.extend(self.events.iter().map(|e| e.token().0 as Token)),
+                Ok(()) => self.ready.extend(self.events.iter().map(|e| e.token().0)),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 // epoll_wait on our own valid descriptor does not fail otherwise; if it did,
                 // the tick still times every exchange out.
@@ -230,11 +326,11 @@ impl Relay {
             // A full batch may have left more behind; a short one took everything there was.
             let more = self.events.iter().count() == EVENTS;
             for i in 0..self.ready.len() {
-                let token = self.ready[i];
-                if self.net.udp.contains_key(&token) {
-                    self.read_udp(token, out, now);
-                } else if self.net.tcp.contains_key(&token) {
-                    self.move_tcp(token, out, now);
+                let key = self.ready[i];
+                if key & TCP_BIT != 0 {
+                    self.move_tcp((key & !TCP_BIT) as Token, out, now);
+                } else {
+                    self.read_udp(key, out, now);
                 }
             }
             if !more && self.again.is_empty() {
@@ -243,13 +339,14 @@ impl Relay {
         }
     }
 
-    /// Reads exchange `token`'s UDP socket until it would block, the exchange ends or
+    /// Reads the socket in slot `index` until it would block, its exchange ends or
     /// [`READS_PER_WAKE`] datagrams were read.
-    fn read_udp(&mut self, token: Token, out: &mut dyn Replies, now: Instant) {
+    fn read_udp(&mut self, index: usize, out: &mut dyn Replies, now: Instant) {
         for _ in 0..READS_PER_WAKE {
-            let Some((socket, upstream)) = self.net.udp.get(&token) else { return };
-            let upstream = *upstream;
-            match socket.recv(&mut self.buf) {
+            let Some(slot) = self.net.slots.get(index).and_then(Option::as_ref) else { return };
+            // A spare socket is disconnected: nothing can reach it.
+            let Some((token, upstream)) = slot.exchange else { return };
+            match slot.socket.recv(&mut self.buf) {
                 Ok(n) => {
                     let data = &self.buf[..n];
                     if self.engine.on_reply(token, data, upstream, out, now, &mut self.net) != Verdict::Refused {
@@ -265,7 +362,7 @@ impl Relay {
                 }
             }
         }
-        self.again.push(token);
+        self.again.push(index);
     }
 
     /// Moves exchange `token`'s TCP connection on; hands a whole reply or a failure to the engine.
