@@ -76,12 +76,27 @@ fn answers_through_dnlb_equal_answers_from_the_upstream() {
 
 /// 100,000 forged replies (wrong ID, changed question case, right bytes from another port), each
 /// naming another address, injected at pending queries: every client gets the true answer.
+///
+/// The forger here sees every query, so it has the port and ID; only 0x20 stops its case-changed
+/// forgeries. The first query is answered calmly, so the relay has seen this upstream keep case:
+/// until then a question whose true reply is lost to the flood would be asked once more without
+/// 0x20 (the way an upstream that does not keep case is found), and this forger would see that
+/// query too.
 #[test]
 fn forged_upstream_replies_are_refused() {
     for io in backends() {
-        let fake = FakeUpstream::start(Behaviour::ForgeThenAnswer { forged: 1000 });
+        let fake = FakeUpstream::start(Behaviour::ForgeThenAnswer { forged: 1000, calm: 1 });
         let t = TestServer::start(&relay_config(free_port(), &[fake.addr], "cache_entries = 0"), io);
         let client = udp_client();
+        client.send_to(&query("calm.forged.test.", RecordType::A, 999, None), t.addr).unwrap();
+        let mut buf = [0u8; 1500];
+        let (n, _) = loop {
+            match client.recv_from(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                other => break other.expect("the calm answer"),
+            }
+        };
+        assert_eq!(Message::from_vec(&buf[..n]).unwrap().metadata.response_code, ResponseCode::NoError);
         let (mut answered, mut servfail) = (0, 0);
         for i in 0..100u16 {
             // On a loaded machine the flood can overflow a socket buffer and take the true reply
@@ -139,7 +154,7 @@ fn a_black_holed_upstream_gives_servfail_or_the_other_upstream() {
         assert!(start.elapsed() < Duration::from_millis(100));
         drop(t);
 
-        let good = FakeUpstream::start(Behaviour::ForgeThenAnswer { forged: 0 });
+        let good = FakeUpstream::start(Behaviour::ForgeThenAnswer { forged: 0, calm: 0 });
         let t = TestServer::start(&relay_config(free_port(), &[hole.addr, good.addr], ""), io);
         for i in 0..6u16 {
             let m = udp_query(t.addr, &query(&format!("h{i}.failover.test."), RecordType::A, i, None));
@@ -150,7 +165,7 @@ fn a_black_holed_upstream_gives_servfail_or_the_other_upstream() {
 
 #[test]
 fn clients_outside_allow_are_refused() {
-    let fake = FakeUpstream::start(Behaviour::ForgeThenAnswer { forged: 0 });
+    let fake = FakeUpstream::start(Behaviour::ForgeThenAnswer { forged: 0, calm: 0 });
     let t = TestServer::start(
         &relay_config(free_port(), &[fake.addr], "allow = [\"10.0.0.0/8\"]"),
         dnlb::config::IoMode::Portable,
@@ -169,8 +184,8 @@ fn clients_outside_allow_are_refused() {
 /// Per-domain routing (DNRD's `-s server:domain`): names under a routed domain go to its upstreams.
 #[test]
 fn routes_pick_the_upstream_by_domain() {
-    let default = FakeUpstream::start(Behaviour::ForgeThenAnswer { forged: 0 });
-    let corp = FakeUpstream::start(Behaviour::ForgeThenAnswer { forged: 0 });
+    let default = FakeUpstream::start(Behaviour::ForgeThenAnswer { forged: 0, calm: 0 });
+    let corp = FakeUpstream::start(Behaviour::ForgeThenAnswer { forged: 0, calm: 0 });
     let extra = format!("[[relay.route]]\ndomain = \"corp.test\"\nupstreams = [\"{}\"]\n", corp.addr);
     let t = TestServer::start(&relay_config(free_port(), &[default.addr], &extra), dnlb::config::IoMode::Portable);
     let load = |f: &FakeUpstream| f.queries.load(std::sync::atomic::Ordering::Relaxed);
@@ -238,7 +253,11 @@ fn a_black_hole_under_load_keeps_the_pending_table_bounded() {
             "{io:?}: every query received was answered: {totals}"
         );
         assert_eq!(totals.io_errors, 0, "{io:?}: {totals}");
-        assert!(u32::from(servfail) * 100 >= u32::from(n) * 95, "{io:?}: {servfail} of {n} SERVFAIL replies arrived");
+        assert!(
+            u32::from(servfail) * 100 >= u32::from(n) * 95,
+            "{io:?}: {servfail} of {n} SERVFAIL replies arrived: {totals}"
+        );
+        assert_eq!((totals.drop_outbox, totals.drop_send_slot), (0, 0), "{io:?}: dnlb sent every reply: {totals}");
         assert!(latest < Duration::from_millis(300 + 500), "{io:?}: last SERVFAIL after {latest:?}");
         assert!(upstream_queries <= 64 + 5, "{io:?}: the pending bound holds: {upstream_queries} sent upstream");
         assert!(sip_time < Duration::from_millis(100), "{io:?}: SIP answer took {sip_time:?}");
@@ -249,7 +268,7 @@ fn a_black_hole_under_load_keeps_the_pending_table_bounded() {
 #[test]
 fn health_checks_take_a_dead_upstream_out_before_clients_wait_on_it() {
     let hole = FakeUpstream::start(Behaviour::BlackHole);
-    let good = FakeUpstream::start(Behaviour::ForgeThenAnswer { forged: 0 });
+    let good = FakeUpstream::start(Behaviour::ForgeThenAnswer { forged: 0, calm: 0 });
     let extra = "health_check = \"health.test\"\nhealth_check_interval_ms = 100";
     let t =
         TestServer::start(&relay_config(free_port(), &[hole.addr, good.addr], extra), dnlb::config::IoMode::Portable);

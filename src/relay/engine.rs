@@ -198,13 +198,15 @@ struct UpstreamState {
     last_failure: Option<Instant>,
     /// Whether queries to it get random letter case.
     caps: bool,
+    /// Whether it ever sent a question back in exactly the random case it got.
+    kept_case: bool,
     /// Timeouts after a reply in another case, with no reply in the case sent since.
     case_failures: u32,
 }
 
 impl UpstreamState {
     fn new() -> UpstreamState {
-        UpstreamState { failures: 0, last_failure: None, caps: true, case_failures: 0 }
+        UpstreamState { failures: 0, last_failure: None, caps: true, kept_case: false, case_failures: 0 }
     }
 }
 
@@ -479,6 +481,7 @@ impl Engine {
             self.stats.oversize += 1;
         }
         if p.caps {
+            self.state[p.upstream].kept_case = true;
             self.state[p.upstream].case_failures = 0;
         }
         let flags = u16::from_be_bytes([data[2], data[3]]);
@@ -643,18 +646,24 @@ impl Engine {
                 continue;
             }
             if p.caps && p.case_mismatch {
-                // Replies came in another case and none in ours: a forger, or an upstream that
-                // does not preserve case. Ask once more without 0x20, on a fresh socket and ID;
-                // after a few such, stop using 0x20 with this upstream.
+                // Replies came in another case and none in ours: a forger (whose flood may also
+                // have cost the true reply), or an upstream that does not preserve case. After a
+                // few such in a row, 0x20 is off for this upstream. One that never kept case is
+                // asked once more at once, without 0x20, on a fresh socket and ID; one that did
+                // keep case is not, so a forger cannot switch 0x20 off for a question by making
+                // its true reply late.
+                let suspect = !self.state[p.upstream].kept_case;
                 self.note_case_failure(p.upstream);
-                p.caps = false;
-                p.case_mismatch = false;
-                match self.launch(p, now, wire) {
-                    Ok(()) => continue,
-                    Err(back) => p = *back,
+                if suspect {
+                    p.caps = false;
+                    p.case_mismatch = false;
+                    match self.launch(p, now, wire) {
+                        Ok(()) => continue,
+                        Err(back) => p = *back,
+                    }
+                    self.fail_waiters(&p, out);
+                    continue;
                 }
-                self.fail_waiters(&p, out);
-                continue;
             }
             self.note_failure(p.upstream, now);
             self.retry_or_fail(p, now, out, wire);
@@ -980,6 +989,27 @@ mod tests {
         assert!(e.take_lost_caps().is_empty());
         ask(&mut e, &mut wire, "after.example.test", 1, now);
         assert_eq!(&wire.sent.last().unwrap().2[13..18], b"after", "no 0x20 for this upstream any more");
+    }
+
+    #[test]
+    fn after_keeping_case_once_a_mismatch_never_switches_0x20_off_for_a_question() {
+        let mut e = engine(config(&["192.0.2.1:53"]));
+        let mut wire = FakeWire::default();
+        let mut now = Instant::now();
+        let mut out = Collected::default();
+        ask(&mut e, &mut wire, "kept.example.test", 1, now);
+        let (token, to, sent, _) = wire.sent[0].clone();
+        e.on_reply(token, &reply_to(&sent, 0, false), to, &mut out, now, &mut wire);
+        ask(&mut e, &mut wire, "flooded.example.test", 2, now);
+        let (token, to, sent, _) = wire.sent[1].clone();
+        let mut lowered = reply_to(&sent, 0, false);
+        lowered[12..].make_ascii_lowercase();
+        assert_eq!(e.on_reply(token, &lowered, to, &mut out, now, &mut wire), Verdict::Refused);
+        now += Duration::from_millis(600);
+        e.tick(&mut out, now, &mut wire);
+        assert_eq!(wire.sent.len(), 2, "not asked again without 0x20");
+        assert_eq!(out.0.last().unwrap().1[3] & 0xf, rcode::SERVFAIL, "a timeout like any other");
+        assert_eq!(e.stats.no_caps, 0);
     }
 
     #[test]

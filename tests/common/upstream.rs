@@ -70,8 +70,9 @@ pub enum Behaviour {
     /// Never answers.
     BlackHole,
     /// `forged` wrong replies (wrong ID, wrong question case, from another port; each with the
-    /// address 203.0.113.66), then the true reply (an A record 198.51.100.7, TTL 60).
-    ForgeThenAnswer { forged: usize },
+    /// address 203.0.113.66), then the true reply (an A record 198.51.100.7, TTL 60); the first
+    /// `calm` queries get the true reply alone.
+    ForgeThenAnswer { forged: usize, calm: u64 },
 }
 
 /// A scriptable UDP upstream.
@@ -97,8 +98,9 @@ impl FakeUpstream {
             let mut buf = [0u8; 4096];
             while !s.load(Ordering::Relaxed) {
                 let Ok((n, from)) = socket.recv_from(&mut buf) else { continue };
-                q.fetch_add(1, Ordering::Relaxed);
-                let Behaviour::ForgeThenAnswer { forged } = behaviour else { continue };
+                let seen = q.fetch_add(1, Ordering::Relaxed);
+                let Behaviour::ForgeThenAnswer { forged, calm } = behaviour else { continue };
+                let forged = if seen < calm { 0 } else { forged };
                 let query = &buf[..n];
                 let Some(q_end) = question_end(query) else { continue };
                 let mut reply = query[..q_end].to_vec();
@@ -237,10 +239,15 @@ pub fn scripted_reply(query: &[u8], script: &Script, tcp: bool) -> Option<Vec<u8
 impl Hostile {
     /// Starts on `ip` (127.0.0.1 or ::1) with a fresh port.
     pub fn start(ip: &str, script: Script) -> Hostile {
-        let socket = UdpSocket::bind(SocketAddr::new(ip.parse().unwrap(), 0)).unwrap();
+        // A UDP port whose TCP twin is free too (it may be some connection's ephemeral port).
+        let (socket, listener) = loop {
+            let socket = UdpSocket::bind(SocketAddr::new(ip.parse().unwrap(), 0)).unwrap();
+            if let Ok(listener) = std::net::TcpListener::bind(socket.local_addr().unwrap()) {
+                break (socket, listener);
+            }
+        };
         socket.set_read_timeout(Some(Duration::from_millis(10))).unwrap();
         let addr = socket.local_addr().unwrap();
-        let listener = std::net::TcpListener::bind(addr).unwrap();
         listener.set_nonblocking(true).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let release = Arc::new(AtomicBool::new(false));
