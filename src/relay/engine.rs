@@ -1,6 +1,7 @@
 //! One worker's relay logic: pending table, dedupe, acceptance, retries, cache. It does no I/O of
-//! its own: it tells a [`Wire`] which datagrams to send from which fresh socket, and is told what
-//! came back, with the time passed in. Nothing here is shared with another worker.
+//! its own: it tells a [`Wire`] which datagrams to send, each exchange from a fresh random source
+//! port, and is told what came back, with the time passed in. Nothing here is shared with another
+//! worker.
 //!
 //! ```text
 //!  client query (not managed) ─► cache hit? ─► reply now
@@ -9,12 +10,13 @@
 //!        same question in flight? ── yes ─► wait on it (up to a bound; past it SERVFAIL,
 //!                                   │ no                 never a second upstream query)
 //!                                   ▼
-//!        random ID, random letter case (0x20) ─► Wire::send_udp(token): a socket of its own,
-//!                                                connected to the upstream, on a random port
+//!        random ID, random letter case (0x20) ─► Wire::send_udp(token): a socket connected to
+//!                                                the upstream, on a fresh random port
 //!  datagram on token's socket ─► accept(source, ID, question and its case)
 //!        │ refused: counted (forged, case), still waiting       │ TC=1: Wire::send_tcp(token')
-//!        ▼ accepted: socket closed, cached, every waiter: copy + patch (ID, case, TTLs)
-//!  tick ─► past the timeout ─► replies in another case came: once more without 0x20
+//!        ▼ accepted: port released, cached, every waiter: copy + patch (ID, case, TTLs)
+//!  tick ─► past the timeout ─► replies in another case came, and the upstream never kept case:
+//!                              once more without 0x20
 //!                              else retry once on the next upstream, else SERVFAIL
 //! ```
 
@@ -51,12 +53,12 @@ pub const UPSTREAM_PAYLOAD: u16 = 1232;
 /// Never reused.
 pub type Token = u64;
 
-/// The I/O the engine drives. Every exchange gets a socket of its own, opened by `send_*` and
-/// closed by [`Wire::close`]; what arrives on it is handed back to [`Engine::on_reply`] or
+/// The I/O the engine drives. Every exchange gets a source port of its own, taken by `send_*` and
+/// released by [`Wire::close`]; what arrives on it is handed back to [`Engine::on_reply`] or
 /// [`Engine::on_failure`] with its token.
 pub trait Wire {
-    /// Sends `bytes` to `to` from a fresh UDP socket connected to `to` (so its source port is
-    /// random and the kernel drops datagrams from anyone else).
+    /// Sends `bytes` to `to` from a UDP socket connected to `to` on a fresh random source port (so
+    /// the kernel drops datagrams from anyone else, and none meant for an earlier exchange arrive).
     fn send_udp(&mut self, token: Token, to: SocketAddr, bytes: &[u8]) -> io::Result<()>;
     /// Sends `bytes` to `to` over a fresh TCP connection, length-prefixed (RFC 7766); the reply
     /// comes back whole.
