@@ -255,6 +255,8 @@ struct RawProbe {
     core: Option<Spanned<u64>>,
     #[serde(default = "default_true")]
     enabled: bool,
+    #[serde(default = "default_max_retry_after_s")]
+    max_retry_after_s: Spanned<u64>,
 }
 
 impl Default for RawProbe {
@@ -270,6 +272,7 @@ impl Default for RawProbe {
             start: default_start(),
             core: None,
             enabled: true,
+            max_retry_after_s: default_max_retry_after_s(),
         }
     }
 }
@@ -354,6 +357,9 @@ fn default_hosts_ttl() -> Spanned<u64> {
 }
 fn default_retransmit_ms() -> Spanned<u64> {
     spanned(40)
+}
+fn default_max_retry_after_s() -> Spanned<u64> {
+    spanned(3600)
 }
 fn default_method() -> ProbeMethod {
     ProbeMethod::Options
@@ -485,6 +491,8 @@ pub struct ProbeConfig {
     pub start: StartState,
     /// Core the prober thread is pinned to, if any.
     pub core: Option<usize>,
+    /// The longest a Retry-After keeps a server out of the answers, whatever the server asked.
+    pub max_retry_after: Duration,
 }
 
 /// One SIP service name and its server farm.
@@ -798,6 +806,7 @@ impl Validator<'_> {
             down_codes.push(code as u16);
         }
         let core = raw.core.map(|c| self.ranged(&c, "probe.core", 0, 4095, "") as usize);
+        let max_retry_after = self.ranged(&raw.max_retry_after_s, "probe.max_retry_after_s", 0, 86_400, " s");
         if timeout >= interval {
             self.fail(
                 raw.timeout_ms.span(),
@@ -816,6 +825,7 @@ impl Validator<'_> {
             down_codes,
             start: raw.start,
             core,
+            max_retry_after: Duration::from_secs(max_retry_after),
         }
     }
 

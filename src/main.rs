@@ -92,34 +92,39 @@ fn run(path: PathBuf, io: Option<IoMode>, workers: Option<usize>) -> Result<()> 
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
     }
-    let mut prober_lost = false;
+    // The watchdog: a prober that stopped or stalled would leave the answers frozen on the last
+    // health it saw, the worst outcome for a load balancer; exit non-zero instead, so the service
+    // manager restarts dnlb, rather than serve stale answers silently.
+    let mut stalled = None;
     while !stop.load(Ordering::Relaxed) && !server.worker_died() {
-        if !prober_lost && prober.as_ref().is_some_and(Prober::finished) {
-            // Keep serving: the last snapshot is the best knowledge there is.
-            eprintln!("dnlb: the prober stopped; answering from its last snapshot");
-            prober_lost = true;
+        if let Some(p) = prober.as_ref().filter(|p| p.stalled()) {
+            p.status().stalls.fetch_add(1, Ordering::Relaxed);
+            let why = if p.finished() {
+                "the prober thread ended".to_string()
+            } else {
+                format!("the prober made no progress for {:?} (limit {:?})", p.heartbeat_age(), p.stall_limit())
+            };
+            eprintln!("dnlb: {why}: answers would be frozen; stopping so a supervisor restarts dnlb");
+            stalled = Some(why);
+            break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let mut errors = Vec::new();
     if let Some(p) = &prober {
-        let st = p.status();
-        let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-        eprintln!(
-            "dnlb: prober: sent={} replies={} ignored={} refused={} timeouts={} flips={} publishes={}",
-            get(&st.sent),
-            get(&st.replies),
-            get(&st.ignored),
-            get(&st.refused),
-            get(&st.timeouts),
-            get(&st.flips),
-            get(&st.publishes)
-        );
+        eprintln!("dnlb: prober: {}", p.status());
     }
-    if let Some(p) = prober {
-        if let Err(e) = p.shutdown() {
-            errors.push(format!("prober: {e}"));
+    let mut errors = Vec::new();
+    match (prober, stalled) {
+        (Some(p), Some(why)) => {
+            p.abandon();
+            errors.push(why);
         }
+        (Some(p), None) => {
+            if let Err(e) = p.shutdown() {
+                errors.push(format!("prober: {e}"));
+            }
+        }
+        (None, _) => {}
     }
     let (totals, worker_errors) = server.shutdown();
     errors.extend(worker_errors);

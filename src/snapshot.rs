@@ -73,15 +73,17 @@ struct NameAnswers {
 pub struct Health {
     /// `up[service][server]` lists the transports on which that server is healthy.
     pub up: Vec<Vec<Vec<Transport>>>,
-    /// `rtt_us[service][server]`: the smoothed probe round-trip time (read by `latency`).
-    pub rtt_us: Vec<Vec<Option<u64>>>,
+    /// `latency_weights[service][server]`: the weight a `latency` service gives each server,
+    /// from its probe round-trip time ([`select::latency_weights`], computed once by the prober);
+    /// empty for other policies, and a missing entry counts as the fastest server's weight.
+    pub latency_weights: Vec<Vec<u32>>,
 }
 
 impl Health {
     /// Every server healthy on every transport it is configured for.
     pub fn all_up(config: &Config) -> Health {
         let up = config.services.iter().map(|s| s.servers.iter().map(|v| v.transports.clone()).collect()).collect();
-        Health { up, rtt_us: Vec::new() }
+        Health { up, latency_weights: Vec::new() }
     }
 }
 
@@ -195,7 +197,7 @@ impl Builder {
         let owner = encode::name(&service.name)?;
         let ttl = service.ttl;
         let up = health.up.get(index).map(Vec::as_slice).unwrap_or(&[]);
-        let rtts = health.rtt_us.get(index).map(Vec::as_slice).unwrap_or(&[]);
+        let latency_weights = health.latency_weights.get(index).map(Vec::as_slice).unwrap_or(&[]);
         let healthy = |i: usize| up.get(i).is_some_and(|t| !t.is_empty());
         let any_up = (0..service.servers.len()).any(healthy);
         // The all-down policy: last-good arrives here as the prober's substitute up-list, so
@@ -216,17 +218,15 @@ impl Builder {
             }
             let mut addrs: Vec<IpAddr> = Vec::new();
             let mut weights: Vec<u32> = Vec::new();
-            let mut rtt: Vec<Option<u64>> = Vec::new();
             for &i in &serving {
                 let s = &service.servers[i];
                 if s.address.is_ipv6() == v6 && !addrs.contains(&s.address) {
                     addrs.push(s.address);
-                    weights.push(u32::from(s.weight));
-                    rtt.push(rtts.get(i).copied().flatten());
+                    weights.push(match service.policy {
+                        Policy::Latency => latency_weights.get(i).copied().unwrap_or(select::FASTEST_WEIGHT),
+                        _ => u32::from(s.weight),
+                    });
                 }
-            }
-            if service.policy == Policy::Latency {
-                weights = select::latency_weights(&rtt);
             }
             let rotation = select::rotations(&addrs, &weights, service.policy, service.answers, round);
             let mut templates = Vec::new();
