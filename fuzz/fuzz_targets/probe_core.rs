@@ -5,7 +5,6 @@
 #![no_main]
 
 use std::net::SocketAddr;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use dnlb::config::Config;
@@ -27,9 +26,11 @@ impl Entropy for Seeded {
     }
 }
 
-fn config() -> &'static [Config; 2] {
-    static CONFIGS: OnceLock<[Config; 2]> = OnceLock::new();
-    CONFIGS.get_or_init(|| {
+/// Two prepared cores (latency and on-duty farms of UDP, TCP and TLS targets), built once at
+/// `T0`; each run forks one.
+fn prepare() -> (Instant, [Core; 2]) {
+    {
+        let t0 = Instant::now();
         let farm = |policy: &str| {
             let text = format!(
                 "[server]\nlisten = [\"127.0.0.1:5353\"]\n[probe]\ninterval_ms = 200\ntimeout_ms = 100\nretransmit_ms = 5\n\
@@ -37,10 +38,15 @@ fn config() -> &'static [Config; 2] {
                  all_down = \"last-good\"\n[[service.server]]\naddress = \"127.0.0.11\"\ntransports = [\"udp\", \"tcp\", \"tls\"]\n\
                  [[service.server]]\naddress = \"::1\"\ntransports = [\"udp\"]\n"
             );
-            Config::parse(&text).expect("the fuzz config is valid")
+            let config = Config::parse(&text).expect("the fuzz config is valid");
+            Core::new(&config, t0, Box::new(Seeded(1))).expect("seeded randomness never fails")
         };
-        [farm("latency"), farm("on-duty")]
-    })
+        (t0, [farm("latency"), farm("on-duty")])
+    }
+}
+
+thread_local! {
+    static PREPARED: (Instant, [Core; 2]) = prepare();
 }
 
 /// Reads the input a byte (or a few) at a time; zeros once it runs out.
@@ -66,10 +72,9 @@ impl<'a> Input<'a> {
 fuzz_target!(|data: &[u8]| {
     let mut input = Input(data);
     let seed = u64::from(input.u32()) | 1;
-    let config = &config()[usize::from(input.byte() & 1)];
-    let t0 = Instant::now();
+    let which = usize::from(input.byte() & 1);
+    let (t0, mut core) = PREPARED.with(|(t0, cores)| (*t0, cores[which].fork(Box::new(Seeded(seed)))));
     let mut now = t0;
-    let Ok(mut core) = Core::new(config, now, Box::new(Seeded(seed))) else { return };
     let mut probes: Vec<ProbeRef> = Vec::new();
     let mut requests: Vec<Vec<u8>> = Vec::new();
     for _ in 0..512 {

@@ -229,14 +229,14 @@ enum Phase {
 }
 
 /// A TCP reply being framed: bytes so far and how far the header end was searched.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct StreamBuf {
     bytes: Vec<u8>,
     scanned: usize,
 }
 
 /// What a probe in flight holds.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct InFlight {
     id: ProbeId,
     started: Instant,
@@ -248,7 +248,7 @@ struct InFlight {
 }
 
 /// One server on one transport.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Target {
     service: usize,
     server: usize,
@@ -384,6 +384,28 @@ impl Core {
             dirty: true,
             stats: Stats::default(),
         })
+    }
+
+    /// A copy of this core in its present state that draws from `entropy`: fuzzing and tests
+    /// start many runs from one prepared core instead of building each from the config.
+    pub fn fork(&self, entropy: Box<dyn Entropy>) -> Core {
+        Core {
+            settings: self.settings.clone(),
+            services: self.services.clone(),
+            targets: self.targets.clone(),
+            timers: self.timers.clone(),
+            actions: self.actions.clone(),
+            flips: self.flips.clone(),
+            entropy,
+            published: self.published.clone(),
+            last_good: self.last_good.clone(),
+            round: self.round,
+            next_round: self.next_round,
+            on_duty: self.on_duty,
+            latency: self.latency,
+            dirty: self.dirty,
+            stats: self.stats,
+        }
     }
 
     /// The counters so far.
