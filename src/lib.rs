@@ -12,6 +12,7 @@
 //! - [`config`]: TOML → validated [`config::Config`], errors that name file, line, field and fix.
 //! - [`dns`]: zero-copy query parsing, reply templates and their copy-and-patch.
 //! - [`snapshot`]: the immutable answer set and its lock-free handle.
+//! - [`edge`]: limits at the edge: response rate limiting.
 //! - [`hosts`]: local names from a hosts file, answered from the same snapshot.
 //! - [`relay`]: building blocks of the upstream relay (reply acceptance, cache).
 //! - [`select`]: selection policies (round-robin, on-duty, weighted, latency), pure functions.
@@ -24,6 +25,7 @@
 
 pub mod config;
 pub mod dns;
+pub mod edge;
 pub mod hosts;
 pub mod io;
 pub mod metrics;

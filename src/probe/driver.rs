@@ -420,9 +420,17 @@ impl Driver {
         let any: SocketAddr = if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
         let (socket, local) = match transport {
             Transport::Udp => {
-                let mut s = UdpSocket::bind(any)?;
-                s.connect(addr)?;
-                let local = s.local_addr()?;
+                // Created non-blocking in one call and connected without an explicit bind (the
+                // kernel picks a random free port on connect): a socket per probe costs system
+                // calls, so none is spent that is not needed (see tuning.md).
+                let socket = socket2::Socket::new(
+                    socket2::Domain::for_address(addr),
+                    socket2::Type::DGRAM.nonblocking().cloexec(),
+                    Some(socket2::Protocol::UDP),
+                )?;
+                socket.connect(&addr.into())?;
+                let local = socket.local_addr()?.as_socket().unwrap_or(any);
+                let mut s = UdpSocket::from_std(socket.into());
                 self.poll.registry().register(&mut s, token(probe), Interest::READABLE)?;
                 (Socket::Udp(s), local)
             }

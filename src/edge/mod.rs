@@ -1,0 +1,5 @@
+//! What dnlb does at the edge of a network it does not trust: limits on what one client may get.
+//!
+//! - [`rrl`]: response rate limiting per client prefix (token buckets, slip), one table per worker.
+
+pub mod rrl;
