@@ -162,7 +162,7 @@ impl Limiter {
         slot.over = slot.over.wrapping_add(1);
         match self.settings.slip {
             0 => Decision::Drop,
-            n if slot.over % n == 0 => Decision::Slip,
+            n if slot.over.is_multiple_of(n) => Decision::Slip,
             _ => Decision::Drop,
         }
     }
