@@ -154,7 +154,8 @@ impl Responder {
             }
         }
         let lookup = if query.qclass == CLASS_IN {
-            self.current.lookup(&self.name[..query.name_len], query.qtype, &mut self.rotation)
+            let udp = matches!(transport, Transport::Udp { .. });
+            self.current.lookup(&self.name[..query.name_len], query.qtype, udp, &mut self.rotation)
         } else {
             Lookup::NotManaged
         };

@@ -234,3 +234,26 @@ fn hosts_file_names_are_answered_with_ptr() {
     }
     let _cleanup = std::fs::remove_dir_all(&dir);
 }
+
+/// RFC 8482: ANY over UDP gets one small synthesized HINFO (no amplification); over TCP, where
+/// the source is proven, the A set.
+#[test]
+fn any_is_minimal_over_udp() {
+    for io in backends() {
+        let t = TestServer::start(&config_text(free_port(), 3, ""), io);
+        let q = query("sip.example.test.", RecordType::ANY, 9, Some(1232));
+        let m = udp_query(t.addr, &q);
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{io:?}");
+        assert_eq!(m.answers.len(), 1, "{io:?}: {m:?}");
+        match &m.answers[0].data {
+            RData::HINFO(h) => assert_eq!((&h.cpu[..], &h.os[..]), (&b"RFC8482"[..], &b""[..])),
+            other => panic!("{io:?}: {other:?}"),
+        }
+        assert_eq!(m.answers[0].name, Name::from_ascii("sip.example.test.").unwrap());
+        let reply = udp_raw(t.addr, &q, Duration::from_secs(2)).unwrap();
+        assert!(reply.len() <= q.len() + 40, "{io:?}: {} bytes for a {}-byte query", reply.len(), q.len());
+        let mut s = TcpStream::connect(t.addr).unwrap();
+        let m = Message::from_vec(&tcp_exchange(&mut s, &[q])[0]).unwrap();
+        assert_eq!(addresses(&m).len(), 3, "{io:?}: over TCP, the A set");
+    }
+}
