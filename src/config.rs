@@ -183,10 +183,17 @@ struct RawRelay {
     allow: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default = "default_cache_entries")]
     cache_entries: Spanned<u64>,
-    #[serde(default = "default_relay_sockets")]
-    sockets_per_worker: Spanned<u64>,
+    /// Gone: every upstream query has a socket of its own. Read only to say so.
+    #[serde(default)]
+    sockets_per_worker: Option<Spanned<u64>>,
     #[serde(default = "default_max_pending")]
     max_pending: Spanned<u64>,
+    #[serde(default = "default_max_waiters")]
+    max_waiters: Spanned<u64>,
+    #[serde(default = "default_max_ttl_s")]
+    max_ttl_s: Spanned<u64>,
+    #[serde(default = "default_cache_bytes")]
+    cache_bytes: Spanned<u64>,
     #[serde(default = "default_true")]
     managed_for_all: bool,
     #[serde(default)]
@@ -346,8 +353,16 @@ fn default_relay_timeout_ms() -> Spanned<u64> {
 fn default_cache_entries() -> Spanned<u64> {
     spanned(10_000)
 }
-fn default_relay_sockets() -> Spanned<u64> {
-    spanned(8)
+fn default_max_waiters() -> Spanned<u64> {
+    spanned(16_384)
+}
+/// One hour: a forged answer that got in anyway is served for at most that long (unbound's
+/// default is a day); names with longer TTLs cost one upstream query per worker per hour.
+fn default_max_ttl_s() -> Spanned<u64> {
+    spanned(3600)
+}
+fn default_cache_bytes() -> Spanned<u64> {
+    spanned(8 << 20)
 }
 fn default_max_pending() -> Spanned<u64> {
     spanned(4096)
@@ -423,10 +438,15 @@ pub struct RelayConfig {
     pub allow: Vec<crate::relay::acl::Prefix>,
     /// Answers cached per worker (0: no cache).
     pub cache_entries: usize,
-    /// Upstream sockets per worker (each with its own random source port).
-    pub sockets_per_worker: usize,
+    /// Bytes the cached answers of one worker may hold, bookkeeping included.
+    pub cache_bytes: usize,
+    /// The longest any answer is cached, and the largest TTL a client is given.
+    pub max_ttl: u32,
     /// Upstream queries in flight per worker; past that, SERVFAIL at once.
     pub max_pending: usize,
+    /// Clients waiting on upstream queries per worker, all questions together; past that,
+    /// SERVFAIL at once (never a second upstream query for a question in flight).
+    pub max_waiters: usize,
     /// Whether managed SIP names are answered for clients outside `allow` too.
     pub managed_for_all: bool,
     /// Per-domain upstreams (DNRD's `-s server:domain`); the longest matching suffix wins.
@@ -678,15 +698,26 @@ impl Validator<'_> {
             name
         });
         let cache_entries = self.ranged(&raw.cache_entries, "relay.cache_entries", 0, 10_000_000, "") as usize;
-        let sockets = self.ranged(&raw.sockets_per_worker, "relay.sockets_per_worker", 1, 255, "") as usize;
+        if let Some(old) = &raw.sockets_per_worker {
+            self.fail(
+                old.span(),
+                "relay.sockets_per_worker",
+                "is no longer used: every upstream query leaves from a socket of its own on a random port; remove the line",
+            );
+        }
         let max_pending = self.ranged(&raw.max_pending, "relay.max_pending", 1, 1_000_000, "") as usize;
+        let max_waiters = self.ranged(&raw.max_waiters, "relay.max_waiters", 1, 1_000_000, "") as usize;
+        let max_ttl = self.ranged(&raw.max_ttl_s, "relay.max_ttl_s", 1, 604_800, " s") as u32;
+        let cache_bytes = self.ranged(&raw.cache_bytes, "relay.cache_bytes", 65_536, 1 << 34, " bytes") as usize;
         RelayConfig {
             upstreams,
             timeout: Duration::from_millis(timeout),
             allow,
             cache_entries,
-            sockets_per_worker: sockets,
+            cache_bytes,
+            max_ttl,
             max_pending,
+            max_waiters,
             managed_for_all: raw.managed_for_all,
             routes,
             health_check,

@@ -14,7 +14,8 @@
 //! - [`snapshot`]: the immutable answer set and its lock-free handle.
 //! - [`edge`]: limits at the edge: response rate limiting.
 //! - [`hosts`]: local names from a hosts file, answered from the same snapshot.
-//! - [`relay`]: building blocks of the upstream relay (reply acceptance, cache).
+//! - [`relay`]: the upstream relay: its logic without I/O, a socket per upstream query, reply
+//!   acceptance, the cache.
 //! - [`select`]: selection policies (round-robin, on-duty, weighted, latency), pure functions.
 //! - [`probe`]: SIP probes, the health state machine, the prober thread.
 //! - [`worker`]: per-query logic, shared by UDP workers and TCP connections.

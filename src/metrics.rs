@@ -2,41 +2,146 @@
 //!
 //! Each worker's block is cache-padded so two workers never write the same cache line, and a
 //! counter is bumped with a plain load and store (single writer), not a locked read-modify-write.
+//! The relay keeps its own plain counters and stores them into its worker's block after each
+//! wake-up and tick ([`WorkerCounters::publish_relay`]).
+//!
+//! Every datagram dnlb drops or refuses is counted by reason (`drop_*`, `relay_forged`,
+//! `relay_case_mismatch`, `relay_late`, ...), and the totals are printed on exit.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crossbeam_utils::CachePadded;
 
-/// One worker's counters.
-#[derive(Debug, Default)]
-pub struct WorkerCounters {
+use crate::relay::engine::RelayStats;
+
+/// Declares the counters once: the per-worker atomics, the plain totals, their sum and their
+/// `name=value` display, so the lists cannot drift apart.
+macro_rules! counters {
+    ($($(#[doc = $doc:literal])+ $name:ident,)+) => {
+        /// One worker's counters.
+        #[derive(Debug, Default)]
+        pub struct WorkerCounters {
+            $($(#[doc = $doc])+ pub $name: AtomicU64,)+
+        }
+
+        /// A sum over all workers, taken off the hot path.
+        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+        pub struct Totals {
+            $($(#[doc = $doc])+ pub $name: u64,)+
+        }
+
+        impl Totals {
+            /// Sums every block.
+            pub fn sum(blocks: &[CachePadded<WorkerCounters>]) -> Totals {
+                let mut t = Totals::default();
+                for b in blocks {
+                    $(t.$name += b.$name.load(Ordering::Relaxed);)+
+                }
+                t
+            }
+        }
+
+        impl fmt::Display for Totals {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let fields = [$((stringify!($name), self.$name)),+];
+                for (i, (name, value)) in fields.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(" ")?;
+                    }
+                    write!(f, "{name}={value}")?;
+                }
+                Ok(())
+            }
+        }
+    };
+}
+
+counters! {
     /// Datagrams and TCP messages received.
-    pub queries: AtomicU64,
+    queries,
     /// Replies with RCODE NOERROR.
-    pub noerror: AtomicU64,
+    noerror,
     /// Replies with RCODE NXDOMAIN (relayed or cached).
-    pub nxdomain: AtomicU64,
+    nxdomain,
     /// Replies with RCODE FORMERR.
-    pub formerr: AtomicU64,
+    formerr,
     /// Replies with RCODE SERVFAIL.
-    pub servfail: AtomicU64,
+    servfail,
     /// Replies with RCODE NOTIMP.
-    pub notimp: AtomicU64,
+    notimp,
     /// Replies with RCODE REFUSED.
-    pub refused: AtomicU64,
+    refused,
     /// Replies with extended RCODE BADVERS.
-    pub badvers: AtomicU64,
+    badvers,
     /// Packets dropped without a reply (responses, runts).
-    pub dropped: AtomicU64,
+    dropped,
     /// Replies sent with TC=1.
-    pub truncated: AtomicU64,
+    truncated,
     /// Receive or send errors from the kernel.
-    pub io_errors: AtomicU64,
+    io_errors,
     /// Queries handed to the relay (sent upstream or joined to one in flight).
-    pub relayed: AtomicU64,
+    relayed,
     /// Relayed replies with any other RCODE (e.g. NOTAUTH from an upstream).
-    pub other_rcode: AtomicU64,
+    other_rcode,
+    /// io_uring receives that found no free buffer (ENOBUFS); datagrams wait in the socket buffer.
+    drop_enobufs,
+    /// Queries not answered: no free io_uring send slot.
+    drop_send_slot,
+    /// Relayed replies the client socket would not take at once (send buffer full).
+    drop_outbox,
+    /// Datagrams longer than the receive buffer, dropped unanswered (both backends alike).
+    drop_oversize,
+    /// Queries sent upstream, retries and health checks included.
+    relay_forwarded,
+    /// Relayed names answered from the cache.
+    relay_cache_hits,
+    /// Upstream exchanges that timed out.
+    relay_timeouts,
+    /// Upstream messages refused: not a response, another ID or another question.
+    relay_forged,
+    /// Upstream messages refused for the letter case of the question alone (0x20).
+    relay_case_mismatch,
+    /// Upstream messages for an exchange already over (the kernel drops those that arrive after
+    /// its socket closed; see `nstat UdpNoPorts`).
+    relay_late,
+    /// Upstream UDP replies larger than the size dnlb advertised, used all the same.
+    relay_oversize,
+    /// Queries asked again over TCP after an upstream reply with TC=1.
+    relay_tcp_retries,
+    /// Queries failed SERVFAIL because the system's random source failed.
+    relay_random_failures,
+    /// Queries answered SERVFAIL because too many clients were already waiting.
+    relay_waiters_full,
+    /// Queries answered SERVFAIL because `max_pending` upstream queries were in flight.
+    relay_pending_full,
+    /// Upstream sends the kernel refused.
+    relay_send_errors,
+    /// Exchanges the upstream broke (ICMP unreachable, TCP reset or early close).
+    relay_upstream_errors,
+    /// Upstreams found not to preserve letter case, queried without 0x20 since.
+    relay_no_caps,
+}
+
+impl WorkerCounters {
+    /// Stores the relay's counters (cumulative, kept by the worker's relay) into this block.
+    pub fn publish_relay(&self, s: &RelayStats) {
+        let set = |c: &AtomicU64, v: u64| c.store(v, Ordering::Relaxed);
+        set(&self.relay_forwarded, s.forwarded);
+        set(&self.relay_cache_hits, s.cache_hits);
+        set(&self.relay_timeouts, s.timeouts);
+        set(&self.relay_forged, s.forged);
+        set(&self.relay_case_mismatch, s.case_mismatches);
+        set(&self.relay_late, s.late);
+        set(&self.relay_oversize, s.oversize);
+        set(&self.relay_tcp_retries, s.tcp_retries);
+        set(&self.relay_random_failures, s.random_failures);
+        set(&self.relay_waiters_full, s.waiters_full);
+        set(&self.relay_pending_full, s.pending_full);
+        set(&self.relay_send_errors, s.send_errors);
+        set(&self.relay_upstream_errors, s.upstream_errors);
+        set(&self.relay_no_caps, s.no_caps);
+    }
 }
 
 /// Adds one to a counter only this thread writes.
@@ -45,82 +150,30 @@ pub fn bump(counter: &AtomicU64) {
     counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
 }
 
+/// Adds `n` to a counter only this thread writes.
+#[inline]
+pub fn add(counter: &AtomicU64, n: u64) {
+    counter.store(counter.load(Ordering::Relaxed).saturating_add(n), Ordering::Relaxed);
+}
+
 /// Cache-padded counter blocks, one per worker.
 pub type CounterBlocks = std::sync::Arc<[CachePadded<WorkerCounters>]>;
 
-/// A sum over all workers, taken off the hot path.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Totals {
-    /// See [`WorkerCounters::queries`].
-    pub queries: u64,
-    /// See [`WorkerCounters::noerror`].
-    pub noerror: u64,
-    /// See [`WorkerCounters::nxdomain`].
-    pub nxdomain: u64,
-    /// See [`WorkerCounters::formerr`].
-    pub formerr: u64,
-    /// See [`WorkerCounters::servfail`].
-    pub servfail: u64,
-    /// See [`WorkerCounters::notimp`].
-    pub notimp: u64,
-    /// See [`WorkerCounters::refused`].
-    pub refused: u64,
-    /// See [`WorkerCounters::badvers`].
-    pub badvers: u64,
-    /// See [`WorkerCounters::dropped`].
-    pub dropped: u64,
-    /// See [`WorkerCounters::truncated`].
-    pub truncated: u64,
-    /// See [`WorkerCounters::io_errors`].
-    pub io_errors: u64,
-    /// See [`WorkerCounters::relayed`].
-    pub relayed: u64,
-    /// See [`WorkerCounters::other_rcode`].
-    pub other_rcode: u64,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl Totals {
-    /// Sums every block.
-    pub fn sum(blocks: &[CachePadded<WorkerCounters>]) -> Totals {
-        let mut t = Totals::default();
-        for b in blocks {
-            let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-            t.queries += get(&b.queries);
-            t.noerror += get(&b.noerror);
-            t.nxdomain += get(&b.nxdomain);
-            t.formerr += get(&b.formerr);
-            t.servfail += get(&b.servfail);
-            t.notimp += get(&b.notimp);
-            t.refused += get(&b.refused);
-            t.badvers += get(&b.badvers);
-            t.dropped += get(&b.dropped);
-            t.truncated += get(&b.truncated);
-            t.io_errors += get(&b.io_errors);
-            t.relayed += get(&b.relayed);
-            t.other_rcode += get(&b.other_rcode);
-        }
-        t
-    }
-}
-
-impl fmt::Display for Totals {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "queries={} noerror={} nxdomain={} formerr={} servfail={} notimp={} refused={} badvers={} dropped={} truncated={} io_errors={} relayed={} other_rcode={}",
-            self.queries,
-            self.noerror,
-            self.nxdomain,
-            self.formerr,
-            self.servfail,
-            self.notimp,
-            self.refused,
-            self.badvers,
-            self.dropped,
-            self.truncated,
-            self.io_errors,
-            self.relayed,
-            self.other_rcode
-        )
+    #[test]
+    fn totals_sum_and_print_every_counter() {
+        let blocks: CounterBlocks = (0..2).map(|_| CachePadded::new(WorkerCounters::default())).collect();
+        bump(&blocks[0].queries);
+        add(&blocks[1].queries, 2);
+        blocks[1].publish_relay(&RelayStats { forged: 7, ..RelayStats::default() });
+        let t = Totals::sum(&blocks);
+        assert_eq!((t.queries, t.relay_forged), (3, 7));
+        let text = t.to_string();
+        assert!(text.starts_with("queries=3 noerror=0"), "{text}");
+        assert!(text.contains(" relay_forged=7 ") && text.contains(" drop_oversize=0 "), "{text}");
+        assert!(text.ends_with("relay_no_caps=0"), "{text}");
     }
 }

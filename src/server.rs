@@ -19,6 +19,8 @@ use crate::config::{RelayConfig, ServerConfig};
 use crate::dns::answer::Transport;
 use crate::io::{self, affinity, Backend, IoError, Stop};
 use crate::metrics::{CounterBlocks, Totals, WorkerCounters};
+use crate::relay::sockets::Relay;
+use crate::relay::RelayError;
 use crate::snapshot::SnapshotHandle;
 use crate::tcp::{self, TcpContext};
 use crate::worker::{Responder, UdpResponder};
@@ -43,6 +45,9 @@ pub enum ServerError {
     /// The stop pipe could not be created.
     #[error("cannot create the stop pipe: {0}")]
     Pipe(std::io::Error),
+    /// A worker's relay could not be set up (no random source, no epoll).
+    #[error(transparent)]
+    Relay(#[from] RelayError),
 }
 
 /// The number of workers: the configured count, or one per core this process may use.
@@ -93,6 +98,8 @@ impl Server {
         let transport = Transport::Udp { max_payload: config.max_udp_payload };
         let mut workers = Vec::new();
         for (block, (i, socket)) in sockets.into_iter().enumerate() {
+            // Each worker's relay is made here, so a relay that cannot work stops the start.
+            let upstream = relay.clone().map(Relay::new).transpose()?;
             let (snapshots, counters, stop, relay) = (snapshots.clone(), counters.clone(), stop.clone(), relay.clone());
             let core = config.pin_workers.then(|| cores.get(i % cores.len().max(1)).copied()).flatten();
             let handle = std::thread::Builder::new()
@@ -103,9 +110,11 @@ impl Server {
                             eprintln!("dnlb: worker {i}: cannot pin to core {core}: {e}; running unpinned");
                         }
                     }
-                    let responder = Responder::new(snapshots, counters, block).with_relay(relay, true)?;
+                    let responder = Responder::new(snapshots, counters, block).with_relay(relay, upstream);
                     let mut handler = UdpResponder { responder, transport };
-                    backend.serve(&socket, &mut handler, &stop)
+                    let served = backend.serve(&socket, &mut handler, &stop);
+                    handler.publish_counters();
+                    served
                 })
                 .map_err(ServerError::Thread)?;
             workers.push(handle);

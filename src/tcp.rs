@@ -125,7 +125,7 @@ fn serve_connection(stream: &mut TcpStream, ctx: &TcpContext) -> io::Result<()> 
     stream.set_write_timeout(Some(ctx.idle_timeout))?;
     stream.set_nodelay(true)?;
     let mut responder =
-        Responder::new(ctx.snapshots.clone(), ctx.counters.clone(), ctx.block).with_relay(ctx.relay.clone(), false)?;
+        Responder::new(ctx.snapshots.clone(), ctx.counters.clone(), ctx.block).with_relay(ctx.relay.clone(), None);
     let peer = stream.peer_addr()?;
     let mut query = vec![0u8; u16::MAX as usize];
     let mut reply = vec![0u8; 2 + u16::MAX as usize];

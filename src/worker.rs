@@ -10,7 +10,8 @@
 //! ```
 
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
+use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,10 +22,11 @@ use crate::config::RelayConfig;
 use crate::dns::answer::{self, Template, Transport};
 use crate::dns::query::{self, rcode, Query, Reject, MAX_NAME_LEN};
 use crate::dns::CLASS_IN;
-use crate::io::{Handler, Outbox, Peer};
+use crate::io::{DropReason, Handler, Outbox, Peer};
 use crate::metrics::{CounterBlocks, WorkerCounters};
 use crate::relay::acl;
-use crate::relay::engine::{self, Forwarded, Relay};
+use crate::relay::engine::{self, Forwarded, Replies};
+use crate::relay::sockets::Relay;
 use crate::snapshot::{Lookup, Snapshot, SnapshotHandle};
 
 /// Answers queries from the current snapshot. One per worker thread (and per TCP connection).
@@ -91,16 +93,13 @@ impl Responder {
         }
     }
 
-    /// Relays names dnlb does not manage per `config`; `udp` opens this worker's upstream sockets
-    /// (a TCP connection relays with a blocking exchange instead).
-    pub fn with_relay(mut self, config: Option<Arc<RelayConfig>>, udp: bool) -> io::Result<Responder> {
-        if let Some(c) = &config {
-            if udp {
-                self.relay = Some(Relay::new(c.clone())?);
-            }
-        }
+    /// Relays names dnlb does not manage per `config`: over UDP through `relay` (this worker's
+    /// own, made with [`Relay::new`]); a TCP connection passes `None` and relays with a blocking
+    /// exchange instead.
+    pub fn with_relay(mut self, config: Option<Arc<RelayConfig>>, relay: Option<Relay>) -> Responder {
+        self.relay = relay.filter(|_| config.is_some());
         self.relay_config = config;
-        Ok(self)
+        self
     }
 
     /// Loads the latest snapshot; called once per batch.
@@ -217,30 +216,43 @@ impl Responder {
     }
 
     fn count_reply(&self, flags: u16, truncated: bool) {
-        let c = self.counters();
-        count(match (flags & 0xf) as u8 {
-            rcode::NOERROR => &c.noerror,
-            rcode::NXDOMAIN => &c.nxdomain,
-            rcode::SERVFAIL => &c.servfail,
-            rcode::REFUSED => &c.refused,
-            rcode::NOTIMP => &c.notimp,
-            rcode::FORMERR => &c.formerr,
-            _ => &c.other_rcode,
-        });
-        if truncated {
-            count(&c.truncated);
-        }
+        count_reply(self.counters(), flags, truncated);
     }
 }
 
-impl UdpResponder {
-    /// Counts the relayed replies queued since `before`, by RCODE, as direct replies are.
-    fn count_outbox(&self, out: &Outbox, before: usize) {
-        for reply in out.replies_since(before) {
-            if reply.len() >= 4 {
-                self.responder.count_rcode(reply[3] & 0xf, reply[2] & 0x02 != 0);
+/// Counts one reply by its RCODE (the low bits of `flags`) and whether TC was set.
+fn count_reply(c: &WorkerCounters, flags: u16, truncated: bool) {
+    count(match (flags & 0xf) as u8 {
+        rcode::NOERROR => &c.noerror,
+        rcode::NXDOMAIN => &c.nxdomain,
+        rcode::SERVFAIL => &c.servfail,
+        rcode::REFUSED => &c.refused,
+        rcode::NOTIMP => &c.notimp,
+        rcode::FORMERR => &c.formerr,
+        _ => &c.other_rcode,
+    });
+    if truncated {
+        count(&c.truncated);
+    }
+}
+
+/// The outbox as the relay sees it: each reply is counted by RCODE on its way out, as direct
+/// replies are.
+struct CountedReplies<'a, 'o> {
+    out: &'a mut Outbox<'o>,
+    counters: &'a WorkerCounters,
+}
+
+impl Replies for CountedReplies<'_, '_> {
+    fn push(&mut self, peer: SocketAddr, write: &mut dyn FnMut(&mut [u8]) -> usize) {
+        let counters = self.counters;
+        self.out.push(peer, |buf| {
+            let n = write(buf);
+            if n >= 4 {
+                count_reply(counters, u16::from(buf[3] & 0xf), buf[2] & 0x02 != 0);
             }
-        }
+            n
+        });
     }
 }
 
@@ -250,6 +262,16 @@ pub struct UdpResponder {
     pub responder: Responder,
     /// The UDP size cap.
     pub transport: Transport,
+}
+
+impl UdpResponder {
+    /// Stores the relay's counters into this worker's block (the backends do after every wake-up
+    /// and tick; call once more when the worker ends).
+    pub fn publish_counters(&self) {
+        if let Some(relay) = &self.responder.relay {
+            self.responder.counters().publish_relay(relay.stats());
+        }
+    }
 }
 
 impl Handler for UdpResponder {
@@ -267,23 +289,36 @@ impl Handler for UdpResponder {
         count(&self.responder.counters().io_errors);
     }
 
-    fn extra_sockets(&self) -> &[UdpSocket] {
-        self.responder.relay.as_ref().map_or(&[], |r| r.sockets())
+    fn dropped(&mut self, reason: DropReason, n: u64) {
+        let c = self.responder.counters();
+        crate::metrics::add(
+            match reason {
+                DropReason::NoBuffer => &c.drop_enobufs,
+                DropReason::NoSendSlot => &c.drop_send_slot,
+                DropReason::Outbox => &c.drop_outbox,
+                DropReason::Oversize => &c.drop_oversize,
+            },
+            n,
+        );
     }
 
-    fn handle_extra(&mut self, index: usize, data: &[u8], from: SocketAddr, out: &mut Outbox) {
-        let before = out.len();
-        if let Some(relay) = self.responder.relay.as_mut() {
-            relay.on_reply(index, data, from, out, Instant::now());
-        }
-        self.count_outbox(out, before);
+    fn extra_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.responder.relay.as_ref().map(Relay::fd)
     }
 
-    fn tick(&mut self, out: &mut Outbox) {
-        let before = out.len();
-        if let Some(relay) = self.responder.relay.as_mut() {
-            relay.tick(out, Instant::now());
-        }
-        self.count_outbox(out, before);
+    fn extra_ready(&mut self, out: &mut Outbox<'_>) {
+        let r = &mut self.responder;
+        let Some(relay) = r.relay.as_mut() else { return };
+        let counters = &r.counters[r.block];
+        relay.ready(&mut CountedReplies { out, counters }, Instant::now());
+        counters.publish_relay(relay.stats());
+    }
+
+    fn tick(&mut self, out: &mut Outbox<'_>) {
+        let r = &mut self.responder;
+        let Some(relay) = r.relay.as_mut() else { return };
+        let counters = &r.counters[r.block];
+        relay.tick(&mut CountedReplies { out, counters }, Instant::now());
+        counters.publish_relay(relay.stats());
     }
 }

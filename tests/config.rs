@@ -110,3 +110,31 @@ fn command_line_errors_name_the_flag() {
     let (ok, _) = run(&["--version"]);
     assert!(ok);
 }
+
+/// The example's `[relay]` section, uncommented, loads with every field it documents; the relay's
+/// bounds are checked and a field that is gone says so.
+#[test]
+fn the_example_relay_section_loads_and_relay_mistakes_name_the_field() {
+    let example = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/dnlb.toml")).unwrap();
+    let (before, relay) = example.split_once("# [relay]").expect("the example documents [relay]");
+    let relay: String = relay.lines().map(|l| format!("{}\n", l.strip_prefix("# ").unwrap_or(l))).collect();
+    let c = Config::parse(&format!("{before}[relay]{relay}")).unwrap_or_else(|p| panic!("{p:?}"));
+    let r = c.relay.expect("a relay");
+    assert_eq!((r.max_ttl, r.cache_bytes, r.max_waiters, r.max_pending), (3600, 8 << 20, 16_384, 4096));
+    assert_eq!(r.routes.len(), 1);
+
+    let with = |extra: &str| format!("{GOOD}\n[relay]\nupstreams = [\"127.0.0.1:53\", \"[::1]:53\"]\n{extra}\n");
+    let cases = [
+        ("max_ttl_s = 0", "relay.max_ttl_s: 0 is out of range: use 1 to 604800 s"),
+        ("cache_bytes = 100", "relay.cache_bytes: 100 is out of range: use 65536 to"),
+        ("max_waiters = 0", "relay.max_waiters: 0 is out of range"),
+        ("sockets_per_worker = 8", "relay.sockets_per_worker: is no longer used"),
+    ];
+    for (extra, expected) in cases {
+        let (ok, out) = check(&with(extra));
+        assert!(!ok, "should fail: {expected}");
+        assert!(out.contains(expected), "expected `{expected}` in:\n{out}");
+    }
+    let (ok, out) = check(&with("max_ttl_s = 86400\ncache_bytes = 1048576\nmax_waiters = 100"));
+    assert!(ok, "{out}");
+}

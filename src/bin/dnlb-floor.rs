@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use dnlb::config::IoMode;
-use dnlb::io::{affinity, bind_udp, Backend, Handler, Peer, Stop};
+use dnlb::io::{affinity, bind_udp, Backend, DropReason, Handler, Peer, Stop};
 
 struct Echo;
 
@@ -27,6 +27,8 @@ impl Handler for Echo {
     }
 
     fn io_error(&mut self, _error: io::Error) {}
+
+    fn dropped(&mut self, _reason: DropReason, _count: u64) {}
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

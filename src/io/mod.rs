@@ -20,14 +20,15 @@ pub use rlimit::raise_fd_limit;
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
 use crate::config::IoMode;
 
-/// Largest datagram a backend receives; longer ones are truncated by the kernel and then fail
-/// to parse. DNS queries are far smaller.
+/// Largest datagram a backend receives; longer ones are dropped unanswered and counted
+/// ([`DropReason::Oversize`]). DNS queries are far smaller.
 pub const RECV_SIZE: usize = 2048;
 /// Room for one reply. Replies never exceed the 1232-byte UDP cap, but the no-work floor server
 /// echoes whole queries.
@@ -57,25 +58,20 @@ impl Peer<'_> {
     }
 }
 
-/// Writes `addr` as a kernel `sockaddr_in` / `sockaddr_in6` into `out`; returns its length.
-pub fn sockaddr_bytes(addr: SocketAddr, out: &mut [u8; 28]) -> usize {
-    out.fill(0);
-    match addr {
-        SocketAddr::V4(a) => {
-            out[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
-            out[2..4].copy_from_slice(&a.port().to_be_bytes());
-            out[4..8].copy_from_slice(&a.ip().octets());
-            16
-        }
-        SocketAddr::V6(a) => {
-            out[..2].copy_from_slice(&(libc::AF_INET6 as u16).to_ne_bytes());
-            out[2..4].copy_from_slice(&a.port().to_be_bytes());
-            out[4..8].copy_from_slice(&a.flowinfo().to_be_bytes());
-            out[8..24].copy_from_slice(&a.ip().octets());
-            out[24..28].copy_from_slice(&a.scope_id().to_ne_bytes());
-            28
-        }
-    }
+/// Why a backend dropped a datagram without a reply; counted per reason, never logged per packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// io_uring had no free receive buffer (ENOBUFS): receiving stalls until buffers return, and
+    /// datagrams wait in the socket buffer (where an overflow is the kernel's drop).
+    NoBuffer,
+    /// io_uring had no free send slot: the query was not answered.
+    NoSendSlot,
+    /// A reply from the [`Outbox`] that the client socket would not take at once (its send
+    /// buffer full).
+    Outbox,
+    /// A datagram longer than [`RECV_SIZE`]: dropped unanswered by both backends, not parsed
+    /// truncated.
+    Oversize,
 }
 
 /// What a backend calls for the datagrams it receives.
@@ -86,73 +82,70 @@ pub trait Handler {
     fn handle(&mut self, query: &[u8], peer: Peer<'_>, reply: &mut [u8]) -> usize;
     /// Counts an I/O error the backend met (receive or send); never logged per packet.
     fn io_error(&mut self, error: io::Error);
-    /// Sockets of the handler's own (the relay's upstream sockets) that the worker loop must read
-    /// too; their datagrams go to [`Handler::handle_extra`].
-    fn extra_sockets(&self) -> &[UdpSocket] {
-        &[]
+    /// Counts `count` datagrams dropped for `reason`.
+    fn dropped(&mut self, reason: DropReason, count: u64);
+    /// A descriptor of the handler's own (the relay's epoll instance) that the worker loop waits
+    /// on beside the client socket; when it is readable, [`Handler::extra_ready`] runs.
+    fn extra_fd(&self) -> Option<BorrowedFd<'_>> {
+        None
     }
-    /// A datagram on extra socket `index`; replies to clients go into `out`.
-    fn handle_extra(&mut self, _index: usize, _data: &[u8], _from: SocketAddr, _out: &mut Outbox) {}
-    /// Called at least every [`TICK`] while there are extra sockets; late work answers into `out`.
-    fn tick(&mut self, _out: &mut Outbox) {}
+    /// The extra descriptor is readable; replies to clients go into `out`.
+    fn extra_ready(&mut self, _out: &mut Outbox<'_>) {}
+    /// Called at least every [`TICK`] while there is an extra descriptor; late work answers into
+    /// `out`.
+    fn tick(&mut self, _out: &mut Outbox<'_>) {}
 }
 
-/// How often [`Handler::tick`] runs when a handler has extra sockets.
+/// How often [`Handler::tick`] runs when a handler has an extra descriptor.
 pub const TICK: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// Replies a handler produces outside `handle` (relayed answers, timeouts), sent by the backend
-/// on the client socket. Pre-allocated; when full, further replies are dropped and counted.
-pub struct Outbox {
-    items: Vec<(SocketAddr, Box<[u8]>, usize)>,
-    used: usize,
-    /// Replies dropped because the outbox was full.
-    pub dropped: u64,
+/// Replies a handler produces outside `handle` (relayed answers, timeouts), sent at once on the
+/// client socket without blocking. A reply the kernel will not take is dropped and counted: there
+/// is no queue to overflow, so a crowd of clients waiting on one question all get their answer.
+pub struct Outbox<'s> {
+    socket: &'s UdpSocket,
+    buf: Box<[u8]>,
+    /// Replies the socket would not take (send buffer full) since the last [`Outbox::report`].
+    full: u64,
+    /// Other send errors since then.
+    errors: Vec<io::Error>,
 }
 
-impl Outbox {
-    /// An outbox for up to `capacity` replies.
-    pub fn new(capacity: usize) -> Outbox {
-        let items = (0..capacity)
-            .map(|_| (SocketAddr::from(([0, 0, 0, 0], 0)), vec![0u8; REPLY_SIZE].into_boxed_slice(), 0))
-            .collect();
-        Outbox { items, used: 0, dropped: 0 }
+impl<'s> Outbox<'s> {
+    /// An outbox sending on `socket`.
+    pub fn new(socket: &'s UdpSocket) -> Outbox<'s> {
+        Outbox { socket, buf: vec![0u8; REPLY_SIZE].into_boxed_slice(), full: 0, errors: Vec::new() }
     }
 
-    /// Adds a reply to `peer`, written by `write` (which returns its length; 0 for none).
+    /// Sends a reply to `peer`, written by `write` (which returns its length; 0 for none).
     pub fn push(&mut self, peer: SocketAddr, write: impl FnOnce(&mut [u8]) -> usize) {
-        let Some((to, buf, len)) = self.items.get_mut(self.used) else {
-            self.dropped += 1;
+        let n = write(&mut self.buf).min(self.buf.len());
+        if n == 0 {
             return;
-        };
-        let n = write(buf);
-        if n > 0 {
-            *to = peer;
-            *len = n;
-            self.used += 1;
+        }
+        match SockRef::from(self.socket).send_to_with_flags(&self.buf[..n], &peer.into(), libc::MSG_DONTWAIT) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.raw_os_error() == Some(libc::ENOBUFS) => {
+                self.full += 1;
+            }
+            Err(e) => {
+                // Bounded: one error kept per failed send until the next report, at most a batch.
+                if self.errors.len() < 64 {
+                    self.errors.push(e);
+                }
+            }
         }
     }
 
-    /// Whether no reply is waiting.
-    pub fn is_empty(&self) -> bool {
-        self.used == 0
-    }
-
-    /// Replies waiting now.
-    pub fn len(&self) -> usize {
-        self.used
-    }
-
-    /// The replies queued from position `from` on (for counting them).
-    pub fn replies_since(&self, from: usize) -> impl Iterator<Item = &[u8]> {
-        self.items[from.min(self.used)..self.used].iter().map(|(_, buf, len)| &buf[..*len])
-    }
-
-    /// Hands every waiting reply to `send` and empties the outbox.
-    pub fn drain(&mut self, mut send: impl FnMut(SocketAddr, &[u8])) {
-        for (to, buf, len) in &self.items[..self.used] {
-            send(*to, &buf[..*len]);
+    /// Hands what went wrong since the last call to `handler`'s counters.
+    pub fn report<H: Handler + ?Sized>(&mut self, handler: &mut H) {
+        if self.full > 0 {
+            handler.dropped(DropReason::Outbox, self.full);
+            self.full = 0;
         }
-        self.used = 0;
+        for e in self.errors.drain(..) {
+            handler.io_error(e);
+        }
     }
 }
 

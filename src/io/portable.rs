@@ -9,7 +9,7 @@ use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use super::{Handler, Outbox, Peer, Stop, RECV_SIZE, REPLY_SIZE, TICK};
+use super::{DropReason, Handler, Outbox, Peer, Stop, RECV_SIZE, REPLY_SIZE, TICK};
 
 /// Most datagrams per recvmmsg call (the arrays' size).
 pub const BATCH: usize = 64;
@@ -26,65 +26,45 @@ struct Buffers {
     names: [[u8; NAME_SIZE]; BATCH],
 }
 
-fn fd_of(s: &UdpSocket) -> i32 {
-    s.as_raw_fd()
-}
-
-/// Waits (up to the next tick) for the client socket or an upstream socket; handles upstream
-/// datagrams and ticks, sends what they produced; returns whether the client socket is readable.
+/// Waits (up to the next tick) for the client socket or the handler's extra descriptor; lets the
+/// handler read its own and tick; returns whether the client socket is readable.
 fn wait_and_relay<H: Handler>(
-    socket: &UdpSocket,
     handler: &mut H,
-    pollfds: &mut [libc::pollfd],
-    outbox: &mut Outbox,
-    buf: &mut [u8],
+    pollfds: &mut [libc::pollfd; 2],
+    outbox: &mut Outbox<'_>,
     next_tick: &mut Instant,
 ) -> bool {
     let wait_ms = next_tick.saturating_duration_since(Instant::now()).as_millis().min(100) as i32;
-    // SAFETY: `pollfds` is a valid, initialised slice of `pollfd` that the call only reads and
+    // SAFETY: `pollfds` is a valid, initialised array of `pollfd` that the call only reads and
     // writes `revents` of, for its length; it keeps no pointer after returning.
     let rc = unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, wait_ms.max(1)) };
     if rc < 0 {
         return false;
     }
-    for (index, pfd) in pollfds[1..].iter().enumerate() {
-        if pfd.revents & libc::POLLIN == 0 {
-            continue;
-        }
-        // Each receive borrows the handler's socket only for the call, so the datagram can then
-        // go to the handler.
-        while let Some(Ok((n, from))) = handler.extra_sockets().get(index).map(|s| s.recv_from(buf)) {
-            handler.handle_extra(index, &buf[..n], from, outbox);
-        }
+    if pollfds[1].revents & libc::POLLIN != 0 {
+        handler.extra_ready(outbox);
     }
     if Instant::now() >= *next_tick {
         handler.tick(outbox);
         *next_tick = Instant::now() + TICK;
     }
-    outbox.drain(|to, bytes| {
-        if let Err(e) = socket.send_to(bytes, to) {
-            handler.io_error(e);
-        }
-    });
+    outbox.report(handler);
     pollfds[0].revents & libc::POLLIN != 0
 }
 
 /// Serves `socket` with `handler` until `stop` fires.
 pub fn serve<H: Handler>(socket: &UdpSocket, handler: &mut H, stop: &Stop) -> io::Result<()> {
-    // With a relay, the loop also waits on the upstream sockets (poll), so the client socket is
-    // read without blocking; without one, recvmmsg blocks, waking every 100 ms to see a stop.
-    let relay = !handler.extra_sockets().is_empty();
-    if relay {
+    // With an extra descriptor (the relay), the loop also waits on it (poll), so the client socket
+    // is read without blocking; without one, recvmmsg blocks, waking every 100 ms to see a stop.
+    let extra = handler.extra_fd().map(|fd| fd.as_raw_fd());
+    if extra.is_some() {
         socket.set_nonblocking(true)?;
     } else {
         socket.set_read_timeout(Some(Duration::from_millis(100)))?;
     }
-    let mut pollfds: Vec<libc::pollfd> = std::iter::once(fd_of(socket))
-        .chain(handler.extra_sockets().iter().map(fd_of))
-        .map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 })
-        .collect();
-    let mut outbox = Outbox::new(if relay { 256 } else { 0 });
-    let mut extra_buf = vec![0u8; if relay { 65_536 } else { 0 }];
+    let mut pollfds =
+        [socket.as_raw_fd(), extra.unwrap_or(-1)].map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
+    let mut outbox = Outbox::new(socket);
     let mut next_tick = Instant::now() + TICK;
     let batch = std::env::var("DNLB_PORTABLE_BATCH")
         .ok()
@@ -107,7 +87,7 @@ pub fn serve<H: Handler>(socket: &UdpSocket, handler: &mut H, stop: &Stop) -> io
         *iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: RECV_SIZE };
     }
     while !stop.fired() {
-        if relay && !wait_and_relay(socket, handler, &mut pollfds, &mut outbox, &mut extra_buf, &mut next_tick) {
+        if extra.is_some() && !wait_and_relay(handler, &mut pollfds, &mut outbox, &mut next_tick) {
             continue;
         }
         for i in 0..BATCH {
@@ -141,6 +121,11 @@ pub fn serve<H: Handler>(socket: &UdpSocket, handler: &mut H, stop: &Stop) -> io
         let mut replies = 0;
         let Buffers { recv, reply, names } = &mut *bufs;
         for i in 0..n as usize {
+            if recv_msgs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+                // Longer than RECV_SIZE: dropped, as the io_uring backend does, never parsed cut.
+                handler.dropped(DropReason::Oversize, 1);
+                continue;
+            }
             let len = (recv_msgs[i].msg_len as usize).min(RECV_SIZE);
             let name_len = (recv_msgs[i].msg_hdr.msg_namelen as usize).min(NAME_SIZE);
             let out = handler.handle(&recv[i][..len], Peer(&names[i][..name_len]), &mut reply[replies]);

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
-use super::{sockaddr_bytes, Handler, Outbox, Peer, Stop, RECV_SIZE, REPLY_SIZE, TICK};
+use super::{DropReason, Handler, Outbox, Peer, Stop, RECV_SIZE, REPLY_SIZE, TICK};
 
 /// Receive buffers per worker (a power of two); see tuning.md for the sizes tried.
 /// `DNLB_URING_BUFFERS` overrides it for experiments.
@@ -75,9 +75,8 @@ const NAME_SIZE: usize = std::mem::size_of::<libc::sockaddr_in6>();
 const USER_RECV: u64 = u64::MAX;
 const USER_STOP: u64 = u64::MAX - 1;
 const USER_TICK: u64 = u64::MAX - 2;
-/// Receives on the handler's extra sockets (the relay's upstream sockets) carry
-/// `USER_EXTRA + index`.
-const USER_EXTRA: u64 = u64::MAX - 1024;
+/// The poll on the handler's extra descriptor (the relay's epoll instance).
+const USER_EXTRA: u64 = u64::MAX - 3;
 
 /// Checks that this kernel lets us create a ring with the operations we use.
 /// The error says why not (seccomp, `kernel.io_uring_disabled`, an old kernel).
@@ -245,57 +244,9 @@ impl Worker {
     }
 
     fn arm_recv(&mut self, fd: i32) -> io::Result<()> {
-        self.arm_recv_as(fd, USER_RECV)
-    }
-
-    fn arm_recv_as(&mut self, fd: i32, user: u64) -> io::Result<()> {
-        let entry = opcode::RecvMsgMulti::new(types::Fd(fd), &*self.recv_msg, BUFFER_GROUP).build().user_data(user);
+        let entry =
+            opcode::RecvMsgMulti::new(types::Fd(fd), &*self.recv_msg, BUFFER_GROUP).build().user_data(USER_RECV);
         self.push(&entry)
-    }
-
-    /// Handles a datagram on extra socket `index`: the handler may queue client replies.
-    fn on_extra<H: Handler>(&mut self, handler: &mut H, index: usize, result: i32, flags: u32, outbox: &mut Outbox) {
-        let Some(bid) = cqueue::buffer_select(flags) else { return };
-        let start = bid as usize * RECV_SIZE;
-        let len = (result as usize).min(RECV_SIZE);
-        if let Ok(out) = types::RecvMsgOut::parse(&self.buffers[start..start + len], &self.recv_msg) {
-            if !out.is_payload_truncated() {
-                if let Some(from) = Peer(out.name_data()).socket_addr() {
-                    handler.handle_extra(index, out.payload_data(), from, outbox);
-                }
-            }
-        }
-        self.stage_buffer(bid);
-    }
-
-    /// Queues every reply in `outbox` as a send on the client socket.
-    fn flush_outbox<H: Handler>(&mut self, handler: &mut H, fd: i32, outbox: &mut Outbox) -> io::Result<()> {
-        if outbox.is_empty() {
-            return Ok(());
-        }
-        let mut queued: Vec<u16> = Vec::new();
-        outbox.drain(|to, bytes| {
-            let Some(i) = self.free.pop() else {
-                handler.io_error(io::Error::from(io::ErrorKind::WouldBlock));
-                return;
-            };
-            let slot = &mut self.slots[i as usize];
-            let n = bytes.len().min(REPLY_SIZE);
-            slot.reply[..n].copy_from_slice(&bytes[..n]);
-            let name_len = sockaddr_bytes(to, &mut slot.name);
-            slot.msg.msg_namelen = name_len as libc::socklen_t;
-            slot.iov = libc::iovec { iov_base: slot.reply.as_mut_ptr().cast(), iov_len: n };
-            slot.msg.msg_name = slot.name.as_mut_ptr().cast();
-            slot.msg.msg_iov = &mut slot.iov;
-            slot.msg.msg_iovlen = 1;
-            queued.push(i);
-        });
-        for i in queued {
-            let entry =
-                opcode::SendMsg::new(types::Fd(fd), &self.slots[i as usize].msg).build().user_data(u64::from(i));
-            self.push(&entry)?;
-        }
-        Ok(())
     }
 
     /// Handles one datagram completion: build the reply, queue its send, return the buffer.
@@ -313,12 +264,20 @@ impl Worker {
                 self.stage_buffer(bid);
                 return Ok(());
             };
-            if out.is_payload_truncated() || out.is_name_data_truncated() {
+            if out.is_payload_truncated() {
+                // Longer than RECV_SIZE: dropped, as the portable backend does.
+                handler.dropped(DropReason::Oversize, 1);
+                self.stage_buffer(bid);
+                return Ok(());
+            }
+            if out.is_name_data_truncated() {
+                // Not an IPv4 or IPv6 sender: nowhere to reply.
+                handler.io_error(io::Error::from(io::ErrorKind::InvalidData));
                 self.stage_buffer(bid);
                 return Ok(());
             }
             let Some(i) = self.free.pop() else {
-                handler.io_error(io::Error::from(io::ErrorKind::WouldBlock));
+                handler.dropped(DropReason::NoSendSlot, 1);
                 self.stage_buffer(bid);
                 return Ok(());
             };
@@ -355,18 +314,19 @@ pub fn serve<H: Handler>(socket: &UdpSocket, handler: &mut H, stop: &Stop) -> io
     let poll =
         opcode::PollAdd::new(types::Fd(stop.reader().as_raw_fd()), libc::POLLIN as u32).build().user_data(USER_STOP);
     w.push(&poll)?;
-    // The relay's upstream sockets live in the same ring, with a tick for its timeouts.
-    let extras: Vec<i32> = handler.extra_sockets().iter().map(AsRawFd::as_raw_fd).collect();
-    for (i, &efd) in extras.iter().enumerate() {
-        w.arm_recv_as(efd, USER_EXTRA + i as u64)?;
-    }
+    // The handler's own descriptor (the relay's epoll instance) is polled in the same ring, with
+    // a tick for its timeouts.
+    let extra = handler.extra_fd().map(|fd| fd.as_raw_fd());
+    let extra_poll =
+        extra.map(|efd| opcode::PollAdd::new(types::Fd(efd), libc::POLLIN as u32).build().user_data(USER_EXTRA));
     let tick = Box::new(types::Timespec::new().nsec(TICK.as_nanos() as u32));
     let tick_entry = opcode::Timeout::new(&*tick).build().user_data(USER_TICK);
-    if !extras.is_empty() {
+    if let Some(entry) = &extra_poll {
+        w.push(entry)?;
         w.push(&tick_entry)?;
     }
-    let mut outbox = Outbox::new(if extras.is_empty() { 0 } else { 256 });
-    let result = run_loop(&mut w, handler, fd, stop, &extras, &tick_entry, &mut outbox);
+    let mut outbox = Outbox::new(socket);
+    let result = run_loop(&mut w, handler, fd, stop, extra_poll.as_ref(), &tick_entry, &mut outbox);
     // The ring, and with it every Timeout entry pointing at `tick`, goes first.
     drop(w);
     drop(tick);
@@ -379,9 +339,9 @@ fn run_loop<H: Handler>(
     handler: &mut H,
     fd: i32,
     stop: &Stop,
-    extras: &[i32],
+    extra_poll: Option<&squeue::Entry>,
     tick_entry: &squeue::Entry,
-    outbox: &mut Outbox,
+    outbox: &mut Outbox<'_>,
 ) -> io::Result<()> {
     let mut batch: [(u64, i32, u32); DRAIN] = [(0, 0, 0); DRAIN];
     loop {
@@ -415,7 +375,9 @@ fn run_loop<H: Handler>(
                     USER_RECV => {
                         if result >= 0 {
                             w.on_datagram(handler, fd, result, flags)?;
-                        } else if result != -libc::ENOBUFS {
+                        } else if result == -libc::ENOBUFS {
+                            handler.dropped(DropReason::NoBuffer, 1);
+                        } else {
                             handler.io_error(io::Error::from_raw_os_error(-result));
                         }
                         rearm |= !cqueue::more(flags);
@@ -423,15 +385,15 @@ fn run_loop<H: Handler>(
                     USER_STOP => return Ok(()),
                     USER_TICK => {
                         handler.tick(outbox);
+                        outbox.report(handler);
                         w.push(tick_entry)?;
                     }
-                    u if u >= USER_EXTRA && u < USER_EXTRA + extras.len() as u64 => {
-                        let index = (u - USER_EXTRA) as usize;
-                        if result >= 0 {
-                            w.on_extra(handler, index, result, flags, outbox);
-                        }
-                        if !cqueue::more(flags) {
-                            w.arm_recv_as(extras[index], u)?;
+                    USER_EXTRA => {
+                        handler.extra_ready(outbox);
+                        outbox.report(handler);
+                        // One-shot: armed again after each readiness, once the handler has read.
+                        if let Some(entry) = extra_poll {
+                            w.push(entry)?;
                         }
                     }
                     _ => {}
@@ -441,7 +403,6 @@ fn run_loop<H: Handler>(
             if rearm {
                 w.arm_recv(fd)?;
             }
-            w.flush_outbox(handler, fd, outbox)?;
             if stop.fired() {
                 return Ok(());
             }

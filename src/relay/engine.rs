@@ -1,78 +1,162 @@
-//! One worker's relay: its own upstream sockets, pending table and cache. Nothing here is shared
-//! with another worker, so no query crosses threads.
+//! One worker's relay logic: pending table, dedupe, acceptance, retries, cache. It does no I/O of
+//! its own: it tells a [`Wire`] which datagrams to send from which fresh socket, and is told what
+//! came back, with the time passed in. Nothing here is shared with another worker.
 //!
 //! ```text
-//!  client query (not managed) ─► ACL ─► cache hit? ─► reply now
-//!                                          │ miss
-//!                                          ▼
-//!        same question in flight? ── yes ─► wait on it (no second upstream query)
-//!                                          │ no
-//!                                          ▼
-//!        random socket (source port) + random ID ─► upstream ─► pending[(socket, id)]
-//!  upstream datagram ─► pending[(socket, id)] ─► accept(source, ID, exact question) ─► cache
-//!                                                   │ refused: counted, ignored
-//!                                                   ▼
-//!                                     every waiter: copy + patch (ID, question case, TTLs)
-//!  tick ─► pending past the timeout ─► retry once on the next upstream, else SERVFAIL
+//!  client query (not managed) ─► cache hit? ─► reply now
+//!                                   │ miss
+//!                                   ▼
+//!        same question in flight? ── yes ─► wait on it (up to a bound; past it SERVFAIL,
+//!                                   │ no                 never a second upstream query)
+//!                                   ▼
+//!        random ID, random letter case (0x20) ─► Wire::send_udp(token): a socket of its own,
+//!                                                connected to the upstream, on a random port
+//!  datagram on token's socket ─► accept(source, ID, question and its case)
+//!        │ refused: counted (forged, case), still waiting       │ TC=1: Wire::send_tcp(token')
+//!        ▼ accepted: socket closed, cached, every waiter: copy + patch (ID, case, TTLs)
+//!  tick ─► past the timeout ─► replies in another case came: once more without 0x20
+//!                              else retry once on the next upstream, else SERVFAIL
 //! ```
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, UdpSocket};
+use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::cache::{key_bytes, Cache, CacheKey, KEY_MAX};
-use super::upstream::{accept, Sent};
+use super::cache::{fit_for_client, key_bytes, Cache, CacheKey, KEY_MAX};
+use super::random::{Fill, Random};
+use super::upstream::{accept, Refusal, Sent};
+use super::RelayError;
 use crate::config::RelayConfig;
 use crate::dns::answer::{self, Template, Transport};
-use crate::dns::query::{flag, rcode, Query, HEADER_LEN};
-use crate::io::Outbox;
+use crate::dns::query::{self, flag, rcode, Query, HEADER_LEN, TYPE_OPT};
 
-/// Clients waiting on one upstream query, at most.
-const MAX_WAITERS: usize = 32;
+/// Clients waiting on one upstream query, at most (each holds its header and question: a few
+/// hundred bytes at worst). `max_waiters` bounds all questions of a worker together.
+pub const WAITERS_PER_QUESTION: usize = 4096;
 /// Failures in a row that take an upstream out of rotation.
 const UPSTREAM_FALL: u32 = 3;
 /// How long a failed upstream is skipped before it is tried again.
 const UPSTREAM_RETRY_AFTER: Duration = Duration::from_secs(5);
+/// Queries that timed out after a reply in another letter case, with no reply in the case sent
+/// between them, before an upstream is taken to not preserve case and queried without 0x20.
+const NO_CAPS_AFTER: u32 = 3;
+/// The UDP payload size dnlb advertises upstream in the OPT of every forwarded query that has one
+/// (DNS Flag Day 2020): larger answers come with TC=1 and are fetched over TCP, so no reply needs
+/// IP fragments, which a forger could replace without knowing the ID or the port.
+pub const UPSTREAM_PAYLOAD: u16 = 1232;
+
+/// Identifies one upstream exchange (and the socket or connection the [`Wire`] opened for it).
+/// Never reused.
+pub type Token = u64;
+
+/// The I/O the engine drives. Every exchange gets a socket of its own, opened by `send_*` and
+/// closed by [`Wire::close`]; what arrives on it is handed back to [`Engine::on_reply`] or
+/// [`Engine::on_failure`] with its token.
+pub trait Wire {
+    /// Sends `bytes` to `to` from a fresh UDP socket connected to `to` (so its source port is
+    /// random and the kernel drops datagrams from anyone else).
+    fn send_udp(&mut self, token: Token, to: SocketAddr, bytes: &[u8]) -> io::Result<()>;
+    /// Sends `bytes` to `to` over a fresh TCP connection, length-prefixed (RFC 7766); the reply
+    /// comes back whole.
+    fn send_tcp(&mut self, token: Token, to: SocketAddr, bytes: &[u8]) -> io::Result<()>;
+    /// Closes whatever `token` has open (nothing if it has nothing).
+    fn close(&mut self, token: Token);
+}
+
+/// Where the engine puts replies to clients that were waiting.
+pub trait Replies {
+    /// Adds a reply to `peer`, written by `write` into a buffer (it returns the length; 0: none).
+    fn push(&mut self, peer: SocketAddr, write: &mut dyn FnMut(&mut [u8]) -> usize);
+}
 
 /// What the relay did with a query.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Forwarded {
-    /// Answered now (a cache hit, REFUSED or SERVFAIL): this many bytes are in `out`.
+    /// Answered now (a cache hit, or SERVFAIL): this many bytes are in `out`.
     Answered(usize),
-    /// Sent upstream (or joined a query in flight); the answer comes through the outbox.
+    /// Sent upstream (or joined a query in flight); the answer comes through [`Replies`].
     Pending,
 }
 
-/// Relay counters, for the worker's totals.
+/// What [`Engine::on_reply`] did with a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Accepted: the exchange is over and its socket closed.
+    Taken,
+    /// Refused (counted); the exchange still waits for its reply.
+    Refused,
+    /// No exchange has this token (any more): a late reply, counted.
+    Unknown,
+}
+
+/// Relay counters, published into the worker's counters.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct RelayStats {
-    /// Queries sent upstream, retries included.
+    /// Queries sent upstream, retries and health checks included.
     pub forwarded: u64,
     /// Answers served from the cache.
     pub cache_hits: u64,
-    /// Upstream datagrams refused (wrong source, ID or question; late).
-    pub refused_replies: u64,
-    /// Upstream queries that timed out.
+    /// Upstream exchanges that timed out.
     pub timeouts: u64,
+    /// Upstream messages refused: not a response, another ID, another question.
+    pub forged: u64,
+    /// Upstream messages refused for the letter case of the question alone (0x20).
+    pub case_mismatches: u64,
+    /// Messages for an exchange that was already over.
+    pub late: u64,
+    /// UDP replies larger than the [`UPSTREAM_PAYLOAD`] dnlb advertised (used all the same).
+    pub oversize: u64,
+    /// Queries asked again over TCP after a reply with TC=1.
+    pub tcp_retries: u64,
+    /// Queries failed because the system's random source failed.
+    pub random_failures: u64,
+    /// Queries answered SERVFAIL because too many clients were waiting already.
+    pub waiters_full: u64,
+    /// Queries answered SERVFAIL because `max_pending` upstream queries were in flight.
+    pub pending_full: u64,
+    /// Upstream sends the kernel refused (socket, connect or send failed).
+    pub send_errors: u64,
+    /// Exchanges the upstream broke (ICMP unreachable, TCP reset or early close).
+    pub upstream_errors: u64,
+    /// Upstreams found not to preserve letter case, now queried without 0x20.
+    pub no_caps: u64,
 }
 
+/// A client waiting on an upstream query.
 struct Waiter {
     peer: SocketAddr,
+    /// Its header and question, as it sent them.
     head: Box<[u8]>,
     query: Query,
     transport: Transport,
 }
 
+/// One question in flight upstream.
 struct Pending {
-    sent: Sent,
+    /// The query as forwarded, before ID and letter case are drawn: the first client's message
+    /// with the name in lower case and dnlb's EDNS size.
+    query: Box<[u8]>,
+    /// Where the question ends in `query`.
+    question_end: usize,
     key: CacheKey,
-    bytes: Box<[u8]>,
     waiters: Vec<Waiter>,
+    /// What went out last, to check replies against.
+    sent: Sent,
     started: Instant,
     upstream: usize,
     group: usize,
+    /// Already moved to another upstream once.
     retried: bool,
+    /// Sent with random letter case.
+    caps: bool,
+    /// A reply with the right ID came in another letter case.
+    case_mismatch: bool,
+    /// The UDP reply with TC=1, kept while the question is asked again over TCP.
+    truncated: Option<Box<[u8]>>,
+    /// A health check: nobody waits, never retried or cached.
+    check: bool,
 }
 
 /// Whether wire name `name` is `domain` or lies under it (label boundaries respected).
@@ -106,14 +190,26 @@ pub fn upstreams_for<'c>(config: &'c RelayConfig, name: &[u8]) -> &'c [SocketAdd
     }
 }
 
-#[derive(Debug, Default, Clone, Copy)]
-struct UpstreamHealth {
+/// What the engine knows of one upstream.
+#[derive(Debug, Clone, Copy)]
+struct UpstreamState {
+    /// Failures in a row (timeouts, SERVFAIL, ICMP errors).
     failures: u32,
     last_failure: Option<Instant>,
+    /// Whether queries to it get random letter case.
+    caps: bool,
+    /// Timeouts after a reply in another case, with no reply in the case sent since.
+    case_failures: u32,
 }
 
-/// One worker's relay.
-pub struct Relay {
+impl UpstreamState {
+    fn new() -> UpstreamState {
+        UpstreamState { failures: 0, last_failure: None, caps: true, case_failures: 0 }
+    }
+}
+
+/// One worker's relay logic.
+pub struct Engine {
     config: Arc<RelayConfig>,
     /// Every upstream, the default list first, then each route's.
     upstreams: Vec<SocketAddr>,
@@ -123,23 +219,30 @@ pub struct Relay {
     routes: Vec<(Box<[u8]>, usize)>,
     /// Per group, where round-robin goes next.
     next: Vec<usize>,
-    /// The health-check query (ID patched per send) and when each upstream is next checked.
+    /// The health-check query (ID and case drawn per send) and when each upstream is next checked.
     health_query: Option<Box<[u8]>>,
     next_check: Vec<Instant>,
-    sockets: Vec<UdpSocket>,
-    pending: HashMap<(usize, u16), Pending>,
-    by_key: HashMap<CacheKey, (usize, u16)>,
+    state: Vec<UpstreamState>,
+    pending: HashMap<Token, Pending>,
+    by_key: HashMap<CacheKey, Token>,
+    /// Clients waiting, all pending questions together.
+    waiting: usize,
+    next_token: Token,
     cache: Cache,
-    health: Vec<UpstreamHealth>,
-    random: Vec<u64>,
+    random: Random,
+    /// The message being sent (reused, so a send allocates only what it keeps).
+    scratch: Vec<u8>,
+    /// Tokens past their deadline (reused by `tick`).
+    expired: Vec<Token>,
     servfail: Template,
     /// Counters.
     pub stats: RelayStats,
 }
 
-impl Relay {
-    /// Opens this worker's upstream sockets (each bound to a random ephemeral port).
-    pub fn new(config: Arc<RelayConfig>) -> std::io::Result<Relay> {
+impl Engine {
+    /// The relay logic for `config`, with random bytes from `fill`; fails if `fill` does.
+    pub fn new(config: Arc<RelayConfig>, fill: Fill, now: Instant) -> Result<Engine, RelayError> {
+        let random = Random::new(fill).map_err(RelayError::Random)?;
         let mut upstreams: Vec<SocketAddr> = config.upstreams.clone();
         let mut groups = vec![(0..upstreams.len()).collect::<Vec<usize>>()];
         let mut routes = Vec::new();
@@ -149,14 +252,6 @@ impl Relay {
             groups.push((start..upstreams.len()).collect());
             routes.push((crate::dns::wire_name(&r.domain).into_boxed_slice(), i + 1));
         }
-        let any_v6 = upstreams.iter().any(SocketAddr::is_ipv6);
-        let mut sockets = Vec::new();
-        for _ in 0..config.sockets_per_worker {
-            let bind: SocketAddr = if any_v6 { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("literal");
-            let s = UdpSocket::bind(bind)?;
-            s.set_nonblocking(true)?;
-            sockets.push(s);
-        }
         let health_query = config.health_check.as_ref().map(|name| {
             // A plain `NAME A` query with RD set.
             let mut q = vec![0, 0, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
@@ -164,47 +259,36 @@ impl Relay {
             q.extend_from_slice(&[0, 1, 0, 1]);
             q.into_boxed_slice()
         });
-        let now = Instant::now();
-        Ok(Relay {
+        Ok(Engine {
             health_query,
             next_check: vec![now; upstreams.len()],
-            cache: Cache::new(config.cache_entries),
-            health: vec![UpstreamHealth::default(); upstreams.len()],
+            cache: Cache::new(config.cache_entries, config.cache_bytes, config.max_ttl),
+            state: vec![UpstreamState::new(); upstreams.len()],
             next: vec![0; groups.len()],
             upstreams,
             groups,
             routes,
-            sockets,
             pending: HashMap::new(),
             by_key: HashMap::new(),
-            random: Vec::new(),
+            waiting: 0,
+            next_token: 1,
+            random,
+            scratch: Vec::new(),
+            expired: Vec::new(),
             servfail: Template::empty(false, rcode::SERVFAIL),
             stats: RelayStats::default(),
             config,
         })
     }
 
-    /// The upstream sockets, for the worker loop to read.
-    pub fn sockets(&self) -> &[UdpSocket] {
-        &self.sockets
-    }
-
-    /// Upstream queries in flight.
+    /// Upstream exchanges in flight.
     pub fn pending(&self) -> usize {
         self.pending.len()
     }
 
-    fn random(&mut self) -> u64 {
-        if self.random.is_empty() {
-            let mut bytes = [0u8; 4096];
-            // Without OS randomness the clock still varies IDs; only spoofing resistance suffers.
-            if getrandom::fill(&mut bytes).is_err() {
-                let t = Instant::now().elapsed().subsec_nanos();
-                bytes.iter_mut().enumerate().for_each(|(i, b)| *b = (t >> (i % 24)) as u8 ^ i as u8);
-            }
-            self.random = bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect();
-        }
-        self.random.pop().unwrap_or_default()
+    /// Clients waiting on them.
+    pub fn waiting(&self) -> usize {
+        self.waiting
     }
 
     /// The next upstream of `group` to use: healthy ones in turn; when all are resting, the one
@@ -215,9 +299,9 @@ impl Relay {
         for k in 0..n {
             let pos = (self.next[group] + k) % n;
             let i = members[pos];
-            let h = self.health[i];
+            let h = self.state[i];
             let resting = h.failures >= UPSTREAM_FALL
-                && h.last_failure.is_some_and(|t| now.duration_since(t) < UPSTREAM_RETRY_AFTER);
+                && h.last_failure.is_some_and(|t| now.saturating_duration_since(t) < UPSTREAM_RETRY_AFTER);
             if !resting && Some(i) != avoid {
                 self.next[group] = (pos + 1) % n;
                 return i;
@@ -227,11 +311,12 @@ impl Relay {
             .iter()
             .copied()
             .filter(|&i| Some(i) != avoid || n == 1)
-            .min_by_key(|&i| self.health[i].last_failure)
+            .min_by_key(|&i| self.state[i].last_failure)
             .unwrap_or(members[0])
     }
 
-    /// Handles a query for a name dnlb does not manage, from `peer`.
+    /// Handles a query for a name dnlb does not manage (`name`: its lower-case wire name), from
+    /// `peer`.
     #[allow(clippy::too_many_arguments)]
     pub fn query(
         &mut self,
@@ -242,166 +327,397 @@ impl Relay {
         transport: Transport,
         out: &mut [u8],
         now: Instant,
+        wire: &mut dyn Wire,
     ) -> Forwarded {
         // A cache hit allocates nothing: the key is built on the stack and borrowed.
         let mut key_buf = [0u8; KEY_MAX];
         let dnssec_ok = query.edns.is_some_and(|e| e.dnssec_ok);
-        let key = key_bytes(name, query.qtype, query.qclass, dnssec_ok, &mut key_buf);
+        let checking_disabled = query.flags & flag::CD != 0;
+        let key = key_bytes(name, query.qtype, query.qclass, dnssec_ok, checking_disabled, &mut key_buf);
         if let Some(n) = self.cache.answer(key, packet, query, transport, out, now) {
             self.stats.cache_hits += 1;
             return Forwarded::Answered(n);
         }
-        let waiter = Waiter { peer, head: packet[..query.question_end].into(), query: *query, transport };
-        if let Some(slot) = self.by_key.get(key) {
-            if let Some(p) = self.pending.get_mut(slot) {
-                if p.waiters.len() < MAX_WAITERS {
-                    p.waiters.push(waiter);
-                    return Forwarded::Pending;
-                }
+        let q_end = query.question_end;
+        if packet.len() < q_end || name.len() != query.name_len || q_end != HEADER_LEN + name.len() + 4 {
+            return self.servfail_now(packet, query, transport, out);
+        }
+        let waiter = Waiter { peer, head: packet[..q_end].into(), query: *query, transport };
+        if let Some(p) = self.by_key.get(key).and_then(|t| self.pending.get_mut(t)) {
+            if p.waiters.len() < WAITERS_PER_QUESTION && self.waiting < self.config.max_waiters {
+                p.waiters.push(waiter);
+                self.waiting += 1;
+                return Forwarded::Pending;
             }
+            self.stats.waiters_full += 1;
+            return self.servfail_now(packet, query, transport, out);
         }
         if self.pending.len() >= self.config.max_pending {
-            return Forwarded::Answered(answer::write_reply(packet, query, &self.servfail, transport, out).len);
+            self.stats.pending_full += 1;
+            return self.servfail_now(packet, query, transport, out);
         }
-        let bytes: Box<[u8]> = packet.into();
-        let question: Box<[u8]> = packet[HEADER_LEN..query.question_end].into();
+        if self.waiting >= self.config.max_waiters {
+            self.stats.waiters_full += 1;
+            return self.servfail_now(packet, query, transport, out);
+        }
+        let mut forwarded = packet.to_vec();
+        forwarded[HEADER_LEN..HEADER_LEN + name.len()].copy_from_slice(name);
+        advertise_payload(&mut forwarded, q_end);
         let group = route_for(&self.routes, name).unwrap_or(0);
         let upstream = self.choose_upstream(group, now, None);
-        let key = CacheKey::new(name, query.qtype, query.qclass, dnssec_ok);
-        match self.send(bytes, question, key, vec![waiter], (upstream, group), now, false) {
-            Ok(()) => Forwarded::Pending,
-            Err(_waiter) => Forwarded::Answered(answer::write_reply(packet, query, &self.servfail, transport, out).len),
+        let p = Pending {
+            query: forwarded.into(),
+            question_end: q_end,
+            key: CacheKey::new(name, query.qtype, query.qclass, dnssec_ok, checking_disabled),
+            waiters: vec![waiter],
+            sent: unsent(self.upstreams[upstream]),
+            started: now,
+            upstream,
+            group,
+            retried: false,
+            caps: self.state[upstream].caps,
+            case_mismatch: false,
+            truncated: None,
+            check: false,
+        };
+        match self.launch(p, now, wire) {
+            Ok(()) => {
+                self.waiting += 1;
+                Forwarded::Pending
+            }
+            Err(_unsent) => self.servfail_now(packet, query, transport, out),
         }
     }
 
-    /// Sends `bytes` (a client query) upstream under a fresh random socket and ID; on failure the
-    /// waiters come back so they can be answered SERVFAIL.
-    #[allow(clippy::too_many_arguments)]
-    fn send(
-        &mut self,
-        mut bytes: Box<[u8]>,
-        question: Box<[u8]>,
-        key: CacheKey,
-        waiters: Vec<Waiter>,
-        (upstream, group): (usize, usize),
-        now: Instant,
-        retried: bool,
-    ) -> Result<(), Vec<Waiter>> {
-        let target = self.upstreams[upstream];
-        let mut slot = None;
-        for _ in 0..16 {
-            let r = self.random();
-            let candidate = ((r as usize >> 16) % self.sockets.len(), r as u16);
-            if !self.pending.contains_key(&candidate) {
-                slot = Some(candidate);
-                break;
-            }
+    fn servfail_now(&self, packet: &[u8], query: &Query, transport: Transport, out: &mut [u8]) -> Forwarded {
+        Forwarded::Answered(answer::write_reply(packet, query, &self.servfail, transport, out).len)
+    }
+
+    /// Sends `p` to its upstream over UDP under a fresh token, a random ID and (if `p.caps`)
+    /// random letter case, and files it as pending. On failure (counted) `p` comes back.
+    fn launch(&mut self, mut p: Pending, now: Instant, wire: &mut dyn Wire) -> Result<(), Box<Pending>> {
+        let Some(id) = self.random.u16() else {
+            self.stats.random_failures += 1;
+            return Err(Box::new(p));
+        };
+        let q_end = p.question_end;
+        self.scratch.clear();
+        self.scratch.extend_from_slice(&p.query);
+        self.scratch[..2].copy_from_slice(&id.to_be_bytes());
+        if p.caps && randomise_case(&mut self.scratch[HEADER_LEN..q_end - 4], &mut self.random).is_none() {
+            self.stats.random_failures += 1;
+            return Err(Box::new(p));
         }
-        let Some((socket, id)) = slot else { return Err(waiters) };
-        bytes[..2].copy_from_slice(&id.to_be_bytes());
-        if self.sockets[socket].send_to(&bytes, target).is_err() {
-            return Err(waiters);
+        let token = self.next_token;
+        self.next_token += 1;
+        let to = self.upstreams[p.upstream];
+        if wire.send_udp(token, to, &self.scratch).is_err() {
+            wire.close(token);
+            self.stats.send_errors += 1;
+            self.note_failure(p.upstream, now);
+            return Err(Box::new(p));
         }
         self.stats.forwarded += 1;
-        self.by_key.insert(key.clone(), (socket, id));
-        let sent = Sent { upstream: target, id, question };
-        self.pending
-            .insert((socket, id), Pending { sent, key, bytes, waiters, started: now, upstream, group, retried });
+        p.sent = Sent { upstream: to, id, question: self.scratch[HEADER_LEN..q_end].into(), exact_case: p.caps };
+        p.started = now;
+        if !p.check {
+            self.by_key.insert(p.key.clone(), token);
+        }
+        self.pending.insert(token, p);
         Ok(())
     }
 
-    /// A datagram arrived on upstream socket `index`.
-    pub fn on_reply(&mut self, index: usize, data: &[u8], from: SocketAddr, out: &mut Outbox, now: Instant) {
-        if data.len() < 2 {
-            self.stats.refused_replies += 1;
-            return;
+    /// Takes exchange `token` out of the tables and closes its socket.
+    fn remove(&mut self, token: Token, wire: &mut dyn Wire) -> Option<Pending> {
+        let p = self.pending.remove(&token)?;
+        wire.close(token);
+        if self.by_key.get(&p.key) == Some(&token) {
+            self.by_key.remove(&p.key);
         }
-        let slot = (index, u16::from_be_bytes([data[0], data[1]]));
-        let Some(p) = self.pending.get(&slot) else {
-            self.stats.refused_replies += 1;
-            return;
+        Some(p)
+    }
+
+    /// A message arrived for exchange `token` from `from` (over UDP: the socket's connected peer;
+    /// over TCP: the upstream).
+    pub fn on_reply(
+        &mut self,
+        token: Token,
+        data: &[u8],
+        from: SocketAddr,
+        out: &mut dyn Replies,
+        now: Instant,
+        wire: &mut dyn Wire,
+    ) -> Verdict {
+        let Some(p) = self.pending.get_mut(&token) else {
+            self.stats.late += 1;
+            return Verdict::Unknown;
         };
-        if accept(data, from, &p.sent).is_err() {
-            self.stats.refused_replies += 1;
-            return;
+        match accept(data, from, &p.sent) {
+            Ok(()) => {}
+            Err(Refusal::Case) => {
+                self.stats.case_mismatches += 1;
+                p.case_mismatch = true;
+                return Verdict::Refused;
+            }
+            Err(_) => {
+                self.stats.forged += 1;
+                return Verdict::Refused;
+            }
         }
-        let Some(p) = self.pending.remove(&slot) else { return };
-        self.by_key.remove(&p.key);
-        self.health[p.upstream] = UpstreamHealth::default();
-        let rcode = data.get(3).map_or(0, |b| b & 0xf);
-        if rcode == rcode::SERVFAIL {
+        let Some(mut p) = self.remove(token, wire) else { return Verdict::Unknown };
+        let over_tcp = p.truncated.is_some();
+        if !over_tcp && data.len() > usize::from(UPSTREAM_PAYLOAD) {
+            self.stats.oversize += 1;
+        }
+        if p.caps {
+            self.state[p.upstream].case_failures = 0;
+        }
+        let flags = u16::from_be_bytes([data[2], data[3]]);
+        if (flags & 0xf) as u8 == rcode::SERVFAIL {
             self.note_failure(p.upstream, now);
+            self.retry_or_fail(p, now, out, wire);
+            return Verdict::Taken;
+        }
+        self.state[p.upstream].failures = 0;
+        self.state[p.upstream].last_failure = None;
+        if p.check {
+            return Verdict::Taken;
+        }
+        if flags & flag::TC != 0 && !over_tcp {
+            match self.retry_over_tcp(p, data, now, wire) {
+                Ok(()) => return Verdict::Taken,
+                Err(back) => p = *back,
+            }
         }
         self.cache.insert(p.key.clone(), data, now);
+        self.deliver(&p, data, now, out);
+        Verdict::Taken
+    }
+
+    /// Asks `p` again over TCP (same ID and case) after a UDP reply with TC=1.
+    fn retry_over_tcp(
+        &mut self,
+        mut p: Pending,
+        data: &[u8],
+        now: Instant,
+        wire: &mut dyn Wire,
+    ) -> Result<(), Box<Pending>> {
+        let q_end = p.question_end;
+        self.scratch.clear();
+        self.scratch.extend_from_slice(&p.query);
+        self.scratch[..2].copy_from_slice(&p.sent.id.to_be_bytes());
+        self.scratch[HEADER_LEN..q_end].copy_from_slice(&p.sent.question);
+        let token = self.next_token;
+        self.next_token += 1;
+        if wire.send_tcp(token, p.sent.upstream, &self.scratch).is_err() {
+            wire.close(token);
+            self.stats.send_errors += 1;
+            return Err(Box::new(p));
+        }
+        self.stats.tcp_retries += 1;
+        p.truncated = Some(data.into());
+        p.started = now;
+        self.by_key.insert(p.key.clone(), token);
+        self.pending.insert(token, p);
+        Ok(())
+    }
+
+    /// Exchange `token`'s socket failed: an ICMP error on UDP, a TCP connection refused, reset or
+    /// closed early.
+    pub fn on_failure(&mut self, token: Token, out: &mut dyn Replies, now: Instant, wire: &mut dyn Wire) {
+        let Some(mut p) = self.remove(token, wire) else { return };
+        self.stats.upstream_errors += 1;
+        if let Some(truncated) = p.truncated.take() {
+            // The TCP retry failed: the client gets the truncated answer and may try TCP itself.
+            self.deliver(&p, &truncated, now, out);
+            return;
+        }
+        self.note_failure(p.upstream, now);
+        self.retry_or_fail(p, now, out, wire);
+    }
+
+    /// Once more on the next upstream of its group if it has not moved yet, else SERVFAIL.
+    fn retry_or_fail(&mut self, mut p: Pending, now: Instant, out: &mut dyn Replies, wire: &mut dyn Wire) {
+        if !p.retried && !p.check && self.groups[p.group].len() > 1 {
+            let next = self.choose_upstream(p.group, now, Some(p.upstream));
+            p.retried = true;
+            p.upstream = next;
+            p.caps = self.state[next].caps;
+            p.case_mismatch = false;
+            match self.launch(p, now, wire) {
+                Ok(()) => return,
+                Err(back) => p = *back,
+            }
+        }
+        self.fail_waiters(&p, out);
+    }
+
+    /// Answers every waiter of `p` from `data` (through the cache where it kept the reply).
+    fn deliver(&mut self, p: &Pending, data: &[u8], now: Instant, out: &mut dyn Replies) {
+        let max_ttl = self.config.max_ttl;
         for w in &p.waiters {
             let cache = &mut self.cache;
-            out.push(w.peer, |buf| match cache.answer(p.key.as_bytes(), &w.head, &w.query, w.transport, buf, now) {
-                Some(n) => n,
-                None => patch_raw(data, w, buf),
-            });
+            out.push(
+                w.peer,
+                &mut |buf| match cache.answer(p.key.as_bytes(), &w.head, &w.query, w.transport, buf, now) {
+                    Some(n) => n,
+                    None => patch_raw(data, &w.head, &w.query, w.transport, max_ttl, buf),
+                },
+            );
         }
+        self.waiting = self.waiting.saturating_sub(p.waiters.len());
+    }
+
+    /// Answers every waiter of `p` SERVFAIL.
+    fn fail_waiters(&mut self, p: &Pending, out: &mut dyn Replies) {
+        for w in &p.waiters {
+            let servfail = &self.servfail;
+            out.push(w.peer, &mut |buf| answer::write_reply(&w.head, &w.query, servfail, w.transport, buf).len);
+        }
+        self.waiting = self.waiting.saturating_sub(p.waiters.len());
     }
 
     fn note_failure(&mut self, upstream: usize, now: Instant) {
-        let h = &mut self.health[upstream];
+        let h = &mut self.state[upstream];
         h.failures = h.failures.saturating_add(1);
         h.last_failure = Some(now);
     }
 
     /// Sends the health-check query to every upstream whose turn it is. Its reply resets the
     /// upstream's failures (in `on_reply`); its timeout counts one (in `tick`); nobody waits on it.
-    fn check_upstreams(&mut self, now: Instant) {
-        let Some(query) = self.health_query.clone() else { return };
+    fn check_upstreams(&mut self, now: Instant, wire: &mut dyn Wire) {
         for i in 0..self.upstreams.len() {
             if now < self.next_check[i] {
                 continue;
             }
-            self.next_check[i] = now + self.config.health_check_interval;
+            let Some(query) = self.health_query.clone() else { return };
+            let q_end = query.len();
+            self.next_check[i] = now.checked_add(self.config.health_check_interval).unwrap_or(now);
             let group = self.groups.iter().position(|g| g.contains(&i)).unwrap_or(0);
-            let name_end = query.len() - 4;
-            let key = CacheKey::new(&query[HEADER_LEN..name_end], 1, 1, false);
-            let question: Box<[u8]> = query[HEADER_LEN..].into();
-            // `retried = true`: a health check is never retried elsewhere.
-            let _unsent = self.send(query.clone(), question, key, Vec::new(), (i, group), now, true);
+            let p = Pending {
+                query: query.clone(),
+                question_end: q_end,
+                key: CacheKey::new(&query[HEADER_LEN..q_end - 4], 1, 1, false, false),
+                waiters: Vec::new(),
+                sent: unsent(self.upstreams[i]),
+                started: now,
+                upstream: i,
+                group,
+                retried: true,
+                caps: self.state[i].caps,
+                case_mismatch: false,
+                truncated: None,
+                check: true,
+            };
+            // A check that cannot be sent is counted in `launch`; the next one is due anyway.
+            if self.launch(p, now, wire).is_err() {
+                continue;
+            }
         }
     }
 
-    /// Retries or fails every query past the timeout, and sends due health checks.
-    pub fn tick(&mut self, out: &mut Outbox, now: Instant) {
-        self.check_upstreams(now);
+    /// Moves on every exchange past the timeout, and sends due health checks.
+    pub fn tick(&mut self, out: &mut dyn Replies, now: Instant, wire: &mut dyn Wire) {
+        self.check_upstreams(now, wire);
         let timeout = self.config.timeout;
-        let expired: Vec<(usize, u16)> =
-            self.pending.iter().filter(|(_, p)| now.duration_since(p.started) >= timeout).map(|(k, _)| *k).collect();
-        for slot in expired {
-            let Some(p) = self.pending.remove(&slot) else { continue };
-            self.by_key.remove(&p.key);
+        let mut expired = std::mem::take(&mut self.expired);
+        expired.clear();
+        expired.extend(
+            self.pending.iter().filter(|(_, p)| now.saturating_duration_since(p.started) >= timeout).map(|(t, _)| *t),
+        );
+        for &token in &expired {
+            let Some(mut p) = self.remove(token, wire) else { continue };
             self.stats.timeouts += 1;
-            self.note_failure(p.upstream, now);
-            let waiters = if !p.retried && self.groups[p.group].len() > 1 {
-                // Once more, on the next upstream of its group, with a fresh socket and ID.
-                let next = self.choose_upstream(p.group, now, Some(p.upstream));
-                let Pending { sent, key, bytes, waiters, group, .. } = p;
-                match self.send(bytes, sent.question, key, waiters, (next, group), now, true) {
-                    Ok(()) => continue,
-                    Err(waiters) => waiters,
-                }
-            } else {
-                p.waiters
-            };
-            for w in &waiters {
-                let servfail = &self.servfail;
-                out.push(w.peer, |buf| answer::write_reply(&w.head, &w.query, servfail, w.transport, buf).len);
+            if let Some(truncated) = p.truncated.take() {
+                // The TCP retry took too long: the client gets the truncated answer.
+                self.deliver(&p, &truncated, now, out);
+                continue;
             }
+            if p.caps && p.case_mismatch {
+                // Replies came in another case and none in ours: a forger, or an upstream that
+                // does not preserve case. Ask once more without 0x20, on a fresh socket and ID;
+                // after a few such, stop using 0x20 with this upstream.
+                self.note_case_failure(p.upstream);
+                p.caps = false;
+                p.case_mismatch = false;
+                match self.launch(p, now, wire) {
+                    Ok(()) => continue,
+                    Err(back) => p = *back,
+                }
+                self.fail_waiters(&p, out);
+                continue;
+            }
+            self.note_failure(p.upstream, now);
+            self.retry_or_fail(p, now, out, wire);
+        }
+        self.expired = expired;
+    }
+
+    fn note_case_failure(&mut self, upstream: usize) {
+        let h = &mut self.state[upstream];
+        h.case_failures = h.case_failures.saturating_add(1);
+        if h.caps && h.case_failures >= NO_CAPS_AFTER {
+            h.caps = false;
+            self.stats.no_caps += 1;
+            // Once per upstream and worker: a state change, not a per-packet event.
+            eprintln!(
+                "dnlb: relay: upstream {} does not preserve the letter case of questions; querying it without 0x20 from now on",
+                self.upstreams[upstream]
+            );
         }
     }
 }
 
-/// An upstream reply that the cache would not keep (SERVFAIL, TC, TTL 0), patched for one waiter:
-/// its ID, flags RD/CD and question case; TC with the question alone if it does not fit.
-fn patch_raw(data: &[u8], w: &Waiter, buf: &mut [u8]) -> usize {
-    let q_end = w.query.question_end;
-    let limit = w.transport.limit(&w.query).min(buf.len());
-    if data.len() < q_end {
+/// A `Sent` for an exchange not sent yet (nothing can match it: ID and question are set on send).
+fn unsent(upstream: SocketAddr) -> Sent {
+    Sent { upstream, id: 0, question: Box::new([]), exact_case: true }
+}
+
+/// Sets each letter of `name` (wire format, lower case) to upper or lower case at random. Length
+/// octets are below 64, so never letters. `None` if the random source failed.
+fn randomise_case(name: &mut [u8], random: &mut Random) -> Option<()> {
+    let letters = name.iter().filter(|b| b.is_ascii_alphabetic()).count();
+    let mut bits = [0u8; query::MAX_NAME_LEN.div_ceil(8)];
+    let bits = &mut bits[..letters.div_ceil(8)];
+    random.fill(bits)?;
+    for (k, b) in name.iter_mut().filter(|b| b.is_ascii_alphabetic()).enumerate() {
+        if bits[k / 8] >> (k % 8) & 1 == 1 {
+            b.make_ascii_uppercase();
+        } else {
+            b.make_ascii_lowercase();
+        }
+    }
+    Some(())
+}
+
+/// Sets the UDP payload size in the OPT record of `message` (a query whose question ends at
+/// `question_end`), if it has one, to [`UPSTREAM_PAYLOAD`].
+fn advertise_payload(message: &mut [u8], question_end: usize) {
+    if message.len() < HEADER_LEN {
+        return;
+    }
+    let count = |i: usize| u32::from(u16::from_be_bytes([message[4 + 2 * i], message[5 + 2 * i]]));
+    let records = count(1) + count(2) + count(3);
+    let mut at = question_end;
+    for _ in 0..records {
+        let Some(r) = query::record_at(message, at) else { return };
+        if r.rtype == TYPE_OPT {
+            // The class field, just before the TTL, is the OPT's payload size.
+            message[r.ttl_at - 2..r.ttl_at].copy_from_slice(&UPSTREAM_PAYLOAD.to_be_bytes());
+            return;
+        }
+        at = r.end;
+    }
+}
+
+/// An upstream reply the cache did not keep (SERVFAIL, TC, TTL 0, cache off), patched for one
+/// client (`head`: its header and question): its ID, flags RD and CD, its question case, TTLs at
+/// most `max_ttl`, no OPT if it sent none; the question alone with TC if it does not fit.
+/// Returns the length written to `buf` (0 if `data` is shorter than the question).
+pub fn patch_raw(data: &[u8], head: &[u8], query: &Query, transport: Transport, max_ttl: u32, buf: &mut [u8]) -> usize {
+    let q_end = query.question_end;
+    let limit = transport.limit(query).min(buf.len());
+    if data.len() < q_end || head.len() < q_end || q_end < HEADER_LEN || buf.len() < q_end {
         return 0;
     }
     let len = if data.len() <= limit {
@@ -413,32 +729,32 @@ fn patch_raw(data: &[u8], w: &Waiter, buf: &mut [u8]) -> usize {
         buf[2] |= (flag::TC >> 8) as u8;
         q_end
     };
-    buf[..2].copy_from_slice(&w.head[..2]);
-    let flags =
-        (u16::from_be_bytes([buf[2], buf[3]]) & !(flag::RD | flag::CD)) | (w.query.flags & (flag::RD | flag::CD));
+    buf[..2].copy_from_slice(&head[..2]);
+    let flags = (u16::from_be_bytes([buf[2], buf[3]]) & !(flag::RD | flag::CD)) | (query.flags & (flag::RD | flag::CD));
     buf[2..4].copy_from_slice(&flags.to_be_bytes());
-    buf[HEADER_LEN..q_end].copy_from_slice(&w.head[HEADER_LEN..q_end]);
-    len
+    buf[HEADER_LEN..q_end].copy_from_slice(&head[HEADER_LEN..q_end]);
+    fit_for_client(&mut buf[..len], max_ttl, query.edns.is_some())
 }
 
 /// Relays one query over TCP (for a client that came over TCP): a blocking exchange from the
-/// connection's own thread, trying up to two upstreams. Returns the reply length in `out`.
+/// connection's own thread, trying up to two upstreams. Returns the reply length in `out`, or
+/// `None` (SERVFAIL) when no upstream answered or the system's random source failed.
 pub fn tcp_exchange(config: &RelayConfig, packet: &[u8], query: &Query, out: &mut [u8]) -> Option<usize> {
     use std::io::{Read, Write};
     let question: Box<[u8]> = packet.get(HEADER_LEN..query.question_end)?.into();
     let mut name = [0u8; crate::dns::query::MAX_NAME_LEN];
     crate::dns::query::parse(packet, &mut name).ok()?;
+    let length = u16::try_from(packet.len()).ok()?;
     for upstream in upstreams_for(config, &name[..query.name_len]).iter().take(2) {
         let mut id = [0u8; 2];
-        if getrandom::fill(&mut id).is_err() {
-            id = (Instant::now().elapsed().subsec_nanos() as u16).to_be_bytes();
-        }
+        // No predictable fallback: without randomness the query fails.
+        getrandom::fill(&mut id).ok()?;
         let mut attempt = || -> std::io::Result<Option<usize>> {
             let mut stream = std::net::TcpStream::connect_timeout(upstream, config.timeout)?;
             stream.set_read_timeout(Some(config.timeout))?;
             stream.set_write_timeout(Some(config.timeout))?;
             let mut msg = Vec::with_capacity(packet.len() + 2);
-            msg.extend_from_slice(&(packet.len() as u16).to_be_bytes());
+            msg.extend_from_slice(&length.to_be_bytes());
             msg.extend_from_slice(&id);
             msg.extend_from_slice(&packet[2..]);
             stream.write_all(&msg)?;
@@ -449,11 +765,15 @@ pub fn tcp_exchange(config: &RelayConfig, packet: &[u8], query: &Query, out: &mu
                 return Ok(None);
             }
             stream.read_exact(&mut out[..len])?;
-            let sent = Sent { upstream: *upstream, id: u16::from_be_bytes(id), question: question.clone() };
+            // Over TCP the client's own case goes upstream; a blind forger cannot inject into a
+            // TCP stream, so case is not checked.
+            let sent =
+                Sent { upstream: *upstream, id: u16::from_be_bytes(id), question: question.clone(), exact_case: false };
             if accept(&out[..len], *upstream, &sent).is_err() {
                 return Ok(None);
             }
             out[..2].copy_from_slice(&packet[..2]);
+            out[HEADER_LEN..query.question_end].copy_from_slice(&packet[HEADER_LEN..query.question_end]);
             Ok(Some(len))
         };
         if let Ok(Some(n)) = attempt() {
@@ -467,6 +787,104 @@ pub fn tcp_exchange(config: &RelayConfig, packet: &[u8], query: &Query, out: &mu
 mod tests {
     use super::*;
     use crate::dns::wire_name;
+    use std::collections::HashSet;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Records what the engine asks of the network.
+    #[derive(Default)]
+    struct FakeWire {
+        /// (token, upstream, bytes, over TCP)
+        sent: Vec<(Token, SocketAddr, Vec<u8>, bool)>,
+        open: HashSet<Token>,
+        refuse: bool,
+    }
+
+    impl Wire for FakeWire {
+        fn send_udp(&mut self, token: Token, to: SocketAddr, bytes: &[u8]) -> io::Result<()> {
+            if self.refuse {
+                return Err(io::ErrorKind::ConnectionRefused.into());
+            }
+            self.open.insert(token);
+            self.sent.push((token, to, bytes.to_vec(), false));
+            Ok(())
+        }
+        fn send_tcp(&mut self, token: Token, to: SocketAddr, bytes: &[u8]) -> io::Result<()> {
+            self.open.insert(token);
+            self.sent.push((token, to, bytes.to_vec(), true));
+            Ok(())
+        }
+        fn close(&mut self, token: Token) {
+            self.open.remove(&token);
+        }
+    }
+
+    /// Collects replies to clients.
+    #[derive(Default)]
+    struct Collected(Vec<(SocketAddr, Vec<u8>)>);
+
+    impl Replies for Collected {
+        fn push(&mut self, peer: SocketAddr, write: &mut dyn FnMut(&mut [u8]) -> usize) {
+            let mut buf = vec![0u8; 2048];
+            let n = write(&mut buf);
+            if n > 0 {
+                self.0.push((peer, buf[..n].to_vec()));
+            }
+        }
+    }
+
+    fn config(upstreams: &[&str]) -> RelayConfig {
+        RelayConfig {
+            upstreams: upstreams.iter().map(|u| u.parse().unwrap()).collect(),
+            timeout: Duration::from_millis(500),
+            allow: Vec::new(),
+            cache_entries: 100,
+            cache_bytes: 1 << 20,
+            max_ttl: 3600,
+            max_pending: 100,
+            max_waiters: 10_000,
+            managed_for_all: true,
+            routes: Vec::new(),
+            health_check: None,
+            health_check_interval: Duration::from_secs(5),
+        }
+    }
+
+    fn engine(c: RelayConfig) -> Engine {
+        Engine::new(Arc::new(c), super::super::random::system, Instant::now()).unwrap()
+    }
+
+    fn client_query(name: &str, id: u16, cd: bool) -> Vec<u8> {
+        let mut p = vec![(id >> 8) as u8, id as u8, 0x01, if cd { 0x10 } else { 0 }, 0, 1, 0, 0, 0, 0, 0, 1];
+        for label in name.split('.') {
+            p.push(label.len() as u8);
+            p.extend_from_slice(label.as_bytes());
+        }
+        p.extend_from_slice(&[0, 0, 1, 0, 1]);
+        p.extend_from_slice(&[0, 0, 41, 0x10, 0, 0, 0, 0, 0, 0, 0]);
+        p
+    }
+
+    const CLIENT: &str = "127.0.0.1:40000";
+    const UDP: Transport = Transport::Udp { max_payload: 1232 };
+
+    fn ask(e: &mut Engine, wire: &mut FakeWire, name: &str, id: u16, now: Instant) -> Forwarded {
+        let packet = client_query(name, id, false);
+        let mut lower = [0u8; query::MAX_NAME_LEN];
+        let q = query::parse(&packet, &mut lower).unwrap();
+        let mut out = [0u8; 2048];
+        e.query(&packet, &q, &lower[..q.name_len], CLIENT.parse().unwrap(), UDP, &mut out, now, wire)
+    }
+
+    /// The reply an honest upstream gives to `sent` (its ID and question as sent), with `rcode`.
+    fn reply_to(sent: &[u8], rcode: u8, tc: bool) -> Vec<u8> {
+        let q_end = HEADER_LEN + sent[HEADER_LEN..].iter().position(|&b| b == 0).unwrap() + 1 + 4;
+        let mut r = sent[..q_end].to_vec();
+        r[2] = 0x81 | if tc { 0x02 } else { 0 };
+        r[3] = 0x80 | rcode;
+        r[6..12].copy_from_slice(&[0, 1, 0, 0, 0, 0]);
+        r.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 1]);
+        r
+    }
 
     #[test]
     fn routes_match_whole_labels_and_the_longest_wins() {
@@ -479,5 +897,231 @@ mod tests {
         assert_eq!(route_for(&routes, &wire_name("corp.test")), Some(1));
         assert_eq!(route_for(&routes, &wire_name("notcorp.test")), Some(3), "label boundaries, not string suffixes");
         assert_eq!(route_for(&routes, &wire_name("example.org")), None);
+    }
+
+    #[test]
+    fn identical_questions_share_one_query_up_to_the_bound() {
+        let mut e = engine(config(&["192.0.2.53:53"]));
+        let mut wire = FakeWire::default();
+        let now = Instant::now();
+        for id in 0..WAITERS_PER_QUESTION as u16 {
+            assert_eq!(ask(&mut e, &mut wire, "www.Example.test", id, now), Forwarded::Pending);
+        }
+        assert!(matches!(ask(&mut e, &mut wire, "WWW.example.test", 9999, now), Forwarded::Answered(_)));
+        assert_eq!((wire.sent.len(), e.stats.waiters_full), (1, 1), "SERVFAIL past the bound, no second query");
+        let (token, to, sent, _) = wire.sent[0].clone();
+        let mut out = Collected::default();
+        assert_eq!(e.on_reply(token, &reply_to(&sent, 0, false), to, &mut out, now, &mut wire), Verdict::Taken);
+        assert_eq!(out.0.len(), WAITERS_PER_QUESTION);
+        assert!(wire.open.is_empty(), "the socket is closed");
+        assert_eq!(e.waiting(), 0);
+        // Each client gets its own ID and its own letter case back.
+        assert_eq!(&out.0[7].1[..2], &[0, 7]);
+        assert_eq!(&out.0[7].1[12..16], b"\x03www");
+    }
+
+    #[test]
+    fn all_waiters_together_are_bounded_too() {
+        let mut c = config(&["192.0.2.53:53"]);
+        c.max_waiters = 3;
+        let mut e = engine(c);
+        let mut wire = FakeWire::default();
+        let now = Instant::now();
+        for i in 0..3 {
+            assert_eq!(ask(&mut e, &mut wire, &format!("n{i}.test"), 1, now), Forwarded::Pending);
+        }
+        assert!(matches!(ask(&mut e, &mut wire, "n0.test", 2, now), Forwarded::Answered(_)));
+        assert!(matches!(ask(&mut e, &mut wire, "n9.test", 2, now), Forwarded::Answered(_)));
+        assert_eq!((wire.sent.len(), e.stats.waiters_full), (3, 2));
+    }
+
+    #[test]
+    fn questions_go_out_with_random_case_and_our_edns_size() {
+        let mut e = engine(config(&["192.0.2.53:53"]));
+        let mut wire = FakeWire::default();
+        let name = "abcdefghijklmnop.abcdefghijklmnop.test";
+        ask(&mut e, &mut wire, name, 1, Instant::now());
+        let sent = &wire.sent[0].2;
+        let asked = &sent[13..13 + 16];
+        assert!(asked.eq_ignore_ascii_case(b"abcdefghijklmnop"));
+        assert!(asked.iter().any(u8::is_ascii_uppercase) && asked.iter().any(u8::is_ascii_lowercase), "{asked:?}");
+        let n = sent.len();
+        assert_eq!(u16::from_be_bytes([sent[n - 8], sent[n - 7]]), UPSTREAM_PAYLOAD, "the client's 4096 replaced");
+    }
+
+    #[test]
+    fn a_reply_in_another_case_is_refused_and_an_upstream_that_never_keeps_case_loses_0x20() {
+        let mut e = engine(config(&["192.0.2.53:53"]));
+        let mut wire = FakeWire::default();
+        let mut now = Instant::now();
+        for round in 0..NO_CAPS_AFTER {
+            let mut out = Collected::default();
+            ask(&mut e, &mut wire, &format!("case{round}.example.test"), 1, now);
+            let (token, to, sent, _) = wire.sent.last().unwrap().clone();
+            let mut lowered = reply_to(&sent, 0, false);
+            lowered[12..].make_ascii_lowercase();
+            assert_eq!(e.on_reply(token, &lowered, to, &mut out, now, &mut wire), Verdict::Refused);
+            now += Duration::from_millis(600);
+            e.tick(&mut out, now, &mut wire);
+            let (token, to, again, _) = wire.sent.last().unwrap().clone();
+            assert_eq!(&again[12..], &sent[12..].to_ascii_lowercase()[..], "asked again in lower case");
+            let mut lowered = reply_to(&again, 0, false);
+            lowered[12..].make_ascii_lowercase();
+            assert_eq!(e.on_reply(token, &lowered, to, &mut out, now, &mut wire), Verdict::Taken);
+            assert_eq!(out.0.len(), 1, "answered");
+        }
+        assert_eq!((e.stats.case_mismatches, e.stats.no_caps), (3, 1));
+        ask(&mut e, &mut wire, "after.example.test", 1, now);
+        assert_eq!(&wire.sent.last().unwrap().2[13..18], b"after", "no 0x20 for this upstream any more");
+    }
+
+    #[test]
+    fn servfail_counts_toward_the_failure_limit_and_moves_the_question() {
+        let mut e = engine(config(&["192.0.2.1:53", "192.0.2.2:53"]));
+        let mut wire = FakeWire::default();
+        let now = Instant::now();
+        let bad: SocketAddr = "192.0.2.1:53".parse().unwrap();
+        for i in 0..10 {
+            let mut out = Collected::default();
+            ask(&mut e, &mut wire, &format!("s{i}.test"), 1, now);
+            let (token, to, sent, _) = wire.sent.last().unwrap().clone();
+            let rcode = if to == bad { rcode::SERVFAIL } else { 0 };
+            e.on_reply(token, &reply_to(&sent, rcode, false), to, &mut out, now, &mut wire);
+            if to == bad {
+                let (token, to, sent, _) = wire.sent.last().unwrap().clone();
+                assert_ne!(to, bad, "moved to the other upstream");
+                e.on_reply(token, &reply_to(&sent, 0, false), to, &mut out, now, &mut wire);
+            }
+            assert_eq!(out.0[0].1[3] & 0xf, 0, "the client got the other upstream's answer");
+        }
+        assert_eq!(wire.sent.iter().filter(|s| s.1 == bad).count(), 3, "rests after three SERVFAILs");
+    }
+
+    #[test]
+    fn a_truncated_reply_is_asked_again_over_tcp_with_the_same_id_and_case() {
+        let mut e = engine(config(&["192.0.2.53:53"]));
+        let mut wire = FakeWire::default();
+        let now = Instant::now();
+        let mut out = Collected::default();
+        ask(&mut e, &mut wire, "big.example.test", 1, now);
+        let (token, to, sent, _) = wire.sent[0].clone();
+        e.on_reply(token, &reply_to(&sent, 0, true), to, &mut out, now, &mut wire);
+        let (tcp_token, tcp_to, tcp_sent, tcp) = wire.sent[1].clone();
+        assert!(tcp && tcp_to == to && tcp_sent == sent);
+        assert!(out.0.is_empty());
+        e.on_reply(tcp_token, &reply_to(&sent, 0, false), to, &mut out, now, &mut wire);
+        assert_eq!(out.0.len(), 1);
+        assert_eq!(out.0[0].1[2] & 0x02, 0, "whole");
+        assert_eq!(e.stats.tcp_retries, 1);
+        // A TCP retry that fails gives the client the truncated answer.
+        ask(&mut e, &mut wire, "big2.example.test", 2, now);
+        let (token, to, sent, _) = wire.sent[2].clone();
+        e.on_reply(token, &reply_to(&sent, 0, true), to, &mut out, now, &mut wire);
+        e.on_failure(wire.sent[3].0, &mut out, now, &mut wire);
+        assert_eq!(out.0[1].1[2] & 0x02, 0x02, "TC: the client may ask over TCP itself");
+    }
+
+    #[test]
+    fn forged_and_late_replies_are_counted_and_change_nothing() {
+        let mut e = engine(config(&["192.0.2.53:53"]));
+        let mut wire = FakeWire::default();
+        let now = Instant::now();
+        let mut out = Collected::default();
+        ask(&mut e, &mut wire, "www.example.test", 1, now);
+        let (token, to, sent, _) = wire.sent[0].clone();
+        let good = reply_to(&sent, 0, false);
+        let mut wrong_id = good.clone();
+        wrong_id[1] ^= 1;
+        assert_eq!(e.on_reply(token, &wrong_id, to, &mut out, now, &mut wire), Verdict::Refused);
+        assert_eq!(
+            e.on_reply(token, &good, "192.0.2.54:53".parse().unwrap(), &mut out, now, &mut wire),
+            Verdict::Refused
+        );
+        assert_eq!(e.on_reply(token, &good[..5], to, &mut out, now, &mut wire), Verdict::Refused);
+        assert_eq!(e.on_reply(token, &good, to, &mut out, now, &mut wire), Verdict::Taken);
+        assert_eq!(e.on_reply(token, &good, to, &mut out, now, &mut wire), Verdict::Unknown);
+        assert_eq!((e.stats.forged, e.stats.late, out.0.len()), (3, 1, 1));
+    }
+
+    #[test]
+    fn timeouts_move_the_question_then_fail_it() {
+        let mut e = engine(config(&["192.0.2.1:53", "192.0.2.2:53"]));
+        let mut wire = FakeWire::default();
+        let t0 = Instant::now();
+        let mut out = Collected::default();
+        ask(&mut e, &mut wire, "slow.test", 1, t0);
+        e.tick(&mut out, t0 + Duration::from_millis(499), &mut wire);
+        assert_eq!(wire.sent.len(), 1, "not yet");
+        e.tick(&mut out, t0 + Duration::from_millis(500), &mut wire);
+        assert_eq!(wire.sent.len(), 2);
+        assert_ne!(wire.sent[0].1, wire.sent[1].1, "the other upstream");
+        assert_ne!(wire.sent[0].2[..2], wire.sent[1].2[..2], "a fresh ID");
+        e.tick(&mut out, t0 + Duration::from_secs(3600 * 24 * 365), &mut wire);
+        assert_eq!(out.0.len(), 1);
+        assert_eq!(out.0[0].1[3] & 0xf, rcode::SERVFAIL);
+        assert!(wire.open.is_empty() && e.pending() == 0 && e.waiting() == 0);
+    }
+
+    static BROKEN: AtomicBool = AtomicBool::new(false);
+
+    fn breakable(buf: &mut [u8]) -> Result<(), getrandom::Error> {
+        if BROKEN.load(Ordering::Relaxed) {
+            return Err(getrandom::Error::UNEXPECTED);
+        }
+        getrandom::fill(buf)
+    }
+
+    fn never(_: &mut [u8]) -> Result<(), getrandom::Error> {
+        Err(getrandom::Error::UNSUPPORTED)
+    }
+
+    #[test]
+    fn without_a_random_source_nothing_goes_out() {
+        let mut c = config(&["192.0.2.53:53"]);
+        c.max_pending = 10_000;
+        let c = Arc::new(c);
+        assert!(matches!(Engine::new(c.clone(), never, Instant::now()), Err(RelayError::Random(_))), "no start");
+        let mut e = Engine::new(c, breakable, Instant::now()).unwrap();
+        let mut wire = FakeWire::default();
+        BROKEN.store(true, Ordering::Relaxed);
+        let mut answered = 0;
+        for i in 0..3000 {
+            if matches!(ask(&mut e, &mut wire, &format!("r{i}.test"), 1, Instant::now()), Forwarded::Answered(_)) {
+                answered += 1;
+            }
+        }
+        BROKEN.store(false, Ordering::Relaxed);
+        assert!(answered > 0 && e.stats.random_failures == answered, "{answered} SERVFAIL, {:?}", e.stats);
+        assert_eq!(wire.sent.len() as u64, 3000 - answered, "only queries drawn from the first pool went out");
+    }
+
+    #[test]
+    fn an_icmp_error_moves_the_question_at_once() {
+        let mut e = engine(config(&["192.0.2.1:53", "192.0.2.2:53"]));
+        let mut wire = FakeWire::default();
+        let now = Instant::now();
+        let mut out = Collected::default();
+        ask(&mut e, &mut wire, "icmp.test", 1, now);
+        e.on_failure(wire.sent[0].0, &mut out, now, &mut wire);
+        assert_eq!((wire.sent.len(), e.stats.upstream_errors), (2, 1));
+        wire.refuse = true;
+        assert!(matches!(ask(&mut e, &mut wire, "refused.test", 1, now), Forwarded::Answered(_)));
+        assert_eq!(e.stats.send_errors, 1);
+    }
+
+    #[test]
+    fn patch_raw_gives_each_client_its_id_case_and_capped_ttls() {
+        let packet = client_query("WwW.example.test", 0xabcd, true);
+        let mut lower = [0u8; query::MAX_NAME_LEN];
+        let q = query::parse(&packet, &mut lower).unwrap();
+        let mut upstream = reply_to(&client_query("www.EXAMPLE.test", 7, false), 0, false);
+        upstream[HEADER_LEN + 22..HEADER_LEN + 26].copy_from_slice(&172_800u32.to_be_bytes());
+        let mut buf = [0u8; 2048];
+        let n = patch_raw(&upstream, &packet[..q.question_end], &q, UDP, 60, &mut buf);
+        assert_eq!(&buf[..2], &[0xab, 0xcd]);
+        assert_eq!(&buf[12..q.question_end], &packet[12..q.question_end]);
+        assert_eq!(buf[3] & 0x10, 0x10, "CD echoed");
+        assert_eq!(&buf[n - 10..n - 6], &60u32.to_be_bytes(), "TTL capped");
+        assert_eq!(patch_raw(&upstream[..20], &packet[..q.question_end], &q, UDP, 60, &mut buf), 0);
     }
 }

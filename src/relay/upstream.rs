@@ -1,6 +1,7 @@
 //! Accepting an upstream reply (RFC 5452 and the DNSpooq lessons): only from the address and port
 //! queried, with the ID sent and exactly the question asked, byte for byte (so the random letter
-//! case a query went out with must come back unchanged). Pure: no I/O.
+//! case a query went out with must come back unchanged; draft-vixie-dnsext-dns0x20). For an
+//! upstream known not to preserve case, the name may come back in any case. Pure: no I/O.
 
 use std::net::SocketAddr;
 
@@ -16,8 +17,11 @@ pub enum Refusal {
     NotAResponse,
     /// Another ID than the one sent.
     Id,
-    /// Not exactly the question sent.
+    /// Not the question sent.
     Question,
+    /// The question sent, but in another letter case: a forger who does not know the random case,
+    /// or an upstream that does not preserve it.
+    Case,
 }
 
 /// What was sent upstream, to check its reply against.
@@ -29,6 +33,8 @@ pub struct Sent {
     pub id: u16,
     /// The question section as sent (wire bytes after the header).
     pub question: Box<[u8]>,
+    /// Whether the name must come back in exactly the case sent (0x20 on for this query).
+    pub exact_case: bool,
 }
 
 /// Checks a reply that arrived on the socket the query left from.
@@ -48,10 +54,24 @@ pub fn accept(reply: &[u8], from: SocketAddr, sent: &Sent) -> Result<(), Refusal
     }
     let qdcount = u16::from_be_bytes([reply[4], reply[5]]);
     let end = HEADER_LEN + sent.question.len();
-    if qdcount != 1 || reply.len() < end || reply[HEADER_LEN..end] != *sent.question {
+    if qdcount != 1 || reply.len() < end {
         return Err(Refusal::Question);
     }
-    Ok(())
+    let got = &reply[HEADER_LEN..end];
+    if *got == *sent.question {
+        return Ok(());
+    }
+    // The name compared without case (type and class stay exact: 0x41 and 0x61 are two types).
+    let name_end = sent.question.len().saturating_sub(4);
+    let same_name = got[..name_end].eq_ignore_ascii_case(&sent.question[..name_end]);
+    if !same_name || got[name_end..] != sent.question[name_end..] {
+        return Err(Refusal::Question);
+    }
+    if sent.exact_case {
+        Err(Refusal::Case)
+    } else {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -63,6 +83,7 @@ mod tests {
             upstream: "127.0.0.53:53".parse().unwrap(),
             id: 0xbeef,
             question: b"\x03wWw\x00\x00\x01\x00\x01".to_vec().into(),
+            exact_case: true,
         }
     }
 
@@ -83,7 +104,21 @@ mod tests {
         assert_eq!(accept(&r, from, &sent()), Err(Refusal::Id));
         let mut r = reply();
         r[13] = b'W';
-        assert_eq!(accept(&r, from, &sent()), Err(Refusal::Question), "0x20 case must come back unchanged");
+        assert_eq!(accept(&r, from, &sent()), Err(Refusal::Case), "0x20 case must come back unchanged");
+        let lenient = Sent { exact_case: false, ..sent() };
+        assert_eq!(accept(&r, from, &lenient), Ok(()), "without 0x20 any case will do");
+        let mut r = reply();
+        r[13] = b'x';
+        assert_eq!(accept(&r, from, &lenient), Err(Refusal::Question), "but not another name");
+        let mut r = reply();
+        r[18] = 0x21;
+        let sent_type = Sent { question: b"\x03wWw\x00\x00\x41\x00\x01".to_vec().into(), ..lenient.clone() };
+        let mut typed = reply();
+        typed[18] = 0x41;
+        assert_eq!(accept(&typed, from, &sent_type), Ok(()));
+        typed[18] = 0x61;
+        assert_eq!(accept(&typed, from, &sent_type), Err(Refusal::Question), "types are not letters");
+        assert_eq!(accept(&r, from, &lenient), Err(Refusal::Question));
         let mut r = reply();
         r[2] &= 0x7f;
         assert_eq!(accept(&r, from, &sent()), Err(Refusal::NotAResponse));

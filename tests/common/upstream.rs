@@ -154,3 +154,200 @@ fn question_end(q: &[u8]) -> Option<usize> {
     }
     (at + 4 <= q.len()).then_some(at + 4)
 }
+
+/// How a [`Hostile`] upstream answers. Every answer is `NAME A 198.51.100.7` (`.8` when the query
+/// had CD=1) with the question echoed byte for byte, unless a field says otherwise.
+#[derive(Debug, Clone, Copy)]
+pub struct Script {
+    /// TTL of the answer records.
+    pub ttl: u32,
+    /// Answer SERVFAIL instead.
+    pub servfail: bool,
+    /// Echo the question in lower case (an upstream that does not preserve 0x20 case).
+    pub lower_case: bool,
+    /// Add A records until the reply is at least this many bytes (TC stays 0, over UDP too).
+    pub size: usize,
+    /// Over UDP, answer with the question alone and TC=1; the answer comes over TCP only.
+    pub truncate_udp: bool,
+    /// Hold the reply to any query whose name contains this (lower case), until [`Hostile::release`].
+    pub hold: Option<&'static str>,
+}
+
+impl Default for Script {
+    fn default() -> Script {
+        Script { ttl: 60, servfail: false, lower_case: false, size: 0, truncate_udp: false, hold: None }
+    }
+}
+
+/// A hostile or awkward upstream on UDP and TCP (same address and port), recording every query's
+/// source port.
+pub struct Hostile {
+    pub addr: SocketAddr,
+    /// The UDP socket, for a test that forges replies from the upstream's own address and port.
+    pub socket: UdpSocket,
+    /// UDP queries received.
+    pub queries: Arc<AtomicU64>,
+    /// TCP queries received.
+    pub tcp_queries: Arc<AtomicU64>,
+    /// Source ports of the UDP queries, in arrival order.
+    pub ports: Arc<std::sync::Mutex<Vec<u16>>>,
+    /// Query names (as received) in arrival order.
+    pub names: Arc<std::sync::Mutex<Vec<String>>>,
+    release: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// The reply `script` gives to `query` over UDP (`tcp == false`) or TCP.
+pub fn scripted_reply(query: &[u8], script: &Script, tcp: bool) -> Option<Vec<u8>> {
+    let q_end = question_end(query)?;
+    let mut reply = query[..q_end].to_vec();
+    if script.lower_case {
+        reply[12..q_end - 4].make_ascii_lowercase();
+    }
+    let cd = query[3] & 0x10 != 0;
+    reply[2] = (query[2] & 0x01) | 0x80; // QR, RD echoed
+    reply[3] = 0x80 | (query[3] & 0x10); // RA, CD echoed
+    reply[6..12].fill(0);
+    if script.servfail {
+        reply[3] |= 2;
+        return Some(reply);
+    }
+    if script.truncate_udp && !tcp {
+        reply[2] |= 0x02;
+        return Some(reply);
+    }
+    let mut answers = 0u16;
+    let mut push = |reply: &mut Vec<u8>, last: u8| {
+        reply.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1]);
+        reply.extend_from_slice(&script.ttl.to_be_bytes());
+        reply.extend_from_slice(&[0, 4, 198, 51, 100, last]);
+        answers += 1;
+    };
+    push(&mut reply, if cd { 8 } else { 7 });
+    let mut filler = 1u8;
+    while reply.len() < script.size {
+        filler = filler.wrapping_add(1).max(10);
+        push(&mut reply, filler);
+    }
+    reply[6..8].copy_from_slice(&answers.to_be_bytes());
+    Some(reply)
+}
+
+impl Hostile {
+    /// Starts on `ip` (127.0.0.1 or ::1) with a fresh port.
+    pub fn start(ip: &str, script: Script) -> Hostile {
+        let socket = UdpSocket::bind(SocketAddr::new(ip.parse().unwrap(), 0)).unwrap();
+        socket.set_read_timeout(Some(Duration::from_millis(10))).unwrap();
+        let addr = socket.local_addr().unwrap();
+        let listener = std::net::TcpListener::bind(addr).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let release = Arc::new(AtomicBool::new(false));
+        let queries = Arc::new(AtomicU64::new(0));
+        let tcp_queries = Arc::new(AtomicU64::new(0));
+        let ports = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let names = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let udp = {
+            let (socket, stop, release, queries, ports, names) = (
+                socket.try_clone().unwrap(),
+                stop.clone(),
+                release.clone(),
+                queries.clone(),
+                ports.clone(),
+                names.clone(),
+            );
+            std::thread::spawn(move || {
+                let mut held: Vec<(Vec<u8>, SocketAddr)> = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !stop.load(Ordering::Relaxed) {
+                    if release.load(Ordering::Relaxed) {
+                        for (reply, to) in held.drain(..) {
+                            let _sent = socket.send_to(&reply, to);
+                        }
+                    }
+                    let Ok((n, from)) = socket.recv_from(&mut buf) else { continue };
+                    let query = &buf[..n];
+                    if n < 12 || query[2] & 0x80 != 0 {
+                        continue; // a reply (a test's own forgery looping back), not a query
+                    }
+                    queries.fetch_add(1, Ordering::Relaxed);
+                    ports.lock().unwrap().push(from.port());
+                    let name = question_name(query);
+                    names.lock().unwrap().push(name.clone());
+                    let Some(reply) = scripted_reply(query, &script, false) else { continue };
+                    let lower = name.to_ascii_lowercase();
+                    if script.hold.is_some_and(|h| lower.contains(h)) && !release.load(Ordering::Relaxed) {
+                        held.push((reply, from));
+                    } else {
+                        let _sent = socket.send_to(&reply, from);
+                    }
+                }
+            })
+        };
+        let tcp = {
+            let (stop, tcp_queries) = (stop.clone(), tcp_queries.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok((mut s, _)) = listener.accept() else {
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    };
+                    use std::io::{Read, Write};
+                    let _blocking = s.set_nonblocking(false);
+                    let _timeout = s.set_read_timeout(Some(Duration::from_secs(2)));
+                    let mut len = [0u8; 2];
+                    if s.read_exact(&mut len).is_err() {
+                        continue;
+                    }
+                    let mut q = vec![0u8; u16::from_be_bytes(len) as usize];
+                    if s.read_exact(&mut q).is_err() {
+                        continue;
+                    }
+                    tcp_queries.fetch_add(1, Ordering::Relaxed);
+                    if let Some(reply) = scripted_reply(&q, &script, true) {
+                        let mut msg = (reply.len() as u16).to_be_bytes().to_vec();
+                        msg.extend_from_slice(&reply);
+                        let _sent = s.write_all(&msg);
+                    }
+                }
+            })
+        };
+        Hostile { addr, socket, queries, tcp_queries, ports, names, release, stop, threads: vec![udp, tcp] }
+    }
+
+    /// Sends every held reply, and answers at once from now on.
+    pub fn release(&self) {
+        self.release.store(true, Ordering::Relaxed);
+    }
+
+    /// UDP queries so far.
+    pub fn count(&self) -> u64 {
+        self.queries.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Hostile {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _joined = t.join();
+        }
+    }
+}
+
+/// The question name of a message, in presentation form with its letter case.
+pub fn question_name(q: &[u8]) -> String {
+    let mut at = 12;
+    let mut out = String::new();
+    while let Some(&len) = q.get(at) {
+        if len == 0 || len & 0xc0 != 0 {
+            break;
+        }
+        let label = q.get(at + 1..at + 1 + len as usize).unwrap_or_default();
+        out.push_str(&String::from_utf8_lossy(label));
+        out.push('.');
+        at += 1 + len as usize;
+    }
+    out
+}

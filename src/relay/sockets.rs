@@ -1,0 +1,290 @@
+//! The relay's I/O: a socket of its own for every upstream exchange, all in one epoll instance
+//! (mio) that the worker's loop waits on as a single file descriptor beside its client socket.
+//!
+//! ```text
+//!  Engine ──send_udp(token)──► socket(), connect(upstream): the kernel picks a random source
+//!                              port and drops datagrams from anyone else; register with epoll
+//!         ──send_tcp(token)──► non-blocking connect, write [len][query], read [len][reply]
+//!         ──close(token)─────► drop the socket (which also takes it out of epoll)
+//!  worker loop: epoll fd readable ─► Relay::ready ─► epoll_wait(0) ─► recv each ready socket into
+//!               a 64 KiB buffer (no UDP datagram is longer) ─► Engine::on_reply / on_failure
+//! ```
+//!
+//! Registrations are edge-triggered, so a ready socket is read until it would block. A socket
+//! that a flood keeps readable is left after [`READS_PER_WAKE`] datagrams and read again on the
+//! next wake-up or tick, so one socket cannot hold the worker.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpStream, UdpSocket};
+use mio::{Events, Interest, Poll};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use super::engine::{Engine, Forwarded, RelayStats, Replies, Token, Verdict, Wire};
+use super::random::Fill;
+use super::RelayError;
+use crate::config::RelayConfig;
+use crate::dns::answer::Transport;
+use crate::dns::query::Query;
+
+/// Datagrams read from one socket per wake-up before the others get their turn.
+const READS_PER_WAKE: usize = 64;
+/// Readiness events taken per epoll_wait.
+const EVENTS: usize = 256;
+/// epoll_wait passes per wake-up, at most (more waits for the next wake-up).
+const PASSES: usize = 8;
+/// Room for any UDP datagram (65,507 bytes over IPv4, 65,527 over IPv6) and any TCP message.
+const RECV_BUF: usize = 65_536;
+
+/// A TCP exchange in progress: the query to write, then the reply's length and bytes to read.
+struct TcpExchange {
+    stream: TcpStream,
+    upstream: SocketAddr,
+    /// `[len][query]`, and how much of it is written.
+    request: Vec<u8>,
+    written: usize,
+    /// `[len][reply]` as read so far (at most 2 + 65,535 bytes).
+    reply: Vec<u8>,
+}
+
+/// The sockets of the exchanges in flight.
+struct Net {
+    poll: Poll,
+    udp: HashMap<Token, (UdpSocket, SocketAddr)>,
+    tcp: HashMap<Token, TcpExchange>,
+}
+
+fn mio_token(token: Token) -> mio::Token {
+    mio::Token(token as usize)
+}
+
+impl Wire for Net {
+    fn send_udp(&mut self, token: Token, to: SocketAddr, bytes: &[u8]) -> io::Result<()> {
+        let socket = Socket::new(Domain::for_address(to), Type::DGRAM.nonblocking(), Some(Protocol::UDP))?;
+        // connect() binds an ephemeral port the kernel draws at random from
+        // net.ipv4.ip_local_port_range, and filters replies to that one peer.
+        socket.connect(&to.into())?;
+        let mut socket = UdpSocket::from_std(socket.into());
+        self.poll.registry().register(&mut socket, mio_token(token), Interest::READABLE)?;
+        socket.send(bytes)?;
+        self.udp.insert(token, (socket, to));
+        Ok(())
+    }
+
+    fn send_tcp(&mut self, token: Token, to: SocketAddr, bytes: &[u8]) -> io::Result<()> {
+        let length = u16::try_from(bytes.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let mut stream = TcpStream::connect(to)?;
+        self.poll.registry().register(&mut stream, mio_token(token), Interest::READABLE | Interest::WRITABLE)?;
+        let mut request = Vec::with_capacity(2 + bytes.len());
+        request.extend_from_slice(&length.to_be_bytes());
+        request.extend_from_slice(bytes);
+        self.tcp.insert(token, TcpExchange { stream, upstream: to, request, written: 0, reply: Vec::new() });
+        Ok(())
+    }
+
+    fn close(&mut self, token: Token) {
+        // Closing the descriptor removes it from epoll too (no one else holds it).
+        self.udp.remove(&token);
+        self.tcp.remove(&token);
+    }
+}
+
+/// What a TCP exchange came to after some progress.
+enum TcpProgress {
+    /// Still connecting, writing or reading.
+    Waiting,
+    /// The whole reply (without its length prefix) is in the exchange's `reply[2..]`.
+    Done,
+    /// Refused, reset or closed before the reply was whole.
+    Failed,
+}
+
+/// Moves a TCP exchange on as far as the socket allows.
+fn progress(x: &mut TcpExchange, scratch: &mut [u8]) -> TcpProgress {
+    match x.stream.take_error() {
+        Ok(None) => {}
+        Ok(Some(_)) | Err(_) => return TcpProgress::Failed,
+    }
+    while x.written < x.request.len() {
+        match x.stream.write(&x.request[x.written..]) {
+            Ok(0) => return TcpProgress::Failed,
+            Ok(n) => x.written += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // Not connected yet, or the send buffer is full: wait for writability.
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::NotConnected) => {
+                return TcpProgress::Waiting;
+            }
+            Err(_) => return TcpProgress::Failed,
+        }
+    }
+    loop {
+        let want = match x.reply.get(..2) {
+            Some(len) => 2 + usize::from(u16::from_be_bytes([len[0], len[1]])),
+            None => 2,
+        };
+        if x.reply.len() >= 2 && x.reply.len() == want {
+            return TcpProgress::Done;
+        }
+        let room = (want - x.reply.len()).min(scratch.len());
+        match x.stream.read(&mut scratch[..room]) {
+            Ok(0) => return TcpProgress::Failed,
+            Ok(n) => x.reply.extend_from_slice(&scratch[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::NotConnected) => {
+                return TcpProgress::Waiting;
+            }
+            Err(_) => return TcpProgress::Failed,
+        }
+    }
+}
+
+/// One worker's relay: the [`Engine`] and the sockets it asks for.
+pub struct Relay {
+    engine: Engine,
+    net: Net,
+    events: Events,
+    /// Tokens with something to read, taken from `events` (which the handlers cannot borrow).
+    ready: Vec<Token>,
+    /// Sockets left readable after [`READS_PER_WAKE`] datagrams.
+    again: Vec<Token>,
+    buf: Box<[u8]>,
+}
+
+impl Relay {
+    /// A relay for `config` with the system's random source. Fails if that source or epoll does
+    /// not work: dnlb then refuses to start rather than relay with predictable IDs.
+    pub fn new(config: Arc<RelayConfig>) -> Result<Relay, RelayError> {
+        Relay::with_random(config, super::random::system)
+    }
+
+    /// A relay drawing random bytes from `fill` (tests inject failures this way).
+    pub fn with_random(config: Arc<RelayConfig>, fill: Fill) -> Result<Relay, RelayError> {
+        let engine = Engine::new(config, fill, Instant::now())?;
+        let poll = Poll::new().map_err(RelayError::Poll)?;
+        Ok(Relay {
+            engine,
+            net: Net { poll, udp: HashMap::new(), tcp: HashMap::new() },
+            events: Events::with_capacity(EVENTS),
+            ready: Vec::with_capacity(EVENTS),
+            again: Vec::new(),
+            buf: vec![0u8; RECV_BUF].into_boxed_slice(),
+        })
+    }
+
+    /// The epoll descriptor: readable when any upstream socket is.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.net.poll.registry().as_fd()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &RelayStats {
+        &self.engine.stats
+    }
+
+    /// Upstream exchanges in flight.
+    pub fn pending(&self) -> usize {
+        self.engine.pending()
+    }
+
+    /// Sockets open now (UDP and TCP).
+    pub fn open_sockets(&self) -> usize {
+        self.net.udp.len() + self.net.tcp.len()
+    }
+
+    /// Handles a query for a name dnlb does not manage; see [`Engine::query`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn query(
+        &mut self,
+        packet: &[u8],
+        query: &Query,
+        name: &[u8],
+        peer: SocketAddr,
+        transport: Transport,
+        out: &mut [u8],
+        now: Instant,
+    ) -> Forwarded {
+        self.engine.query(packet, query, name, peer, transport, out, now, &mut self.net)
+    }
+
+    /// Reads every upstream socket that has something, hands it to the engine, and leaves
+    /// replies for waiting clients in `out`.
+    pub fn ready(&mut self, out: &mut dyn Replies, now: Instant) {
+        for _ in 0..PASSES {
+            self.ready.clear();
+            self.ready.append(&mut self.again);
+            match self.net.poll.poll(&mut self.events, Some(Duration::ZERO)) {
+                Ok(()) => self.ready.extend(self.events.iter().map(|e| e.token().0 as Token)),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // epoll_wait on our own valid descriptor does not fail otherwise; if it did,
+                // the tick still times every exchange out.
+                Err(_) => return,
+            }
+            if self.ready.is_empty() {
+                return;
+            }
+            for i in 0..self.ready.len() {
+                let token = self.ready[i];
+                if self.net.udp.contains_key(&token) {
+                    self.read_udp(token, out, now);
+                } else if self.net.tcp.contains_key(&token) {
+                    self.move_tcp(token, out, now);
+                }
+            }
+        }
+    }
+
+    /// Reads exchange `token`'s UDP socket until it would block, the exchange ends or
+    /// [`READS_PER_WAKE`] datagrams were read.
+    fn read_udp(&mut self, token: Token, out: &mut dyn Replies, now: Instant) {
+        for _ in 0..READS_PER_WAKE {
+            let Some((socket, upstream)) = self.net.udp.get(&token) else { return };
+            let upstream = *upstream;
+            match socket.recv(&mut self.buf) {
+                Ok(n) => {
+                    let data = &self.buf[..n];
+                    if self.engine.on_reply(token, data, upstream, out, now, &mut self.net) != Verdict::Refused {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // ECONNREFUSED and kin: an ICMP error for this exchange.
+                Err(_) => {
+                    self.engine.on_failure(token, out, now, &mut self.net);
+                    return;
+                }
+            }
+        }
+        self.again.push(token);
+    }
+
+    /// Moves exchange `token`'s TCP connection on; hands a whole reply or a failure to the engine.
+    fn move_tcp(&mut self, token: Token, out: &mut dyn Replies, now: Instant) {
+        let Some(x) = self.net.tcp.get_mut(&token) else { return };
+        match progress(x, &mut self.buf) {
+            TcpProgress::Waiting => {}
+            TcpProgress::Done => {
+                let Some(x) = self.net.tcp.remove(&token) else { return };
+                let verdict = self.engine.on_reply(token, &x.reply[2..], x.upstream, out, now, &mut self.net);
+                if verdict == Verdict::Refused {
+                    // One message per connection: a refused one ends the exchange as a failure.
+                    self.engine.on_failure(token, out, now, &mut self.net);
+                }
+            }
+            TcpProgress::Failed => self.engine.on_failure(token, out, now, &mut self.net),
+        }
+    }
+
+    /// Times exchanges out, sends health checks, and reads sockets left readable last time.
+    pub fn tick(&mut self, out: &mut dyn Replies, now: Instant) {
+        if !self.again.is_empty() {
+            self.ready(out, now);
+        }
+        self.engine.tick(out, now, &mut self.net);
+    }
+}
