@@ -171,6 +171,24 @@ struct RawConfig {
     hosts: Option<RawHosts>,
     #[serde(default)]
     relay: Option<RawRelay>,
+    #[serde(default)]
+    rrl: Option<RawRrl>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRrl {
+    responses_per_second: Spanned<u64>,
+    #[serde(default = "default_slip")]
+    slip: Spanned<u64>,
+    #[serde(default = "default_rrl_ipv4_prefix_length")]
+    ipv4_prefix_length: Spanned<u64>,
+    #[serde(default = "default_rrl_ipv6_prefix_length")]
+    ipv6_prefix_length: Spanned<u64>,
+    #[serde(default)]
+    exempt: Vec<Spanned<String>>,
+    #[serde(default = "default_rrl_table_size")]
+    table_size: Spanned<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -190,6 +208,8 @@ struct RawRelay {
     max_pending: Spanned<u64>,
     #[serde(default = "default_max_waiters")]
     max_waiters: Spanned<u64>,
+    #[serde(default = "default_max_pending_per_prefix_percent")]
+    max_pending_per_prefix_percent: Spanned<u64>,
     #[serde(default = "default_max_ttl_s")]
     max_ttl_s: Spanned<u64>,
     #[serde(default = "default_cache_bytes")]
@@ -235,6 +255,10 @@ struct RawServerSection {
     tcp_idle_timeout_ms: Spanned<u64>,
     #[serde(default = "default_tcp_max_connections")]
     tcp_max_connections: Spanned<u64>,
+    #[serde(default = "default_tcp_max_connections_per_client")]
+    tcp_max_connections_per_client: Spanned<u64>,
+    #[serde(default = "default_tcp_query_timeout_ms")]
+    tcp_query_timeout_ms: Spanned<u64>,
     #[serde(default = "default_max_udp_payload")]
     max_udp_payload: Spanned<u64>,
 }
@@ -333,7 +357,13 @@ fn default_tcp_idle_timeout_ms() -> Spanned<u64> {
     spanned(10_000)
 }
 fn default_tcp_max_connections() -> Spanned<u64> {
-    spanned(256)
+    spanned(10_000)
+}
+fn default_tcp_max_connections_per_client() -> Spanned<u64> {
+    spanned(64)
+}
+fn default_tcp_query_timeout_ms() -> Spanned<u64> {
+    spanned(2000)
 }
 fn default_max_udp_payload() -> Spanned<u64> {
     spanned(u64::from(MAX_UDP_PAYLOAD))
@@ -366,6 +396,21 @@ fn default_cache_bytes() -> Spanned<u64> {
 }
 fn default_max_pending() -> Spanned<u64> {
     spanned(4096)
+}
+fn default_max_pending_per_prefix_percent() -> Spanned<u64> {
+    spanned(25)
+}
+fn default_slip() -> Spanned<u64> {
+    spanned(2)
+}
+fn default_rrl_ipv4_prefix_length() -> Spanned<u64> {
+    spanned(24)
+}
+fn default_rrl_ipv6_prefix_length() -> Spanned<u64> {
+    spanned(56)
+}
+fn default_rrl_table_size() -> Spanned<u64> {
+    spanned(65_536)
 }
 fn default_hosts_ttl() -> Spanned<u64> {
     spanned(60)
@@ -425,6 +470,8 @@ pub struct Config {
     pub hosts_ttl: u32,
     /// Where other names go; `None` answers them REFUSED.
     pub relay: Option<RelayConfig>,
+    /// Response rate limiting over UDP; `None` (no `[rrl]` section): off.
+    pub rrl: Option<crate::edge::rrl::Settings>,
 }
 
 /// The upstream relay for every name dnlb does not manage.
@@ -447,6 +494,10 @@ pub struct RelayConfig {
     /// Clients waiting on upstream queries per worker, all questions together; past that,
     /// SERVFAIL at once (never a second upstream query for a question in flight).
     pub max_waiters: usize,
+    /// Upstream queries one client prefix (a /24, or a /56 in IPv6) may have started and still
+    /// in flight per worker, at most; past that, its new questions get SERVFAIL at once, so one
+    /// client cannot take the relay from everyone else.
+    pub max_pending_per_prefix: usize,
     /// Whether managed SIP names are answered for clients outside `allow` too.
     pub managed_for_all: bool,
     /// Per-domain upstreams (DNRD's `-s server:domain`); the longest matching suffix wins.
@@ -480,10 +531,16 @@ pub struct ServerConfig {
     pub io: IoMode,
     /// Pin worker `i` to core `i` (mod the number of cores).
     pub pin_workers: bool,
-    /// A TCP connection idle this long is closed (RFC 7766 §6.2.3).
+    /// A TCP connection with no message in progress and nothing owed either way is closed after
+    /// this long (RFC 7766 §6.2.3); a single byte does not restart the clock, a whole message does.
     pub tcp_idle_timeout: Duration,
-    /// Connections over this many are closed at once.
+    /// A TCP message must arrive whole within this long from its first byte.
+    pub tcp_query_timeout: Duration,
+    /// TCP connections for the whole server; each worker holds its share, and when full closes
+    /// its longest-idle connection to make room.
     pub tcp_max_connections: usize,
+    /// TCP connections one client address may hold on one worker.
+    pub tcp_max_connections_per_client: usize,
     /// Largest UDP reply payload, whatever the client advertises.
     pub max_udp_payload: u16,
 }
@@ -652,7 +709,8 @@ impl Validator<'_> {
             None => (Vec::new(), 60),
         };
         let relay = raw.relay.map(|r| self.relay(r));
-        Config { server, probe, services, hosts, hosts_ttl, relay }
+        let rrl = raw.rrl.map(|r| self.rrl(r));
+        Config { server, probe, services, hosts, hosts_ttl, relay, rrl }
     }
 
     fn relay(&mut self, raw: RawRelay) -> RelayConfig {
@@ -707,6 +765,8 @@ impl Validator<'_> {
         }
         let max_pending = self.ranged(&raw.max_pending, "relay.max_pending", 1, 1_000_000, "") as usize;
         let max_waiters = self.ranged(&raw.max_waiters, "relay.max_waiters", 1, 1_000_000, "") as usize;
+        let share =
+            self.ranged(&raw.max_pending_per_prefix_percent, "relay.max_pending_per_prefix_percent", 1, 100, " %");
         let max_ttl = self.ranged(&raw.max_ttl_s, "relay.max_ttl_s", 1, 604_800, " s") as u32;
         let cache_bytes = self.ranged(&raw.cache_bytes, "relay.cache_bytes", 65_536, 1 << 34, " bytes") as usize;
         RelayConfig {
@@ -718,10 +778,45 @@ impl Validator<'_> {
             max_ttl,
             max_pending,
             max_waiters,
+            max_pending_per_prefix: (max_pending * share as usize).div_ceil(100).max(1),
             managed_for_all: raw.managed_for_all,
             routes,
             health_check,
             health_check_interval: Duration::from_millis(health_interval),
+        }
+    }
+
+    fn rrl(&mut self, raw: RawRrl) -> crate::edge::rrl::Settings {
+        let rate = self.ranged(&raw.responses_per_second, "rrl.responses_per_second", 1, 10_000_000, "") as u32;
+        let slip = self.ranged(&raw.slip, "rrl.slip", 0, 100, "") as u32;
+        let v4 = self.ranged(&raw.ipv4_prefix_length, "rrl.ipv4_prefix_length", 8, 32, "") as u8;
+        let v6 = self.ranged(&raw.ipv6_prefix_length, "rrl.ipv6_prefix_length", 16, 120, "") as u8;
+        let table = self.ranged(&raw.table_size, "rrl.table_size", 1024, 1 << 24, " slots") as usize;
+        if !table.is_power_of_two() {
+            self.fail(
+                raw.table_size.span(),
+                "rrl.table_size",
+                format!("{table} is not a power of two: use one such as {}", table.next_power_of_two()),
+            );
+        }
+        let mut exempt = Vec::new();
+        for (i, p) in raw.exempt.iter().enumerate() {
+            match crate::relay::acl::Prefix::parse(p.get_ref()) {
+                Ok(prefix) => exempt.push(prefix),
+                Err(why) => self.fail(
+                    p.span(),
+                    &format!("rrl.exempt[{i}]"),
+                    format!("{why}: write a prefix such as \"100.64.0.0/10\""),
+                ),
+            }
+        }
+        crate::edge::rrl::Settings {
+            responses_per_second: rate,
+            slip,
+            ipv4_prefix_length: v4,
+            ipv6_prefix_length: v6,
+            exempt,
+            table_size: table,
         }
     }
 
@@ -804,7 +899,10 @@ impl Validator<'_> {
         }
         let workers = raw.workers.map(|w| self.ranged(&w, "server.workers", 1, 1024, "") as usize);
         let idle = self.ranged(&raw.tcp_idle_timeout_ms, "server.tcp_idle_timeout_ms", 100, 600_000, " ms");
-        let max_conn = self.ranged(&raw.tcp_max_connections, "server.tcp_max_connections", 1, 65_536, "");
+        let max_conn = self.ranged(&raw.tcp_max_connections, "server.tcp_max_connections", 1, 1_000_000, "");
+        let per_client =
+            self.ranged(&raw.tcp_max_connections_per_client, "server.tcp_max_connections_per_client", 1, 1_000_000, "");
+        let query_timeout = self.ranged(&raw.tcp_query_timeout_ms, "server.tcp_query_timeout_ms", 100, 60_000, " ms");
         let payload =
             self.ranged(&raw.max_udp_payload, "server.max_udp_payload", 512, u64::from(MAX_UDP_PAYLOAD), " bytes");
         ServerConfig {
@@ -814,7 +912,9 @@ impl Validator<'_> {
             io: raw.io,
             pin_workers: raw.pin_workers,
             tcp_idle_timeout: Duration::from_millis(idle),
+            tcp_query_timeout: Duration::from_millis(query_timeout),
             tcp_max_connections: max_conn as usize,
+            tcp_max_connections_per_client: per_client as usize,
             max_udp_payload: payload as u16,
         }
     }

@@ -20,7 +20,6 @@
 //! - [`probe`]: SIP probes, the health state machine, the prober thread.
 //! - [`worker`]: per-query logic, shared by UDP workers and TCP connections.
 //! - [`io`]: the io_uring and recvmmsg backends; the only module with `unsafe`.
-//! - [`tcp`]: DNS over TCP.
 //! - [`server`]: starting and stopping threads.
 //! - [`metrics`]: per-worker counters.
 
@@ -35,5 +34,4 @@ pub mod relay;
 pub mod select;
 pub mod server;
 pub mod snapshot;
-pub mod tcp;
 pub mod worker;

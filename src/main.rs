@@ -69,7 +69,7 @@ fn run(path: PathBuf, io: Option<IoMode>, workers: Option<usize>) -> Result<()> 
     let snapshot = Snapshot::build(&config, &initial_health(&config), 0, 1).context("building answers")?;
     let snapshots = SnapshotHandle::new(snapshot);
     let relay = config.relay.clone().map(std::sync::Arc::new);
-    let server = Server::start(&config.server, relay, snapshots.clone())?;
+    let server = Server::start(&config.server, relay, config.rrl.clone(), snapshots.clone())?;
     let prober = if config.probe.enabled && !config.services.is_empty() {
         Some(Prober::spawn(config.clone(), snapshots).context("starting the prober")?)
     } else {

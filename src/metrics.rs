@@ -121,6 +121,34 @@ counters! {
     relay_upstream_errors,
     /// Upstreams found not to preserve letter case, queried without 0x20 since.
     relay_no_caps,
+    /// Queries answered SERVFAIL because their client's prefix held its share of `max_pending`.
+    relay_prefix_full,
+    /// UDP responses over the rate limit sent truncated (TC=1, question only).
+    rrl_slipped,
+    /// UDP responses over the rate limit dropped.
+    rrl_dropped,
+    /// TCP connections accepted.
+    tcp_accepted,
+    /// TCP connections open now (a gauge: the sum over workers is the total).
+    tcp_open,
+    /// TCP connections refused because their client held its per-worker limit.
+    tcp_refused_per_client,
+    /// accept() failures (EMFILE and kin); accepting paused after each.
+    tcp_accept_errors,
+    /// TCP connections closed by the client, or on a read or write error.
+    tcp_closed_peer,
+    /// TCP connections closed after the idle time.
+    tcp_closed_idle,
+    /// TCP connections closed because a message did not arrive whole in time.
+    tcp_closed_message_timeout,
+    /// TCP connections closed for a message of length 0.
+    tcp_closed_malformed,
+    /// TCP connections closed for a message longer than a query can be.
+    tcp_closed_oversize,
+    /// TCP connections closed because the client did not read its replies.
+    tcp_closed_write_stall,
+    /// TCP connections closed to make room for a new one (the longest idle).
+    tcp_closed_evicted,
 }
 
 impl WorkerCounters {
@@ -141,6 +169,32 @@ impl WorkerCounters {
         set(&self.relay_send_errors, s.send_errors);
         set(&self.relay_upstream_errors, s.upstream_errors);
         set(&self.relay_no_caps, s.no_caps);
+        set(&self.relay_prefix_full, s.prefix_full);
+    }
+}
+
+impl WorkerCounters {
+    /// Stores the TCP side's counters (cumulative, kept by the worker's TCP side) into this block.
+    pub fn publish_tcp(&self, s: &crate::edge::tcp::TcpStats) {
+        let set = |c: &AtomicU64, v: u64| c.store(v, Ordering::Relaxed);
+        set(&self.tcp_accepted, s.accepted);
+        set(&self.tcp_refused_per_client, s.refused_per_client);
+        set(&self.tcp_accept_errors, s.accept_errors);
+        for (c, v) in [
+            &self.tcp_closed_peer,
+            &self.tcp_closed_idle,
+            &self.tcp_closed_message_timeout,
+            &self.tcp_closed_malformed,
+            &self.tcp_closed_oversize,
+            &self.tcp_closed_write_stall,
+            &self.tcp_closed_evicted,
+        ]
+        .into_iter()
+        .zip(s.closed)
+        {
+            set(c, v);
+        }
+        set(&self.tcp_open, s.open);
     }
 }
 
@@ -174,6 +228,6 @@ mod tests {
         let text = t.to_string();
         assert!(text.starts_with("queries=3 noerror=0"), "{text}");
         assert!(text.contains(" relay_forged=7 ") && text.contains(" drop_oversize=0 "), "{text}");
-        assert!(text.ends_with("relay_no_caps=0"), "{text}");
+        assert!(text.ends_with("tcp_closed_evicted=0"), "{text}");
     }
 }

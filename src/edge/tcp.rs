@@ -1,406 +1,395 @@
-//! DNS over TCP (RFC 7766) as state, not threads: each worker keeps its connections in a slab
-//! and its event loop feeds them bytes. This module holds no socket: framing, deadlines, limits
-//! and the choice of whom to close are decided here, with time passed in.
+//! DNS over TCP in the worker's own event loop: each worker accepts on its own SO_REUSEPORT
+//! listener and serves its connections from one epoll instance (mio), which its I/O backend
+//! waits on beside the UDP socket. No thread per connection; a connection is a slab entry
+//! ([`super::conn`]) and a non-blocking socket.
 //!
 //! ```text
-//!  accept ─► Connections::admit(peer) ─► full? close the longest-idle one (RFC 7766 §6.2.3)
-//!                                     ─► this client at its limit? refuse the new one
-//!  bytes ─► Connection::feed ─► message() / consume() per complete 2-byte-length message
-//!  replies ─► Connection::queue ─► pending_write() / wrote(n)   (bounded; a client that
-//!                                                              never reads is closed)
-//!  sweep(now) ─► message deadline (whole message), idle time (between messages), write stall
+//!  epoll (one per worker) ── listener ready ─► accept until it would block
+//!       │                                        ─► Connections::admit: per-client limit,
+//!       │                                           longest-idle eviction when full
+//!       ├── connection ready ─► read (never past one whole message per read) ─► messages out
+//!       │                       ─► the caller answers each ─► queue ─► write until it would block
+//!       └── the relay's own epoll descriptor ─► the caller's relay
+//!  tick ─► deadlines (message, idle, write stall) ─► close; accept again after an error pause
 //! ```
 //!
-//! The idle clock restarts only when a whole message has arrived or a reply has been written,
-//! never on a single byte, so a client dripping bytes cannot hold a connection.
+//! Accept errors such as EMFILE pause accepting for [`ACCEPT_PAUSE`] (counted), instead of
+//! spinning on a listener that stays readable.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
-/// The limits a worker applies to its TCP connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Connections this worker holds at most.
-    pub max_connections: usize,
-    /// Connections one client address may hold on this worker.
-    pub max_per_client: usize,
-    /// Time allowed between messages (nothing in progress, nothing to write, nothing relayed).
-    pub idle: Duration,
-    /// Time allowed for one whole message, from its first byte.
-    pub message: Duration,
-    /// Reply bytes queued for a client that does not read, at most.
-    pub max_queued: usize,
-}
+use mio::net::{TcpListener, TcpStream};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use socket2::{Domain, Protocol, Socket, Type};
 
-/// Why a connection is closed; counted per reason.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Close {
-    /// The client closed it, or a read or write failed.
-    Peer,
-    /// Nothing happened for the idle time.
-    Idle,
-    /// A message did not arrive whole within its deadline.
-    MessageTimeout,
-    /// A message of length 0 (no DNS message is that short): the stream cannot be trusted.
-    Malformed,
-    /// The client did not read its replies: the queue is full, or writing made no progress for
-    /// the idle time.
-    WriteStall,
-    /// Closed to make room for a new connection (the longest-idle one).
-    Evicted,
-}
+use super::conn::{Admit, Close, Connection, Connections, Limits};
 
-/// What [`Connections::admit`] decided for a new connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admit {
-    /// Take it in this slot.
-    Accept(usize),
-    /// Take it in this slot after closing the connection in `evict` (the table was full).
-    Evict {
-        /// The slot for the new connection.
-        slot: usize,
-        /// The longest-idle connection, to close first (its slot is then reused).
-        evict: usize,
-    },
-    /// This client already holds its limit: close the new connection.
-    PerClientLimit,
-}
+/// How long accepting pauses after an error such as EMFILE.
+pub const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// Reads of one connection per wake-up before the others get their turn.
+const READS_PER_WAKE: usize = 16;
+/// Connections accepted per listener per wake-up.
+const ACCEPTS_PER_WAKE: usize = 256;
+/// Readiness events taken per epoll_wait.
+const EVENTS: usize = 256;
+/// The token of the relay's epoll descriptor, nested in this one.
+pub const RELAY: Token = Token(usize::MAX - 1);
+/// Tokens of connections start here (below: listeners).
+const CONN_BASE: usize = 1 << 20;
 
-/// One connection's state (its socket lives with the event loop).
-#[derive(Debug)]
-pub struct Connection {
-    /// The client.
-    pub peer: SocketAddr,
-    read: Vec<u8>,
-    message_started: Option<Instant>,
-    last_activity: Instant,
-    write: Vec<u8>,
-    written: usize,
-    last_write: Instant,
-    /// Relayed queries still waiting for an upstream answer on this connection.
-    pub relayed: u32,
-    /// Bumped each time the slot is reused, so a late relayed answer for an earlier connection in
-    /// this slot is recognised.
-    pub generation: u32,
-}
-
-/// The longest DNS message: a 2-byte length prefix allows 65,535 bytes.
-const MAX_MESSAGE: usize = u16::MAX as usize;
-
-impl Connection {
-    fn new(peer: SocketAddr, now: Instant, generation: u32) -> Connection {
-        Connection {
-            peer,
-            read: Vec::new(),
-            message_started: None,
-            last_activity: now,
-            write: Vec::new(),
-            written: 0,
-            last_write: now,
-            relayed: 0,
-            generation,
-        }
+/// Binds a worker's TCP listener: SO_REUSEPORT so every worker listens on the same address and
+/// the kernel spreads connections over them, non-blocking for the event loop.
+pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
     }
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
 
-    /// Takes bytes read from the socket.
-    pub fn feed(&mut self, bytes: &[u8], now: Instant) {
-        if bytes.is_empty() {
-            return;
-        }
-        if self.read.is_empty() {
-            self.message_started = Some(now);
-        }
-        self.read.extend_from_slice(bytes);
-    }
+/// What happened on one worker's TCP side, counted here and published into the worker's counters.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TcpStats {
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Connections refused: their client already held its limit.
+    pub refused_per_client: u64,
+    /// accept() failures (EMFILE and kin); accepting paused after each.
+    pub accept_errors: u64,
+    /// Connections closed, by reason: peer, idle, message timeout, malformed, oversize, write
+    /// stall, evicted (the order of [`Close`]).
+    pub closed: [u64; 7],
+    /// Connections open now.
+    pub open: u64,
+}
 
-    /// How many bytes the next read may take without buffering past one whole message.
-    pub fn want(&self) -> usize {
-        let missing = match self.declared() {
-            Some(len) => (2 + len).saturating_sub(self.read.len()),
-            None => 2 - self.read.len().min(2),
+impl TcpStats {
+    fn closed(&mut self, why: Close) {
+        let i = match why {
+            Close::Peer => 0,
+            Close::Idle => 1,
+            Close::MessageTimeout => 2,
+            Close::Malformed => 3,
+            Close::Oversize => 4,
+            Close::WriteStall => 5,
+            Close::Evicted => 6,
         };
-        missing.clamp(1, 2 + MAX_MESSAGE)
-    }
-
-    /// The length the current message declares, once its prefix is in.
-    fn declared(&self) -> Option<usize> {
-        (self.read.len() >= 2).then(|| usize::from(u16::from_be_bytes([self.read[0], self.read[1]])))
-    }
-
-    /// The next complete message, if one is buffered; `Err` if its length is 0.
-    pub fn message(&self) -> Result<Option<&[u8]>, Close> {
-        match self.declared() {
-            Some(0) => Err(Close::Malformed),
-            Some(len) if self.read.len() >= 2 + len => Ok(Some(&self.read[2..2 + len])),
-            _ => Ok(None),
-        }
-    }
-
-    /// Drops the message [`Connection::message`] returned: a whole message restarts the idle
-    /// clock, and the deadline of the next one starts with its first byte.
-    pub fn consume(&mut self, now: Instant) {
-        let Some(len) = self.declared() else { return };
-        let end = (2 + len).min(self.read.len());
-        self.read.drain(..end);
-        self.last_activity = now;
-        self.message_started = if self.read.is_empty() { None } else { Some(now) };
-    }
-
-    /// Queues a reply (with its length prefix); `Err` when the client is not reading.
-    pub fn queue(&mut self, reply: &[u8], max_queued: usize) -> Result<(), Close> {
-        if reply.is_empty() {
-            return Ok(());
-        }
-        let len = u16::try_from(reply.len()).map_err(|_| Close::Malformed)?;
-        if self.write.len() - self.written + 2 + reply.len() > max_queued {
-            return Err(Close::WriteStall);
-        }
-        if self.written > 0 && self.written == self.write.len() {
-            self.write.clear();
-            self.written = 0;
-        }
-        self.write.extend_from_slice(&len.to_be_bytes());
-        self.write.extend_from_slice(reply);
-        Ok(())
-    }
-
-    /// The bytes waiting to be written.
-    pub fn pending_write(&self) -> &[u8] {
-        &self.write[self.written..]
-    }
-
-    /// `n` bytes were written; a finished reply restarts the idle clock.
-    pub fn wrote(&mut self, n: usize, now: Instant) {
-        if n == 0 {
-            return;
-        }
-        self.written = (self.written + n).min(self.write.len());
-        self.last_write = now;
-        if self.written == self.write.len() {
-            self.write.clear();
-            self.written = 0;
-            self.last_activity = now;
-        }
-    }
-
-    /// Whether the connection is between messages with nothing owed either way.
-    fn idle(&self) -> bool {
-        self.read.is_empty() && self.write.is_empty() && self.relayed == 0
-    }
-
-    /// Why the connection must close at `now`, if it must.
-    pub fn expired(&self, now: Instant, limits: &Limits) -> Option<Close> {
-        let since = |t: Instant| now.saturating_duration_since(t);
-        if self.message_started.is_some_and(|t| since(t) > limits.message) {
-            return Some(Close::MessageTimeout);
-        }
-        if !self.write.is_empty() && since(self.last_write) > limits.idle {
-            return Some(Close::WriteStall);
-        }
-        if self.idle() && since(self.last_activity) > limits.idle {
-            return Some(Close::Idle);
-        }
-        None
+        self.closed[i] += 1;
     }
 }
 
-/// A worker's connections: a slab with per-client counts.
-#[derive(Debug)]
-pub struct Connections {
-    limits: Limits,
-    slots: Vec<Option<Connection>>,
-    free: Vec<usize>,
-    per_client: HashMap<IpAddr, usize>,
-    open: usize,
-    generations: u32,
+/// Answers the messages a connection brings.
+pub trait Answerer {
+    /// Answers `message` from connection `slot` (generation `generation`, client `peer`); writes
+    /// the reply into `out` and returns its length, or 0 for no reply now (dropped, or relayed:
+    /// then `relayed` is set, and the answer comes later through [`TcpSide::deliver`]).
+    fn answer(
+        &mut self,
+        message: &[u8],
+        peer: SocketAddr,
+        slot: usize,
+        generation: u32,
+        out: &mut [u8],
+        relayed: &mut bool,
+    ) -> usize;
 }
 
-impl Connections {
-    /// An empty table.
-    pub fn new(limits: Limits) -> Connections {
-        Connections { limits, slots: Vec::new(), free: Vec::new(), per_client: HashMap::new(), open: 0, generations: 0 }
+/// One worker's listeners and connections, and the epoll instance that watches them (and the
+/// relay's descriptor, if there is a relay).
+pub struct TcpSide {
+    poll: Poll,
+    events: Events,
+    /// Tokens ready now, taken from `events`.
+    ready: Vec<Token>,
+    /// Connections left readable after their read budget.
+    again: Vec<usize>,
+    listeners: Vec<TcpListener>,
+    streams: Vec<Option<TcpStream>>,
+    table: Connections,
+    accept_paused_until: Option<Instant>,
+    /// A listener's accept budget ran out: accept again on the tick.
+    accept_more: bool,
+    read_buf: Box<[u8]>,
+    reply_buf: Box<[u8]>,
+    closing: Vec<(usize, Close)>,
+    /// Counters.
+    pub stats: TcpStats,
+}
+
+fn conn_token(slot: usize) -> Token {
+    Token(CONN_BASE + slot)
+}
+
+impl TcpSide {
+    /// The TCP side of a worker with `listeners` (may be empty) and the relay's epoll descriptor
+    /// `relay` nested in its own.
+    pub fn new(
+        listeners: Vec<std::net::TcpListener>,
+        limits: Limits,
+        relay: Option<BorrowedFd<'_>>,
+    ) -> io::Result<TcpSide> {
+        let poll = Poll::new()?;
+        let mut ours = Vec::with_capacity(listeners.len());
+        for (i, l) in listeners.into_iter().enumerate() {
+            l.set_nonblocking(true)?;
+            let mut l = TcpListener::from_std(l);
+            poll.registry().register(&mut l, Token(i), Interest::READABLE)?;
+            ours.push(l);
+        }
+        if let Some(fd) = relay {
+            poll.registry().register(&mut SourceFd(&fd.as_raw_fd()), RELAY, Interest::READABLE)?;
+        }
+        Ok(TcpSide {
+            poll,
+            events: Events::with_capacity(EVENTS),
+            ready: Vec::with_capacity(EVENTS),
+            again: Vec::new(),
+            listeners: ours,
+            streams: Vec::new(),
+            table: Connections::new(limits),
+            accept_paused_until: None,
+            accept_more: false,
+            read_buf: vec![0u8; 16 * 1024].into_boxed_slice(),
+            reply_buf: vec![0u8; u16::MAX as usize].into_boxed_slice(),
+            closing: Vec::new(),
+            stats: TcpStats::default(),
+        })
     }
 
-    /// The limits in force.
-    pub fn limits(&self) -> &Limits {
-        &self.limits
+    /// The epoll descriptor the worker's backend waits on.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.poll.registry().as_fd()
     }
 
     /// Connections open now.
     pub fn open(&self) -> usize {
-        self.open
+        self.table.open()
     }
 
-    /// Decides where a new connection from `peer` goes. The caller then calls
-    /// [`Connections::remove`] on an evicted slot and [`Connections::insert`] on the new one.
-    pub fn admit(&self, peer: SocketAddr) -> Admit {
-        if self.per_client.get(&peer.ip()).copied().unwrap_or(0) >= self.limits.max_per_client {
-            return Admit::PerClientLimit;
+    /// Takes what is ready now: returns whether anything is, and whether the relay's descriptor
+    /// is among it. Listeners and connections are served by [`TcpSide::serve_ready`] afterwards.
+    pub fn poll_ready(&mut self) -> (bool, bool) {
+        self.ready.clear();
+        // epoll_wait on our own valid descriptor fails only on a signal; the next wake-up or tick
+        // comes back here.
+        if self.poll.poll(&mut self.events, Some(Duration::ZERO)).is_ok() {
+            self.ready.extend(self.events.iter().map(|e| e.token()));
         }
-        let next = || self.free.last().copied().unwrap_or(self.slots.len());
-        if self.open < self.limits.max_connections.max(1) {
-            return Admit::Accept(next());
+        for slot in self.again.drain(..) {
+            self.ready.push(conn_token(slot));
         }
-        // Full: the longest-idle connection makes room, preferring one with nothing in progress.
-        let victim = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter_map(|(i, c)| c.as_ref().map(|c| (i, c)))
-            .min_by_key(|(_, c)| (!c.idle(), c.last_activity))
-            .map(|(i, _)| i);
-        match victim {
-            Some(evict) => Admit::Evict { slot: evict, evict },
-            None => Admit::PerClientLimit,
-        }
+        (!self.ready.is_empty(), self.ready.contains(&RELAY))
     }
 
-    /// Puts a new connection in `slot` (from [`Connections::admit`]); returns its generation.
-    pub fn insert(&mut self, slot: usize, peer: SocketAddr, now: Instant) -> u32 {
-        if slot >= self.slots.len() {
-            self.slots.resize_with(slot + 1, || None);
-        }
-        self.free.retain(|&f| f != slot);
-        self.generations = self.generations.wrapping_add(1);
-        if self.slots[slot].replace(Connection::new(peer, now, self.generations)).is_none() {
-            self.open += 1;
-        }
-        *self.per_client.entry(peer.ip()).or_insert(0) += 1;
-        self.generations
-    }
-
-    /// Forgets the connection in `slot` (its socket is closed by the caller).
-    pub fn remove(&mut self, slot: usize) -> Option<Connection> {
-        let c = self.slots.get_mut(slot)?.take()?;
-        self.open -= 1;
-        self.free.push(slot);
-        if let Some(n) = self.per_client.get_mut(&c.peer.ip()) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_client.remove(&c.peer.ip());
+    /// Accepts on ready listeners and serves ready connections, answering through `answerer`.
+    pub fn serve_ready(&mut self, answerer: &mut dyn Answerer, now: Instant) {
+        let ready = std::mem::take(&mut self.ready);
+        for &token in &ready {
+            match token.0 {
+                i if i < self.listeners.len() => self.accept(i, now),
+                t if t >= CONN_BASE => self.serve(t - CONN_BASE, answerer, now),
+                _ => {}
             }
         }
-        Some(c)
+        self.ready = ready;
     }
 
-    /// The connection in `slot`.
-    pub fn get_mut(&mut self, slot: usize) -> Option<&mut Connection> {
-        self.slots.get_mut(slot)?.as_mut()
+    /// Accepts until the listener would block (or the per-wake budget is spent: the tick comes
+    /// back for the rest).
+    fn accept(&mut self, i: usize, now: Instant) {
+        if self.accept_paused_until.is_some_and(|t| now < t) {
+            return;
+        }
+        self.accept_paused_until = None;
+        for _ in 0..ACCEPTS_PER_WAKE {
+            let (mut stream, peer) = match self.listeners[i].accept() {
+                Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) => {
+                    continue;
+                }
+                Err(_) => {
+                    // EMFILE, ENFILE, ENOBUFS, ENOMEM: out of something; try again after a pause
+                    // (the tick comes back) rather than spin on a listener that stays readable.
+                    self.stats.accept_errors += 1;
+                    self.accept_paused_until = Some(now + ACCEPT_PAUSE);
+                    return;
+                }
+            };
+            let slot = match self.table.admit(peer) {
+                Admit::Accept(slot) => slot,
+                Admit::Evict { slot, evict } => {
+                    self.close(evict, Close::Evicted);
+                    slot
+                }
+                Admit::PerClientLimit => {
+                    self.stats.refused_per_client += 1;
+                    continue;
+                }
+            };
+            // Replies go out as one write each; Nagle would hold the second of two pipelined ones.
+            let _nodelay = stream.set_nodelay(true);
+            let interest = Interest::READABLE | Interest::WRITABLE;
+            if self.poll.registry().register(&mut stream, conn_token(slot), interest).is_err() {
+                self.stats.accept_errors += 1;
+                continue;
+            }
+            self.table.insert(slot, peer, now);
+            if slot >= self.streams.len() {
+                self.streams.resize_with(slot + 1, || None);
+            }
+            self.streams[slot] = Some(stream);
+            self.stats.accepted += 1;
+            self.stats.open = self.table.open() as u64;
+        }
+        self.accept_more = true;
     }
 
-    /// The connection in `slot` if it is still the one of `generation`.
-    pub fn current(&mut self, slot: usize, generation: u32) -> Option<&mut Connection> {
-        self.get_mut(slot).filter(|c| c.generation == generation)
+    /// Answers, writes and reads connection `slot` until its socket would block, or its read
+    /// budget is spent (then it comes back on the next pass).
+    fn serve(&mut self, slot: usize, answerer: &mut dyn Answerer, now: Instant) {
+        let max_queued = self.table.limits().max_queued;
+        for _ in 0..READS_PER_WAKE {
+            let (Some(Some(stream)), Some(conn)) = (self.streams.get_mut(slot), self.table.get_mut(slot)) else {
+                return;
+            };
+            let step = answer_buffered(conn, answerer, slot, &mut self.reply_buf, max_queued, now)
+                .and_then(|()| flush(stream, conn, now))
+                .and_then(|()| read_some(stream, conn, &mut self.read_buf, now));
+            match step {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(why) => {
+                    self.close(slot, why);
+                    return;
+                }
+            }
+        }
+        let (Some(Some(stream)), Some(conn)) = (self.streams.get_mut(slot), self.table.get_mut(slot)) else {
+            return;
+        };
+        match answer_buffered(conn, answerer, slot, &mut self.reply_buf, max_queued, now)
+            .and_then(|()| flush(stream, conn, now))
+        {
+            Ok(()) => self.again.push(slot),
+            Err(why) => self.close(slot, why),
+        }
     }
 
-    /// Every connection that must close at `now`, with why (the caller closes and removes them).
-    pub fn sweep(&self, now: Instant, out: &mut Vec<(usize, Close)>) {
-        out.clear();
-        for (i, c) in self.slots.iter().enumerate() {
-            if let Some(why) = c.as_ref().and_then(|c| c.expired(now, &self.limits)) {
-                out.push((i, why));
+    /// Closes connection `slot` (counted).
+    fn close(&mut self, slot: usize, why: Close) {
+        if self.table.remove(slot).is_some() {
+            self.stats.closed(why);
+            self.stats.open = self.table.open() as u64;
+        }
+        if let Some(s) = self.streams.get_mut(slot) {
+            // Dropping the stream closes it and takes it out of epoll.
+            *s = None;
+        }
+    }
+
+    /// A relayed answer for connection `slot`: written by `write` (which returns its length),
+    /// queued and sent if that connection is still the one of `generation`.
+    pub fn deliver(&mut self, slot: usize, generation: u32, write: &mut dyn FnMut(&mut [u8]) -> usize, now: Instant) {
+        let max_queued = self.table.limits().max_queued;
+        let Some(conn) = self.table.current(slot, generation) else { return };
+        conn.relayed = conn.relayed.saturating_sub(1);
+        let n = write(&mut self.reply_buf).min(self.reply_buf.len());
+        let result = conn.queue(&self.reply_buf[..n], max_queued).and_then(|()| match self.streams.get_mut(slot) {
+            Some(Some(stream)) => flush(stream, conn, now),
+            _ => Ok(()),
+        });
+        if let Err(why) = result {
+            self.close(slot, why);
+        }
+    }
+
+    /// Closes connections past a deadline; accepts again after an error pause.
+    pub fn tick(&mut self, answerer: &mut dyn Answerer, now: Instant) {
+        let mut closing = std::mem::take(&mut self.closing);
+        self.table.sweep(now, &mut closing);
+        for &(slot, why) in &closing {
+            self.close(slot, why);
+        }
+        self.closing = closing;
+        if self.accept_more || self.accept_paused_until.is_some_and(|t| now >= t) {
+            self.accept_more = false;
+            for i in 0..self.listeners.len() {
+                self.accept(i, now);
+            }
+        }
+        if !self.again.is_empty() {
+            for slot in std::mem::take(&mut self.again) {
+                self.serve(slot, answerer, now);
             }
         }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const LIMITS: Limits = Limits {
-        max_connections: 3,
-        max_per_client: 2,
-        idle: Duration::from_secs(10),
-        message: Duration::from_secs(2),
-        max_queued: 1000,
-    };
-
-    fn peer(i: u8, port: u16) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, i], port))
+/// Answers every whole message buffered on `conn` and queues the replies.
+fn answer_buffered(
+    conn: &mut Connection,
+    answerer: &mut dyn Answerer,
+    slot: usize,
+    reply_buf: &mut [u8],
+    max_queued: usize,
+    now: Instant,
+) -> Result<(), Close> {
+    loop {
+        let n = {
+            let Some(message) = conn.message()? else { return Ok(()) };
+            let mut relayed = false;
+            let n = answerer.answer(message, conn.peer, slot, conn.generation, reply_buf, &mut relayed);
+            if relayed {
+                conn.relayed = conn.relayed.saturating_add(1);
+            }
+            n
+        };
+        conn.consume(now);
+        conn.queue(&reply_buf[..n.min(reply_buf.len())], max_queued)?;
     }
+}
 
-    #[test]
-    fn messages_are_framed_across_segments_and_pipelined() {
-        let t = Instant::now();
-        let mut c = Connection::new(peer(1, 1), t, 1);
-        c.feed(&[0], t);
-        assert_eq!(c.want(), 1);
-        assert_eq!(c.message(), Ok(None));
-        c.feed(&[3, b'a', b'b'], t);
-        assert_eq!(c.want(), 1);
-        c.feed(&[b'c', 0, 1, b'x', 0], t);
-        assert_eq!(c.message(), Ok(Some(&b"abc"[..])));
-        c.consume(t);
-        assert_eq!(c.message(), Ok(Some(&b"x"[..])));
-        c.consume(t);
-        assert_eq!(c.message(), Ok(None), "half a length prefix waits");
-        c.feed(&[0], t);
-        assert_eq!(c.message(), Err(Close::Malformed), "length 0");
+/// Reads once into `conn`'s buffer: `Ok(true)` if bytes came, `Ok(false)` if the socket would
+/// block (or the buffer is full until its messages are answered).
+fn read_some(stream: &mut TcpStream, conn: &mut Connection, buf: &mut [u8], now: Instant) -> Result<bool, Close> {
+    let room = conn.room().min(buf.len());
+    if room == 0 {
+        return Ok(false);
     }
-
-    #[test]
-    fn deadlines_follow_messages_not_bytes() {
-        let t = Instant::now();
-        let s = Duration::from_secs;
-        let mut c = Connection::new(peer(1, 1), t, 1);
-        // A byte a second: the message deadline (2 s) closes it, whatever the idle time.
-        for k in 0..2 {
-            c.feed(&[0], t + s(k));
+    loop {
+        match stream.read(&mut buf[..room]) {
+            Ok(0) => return Err(Close::Peer),
+            Ok(n) => {
+                conn.feed(&buf[..n], now);
+                return Ok(true);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(Close::Peer),
         }
-        assert_eq!(c.expired(t + s(2), &LIMITS), None);
-        assert_eq!(c.expired(t + s(3), &LIMITS), Some(Close::MessageTimeout));
-        // A whole message restarts the idle clock; between messages only idleness counts.
-        let mut c = Connection::new(peer(1, 1), t, 1);
-        c.feed(&[0, 1, 7], t + s(5));
-        c.consume(t + s(5));
-        assert_eq!(c.expired(t + s(15), &LIMITS), None);
-        assert_eq!(c.expired(t + s(16), &LIMITS), Some(Close::Idle));
-        // A relayed query outstanding keeps it open past the idle time.
-        c.relayed = 1;
-        assert_eq!(c.expired(t + s(60), &LIMITS), None);
     }
+}
 
-    #[test]
-    fn a_client_that_does_not_read_is_closed() {
-        let t = Instant::now();
-        let mut c = Connection::new(peer(1, 1), t, 1);
-        for _ in 0..9 {
-            c.queue(&[0u8; 100], LIMITS.max_queued).unwrap();
+/// Writes what `conn` has queued until the socket would block.
+fn flush(stream: &mut TcpStream, conn: &mut Connection, now: Instant) -> Result<(), Close> {
+    while !conn.pending_write().is_empty() {
+        match stream.write(conn.pending_write()) {
+            Ok(0) => return Err(Close::Peer),
+            Ok(n) => conn.wrote(n, now),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(Close::Peer),
         }
-        assert_eq!(c.queue(&[0u8; 100], LIMITS.max_queued), Err(Close::WriteStall), "queue bounded");
-        assert_eq!(c.pending_write().len(), 9 * 102);
-        c.wrote(500, t + Duration::from_secs(1));
-        assert_eq!(c.pending_write().len(), 9 * 102 - 500);
-        assert_eq!(c.expired(t + Duration::from_secs(11), &LIMITS), None, "progress at 1 s");
-        assert_eq!(c.expired(t + Duration::from_secs(12), &LIMITS), Some(Close::WriteStall));
-        c.wrote(10_000, t);
-        assert!(c.pending_write().is_empty());
     }
-
-    #[test]
-    fn per_client_limit_and_eviction_of_the_longest_idle() {
-        let t = Instant::now();
-        let mut table = Connections::new(LIMITS);
-        let Admit::Accept(a) = table.admit(peer(1, 1)) else { panic!() };
-        table.insert(a, peer(1, 1), t);
-        let Admit::Accept(b) = table.admit(peer(1, 2)) else { panic!() };
-        table.insert(b, peer(1, 2), t + Duration::from_secs(1));
-        assert_eq!(table.admit(peer(1, 3)), Admit::PerClientLimit);
-        let Admit::Accept(c) = table.admit(peer(2, 1)) else { panic!() };
-        table.insert(c, peer(2, 1), t + Duration::from_secs(2));
-        // Full: the connection idle longest (a) makes room; one mid-message is spared.
-        table.get_mut(a).unwrap().feed(&[0], t + Duration::from_secs(3));
-        assert_eq!(table.admit(peer(3, 1)), Admit::Evict { slot: b, evict: b });
-        table.remove(b);
-        let gen = table.insert(b, peer(3, 1), t + Duration::from_secs(4));
-        assert_eq!(table.open(), 3);
-        assert!(table.current(b, gen).is_some());
-        assert!(table.current(b, gen.wrapping_sub(1)).is_none(), "an older connection's answer is stale");
-        assert_eq!(table.admit(peer(1, 9)), Admit::Evict { slot: c, evict: c }, "client 1 is back under its limit");
-        let mut out = Vec::new();
-        table.sweep(t + Duration::from_secs(30), &mut out);
-        assert_eq!(out.len(), 3, "{out:?}");
-    }
+    Ok(())
 }

@@ -25,7 +25,7 @@ use mio::net::{TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::engine::{Engine, Forwarded, RelayStats, Replies, Token, Verdict, Wire};
+use super::engine::{Engine, Forwarded, RelayStats, Replies, ReplyTo, Token, Verdict, Wire};
 use super::random::Fill;
 use super::RelayError;
 use crate::config::RelayConfig;
@@ -203,12 +203,13 @@ impl Relay {
         packet: &[u8],
         query: &Query,
         name: &[u8],
-        peer: SocketAddr,
+        client: SocketAddr,
+        to: ReplyTo,
         transport: Transport,
         out: &mut [u8],
         now: Instant,
     ) -> Forwarded {
-        self.engine.query(packet, query, name, peer, transport, out, now, &mut self.net)
+        self.engine.query(packet, query, name, client, to, transport, out, now, &mut self.net)
     }
 
     /// Reads every upstream socket that has something, hands it to the engine, and leaves

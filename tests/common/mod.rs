@@ -87,7 +87,7 @@ impl TestServer {
         let snapshot = Snapshot::build(&config, &Health::all_up(&config), 0, 1).unwrap();
         let snapshots = SnapshotHandle::new(snapshot);
         let relay = config.relay.clone().map(std::sync::Arc::new);
-        let server = Server::start(&config.server, relay, snapshots.clone()).unwrap();
+        let server = Server::start(&config.server, relay, config.rrl.clone(), snapshots.clone()).unwrap();
         let addr = config.server.listen[0];
         TestServer { server: Some(server), addr, config, snapshots }
     }
