@@ -177,7 +177,18 @@ fn a_forger_who_learned_the_ports_never_gets_through() {
                 }
             }
         }
+        // Let the relay read what the flood queued on the live socket (its counter settles), so
+        // the true reply finds room there; then the upstream answers.
+        let server = t.server.as_ref().unwrap();
+        let mut last = u64::MAX;
+        let settled = wait_for(Duration::from_secs(10), || {
+            std::thread::sleep(Duration::from_millis(100));
+            let now = server.totals().relay_forged;
+            std::mem::replace(&mut last, now) == now
+        });
+        assert!(settled && last > 0, "{io:?}: the forgeries at the live socket were read and counted: {last}");
         up.release();
+        client.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         let mut buf = [0u8; 4096];
         let (n, _) = loop {
             match client.recv_from(&mut buf) {
@@ -188,16 +199,15 @@ fn a_forger_who_learned_the_ports_never_gets_through() {
         let m = Message::from_vec(&buf[..n]).unwrap();
         println!("{io:?}: {sent} forged replies at learned ports and the live one");
         assert_eq!(m.metadata.id, 7777);
-        assert_eq!(first_a(&m), Some([198, 51, 100, 7]), "{io:?}: a forged answer reached the client");
+        // On a loaded machine the flood may still cost the true reply (a full socket buffer): the
+        // query then times out to SERVFAIL. What must never happen is the forged address.
+        let lost = m.metadata.response_code == ResponseCode::ServFail;
+        if !lost {
+            assert_eq!(first_a(&m), Some([198, 51, 100, 7]), "{io:?}: a forged answer reached the client");
+        }
         let again = udp_query_from(&client, t.addr, &query("target.forged.test.", RecordType::A, 8888, None));
         assert_eq!(first_a(&again), Some([198, 51, 100, 7]), "{io:?}: a forged answer reached the cache");
-        assert_eq!(up.count(), 65, "{io:?}: the second answer came from the cache");
-        let server = t.server.as_ref().unwrap();
-        assert!(
-            wait_for(Duration::from_secs(1), || server.totals().relay_forged > 0),
-            "{io:?}: the forgeries that reached the live socket were counted: {}",
-            server.totals()
-        );
+        assert_eq!(up.count(), if lost { 66 } else { 65 }, "{io:?}: the second answer came from the cache");
     }
 }
 

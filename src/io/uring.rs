@@ -344,6 +344,8 @@ fn run_loop<H: Handler>(
     outbox: &mut Outbox<'_>,
 ) -> io::Result<()> {
     let mut batch: [(u64, i32, u32); DRAIN] = [(0, 0, 0); DRAIN];
+    // Whether the poll on the extra descriptor is in the ring.
+    let mut extra_armed = extra_poll.is_some();
     loop {
         match w.ring.submit_and_wait(1) {
             Ok(_) => {}
@@ -387,13 +389,24 @@ fn run_loop<H: Handler>(
                         handler.tick(outbox);
                         outbox.report(handler);
                         w.push(tick_entry)?;
+                        if let Some(entry) = extra_poll.filter(|_| !extra_armed) {
+                            w.push(entry)?;
+                            extra_armed = true;
+                        }
                     }
                     USER_EXTRA => {
+                        extra_armed = false;
+                        if result < 0 {
+                            // Counted, and tried again at the next tick rather than in a loop.
+                            handler.io_error(io::Error::from_raw_os_error(-result));
+                            continue;
+                        }
                         handler.extra_ready(outbox);
                         outbox.report(handler);
                         // One-shot: armed again after each readiness, once the handler has read.
                         if let Some(entry) = extra_poll {
                             w.push(entry)?;
+                            extra_armed = true;
                         }
                     }
                     _ => {}

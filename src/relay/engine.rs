@@ -258,6 +258,8 @@ pub struct Engine {
     scratch: Vec<u8>,
     /// Tokens past their deadline (reused by `tick`).
     expired: Vec<Token>,
+    /// Upstreams just found not to preserve case, for the caller to log once each.
+    lost_caps: Vec<SocketAddr>,
     servfail: Template,
     /// Counters.
     pub stats: RelayStats,
@@ -300,6 +302,7 @@ impl Engine {
             random,
             scratch: Vec::new(),
             expired: Vec::new(),
+            lost_caps: Vec::new(),
             servfail: Template::empty(false, rcode::SERVFAIL),
             stats: RelayStats::default(),
             config,
@@ -314,6 +317,12 @@ impl Engine {
     /// Clients waiting on them.
     pub fn waiting(&self) -> usize {
         self.waiting
+    }
+
+    /// The upstreams found not to preserve letter case since the last call (each once per
+    /// engine): a state change worth one log line, never a per-packet event.
+    pub fn take_lost_caps(&mut self) -> Vec<SocketAddr> {
+        std::mem::take(&mut self.lost_caps)
     }
 
     /// The next upstream of `group` to use: healthy ones in turn; when all are resting, the one
@@ -704,11 +713,7 @@ impl Engine {
         if h.caps && h.case_failures >= NO_CAPS_AFTER {
             h.caps = false;
             self.stats.no_caps += 1;
-            // Once per upstream and worker: a state change, not a per-packet event.
-            eprintln!(
-                "dnlb: relay: upstream {} does not preserve the letter case of questions; querying it without 0x20 from now on",
-                self.upstreams[upstream]
-            );
+            self.lost_caps.push(self.upstreams[upstream]);
         }
     }
 }
@@ -1000,6 +1005,8 @@ mod tests {
             assert_eq!(out.0.len(), 1, "answered");
         }
         assert_eq!((e.stats.case_mismatches, e.stats.no_caps), (3, 1));
+        assert_eq!(e.take_lost_caps(), vec!["192.0.2.53:53".parse::<SocketAddr>().unwrap()], "to be logged once");
+        assert!(e.take_lost_caps().is_empty());
         ask(&mut e, &mut wire, "after.example.test", 1, now);
         assert_eq!(&wire.sent.last().unwrap().2[13..18], b"after", "no 0x20 for this upstream any more");
     }

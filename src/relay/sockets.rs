@@ -228,6 +228,8 @@ impl Relay {
             if self.ready.is_empty() {
                 return;
             }
+            // A full batch may have left more behind; a short one took everything there was.
+            let more = self.events.iter().count() == EVENTS;
             for i in 0..self.ready.len() {
                 let token = self.ready[i];
                 if self.net.udp.contains_key(&token) {
@@ -235,6 +237,9 @@ impl Relay {
                 } else if self.net.tcp.contains_key(&token) {
                     self.move_tcp(token, out, now);
                 }
+            }
+            if !more && self.again.is_empty() {
+                return;
             }
         }
     }
@@ -281,11 +286,16 @@ impl Relay {
         }
     }
 
-    /// Times exchanges out, sends health checks, and reads sockets left readable last time.
+    /// Reads whatever is ready (sockets left readable last time, and anything a lost wake-up would
+    /// have left), times exchanges out and sends health checks.
     pub fn tick(&mut self, out: &mut dyn Replies, now: Instant) {
-        if !self.again.is_empty() {
-            self.ready(out, now);
-        }
+        self.ready(out, now);
         self.engine.tick(out, now, &mut self.net);
+        for upstream in self.engine.take_lost_caps() {
+            eprintln!(
+                "dnlb: relay: upstream {upstream} does not preserve the letter case of questions; \
+                 querying it without 0x20 from now on"
+            );
+        }
     }
 }
