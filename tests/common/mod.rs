@@ -139,6 +139,18 @@ pub fn udp_raw(addr: SocketAddr, packet: &[u8], wait: Duration) -> Option<Vec<u8
     }
 }
 
+/// Receives one datagram, retrying when a signal interrupts the call (a thread that set up an
+/// io_uring can see EINTR while the kernel tears a ring down); `None` on timeout or error.
+pub fn recv_retry(s: &UdpSocket, buf: &mut [u8]) -> Option<(usize, SocketAddr)> {
+    loop {
+        match s.recv_from(buf) {
+            Ok(x) => return Some(x),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
 /// Sends a query over UDP and parses the reply.
 pub fn udp_query(addr: SocketAddr, packet: &[u8]) -> Message {
     let raw = udp_raw(addr, packet, Duration::from_secs(2)).expect("no UDP reply within 2 s");
