@@ -21,6 +21,7 @@
 //! - [`worker`]: per-query logic, shared by UDP workers and TCP connections.
 //! - [`io`]: the io_uring and recvmmsg backends; the only module with `unsafe`.
 //! - [`server`]: starting and stopping threads.
+//! - [`prefix`]: address prefixes (who the relay serves, who rate limiting spares).
 //! - [`metrics`]: per-worker counters.
 
 pub mod config;
@@ -29,6 +30,7 @@ pub mod edge;
 pub mod hosts;
 pub mod io;
 pub mod metrics;
+pub mod prefix;
 pub mod probe;
 pub mod relay;
 pub mod select;

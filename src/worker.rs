@@ -29,7 +29,7 @@ use crate::edge::rrl::{Decision, Limiter};
 use crate::edge::tcp::{Answerer, TcpSide};
 use crate::io::{DropReason, Handler, Outbox, Peer};
 use crate::metrics::{CounterBlocks, WorkerCounters};
-use crate::relay::acl;
+use crate::prefix;
 use crate::relay::engine::{Forwarded, Replies, ReplyTo};
 use crate::relay::sockets::Relay;
 use crate::snapshot::{Lookup, Snapshot, SnapshotHandle};
@@ -186,7 +186,7 @@ impl Responder {
             return Answer::Reply(answer::write_badvers(packet, &query, transport, out));
         }
         if let Some(c) = &self.relay_config {
-            if !c.managed_for_all && !client.addr().is_some_and(|a| acl::allowed(&c.allow, a.ip())) {
+            if !c.managed_for_all && !client.addr().is_some_and(|a| prefix::allowed(&c.allow, a.ip())) {
                 return Answer::Reply(self.refuse(packet, &query, transport, out));
             }
         }
@@ -217,7 +217,7 @@ impl Responder {
         let (Some(config), Some(relay)) = (self.relay_config.as_ref(), self.relay.as_mut()) else {
             return Answer::Reply(self.refuse(packet, query, transport, out));
         };
-        let Some(addr) = client.addr().filter(|a| acl::allowed(&config.allow, a.ip())) else {
+        let Some(addr) = client.addr().filter(|a| prefix::allowed(&config.allow, a.ip())) else {
             return Answer::Reply(self.refuse(packet, query, transport, out));
         };
         let name = &self.name[..query.name_len];

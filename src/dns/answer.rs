@@ -114,7 +114,7 @@ pub fn write_reply(packet: &[u8], query: &Query, template: &Template, transport:
 pub fn write_opt(out: &mut [u8], extended_rcode: u8, dnssec_ok: bool, transport: Transport) -> usize {
     let payload = match transport {
         Transport::Udp { max_payload } => max_payload,
-        Transport::Tcp => crate::config::MAX_UDP_PAYLOAD,
+        Transport::Tcp => super::MAX_UDP_PAYLOAD,
     };
     let do_bit = if dnssec_ok { 0x80 } else { 0 };
     out[..OPT_LEN].copy_from_slice(&[0, 0, 41, 0, 0, extended_rcode, 0, do_bit, 0, 0, 0]);

@@ -20,27 +20,10 @@ use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
 use std::time::Instant;
 
-use crate::relay::acl::Prefix;
+pub use crate::config::RrlConfig as Settings;
 
 /// Token units per response: buckets count thousandths, so rates refill exactly per millisecond.
 const UNIT: u64 = 1000;
-
-/// How the limiter is set up (`[rrl]`, validated).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Settings {
-    /// Responses per second each prefix may receive (also the burst: one second's worth).
-    pub responses_per_second: u32,
-    /// Every `slip`-th response over the limit goes out truncated; 0: none (all dropped).
-    pub slip: u32,
-    /// Prefix length IPv4 clients are grouped by.
-    pub ipv4_prefix_length: u8,
-    /// Prefix length IPv6 clients are grouped by.
-    pub ipv6_prefix_length: u8,
-    /// Prefixes never limited.
-    pub exempt: Vec<Prefix>,
-    /// Slots per worker's table (a power of two).
-    pub table_size: usize,
-}
 
 /// What to do with one response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,6 +156,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::prefix::Prefix;
 
     fn settings(rate: u32, slip: u32) -> Settings {
         Settings {

@@ -25,8 +25,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
-use crate::config::IoMode;
-
 /// Largest datagram a backend receives; longer ones are dropped unanswered and counted
 /// ([`DropReason::Oversize`]). DNS queries are far smaller.
 pub const RECV_SIZE: usize = 2048;
@@ -145,6 +143,30 @@ impl<'s> Outbox<'s> {
         }
         for e in self.errors.drain(..) {
             handler.io_error(e);
+        }
+    }
+}
+
+/// Which I/O backend the workers use (`server.io`, `--io`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IoMode {
+    /// io_uring where the kernel allows it, else portable (one log line says why).
+    Auto,
+    /// io_uring only; starting fails if the kernel refuses it.
+    Uring,
+    /// recvmmsg/sendmmsg on plain sockets.
+    Portable,
+}
+
+impl std::str::FromStr for IoMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(IoMode::Auto),
+            "uring" => Ok(IoMode::Uring),
+            "portable" => Ok(IoMode::Portable),
+            other => Err(format!("unknown io mode `{other}`: use uring, portable or auto")),
         }
     }
 }
