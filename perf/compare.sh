@@ -282,7 +282,7 @@ for server in $SERVERS; do
         lost=$(echo "$out" | awk '/Queries lost:/ { gsub(/[()%]/, "", $4); print $4 }')
         qps=$(echo "$out" | awk '/Queries per second:/ { print $4 }')
         us=$(awk -v t=$((after - before)) -v c="$completed" -v k="$clk" 'BEGIN { printf "%.2f", (c > 0) ? t * 1e6 / k / c : 0 }')
-        lat=$(echo "$out" | awk '/Average Latency \(s\):/ { printf "%.3f", $4 * 1000 }')
+        lat=$(echo "$out" | awk '/Average Latency \(s\):/ { printf "%.3f", $4 * 1000; exit }')
         printf '%-8s %-11s %10.0f %8s %12s %9s\n' "$server" "$shape" "$qps" "$lost" "$us" "$lat" | tee -a "$results"
     done
     stop_server
@@ -294,7 +294,8 @@ for shape in $SHAPES; do
         $2 == s { cpu[$1] = $5; qps[$1] = $3 }
         END {
             d = (cpu["dnlb"] > 0) ? "dnlb" : "dnlb-relay"
-            if (cpu[d] > 0 && cpu["floor"] > 0) printf "%-11s %s/floor cpu per query: %.3f", s, d, cpu[d] / cpu["floor"]
+            printf "%-11s", s
+            if (cpu[d] > 0 && cpu["floor"] > 0) printf " %s/floor cpu per query: %.3f", d, cpu[d] / cpu["floor"]
             split("nsd knot dnsdist unbound", refs, " ")
             for (k in refs) if (cpu[d] > 0 && cpu[refs[k]] > 0)
                 printf "   %s/%s: %.3f (qps %.3f)", d, refs[k], cpu[d] / cpu[refs[k]], qps[d] / qps[refs[k]]
