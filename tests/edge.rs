@@ -233,8 +233,14 @@ fn thread_count() -> usize {
 #[test]
 fn slowloris_neither_starves_tcp_nor_grows_threads() {
     dnlb::io::raise_fd_limit();
+    for io in backends() {
+        slowloris(io);
+    }
+}
+
+fn slowloris(io: dnlb::config::IoMode) {
     let extra = "tcp_query_timeout_ms = 2000\ntcp_max_connections_per_client = 200";
-    let t = TestServer::start(&edge_config(free_port(), 2, extra, ""), dnlb::config::IoMode::Portable);
+    let t = TestServer::start(&edge_config(free_port(), 2, extra, ""), io);
     let before = thread_count();
     let mut slow: Vec<TcpStream> = Vec::new();
     for k in 0..2000 {
@@ -270,9 +276,9 @@ fn slowloris_neither_starves_tcp_nor_grows_threads() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let totals = t.server.as_ref().unwrap().totals();
-    println!("slowloris: worst new TCP client {worst_tcp:?}, worst UDP {worst_udp:?}, {totals}");
-    assert!(worst_tcp < Duration::from_millis(100), "a new TCP client waited {worst_tcp:?}");
-    assert!(totals.tcp_closed_message_timeout >= 1900, "slow connections closed at their deadline: {totals}");
+    println!("{io:?}: slowloris: worst new TCP client {worst_tcp:?}, worst UDP {worst_udp:?}, {totals}");
+    assert!(worst_tcp < Duration::from_millis(100), "{io:?}: a new TCP client waited {worst_tcp:?}");
+    assert!(totals.tcp_closed_message_timeout >= 1900, "{io:?}: slow connections closed at their deadline: {totals}");
 }
 
 /// RRL: a flood from 127.0.9.0/24 gets about the configured rate (plus slips), while 127.0.8.1
@@ -344,13 +350,14 @@ fn rrl_limits_a_flooding_prefix_and_spares_the_rest() {
 fn one_prefix_cannot_starve_the_relay() {
     let hole = FakeUpstream::start(Behaviour::BlackHole);
     let live = FakeUpstream::start(Behaviour::ForgeThenAnswer { forged: 0 });
-    for (share, starved) in [(25, false), (100, true)] {
+    // The protected run and the control run, one on each backend.
+    for ((share, starved), io) in [(25, false), (100, true)].into_iter().zip(backends().into_iter().rev().cycle()) {
         let tail = format!(
             "\n[relay]\nupstreams = [\"{}\"]\ntimeout_ms = 2000\nmax_pending = 100\nmax_pending_per_prefix_percent = {share}\n\
              [[relay.route]]\ndomain = \"hole.test\"\nupstreams = [\"{}\"]\n",
             live.addr, hole.addr
         );
-        let t = TestServer::start(&edge_config(free_port(), 2, "", &tail), dnlb::config::IoMode::Portable);
+        let t = TestServer::start(&edge_config(free_port(), 2, "", &tail), io);
         let flood = UdpSocket::bind("127.0.5.1:0").unwrap();
         for i in 0..500u16 {
             flood.send_to(&query(&format!("n{i}.hole.test."), RecordType::A, i, None), t.addr).unwrap();
@@ -368,7 +375,7 @@ fn one_prefix_cannot_starve_the_relay() {
             }
         }
         let totals = t.server.as_ref().unwrap().totals();
-        println!("share {share} %: the other client got {ok}/20 answers; {totals}");
+        println!("{io:?}, share {share} %: the other client got {ok}/20 answers; {totals}");
         if starved {
             assert!(ok < 20, "with no share limit the flood takes the whole table: {totals}");
         } else {
