@@ -376,17 +376,26 @@ fn an_upstream_that_lowercases_is_used_without_0x20() {
     }
 }
 
-/// A datagram longer than the receive buffer is dropped unanswered by both backends alike.
+/// A datagram longer than `MAX_DATAGRAM` is dropped unanswered by both backends alike, one byte
+/// over as much as far over; one of exactly that length is answered by both.
 #[test]
 fn an_over_long_query_is_dropped_by_both_backends() {
     for io in backends() {
         let t = TestServer::start(&config_text(free_port(), 2, ""), io);
-        let mut q = query("sip.example.test.", RecordType::A, 1, None);
-        q.resize(3000, 0);
-        assert!(udp_raw(t.addr, &q, Duration::from_millis(300)).is_none(), "{io:?}: answered a truncated datagram");
-        let sip = udp_query(t.addr, &query("sip.example.test.", RecordType::A, 2, None));
+        let padded = |len: usize, id: u16| {
+            let mut q = query("sip.example.test.", RecordType::A, id, None);
+            q.resize(len, 0);
+            q
+        };
+        let longest = dnlb::io::MAX_DATAGRAM;
+        assert!(udp_raw(t.addr, &padded(longest, 1), Duration::from_secs(2)).is_some(), "{io:?}: the longest taken");
+        for (id, len) in [(2, longest + 1), (3, 3000)] {
+            let reply = udp_raw(t.addr, &padded(len, id), Duration::from_millis(300));
+            assert!(reply.is_none(), "{io:?}: answered a {len}-byte datagram");
+        }
+        let sip = udp_query(t.addr, &query("sip.example.test.", RecordType::A, 4, None));
         assert_eq!(sip.answers.len(), 2);
         let totals = t.server.as_ref().unwrap().totals();
-        assert_eq!(totals.drop_oversize, 1, "{io:?}: counted: {totals}");
+        assert_eq!(totals.drop_oversize, 2, "{io:?}: counted: {totals}");
     }
 }

@@ -25,9 +25,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
-/// Largest datagram a backend receives; longer ones are dropped unanswered and counted
-/// ([`DropReason::Oversize`]). DNS queries are far smaller.
+/// Size of a receive buffer. io_uring puts a header and the sender's address in it too, so the
+/// payload it can take is smaller: see [`MAX_DATAGRAM`].
 pub const RECV_SIZE: usize = 2048;
+/// The longest datagram either backend takes; longer ones are dropped unanswered and counted
+/// ([`DropReason::Oversize`]) by both alike. It fits a receive buffer with io_uring's 16-byte
+/// header and a 28-byte IPv6 address beside it. DNS queries are far smaller.
+pub const MAX_DATAGRAM: usize = 2000;
 /// Room for one reply. Replies never exceed the 1232-byte UDP cap, but the no-work floor server
 /// echoes whole queries.
 pub const REPLY_SIZE: usize = RECV_SIZE;
@@ -67,7 +71,7 @@ pub enum DropReason {
     /// A reply from the [`Outbox`] that the client socket would not take at once (its send
     /// buffer full).
     Outbox,
-    /// A datagram longer than [`RECV_SIZE`]: dropped unanswered by both backends, not parsed
+    /// A datagram longer than [`MAX_DATAGRAM`]: dropped unanswered by both backends, not parsed
     /// truncated.
     Oversize,
 }

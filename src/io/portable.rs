@@ -9,7 +9,7 @@ use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use super::{DropReason, Handler, Outbox, Peer, Stop, RECV_SIZE, REPLY_SIZE, TICK};
+use super::{DropReason, Handler, Outbox, Peer, Stop, MAX_DATAGRAM, RECV_SIZE, REPLY_SIZE, TICK};
 
 /// Most datagrams per recvmmsg call (the arrays' size).
 pub const BATCH: usize = 64;
@@ -84,7 +84,9 @@ pub fn serve<H: Handler>(socket: &UdpSocket, handler: &mut H, stop: &Stop) -> io
     // SAFETY: as above.
     let mut send_msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
     for (iov, buf) in recv_iov.iter_mut().zip(bufs.recv.iter_mut()) {
-        *iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: RECV_SIZE };
+        // Room for MAX_DATAGRAM only, so a longer datagram comes back with MSG_TRUNC here exactly
+        // where io_uring's buffers would cut it.
+        *iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: MAX_DATAGRAM };
     }
     while !stop.fired() {
         if extra.is_some() && !wait_and_relay(handler, &mut pollfds, &mut outbox, &mut next_tick) {
@@ -122,11 +124,11 @@ pub fn serve<H: Handler>(socket: &UdpSocket, handler: &mut H, stop: &Stop) -> io
         let Buffers { recv, reply, names } = &mut *bufs;
         for i in 0..n as usize {
             if recv_msgs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
-                // Longer than RECV_SIZE: dropped, as the io_uring backend does, never parsed cut.
+                // Longer than MAX_DATAGRAM: dropped, as the io_uring backend does, never parsed cut.
                 handler.dropped(DropReason::Oversize, 1);
                 continue;
             }
-            let len = (recv_msgs[i].msg_len as usize).min(RECV_SIZE);
+            let len = (recv_msgs[i].msg_len as usize).min(MAX_DATAGRAM);
             let name_len = (recv_msgs[i].msg_hdr.msg_namelen as usize).min(NAME_SIZE);
             let out = handler.handle(&recv[i][..len], Peer(&names[i][..name_len]), &mut reply[replies]);
             if out == 0 {

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
-use super::{DropReason, Handler, Outbox, Peer, Stop, RECV_SIZE, REPLY_SIZE, TICK};
+use super::{DropReason, Handler, Outbox, Peer, Stop, MAX_DATAGRAM, RECV_SIZE, REPLY_SIZE, TICK};
 
 /// Receive buffers per worker (a power of two); see tuning.md for the sizes tried.
 /// `DNLB_URING_BUFFERS` overrides it for experiments.
@@ -264,8 +264,8 @@ impl Worker {
                 self.stage_buffer(bid);
                 return Ok(());
             };
-            if out.is_payload_truncated() {
-                // Longer than RECV_SIZE: dropped, as the portable backend does.
+            if out.is_payload_truncated() || out.payload_data().len() > MAX_DATAGRAM {
+                // Longer than MAX_DATAGRAM: dropped, as the portable backend does.
                 handler.dropped(DropReason::Oversize, 1);
                 self.stage_buffer(bid);
                 return Ok(());
