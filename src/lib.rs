@@ -10,6 +10,7 @@
 //!
 //! Modules:
 //! - [`config`]: TOML → validated [`config::Config`], errors that name file, line, field and fix.
+//! - [`control`]: the control side of a running instance (runtime directory, ...).
 //! - [`dns`]: zero-copy query parsing, reply templates and their copy-and-patch.
 //! - [`snapshot`]: the immutable answer set and its lock-free handle.
 //! - [`edge`]: limits at the edge: response rate limiting.
@@ -25,6 +26,7 @@
 //! - [`metrics`]: per-worker counters.
 
 pub mod config;
+pub mod control;
 pub mod dns;
 pub mod edge;
 pub mod hosts;

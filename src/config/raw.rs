@@ -108,6 +108,8 @@ pub(super) struct RawServerSection {
     pub(super) tcp_query_timeout_ms: Spanned<u64>,
     #[serde(default = "default_max_udp_payload")]
     pub(super) max_udp_payload: Spanned<u64>,
+    #[serde(default)]
+    pub(super) runtime_dir: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -166,6 +166,9 @@ pub struct ServerConfig {
     pub tcp_max_connections_per_client: usize,
     /// Largest UDP reply payload, whatever the client advertises.
     pub max_udp_payload: u16,
+    /// Where the control socket and the instance locks live; `None`: see
+    /// [`crate::control::runtime::dir`].
+    pub runtime_dir: Option<std::path::PathBuf>,
 }
 
 /// SIP probing.

@@ -286,6 +286,7 @@ impl Validator<'_> {
             tcp_max_connections: max_conn as usize,
             tcp_max_connections_per_client: per_client as usize,
             max_udp_payload: payload as u16,
+            runtime_dir: raw.runtime_dir.as_ref().map(|d| self.base.join(d.get_ref())),
         }
     }
 
