@@ -364,6 +364,16 @@ impl SnapshotHandle {
         SnapshotHandle(Arc::new(ArcSwap::from_pointee(snapshot)))
     }
 
+    /// A handle that serves `snapshot` (the control side asks a copy of the running one).
+    pub fn from_arc(snapshot: Arc<Snapshot>) -> SnapshotHandle {
+        SnapshotHandle(Arc::new(ArcSwap::new(snapshot)))
+    }
+
+    /// The snapshot now, owned (off the hot path: the control side).
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.0.load_full()
+    }
+
     /// The current snapshot; workers call this once per batch.
     #[inline]
     pub fn load(&self) -> Guard<Arc<Snapshot>> {

@@ -179,6 +179,17 @@ pub struct Flip {
     pub why: &'static str,
 }
 
+/// What identifies a probed target across a reload: its service, address and transport.
+pub type TargetKey = (Arc<str>, SocketAddr, Transport);
+
+/// What a target carries over a reload: its health machine, last code and last change.
+#[derive(Debug, Clone)]
+pub struct Carried {
+    health: Health,
+    last_code: Option<u16>,
+    changed: Option<(Instant, &'static str)>,
+}
+
 /// One server on one transport, as last seen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerReport {
@@ -196,6 +207,8 @@ pub struct ServerReport {
     pub last_code: Option<u16>,
     /// State flips so far.
     pub flips: u64,
+    /// When the state last changed, and what decided it (None before any change).
+    pub changed: Option<(Instant, &'static str)>,
 }
 
 /// What the answers are built from; the core asks for a new snapshot only when this changes.
@@ -264,6 +277,8 @@ struct Target {
     /// When the next regular probe is due.
     next_due: Instant,
     last_code: Option<u16>,
+    /// When the state last changed, and why.
+    changed: Option<(Instant, &'static str)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -316,7 +331,19 @@ pub struct Core {
 impl Core {
     /// A core for every server and transport of `config`, starting at `now`. The first round is
     /// spread evenly over one interval, with jitter inside each slot.
-    pub fn new(config: &Config, now: Instant, mut entropy: Box<dyn Entropy>) -> Result<Core, CoreError> {
+    pub fn new(config: &Config, now: Instant, entropy: Box<dyn Entropy>) -> Result<Core, CoreError> {
+        Core::carrying(config, now, entropy, &std::collections::HashMap::new())
+    }
+
+    /// A core for `config` in which every target that `carried` knows (same service, address and
+    /// transport: a reload that kept the server) keeps its health, so it neither re-rises nor
+    /// loses a drain; new targets start in the configured start state.
+    pub fn carrying(
+        config: &Config,
+        now: Instant,
+        mut entropy: Box<dyn Entropy>,
+        carried: &std::collections::HashMap<TargetKey, Carried>,
+    ) -> Result<Core, CoreError> {
         let p = &config.probe;
         let start = match p.start {
             StartState::Unknown => State::Unknown,
@@ -328,19 +355,21 @@ impl Core {
             for (vi, server) in service.servers.iter().enumerate() {
                 for &transport in &server.transports {
                     let addr = SocketAddr::new(server.address, server.port);
+                    let kept = carried.get(&(Arc::from(service.name.as_str()), addr, transport));
                     targets.push(Target {
                         service: si,
                         server: vi,
                         transport,
                         addr,
                         method: server.probe_method,
-                        health: Health::new(start),
+                        health: kept.map_or_else(|| Health::new(start), |c| c.health.clone()),
                         template: RequestTemplate::new(server.probe_method, addr, transport),
                         probe: None,
                         seq: 0,
                         cseq: *sip::CSEQ_RANGE.start(),
                         next_due: now,
-                        last_code: None,
+                        last_code: kept.and_then(|c| c.last_code),
+                        changed: kept.and_then(|c| c.changed),
                     });
                 }
             }
@@ -448,6 +477,17 @@ impl Core {
         Some((&self.services[t.service].0, t.addr, t.transport))
     }
 
+    /// What every target would carry into a reloaded core ([`Core::carrying`]).
+    pub fn carry(&self) -> std::collections::HashMap<TargetKey, Carried> {
+        self.targets
+            .iter()
+            .map(|t| {
+                let key = (self.services[t.service].0.clone(), t.addr, t.transport);
+                (key, Carried { health: t.health.clone(), last_code: t.last_code, changed: t.changed })
+            })
+            .collect()
+    }
+
     /// Every target as it stands now.
     pub fn reports(&self) -> Vec<ServerReport> {
         self.targets
@@ -460,6 +500,7 @@ impl Core {
                 rtt: t.health.rtt(),
                 last_code: t.last_code,
                 flips: t.health.flips(),
+                changed: t.changed,
             })
             .collect()
     }
@@ -709,6 +750,7 @@ impl Core {
         }
         let from = t.health.state();
         if t.health.observe(verdict, now, thresholds) {
+            t.changed = Some((now, why));
             self.dirty = true;
             self.stats.flips += 1;
             if self.flips.len() >= MAX_FLIP_RECORDS {

@@ -576,3 +576,19 @@ fn no_randomness_no_prober() {
     assert!(core.stats().entropy_failures >= 5);
     assert_eq!(core.targets[0].health.state(), State::Unknown);
 }
+
+/// A reload keeps the health of servers that stay (no re-rise), starts new ones in the start
+/// state, and forgets removed ones.
+#[test]
+fn a_reload_carries_health_of_servers_that_stay() {
+    let c = config(FAST, &[("127.0.0.21", "\"udp\""), ("127.0.0.22", "\"udp\"")], "");
+    let mut sim = Sim::new(&c, vec![ok(), Behaviour::Silent]);
+    sim.run_until(ms(1000));
+    assert_eq!((sim.state(0), sim.state(1)), (State::Up, State::Down));
+    let carried = sim.core.carry();
+    let next = config(FAST, &[("127.0.0.22", "\"udp\""), ("127.0.0.21", "\"udp\""), ("127.0.0.23", "\"udp\"")], "");
+    let core = Core::carrying(&next, sim.now, Box::new(Seeded(7)), &carried).unwrap();
+    let states: Vec<State> = core.reports().iter().map(|r| r.state).collect();
+    assert_eq!(states, vec![State::Down, State::Up, State::Unknown], "kept by address, new one unknown");
+    assert!(core.reports()[1].changed.is_some_and(|(_, why)| why == "a final reply"));
+}

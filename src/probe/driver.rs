@@ -17,6 +17,7 @@
 //! later one. A socket that keeps delivering is read at most [`READ_BUDGET`] times per pass, then
 //! the loop serves timers and the other sockets before coming back to it.
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,7 +28,9 @@ use std::time::{Duration, Instant};
 use mio::net::{TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token};
 
-use super::core::{Action, Core, CoreError, Entropy, Event, OsEntropy, ProbeRef, ServerReport, Stats};
+use super::core::{
+    Action, Carried, Core, CoreError, Entropy, Event, OsEntropy, ProbeRef, ServerReport, Stats, TargetKey,
+};
 use crate::config::{Config, StartState, Transport};
 use crate::snapshot::{Health, Snapshot, SnapshotHandle};
 
@@ -81,6 +84,9 @@ pub struct ProbeStatus {
     /// Milliseconds since the prober started, at its last loop iteration; a stalled prober
     /// stops advancing it.
     pub heartbeat_ms: AtomicU64,
+    /// How old the heartbeat was when the main thread last looked (every 100 ms), for readers
+    /// that do not hold the [`Prober`].
+    pub heartbeat_age_ms: AtomicU64,
     /// Per server and transport, refreshed once per interval.
     pub servers: Mutex<Vec<ServerReport>>,
 }
@@ -122,10 +128,15 @@ impl std::fmt::Display for ProbeStatus {
     }
 }
 
+/// What a stopped prober hands to the next one (see [`Prober::stop_and_carry`]).
+pub type Carry = HashMap<TargetKey, Carried>;
+
 /// A running prober.
 pub struct Prober {
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<io::Result<()>>>,
+    /// Wakes the loop at once when `stop` is set (a reload waits for the old prober).
+    waker: Arc<mio::Waker>,
+    thread: Option<JoinHandle<io::Result<Carry>>>,
     status: Arc<ProbeStatus>,
     started: Instant,
     stall_limit: Duration,
@@ -144,10 +155,23 @@ impl Prober {
         snapshots: SnapshotHandle,
         entropy: Box<dyn Entropy>,
     ) -> Result<Prober, ProberError> {
+        Prober::spawn_carrying(config, snapshots, entropy, &Carry::new())
+    }
+
+    /// [`Prober::spawn`] after a reload: servers that `carried` knows keep their health, and
+    /// snapshot generations go on from the one published now.
+    pub fn spawn_carrying(
+        config: Config,
+        snapshots: SnapshotHandle,
+        entropy: Box<dyn Entropy>,
+        carried: &Carry,
+    ) -> Result<Prober, ProberError> {
         crate::io::raise_fd_limit();
         let started = Instant::now();
-        let core = Core::new(&config, started, entropy)?;
+        let core = Core::carrying(&config, started, entropy, carried)?;
+        let generation = snapshots.load().generation;
         let poll = Poll::new()?;
+        let waker = Arc::new(mio::Waker::new(poll.registry(), WAKE)?);
         let stop = Arc::new(AtomicBool::new(false));
         let status = Arc::new(ProbeStatus::default());
         let stall_limit = (config.probe.interval * 3).max(MIN_STALL);
@@ -159,9 +183,10 @@ impl Prober {
             buf: vec![0u8; 65_536],
             status: status.clone(),
             snapshots,
-            generation: 1,
+            generation,
             started,
             next_report: started,
+            reported_flips: 0,
             config,
         };
         driver.sockets.resize_with(driver.core.targets(), || None);
@@ -172,9 +197,10 @@ impl Prober {
                     eprintln!("dnlb: prober: cannot pin to core {core}: {e}; running unpinned");
                 }
             }
-            driver.run(&s)
+            driver.run(&s)?;
+            Ok(driver.core.carry())
         })?;
-        Ok(Prober { stop, thread: Some(thread), status, started, stall_limit })
+        Ok(Prober { stop, waker, thread: Some(thread), status, started, stall_limit })
     }
 
     /// The exported counters.
@@ -206,9 +232,28 @@ impl Prober {
         self.finished() || self.heartbeat_age() > self.stall_limit
     }
 
+    /// Stops the thread (within [`SHUTDOWN_LIMIT`]) and returns what its servers carry into a
+    /// reloaded prober.
+    pub fn stop_and_carry(mut self) -> io::Result<Carry> {
+        self.stop.store(true, Ordering::Release);
+        // A loop that cannot be woken still sees the flag within MAX_WAIT.
+        let _woken = self.waker.wake();
+        let deadline = Instant::now() + SHUTDOWN_LIMIT;
+        while !self.finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        match self.thread.take().filter(JoinHandle::is_finished).map(JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(io::Error::other("prober thread panicked")),
+            None => Err(io::Error::other(format!("the prober did not stop within {SHUTDOWN_LIMIT:?}"))),
+        }
+    }
+
     /// Asks the thread to stop without waiting for it (it is stalled: waiting would not help).
     pub fn abandon(mut self) {
         self.stop.store(true, Ordering::Release);
+        // A loop that cannot be woken still sees the flag within MAX_WAIT.
+        let _woken = self.waker.wake();
         self.thread.take();
     }
 
@@ -216,6 +261,8 @@ impl Prober {
     /// that does not stop is left behind and reported).
     pub fn shutdown(mut self) -> io::Result<()> {
         self.stop.store(true, Ordering::Release);
+        // A loop that cannot be woken still sees the flag within MAX_WAIT.
+        let _woken = self.waker.wake();
         let deadline = Instant::now() + SHUTDOWN_LIMIT;
         while !self.finished() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
@@ -226,7 +273,7 @@ impl Prober {
             return Err(io::Error::other(format!("the prober did not stop within {SHUTDOWN_LIMIT:?}")));
         }
         match self.thread.take().map(JoinHandle::join) {
-            Some(Ok(result)) => result,
+            Some(Ok(result)) => result.map(|_carry| ()),
             Some(Err(_)) => Err(io::Error::other("prober thread panicked")),
             None => Ok(()),
         }
@@ -236,6 +283,8 @@ impl Prober {
 impl Drop for Prober {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
+        // A loop that cannot be woken still sees the flag within MAX_WAIT.
+        let _woken = self.waker.wake();
         let deadline = Instant::now() + SHUTDOWN_LIMIT;
         while !self.finished() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
@@ -270,6 +319,10 @@ struct Slot {
     muted: bool,
 }
 
+/// The token of the waker that [`Prober`] uses to stop the loop at once (no probe's token: those
+/// carry a target in the low half, and no farm has 2^32 - 1 targets).
+const WAKE: Token = Token(0xffff_ffff);
+
 /// The token of a probe's socket: the target in the low half, the probe's sequence number (its
 /// low 32 bits) in the high half.
 fn token(probe: ProbeRef) -> Token {
@@ -279,6 +332,8 @@ fn token(probe: ProbeRef) -> Token {
 struct Driver {
     core: Core,
     poll: Poll,
+    /// Flips counted at the last report: a flip refreshes the reports at once.
+    reported_flips: u64,
     /// Per target, the socket of its probe in flight.
     sockets: Vec<Option<Slot>>,
     /// Targets whose socket still had data when its read budget ran out.
@@ -362,7 +417,8 @@ impl Driver {
             }
         }
         self.status.store(self.core.stats());
-        if now >= self.next_report {
+        if now >= self.next_report || self.core.stats().flips != self.reported_flips {
+            self.reported_flips = self.core.stats().flips;
             let reports = self.core.reports();
             if let Ok(mut servers) = self.status.servers.lock() {
                 *servers = reports;
