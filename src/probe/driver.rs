@@ -81,7 +81,7 @@ pub struct ProbeStatus {
     /// Milliseconds since the prober started, at its last loop iteration; a stalled prober
     /// stops advancing it.
     pub heartbeat_ms: AtomicU64,
-    /// Per server and transport, refreshed once per interval.
+    /// Per server and transport, refreshed once per interval and after every flip.
     pub servers: Mutex<Vec<ServerReport>>,
 }
 
@@ -119,6 +119,26 @@ impl std::fmt::Display for ProbeStatus {
             get(&self.entropy_failures),
             get(&self.stalls)
         )
+    }
+}
+
+/// A reader's view of a running prober: its counters, reports and heartbeat, without its thread.
+#[derive(Debug, Clone)]
+pub struct ProbeView {
+    status: Arc<ProbeStatus>,
+    started: Instant,
+}
+
+impl ProbeView {
+    /// The exported counters and per-server reports.
+    pub fn status(&self) -> &ProbeStatus {
+        &self.status
+    }
+
+    /// How long ago the prober's loop last went round.
+    pub fn heartbeat_age(&self) -> Duration {
+        let beat = Duration::from_millis(self.status.heartbeat_ms.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(beat)
     }
 }
 
@@ -189,8 +209,12 @@ impl Prober {
 
     /// How long ago the prober's loop last went round.
     pub fn heartbeat_age(&self) -> Duration {
-        let beat = Duration::from_millis(self.status.heartbeat_ms.load(Ordering::Relaxed));
-        self.started.elapsed().saturating_sub(beat)
+        self.view().heartbeat_age()
+    }
+
+    /// What another thread (the metrics endpoint) may read while the prober runs.
+    pub fn view(&self) -> ProbeView {
+        ProbeView { status: self.status.clone(), started: self.started }
     }
 
     /// The heartbeat age past which the prober counts as stalled: three probe intervals, and at
@@ -350,7 +374,9 @@ impl Driver {
                 }
             }
         }
+        let mut flipped = false;
         while let Some(f) = self.core.poll_flip() {
+            flipped = true;
             if let Some((service, addr, transport)) = self.core.describe(f.target) {
                 eprintln!(
                     "dnlb: probe: {service} {addr}/{}: {:?} -> {:?} ({})",
@@ -362,7 +388,9 @@ impl Driver {
             }
         }
         self.status.store(self.core.stats());
-        if now >= self.next_report {
+        // Once per interval, and at once after a flip, so a scrape sees a server go down as
+        // soon as its answers stop naming it.
+        if now >= self.next_report || flipped {
             let reports = self.core.reports();
             if let Ok(mut servers) = self.status.servers.lock() {
                 *servers = reports;
