@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use dnlb::config::{Config, IoMode};
+use dnlb::control::metrics;
 use dnlb::probe::{initial_health, Prober};
 use dnlb::server::Server;
 use dnlb::snapshot::{Snapshot, SnapshotHandle};
@@ -71,10 +72,21 @@ fn run(path: PathBuf, io: Option<IoMode>, workers: Option<usize>) -> Result<()> 
     let relay = config.relay.clone().map(std::sync::Arc::new);
     let server = Server::start(&config.server, relay, config.rrl.clone(), snapshots.clone())?;
     let prober = if config.probe.enabled && !config.services.is_empty() {
-        Some(Prober::spawn(config.clone(), snapshots).context("starting the prober")?)
+        Some(Prober::spawn(config.clone(), snapshots.clone()).context("starting the prober")?)
     } else {
         eprintln!("dnlb: probing is off: every configured server counts as healthy");
         None
+    };
+    // The metrics endpoint reads the counters, the prober and the snapshot; dropped (stopped) on return.
+    let _metrics = match &config.metrics {
+        Some(m) => {
+            let prober = prober.as_ref().map(Prober::view);
+            let sources = metrics::Sources { counters: server.counters(), prober, snapshots };
+            let endpoint = metrics::MetricsServer::start(m.listen, sources).context("starting the metrics endpoint")?;
+            eprintln!("dnlb: metrics on http://{}/metrics", endpoint.local_addr());
+            Some(endpoint)
+        }
+        None => None,
     };
     if let Some(why) = server.fallback_reason() {
         eprintln!("dnlb: io_uring unavailable, using the portable backend: {why}");
