@@ -25,6 +25,14 @@ macro_rules! counters {
             $($(#[doc = $doc])+ pub $name: AtomicU64,)+
         }
 
+        impl WorkerCounters {
+            /// Every counter with its name, so a test can check that no reader leaves one out.
+            #[cfg(test)]
+            pub(crate) fn fields(&self) -> Vec<(&'static str, &AtomicU64)> {
+                vec![$((stringify!($name), &self.$name)),+]
+            }
+        }
+
         /// A sum over all workers, taken off the hot path.
         #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
         pub struct Totals {

@@ -555,6 +555,26 @@ fn transport_label(t: Transport) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::WorkerCounters;
+    use crate::snapshot::Snapshot;
+    use crossbeam_utils::CachePadded;
+
+    #[test]
+    fn every_worker_counter_reaches_the_exposition() {
+        let blocks: CounterBlocks = (0..1).map(|_| CachePadded::new(WorkerCounters::default())).collect();
+        let fields = blocks[0].fields();
+        // A distinct value per counter, so each can be found in the text by its value alone.
+        for (i, (_, c)) in fields.iter().enumerate() {
+            c.store(7_000_001 + 10 * i as u64, Ordering::Relaxed);
+        }
+        let sources =
+            Sources { counters: blocks.clone(), prober: None, snapshots: SnapshotHandle::new(Snapshot::empty()) };
+        let text = scrape(&sources).unwrap();
+        for (i, (name, _)) in fields.iter().enumerate() {
+            let value = 7_000_001 + 10 * i as u64;
+            assert!(text.contains(&format!("}} {value}\n")), "{name} ({value}) is not exported:\n{text}");
+        }
+    }
 
     #[test]
     fn routes_requests_and_waits_for_whole_headers() {
