@@ -9,6 +9,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::sip::{common_port, Mode, SipResponder};
+use common::upstream::{Behaviour, FakeUpstream};
 use common::*;
 use dnlb::config::{Config, IoMode};
 use dnlb::control::metrics::{MetricsServer, Sources, MAX_REQUEST};
@@ -176,6 +177,48 @@ fn a_silenced_server_shows_up_0_within_interval_times_fall_plus_timeout() {
     println!("silenced server scraped as up 0 after {down:?} (bound {bound:?})");
     let other = [("server", &*r.responders[1].addr.to_string())];
     assert_eq!(sum(&scrape(addr).1, "dnlb_sip_server_up", &other), 1.0, "the other server stays up");
+}
+
+#[test]
+fn relay_counters_and_cache_gauges_reach_the_scrape() {
+    let upstream = FakeUpstream::start(Behaviour::ForgeThenAnswer { forged: 3 });
+    let text = format!(
+        "[server]\nlisten = [\"127.0.0.1:{}\"]\nworkers = 1\n\n[relay]\nupstreams = [\"{}\"]\ntimeout_ms = 300\n",
+        free_port(),
+        upstream.addr
+    );
+    let dns = TestServer::start(&text, IoMode::Portable);
+    let sources =
+        Sources { counters: dns.server.as_ref().unwrap().counters(), prober: None, snapshots: dns.snapshots.clone() };
+    let metrics = MetricsServer::start("127.0.0.1:0".parse().unwrap(), sources).unwrap();
+    // One worker: the second query finds the first one's answer in the same cache.
+    for id in 0..2 {
+        let reply = udp_query(dns.addr, &query("www.relay.test.", RecordType::A, id, None));
+        assert_eq!(reply.answers.len(), 1, "{reply:?}");
+    }
+    // The worker publishes its relay's counters after each wake-up: wait for them.
+    let start = Instant::now();
+    loop {
+        let (text, s) = scrape(metrics.local_addr());
+        let seen = (
+            sum(&s, "dnlb_relay_cache_misses_total", &[]),
+            sum(&s, "dnlb_relay_cache_hits_total", &[]),
+            sum(&s, "dnlb_relay_cache_entries", &[]),
+            sum(&s, "dnlb_relay_upstream_queries_total", &[]),
+        );
+        if seen == (1.0, 1.0, 1.0, 1.0) {
+            assert!(sum(&s, "dnlb_relay_cache_bytes", &[]) > 0.0, "{text}");
+            assert_eq!(sum(&s, "dnlb_relay_pending", &[]), 0.0, "{text}");
+            let refused = sum(&s, "dnlb_relay_events_total", &[("event", "forged")])
+                + sum(&s, "dnlb_relay_events_total", &[("event", "case_mismatch")]);
+            assert!(refused >= 1.0, "forged replies counted: {text}");
+            assert!(!has(&s, "dnlb_sip_server_up", &[]), "no prober, no server gauges: {text}");
+            promtool_check(&text);
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(3), "(misses, hits, entries, upstream) = {seen:?}\n{text}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
