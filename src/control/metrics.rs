@@ -52,12 +52,12 @@ const MAX_HEADERS: usize = 32;
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
     /// The listen address could not be bound.
-    #[error("cannot listen for metrics on {addr}: {source}")]
+    #[error("cannot listen for metrics on {addr}: {reason}")]
     Bind {
         /// The configured address.
         addr: SocketAddr,
-        /// What the operating system said.
-        source: io::Error,
+        /// What the operating system said (in the message, not chained, so it is said once).
+        reason: io::Error,
     },
     /// The poll instance or the thread could not be created.
     #[error("cannot start the metrics endpoint: {0}")]
@@ -89,7 +89,7 @@ impl MetricsServer {
     /// Binds `listen` and starts thread `dnlb-metrics`; fails before the thread starts if the
     /// address cannot be bound.
     pub fn start(listen: SocketAddr, sources: Sources) -> Result<MetricsServer, MetricsError> {
-        let mut listener = TcpListener::bind(listen).map_err(|source| MetricsError::Bind { addr: listen, source })?;
+        let mut listener = TcpListener::bind(listen).map_err(|reason| MetricsError::Bind { addr: listen, reason })?;
         let addr = listener.local_addr()?;
         let poll = Poll::new()?;
         poll.registry().register(&mut listener, Token(0), Interest::READABLE)?;
