@@ -587,6 +587,25 @@ mod tests {
         assert_eq!(route(b"\x00\xff garbage\r\n\r\n"), Some(Route::BadRequest));
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 512, failure_persistence: None, ..Default::default() })]
+
+        /// Any bytes, and a request line with any tail: a route or "wait for more", never a
+        /// panic; the exposition only for a request whose header block has ended.
+        #[test]
+        fn any_request_bytes_are_routed_without_panic(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..MAX_REQUEST),
+            prefixed in proptest::prelude::any::<bool>(),
+        ) {
+            let mut request = if prefixed { b"GET /metrics HTTP/1.1\r\n".to_vec() } else { Vec::new() };
+            request.extend_from_slice(&bytes);
+            request.truncate(MAX_REQUEST);
+            if let Some(Route::Metrics { .. }) = route(&request) {
+                proptest::prop_assert!(request.windows(4).any(|w| w == b"\r\n\r\n" ) || request.windows(2).any(|w| w == b"\n\n"));
+            }
+        }
+    }
+
     #[test]
     fn too_many_headers_is_a_bad_request_not_a_panic() {
         let mut req = b"GET /metrics HTTP/1.1\r\n".to_vec();
