@@ -189,7 +189,7 @@ fn log_rarely(last: &mut Option<Instant>, what: &str) {
 /// What a request asked for, as far as the endpoint cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Route {
-    /// `GET /metrics` (or `HEAD`): the exposition.
+    /// `GET /metrics` (or `HEAD`, which gets the headers only): the exposition.
     Metrics {
         /// Whether the body is wanted (not for `HEAD`).
         body: bool,
@@ -232,8 +232,8 @@ fn answer(stream: mio::net::TcpStream, sources: &Sources) -> io::Result<()> {
     };
     stream.set_write_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))))?;
     let (status, content_type, body) = match route {
-        Route::Metrics { body } => match scrape(sources) {
-            Ok(text) => ("200 OK", TextEncoder::new().format_type().to_string(), body.then_some(text)),
+        Route::Metrics { .. } => match scrape(sources) {
+            Ok(text) => ("200 OK", TextEncoder::new().format_type().to_string(), Some(text)),
             Err(e) => {
                 eprintln!("dnlb: metrics: {e}");
                 ("500 Internal Server Error", "text/plain".to_string(), Some(format!("{e}\n")))
@@ -247,6 +247,7 @@ fn answer(stream: mio::net::TcpStream, sources: &Sources) -> io::Result<()> {
         }
     };
     let body = body.unwrap_or_default();
+    // HEAD gets the length a GET would, and no body.
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
