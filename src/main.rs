@@ -10,12 +10,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use arc_swap::ArcSwapOption;
 use clap::{Args, Parser, Subcommand};
 use dnlb::config::{Config, IoMode};
 use dnlb::control::report::{self, View};
-use dnlb::control::runtime;
 use dnlb::control::socket::{self, Answer, ControlSocket, Reply, Request};
-use dnlb::probe::{initial_health, Carry, ProbeStatus, Prober};
+use dnlb::control::{metrics, runtime};
+use dnlb::probe::{initial_health, Carry, ProbeStatus, ProbeView, Prober};
 use dnlb::server::Server;
 use dnlb::snapshot::{Snapshot, SnapshotHandle};
 
@@ -225,7 +226,13 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
 /// Re-reads `path` and applies what can change in place: services, servers, probe settings,
 /// policies and the hosts file. Servers that stay keep their health; an invalid file changes
 /// nothing.
-fn reload(path: &Path, running: &mut Running, snapshots: &SnapshotHandle, shared: &Mutex<Shared>) -> Reply {
+fn reload(
+    path: &Path,
+    running: &mut Running,
+    snapshots: &SnapshotHandle,
+    shared: &Mutex<Shared>,
+    view: &ArcSwapOption<ProbeView>,
+) -> Reply {
     let fresh = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -260,6 +267,7 @@ fn reload(path: &Path, running: &mut Running, snapshots: &SnapshotHandle, shared
         Err(e) => return Reply { ok: false, text: format!("{e:#}\n"), json: serde_json::Value::Null },
     }
     running.config = Arc::new(applied);
+    view.store(running.prober.as_ref().map(|p| Arc::new(p.view())));
     if let Ok(mut s) = shared.lock() {
         s.config = running.config.clone();
         s.status = running.prober.as_ref().map(|p| p.status().clone());
@@ -304,6 +312,22 @@ fn run(args: RunArgs) -> Result<()> {
     if prober.is_none() {
         eprintln!("dnlb: probing is off: every configured server counts as healthy");
     }
+    // Which prober the metrics endpoint reads: swapped by a reload.
+    let probe_view = Arc::new(arc_swap::ArcSwapOption::from(prober.as_ref().map(|p| Arc::new(p.view()))));
+    // The metrics endpoint reads the counters, the prober and the snapshot; dropped (stopped) on return.
+    let _metrics = match &config.metrics {
+        Some(m) => {
+            let sources = metrics::Sources {
+                counters: server.counters(),
+                prober: probe_view.clone(),
+                snapshots: snapshots.clone(),
+            };
+            let endpoint = metrics::MetricsServer::start(m.listen, sources).context("starting the metrics endpoint")?;
+            eprintln!("dnlb: metrics on http://{}/metrics", endpoint.local_addr());
+            Some(endpoint)
+        }
+        None => None,
+    };
     if let Some(why) = server.fallback_reason() {
         eprintln!("dnlb: io_uring unavailable, using the portable backend: {why}");
     }
@@ -351,11 +375,11 @@ fn run(args: RunArgs) -> Result<()> {
             }
         }
         if hangup.swap(false, Ordering::Relaxed) {
-            let _reply = reload(&path, &mut running, &snapshots, &shared);
+            let _reply = reload(&path, &mut running, &snapshots, &shared, &probe_view);
         }
         // Waits up to 100 ms for a reload request, which is then served at once.
         if let Ok(reply_to) = reload_rx.recv_timeout(Duration::from_millis(100)) {
-            let reply = reload(&path, &mut running, &snapshots, &shared);
+            let reply = reload(&path, &mut running, &snapshots, &shared, &probe_view);
             // The asker may have given up waiting; the reload is done either way.
             let _sent = reply_to.try_send(reply);
         }

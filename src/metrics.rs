@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crossbeam_utils::CachePadded;
 
-use crate::relay::engine::RelayStats;
+use crate::relay::engine::{RelayGauges, RelayStats};
 
 /// Declares the counters once: the per-worker atomics, the plain totals, their sum and their
 /// `name=value` display, so the lists cannot drift apart.
@@ -23,6 +23,14 @@ macro_rules! counters {
         #[derive(Debug, Default)]
         pub struct WorkerCounters {
             $($(#[doc = $doc])+ pub $name: AtomicU64,)+
+        }
+
+        impl WorkerCounters {
+            /// Every counter with its name, so a test can check that no reader leaves one out.
+            #[cfg(test)]
+            pub(crate) fn fields(&self) -> Vec<(&'static str, &AtomicU64)> {
+                vec![$((stringify!($name), &self.$name)),+]
+            }
         }
 
         /// A sum over all workers, taken off the hot path.
@@ -60,6 +68,16 @@ macro_rules! counters {
 counters! {
     /// Datagrams and TCP messages received.
     queries,
+    /// Parsed queries for A or AAAA.
+    qtype_address,
+    /// Parsed queries for SRV.
+    qtype_srv,
+    /// Parsed queries for NAPTR.
+    qtype_naptr,
+    /// Parsed queries for ANY.
+    qtype_any,
+    /// Parsed queries for any other type.
+    qtype_other,
     /// Replies with RCODE NOERROR.
     noerror,
     /// Replies with RCODE NXDOMAIN (relayed or cached).
@@ -123,6 +141,14 @@ counters! {
     relay_no_caps,
     /// Queries answered SERVFAIL because their client's prefix held its share of `max_pending`.
     relay_prefix_full,
+    /// Upstream exchanges in flight now (a gauge).
+    relay_pending,
+    /// Clients waiting on upstream exchanges now (a gauge).
+    relay_waiting,
+    /// Answers in the relay's cache now (a gauge).
+    relay_cache_entries,
+    /// Bytes the relay's cache holds now (a gauge).
+    relay_cache_bytes,
     /// UDP responses over the rate limit sent truncated (TC=1, question only).
     rrl_slipped,
     /// UDP responses over the rate limit dropped.
@@ -152,9 +178,15 @@ counters! {
 }
 
 impl WorkerCounters {
-    /// Stores the relay's counters (cumulative, kept by the worker's relay) into this block.
-    pub fn publish_relay(&self, s: &RelayStats) {
+    /// Stores the relay's counters (cumulative, kept by the worker's relay) and its gauges into
+    /// this block.
+    pub fn publish_relay(&self, s: &RelayStats, g: RelayGauges) {
         let set = |c: &AtomicU64, v: u64| c.store(v, Ordering::Relaxed);
+        let wide = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
+        set(&self.relay_pending, wide(g.pending));
+        set(&self.relay_waiting, wide(g.waiting));
+        set(&self.relay_cache_entries, wide(g.cache_entries));
+        set(&self.relay_cache_bytes, wide(g.cache_bytes));
         set(&self.relay_forwarded, s.forwarded);
         set(&self.relay_cache_hits, s.cache_hits);
         set(&self.relay_timeouts, s.timeouts);
@@ -222,11 +254,11 @@ mod tests {
         let blocks: CounterBlocks = (0..2).map(|_| CachePadded::new(WorkerCounters::default())).collect();
         bump(&blocks[0].queries);
         add(&blocks[1].queries, 2);
-        blocks[1].publish_relay(&RelayStats { forged: 7, ..RelayStats::default() });
+        blocks[1].publish_relay(&RelayStats { forged: 7, ..RelayStats::default() }, RelayGauges::default());
         let t = Totals::sum(&blocks);
         assert_eq!((t.queries, t.relay_forged), (3, 7));
         let text = t.to_string();
-        assert!(text.starts_with("queries=3 noerror=0"), "{text}");
+        assert!(text.starts_with("queries=3 qtype_address=0"), "{text}");
         assert!(text.contains(" relay_forged=7 ") && text.contains(" drop_oversize=0 "), "{text}");
         assert!(text.ends_with("tcp_closed_evicted=0"), "{text}");
     }

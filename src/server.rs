@@ -152,6 +152,11 @@ impl Server {
         self.fallback_reason.as_deref()
     }
 
+    /// The workers' counter blocks, for readers off the hot path (the metrics endpoint).
+    pub fn counters(&self) -> CounterBlocks {
+        self.counters.clone()
+    }
+
     /// Workers per listen address.
     pub fn workers_per_address(&self) -> usize {
         self.workers_per_address

@@ -24,7 +24,7 @@ use arc_swap::Guard;
 use crate::config::RelayConfig;
 use crate::dns::answer::{self, Template, Transport};
 use crate::dns::query::{self, rcode, Query, Reject, MAX_NAME_LEN};
-use crate::dns::CLASS_IN;
+use crate::dns::{rtype, CLASS_IN};
 use crate::edge::rrl::{Decision, Limiter};
 use crate::edge::tcp::{Answerer, TcpSide};
 use crate::io::{DropReason, Handler, Outbox, Peer};
@@ -181,6 +181,14 @@ impl Responder {
                 return Answer::Reply(answer::write_header_error(packet, rcode::FORMERR, out));
             }
         };
+        let c = self.counters();
+        count(match query.qtype {
+            rtype::A | rtype::AAAA => &c.qtype_address,
+            rtype::SRV => &c.qtype_srv,
+            rtype::NAPTR => &c.qtype_naptr,
+            rtype::ANY => &c.qtype_any,
+            _ => &c.qtype_other,
+        });
         if query.edns.is_some_and(|e| e.version > 0) {
             count(&self.counters().badvers);
             return Answer::Reply(answer::write_badvers(packet, &query, transport, out));
@@ -373,7 +381,7 @@ impl Worker {
     pub fn publish_counters(&self) {
         let c = self.responder.counters();
         if let Some(relay) = &self.responder.relay {
-            c.publish_relay(relay.stats());
+            c.publish_relay(relay.stats(), relay.gauges());
         }
         if let Some(tcp) = &self.tcp {
             c.publish_tcp(&tcp.stats);

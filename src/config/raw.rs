@@ -20,6 +20,14 @@ pub(super) struct RawConfig {
     pub(super) relay: Option<RawRelay>,
     #[serde(default)]
     pub(super) rrl: Option<RawRrl>,
+    #[serde(default)]
+    pub(super) metrics: Option<RawMetrics>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMetrics {
+    pub(super) listen: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -95,6 +95,15 @@ pub struct Config {
     pub relay: Option<RelayConfig>,
     /// Response rate limiting over UDP; `None` (no `[rrl]` section): off.
     pub rrl: Option<RrlConfig>,
+    /// The Prometheus endpoint; `None` (no `[metrics]` section): off.
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// The Prometheus endpoint (`[metrics]`), served by [`crate::control::metrics`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// The HTTP address `GET /metrics` is served on, e.g. `127.0.0.1:9153`.
+    pub listen: SocketAddr,
 }
 
 /// The upstream relay for every name dnlb does not manage.

@@ -82,7 +82,30 @@ impl Validator<'_> {
         };
         let relay = raw.relay.map(|r| self.relay(r));
         let rrl = raw.rrl.map(|r| self.rrl(r));
-        Config { server, probe, services, hosts, hosts_ttl, relay, rrl }
+        let metrics = raw.metrics.and_then(|m| self.metrics(m));
+        Config { server, probe, services, hosts, hosts_ttl, relay, rrl, metrics }
+    }
+
+    fn metrics(&mut self, raw: RawMetrics) -> Option<MetricsConfig> {
+        match raw.listen.get_ref().parse::<SocketAddr>() {
+            Ok(listen) if listen.ip().is_multicast() => {
+                self.fail(
+                    raw.listen.span(),
+                    "metrics.listen",
+                    format!("{listen} is multicast: name a local address such as \"127.0.0.1:9153\""),
+                );
+                None
+            }
+            Ok(listen) => Some(MetricsConfig { listen }),
+            Err(_) => {
+                self.fail(
+                    raw.listen.span(),
+                    "metrics.listen",
+                    format!("`{}` is not an address with a port: write \"127.0.0.1:9153\"", raw.listen.get_ref()),
+                );
+                None
+            }
+        }
     }
 
     fn relay(&mut self, raw: RawRelay) -> RelayConfig {

@@ -3,8 +3,10 @@
 //!
 //! - [`runtime`]: where a running instance keeps its files (control socket, instance locks);
 //! - [`socket`]: the control socket (`dnlb status`, `explain`, `reload`);
-//! - [`report`]: what status and explain say, from the snapshot, the prober and the config.
+//! - [`report`]: what status and explain say, from the snapshot, the prober and the config;
+//! - [`metrics`]: the Prometheus endpoint, `GET /metrics`.
 
+pub mod metrics;
 pub mod report;
 pub mod runtime;
 pub mod socket;

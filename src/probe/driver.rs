@@ -87,7 +87,7 @@ pub struct ProbeStatus {
     /// How old the heartbeat was when the main thread last looked (every 100 ms), for readers
     /// that do not hold the [`Prober`].
     pub heartbeat_age_ms: AtomicU64,
-    /// Per server and transport, refreshed once per interval.
+    /// Per server and transport, refreshed once per interval and after every flip.
     pub servers: Mutex<Vec<ServerReport>>,
 }
 
@@ -130,6 +130,26 @@ impl std::fmt::Display for ProbeStatus {
 
 /// What a stopped prober hands to the next one (see [`Prober::stop_and_carry`]).
 pub type Carry = HashMap<TargetKey, Carried>;
+
+/// A reader's view of a running prober: its counters, reports and heartbeat, without its thread.
+#[derive(Debug, Clone)]
+pub struct ProbeView {
+    status: Arc<ProbeStatus>,
+    started: Instant,
+}
+
+impl ProbeView {
+    /// The exported counters and per-server reports.
+    pub fn status(&self) -> &ProbeStatus {
+        &self.status
+    }
+
+    /// How long ago the prober's loop last went round.
+    pub fn heartbeat_age(&self) -> Duration {
+        let beat = Duration::from_millis(self.status.heartbeat_ms.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(beat)
+    }
+}
 
 /// A running prober.
 pub struct Prober {
@@ -186,7 +206,6 @@ impl Prober {
             generation,
             started,
             next_report: started,
-            reported_flips: 0,
             config,
         };
         driver.sockets.resize_with(driver.core.targets(), || None);
@@ -215,8 +234,12 @@ impl Prober {
 
     /// How long ago the prober's loop last went round.
     pub fn heartbeat_age(&self) -> Duration {
-        let beat = Duration::from_millis(self.status.heartbeat_ms.load(Ordering::Relaxed));
-        self.started.elapsed().saturating_sub(beat)
+        self.view().heartbeat_age()
+    }
+
+    /// What another thread (the metrics endpoint) may read while the prober runs.
+    pub fn view(&self) -> ProbeView {
+        ProbeView { status: self.status.clone(), started: self.started }
     }
 
     /// The heartbeat age past which the prober counts as stalled: three probe intervals, and at
@@ -332,8 +355,6 @@ fn token(probe: ProbeRef) -> Token {
 struct Driver {
     core: Core,
     poll: Poll,
-    /// Flips counted at the last report: a flip refreshes the reports at once.
-    reported_flips: u64,
     /// Per target, the socket of its probe in flight.
     sockets: Vec<Option<Slot>>,
     /// Targets whose socket still had data when its read budget ran out.
@@ -405,7 +426,9 @@ impl Driver {
                 }
             }
         }
+        let mut flipped = false;
         while let Some(f) = self.core.poll_flip() {
+            flipped = true;
             if let Some((service, addr, transport)) = self.core.describe(f.target) {
                 eprintln!(
                     "dnlb: probe: {service} {addr}/{}: {:?} -> {:?} ({})",
@@ -417,8 +440,9 @@ impl Driver {
             }
         }
         self.status.store(self.core.stats());
-        if now >= self.next_report || self.core.stats().flips != self.reported_flips {
-            self.reported_flips = self.core.stats().flips;
+        // Once per interval, and at once after a flip, so a scrape sees a server go down as
+        // soon as its answers stop naming it.
+        if now >= self.next_report || flipped {
             let reports = self.core.reports();
             if let Ok(mut servers) = self.status.servers.lock() {
                 *servers = reports;

@@ -105,6 +105,19 @@ pub enum Verdict {
     Unknown,
 }
 
+/// What a relay holds at one moment (not cumulative, unlike [`RelayStats`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RelayGauges {
+    /// Upstream exchanges in flight.
+    pub pending: usize,
+    /// Clients waiting on them.
+    pub waiting: usize,
+    /// Answers in the cache.
+    pub cache_entries: usize,
+    /// Bytes the cache's answers hold.
+    pub cache_bytes: usize,
+}
+
 /// Relay counters, published into the worker's counters.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct RelayStats {
@@ -317,6 +330,16 @@ impl Engine {
     /// Clients waiting on them.
     pub fn waiting(&self) -> usize {
         self.waiting
+    }
+
+    /// What the relay holds now, for the metrics.
+    pub fn gauges(&self) -> RelayGauges {
+        RelayGauges {
+            pending: self.pending(),
+            waiting: self.waiting,
+            cache_entries: self.cache.len(),
+            cache_bytes: self.cache.bytes(),
+        }
     }
 
     /// The upstreams found not to preserve letter case since the last call (each once per

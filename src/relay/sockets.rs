@@ -25,7 +25,7 @@ use mio::net::{TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::engine::{Engine, Forwarded, RelayStats, Replies, ReplyTo, Token, Verdict, Wire};
+use super::engine::{Engine, Forwarded, RelayGauges, RelayStats, Replies, ReplyTo, Token, Verdict, Wire};
 use super::random::Fill;
 use super::RelayError;
 use crate::config::RelayConfig;
@@ -189,6 +189,11 @@ impl Relay {
     /// Upstream exchanges in flight.
     pub fn pending(&self) -> usize {
         self.engine.pending()
+    }
+
+    /// What the relay holds now: exchanges in flight, waiting clients, cache size.
+    pub fn gauges(&self) -> RelayGauges {
+        self.engine.gauges()
     }
 
     /// Sockets open now (UDP and TCP).
