@@ -415,17 +415,9 @@ impl Driver {
 
     /// Publishes, logs flips, exports counters and, once per interval, the per-server reports.
     fn after_pass(&mut self, now: Instant) {
-        while let Some(p) = self.core.poll_publish() {
-            self.generation += 1;
-            match Snapshot::build(&self.config, &p.health, p.round, self.generation) {
-                Ok(snapshot) => self.snapshots.publish(snapshot),
-                Err(e) => {
-                    eprintln!("dnlb: prober: cannot build answers: {e}");
-                    self.core.publish_failed();
-                    break;
-                }
-            }
-        }
+        // Counters and reports first, then the answers: whoever sees a new snapshot sees the
+        // counts and the verdicts that led to it.
+        self.status.store(self.core.stats());
         let mut flipped = false;
         while let Some(f) = self.core.poll_flip() {
             flipped = true;
@@ -439,7 +431,6 @@ impl Driver {
                 );
             }
         }
-        self.status.store(self.core.stats());
         // Once per interval, and at once after a flip, so a scrape sees a server go down as
         // soon as its answers stop naming it.
         if now >= self.next_report || flipped {
@@ -449,6 +440,19 @@ impl Driver {
             }
             self.next_report = now + self.config.probe.interval;
         }
+        while let Some(p) = self.core.poll_publish() {
+            self.generation += 1;
+            match Snapshot::build(&self.config, &p.health, p.round, self.generation) {
+                Ok(snapshot) => self.snapshots.publish(snapshot),
+                Err(e) => {
+                    eprintln!("dnlb: prober: cannot build answers: {e}");
+                    self.core.publish_failed();
+                    break;
+                }
+            }
+        }
+        // The publish count was taken before; store it again now that it moved.
+        self.status.store(self.core.stats());
     }
 
     /// Carries out every action the core queued, feeding back what opening a socket gave.
