@@ -4,10 +4,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use dnlb::config::{Config, IoMode};
+use dnlb::control::instance::InstanceLocks;
+use dnlb::control::privilege::{self, Outcome};
+use dnlb::control::{notify, runtime};
 use dnlb::probe::{initial_health, Prober};
 use dnlb::server::Server;
 use dnlb::snapshot::{Snapshot, SnapshotHandle};
@@ -65,6 +68,12 @@ fn run(path: PathBuf, io: Option<IoMode>, workers: Option<usize>) -> Result<()> 
     if workers.is_some() {
         config.server.workers = workers;
     }
+    // The user is looked up before anything is bound, so a typo or a start without root fails
+    // before the first socket exists.
+    let target = config.server.user.as_deref().map(privilege::resolve).transpose()?;
+    // One instance per listen address: SO_REUSEPORT would let a second dnlb bind silently and
+    // split the clients between two configurations. Held until run() returns.
+    let locks = InstanceLocks::acquire(&runtime::dir(config.server.runtime_dir.as_deref()), &config.server.listen)?;
     // The first snapshot follows the configured start state; the prober publishes from then on.
     let snapshot = Snapshot::build(&config, &initial_health(&config), 0, 1).context("building answers")?;
     let snapshots = SnapshotHandle::new(snapshot);
@@ -76,18 +85,34 @@ fn run(path: PathBuf, io: Option<IoMode>, workers: Option<usize>) -> Result<()> 
         eprintln!("dnlb: probing is off: every configured server counts as healthy");
         None
     };
+    // Every socket is bound (and the prober's made) while still root; from here on, the user's.
+    if let Some(target) = &target {
+        match target.assume()? {
+            Outcome::Dropped => eprintln!("dnlb: dropped root: running as user {}", target.name()),
+            Outcome::AlreadyUser => {}
+        }
+    }
     if let Some(why) = server.fallback_reason() {
         eprintln!("dnlb: io_uring unavailable, using the portable backend: {why}");
     }
     let listen: Vec<String> = config.server.listen.iter().map(ToString::to_string).collect();
-    eprintln!(
-        "dnlb: serving {} service(s) on {} (udp{}), {} worker(s) per address, io={}",
+    let serving = format!(
+        "serving {} service(s) on {} (udp{}), {} worker(s) per address, io={}",
         config.services.len(),
         listen.join(", "),
         if config.server.tcp { "+tcp" } else { "" },
         server.workers_per_address(),
         server.backend()
     );
+    eprintln!("dnlb: {serving}");
+    // READY=1 once every socket is bound and the first snapshot (built from the configured start
+    // state) is published; the prober's first verdicts come later, as snapshot swaps.
+    if let Err(e) = notify::ready(&serving) {
+        eprintln!("dnlb: {e}");
+    }
+    let watchdog_every = notify::watchdog_interval();
+    let mut last_ping: Option<Instant> = None;
+    let mut ping_failed = false;
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
@@ -108,7 +133,23 @@ fn run(path: PathBuf, io: Option<IoMode>, workers: Option<usize>) -> Result<()> 
             stalled = Some(why);
             break;
         }
+        // WATCHDOG=1 only from here: workers alive and the prober progressing, so a systemd
+        // watchdog timeout means the same as the checks above, caught from outside.
+        if let Some(every) = watchdog_every.filter(|&e| last_ping.is_none_or(|t| t.elapsed() >= e)) {
+            last_ping = Some(Instant::now());
+            match notify::watchdog() {
+                Ok(()) => ping_failed = false,
+                Err(e) if !ping_failed => {
+                    eprintln!("dnlb: {e} (every {every:?}); retrying at that interval");
+                    ping_failed = true;
+                }
+                Err(_) => {}
+            }
+        }
         std::thread::sleep(Duration::from_millis(100));
+    }
+    if let Err(e) = notify::stopping() {
+        eprintln!("dnlb: {e}");
     }
     if let Some(p) = &prober {
         eprintln!("dnlb: prober: {}", p.status());
@@ -129,6 +170,8 @@ fn run(path: PathBuf, io: Option<IoMode>, workers: Option<usize>) -> Result<()> 
     let (totals, worker_errors) = server.shutdown();
     errors.extend(worker_errors);
     eprintln!("dnlb: stopped: {totals}");
+    // Released only now: a successor must not bind while this instance still answers.
+    drop(locks);
     if !errors.is_empty() {
         bail!("{}", errors.join("; "));
     }

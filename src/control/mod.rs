@@ -2,5 +2,11 @@
 //! its own, never touching a worker's state except through atomics and the snapshot swap.
 //!
 //! - [`runtime`]: where a running instance keeps its files (control socket, instance locks).
+//! - [`instance`]: one dnlb per listen address, by a lock file per address.
+//! - [`privilege`]: becoming `server.user` once every socket is bound.
+//! - [`notify`]: READY, RELOADING and WATCHDOG for a service manager (`sd_notify`).
 
+pub mod instance;
+pub mod notify;
+pub mod privilege;
 pub mod runtime;
