@@ -72,8 +72,14 @@ impl InstanceLocks {
             let path = lock_file(dir, addr);
             let fail = |source| LockError::File { addr, file: path.clone(), source };
             // Not truncated on open: the holder's PID must survive a failed attempt to read it.
-            let mut file =
-                OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o644).open(&path).map_err(fail)?;
+            let mut file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o644)
+                .open(&path)
+                .map_err(fail)?;
             match file.try_lock() {
                 Ok(()) => {}
                 Err(TryLockError::WouldBlock) => {

@@ -15,7 +15,7 @@
 
 use std::ffi::CString;
 
-use nix::unistd::{getgrouplist, getresgid, getresuid, geteuid, setgid, setgroups, setuid, Gid, Uid, User};
+use nix::unistd::{geteuid, getgrouplist, getresgid, getresuid, setgid, setgroups, setuid, Gid, Uid, User};
 
 /// Why dnlb could not become `server.user`. The operator's doing (no such user, not started as
 /// root) or, after a drop, the kernel refusing it.
@@ -93,7 +93,9 @@ pub fn resolve(name: &str) -> Result<Target, PrivilegeError> {
         return Err(PrivilegeError::NotRoot { name: name.to_string(), uid: euid.as_raw(), target: user.uid.as_raw() });
     }
     let groups = match CString::new(name) {
-        Ok(c) => getgrouplist(&c, user.gid).map_err(|source| PrivilegeError::Lookup { name: name.to_string(), source })?,
+        Ok(c) => {
+            getgrouplist(&c, user.gid).map_err(|source| PrivilegeError::Lookup { name: name.to_string(), source })?
+        }
         // The lookup above found the name, so it has no NUL; a primary group alone is the safe side.
         Err(_) => vec![user.gid],
     };
