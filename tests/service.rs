@@ -240,6 +240,16 @@ fn started_as_root_every_thread_becomes_the_user_and_still_answers() {
     assert!(answers(addr), "dnlb stopped answering after dropping root");
     let log = std::fs::read_to_string(dir.join("dnlb.log")).unwrap();
     assert!(log.contains("running as user nobody"), "{log}");
+
+    // The same config started as nobody: the root-made lock file is not writable by nobody, yet
+    // the lock still reads as held, with the holder's PID.
+    let mut again = spawn(&config, &dir, "again", &[]);
+    again.uid(nobody.uid.as_raw()).gid(nobody.gid.as_raw());
+    let status = again.status().unwrap();
+    let log = std::fs::read_to_string(dir.join("again.log")).unwrap();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains(&format!("another dnlb (PID {}) already serves {addr}", child.id())), "{log}");
+    assert!(answers(addr), "the first dnlb stopped answering");
     terminate(&mut child);
 
     // Not root and not the user: refused before anything is bound.

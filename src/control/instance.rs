@@ -72,14 +72,23 @@ impl InstanceLocks {
             let path = lock_file(dir, addr);
             let fail = |source| LockError::File { addr, file: path.clone(), source };
             // Not truncated on open: the holder's PID must survive a failed attempt to read it.
-            let mut file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o644)
-                .open(&path)
-                .map_err(fail)?;
+            let mut file =
+                match OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o644).open(&path) {
+                    Ok(file) => file,
+                    // A root instance's lock file is not writable by another user, but flock needs
+                    // only a read descriptor: a held lock then still reads as "already serves".
+                    Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                        let file = File::open(&path).map_err(|_| fail(e))?;
+                        return match file.try_lock() {
+                            Err(TryLockError::WouldBlock) => {
+                                let mut file = file;
+                                Err(LockError::Held { addr, holder: holder(&mut file), file: path })
+                            }
+                            _ => Err(fail(std::io::Error::from(std::io::ErrorKind::PermissionDenied))),
+                        };
+                    }
+                    Err(e) => return Err(fail(e)),
+                };
             match file.try_lock() {
                 Ok(()) => {}
                 Err(TryLockError::WouldBlock) => {
