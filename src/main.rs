@@ -13,9 +13,11 @@ use anyhow::{bail, Context, Result};
 use arc_swap::ArcSwapOption;
 use clap::{Args, Parser, Subcommand};
 use dnlb::config::{Config, IoMode};
+use dnlb::control::instance::InstanceLocks;
+use dnlb::control::privilege::{self, Outcome};
 use dnlb::control::report::{self, View};
 use dnlb::control::socket::{self, Answer, ControlSocket, Reply, Request};
-use dnlb::control::{metrics, runtime};
+use dnlb::control::{metrics, notify, runtime};
 use dnlb::probe::{initial_health, Carry, ProbeStatus, ProbeView, Prober};
 use dnlb::server::Server;
 use dnlb::snapshot::{Snapshot, SnapshotHandle};
@@ -293,6 +295,18 @@ fn reload(
     }
 }
 
+/// A reload between RELOADING=1 and READY=1 for the service manager.
+fn notified_reload(serving: &str, reload: impl FnOnce() -> Reply) -> Reply {
+    if let Err(e) = notify::reloading() {
+        eprintln!("dnlb: {e}");
+    }
+    let reply = reload();
+    if let Err(e) = notify::ready(serving) {
+        eprintln!("dnlb: {e}");
+    }
+    reply
+}
+
 fn run(args: RunArgs) -> Result<()> {
     let path = args.config.context("no configuration given: pass --config PATH (see dnlb --help)")?;
     let mut config = Config::load(&path)?;
@@ -303,6 +317,12 @@ fn run(args: RunArgs) -> Result<()> {
         config.server.workers = Some(usize::from(n));
     }
     let control_path = control_path(&config)?;
+    // The user is looked up before anything is bound, so a typo or a start without root fails
+    // before the first socket exists.
+    let target = config.server.user.as_deref().map(privilege::resolve).transpose()?;
+    // One instance per listen address: SO_REUSEPORT would let a second dnlb bind silently and
+    // split the clients between two configurations. Held until run() returns.
+    let locks = InstanceLocks::acquire(&runtime::dir(config.server.runtime_dir.as_deref()), &config.server.listen)?;
     // The first snapshot follows the configured start state; the prober publishes from then on.
     let snapshot = Snapshot::build(&config, &initial_health(&config), 0, 1).context("building answers")?;
     let snapshots = SnapshotHandle::new(snapshot);
@@ -332,8 +352,8 @@ fn run(args: RunArgs) -> Result<()> {
         eprintln!("dnlb: io_uring unavailable, using the portable backend: {why}");
     }
     let listen: Vec<String> = config.server.listen.iter().map(ToString::to_string).collect();
-    eprintln!(
-        "dnlb: serving {} service(s) on {} (udp{}), {} worker(s) per address, io={}",
+    let serving = format!(
+        "serving {} service(s) on {} (udp{}), {} worker(s) per address, io={}",
         config.services.len(),
         listen.join(", "),
         if config.server.tcp { "+tcp" } else { "" },
@@ -348,6 +368,23 @@ fn run(args: RunArgs) -> Result<()> {
     let (reload_tx, reload_rx): (SyncSender<SyncSender<Reply>>, Receiver<SyncSender<Reply>>) = sync_channel(1);
     let control = Control { shared: shared.clone(), snapshots: snapshots.clone(), reloads: reload_tx };
     let _control = ControlSocket::start(&control_path, control)?;
+    // Every socket is bound (the prober's, the control socket) while still root; from here on,
+    // the user's.
+    if let Some(target) = &target {
+        match target.assume()? {
+            Outcome::Dropped => eprintln!("dnlb: dropped root: running as user {}", target.name()),
+            Outcome::AlreadyUser => {}
+        }
+    }
+    eprintln!("dnlb: {serving}");
+    // READY=1 once every socket is bound and the first snapshot (built from the configured start
+    // state) is published; the prober's first verdicts come later, as snapshot swaps.
+    if let Err(e) = notify::ready(&serving) {
+        eprintln!("dnlb: {e}");
+    }
+    let watchdog_every = notify::watchdog_interval();
+    let mut last_ping: Option<Instant> = None;
+    let mut ping_failed = false;
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
@@ -374,15 +411,31 @@ fn run(args: RunArgs) -> Result<()> {
                 break;
             }
         }
+        // WATCHDOG=1 only from here: workers alive and the prober progressing, so a systemd
+        // watchdog timeout means the same as the checks above, caught from outside.
+        if let Some(every) = watchdog_every.filter(|&e| last_ping.is_none_or(|t| t.elapsed() >= e)) {
+            last_ping = Some(Instant::now());
+            match notify::watchdog() {
+                Ok(()) => ping_failed = false,
+                Err(e) if !ping_failed => {
+                    eprintln!("dnlb: {e} (every {every:?}); retrying at that interval");
+                    ping_failed = true;
+                }
+                Err(_) => {}
+            }
+        }
         if hangup.swap(false, Ordering::Relaxed) {
-            let _reply = reload(&path, &mut running, &snapshots, &shared, &probe_view);
+            let _reply = notified_reload(&serving, || reload(&path, &mut running, &snapshots, &shared, &probe_view));
         }
         // Waits up to 100 ms for a reload request, which is then served at once.
         if let Ok(reply_to) = reload_rx.recv_timeout(Duration::from_millis(100)) {
-            let reply = reload(&path, &mut running, &snapshots, &shared, &probe_view);
+            let reply = notified_reload(&serving, || reload(&path, &mut running, &snapshots, &shared, &probe_view));
             // The asker may have given up waiting; the reload is done either way.
             let _sent = reply_to.try_send(reply);
         }
+    }
+    if let Err(e) = notify::stopping() {
+        eprintln!("dnlb: {e}");
     }
     if let Some(p) = &running.prober {
         eprintln!("dnlb: prober: {}", p.status());
@@ -404,6 +457,8 @@ fn run(args: RunArgs) -> Result<()> {
     let (totals, worker_errors) = server.shutdown();
     errors.extend(worker_errors);
     eprintln!("dnlb: stopped: {totals}");
+    // Released only now: a successor must not bind while this instance still answers.
+    drop(locks);
     if !errors.is_empty() {
         bail!("{}", errors.join("; "));
     }

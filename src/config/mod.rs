@@ -184,4 +184,14 @@ address = "127.0.0.1"
         let p = Config::parse(&text).unwrap_err();
         assert_eq!(p[0].field, "probe.timeout_ms");
     }
+
+    #[test]
+    fn a_user_name_is_checked_for_shape_only() {
+        let ok = MINIMAL.replace("listen = [", "user = \"dnlb\"\nlisten = [");
+        assert_eq!(Config::parse(&ok).unwrap().server.user.as_deref(), Some("dnlb"));
+        let bad = MINIMAL.replace("listen = [", "user = \"root; rm\"\nlisten = [");
+        let p = Config::parse(&bad).unwrap_err();
+        assert_eq!((p[0].line, p[0].field.as_str()), (3, "server.user"));
+        assert!(p[0].message.contains("is not a user name"), "{}", p[0].message);
+    }
 }

@@ -118,6 +118,8 @@ pub(super) struct RawServerSection {
     pub(super) max_udp_payload: Spanned<u64>,
     #[serde(default)]
     pub(super) runtime_dir: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) user: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -178,6 +178,8 @@ pub struct ServerConfig {
     /// Where the control socket and the instance locks live; `None`: see
     /// [`crate::control::runtime::dir`].
     pub runtime_dir: Option<std::path::PathBuf>,
+    /// The user to become once every socket is bound (started as root); `None`: stay as started.
+    pub user: Option<String>,
 }
 
 /// SIP probing.

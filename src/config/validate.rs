@@ -298,6 +298,23 @@ impl Validator<'_> {
         let query_timeout = self.ranged(&raw.tcp_query_timeout_ms, "server.tcp_query_timeout_ms", 100, 60_000, " ms");
         let payload =
             self.ranged(&raw.max_udp_payload, "server.max_udp_payload", 512, u64::from(MAX_UDP_PAYLOAD), " bytes");
+        // Only the name's shape here: whether the user exists is asked at start, on the machine
+        // that runs dnlb (control::privilege), not on the one that checks the file.
+        let user = raw.user.as_ref().and_then(|u| {
+            let name = u.get_ref();
+            let bad = name.is_empty()
+                || name.starts_with('-')
+                || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '$'));
+            if bad {
+                self.fail(
+                    u.span(),
+                    "server.user",
+                    format!("`{name}` is not a user name: write a name such as \"dnlb\" (letters, digits, _ - . $), or remove the line"),
+                );
+                return None;
+            }
+            Some(name.clone())
+        });
         ServerConfig {
             listen,
             tcp: raw.tcp,
@@ -310,6 +327,7 @@ impl Validator<'_> {
             tcp_max_connections_per_client: per_client as usize,
             max_udp_payload: payload as u16,
             runtime_dir: raw.runtime_dir.as_ref().map(|d| self.base.join(d.get_ref())),
+            user,
         }
     }
 
