@@ -237,10 +237,15 @@ pub fn scripted_reply(query: &[u8], script: &Script, tcp: bool) -> Option<Vec<u8
 impl Hostile {
     /// Starts on `ip` (127.0.0.1 or ::1) with a fresh port.
     pub fn start(ip: &str, script: Script) -> Hostile {
-        let socket = UdpSocket::bind(SocketAddr::new(ip.parse().unwrap(), 0)).unwrap();
+        // A UDP port whose TCP twin is free too (another test may hold it for a connection).
+        let (socket, listener) = loop {
+            let socket = UdpSocket::bind(SocketAddr::new(ip.parse().unwrap(), 0)).unwrap();
+            if let Ok(listener) = std::net::TcpListener::bind(socket.local_addr().unwrap()) {
+                break (socket, listener);
+            }
+        };
         socket.set_read_timeout(Some(Duration::from_millis(10))).unwrap();
         let addr = socket.local_addr().unwrap();
-        let listener = std::net::TcpListener::bind(addr).unwrap();
         listener.set_nonblocking(true).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let release = Arc::new(AtomicBool::new(false));
