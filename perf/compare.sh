@@ -276,7 +276,7 @@ for server in $SERVERS; do
         after=$(tree_ticks "$server_pid")
         # Where the server's threads ran last (field 39 of /proc/TID/stat): knotd pins its
         # workers itself, and a server on the load generator's core would look cheaper.
-        cpus=$(for t in /proc/"$server_pid"/task/*; do awk '{ sub(/^.*\) /, ""); print $37 }' "$t/stat"; done 2>/dev/null | sort -u | tr '\n' ',' | sed 's/,$//')
+        cpus=$(for t in /proc/"$server_pid"/task/*; do awk '{ sub(/^.*\) /, ""); print $37 }' "$t/stat"; done 2>/dev/null | sort -u | tr '\n' ',' | sed 's/,$//' || true)
         echo "$server $shape: threads last ran on cpu(s) $cpus" >> "$work/placement.txt"
         completed=$(echo "$out" | awk '/Queries completed:/ { print $3 }')
         lost=$(echo "$out" | awk '/Queries lost:/ { gsub(/[()%]/, "", $4); print $4 }')
