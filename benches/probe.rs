@@ -23,9 +23,9 @@ fn benches(c: &mut Criterion) {
     let target = "127.0.0.11:5060".parse().unwrap();
     let local = "127.0.0.1:40000".parse().unwrap();
     c.bench_function("probe/build_request", |b| b.iter(|| request(black_box(&id), target, Transport::Udp, local)));
-    let template = RequestTemplate::new(ProbeMethod::Options, target, Transport::Udp, local);
+    let template = RequestTemplate::new(ProbeMethod::Options, target, Transport::Udp);
     let mut out = Vec::with_capacity(512);
-    c.bench_function("probe/render_template", |b| b.iter(|| template.render(black_box(&id), &mut out)));
+    c.bench_function("probe/render_template", |b| b.iter(|| template.render(black_box(&id), local, &mut out)));
     let req = request(&id, target, Transport::Udp, local);
     let reply = reply_to(std::str::from_utf8(&req).unwrap());
     c.bench_function("probe/check_reply", |b| b.iter(|| check_reply(black_box(reply.as_bytes()), &id)));

@@ -10,6 +10,11 @@
 #   WORKLOAD=cache-hit perf/compare.sh   the relay: `www.example.test A` through dnlb's relay cache,
 #                                        dnsdist's packet cache and unbound, all forwarding to an
 #                                        nsd upstream (started here on PORT+1), against the floor
+#   WORKLOAD=tcp perf/compare.sh         `sip.example.test A` over TCP (dnsperf -m tcp) against
+#                                        dnlb, nsd and knot; prints where each server's threads ran
+#   TCP=true perf/compare.sh             dnlb with its TCP listeners on (as deployed) for UDP runs
+#   RRL=1000000 perf/compare.sh          dnlb with [rrl] at this rate (the limiter runs, nothing
+#                                        is limited): its cost on the UDP path
 #
 # Two load shapes per server: saturation (dnsperf -c 4 -q 200 -T 1) and a fixed 30,000 queries/s
 # (-Q 30000). Traffic goes to 127.0.0.1 only; every run is bounded by -l and every server started
@@ -34,10 +39,19 @@ elif [ "$WORKLOAD" = cache-miss ]; then
     SERVERS=${SERVERS:-"nsd dnlb-relay"}
     SHAPES=fixed
     QUERY=""
+elif [ "$WORKLOAD" = tcp ]; then
+    SERVERS=${SERVERS:-"dnlb nsd knot"}
+    QUERY="sip.example.test A"
+    MODE="-m tcp"
+    TCP=true
 else
     SERVERS=${SERVERS:-"floor dnlb nsd"}
     QUERY="sip.example.test A"
 fi
+MODE=${MODE:-}
+TCP=${TCP:-false}
+RRL=${RRL:-}
+KNOT_BIN=${KNOT_BIN:-$(command -v knotd || echo /usr/sbin/knotd)}
 DNLB_BIN=${DNLB_BIN:-target/release/dnlb}
 FLOOR_BIN=${FLOOR_BIN:-target/release/dnlb-floor}
 NSD_BIN=${NSD_BIN:-$(command -v nsd || echo /usr/sbin/nsd)}
@@ -72,10 +86,13 @@ fi
 cat > "$work/dnlb.toml" <<EOF
 [server]
 listen = ["127.0.0.1:$PORT"]
-tcp = false
+tcp = $TCP
 workers = $WORKERS
 io = "$IO"
 pin_workers = true
+EOF
+if [ -n "$RRL" ]; then printf '[rrl]\nresponses_per_second = %s\n' "$RRL" >> "$work/dnlb.toml"; fi
+cat >> "$work/dnlb.toml" <<EOF
 
 [[service]]
 name = "sip.example.test"
@@ -122,6 +139,26 @@ zone:
     name: example.test
     zonefile: example.test.zone
 EOF
+mkdir -p "$work/knot"
+cat > "$work/knot.conf" <<EOF
+server:
+    rundir: "$work/knot"
+    listen: 127.0.0.1@$PORT
+    udp-workers: $WORKERS
+    tcp-workers: $WORKERS
+    background-workers: 1
+    tcp-reuseport: on
+database:
+    storage: "$work/knot"
+log:
+  - target: stderr
+    any: error
+zone:
+  - domain: example.test
+    file: "$work/example.test.zone"
+    zonefile-sync: -1
+    journal-content: none
+EOF
 
 DNSDIST_BIN=${DNSDIST_BIN:-$(command -v dnsdist || echo /usr/bin/dnsdist)}
 UNBOUND_BIN=${UNBOUND_BIN:-$(command -v unbound || echo /usr/sbin/unbound)}
@@ -136,7 +173,7 @@ wait_answer() {
     return 1
 }
 
-if [ "$WORKLOAD" != sip ]; then
+if [ "$WORKLOAD" = cache-hit ] || [ "$WORKLOAD" = cache-miss ]; then
     # The upstream: nsd with the same zone on the next port, on the load generator's cores (it
     # sees one query per cache, not the load).
     sed "s/@$PORT\$/@$UPSTREAM_PORT/; s#nsd.pid#upstream.pid#; s#xfrd.state#upstream.xfrd#; s#zone.list#upstream.list#" "$work/nsd.conf" > "$work/upstream.conf"
@@ -210,6 +247,7 @@ start_server() {
         dnlb-relay) taskset -c "$SERVER_CPUS" "$DNLB_BIN" --config "$work/relay.toml" 2>"$work/relay.log" & ;;
         dnsdist) taskset -c "$SERVER_CPUS" "$DNSDIST_BIN" --supervised --disable-syslog -C "$work/dnsdist.conf" >"$work/dnsdist.log" 2>&1 & ;;
         unbound) taskset -c "$SERVER_CPUS" "$UNBOUND_BIN" -d -c "$work/unbound.conf" 2>"$work/unbound.log" & ;;
+        knot) taskset -c "$SERVER_CPUS" "$KNOT_BIN" -c "$work/knot.conf" 2>"$work/knot.log" & ;;
     esac
     server_pid=$!
     pids+=("$server_pid")
@@ -225,19 +263,26 @@ stop_server() {
 clk=$(getconf CLK_TCK 2>/dev/null || echo 100)
 results="$work/results.txt"
 : > "$results"
+: > "$work/placement.txt"
 printf '%-8s %-11s %10s %8s %12s %9s\n' server shape "queries/s" "lost %" "cpu us/q" "avg ms"
 for server in $SERVERS; do
     start_server "$server"
     for shape in $SHAPES; do
         if [ "$shape" = saturation ]; then load=(-c "$CLIENTS" -q "$OUTSTANDING" -T "$THREADS_LOAD"); else load=(-Q "$RATE" -c "$CLIENTS" -T "$THREADS_LOAD"); fi
         before=$(tree_ticks "$server_pid")
-        out=$(taskset -c "$LOAD_CPUS" "$DNSPERF" -s 127.0.0.1 -p "$PORT" -d "$work/queries.txt" -l "$SECONDS_PER_RUN" "${load[@]}" 2>&1)
+        # MODE is empty or "-m tcp": left unquoted on purpose.
+        # shellcheck disable=SC2086
+        out=$(taskset -c "$LOAD_CPUS" "$DNSPERF" -s 127.0.0.1 -p "$PORT" -d "$work/queries.txt" -l "$SECONDS_PER_RUN" $MODE "${load[@]}" 2>&1)
         after=$(tree_ticks "$server_pid")
+        # Where the server's threads ran last (field 39 of /proc/TID/stat): knotd pins its
+        # workers itself, and a server on the load generator's core would look cheaper.
+        cpus=$(for t in /proc/"$server_pid"/task/*; do awk '{ sub(/^.*\) /, ""); print $37 }' "$t/stat"; done 2>/dev/null | sort -u | tr '\n' ',' | sed 's/,$//' || true)
+        echo "$server $shape: threads last ran on cpu(s) $cpus" >> "$work/placement.txt"
         completed=$(echo "$out" | awk '/Queries completed:/ { print $3 }')
         lost=$(echo "$out" | awk '/Queries lost:/ { gsub(/[()%]/, "", $4); print $4 }')
         qps=$(echo "$out" | awk '/Queries per second:/ { print $4 }')
         us=$(awk -v t=$((after - before)) -v c="$completed" -v k="$clk" 'BEGIN { printf "%.2f", (c > 0) ? t * 1e6 / k / c : 0 }')
-        lat=$(echo "$out" | awk '/Average Latency \(s\):/ { printf "%.3f", $4 * 1000 }')
+        lat=$(echo "$out" | awk '/Average Latency \(s\):/ { printf "%.3f", $4 * 1000; exit }')
         printf '%-8s %-11s %10.0f %8s %12s %9s\n' "$server" "$shape" "$qps" "$lost" "$us" "$lat" | tee -a "$results"
     done
     stop_server
@@ -249,10 +294,13 @@ for shape in $SHAPES; do
         $2 == s { cpu[$1] = $5; qps[$1] = $3 }
         END {
             d = (cpu["dnlb"] > 0) ? "dnlb" : "dnlb-relay"
-            if (cpu[d] > 0 && cpu["floor"] > 0) printf "%-11s %s/floor cpu per query: %.3f", s, d, cpu[d] / cpu["floor"]
-            split("nsd dnsdist unbound", refs, " ")
+            printf "%-11s", s
+            if (cpu[d] > 0 && cpu["floor"] > 0) printf " %s/floor cpu per query: %.3f", d, cpu[d] / cpu["floor"]
+            split("nsd knot dnsdist unbound", refs, " ")
             for (k in refs) if (cpu[d] > 0 && cpu[refs[k]] > 0)
                 printf "   %s/%s: %.3f (qps %.3f)", d, refs[k], cpu[d] / cpu[refs[k]], qps[d] / qps[refs[k]]
             printf "\n"
         }' "$results"
 done
+echo
+cat "$work/placement.txt"

@@ -10,8 +10,10 @@
 //!
 //! Modules:
 //! - [`config`]: TOML → validated [`config::Config`], errors that name file, line, field and fix.
+//! - [`control`]: the control side of a running instance (runtime directory, ...).
 //! - [`dns`]: zero-copy query parsing, reply templates and their copy-and-patch.
 //! - [`snapshot`]: the immutable answer set and its lock-free handle.
+//! - [`edge`]: limits at the edge: response rate limiting.
 //! - [`hosts`]: local names from a hosts file, answered from the same snapshot.
 //! - [`relay`]: the upstream relay: its logic without I/O, a socket per upstream query, reply
 //!   acceptance, the cache.
@@ -19,19 +21,21 @@
 //! - [`probe`]: SIP probes, the health state machine, the prober thread.
 //! - [`worker`]: per-query logic, shared by UDP workers and TCP connections.
 //! - [`io`]: the io_uring and recvmmsg backends; the only module with `unsafe`.
-//! - [`tcp`]: DNS over TCP.
 //! - [`server`]: starting and stopping threads.
+//! - [`prefix`]: address prefixes (who the relay serves, who rate limiting spares).
 //! - [`metrics`]: per-worker counters.
 
 pub mod config;
+pub mod control;
 pub mod dns;
+pub mod edge;
 pub mod hosts;
 pub mod io;
 pub mod metrics;
+pub mod prefix;
 pub mod probe;
 pub mod relay;
 pub mod select;
 pub mod server;
 pub mod snapshot;
-pub mod tcp;
 pub mod worker;

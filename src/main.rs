@@ -1,129 +1,464 @@
-//! The `dnlb` command: run the server, or check a configuration file.
+//! The `dnlb` command: run the server, check a configuration, or ask a running instance for its
+//! status, an explanation or a reload.
 
-use std::path::PathBuf;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use arc_swap::ArcSwapOption;
+use clap::{Args, Parser, Subcommand};
 use dnlb::config::{Config, IoMode};
-use dnlb::probe::{initial_health, Prober};
+use dnlb::control::instance::InstanceLocks;
+use dnlb::control::privilege::{self, Outcome};
+use dnlb::control::report::{self, View};
+use dnlb::control::socket::{self, Answer, ControlSocket, Reply, Request};
+use dnlb::control::{metrics, notify, runtime};
+use dnlb::probe::{initial_health, Carry, ProbeStatus, ProbeView, Prober};
 use dnlb::server::Server;
 use dnlb::snapshot::{Snapshot, SnapshotHandle};
 
-const USAGE: &str = "\
-usage: dnlb --config PATH [--io uring|portable|auto] [--workers N]
-       dnlb check-config PATH
-       dnlb --help | --version
-
-  --config PATH      run with this TOML configuration (see examples/dnlb.toml)
-  --io MODE          override server.io: uring, portable or auto
-  --workers N        override server.workers (worker threads per listen address)
-  check-config PATH  validate PATH; print every problem and exit 1 if there is one";
-
-enum Command {
-    Run { config: PathBuf, io: Option<IoMode>, workers: Option<usize> },
-    Check(PathBuf),
-    Help,
-    Version,
+/// A DNS relay that answers SIP service names with healthy servers only.
+#[derive(Parser)]
+#[command(name = "dnlb", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    /// `dnlb --config PATH` runs, as `dnlb run --config PATH` does.
+    #[command(flatten)]
+    run: RunArgs,
 }
 
-fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command> {
-    let mut config = None;
-    let mut io = None;
-    let mut workers = None;
-    while let Some(arg) = args.next() {
-        let mut value = |flag: &str| args.next().with_context(|| format!("{flag} needs a value\n\n{USAGE}"));
-        match arg.as_str() {
-            "--help" | "-h" => return Ok(Command::Help),
-            "--version" | "-V" => return Ok(Command::Version),
-            "check-config" => return Ok(Command::Check(value("check-config")?.into())),
-            "--config" | "-c" => config = Some(PathBuf::from(value("--config")?)),
-            "--io" => io = Some(value("--io")?.parse::<IoMode>().map_err(anyhow::Error::msg)?),
-            "--workers" => {
-                let v = value("--workers")?;
-                match v.parse::<usize>() {
-                    Ok(n) if (1..=1024).contains(&n) => workers = Some(n),
-                    _ => bail!("--workers: `{v}` is not a number from 1 to 1024"),
-                }
+#[derive(Args, Clone)]
+struct RunArgs {
+    /// The TOML configuration (see examples/dnlb.toml).
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// Override server.io: uring, portable or auto.
+    #[arg(long, value_parser = parse_io)]
+    io: Option<IoMode>,
+    /// Override server.workers (worker threads per listen address), 1 to 1024.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    workers: Option<u16>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the server.
+    Run(RunArgs),
+    /// Validate a configuration; print every problem and exit 1 if there is one.
+    CheckConfig {
+        /// The file to check.
+        path: PathBuf,
+    },
+    /// Show a running instance's answers and every server's health.
+    Status {
+        /// The configuration the instance runs (it finds its control socket).
+        #[arg(long, short = 'c')]
+        config: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what a running instance would answer a client now, and why.
+    Explain {
+        /// The name asked.
+        name: String,
+        /// The type asked.
+        #[arg(default_value = "A")]
+        qtype: String,
+        /// The client's address (for the relay's allow list, routes and rate limiting).
+        #[arg(long)]
+        client: Option<IpAddr>,
+        /// The configuration the instance runs.
+        #[arg(long, short = 'c')]
+        config: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a running instance re-read its configuration and hosts file (as SIGHUP does).
+    Reload {
+        /// The configuration the instance runs.
+        #[arg(long, short = 'c')]
+        config: PathBuf,
+    },
+}
+
+fn parse_io(s: &str) -> Result<IoMode, String> {
+    s.parse()
+}
+
+/// What the control thread reads: the running configuration and prober, swapped on reload.
+struct Shared {
+    config: Arc<Config>,
+    status: Option<Arc<ProbeStatus>>,
+}
+
+/// The control socket's answers: status and explain from the shared state and the snapshot,
+/// reloads handed to the main thread.
+struct Control {
+    shared: Arc<Mutex<Shared>>,
+    snapshots: SnapshotHandle,
+    reloads: SyncSender<SyncSender<Reply>>,
+}
+
+impl Answer for Control {
+    fn answer(&self, request: Request) -> Reply {
+        let (config, status) = match self.shared.lock() {
+            Ok(s) => (s.config.clone(), s.status.clone()),
+            Err(_) => {
+                return Reply { ok: false, text: "internal state unavailable".into(), json: serde_json::Value::Null }
             }
-            other => bail!("unknown argument `{other}`\n\n{USAGE}"),
+        };
+        let reports = status.as_ref().and_then(|s| s.servers.lock().ok().map(|r| r.clone())).unwrap_or_default();
+        let heartbeat = status.as_ref().map(|s| heartbeat_age(s));
+        let view = View {
+            config: &config,
+            reports: &reports,
+            snapshot: self.snapshots.current(),
+            heartbeat,
+            now: Instant::now(),
+        };
+        match request {
+            Request::Status => report::status(&view),
+            Request::Explain { name, qtype, client } => {
+                let client = client.and_then(|c| c.parse().ok());
+                report::explain(&view, &name, &qtype, client)
+            }
+            Request::Reload => {
+                let (tx, rx) = sync_channel(1);
+                if self.reloads.try_send(tx).is_err() {
+                    return Reply {
+                        ok: false,
+                        text: "a reload is already under way".into(),
+                        json: serde_json::Value::Null,
+                    };
+                }
+                rx.recv_timeout(Duration::from_secs(8)).unwrap_or(Reply {
+                    ok: false,
+                    text: "the reload did not finish within 8 s".into(),
+                    json: serde_json::Value::Null,
+                })
+            }
         }
     }
-    match config {
-        Some(config) => Ok(Command::Run { config, io, workers }),
-        None => bail!("no configuration given: pass --config PATH\n\n{USAGE}"),
+}
+
+/// The prober's heartbeat age as the main thread last measured it (every 100 ms).
+fn heartbeat_age(status: &ProbeStatus) -> Duration {
+    Duration::from_millis(status.heartbeat_age_ms.load(Ordering::Relaxed))
+}
+
+/// The control socket path of the instance `config` describes.
+fn control_path(config: &Config) -> Result<PathBuf> {
+    let first = *config.server.listen.first().context("the configuration has no listen address")?;
+    Ok(runtime::control_socket(&runtime::dir(config.server.runtime_dir.as_deref()), first))
+}
+
+fn ask(config_path: &Path, request: Request, json: bool) -> Result<()> {
+    let config = Config::load(config_path)?;
+    let reply = socket::ask(&control_path(&config)?, &request)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reply.json).unwrap_or_default());
+    } else {
+        print!("{}", reply.text);
+    }
+    if !reply.ok {
+        bail!("the instance refused: {}", reply.text.trim());
+    }
+    Ok(())
+}
+
+/// The running parts a reload replaces.
+struct Running {
+    config: Arc<Config>,
+    prober: Option<Prober>,
+}
+
+/// Starts the prober for `config` (carrying the health of servers that stay), or publishes the
+/// all-healthy answers when probing is off.
+fn start_prober(config: &Config, snapshots: &SnapshotHandle, carry: &Carry) -> Result<Option<Prober>> {
+    if config.probe.enabled && !config.services.is_empty() {
+        let entropy = Box::new(dnlb::probe::core::OsEntropy::default());
+        Ok(Some(
+            Prober::spawn_carrying(config.clone(), snapshots.clone(), entropy, carry).context("starting the prober")?,
+        ))
+    } else {
+        let generation = snapshots.load().generation + 1;
+        snapshots.publish(Snapshot::build(config, &initial_health(config), 0, generation).context("building answers")?);
+        Ok(None)
     }
 }
 
-fn run(path: PathBuf, io: Option<IoMode>, workers: Option<usize>) -> Result<()> {
+/// The settings a reload cannot change (sockets, threads, the per-worker relay and limiter):
+/// named once, and left as they run.
+fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
+    let (a, b) = (&old.server, &new.server);
+    let mut v = Vec::new();
+    let mut check = |same: bool, name: &'static str| {
+        if !same {
+            v.push(name);
+        }
+    };
+    check(a.listen == b.listen, "server.listen");
+    check(a.tcp == b.tcp, "server.tcp");
+    check(a.workers == b.workers, "server.workers");
+    check(a.io == b.io, "server.io");
+    check(a.pin_workers == b.pin_workers, "server.pin_workers");
+    check(a.max_udp_payload == b.max_udp_payload, "server.max_udp_payload");
+    check(
+        a.tcp_idle_timeout == b.tcp_idle_timeout
+            && a.tcp_query_timeout == b.tcp_query_timeout
+            && a.tcp_max_connections == b.tcp_max_connections
+            && a.tcp_max_connections_per_client == b.tcp_max_connections_per_client,
+        "server.tcp_* limits",
+    );
+    check(a.runtime_dir == b.runtime_dir, "server.runtime_dir");
+    check(old.relay == new.relay, "[relay]");
+    check(old.rrl == new.rrl, "[rrl]");
+    check(old.probe.core == new.probe.core, "probe.core");
+    v
+}
+
+/// Re-reads `path` and applies what can change in place: services, servers, probe settings,
+/// policies and the hosts file. Servers that stay keep their health; an invalid file changes
+/// nothing.
+fn reload(
+    path: &Path,
+    running: &mut Running,
+    snapshots: &SnapshotHandle,
+    shared: &Mutex<Shared>,
+    view: &ArcSwapOption<ProbeView>,
+) -> Reply {
+    let fresh = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("dnlb: reload refused, the running configuration stays:\n{e}");
+            return Reply { ok: false, text: format!("{e}\n"), json: serde_json::json!({"error": e.to_string()}) };
+        }
+    };
+    let old = running.config.clone();
+    let fixed = needs_restart(&old, &fresh);
+    if !fixed.is_empty() {
+        eprintln!("dnlb: reload: these settings need a restart and keep their running values: {}", fixed.join(", "));
+    }
+    // What runs: the new services, probe settings and hosts; the old sockets, relay and limiter.
+    let mut applied = fresh;
+    applied.server = old.server.clone();
+    applied.relay = old.relay.clone();
+    applied.rrl = old.rrl.clone();
+    applied.probe.core = old.probe.core;
+    if let Err(e) = Snapshot::build(&applied, &initial_health(&applied), 0, 0) {
+        return Reply { ok: false, text: format!("cannot build answers: {e}\n"), json: serde_json::Value::Null };
+    }
+    let carry = match running.prober.take().map(Prober::stop_and_carry) {
+        Some(Ok(carry)) => carry,
+        Some(Err(e)) => {
+            eprintln!("dnlb: reload: the old prober did not hand over its health ({e}); servers start afresh");
+            Carry::new()
+        }
+        None => Carry::new(),
+    };
+    match start_prober(&applied, snapshots, &carry) {
+        Ok(prober) => running.prober = prober,
+        Err(e) => return Reply { ok: false, text: format!("{e:#}\n"), json: serde_json::Value::Null },
+    }
+    running.config = Arc::new(applied);
+    view.store(running.prober.as_ref().map(|p| Arc::new(p.view())));
+    if let Ok(mut s) = shared.lock() {
+        s.config = running.config.clone();
+        s.status = running.prober.as_ref().map(|p| p.status().clone());
+    }
+    let services = running.config.services.len();
+    let kept = running
+        .config
+        .services
+        .iter()
+        .flat_map(|s| s.servers.iter().flat_map(move |v| v.transports.iter().map(move |&t| (s, v, t))))
+        .filter(|(s, v, t)| {
+            carry.contains_key(&(Arc::from(s.name.as_str()), std::net::SocketAddr::new(v.address, v.port), *t))
+        })
+        .count();
+    eprintln!("dnlb: reloaded {}: {services} service(s), health kept for {kept} server transport(s)", path.display());
+    Reply {
+        ok: true,
+        text: format!(
+            "reloaded: {services} service(s); health kept for {kept} server transport(s){}\n",
+            if fixed.is_empty() { String::new() } else { format!("; need a restart: {}", fixed.join(", ")) }
+        ),
+        json: serde_json::json!({"services": services, "kept": kept, "need_restart": fixed}),
+    }
+}
+
+/// A reload between RELOADING=1 and READY=1 for the service manager.
+fn notified_reload(serving: &str, reload: impl FnOnce() -> Reply) -> Reply {
+    if let Err(e) = notify::reloading() {
+        eprintln!("dnlb: {e}");
+    }
+    let reply = reload();
+    if let Err(e) = notify::ready(serving) {
+        eprintln!("dnlb: {e}");
+    }
+    reply
+}
+
+fn run(args: RunArgs) -> Result<()> {
+    let path = args.config.context("no configuration given: pass --config PATH (see dnlb --help)")?;
     let mut config = Config::load(&path)?;
-    if let Some(io) = io {
+    if let Some(io) = args.io {
         config.server.io = io;
     }
-    if workers.is_some() {
-        config.server.workers = workers;
+    if let Some(n) = args.workers {
+        config.server.workers = Some(usize::from(n));
     }
+    let control_path = control_path(&config)?;
+    // The user is looked up before anything is bound, so a typo or a start without root fails
+    // before the first socket exists.
+    let target = config.server.user.as_deref().map(privilege::resolve).transpose()?;
+    // One instance per listen address: SO_REUSEPORT would let a second dnlb bind silently and
+    // split the clients between two configurations. Held until run() returns.
+    let locks = InstanceLocks::acquire(&runtime::dir(config.server.runtime_dir.as_deref()), &config.server.listen)?;
     // The first snapshot follows the configured start state; the prober publishes from then on.
     let snapshot = Snapshot::build(&config, &initial_health(&config), 0, 1).context("building answers")?;
     let snapshots = SnapshotHandle::new(snapshot);
-    let relay = config.relay.clone().map(std::sync::Arc::new);
-    let server = Server::start(&config.server, relay, snapshots.clone())?;
-    let prober = if config.probe.enabled && !config.services.is_empty() {
-        Some(Prober::spawn(config.clone(), snapshots).context("starting the prober")?)
-    } else {
+    let relay = config.relay.clone().map(Arc::new);
+    let server = Server::start(&config.server, relay, config.rrl.clone(), snapshots.clone())?;
+    let prober = start_prober(&config, &snapshots, &Carry::new())?;
+    if prober.is_none() {
         eprintln!("dnlb: probing is off: every configured server counts as healthy");
-        None
+    }
+    // Which prober the metrics endpoint reads: swapped by a reload.
+    let probe_view = Arc::new(arc_swap::ArcSwapOption::from(prober.as_ref().map(|p| Arc::new(p.view()))));
+    // The metrics endpoint reads the counters, the prober and the snapshot; dropped (stopped) on return.
+    let _metrics = match &config.metrics {
+        Some(m) => {
+            let sources = metrics::Sources {
+                counters: server.counters(),
+                prober: probe_view.clone(),
+                snapshots: snapshots.clone(),
+            };
+            let endpoint = metrics::MetricsServer::start(m.listen, sources).context("starting the metrics endpoint")?;
+            eprintln!("dnlb: metrics on http://{}/metrics", endpoint.local_addr());
+            Some(endpoint)
+        }
+        None => None,
     };
     if let Some(why) = server.fallback_reason() {
         eprintln!("dnlb: io_uring unavailable, using the portable backend: {why}");
     }
     let listen: Vec<String> = config.server.listen.iter().map(ToString::to_string).collect();
-    eprintln!(
-        "dnlb: serving {} service(s) on {} (udp{}), {} worker(s) per address, io={}",
+    let serving = format!(
+        "serving {} service(s) on {} (udp{}), {} worker(s) per address, io={}",
         config.services.len(),
         listen.join(", "),
         if config.server.tcp { "+tcp" } else { "" },
         server.workers_per_address(),
         server.backend()
     );
+    let mut running = Running { config: Arc::new(config), prober };
+    let shared = Arc::new(Mutex::new(Shared {
+        config: running.config.clone(),
+        status: running.prober.as_ref().map(|p| p.status().clone()),
+    }));
+    let (reload_tx, reload_rx): (SyncSender<SyncSender<Reply>>, Receiver<SyncSender<Reply>>) = sync_channel(1);
+    let control = Control { shared: shared.clone(), snapshots: snapshots.clone(), reloads: reload_tx };
+    let _control = ControlSocket::start(&control_path, control)?;
+    // Every socket is bound (the prober's, the control socket) while still root; from here on,
+    // the user's.
+    if let Some(target) = &target {
+        match target.assume()? {
+            Outcome::Dropped => eprintln!("dnlb: dropped root: running as user {}", target.name()),
+            Outcome::AlreadyUser => {}
+        }
+    }
+    eprintln!("dnlb: {serving}");
+    // READY=1 once every socket is bound and the first snapshot (built from the configured start
+    // state) is published; the prober's first verdicts come later, as snapshot swaps.
+    if let Err(e) = notify::ready(&serving) {
+        eprintln!("dnlb: {e}");
+    }
+    let watchdog_every = notify::watchdog_interval();
+    let mut last_ping: Option<Instant> = None;
+    let mut ping_failed = false;
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
     }
-    let mut prober_lost = false;
+    let hangup = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, hangup.clone()).context("installing signal handlers")?;
+    // The watchdog: a prober that stopped or stalled would leave the answers frozen on the last
+    // health it saw, the worst outcome for a load balancer; exit non-zero instead, so the service
+    // manager restarts dnlb, rather than serve stale answers silently.
+    let mut stalled = None;
     while !stop.load(Ordering::Relaxed) && !server.worker_died() {
-        if !prober_lost && prober.as_ref().is_some_and(Prober::finished) {
-            // Keep serving: the last snapshot is the best knowledge there is.
-            eprintln!("dnlb: the prober stopped; answering from its last snapshot");
-            prober_lost = true;
+        if let Some(p) = running.prober.as_ref() {
+            let age = u64::try_from(p.heartbeat_age().as_millis()).unwrap_or(u64::MAX);
+            p.status().heartbeat_age_ms.store(age, Ordering::Relaxed);
+            if p.stalled() {
+                p.status().stalls.fetch_add(1, Ordering::Relaxed);
+                let why = if p.finished() {
+                    "the prober thread ended".to_string()
+                } else {
+                    format!("the prober made no progress for {:?} (limit {:?})", p.heartbeat_age(), p.stall_limit())
+                };
+                eprintln!("dnlb: {why}: answers would be frozen; stopping so a supervisor restarts dnlb");
+                stalled = Some(why);
+                break;
+            }
         }
-        std::thread::sleep(Duration::from_millis(100));
+        // WATCHDOG=1 only from here: workers alive and the prober progressing, so a systemd
+        // watchdog timeout means the same as the checks above, caught from outside.
+        if let Some(every) = watchdog_every.filter(|&e| last_ping.is_none_or(|t| t.elapsed() >= e)) {
+            last_ping = Some(Instant::now());
+            match notify::watchdog() {
+                Ok(()) => ping_failed = false,
+                Err(e) if !ping_failed => {
+                    eprintln!("dnlb: {e} (every {every:?}); retrying at that interval");
+                    ping_failed = true;
+                }
+                Err(_) => {}
+            }
+        }
+        if hangup.swap(false, Ordering::Relaxed) {
+            let _reply = notified_reload(&serving, || reload(&path, &mut running, &snapshots, &shared, &probe_view));
+        }
+        // Waits up to 100 ms for a reload request, which is then served at once.
+        if let Ok(reply_to) = reload_rx.recv_timeout(Duration::from_millis(100)) {
+            let reply = notified_reload(&serving, || reload(&path, &mut running, &snapshots, &shared, &probe_view));
+            // The asker may have given up waiting; the reload is done either way.
+            let _sent = reply_to.try_send(reply);
+        }
+    }
+    if let Err(e) = notify::stopping() {
+        eprintln!("dnlb: {e}");
+    }
+    if let Some(p) = &running.prober {
+        eprintln!("dnlb: prober: {}", p.status());
     }
     let mut errors = Vec::new();
-    if let Some(p) = &prober {
-        let st = p.status();
-        let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-        eprintln!(
-            "dnlb: prober: sent={} replies={} ignored={} refused={} timeouts={} flips={} publishes={}",
-            get(&st.sent),
-            get(&st.replies),
-            get(&st.ignored),
-            get(&st.refused),
-            get(&st.timeouts),
-            get(&st.flips),
-            get(&st.publishes)
-        );
-    }
-    if let Some(p) = prober {
-        if let Err(e) = p.shutdown() {
-            errors.push(format!("prober: {e}"));
+    match (running.prober.take(), stalled) {
+        (Some(p), Some(why)) => {
+            p.abandon();
+            errors.push(why);
         }
+        (Some(p), None) => {
+            if let Err(e) = p.shutdown() {
+                errors.push(format!("prober: {e}"));
+            }
+        }
+        (None, Some(why)) => errors.push(why),
+        (None, None) => {}
     }
     let (totals, worker_errors) = server.shutdown();
     errors.extend(worker_errors);
     eprintln!("dnlb: stopped: {totals}");
+    // Released only now: a successor must not bind while this instance still answers.
+    drop(locks);
     if !errors.is_empty() {
         bail!("{}", errors.join("; "));
     }
@@ -131,22 +466,19 @@ fn run(path: PathBuf, io: Option<IoMode>, workers: Option<usize>) -> Result<()> 
 }
 
 fn main() -> ExitCode {
-    let result = parse_args(std::env::args().skip(1)).and_then(|command| match command {
-        Command::Help => {
-            println!("{USAGE}");
-            Ok(())
-        }
-        Command::Version => {
-            println!("dnlb {}", env!("CARGO_PKG_VERSION"));
-            Ok(())
-        }
-        Command::Check(path) => {
-            let config = Config::load(&path)?;
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => run(cli.run),
+        Some(Cmd::Run(args)) => run(args),
+        Some(Cmd::CheckConfig { path }) => Config::load(&path).map_err(anyhow::Error::from).map(|config| {
             println!("{}: ok ({} service(s))", path.display(), config.services.len());
-            Ok(())
+        }),
+        Some(Cmd::Status { config, json }) => ask(&config, Request::Status, json),
+        Some(Cmd::Explain { name, qtype, client, config, json }) => {
+            ask(&config, Request::Explain { name, qtype, client: client.map(|c| c.to_string()) }, json)
         }
-        Command::Run { config, io, workers } => run(config, io, workers),
-    });
+        Some(Cmd::Reload { config }) => ask(&config, Request::Reload, false),
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

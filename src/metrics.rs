@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crossbeam_utils::CachePadded;
 
-use crate::relay::engine::RelayStats;
+use crate::relay::engine::{RelayGauges, RelayStats};
 
 /// Declares the counters once: the per-worker atomics, the plain totals, their sum and their
 /// `name=value` display, so the lists cannot drift apart.
@@ -23,6 +23,14 @@ macro_rules! counters {
         #[derive(Debug, Default)]
         pub struct WorkerCounters {
             $($(#[doc = $doc])+ pub $name: AtomicU64,)+
+        }
+
+        impl WorkerCounters {
+            /// Every counter with its name, so a test can check that no reader leaves one out.
+            #[cfg(test)]
+            pub(crate) fn fields(&self) -> Vec<(&'static str, &AtomicU64)> {
+                vec![$((stringify!($name), &self.$name)),+]
+            }
         }
 
         /// A sum over all workers, taken off the hot path.
@@ -60,6 +68,16 @@ macro_rules! counters {
 counters! {
     /// Datagrams and TCP messages received.
     queries,
+    /// Parsed queries for A or AAAA.
+    qtype_address,
+    /// Parsed queries for SRV.
+    qtype_srv,
+    /// Parsed queries for NAPTR.
+    qtype_naptr,
+    /// Parsed queries for ANY.
+    qtype_any,
+    /// Parsed queries for any other type.
+    qtype_other,
     /// Replies with RCODE NOERROR.
     noerror,
     /// Replies with RCODE NXDOMAIN (relayed or cached).
@@ -121,12 +139,54 @@ counters! {
     relay_upstream_errors,
     /// Upstreams found not to preserve letter case, queried without 0x20 since.
     relay_no_caps,
+    /// Queries answered SERVFAIL because their client's prefix held its share of `max_pending`.
+    relay_prefix_full,
+    /// Upstream exchanges in flight now (a gauge).
+    relay_pending,
+    /// Clients waiting on upstream exchanges now (a gauge).
+    relay_waiting,
+    /// Answers in the relay's cache now (a gauge).
+    relay_cache_entries,
+    /// Bytes the relay's cache holds now (a gauge).
+    relay_cache_bytes,
+    /// UDP responses over the rate limit sent truncated (TC=1, question only).
+    rrl_slipped,
+    /// UDP responses over the rate limit dropped.
+    rrl_dropped,
+    /// TCP connections accepted.
+    tcp_accepted,
+    /// TCP connections open now (a gauge: the sum over workers is the total).
+    tcp_open,
+    /// TCP connections refused because their client held its per-worker limit.
+    tcp_refused_per_client,
+    /// accept() failures (EMFILE and kin); accepting paused after each.
+    tcp_accept_errors,
+    /// TCP connections closed by the client, or on a read or write error.
+    tcp_closed_peer,
+    /// TCP connections closed after the idle time.
+    tcp_closed_idle,
+    /// TCP connections closed because a message did not arrive whole in time.
+    tcp_closed_message_timeout,
+    /// TCP connections closed for a message of length 0.
+    tcp_closed_malformed,
+    /// TCP connections closed for a message longer than a query can be.
+    tcp_closed_oversize,
+    /// TCP connections closed because the client did not read its replies.
+    tcp_closed_write_stall,
+    /// TCP connections closed to make room for a new one (the longest idle).
+    tcp_closed_evicted,
 }
 
 impl WorkerCounters {
-    /// Stores the relay's counters (cumulative, kept by the worker's relay) into this block.
-    pub fn publish_relay(&self, s: &RelayStats) {
+    /// Stores the relay's counters (cumulative, kept by the worker's relay) and its gauges into
+    /// this block.
+    pub fn publish_relay(&self, s: &RelayStats, g: RelayGauges) {
         let set = |c: &AtomicU64, v: u64| c.store(v, Ordering::Relaxed);
+        let wide = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
+        set(&self.relay_pending, wide(g.pending));
+        set(&self.relay_waiting, wide(g.waiting));
+        set(&self.relay_cache_entries, wide(g.cache_entries));
+        set(&self.relay_cache_bytes, wide(g.cache_bytes));
         set(&self.relay_forwarded, s.forwarded);
         set(&self.relay_cache_hits, s.cache_hits);
         set(&self.relay_timeouts, s.timeouts);
@@ -141,6 +201,32 @@ impl WorkerCounters {
         set(&self.relay_send_errors, s.send_errors);
         set(&self.relay_upstream_errors, s.upstream_errors);
         set(&self.relay_no_caps, s.no_caps);
+        set(&self.relay_prefix_full, s.prefix_full);
+    }
+}
+
+impl WorkerCounters {
+    /// Stores the TCP side's counters (cumulative, kept by the worker's TCP side) into this block.
+    pub fn publish_tcp(&self, s: &crate::edge::tcp::TcpStats) {
+        let set = |c: &AtomicU64, v: u64| c.store(v, Ordering::Relaxed);
+        set(&self.tcp_accepted, s.accepted);
+        set(&self.tcp_refused_per_client, s.refused_per_client);
+        set(&self.tcp_accept_errors, s.accept_errors);
+        for (c, v) in [
+            &self.tcp_closed_peer,
+            &self.tcp_closed_idle,
+            &self.tcp_closed_message_timeout,
+            &self.tcp_closed_malformed,
+            &self.tcp_closed_oversize,
+            &self.tcp_closed_write_stall,
+            &self.tcp_closed_evicted,
+        ]
+        .into_iter()
+        .zip(s.closed)
+        {
+            set(c, v);
+        }
+        set(&self.tcp_open, s.open);
     }
 }
 
@@ -168,12 +254,12 @@ mod tests {
         let blocks: CounterBlocks = (0..2).map(|_| CachePadded::new(WorkerCounters::default())).collect();
         bump(&blocks[0].queries);
         add(&blocks[1].queries, 2);
-        blocks[1].publish_relay(&RelayStats { forged: 7, ..RelayStats::default() });
+        blocks[1].publish_relay(&RelayStats { forged: 7, ..RelayStats::default() }, RelayGauges::default());
         let t = Totals::sum(&blocks);
         assert_eq!((t.queries, t.relay_forged), (3, 7));
         let text = t.to_string();
-        assert!(text.starts_with("queries=3 noerror=0"), "{text}");
+        assert!(text.starts_with("queries=3 qtype_address=0"), "{text}");
         assert!(text.contains(" relay_forged=7 ") && text.contains(" drop_oversize=0 "), "{text}");
-        assert!(text.ends_with("relay_no_caps=0"), "{text}");
+        assert!(text.ends_with("tcp_closed_evicted=0"), "{text}");
     }
 }

@@ -87,6 +87,9 @@ pub fn smooth_weighted(weights: &[u32], k: usize) -> Vec<usize> {
     order
 }
 
+/// The latency weight of the fastest server (and of one not measured yet).
+pub const FASTEST_WEIGHT: u32 = 100;
+
 /// Latency weights: each server's weight is inversely proportional to its smoothed RTT, on a
 /// 1-100 scale relative to the fastest, quantised so that jitter does not rebuild snapshots.
 /// Servers without a measurement get the fastest server's weight.
@@ -95,11 +98,12 @@ pub fn latency_weights(rtts_us: &[Option<u64>]) -> Vec<u32> {
     rtts_us
         .iter()
         .map(|r| match r {
-            None => 100,
+            None => FASTEST_WEIGHT,
             Some(rtt) => {
-                let w = (100 * fastest / (*rtt).max(1)).clamp(1, 100) as u32;
+                let scale = u64::from(FASTEST_WEIGHT);
+                let w = (scale.saturating_mul(fastest) / (*rtt).max(1)).clamp(1, scale) as u32;
                 // Quantise to 5 % steps.
-                (w.div_ceil(5) * 5).min(100)
+                (w.div_ceil(5) * 5).min(FASTEST_WEIGHT)
             }
         })
         .collect()

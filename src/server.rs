@@ -1,29 +1,33 @@
-//! Starting and stopping the data plane: worker threads, their sockets, the TCP listeners.
+//! Starting and stopping the data plane: worker threads and their sockets.
 //!
 //! ```text
 //!  Server::start ─► bind every socket (errors surface here, before any thread runs)
-//!                ─► per listen address × worker: thread "dnlb-w<i>", pinned, own socket, own ring
-//!                ─► per listen address: TCP acceptor
+//!                ─► per listen address × worker: a UDP socket and a TCP listener (SO_REUSEPORT),
+//!                   the worker's relay and TCP side, then thread "dnlb-w<i>", pinned, own ring
 //!  Server::shutdown ─► Stop::fire ─► join ─► counter totals
 //! ```
 
-use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::sync::atomic::AtomicUsize;
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::Instant;
 
 use crossbeam_utils::CachePadded;
 
 use crate::config::{RelayConfig, ServerConfig};
 use crate::dns::answer::Transport;
+use crate::edge::conn::Limits;
+use crate::edge::rrl::{Limiter, Settings as RrlSettings};
+use crate::edge::tcp::{self, TcpSide};
 use crate::io::{self, affinity, Backend, IoError, Stop};
 use crate::metrics::{CounterBlocks, Totals, WorkerCounters};
 use crate::relay::sockets::Relay;
 use crate::relay::RelayError;
 use crate::snapshot::SnapshotHandle;
-use crate::tcp::{self, TcpContext};
-use crate::worker::{Responder, UdpResponder};
+use crate::worker::{Responder, Worker};
+
+/// Reply bytes one TCP connection may have queued for a client that does not read.
+const TCP_QUEUE_LIMIT: usize = 256 * 1024;
 
 /// Why the data plane could not start. Our environment's fault (ports, kernel), not a client's.
 #[derive(Debug, thiserror::Error)]
@@ -61,46 +65,64 @@ pub struct Server {
     fallback_reason: Option<String>,
     stop: Arc<Stop>,
     workers: Vec<JoinHandle<std::io::Result<()>>>,
-    acceptors: Vec<(SocketAddr, JoinHandle<()>)>,
     counters: CounterBlocks,
     workers_per_address: usize,
 }
 
 impl Server {
-    /// Binds every socket and starts the workers; `relay` forwards the names dnlb does not manage.
+    /// Binds every socket and starts the workers; `relay` forwards the names dnlb does not
+    /// manage, `rrl` limits UDP responses per client prefix.
     pub fn start(
         config: &ServerConfig,
         relay: Option<Arc<RelayConfig>>,
+        rrl: Option<RrlSettings>,
         snapshots: SnapshotHandle,
     ) -> Result<Server, ServerError> {
         let (backend, fallback_reason) = Backend::choose(config.io)?;
         let cores = affinity::allowed_cores();
         let n = worker_count(config.workers, cores.len());
-        let mut sockets: Vec<(usize, UdpSocket)> = Vec::new();
+        if config.tcp {
+            crate::io::raise_fd_limit();
+        }
+        // Per listen address and worker: a UDP socket and (with TCP) a listener, all SO_REUSEPORT.
+        let mut sockets: Vec<(usize, UdpSocket, Option<std::net::TcpListener>)> = Vec::new();
         for &addr in &config.listen {
             for i in 0..n {
-                sockets.push((i, io::bind_udp(addr)?));
+                let udp = io::bind_udp(addr)?;
+                let listener = if config.tcp {
+                    Some(tcp::bind(addr).map_err(|source| ServerError::Tcp { addr, source })?)
+                } else {
+                    None
+                };
+                sockets.push((i, udp, listener));
             }
         }
-        let mut listeners = Vec::new();
-        if config.tcp {
-            for &addr in &config.listen {
-                let l = tcp::bind(addr).map_err(|source| ServerError::Tcp { addr, source })?;
-                // Port 0 is refused by config validation; tests may still pass it directly.
-                let bound = l.local_addr().map_err(|source| ServerError::Tcp { addr, source })?;
-                listeners.push((bound, l));
-            }
-        }
-        // One block per UDP socket, plus one that all TCP connections share.
-        let counters: CounterBlocks =
-            (0..=sockets.len()).map(|_| CachePadded::new(WorkerCounters::default())).collect();
+        let counters: CounterBlocks = (0..sockets.len()).map(|_| CachePadded::new(WorkerCounters::default())).collect();
         let stop = Arc::new(Stop::new().map_err(ServerError::Pipe)?);
         let transport = Transport::Udp { max_payload: config.max_udp_payload };
+        // Each worker holds its share of the TCP connections; the kernel spreads new ones.
+        let limits = Limits {
+            max_connections: config.tcp_max_connections.div_ceil(sockets.len().max(1)),
+            max_per_client: config.tcp_max_connections_per_client,
+            idle: config.tcp_idle_timeout,
+            message: config.tcp_query_timeout,
+            max_queued: TCP_QUEUE_LIMIT,
+        };
         let mut workers = Vec::new();
-        for (block, (i, socket)) in sockets.into_iter().enumerate() {
-            // Each worker's relay is made here, so a relay that cannot work stops the start.
+        for (block, (i, socket, listener)) in sockets.into_iter().enumerate() {
+            // Each worker's relay and TCP side are made here, so one that cannot work stops the
+            // start instead of a worker.
             let upstream = relay.clone().map(Relay::new).transpose()?;
-            let (snapshots, counters, stop, relay) = (snapshots.clone(), counters.clone(), stop.clone(), relay.clone());
+            let responder =
+                Responder::new(snapshots.clone(), counters.clone(), block).with_relay(relay.clone(), upstream);
+            let mut worker =
+                Worker::new(responder, transport, None, rrl.clone().map(|r| Limiter::new(r, Instant::now())));
+            let listeners: Vec<_> = listener.into_iter().collect();
+            if !listeners.is_empty() || worker.relay_fd().is_some() {
+                let side = TcpSide::new(listeners, limits, worker.relay_fd()).map_err(ServerError::Thread)?;
+                worker.set_tcp(side);
+            }
+            let stop = stop.clone();
             let core = config.pin_workers.then(|| cores.get(i % cores.len().max(1)).copied()).flatten();
             let handle = std::thread::Builder::new()
                 .name(format!("dnlb-w{i}"))
@@ -110,32 +132,14 @@ impl Server {
                             eprintln!("dnlb: worker {i}: cannot pin to core {core}: {e}; running unpinned");
                         }
                     }
-                    let responder = Responder::new(snapshots, counters, block).with_relay(relay, upstream);
-                    let mut handler = UdpResponder { responder, transport };
-                    let served = backend.serve(&socket, &mut handler, &stop);
-                    handler.publish_counters();
+                    let served = backend.serve(&socket, &mut worker, &stop);
+                    worker.publish_counters();
                     served
                 })
                 .map_err(ServerError::Thread)?;
             workers.push(handle);
         }
-        let tcp_block = counters.len() - 1;
-        let mut acceptors = Vec::new();
-        let open = Arc::new(AtomicUsize::new(0));
-        for (addr, listener) in listeners {
-            let ctx = TcpContext {
-                snapshots: snapshots.clone(),
-                counters: counters.clone(),
-                block: tcp_block,
-                idle_timeout: config.tcp_idle_timeout,
-                max_connections: config.tcp_max_connections,
-                open: open.clone(),
-                stop: stop.clone(),
-                relay: relay.clone(),
-            };
-            acceptors.push((addr, tcp::spawn_acceptor(listener, ctx).map_err(ServerError::Thread)?));
-        }
-        Ok(Server { backend, fallback_reason, stop, workers, acceptors, counters, workers_per_address: n })
+        Ok(Server { backend, fallback_reason, stop, workers, counters, workers_per_address: n })
     }
 
     /// The backend the workers run.
@@ -146,6 +150,11 @@ impl Server {
     /// Why io_uring was passed over in `auto` mode, if it was.
     pub fn fallback_reason(&self) -> Option<&str> {
         self.fallback_reason.as_deref()
+    }
+
+    /// The workers' counter blocks, for readers off the hot path (the metrics endpoint).
+    pub fn counters(&self) -> CounterBlocks {
+        self.counters.clone()
     }
 
     /// Workers per listen address.
@@ -166,21 +175,12 @@ impl Server {
     /// Stops every thread and returns the final totals and any worker errors.
     pub fn shutdown(self) -> (Totals, Vec<String>) {
         self.stop.fire();
-        for (addr, _) in &self.acceptors {
-            // Wake the blocked accept(); it sees the stop flag and returns.
-            let _woken = TcpStream::connect_timeout(addr, Duration::from_millis(200));
-        }
         let mut errors = Vec::new();
         for (i, w) in self.workers.into_iter().enumerate() {
             match w.join() {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => errors.push(format!("worker {i}: {e}")),
                 Err(_) => errors.push(format!("worker {i} panicked")),
-            }
-        }
-        for (addr, a) in self.acceptors {
-            if a.join().is_err() {
-                errors.push(format!("tcp acceptor {addr} panicked"));
             }
         }
         (Totals::sum(&self.counters), errors)

@@ -24,6 +24,9 @@ use crate::dns::query::rcode;
 use crate::dns::{rtype, wire_name};
 use crate::select;
 
+/// The TTL of the RFC 8482 answer to ANY: it changes never, so clients may keep it an hour.
+const ANY_TTL: u32 = 3600;
+
 /// A small, fast hasher for short lower-case names (FxHash's multiply-rotate).
 #[derive(Default, Clone, Copy)]
 pub struct NameHasher(u64);
@@ -73,15 +76,17 @@ struct NameAnswers {
 pub struct Health {
     /// `up[service][server]` lists the transports on which that server is healthy.
     pub up: Vec<Vec<Vec<Transport>>>,
-    /// `rtt_us[service][server]`: the smoothed probe round-trip time (read by `latency`).
-    pub rtt_us: Vec<Vec<Option<u64>>>,
+    /// `latency_weights[service][server]`: the weight a `latency` service gives each server,
+    /// from its probe round-trip time ([`select::latency_weights`], computed once by the prober);
+    /// empty for other policies, and a missing entry counts as the fastest server's weight.
+    pub latency_weights: Vec<Vec<u32>>,
 }
 
 impl Health {
     /// Every server healthy on every transport it is configured for.
     pub fn all_up(config: &Config) -> Health {
         let up = config.services.iter().map(|s| s.servers.iter().map(|v| v.transports.clone()).collect()).collect();
-        Health { up, rtt_us: Vec::new() }
+        Health { up, latency_weights: Vec::new() }
     }
 }
 
@@ -94,6 +99,10 @@ pub struct Snapshot {
     pub built_at: Instant,
     /// Number of rotation counters a worker needs.
     pub rotation_slots: usize,
+    /// The answer to ANY over UDP for every managed name: one synthesized HINFO (RFC 8482), so
+    /// ANY cannot be used to amplify. Its owner is a pointer to the question, so one template
+    /// serves every name.
+    any_udp: Template,
     names: HashMap<Box<[u8]>, NameAnswers, BuildHasherDefault<NameHasher>>,
 }
 
@@ -109,7 +118,13 @@ pub enum Lookup<'s> {
 impl Snapshot {
     /// A snapshot that manages no names.
     pub fn empty() -> Snapshot {
-        Snapshot { generation: 0, built_at: Instant::now(), rotation_slots: 0, names: HashMap::default() }
+        Snapshot {
+            generation: 0,
+            built_at: Instant::now(),
+            rotation_slots: 0,
+            any_udp: Template::empty(true, rcode::NOERROR),
+            names: HashMap::default(),
+        }
     }
 
     /// Builds every answer for `config` given `health`. `round` is the probe round (on-duty).
@@ -120,17 +135,24 @@ impl Snapshot {
         }
         // Hosts-file names come after the SIP names, which win a clash (`add` keeps the first).
         b.hosts(&config.hosts, config.hosts_ttl)?;
-        Ok(Snapshot { generation, built_at: Instant::now(), rotation_slots: b.slots, names: b.names })
+        let any_owner = encode::name("any.invalid")?;
+        let any_udp =
+            encode::template(&any_owner, rtype::ANY, vec![encode::rfc8482_record(&any_owner, ANY_TTL)], vec![])?;
+        Ok(Snapshot { generation, built_at: Instant::now(), rotation_slots: b.slots, any_udp, names: b.names })
     }
 
     /// Looks up a lower-case wire name and type. `rotation` is the worker's counter array,
-    /// at least `rotation_slots` long.
+    /// at least `rotation_slots` long; `udp` says whether the reply goes over UDP.
     #[inline]
-    pub fn lookup(&self, name: &[u8], qtype: u16, rotation: &mut [u32]) -> Lookup<'_> {
+    pub fn lookup(&self, name: &[u8], qtype: u16, udp: bool, rotation: &mut [u32]) -> Lookup<'_> {
         let Some(entry) = self.names.get(name) else {
             return Lookup::NotManaged;
         };
-        // RFC 8482: ANY gets one RRset; the A set is the useful one for a SIP name.
+        // RFC 8482: ANY over UDP gets the synthesized HINFO (nothing to amplify with); over TCP,
+        // where the source is proven, one RRset, the A set, the useful one for a SIP name.
+        if qtype == rtype::ANY && udp {
+            return Lookup::Answer(&self.any_udp);
+        }
         let wanted = if qtype == rtype::ANY { rtype::A } else { qtype };
         let Some((_, rot)) = entry.by_type.iter().find(|(t, _)| *t == wanted) else {
             return Lookup::Answer(&entry.nodata);
@@ -195,7 +217,7 @@ impl Builder {
         let owner = encode::name(&service.name)?;
         let ttl = service.ttl;
         let up = health.up.get(index).map(Vec::as_slice).unwrap_or(&[]);
-        let rtts = health.rtt_us.get(index).map(Vec::as_slice).unwrap_or(&[]);
+        let latency_weights = health.latency_weights.get(index).map(Vec::as_slice).unwrap_or(&[]);
         let healthy = |i: usize| up.get(i).is_some_and(|t| !t.is_empty());
         let any_up = (0..service.servers.len()).any(healthy);
         // The all-down policy: last-good arrives here as the prober's substitute up-list, so
@@ -216,17 +238,15 @@ impl Builder {
             }
             let mut addrs: Vec<IpAddr> = Vec::new();
             let mut weights: Vec<u32> = Vec::new();
-            let mut rtt: Vec<Option<u64>> = Vec::new();
             for &i in &serving {
                 let s = &service.servers[i];
                 if s.address.is_ipv6() == v6 && !addrs.contains(&s.address) {
                     addrs.push(s.address);
-                    weights.push(u32::from(s.weight));
-                    rtt.push(rtts.get(i).copied().flatten());
+                    weights.push(match service.policy {
+                        Policy::Latency => latency_weights.get(i).copied().unwrap_or(select::FASTEST_WEIGHT),
+                        _ => u32::from(s.weight),
+                    });
                 }
-            }
-            if service.policy == Policy::Latency {
-                weights = select::latency_weights(&rtt);
             }
             let rotation = select::rotations(&addrs, &weights, service.policy, service.answers, round);
             let mut templates = Vec::new();
@@ -344,6 +364,16 @@ impl SnapshotHandle {
         SnapshotHandle(Arc::new(ArcSwap::from_pointee(snapshot)))
     }
 
+    /// A handle that serves `snapshot` (the control side asks a copy of the running one).
+    pub fn from_arc(snapshot: Arc<Snapshot>) -> SnapshotHandle {
+        SnapshotHandle(Arc::new(ArcSwap::new(snapshot)))
+    }
+
+    /// The snapshot now, owned (off the hot path: the control side).
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.0.load_full()
+    }
+
     /// The current snapshot; workers call this once per batch.
     #[inline]
     pub fn load(&self) -> Guard<Arc<Snapshot>> {
@@ -383,18 +413,18 @@ transports = ["tls"]
         names.sort();
         assert_eq!(names.len(), 7, "{names:?}");
         let mut rot = vec![0; snap.rotation_slots];
-        let first = |snap: &Snapshot, rot: &mut [u32]| match snap.lookup(&wire_name("sip.example.test"), rtype::A, rot)
-        {
-            Lookup::Answer(t) => t.body.clone(),
-            Lookup::NotManaged => panic!("managed"),
-        };
+        let first =
+            |snap: &Snapshot, rot: &mut [u32]| match snap.lookup(&wire_name("sip.example.test"), rtype::A, true, rot) {
+                Lookup::Answer(t) => t.body.clone(),
+                Lookup::NotManaged => panic!("managed"),
+            };
         let a = first(&snap, &mut rot);
         let b = first(&snap, &mut rot);
         let c = first(&snap, &mut rot);
         assert_ne!(a, b, "round robin rotates");
         assert_eq!(a, c, "two servers, so the third answer is the first again");
-        assert!(matches!(snap.lookup(&wire_name("other.test"), rtype::A, &mut rot), Lookup::NotManaged));
-        match snap.lookup(&wire_name("sip.example.test"), 16, &mut rot) {
+        assert!(matches!(snap.lookup(&wire_name("other.test"), rtype::A, true, &mut rot), Lookup::NotManaged));
+        match snap.lookup(&wire_name("sip.example.test"), 16, true, &mut rot) {
             Lookup::Answer(t) => assert_eq!(t.counts, [0, 0, 0]),
             Lookup::NotManaged => panic!("managed"),
         }

@@ -1,18 +1,21 @@
-//! The per-query work of a worker: parse, look up, copy and patch. No I/O here.
+//! A worker's handler: the per-query logic (parse, look up, copy and patch, or relay), shared by
+//! UDP and TCP on one core with one rotation state, plus the core's TCP connections, its relay
+//! and its rate limiter. No socket code of its own: the I/O backend hands it datagrams and wakes
+//! it when its epoll descriptor (TCP, relay) is ready.
 //!
 //! ```text
 //!  bytes ─► query::parse ─┬─ Drop ────────────────────────────────► (no reply, counted)
 //!                         ├─ NotImplemented / FormatError ─────────► header-only NOTIMP / FORMERR
 //!                         └─ Query ─┬─ EDNS version > 0 ───────────► BADVERS
 //!                                   ├─ snapshot: managed name ─────► template copy + patch
-//!                                   └─ not managed ────────────────► unmanaged hook (REFUSED today,
-//!                                                                    the relay later)
+//!                                   └─ not managed ────────────────► the relay (REFUSED without one)
+//!  UDP reply ─► rate limit (if [rrl]): send · slip (TC=1, question only) · drop
 //! ```
 
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::BorrowedFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,11 +24,13 @@ use arc_swap::Guard;
 use crate::config::RelayConfig;
 use crate::dns::answer::{self, Template, Transport};
 use crate::dns::query::{self, rcode, Query, Reject, MAX_NAME_LEN};
-use crate::dns::CLASS_IN;
+use crate::dns::{rtype, CLASS_IN};
+use crate::edge::rrl::{Decision, Limiter};
+use crate::edge::tcp::{Answerer, TcpSide};
 use crate::io::{DropReason, Handler, Outbox, Peer};
 use crate::metrics::{CounterBlocks, WorkerCounters};
-use crate::relay::acl;
-use crate::relay::engine::{self, Forwarded, Replies};
+use crate::prefix;
+use crate::relay::engine::{Forwarded, Replies, ReplyTo};
 use crate::relay::sockets::Relay;
 use crate::snapshot::{Lookup, Snapshot, SnapshotHandle};
 
@@ -40,9 +45,19 @@ pub struct Responder {
     refused: Template,
     name: [u8; MAX_NAME_LEN],
     relay_config: Option<Arc<RelayConfig>>,
-    /// The UDP relay (upstream sockets, pending table, cache); TCP connections relay with a
-    /// blocking exchange instead.
+    /// This worker's relay (upstream sockets, pending table, cache), for UDP and TCP clients.
     relay: Option<Relay>,
+}
+
+/// What [`Responder::answer`] came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// A reply of this many bytes is in the output buffer.
+    Reply(usize),
+    /// Sent upstream (or joined a question in flight): the reply comes later.
+    Relayed,
+    /// No reply (not a query).
+    Nothing,
 }
 
 /// Who sent a query, as far as the responder needs to know.
@@ -50,8 +65,15 @@ pub struct Responder {
 pub enum Client<'a> {
     /// A UDP datagram's sender, decoded only when needed.
     Udp(Peer<'a>),
-    /// A TCP connection's peer.
-    Tcp(SocketAddr),
+    /// A TCP connection of this worker.
+    Tcp {
+        /// The connection's peer.
+        peer: SocketAddr,
+        /// Its slot in the worker's connection table.
+        slot: usize,
+        /// Its generation (slots are reused).
+        generation: u32,
+    },
     /// Unknown (benchmarks, fuzzing): the relay is not used.
     Unknown,
 }
@@ -60,17 +82,25 @@ impl Client<'_> {
     fn addr(&self) -> Option<SocketAddr> {
         match self {
             Client::Udp(p) => p.socket_addr(),
-            Client::Tcp(a) => Some(*a),
+            Client::Tcp { peer, .. } => Some(*peer),
             Client::Unknown => None,
+        }
+    }
+
+    /// Where a relayed answer for this client goes.
+    fn reply_to(&self, addr: SocketAddr) -> ReplyTo {
+        match self {
+            Client::Tcp { slot, generation, .. } => ReplyTo::Tcp { slot: *slot, generation: *generation },
+            _ => ReplyTo::Udp(addr),
         }
     }
 }
 
-/// Adds one to a counter. Each worker owns its cache-padded block, so this never contends; TCP
-/// connection threads share one block, which is why this is an atomic add and not a store.
+/// Adds one to a counter. Each worker owns its cache-padded block and is its only writer (UDP
+/// and TCP alike), so this is a plain load and store, not a locked read-modify-write.
 #[inline]
 fn count(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
+    crate::metrics::bump(counter);
 }
 
 impl Responder {
@@ -93,9 +123,8 @@ impl Responder {
         }
     }
 
-    /// Relays names dnlb does not manage per `config`: over UDP through `relay` (this worker's
-    /// own, made with [`Relay::new`]); a TCP connection passes `None` and relays with a blocking
-    /// exchange instead.
+    /// Relays names dnlb does not manage per `config` through `relay` (this worker's own, made
+    /// with [`Relay::new`]); without one, they get REFUSED.
     pub fn with_relay(mut self, config: Option<Arc<RelayConfig>>, relay: Option<Relay>) -> Responder {
         self.relay = relay.filter(|_| config.is_some());
         self.relay_config = config;
@@ -124,36 +153,54 @@ impl Responder {
     }
 
     /// Answers one message; returns the reply length in `out`, 0 for no reply (dropped, or sent
-    /// upstream: the answer then comes through the outbox).
+    /// upstream: the answer then comes later).
     #[inline]
     pub fn respond_from(&mut self, packet: &[u8], client: Client<'_>, transport: Transport, out: &mut [u8]) -> usize {
+        match self.answer(packet, client, transport, out) {
+            Answer::Reply(n) => n,
+            Answer::Relayed | Answer::Nothing => 0,
+        }
+    }
+
+    /// Answers one message, saying whether the reply is in `out`, comes later or never.
+    #[inline]
+    pub fn answer(&mut self, packet: &[u8], client: Client<'_>, transport: Transport, out: &mut [u8]) -> Answer {
         count(&self.counters().queries);
         let query = match query::parse(packet, &mut self.name) {
             Ok(q) => q,
             Err(Reject::Drop) => {
                 count(&self.counters().dropped);
-                return 0;
+                return Answer::Nothing;
             }
             Err(Reject::NotImplemented) => {
                 count(&self.counters().notimp);
-                return answer::write_header_error(packet, rcode::NOTIMP, out);
+                return Answer::Reply(answer::write_header_error(packet, rcode::NOTIMP, out));
             }
             Err(Reject::FormatError) => {
                 count(&self.counters().formerr);
-                return answer::write_header_error(packet, rcode::FORMERR, out);
+                return Answer::Reply(answer::write_header_error(packet, rcode::FORMERR, out));
             }
         };
+        let c = self.counters();
+        count(match query.qtype {
+            rtype::A | rtype::AAAA => &c.qtype_address,
+            rtype::SRV => &c.qtype_srv,
+            rtype::NAPTR => &c.qtype_naptr,
+            rtype::ANY => &c.qtype_any,
+            _ => &c.qtype_other,
+        });
         if query.edns.is_some_and(|e| e.version > 0) {
             count(&self.counters().badvers);
-            return answer::write_badvers(packet, &query, transport, out);
+            return Answer::Reply(answer::write_badvers(packet, &query, transport, out));
         }
         if let Some(c) = &self.relay_config {
-            if !c.managed_for_all && !client.addr().is_some_and(|a| acl::allowed(&c.allow, a.ip())) {
-                return self.refuse(packet, &query, transport, out);
+            if !c.managed_for_all && !client.addr().is_some_and(|a| prefix::allowed(&c.allow, a.ip())) {
+                return Answer::Reply(self.refuse(packet, &query, transport, out));
             }
         }
         let lookup = if query.qclass == CLASS_IN {
-            self.current.lookup(&self.name[..query.name_len], query.qtype, &mut self.rotation)
+            let udp = matches!(transport, Transport::Udp { .. });
+            self.current.lookup(&self.name[..query.name_len], query.qtype, udp, &mut self.rotation)
         } else {
             Lookup::NotManaged
         };
@@ -163,7 +210,7 @@ impl Responder {
         };
         let written = answer::write_reply(packet, &query, template, transport, out);
         self.count_reply(template.flags, written.truncated);
-        written.len
+        Answer::Reply(written.len)
     }
 
     /// A query for a name dnlb does not manage: relayed for allowed clients, else REFUSED.
@@ -174,34 +221,25 @@ impl Responder {
         client: Client<'_>,
         transport: Transport,
         out: &mut [u8],
-    ) -> usize {
-        let Some(config) = self.relay_config.clone() else { return self.refuse(packet, query, transport, out) };
-        let Some(addr) = client.addr().filter(|a| acl::allowed(&config.allow, a.ip())) else {
-            return self.refuse(packet, query, transport, out);
+    ) -> Answer {
+        let (Some(config), Some(relay)) = (self.relay_config.as_ref(), self.relay.as_mut()) else {
+            return Answer::Reply(self.refuse(packet, query, transport, out));
         };
-        let n = match (transport, self.relay.as_mut()) {
-            (Transport::Udp { .. }, Some(relay)) => {
-                let name = &self.name[..query.name_len];
-                match relay.query(packet, query, name, addr, transport, out, Instant::now()) {
-                    Forwarded::Answered(n) => n,
-                    Forwarded::Pending => {
-                        count(&self.counters().relayed);
-                        return 0;
-                    }
-                }
-            }
-            _ => {
+        let Some(addr) = client.addr().filter(|a| prefix::allowed(&config.allow, a.ip())) else {
+            return Answer::Reply(self.refuse(packet, query, transport, out));
+        };
+        let name = &self.name[..query.name_len];
+        let n = match relay.query(packet, query, name, addr, client.reply_to(addr), transport, out, Instant::now()) {
+            Forwarded::Answered(n) => n,
+            Forwarded::Pending => {
                 count(&self.counters().relayed);
-                engine::tcp_exchange(&config, packet, query, out).unwrap_or_else(|| {
-                    let servfail = Template::empty(false, rcode::SERVFAIL);
-                    answer::write_reply(packet, query, &servfail, transport, out).len
-                })
+                return Answer::Relayed;
             }
         };
         if n >= 4 {
             self.count_rcode(out[3] & 0xf, out[2] & 0x02 != 0);
         }
-        n
+        Answer::Reply(n)
     }
 
     fn refuse(&mut self, packet: &[u8], query: &Query, transport: Transport, out: &mut [u8]) -> usize {
@@ -235,53 +273,169 @@ fn count_reply(c: &WorkerCounters, flags: u16, truncated: bool) {
     }
 }
 
-/// The outbox as the relay sees it: each reply is counted by RCODE on its way out, as direct
-/// replies are.
-struct CountedReplies<'a, 'o> {
+/// Where the relay's late answers go: UDP clients through the outbox (rate limited like direct
+/// replies), TCP clients onto their connection. Each is counted by RCODE, as direct replies are.
+struct Router<'a, 'o> {
     out: &'a mut Outbox<'o>,
+    tcp: Option<&'a mut TcpSide>,
+    rrl: Option<&'a mut Limiter>,
     counters: &'a WorkerCounters,
+    now: Instant,
 }
 
-impl Replies for CountedReplies<'_, '_> {
-    fn push(&mut self, peer: SocketAddr, write: &mut dyn FnMut(&mut [u8]) -> usize) {
+impl Replies for Router<'_, '_> {
+    fn push(&mut self, to: ReplyTo, write: &mut dyn FnMut(&mut [u8]) -> usize) {
         let counters = self.counters;
-        self.out.push(peer, |buf| {
+        let mut counted = |buf: &mut [u8]| {
             let n = write(buf);
             if n >= 4 {
                 count_reply(counters, u16::from(buf[3] & 0xf), buf[2] & 0x02 != 0);
             }
             n
-        });
-    }
-}
-
-/// A responder bound to UDP, as the I/O backends drive it.
-pub struct UdpResponder {
-    /// The shared query logic.
-    pub responder: Responder,
-    /// The UDP size cap.
-    pub transport: Transport,
-}
-
-impl UdpResponder {
-    /// Stores the relay's counters into this worker's block (the backends do after every wake-up
-    /// and tick; call once more when the worker ends).
-    pub fn publish_counters(&self) {
-        if let Some(relay) = &self.responder.relay {
-            self.responder.counters().publish_relay(&relay.stats());
+        };
+        match to {
+            ReplyTo::Udp(peer) => {
+                let decision = self.rrl.as_mut().map_or(Decision::Send, |l| l.decide(peer.ip(), self.now));
+                match decision {
+                    Decision::Send => self.out.push(peer, counted),
+                    Decision::Slip => {
+                        count(&counters.rrl_slipped);
+                        self.out.push(peer, |buf| {
+                            let n = counted(buf);
+                            answer::slip(buf, n)
+                        });
+                    }
+                    Decision::Drop => count(&counters.rrl_dropped),
+                }
+            }
+            ReplyTo::Tcp { slot, generation } => {
+                if let Some(tcp) = self.tcp.as_mut() {
+                    tcp.deliver(slot, generation, &mut counted, self.now);
+                }
+            }
         }
     }
 }
 
-impl Handler for UdpResponder {
+/// The responder as a worker's TCP connections see it.
+struct TcpAnswers<'a> {
+    responder: &'a mut Responder,
+}
+
+impl Answerer for TcpAnswers<'_> {
+    fn answer(
+        &mut self,
+        message: &[u8],
+        peer: SocketAddr,
+        slot: usize,
+        generation: u32,
+        out: &mut [u8],
+        relayed: &mut bool,
+    ) -> usize {
+        let client = Client::Tcp { peer, slot, generation };
+        match self.responder.answer(message, client, Transport::Tcp, out) {
+            Answer::Reply(n) => n,
+            Answer::Relayed => {
+                *relayed = true;
+                0
+            }
+            Answer::Nothing => 0,
+        }
+    }
+}
+
+/// One worker's handler, as the I/O backends drive it: UDP datagrams through [`Handler::handle`],
+/// everything else (TCP, the relay) when its epoll descriptor is ready and on every tick.
+pub struct Worker {
+    /// The shared query logic.
+    pub responder: Responder,
+    /// The UDP size cap.
+    pub transport: Transport,
+    /// UDP response rate limiting, if configured.
+    rrl: Option<Limiter>,
+    /// The time of the current batch (read only when rate limiting is on).
+    batch_now: Instant,
+    /// The TCP listeners and connections, and the epoll instance that also nests the relay's.
+    tcp: Option<TcpSide>,
+}
+
+impl Worker {
+    /// A worker's handler around `responder` (with its relay, if any), its TCP side and its rate
+    /// limiter.
+    pub fn new(responder: Responder, transport: Transport, tcp: Option<TcpSide>, rrl: Option<Limiter>) -> Worker {
+        Worker { responder, transport, rrl, batch_now: Instant::now(), tcp }
+    }
+
+    /// Gives the worker its TCP side (made with [`Worker::relay_fd`] nested in it).
+    pub fn set_tcp(&mut self, tcp: TcpSide) {
+        self.tcp = Some(tcp);
+    }
+
+    /// The relay's epoll descriptor, to nest in the TCP side's (see [`TcpSide::new`]).
+    pub fn relay_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.responder.relay.as_ref().map(Relay::fd)
+    }
+
+    /// Stores the relay's and the TCP side's counters into this worker's block (done after every
+    /// wake-up and tick; call once more when the worker ends).
+    pub fn publish_counters(&self) {
+        let c = self.responder.counters();
+        if let Some(relay) = &self.responder.relay {
+            c.publish_relay(&relay.stats(), relay.gauges());
+        }
+        if let Some(tcp) = &self.tcp {
+            c.publish_tcp(&tcp.stats);
+        }
+    }
+
+    /// Serves what is ready on the epoll descriptor; relayed answers go out through `out`.
+    fn serve_ready(&mut self, out: &mut Outbox<'_>, now: Instant) {
+        let Some(tcp) = self.tcp.as_mut() else { return };
+        // A few passes: answering a TCP client can make the relay's descriptor ready and back.
+        for _ in 0..4 {
+            let (any, relay_ready) = tcp.poll_ready();
+            if !any {
+                break;
+            }
+            let r = &mut self.responder;
+            if relay_ready {
+                if let Some(relay) = r.relay.as_mut() {
+                    let counters = &r.counters[r.block];
+                    let mut router = Router { out, tcp: Some(&mut *tcp), rrl: self.rrl.as_mut(), counters, now };
+                    relay.ready(&mut router, now);
+                }
+            }
+            tcp.serve_ready(&mut TcpAnswers { responder: r }, now);
+        }
+        self.publish_counters();
+    }
+}
+
+impl Handler for Worker {
     #[inline]
     fn begin_batch(&mut self) {
         self.responder.refresh();
+        if self.rrl.is_some() {
+            self.batch_now = Instant::now();
+        }
     }
 
     #[inline]
     fn handle(&mut self, query: &[u8], peer: Peer<'_>, reply: &mut [u8]) -> usize {
-        self.responder.respond_from(query, Client::Udp(peer), self.transport, reply)
+        let n = self.responder.respond_from(query, Client::Udp(peer), self.transport, reply);
+        let Some(limiter) = self.rrl.as_mut().filter(|_| n > 0) else { return n };
+        let Some(addr) = peer.socket_addr() else { return n };
+        match limiter.decide(addr.ip(), self.batch_now) {
+            Decision::Send => n,
+            Decision::Slip => {
+                count(&self.responder.counters().rrl_slipped);
+                answer::slip(reply, n)
+            }
+            Decision::Drop => {
+                count(&self.responder.counters().rrl_dropped);
+                0
+            }
+        }
     }
 
     fn io_error(&mut self, _error: io::Error) {
@@ -302,22 +456,24 @@ impl Handler for UdpResponder {
     }
 
     fn extra_fd(&self) -> Option<BorrowedFd<'_>> {
-        self.responder.relay.as_ref().map(Relay::fd)
+        self.tcp.as_ref().map(TcpSide::fd)
     }
 
     fn extra_ready(&mut self, out: &mut Outbox<'_>) {
-        let r = &mut self.responder;
-        let Some(relay) = r.relay.as_mut() else { return };
-        let counters = &r.counters[r.block];
-        relay.ready(&mut CountedReplies { out, counters }, Instant::now());
-        counters.publish_relay(&relay.stats());
+        self.serve_ready(out, Instant::now());
     }
 
     fn tick(&mut self, out: &mut Outbox<'_>) {
+        let now = Instant::now();
         let r = &mut self.responder;
-        let Some(relay) = r.relay.as_mut() else { return };
-        let counters = &r.counters[r.block];
-        relay.tick(&mut CountedReplies { out, counters }, Instant::now());
-        counters.publish_relay(&relay.stats());
+        if let Some(relay) = r.relay.as_mut() {
+            let counters = &r.counters[r.block];
+            let mut router = Router { out, tcp: self.tcp.as_mut(), rrl: self.rrl.as_mut(), counters, now };
+            relay.tick(&mut router, now);
+        }
+        if let Some(tcp) = self.tcp.as_mut() {
+            tcp.tick(&mut TcpAnswers { responder: &mut self.responder }, now);
+        }
+        self.publish_counters();
     }
 }

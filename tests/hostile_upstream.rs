@@ -267,7 +267,9 @@ fn an_oversize_udp_reply_is_not_dropped() {
         assert!(full.answers.len() > 150, "{io:?}: {} records over TCP", full.answers.len());
         let server = t.server.as_ref().unwrap();
         assert!(
-            wait_for(Duration::from_secs(1), || server.totals().relay_oversize == 1),
+            // At least the UDP reply; the TCP client's question is answered from the cache, or,
+            // if a loaded machine let the entry's TTL run out first, asked again (and counted).
+            wait_for(Duration::from_secs(1), || server.totals().relay_oversize >= 1),
             "{io:?}: counted: {}",
             server.totals()
         );

@@ -107,13 +107,16 @@ fn forged_upstream_replies_are_refused() {
                     .send_to(&query(&format!("host{i}-{attempt}.forged.test."), RecordType::A, i, None), t.addr)
                     .unwrap();
                 let mut buf = [0u8; 1500];
-                let (n, _) = loop {
-                    match client.recv_from(&mut buf) {
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                        other => break other.expect("an answer"),
-                    }
+                // A reply lost to a full buffer on a loaded machine is asked again, like a
+                // SERVFAIL; late ones for an earlier attempt are skipped by their question.
+                let Some((n, _)) = recv_retry(&client, &mut buf) else {
+                    servfail += 1;
+                    continue;
                 };
                 let m = Message::from_vec(&buf[..n]).unwrap();
+                if m.queries.first().is_some_and(|q| !q.name.to_ascii().starts_with(&format!("host{i}-{attempt}."))) {
+                    continue;
+                }
                 assert_eq!(m.metadata.id, i);
                 if m.metadata.response_code == ResponseCode::ServFail {
                     servfail += 1;
@@ -194,11 +197,11 @@ fn routes_pick_the_upstream_by_domain() {
     assert_eq!((load(&corp), load(&default)), (2, 0));
     udp_query(t.addr, &query("www.notcorp.test.", RecordType::A, 3, None));
     assert_eq!((load(&corp), load(&default)), (2, 1));
-    // Over TCP the route is followed too; this fake speaks UDP only, so the refused TCP
-    // connection comes back as SERVFAIL (the default upstream is not asked instead).
+    // A TCP client's question follows the route too (it goes upstream over UDP, as every
+    // relayed question does, and over TCP only if the upstream truncates).
     let m = tcp_query(t.addr, &query("tcp.corp.test.", RecordType::A, 4, None));
-    assert_eq!((m.metadata.id, m.metadata.response_code), (4, ResponseCode::ServFail));
-    assert_eq!(load(&default), 1);
+    assert_eq!((m.metadata.id, m.metadata.response_code), (4, ResponseCode::NoError));
+    assert_eq!((load(&corp), load(&default)), (3, 1));
 }
 
 /// A black-holed upstream under load: the pending table stays at its bound (the rest get SERVFAIL
@@ -231,8 +234,11 @@ fn a_black_hole_under_load_keeps_the_pending_table_bounded() {
         });
         for i in 0..n {
             client.send_to(&query(&format!("q{i}.hole.test."), RecordType::A, i, None), t.addr).unwrap();
-            if i % 100 == 99 {
-                std::thread::sleep(Duration::from_millis(2));
+            // Paced: most of these are answered SERVFAIL at once (the pending table and the
+            // client's share of it are full), and a burst of 2,000 replies would overflow the
+            // client's socket buffer on a loaded machine.
+            if i % 25 == 24 {
+                std::thread::sleep(Duration::from_millis(3));
             }
         }
         // SIP names meanwhile: answered at once.

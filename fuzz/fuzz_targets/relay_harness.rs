@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use dnlb::config::RelayConfig;
 use dnlb::dns::answer::Transport;
 use dnlb::dns::query::{parse, MAX_NAME_LEN};
-use dnlb::relay::engine::{Engine, Forwarded, Replies, Token, Wire};
+use dnlb::relay::engine::{Engine, Forwarded, Replies, ReplyTo, Token, Wire};
 
 static STATE: AtomicU64 = AtomicU64::new(1);
 
@@ -46,6 +46,7 @@ pub fn config(upstreams: usize) -> RelayConfig {
         max_ttl: 3600,
         max_pending: 6,
         max_waiters: 12,
+        max_pending_per_prefix: 6,
         managed_for_all: true,
         routes: Vec::new(),
         health_check: Some("health.test".into()),
@@ -99,7 +100,7 @@ pub struct Clients {
 }
 
 impl Replies for Clients {
-    fn push(&mut self, _peer: SocketAddr, write: &mut dyn FnMut(&mut [u8]) -> usize) {
+    fn push(&mut self, _to: ReplyTo, write: &mut dyn FnMut(&mut [u8]) -> usize) {
         let mut buf = [0u8; 2048];
         let n = write(&mut buf);
         assert!(n <= buf.len());
@@ -136,7 +137,8 @@ pub fn ask(e: &mut Engine, wire: &mut FakeWire, packet: &[u8], transport: Transp
     let q = parse(packet, &mut lower).expect("the harness's queries parse");
     let mut out = [0u8; 2048];
     let peer = SocketAddr::from(([127, 0, 0, 1], 40_000));
-    let f = e.query(packet, &q, &lower[..q.name_len], peer, transport, &mut out, now, wire);
+    let to = if transport == UDP { ReplyTo::Udp(peer) } else { ReplyTo::Tcp { slot: 0, generation: 1 } };
+    let f = e.query(packet, &q, &lower[..q.name_len], peer, to, transport, &mut out, now, wire);
     if let Forwarded::Answered(n) = f {
         assert!(n >= 12 && n <= out.len());
         assert_eq!(&out[..2], &packet[..2], "the client's ID");

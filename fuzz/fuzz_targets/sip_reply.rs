@@ -3,14 +3,21 @@
 #![no_main]
 
 use dnlb::config::ProbeMethod;
-use dnlb::probe::sip::{check_reply, message_len, ProbeId};
+use dnlb::probe::sip::{check_reply, frame, Frame, ProbeId, MAX_MESSAGE};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     // The identity the seed corpus replies to.
     let id = ProbeId::new([1, 2, 3, 4, 5], 7, ProbeMethod::Options);
     let _verdict = check_reply(data, &id);
-    if let Some(len) = message_len(data) {
-        assert!(len >= 4);
+    // Framing: a complete message is at least the blank line and never past the bound; a
+    // resumed search agrees with a fresh one.
+    match frame(data, 0) {
+        Frame::Complete(len) => assert!((4..=MAX_MESSAGE).contains(&len) && len <= data.len()),
+        Frame::Incomplete { scanned } => {
+            assert!(scanned <= data.len());
+            assert_eq!(frame(data, scanned), Frame::Incomplete { scanned });
+        }
+        Frame::TooLarge | Frame::Malformed => {}
     }
 });

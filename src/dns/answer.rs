@@ -114,7 +114,7 @@ pub fn write_reply(packet: &[u8], query: &Query, template: &Template, transport:
 pub fn write_opt(out: &mut [u8], extended_rcode: u8, dnssec_ok: bool, transport: Transport) -> usize {
     let payload = match transport {
         Transport::Udp { max_payload } => max_payload,
-        Transport::Tcp => crate::config::MAX_UDP_PAYLOAD,
+        Transport::Tcp => super::MAX_UDP_PAYLOAD,
     };
     let do_bit = if dnssec_ok { 0x80 } else { 0 };
     out[..OPT_LEN].copy_from_slice(&[0, 0, 41, 0, 0, extended_rcode, 0, do_bit, 0, 0, 0]);
@@ -144,10 +144,58 @@ pub fn write_header_error(packet: &[u8], rcode: u8, out: &mut [u8]) -> usize {
     HEADER_LEN
 }
 
+/// Cuts a reply of `len` bytes in `reply` down to its header and question with TC=1 and no
+/// records: what rate limiting "slips" instead of the answer, so a real client retries over TCP
+/// and a spoofed one reflects nothing larger than it sent. Returns the new length (the header
+/// alone if the question cannot be walked).
+pub fn slip(reply: &mut [u8], len: usize) -> usize {
+    let len = len.min(reply.len());
+    if len < HEADER_LEN {
+        return 0;
+    }
+    let qdcount = u16::from_be_bytes([reply[4], reply[5]]);
+    let mut end = HEADER_LEN;
+    let mut walked = false;
+    if qdcount == 1 {
+        // The question was copied from the query, which the parser took without compression.
+        while let Some(&label) = reply[..len].get(end) {
+            if label == 0 {
+                end += 1 + 4;
+                walked = end <= len;
+                break;
+            }
+            if label > 63 {
+                break;
+            }
+            end += 1 + usize::from(label);
+        }
+    }
+    let end = if walked { end } else { HEADER_LEN };
+    let qd = u16::from(end > HEADER_LEN);
+    put16(reply, 2, u16::from_be_bytes([reply[2], reply[3]]) | flag::TC);
+    reply[4..12].copy_from_slice(&[0, qd as u8, 0, 0, 0, 0, 0, 0]);
+    end
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::dns::query::{parse, MAX_NAME_LEN};
+
+    #[test]
+    fn slip_keeps_header_and_question_only() {
+        let mut reply = vec![0xab, 0xcd, 0x85, 0x00, 0, 1, 0, 2, 0, 0, 0, 1];
+        reply.extend_from_slice(b"\x03sip\x04test\x00\x00\x01\x00\x01");
+        let q_end = reply.len();
+        reply.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 1, 0, 4, 127, 0, 0, 1]);
+        let len = reply.len();
+        assert_eq!(slip(&mut reply, len), q_end);
+        assert_eq!(&reply[2..12], &[0x87, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+        let mut header_only = vec![0xab, 0xcd, 0x81, 0x01, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(slip(&mut header_only, 12), 12);
+        let mut cut = reply[..16].to_vec();
+        assert_eq!(slip(&mut cut, 16), 12, "a question past the end: header alone");
+    }
 
     fn query_packet(edns_payload: Option<u16>) -> Vec<u8> {
         let mut p = vec![0xab, 0xcd, 0x01, 0x10, 0, 1, 0, 0, 0, 0, 0, 0];

@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
-use hickory_proto::rr::rdata::{NAPTR, SRV};
+use hickory_proto::rr::rdata::{HINFO, NAPTR, SRV};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 use super::answer::Template;
@@ -39,6 +39,11 @@ pub fn name(text: &str) -> Result<Name, EncodeError> {
 /// An A or AAAA record.
 pub fn address_record(owner: &Name, ttl: u32, address: IpAddr) -> Record {
     Record::from_rdata(owner.clone(), ttl, RData::from(address))
+}
+
+/// The synthesized HINFO of RFC 8482 §4.2 (`"RFC8482" ""`): the minimal answer to ANY.
+pub fn rfc8482_record(owner: &Name, ttl: u32) -> Record {
+    Record::from_rdata(owner.clone(), ttl, RData::HINFO(HINFO::new("RFC8482".into(), String::new())))
 }
 
 /// A PTR record.

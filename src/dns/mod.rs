@@ -1,6 +1,10 @@
 //! DNS on the wire: parsing queries without copies, replies as a copy and a patch, and the
 //! one-time encoding of answer templates with hickory-proto.
 
+/// The largest UDP payload dnlb ever sends: the DNS Flag Day 2020 value, which avoids IP
+/// fragmentation on practically every path.
+pub const MAX_UDP_PAYLOAD: u16 = 1232;
+
 pub mod answer;
 pub mod encode;
 pub mod query;

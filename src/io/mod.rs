@@ -26,8 +26,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
-use crate::config::IoMode;
-
 /// Size of a receive buffer. io_uring puts a header and the sender's address in it too, so the
 /// payload it can take is smaller: see [`MAX_DATAGRAM`].
 pub const RECV_SIZE: usize = 2048;
@@ -150,6 +148,30 @@ impl<'s> Outbox<'s> {
         }
         for e in self.errors.drain(..) {
             handler.io_error(e);
+        }
+    }
+}
+
+/// Which I/O backend the workers use (`server.io`, `--io`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IoMode {
+    /// io_uring where the kernel allows it, else portable (one log line says why).
+    Auto,
+    /// io_uring only; starting fails if the kernel refuses it.
+    Uring,
+    /// recvmmsg/sendmmsg on plain sockets.
+    Portable,
+}
+
+impl std::str::FromStr for IoMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(IoMode::Auto),
+            "uring" => Ok(IoMode::Uring),
+            "portable" => Ok(IoMode::Portable),
+            other => Err(format!("unknown io mode `{other}`: use uring, portable or auto")),
         }
     }
 }

@@ -1,12 +1,16 @@
 //! SIP health probing: the heart of DN-LB. dnlb answers only with servers that just proved they
 //! are alive by answering a SIP request.
 //!
-//! - [`sip`]: the probe request and the reply checks (rsip), no I/O;
+//! - [`sip`]: the probe request and the reply checks (rsip), bounded framing; no I/O;
 //! - [`health`]: the rise/fall state machine, no I/O, time passed in;
-//! - [`prober`]: the thread that pipelines probes and publishes snapshots.
+//! - [`core`]: schedule, timers, retransmissions, verdicts and publish decisions, driven by
+//!   events and `now`, no I/O;
+//! - [`driver`]: the thread, a mio loop that gives the core real sockets and the clock.
 
+pub mod core;
+pub mod driver;
 pub mod health;
-pub mod prober;
 pub mod sip;
 
-pub use prober::{initial_health, ProbeStatus, Prober, ServerReport};
+pub use self::core::ServerReport;
+pub use driver::{initial_health, Carry, ProbeStatus, ProbeView, Prober, ProberError};

@@ -5,7 +5,6 @@
 //! socket (a connected UDP socket only receives from its peer; a TCP stream has one peer).
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use rsip::headers::{self, Header};
 use rsip::prelude::{HeadersExt, ToTypedHeader, UntypedHeader};
@@ -47,24 +46,28 @@ fn method(m: ProbeMethod) -> rsip::Method {
     }
 }
 
+/// The transport token of a Via header (RFC 3261 §20.42).
+fn via_transport(transport: Transport) -> &'static str {
+    match transport {
+        Transport::Udp => "UDP",
+        Transport::Tcp => "TCP",
+        Transport::Tls => "TLS",
+    }
+}
+
 /// The probe request for `target` over `transport`, sent from `local`.
 ///
 /// OPTIONS asks the server about itself (RFC 3261 §11). REGISTER is the paper's dummy
 /// registration: a binding query (no Contact, so nothing is registered).
 pub fn request(id: &ProbeId, target: SocketAddr, transport: Transport, local: SocketAddr) -> Vec<u8> {
-    let (scheme, via_transport, uri_param) = match transport {
-        Transport::Udp => ("sip", "UDP", ""),
-        Transport::Tcp => ("sip", "TCP", ";transport=tcp"),
-        Transport::Tls => ("sips", "TLS", ""),
+    let (scheme, uri_param) = match transport {
+        Transport::Udp => ("sip", ""),
+        Transport::Tcp => ("sip", ";transport=tcp"),
+        Transport::Tls => ("sips", ""),
     };
-    let host = match target {
-        SocketAddr::V4(a) => format!("{}:{}", a.ip(), a.port()),
-        SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
-    };
-    let local_host = match local {
-        SocketAddr::V4(a) => format!("{}:{}", a.ip(), a.port()),
-        SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
-    };
+    let via_transport = via_transport(transport);
+    let host = host_port(target);
+    let local_host = host_port(local);
     let uri = format!("{scheme}:{host}{uri_param}");
     let aor = format!("<{scheme}:dnlb-probe@{host}>");
     let mut headers: Vec<Header> = vec![
@@ -96,26 +99,57 @@ pub fn request(id: &ProbeId, target: SocketAddr, transport: Transport, local: So
 /// changes and a [`RequestTemplate`] can be patched in place.
 pub const CSEQ_RANGE: std::ops::RangeInclusive<u32> = 100_000_000..=999_999_999;
 
-/// One target's probe request, built once with rsip; each probe patches in its fresh identity.
-/// Every identity field has a fixed width (hex digits, a nine-digit CSeq), so rendering is a copy
-/// and four overwrites instead of a full rsip build per probe.
+/// The largest SIP message a probe accepts, over UDP or TCP (headers and body together). A reply
+/// to OPTIONS or REGISTER is a few hundred bytes; anything past this is refused unread.
+pub const MAX_MESSAGE: usize = 64 * 1024;
+/// The most header lines a reply may carry before it is refused without a full parse.
+pub const MAX_HEADERS: usize = 256;
+
+/// The placeholder local address a template is built with, found again by its Via prefix.
+fn placeholder_local(target: SocketAddr) -> SocketAddr {
+    if target.is_ipv4() {
+        SocketAddr::from(([192, 0, 2, 1], 9))
+    } else {
+        SocketAddr::from(([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1], 9))
+    }
+}
+
+/// `ip:port` or `[ip]:port`, as a Via sent-by and a URI host write it.
+fn host_port(addr: SocketAddr) -> String {
+    match addr {
+        SocketAddr::V4(a) => format!("{}:{}", a.ip(), a.port()),
+        SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+    }
+}
+
+/// One target's probe request, built once with rsip; each probe writes in its own local address
+/// (every probe leaves from a fresh socket) and patches in its fresh identity. Every identity
+/// field has a fixed width (hex digits, a nine-digit CSeq), so rendering is two copies and four
+/// overwrites instead of a full rsip build per probe.
 #[derive(Debug, Clone)]
 pub struct RequestTemplate {
     bytes: Vec<u8>,
-    /// Offsets of the branch, Call-ID, From tag and CSeq number in `bytes`, with their lengths.
+    /// Where the Via sent-by (the local address) sits in `bytes`, and its placeholder length.
+    sent_by: (usize, usize),
+    /// Offsets of the branch, Call-ID, From tag and CSeq number in `bytes`, with their lengths;
+    /// all lie after the sent-by.
     fields: [(usize, usize); 4],
 }
 
 impl RequestTemplate {
-    /// Builds the template for `method` to `target` over `transport` from `local`.
-    pub fn new(method: ProbeMethod, target: SocketAddr, transport: Transport, local: SocketAddr) -> RequestTemplate {
+    /// Builds the template for `method` to `target` over `transport`.
+    pub fn new(method: ProbeMethod, target: SocketAddr, transport: Transport) -> RequestTemplate {
         let placeholder = ProbeId::new([u64::MAX; 5], *CSEQ_RANGE.end(), method);
+        let local = placeholder_local(target);
         let bytes = request(&placeholder, target, transport, local);
         let find = |needle: &str| -> (usize, usize) {
             let n = needle.as_bytes();
             let at = bytes.windows(n.len()).position(|w| w == n).unwrap_or(0);
             (at, n.len())
         };
+        let via = format!("SIP/2.0/{} ", via_transport(transport));
+        let (via_at, via_len) = find(&format!("{via}{}", host_port(local)));
+        let sent_by = (via_at + via.len(), via_len - via.len());
         let fields = [
             find(&placeholder.branch),
             find(&placeholder.call_id),
@@ -124,18 +158,24 @@ impl RequestTemplate {
         ];
         // The tag and CSeq needles carry a prefix or suffix to make them unique; skip those.
         let fields = [fields[0], fields[1], (fields[2].0 + 4, fields[2].1 - 4), (fields[3].0, fields[3].1 - 1)];
-        RequestTemplate { bytes, fields }
+        RequestTemplate { bytes, sent_by, fields }
     }
 
-    /// Writes the request for `id` into `out` (whose contents are replaced).
-    pub fn render(&self, id: &ProbeId, out: &mut Vec<u8>) {
+    /// Writes the request for `id`, sent from `local`, into `out` (whose contents are replaced).
+    pub fn render(&self, id: &ProbeId, local: SocketAddr, out: &mut Vec<u8>) {
+        let (at, len) = self.sent_by;
+        let local = host_port(local);
         out.clear();
-        out.extend_from_slice(&self.bytes);
+        out.extend_from_slice(&self.bytes[..at]);
+        out.extend_from_slice(local.as_bytes());
+        out.extend_from_slice(&self.bytes[at + len..]);
         let cseq = id.cseq.clamp(*CSEQ_RANGE.start(), *CSEQ_RANGE.end()).to_string();
         let values = [id.branch.as_bytes(), id.call_id.as_bytes(), id.from_tag.as_bytes(), cseq.as_bytes()];
-        for ((at, len), value) in self.fields.iter().zip(values) {
-            if value.len() == *len {
-                out[*at..*at + len].copy_from_slice(value);
+        for (&(field_at, field_len), value) in self.fields.iter().zip(values) {
+            // Fields after the sent-by moved by the difference in address length.
+            let field_at = if field_at > at { field_at - len + local.len() } else { field_at };
+            if value.len() == field_len && field_at + field_len <= out.len() {
+                out[field_at..field_at + field_len].copy_from_slice(value);
             }
         }
     }
@@ -146,6 +186,8 @@ impl RequestTemplate {
 pub enum Mismatch {
     /// Not a SIP response at all.
     Unparsable,
+    /// Over [`MAX_MESSAGE`] bytes or [`MAX_HEADERS`] header lines: refused without a parse.
+    TooLarge,
     /// Via branch differs or is missing.
     Branch,
     /// Call-ID differs or is missing.
@@ -165,8 +207,9 @@ pub enum Reply {
     Final {
         /// Its status code.
         code: u16,
-        /// Its Retry-After, if any.
-        retry_after: Option<Duration>,
+        /// Its Retry-After in seconds, if any, as sent (saturated at `u64::MAX`); the caller caps
+        /// it before any time arithmetic.
+        retry_after: Option<u64>,
     },
 }
 
@@ -176,11 +219,18 @@ pub fn check_reply(bytes: &[u8], id: &ProbeId) -> Result<Reply, Mismatch> {
     if bytes.len() < 12 || !bytes.starts_with(b"SIP/2.0 ") {
         return Err(Mismatch::Unparsable);
     }
+    if bytes.len() > MAX_MESSAGE {
+        return Err(Mismatch::TooLarge);
+    }
     // A flood of forged replies must stay cheap: without our branch anywhere in the bytes, the
     // reply cannot match, so skip the full parse.
-    let branch = id.branch.as_bytes();
-    if !bytes.windows(branch.len()).any(|w| w == branch) {
+    if memchr::memmem::find(bytes, id.branch.as_bytes()).is_none() {
         return Err(Mismatch::Branch);
+    }
+    // Bound the parser's work by the header count too, not only by the byte count.
+    let head_end = find(bytes, b"\r\n\r\n", 0).unwrap_or(bytes.len());
+    if memchr::memchr_iter(b'\n', &bytes[..head_end]).count() > MAX_HEADERS {
+        return Err(Mismatch::TooLarge);
     }
     let response = rsip::Response::try_from(bytes).map_err(|_| Mismatch::Unparsable)?;
     let via = response.via_header().map_err(|_| Mismatch::Branch)?;
@@ -204,26 +254,83 @@ pub fn check_reply(bytes: &[u8], id: &ProbeId) -> Result<Reply, Mismatch> {
         return Ok(Reply::Provisional);
     }
     let retry_after = response.headers.iter().find_map(|h| match h {
-        Header::RetryAfter(r) => r.value().split([';', ' ', '(']).next().and_then(|s| s.trim().parse::<u64>().ok()),
+        Header::RetryAfter(r) => r.value().split([';', ' ', '(']).next().and_then(|s| seconds(s.trim())),
         _ => None,
     });
-    Ok(Reply::Final { code, retry_after: retry_after.map(Duration::from_secs) })
+    Ok(Reply::Final { code, retry_after })
 }
 
-/// How long a complete SIP message at the start of `buf` is (for TCP framing): headers up to the
-/// blank line plus Content-Length. `None` until the headers are complete.
-pub fn message_len(buf: &[u8]) -> Option<usize> {
-    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
-    let head = std::str::from_utf8(&buf[..end]).ok()?;
-    let body = head
-        .lines()
-        .find_map(|l| {
-            let (name, value) = l.split_once(':')?;
-            let name = name.trim();
-            (name.eq_ignore_ascii_case("content-length") || name == "l").then(|| value.trim().parse::<usize>().ok())?
-        })
-        .unwrap_or(0);
-    Some(end + body)
+/// A Retry-After delta-seconds value (RFC 3261 §20.33: digits only), saturated at `u64::MAX`
+/// rather than refused when it has more digits than fit.
+fn seconds(digits: &str) -> Option<u64> {
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(digits.bytes().fold(0u64, |n, d| n.saturating_mul(10).saturating_add(u64::from(d - b'0'))))
+}
+
+/// The first position of `needle` in `haystack` at or after `from`.
+fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
+    memchr::memmem::find(haystack.get(from..)?, needle).map(|p| p + from)
+}
+
+/// What the bytes at the start of a TCP stream hold, for framing (RFC 3261 §18.3: headers up to
+/// the blank line, then Content-Length bytes of body).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Frame {
+    /// A complete message of this many bytes.
+    Complete(usize),
+    /// Not complete yet; the header end was searched for up to `scanned`, so the next search,
+    /// after more bytes arrive, starts there instead of at the beginning.
+    Incomplete {
+        /// Bytes already searched for the blank line.
+        scanned: usize,
+    },
+    /// The message is over [`MAX_MESSAGE`] (headers, or headers plus the declared body).
+    TooLarge,
+    /// A Content-Length that is not a decimal number.
+    Malformed,
+}
+
+/// Frames the first SIP message in `buf`; `scanned` is what an earlier call reported for the
+/// same message (0 at first). Every length is bounded by [`MAX_MESSAGE`] before it is added.
+pub fn frame(buf: &[u8], scanned: usize) -> Frame {
+    // The blank line may straddle the old end: back up three bytes.
+    let Some(blank) = find(buf, b"\r\n\r\n", scanned.saturating_sub(3)) else {
+        return if buf.len() > MAX_MESSAGE { Frame::TooLarge } else { Frame::Incomplete { scanned: buf.len() } };
+    };
+    let head_end = blank + 4;
+    if head_end > MAX_MESSAGE {
+        return Frame::TooLarge;
+    }
+    let mut body = 0usize;
+    for line in buf[..blank].split(|&b| b == b'\n') {
+        let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
+        let name = line[..colon].trim_ascii();
+        if !(name.eq_ignore_ascii_case(b"content-length") || name == b"l") {
+            continue;
+        }
+        let value = line[colon + 1..].trim_ascii();
+        if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+            return Frame::Malformed;
+        }
+        // More digits than MAX_MESSAGE has can only be too large; never parse them into a word.
+        if value.len() > 6 {
+            return Frame::TooLarge;
+        }
+        body = value.iter().fold(0usize, |n, d| n * 10 + usize::from(d - b'0'));
+        break;
+    }
+    match head_end.checked_add(body) {
+        Some(total) if total <= MAX_MESSAGE => {
+            if total <= buf.len() {
+                Frame::Complete(total)
+            } else {
+                Frame::Incomplete { scanned: buf.len() }
+            }
+        }
+        _ => Frame::TooLarge,
+    }
 }
 
 #[cfg(test)]
@@ -282,7 +389,7 @@ mod tests {
         assert_eq!(check_reply(&reply_to(&req(), "100 Trying", ""), &id()), Ok(Reply::Provisional));
         assert_eq!(
             check_reply(&reply_to(&req(), "503 Service Unavailable", "Retry-After: 30 (maintenance)\r\n"), &id()),
-            Ok(Reply::Final { code: 503, retry_after: Some(Duration::from_secs(30)) })
+            Ok(Reply::Final { code: 503, retry_after: Some(30) })
         );
     }
 
@@ -304,16 +411,25 @@ mod tests {
 
     #[test]
     fn templates_render_exactly_what_rsip_builds() {
-        for (method, target, transport, local) in [
-            (ProbeMethod::Options, "127.0.0.11:5060", Transport::Udp, "127.0.0.1:40000"),
-            (ProbeMethod::Register, "[2001:db8::1]:5080", Transport::Tcp, "[::1]:1"),
+        for (method, target, transport) in [
+            (ProbeMethod::Options, "127.0.0.11:5060", Transport::Udp),
+            (ProbeMethod::Register, "[2001:db8::1]:5080", Transport::Tcp),
+            (ProbeMethod::Options, "192.0.2.1:9", Transport::Tls),
         ] {
-            let (target, local) = (target.parse().unwrap(), local.parse().unwrap());
-            let template = RequestTemplate::new(method, target, transport, local);
+            let target = target.parse().unwrap();
+            let template = RequestTemplate::new(method, target, transport);
             let mut out = Vec::new();
-            for (words, cseq) in [([1, 2, 3, 4, 5], 100_000_000), ([u64::MAX, 0, 7, 9, 1 << 40], 987_654_321)] {
+            for (words, cseq, local) in [
+                ([1, 2, 3, 4, 5], 100_000_000, if target.is_ipv4() { "127.0.0.1:40000" } else { "[::1]:1" }),
+                (
+                    [u64::MAX, 0, 7, 9, 1 << 40],
+                    987_654_321,
+                    if target.is_ipv4() { "10.1.2.3:7" } else { "[fe80::1:2:3:4]:65535" },
+                ),
+            ] {
                 let id = ProbeId::new(words, cseq, method);
-                template.render(&id, &mut out);
+                let local = local.parse().unwrap();
+                template.render(&id, local, &mut out);
                 assert_eq!(
                     String::from_utf8_lossy(&out),
                     String::from_utf8_lossy(&request(&id, target, transport, local))
@@ -324,7 +440,43 @@ mod tests {
 
     #[test]
     fn tcp_framing() {
-        assert_eq!(message_len(b"SIP/2.0 200 OK\r\nContent-Length: 3\r\n\r\nabc"), Some(40));
-        assert_eq!(message_len(b"SIP/2.0 200 OK\r\nl: 0\r\n"), None);
+        assert_eq!(frame(b"SIP/2.0 200 OK\r\nContent-Length: 3\r\n\r\nabc", 0), Frame::Complete(40));
+        assert_eq!(frame(b"SIP/2.0 200 OK\r\nContent-Length: 3\r\n\r\nab", 0), Frame::Incomplete { scanned: 39 });
+        assert_eq!(frame(b"SIP/2.0 200 OK\r\nl: 0\r\n", 0), Frame::Incomplete { scanned: 22 });
+        assert_eq!(frame(b"SIP/2.0 200 OK\r\nl: 0\r\n\r\n", 20), Frame::Complete(24), "the blank line may straddle");
+        assert_eq!(frame(b"SIP/2.0 200 OK\r\n\r\n", 0), Frame::Complete(18), "no Content-Length: no body");
+        assert_eq!(frame(b"SIP/2.0 200 OK\r\nContent-Length: x\r\n\r\n", 0), Frame::Malformed);
+    }
+
+    /// The lengths a hostile server can send: every one is bounded before it meets arithmetic.
+    #[test]
+    fn hostile_lengths_are_refused_not_wrapped() {
+        // 2^64 - 56: added to the header length this used to wrap to a small number.
+        let wrap = b"SIP/2.0 200 OK\r\nContent-Length: 18446744073709551560\r\n\r\n";
+        assert_eq!(frame(wrap, 0), Frame::TooLarge);
+        assert_eq!(frame(b"SIP/2.0 200 OK\r\nl: 65536\r\n\r\n", 0), Frame::TooLarge);
+        assert_eq!(frame(b"SIP/2.0 200 OK\r\nl: 99999999999999999999999999\r\n\r\n", 0), Frame::TooLarge);
+        let endless = [b"X-Pad: 0123456789\r\n".as_slice(); 4000].concat();
+        assert_eq!(frame(&endless, 0), Frame::TooLarge, "headers alone past 64 KiB");
+        let mut huge = reply_to(&req(), "200 OK", "");
+        huge.splice(20..20, b"X-Pad: 1\r\n".repeat(300));
+        assert_eq!(check_reply(&huge, &id()), Err(Mismatch::TooLarge), "more than 256 header lines");
+        let big = [reply_to(&req(), "200 OK", "").as_slice(), &[b' '; MAX_MESSAGE]].concat();
+        assert_eq!(check_reply(&big, &id()), Err(Mismatch::TooLarge));
+    }
+
+    #[test]
+    fn retry_after_saturates_instead_of_overflowing() {
+        for (header, want) in [
+            ("Retry-After: 18446744073709551615\r\n", Some(u64::MAX)),
+            ("Retry-After: 18446744073709551616000\r\n", Some(u64::MAX)),
+            ("Retry-After: 1000000000000\r\n", Some(1_000_000_000_000)),
+            ("Retry-After: 5;duration=10\r\n", Some(5)),
+            ("Retry-After: -5\r\n", None),
+            ("Retry-After: soon\r\n", None),
+        ] {
+            let reply = reply_to(&req(), "503 Service Unavailable", header);
+            assert_eq!(check_reply(&reply, &id()), Ok(Reply::Final { code: 503, retry_after: want }), "{header}");
+        }
     }
 }

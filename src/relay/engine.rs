@@ -67,10 +67,24 @@ pub trait Wire {
     fn close(&mut self, token: Token);
 }
 
+/// Where a waiting client's answer goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyTo {
+    /// A UDP client: a datagram to this address.
+    Udp(SocketAddr),
+    /// A TCP client: the worker's connection in this slot, if it is still the same connection.
+    Tcp {
+        /// The connection's slot in the worker's table.
+        slot: usize,
+        /// The connection's generation (slots are reused).
+        generation: u32,
+    },
+}
+
 /// Where the engine puts replies to clients that were waiting.
 pub trait Replies {
-    /// Adds a reply to `peer`, written by `write` into a buffer (it returns the length; 0: none).
-    fn push(&mut self, peer: SocketAddr, write: &mut dyn FnMut(&mut [u8]) -> usize);
+    /// Adds a reply for `to`, written by `write` into a buffer (it returns the length; 0: none).
+    fn push(&mut self, to: ReplyTo, write: &mut dyn FnMut(&mut [u8]) -> usize);
 }
 
 /// What the relay did with a query.
@@ -91,6 +105,19 @@ pub enum Verdict {
     Refused,
     /// No exchange has this token (any more): a late reply, counted.
     Unknown,
+}
+
+/// What a relay holds at one moment (not cumulative, unlike [`RelayStats`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RelayGauges {
+    /// Upstream exchanges in flight.
+    pub pending: usize,
+    /// Clients waiting on them.
+    pub waiting: usize,
+    /// Answers in the cache.
+    pub cache_entries: usize,
+    /// Bytes the cache's answers hold.
+    pub cache_bytes: usize,
 }
 
 /// Relay counters, published into the worker's counters.
@@ -118,6 +145,9 @@ pub struct RelayStats {
     pub waiters_full: u64,
     /// Queries answered SERVFAIL because `max_pending` upstream queries were in flight.
     pub pending_full: u64,
+    /// Queries answered SERVFAIL because their client's prefix had its share of `max_pending`
+    /// in flight already.
+    pub prefix_full: u64,
     /// Upstream sends the kernel refused (socket, connect or send failed).
     pub send_errors: u64,
     /// Exchanges the upstream broke (ICMP unreachable, TCP reset or early close).
@@ -128,7 +158,7 @@ pub struct RelayStats {
 
 /// A client waiting on an upstream query.
 struct Waiter {
-    peer: SocketAddr,
+    to: ReplyTo,
     /// Its header and question, as it sent them.
     head: Box<[u8]>,
     query: Query,
@@ -159,6 +189,21 @@ struct Pending {
     truncated: Option<Box<[u8]>>,
     /// A health check: nobody waits, never retried or cached.
     check: bool,
+    /// The prefix of the client whose question started it (charged against its share).
+    prefix: Option<u128>,
+}
+
+/// The share key of a client: its /24 (IPv4, or IPv4-mapped IPv6) or /56 (IPv6), tagged with
+/// the family.
+fn client_prefix(client: SocketAddr) -> u128 {
+    let ip = match client.ip() {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+        v4 => v4,
+    };
+    match ip {
+        std::net::IpAddr::V4(a) => (1u128 << 127) | u128::from(u32::from(a) >> 8),
+        std::net::IpAddr::V6(a) => (u128::from(a) >> 72) | 1,
+    }
 }
 
 /// Whether wire name `name` is `domain` or lies under it (label boundaries respected).
@@ -180,16 +225,6 @@ fn under(name: &[u8], domain: &[u8]) -> bool {
 /// The index of the longest route whose domain holds `name` (a lower-case wire name).
 fn route_for(routes: &[(Box<[u8]>, usize)], name: &[u8]) -> Option<usize> {
     routes.iter().filter(|(wire, _)| under(name, wire)).max_by_key(|(wire, _)| wire.len()).map(|(_, g)| *g)
-}
-
-/// The upstreams for a name: its route's, else the default list.
-pub fn upstreams_for<'c>(config: &'c RelayConfig, name: &[u8]) -> &'c [SocketAddr] {
-    let routes: Vec<(Box<[u8]>, usize)> =
-        config.routes.iter().enumerate().map(|(i, r)| (crate::dns::wire_name(&r.domain).into(), i)).collect();
-    match route_for(&routes, name) {
-        Some(i) => &config.routes[i].upstreams,
-        None => &config.upstreams,
-    }
 }
 
 /// What the engine knows of one upstream.
@@ -231,6 +266,8 @@ pub struct Engine {
     by_key: HashMap<CacheKey, Token>,
     /// Clients waiting, all pending questions together.
     waiting: usize,
+    /// Upstream queries in flight per client prefix that started them.
+    per_prefix: HashMap<u128, usize>,
     next_token: Token,
     cache: Cache,
     random: Random,
@@ -277,6 +314,7 @@ impl Engine {
             pending: HashMap::new(),
             by_key: HashMap::new(),
             waiting: 0,
+            per_prefix: HashMap::new(),
             next_token: 1,
             random,
             scratch: Vec::new(),
@@ -296,6 +334,16 @@ impl Engine {
     /// Clients waiting on them.
     pub fn waiting(&self) -> usize {
         self.waiting
+    }
+
+    /// What the relay holds now, for the metrics.
+    pub fn gauges(&self) -> RelayGauges {
+        RelayGauges {
+            pending: self.pending(),
+            waiting: self.waiting,
+            cache_entries: self.cache.len(),
+            cache_bytes: self.cache.bytes(),
+        }
     }
 
     /// The upstreams found not to preserve letter case since the last call (each once per
@@ -329,14 +377,15 @@ impl Engine {
     }
 
     /// Handles a query for a name dnlb does not manage (`name`: its lower-case wire name), from
-    /// `peer`.
+    /// `client`, to be answered at `to`.
     #[allow(clippy::too_many_arguments)]
     pub fn query(
         &mut self,
         packet: &[u8],
         query: &Query,
         name: &[u8],
-        peer: SocketAddr,
+        client: SocketAddr,
+        to: ReplyTo,
         transport: Transport,
         out: &mut [u8],
         now: Instant,
@@ -355,7 +404,7 @@ impl Engine {
         if packet.len() < q_end || name.len() != query.name_len || q_end != HEADER_LEN + name.len() + 4 {
             return self.servfail_now(packet, query, transport, out);
         }
-        let waiter = Waiter { peer, head: packet[..q_end].into(), query: *query, transport };
+        let waiter = Waiter { to, head: packet[..q_end].into(), query: *query, transport };
         if let Some(p) = self.by_key.get(key).and_then(|t| self.pending.get_mut(t)) {
             if p.waiters.len() < WAITERS_PER_QUESTION && self.waiting < self.config.max_waiters {
                 p.waiters.push(waiter);
@@ -371,6 +420,11 @@ impl Engine {
         }
         if self.waiting >= self.config.max_waiters {
             self.stats.waiters_full += 1;
+            return self.servfail_now(packet, query, transport, out);
+        }
+        let prefix = client_prefix(client);
+        if self.per_prefix.get(&prefix).copied().unwrap_or(0) >= self.config.max_pending_per_prefix {
+            self.stats.prefix_full += 1;
             return self.servfail_now(packet, query, transport, out);
         }
         let mut forwarded = packet.to_vec();
@@ -392,10 +446,12 @@ impl Engine {
             case_mismatch: false,
             truncated: None,
             check: false,
+            prefix: Some(prefix),
         };
         match self.launch(p, now, wire) {
             Ok(()) => {
                 self.waiting += 1;
+                *self.per_prefix.entry(prefix).or_insert(0) += 1;
                 Forwarded::Pending
             }
             Err(_unsent) => self.servfail_now(packet, query, transport, out),
@@ -440,7 +496,8 @@ impl Engine {
         Ok(())
     }
 
-    /// Takes exchange `token` out of the tables and closes its socket.
+    /// Takes exchange `token` out of the tables and closes its socket. The question's prefix
+    /// stays charged while it is retried (`launch` files it again under a new token).
     fn remove(&mut self, token: Token, wire: &mut dyn Wire) -> Option<Pending> {
         let p = self.pending.remove(&token)?;
         wire.close(token);
@@ -448,6 +505,17 @@ impl Engine {
             self.by_key.remove(&p.key);
         }
         Some(p)
+    }
+
+    /// A question is over for good (answered or failed): its prefix's share is free again.
+    fn release(&mut self, p: &Pending) {
+        let Some(prefix) = p.prefix else { return };
+        if let Some(n) = self.per_prefix.get_mut(&prefix) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_prefix.remove(&prefix);
+            }
+        }
     }
 
     /// A message arrived for exchange `token` from `from` (over UDP: the socket's connected peer;
@@ -568,25 +636,24 @@ impl Engine {
 
     /// Answers every waiter of `p` from `data` (through the cache where it kept the reply).
     fn deliver(&mut self, p: &Pending, data: &[u8], now: Instant, out: &mut dyn Replies) {
+        self.release(p);
         let max_ttl = self.config.max_ttl;
         for w in &p.waiters {
             let cache = &mut self.cache;
-            out.push(
-                w.peer,
-                &mut |buf| match cache.answer(p.key.as_bytes(), &w.head, &w.query, w.transport, buf, now) {
-                    Some(n) => n,
-                    None => patch_raw(data, &w.head, &w.query, w.transport, max_ttl, buf),
-                },
-            );
+            out.push(w.to, &mut |buf| match cache.answer(p.key.as_bytes(), &w.head, &w.query, w.transport, buf, now) {
+                Some(n) => n,
+                None => patch_raw(data, &w.head, &w.query, w.transport, max_ttl, buf),
+            });
         }
         self.waiting = self.waiting.saturating_sub(p.waiters.len());
     }
 
     /// Answers every waiter of `p` SERVFAIL.
     fn fail_waiters(&mut self, p: &Pending, out: &mut dyn Replies) {
+        self.release(p);
         for w in &p.waiters {
             let servfail = &self.servfail;
-            out.push(w.peer, &mut |buf| answer::write_reply(&w.head, &w.query, servfail, w.transport, buf).len);
+            out.push(w.to, &mut |buf| answer::write_reply(&w.head, &w.query, servfail, w.transport, buf).len);
         }
         self.waiting = self.waiting.saturating_sub(p.waiters.len());
     }
@@ -622,6 +689,7 @@ impl Engine {
                 case_mismatch: false,
                 truncated: None,
                 check: true,
+                prefix: None,
             };
             // A check that cannot be sent is counted in `launch`; the next one is due anyway.
             if self.launch(p, now, wire).is_err() {
@@ -752,53 +820,6 @@ pub fn patch_raw(data: &[u8], head: &[u8], query: &Query, transport: Transport, 
     fit_for_client(&mut buf[..len], max_ttl, query.edns.is_some())
 }
 
-/// Relays one query over TCP (for a client that came over TCP): a blocking exchange from the
-/// connection's own thread, trying up to two upstreams. Returns the reply length in `out`, or
-/// `None` (SERVFAIL) when no upstream answered or the system's random source failed.
-pub fn tcp_exchange(config: &RelayConfig, packet: &[u8], query: &Query, out: &mut [u8]) -> Option<usize> {
-    use std::io::{Read, Write};
-    let question: Box<[u8]> = packet.get(HEADER_LEN..query.question_end)?.into();
-    let mut name = [0u8; crate::dns::query::MAX_NAME_LEN];
-    crate::dns::query::parse(packet, &mut name).ok()?;
-    let length = u16::try_from(packet.len()).ok()?;
-    for upstream in upstreams_for(config, &name[..query.name_len]).iter().take(2) {
-        let mut id = [0u8; 2];
-        // No predictable fallback: without randomness the query fails.
-        getrandom::fill(&mut id).ok()?;
-        let mut attempt = || -> std::io::Result<Option<usize>> {
-            let mut stream = std::net::TcpStream::connect_timeout(upstream, config.timeout)?;
-            stream.set_read_timeout(Some(config.timeout))?;
-            stream.set_write_timeout(Some(config.timeout))?;
-            let mut msg = Vec::with_capacity(packet.len() + 2);
-            msg.extend_from_slice(&length.to_be_bytes());
-            msg.extend_from_slice(&id);
-            msg.extend_from_slice(&packet[2..]);
-            stream.write_all(&msg)?;
-            let mut len = [0u8; 2];
-            stream.read_exact(&mut len)?;
-            let len = u16::from_be_bytes(len) as usize;
-            if len > out.len() {
-                return Ok(None);
-            }
-            stream.read_exact(&mut out[..len])?;
-            // Over TCP the client's own case goes upstream; a blind forger cannot inject into a
-            // TCP stream, so case is not checked.
-            let sent =
-                Sent { upstream: *upstream, id: u16::from_be_bytes(id), question: question.clone(), exact_case: false };
-            if accept(&out[..len], *upstream, &sent).is_err() {
-                return Ok(None);
-            }
-            out[..2].copy_from_slice(&packet[..2]);
-            out[HEADER_LEN..query.question_end].copy_from_slice(&packet[HEADER_LEN..query.question_end]);
-            Ok(Some(len))
-        };
-        if let Ok(Some(n)) = attempt() {
-            return Some(n);
-        }
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -836,14 +857,14 @@ mod tests {
 
     /// Collects replies to clients.
     #[derive(Default)]
-    struct Collected(Vec<(SocketAddr, Vec<u8>)>);
+    struct Collected(Vec<(ReplyTo, Vec<u8>)>);
 
     impl Replies for Collected {
-        fn push(&mut self, peer: SocketAddr, write: &mut dyn FnMut(&mut [u8]) -> usize) {
+        fn push(&mut self, to: ReplyTo, write: &mut dyn FnMut(&mut [u8]) -> usize) {
             let mut buf = vec![0u8; 2048];
             let n = write(&mut buf);
             if n > 0 {
-                self.0.push((peer, buf[..n].to_vec()));
+                self.0.push((to, buf[..n].to_vec()));
             }
         }
     }
@@ -858,6 +879,7 @@ mod tests {
             max_ttl: 3600,
             max_pending: 100,
             max_waiters: 10_000,
+            max_pending_per_prefix: 100,
             managed_for_all: true,
             routes: Vec::new(),
             health_check: None,
@@ -884,11 +906,41 @@ mod tests {
     const UDP: Transport = Transport::Udp { max_payload: 1232 };
 
     fn ask(e: &mut Engine, wire: &mut FakeWire, name: &str, id: u16, now: Instant) -> Forwarded {
+        ask_from(e, wire, name, id, CLIENT, now)
+    }
+
+    fn ask_from(e: &mut Engine, wire: &mut FakeWire, name: &str, id: u16, client: &str, now: Instant) -> Forwarded {
         let packet = client_query(name, id, false);
         let mut lower = [0u8; query::MAX_NAME_LEN];
         let q = query::parse(&packet, &mut lower).unwrap();
         let mut out = [0u8; 2048];
-        e.query(&packet, &q, &lower[..q.name_len], CLIENT.parse().unwrap(), UDP, &mut out, now, wire)
+        let client: SocketAddr = client.parse().unwrap();
+        e.query(&packet, &q, &lower[..q.name_len], client, ReplyTo::Udp(client), UDP, &mut out, now, wire)
+    }
+
+    /// One prefix flooding fresh names cannot take more than its share of the pending table;
+    /// another prefix still gets its questions sent, and the share frees up as answers come.
+    #[test]
+    fn one_prefix_holds_at_most_its_share_of_the_pending_table() {
+        let mut c = config(&["192.0.2.53:53"]);
+        c.max_pending_per_prefix = 10;
+        let mut e = engine(c);
+        let mut wire = FakeWire::default();
+        let now = Instant::now();
+        for i in 0..50 {
+            let r = ask_from(&mut e, &mut wire, &format!("n{i}.flood.test"), i, "203.0.113.7:1000", now);
+            assert_eq!(matches!(r, Forwarded::Pending), i < 10, "query {i}");
+        }
+        assert_eq!(e.stats.prefix_full, 40);
+        let other = ask_from(&mut e, &mut wire, "www.example.test", 1, "198.51.100.9:2000", now);
+        assert_eq!(other, Forwarded::Pending, "another prefix is served");
+        let same24 = ask_from(&mut e, &mut wire, "x.flood.test", 2, "203.0.113.200:3000", now);
+        assert!(matches!(same24, Forwarded::Answered(_)), "the whole /24 shares the limit");
+        // Timeouts (no retry: one upstream) free the share.
+        let mut out = Collected::default();
+        e.tick(&mut out, now + Duration::from_secs(1), &mut wire);
+        let again = ask_from(&mut e, &mut wire, "y.flood.test", 3, "203.0.113.7:1000", now + Duration::from_secs(1));
+        assert_eq!(again, Forwarded::Pending);
     }
 
     /// The reply an honest upstream gives to `sent` (its ID and question as sent), with `rcode`.
@@ -1118,6 +1170,7 @@ mod tests {
     fn without_a_random_source_nothing_goes_out() {
         let mut c = config(&["192.0.2.53:53"]);
         c.max_pending = 10_000;
+        c.max_pending_per_prefix = 10_000;
         let c = Arc::new(c);
         assert!(matches!(Engine::new(c.clone(), never, Instant::now()), Err(RelayError::Random(_))), "no start");
         let mut e = Engine::new(c, breakable, Instant::now()).unwrap();

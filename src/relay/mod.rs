@@ -7,9 +7,7 @@
 //! - [`upstream`]: which upstream replies to accept (source, ID, exact question and case);
 //! - [`cache`]: answers kept as bytes, TTLs counting down and capped, negative caching per RFC 2308;
 //! - [`random`]: IDs and letter case from the system's random source, never a fallback;
-//! - [`acl`]: which clients are served.
 
-pub mod acl;
 pub mod cache;
 pub mod engine;
 pub mod random;

@@ -34,7 +34,7 @@ use mio::net::{TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::engine::{Engine, Forwarded, RelayStats, Replies, Token, Verdict, Wire};
+use super::engine::{Engine, Forwarded, RelayGauges, RelayStats, Replies, ReplyTo, Token, Verdict, Wire};
 use super::random::Fill;
 use super::RelayError;
 use crate::config::RelayConfig;
@@ -287,6 +287,11 @@ impl Relay {
         self.engine.pending()
     }
 
+    /// What the relay holds now: exchanges in flight, waiting clients, cache size.
+    pub fn gauges(&self) -> RelayGauges {
+        self.engine.gauges()
+    }
+
     /// Sockets open now (UDP, spare ones included, and TCP).
     pub fn open_sockets(&self) -> usize {
         self.net.slots.iter().flatten().count() + self.net.tcp.len()
@@ -299,12 +304,13 @@ impl Relay {
         packet: &[u8],
         query: &Query,
         name: &[u8],
-        peer: SocketAddr,
+        client: SocketAddr,
+        to: ReplyTo,
         transport: Transport,
         out: &mut [u8],
         now: Instant,
     ) -> Forwarded {
-        self.engine.query(packet, query, name, peer, transport, out, now, &mut self.net)
+        self.engine.query(packet, query, name, client, to, transport, out, now, &mut self.net)
     }
 
     /// Reads every upstream socket that has something, hands it to the engine, and leaves

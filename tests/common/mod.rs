@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: a real server on a loopback port, a real DNS client.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod prom;
 pub mod sip;
 pub mod upstream;
 
@@ -87,7 +88,7 @@ impl TestServer {
         let snapshot = Snapshot::build(&config, &Health::all_up(&config), 0, 1).unwrap();
         let snapshots = SnapshotHandle::new(snapshot);
         let relay = config.relay.clone().map(std::sync::Arc::new);
-        let server = Server::start(&config.server, relay, snapshots.clone()).unwrap();
+        let server = Server::start(&config.server, relay, config.rrl.clone(), snapshots.clone()).unwrap();
         let addr = config.server.listen[0];
         TestServer { server: Some(server), addr, config, snapshots }
     }
@@ -133,6 +134,18 @@ pub fn udp_raw(addr: SocketAddr, packet: &[u8], wait: Duration) -> Option<Vec<u8
             Ok((n, _)) => return Some(buf[..n].to_vec()),
             // A thread that created an io_uring (the backend check does) can see EINTR while the
             // kernel tears the ring down; that is no answer either way.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Receives one datagram, retrying when a signal interrupts the call (a thread that set up an
+/// io_uring can see EINTR while the kernel tears a ring down); `None` on timeout or error.
+pub fn recv_retry(s: &UdpSocket, buf: &mut [u8]) -> Option<(usize, SocketAddr)> {
+    loop {
+        match s.recv_from(buf) {
+            Ok(x) => return Some(x),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(_) => return None,
         }

@@ -239,7 +239,7 @@ pub fn scripted_reply(query: &[u8], script: &Script, tcp: bool) -> Option<Vec<u8
 impl Hostile {
     /// Starts on `ip` (127.0.0.1 or ::1) with a fresh port.
     pub fn start(ip: &str, script: Script) -> Hostile {
-        // A UDP port whose TCP twin is free too (it may be some connection's ephemeral port).
+        // A UDP port whose TCP twin is free too (another test may hold it for a connection).
         let (socket, listener) = loop {
             let socket = UdpSocket::bind(SocketAddr::new(ip.parse().unwrap(), 0)).unwrap();
             if let Ok(listener) = std::net::TcpListener::bind(socket.local_addr().unwrap()) {

@@ -1,4 +1,5 @@
-//! Which clients the relay serves: a list of address prefixes. Pure.
+//! Address prefixes (`10.0.0.0/8`, `fc00::/7`): who the relay serves, who rate limiting spares.
+//! Pure.
 
 use std::net::IpAddr;
 
@@ -52,18 +53,6 @@ impl Prefix {
     }
 }
 
-/// The default `allow` list: loopback and the private and shared ranges an ISP edge serves.
-pub const DEFAULT_ALLOW: &[&str] = &[
-    "127.0.0.0/8",
-    "::1/128",
-    "10.0.0.0/8",
-    "172.16.0.0/12",
-    "192.168.0.0/16",
-    "100.64.0.0/10",
-    "fc00::/7",
-    "fe80::/10",
-];
-
 /// Whether any prefix holds `addr`.
 pub fn allowed(list: &[Prefix], addr: IpAddr) -> bool {
     list.iter().any(|p| p.contains(addr))
@@ -75,7 +64,7 @@ mod tests {
 
     #[test]
     fn prefixes_match() {
-        let list: Vec<Prefix> = DEFAULT_ALLOW.iter().map(|p| Prefix::parse(p).unwrap()).collect();
+        let list: Vec<Prefix> = crate::config::DEFAULT_ALLOW.iter().map(|p| Prefix::parse(p).unwrap()).collect();
         for ok in [
             "127.0.0.1",
             "10.1.2.3",

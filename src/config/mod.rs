@@ -1,0 +1,197 @@
+//! Configuration: TOML on disk → a validated [`Config`].
+//!
+//! ```text
+//!  file ──serde──► raw.rs (Raw*, spans, defaults) ──validate.rs──► types.rs (Config, plain values)
+//!                                                   └─ every problem: FILE:LINE:COL: FIELD: fix
+//! ```
+//!
+//! Loading happens in two steps. Serde reads the file into the `Raw*` structs, which deny unknown
+//! fields and keep the byte span of every value that validation may reject. `validate` then checks
+//! every rule and collects *all* problems, each naming the file, line, column, field and the fix,
+//! so an operator fixes a file in one pass instead of one error per run.
+
+mod raw;
+mod types;
+mod validate;
+
+use std::fmt;
+use std::path::Path;
+
+pub use types::*;
+use validate::{problem_at, split_serde_message, Validator};
+
+/// One problem found in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// 1-based line of the offending value (0 when the whole file is at fault).
+    pub line: usize,
+    /// 1-based column of the offending value.
+    pub column: usize,
+    /// Dotted path of the field, e.g. `service[0].server[1].address`.
+    pub field: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+/// Why a configuration could not be loaded. Always the operator's file (or its absence).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        /// The file named on the command line.
+        path: String,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// The file was read but breaks one or more rules.
+    #[error("{}", render_problems(path, problems))]
+    Invalid {
+        /// The file named on the command line.
+        path: String,
+        /// Every problem found, in file order.
+        problems: Vec<ConfigProblem>,
+    },
+}
+
+fn render_problems(path: &str, problems: &[ConfigProblem]) -> String {
+    let mut out = String::new();
+    for (i, p) in problems.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str(&format!("{path}:{}:{}: {}: {}", p.line, p.column, p.field, p.message));
+    }
+    out
+}
+
+impl Config {
+    /// Reads and validates a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        Config::parse_in(&text, base)
+            .map_err(|problems| ConfigError::Invalid { path: path.display().to_string(), problems })
+    }
+
+    /// Parses and validates TOML text, returning every problem found. A relative `hosts.file` is
+    /// read relative to the current directory.
+    pub fn parse(text: &str) -> Result<Config, Vec<ConfigProblem>> {
+        Config::parse_in(text, Path::new("."))
+    }
+
+    /// Like [`Config::parse`], with relative paths resolved against `base` (the config's folder).
+    pub fn parse_in(text: &str, base: &Path) -> Result<Config, Vec<ConfigProblem>> {
+        let raw: raw::RawConfig = toml::from_str(text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            let (field, message) = split_serde_message(e.message());
+            vec![problem_at(text, span, &field, &message)]
+        })?;
+        let mut v = Validator { text, base, problems: Vec::new() };
+        let config = v.config(raw);
+        if v.problems.is_empty() {
+            Ok(config)
+        } else {
+            v.problems.sort_by_key(|p| (p.line, p.column));
+            Err(v.problems)
+        }
+    }
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}: {}", self.line, self.column, self.field, self.message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[server]
+listen = ["127.0.0.1:5353"]
+
+[[service]]
+name = "SIP.Example.Test."
+
+[[service.server]]
+address = "127.0.0.11"
+"#;
+
+    #[test]
+    fn defaults_follow_the_paper() {
+        let c = Config::parse(MINIMAL).unwrap();
+        let s = &c.services[0];
+        assert_eq!(s.name, "sip.example.test");
+        assert_eq!(s.ttl, 1, "TTL defaults to the probe interval");
+        assert_eq!(s.policy, Policy::RoundRobin);
+        assert_eq!(s.servers[0].port, 5060);
+        assert_eq!(s.servers[0].transports, vec![Transport::Udp]);
+        assert_eq!(s.servers[0].host, "ip-127-0-0-11.sip.example.test");
+        assert_eq!(c.server.max_udp_payload, 1232);
+    }
+
+    #[test]
+    fn ttl_rounds_the_interval_up() {
+        let text = MINIMAL.replace("[server]", "[probe]\ninterval_ms = 2500\n\n[server]");
+        assert_eq!(Config::parse(&text).unwrap().services[0].ttl, 3);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_line() {
+        let text = r#"[server]
+listen = ["127.0.0.1:0", "nonsense"]
+
+[[service]]
+name = "bad..name"
+[[service.server]]
+address = "300.1.1.1"
+[[service.server]]
+address = "127.0.0.1"
+[[service.server]]
+address = "127.0.0.1"
+"#;
+        let problems = Config::parse(text).unwrap_err();
+        let fields: Vec<_> = problems.iter().map(|p| (p.line, p.field.as_str())).collect();
+        assert_eq!(
+            fields,
+            vec![
+                (2, "server.listen[0]"),
+                (2, "server.listen[1]"),
+                (5, "service[0].name"),
+                (7, "service[0].server[0].address"),
+                (11, "service[0].server[2].address"),
+            ]
+        );
+        assert!(problems[4].message.contains("listed twice"), "{}", problems[4].message);
+    }
+
+    #[test]
+    fn unknown_fields_are_errors() {
+        let text = MINIMAL.replace("address = \"127.0.0.11\"", "address = \"127.0.0.11\"\nwieght = 3");
+        let p = Config::parse(&text).unwrap_err();
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].field, "wieght");
+        assert_eq!(p[0].line, 10);
+        assert!(p[0].message.contains("unknown field"), "{}", p[0].message);
+    }
+
+    #[test]
+    fn timeout_must_be_below_interval() {
+        let text = MINIMAL.replace("[server]", "[probe]\ninterval_ms = 200\ntimeout_ms = 200\n\n[server]");
+        let p = Config::parse(&text).unwrap_err();
+        assert_eq!(p[0].field, "probe.timeout_ms");
+    }
+
+    #[test]
+    fn a_user_name_is_checked_for_shape_only() {
+        let ok = MINIMAL.replace("listen = [", "user = \"dnlb\"\nlisten = [");
+        assert_eq!(Config::parse(&ok).unwrap().server.user.as_deref(), Some("dnlb"));
+        let bad = MINIMAL.replace("listen = [", "user = \"root; rm\"\nlisten = [");
+        let p = Config::parse(&bad).unwrap_err();
+        assert_eq!((p[0].line, p[0].field.as_str()), (3, "server.user"));
+        assert!(p[0].message.contains("is not a user name"), "{}", p[0].message);
+    }
+}

@@ -1,0 +1,275 @@
+//! The validated configuration: plain domain values, no spans and no serde. Everything else in
+//! dnlb reads these; a reload compares two of them.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use crate::dns::MAX_UDP_PAYLOAD;
+pub use crate::io::IoMode;
+use crate::prefix::Prefix;
+
+/// How a service picks the addresses of one A/AAAA answer from its healthy servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Policy {
+    /// Rotate the healthy set by one position per answer.
+    RoundRobin,
+    /// The paper's scheme: one server is on duty for a whole probe round.
+    OnDuty,
+    /// Smooth weighted round robin over the configured weights.
+    Weighted,
+    /// Weights from the measured probe round-trip time: faster servers get more answers.
+    Latency,
+}
+
+/// What a service answers when none of its servers is healthy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AllDown {
+    /// Answer with every configured server: better a possibly dead server than none.
+    ServeAll,
+    /// Answer with the servers that were healthy last (every server if none ever was).
+    LastGood,
+    /// Answer SERVFAIL, so clients try their next resolver or name.
+    Servfail,
+    /// Answer NOERROR with no records.
+    Nodata,
+}
+
+/// The SIP request a probe sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProbeMethod {
+    /// OPTIONS (RFC 3261 §11): the usual keep-alive; answered by any SIP server.
+    Options,
+    /// The paper's dummy REGISTER (a binding query with Expires: 0, no Contact).
+    Register,
+}
+
+/// The state a server starts in, before its first probe verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StartState {
+    /// Not served until its first verdict (a service whose servers are all unknown answers per
+    /// its all-down policy).
+    Unknown,
+    /// Served until a probe says otherwise.
+    Up,
+    /// Not served until it has passed `rise` probes.
+    Down,
+}
+
+/// A SIP transport a server is reachable on; each has its own SRV name (RFC 3263).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transport {
+    /// SIP over UDP: `_sip._udp`, NAPTR service `SIP+D2U`.
+    Udp,
+    /// SIP over TCP: `_sip._tcp`, NAPTR service `SIP+D2T`.
+    Tcp,
+    /// SIP over TLS: `_sips._tcp`, NAPTR service `SIPS+D2T`.
+    Tls,
+}
+
+impl Transport {
+    /// All transports, in NAPTR order preference (TLS first, as RFC 3263's example does).
+    pub const ALL: [Transport; 3] = [Transport::Tls, Transport::Tcp, Transport::Udp];
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Sockets and workers.
+    pub server: ServerConfig,
+    /// SIP probing.
+    pub probe: ProbeConfig,
+    /// The SIP service names dnlb answers itself.
+    pub services: Vec<ServiceConfig>,
+    /// Local names from the hosts file, answered like the SIP names (A, AAAA, PTR).
+    pub hosts: Vec<crate::hosts::HostEntry>,
+    /// TTL of the hosts-file answers, in seconds.
+    pub hosts_ttl: u32,
+    /// Where other names go; `None` answers them REFUSED.
+    pub relay: Option<RelayConfig>,
+    /// Response rate limiting over UDP; `None` (no `[rrl]` section): off.
+    pub rrl: Option<RrlConfig>,
+    /// The Prometheus endpoint; `None` (no `[metrics]` section): off.
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// The Prometheus endpoint (`[metrics]`), served by [`crate::control::metrics`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// The HTTP address `GET /metrics` is served on, e.g. `127.0.0.1:9153`.
+    pub listen: SocketAddr,
+}
+
+/// The upstream relay for every name dnlb does not manage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayConfig {
+    /// Upstream resolvers, tried in turn (a timed-out query is retried once on the next one).
+    pub upstreams: Vec<SocketAddr>,
+    /// An upstream query without a reply after this long is retried or answered SERVFAIL.
+    pub timeout: Duration,
+    /// Clients the relay serves; others get REFUSED.
+    pub allow: Vec<Prefix>,
+    /// Answers cached per worker (0: no cache).
+    pub cache_entries: usize,
+    /// Bytes the cached answers of one worker may hold, bookkeeping included.
+    pub cache_bytes: usize,
+    /// The longest any answer is cached, and the largest TTL a client is given.
+    pub max_ttl: u32,
+    /// Upstream queries in flight per worker; past that, SERVFAIL at once.
+    pub max_pending: usize,
+    /// Clients waiting on upstream queries per worker, all questions together; past that,
+    /// SERVFAIL at once (never a second upstream query for a question in flight).
+    pub max_waiters: usize,
+    /// Upstream queries one client prefix (a /24, or a /56 in IPv6) may have started and still
+    /// in flight per worker, at most; past that, its new questions get SERVFAIL at once, so one
+    /// client cannot take the relay from everyone else.
+    pub max_pending_per_prefix: usize,
+    /// Whether managed SIP names are answered for clients outside `allow` too.
+    pub managed_for_all: bool,
+    /// Per-domain upstreams (DNRD's `-s server:domain`); the longest matching suffix wins.
+    pub routes: Vec<Route>,
+    /// A name each worker asks every upstream for, every `health_check_interval`: a reply marks
+    /// the upstream healthy, a timeout counts as a failure, without waiting for client traffic.
+    pub health_check: Option<String>,
+    /// How often the health check goes to each upstream.
+    pub health_check_interval: Duration,
+}
+
+/// Names under `domain` go to these upstreams instead of the default ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The domain, lower case, without the trailing dot.
+    pub domain: String,
+    /// Its upstreams.
+    pub upstreams: Vec<SocketAddr>,
+}
+
+/// Where and how dnlb listens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    /// UDP (and TCP, when `tcp`) addresses; every worker binds each with SO_REUSEPORT.
+    pub listen: Vec<SocketAddr>,
+    /// Whether a TCP listener runs beside each UDP socket.
+    pub tcp: bool,
+    /// Worker threads per listen address; `None` means one per available core.
+    pub workers: Option<usize>,
+    /// I/O backend choice.
+    pub io: IoMode,
+    /// Pin worker `i` to core `i` (mod the number of cores).
+    pub pin_workers: bool,
+    /// A TCP connection with no message in progress and nothing owed either way is closed after
+    /// this long (RFC 7766 §6.2.3); a single byte does not restart the clock, a whole message does.
+    pub tcp_idle_timeout: Duration,
+    /// A TCP message must arrive whole within this long from its first byte.
+    pub tcp_query_timeout: Duration,
+    /// TCP connections for the whole server; each worker holds its share, and when full closes
+    /// its longest-idle connection to make room.
+    pub tcp_max_connections: usize,
+    /// TCP connections one client address may hold on one worker.
+    pub tcp_max_connections_per_client: usize,
+    /// Largest UDP reply payload, whatever the client advertises.
+    pub max_udp_payload: u16,
+    /// Where the control socket and the instance locks live; `None`: see
+    /// [`crate::control::runtime::dir`].
+    pub runtime_dir: Option<std::path::PathBuf>,
+    /// The user to become once every socket is bound (started as root); `None`: stay as started.
+    pub user: Option<String>,
+}
+
+/// SIP probing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeConfig {
+    /// Whether the prober runs; when off, every server counts as healthy.
+    pub enabled: bool,
+    /// Time between two probes of one server; also the default answer TTL (the paper's rule).
+    pub interval: Duration,
+    /// A probe without a final reply after this long is a failure.
+    pub timeout: Duration,
+    /// First UDP retransmission after this long, doubling after (SIP's Timer A, scaled down).
+    pub retransmit: Duration,
+    /// The default probe request.
+    pub method: ProbeMethod,
+    /// Successes in a row to go up.
+    pub rise: u32,
+    /// Failures in a row to go down.
+    pub fall: u32,
+    /// Final status codes that count as a failure (503 by default).
+    pub down_codes: Vec<u16>,
+    /// State before the first verdict.
+    pub start: StartState,
+    /// Core the prober thread is pinned to, if any.
+    pub core: Option<usize>,
+    /// The longest a Retry-After keeps a server out of the answers, whatever the server asked.
+    pub max_retry_after: Duration,
+}
+
+/// One SIP service name and its server farm.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceConfig {
+    /// Lower-case name without the trailing dot, e.g. `sip.example.test`.
+    pub name: String,
+    /// How A/AAAA answers pick servers.
+    pub policy: Policy,
+    /// Addresses per A/AAAA answer; `None` means all healthy ones.
+    pub answers: Option<usize>,
+    /// TTL of every answer, in seconds.
+    pub ttl: u32,
+    /// What to answer when no server is healthy.
+    pub all_down: AllDown,
+    /// The farm, in the order written.
+    pub servers: Vec<SipServer>,
+}
+
+/// One SIP server of a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SipServer {
+    /// Its IP address.
+    pub address: IpAddr,
+    /// Its SIP port.
+    pub port: u16,
+    /// Transports it serves; each puts it in one SRV set.
+    pub transports: Vec<Transport>,
+    /// SRV priority (lower is preferred).
+    pub priority: u16,
+    /// SRV weight among equal priorities.
+    pub weight: u16,
+    /// SRV target host name (lower case, no trailing dot).
+    pub host: String,
+    /// The probe request for this server.
+    pub probe_method: ProbeMethod,
+}
+
+/// The default `allow` list: loopback and the private and shared ranges an ISP edge serves.
+pub const DEFAULT_ALLOW: &[&str] = &[
+    "127.0.0.0/8",
+    "::1/128",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "fc00::/7",
+    "fe80::/10",
+];
+
+/// Response rate limiting (`[rrl]`), as [`crate::edge::rrl`] applies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RrlConfig {
+    /// Responses per second each prefix may receive (also the burst: one second's worth).
+    pub responses_per_second: u32,
+    /// Every `slip`-th response over the limit goes out truncated; 0: none (all dropped).
+    pub slip: u32,
+    /// Prefix length IPv4 clients are grouped by.
+    pub ipv4_prefix_length: u8,
+    /// Prefix length IPv6 clients are grouped by.
+    pub ipv6_prefix_length: u8,
+    /// Prefixes never limited.
+    pub exempt: Vec<Prefix>,
+    /// Slots per worker's table (a power of two).
+    pub table_size: usize,
+}

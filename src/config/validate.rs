@@ -1,0 +1,497 @@
+//! Validation: every rule checked, every problem collected with its line, column, field and fix,
+//! so an operator fixes a file in one pass instead of one error per run.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::raw::*;
+use super::types::*;
+use super::ConfigProblem;
+use crate::prefix::Prefix;
+
+/// Serde says "unknown field `x`, expected ..." or "missing field `x`"; lift the field name out.
+pub(super) fn split_serde_message(message: &str) -> (String, String) {
+    let field = message.split('`').nth(1).filter(|_| message.contains("field `")).unwrap_or("file").to_string();
+    let mut message = message.trim().to_string();
+    if message.starts_with("unknown field") {
+        message.push_str(" (remove it or correct its spelling)");
+    }
+    (field, message)
+}
+
+pub(super) fn problem_at(text: &str, span: Range<usize>, field: &str, message: &str) -> ConfigProblem {
+    let (line, column) = if span == (0..0) { (0, 0) } else { line_column(text, span.start) };
+    ConfigProblem { line, column, field: field.to_string(), message: message.to_string() }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+    (line, column)
+}
+
+pub(super) struct Validator<'t> {
+    pub(super) text: &'t str,
+    pub(super) base: &'t Path,
+    pub(super) problems: Vec<ConfigProblem>,
+}
+
+impl Validator<'_> {
+    fn fail(&mut self, span: Range<usize>, field: &str, message: impl Into<String>) {
+        let p = problem_at(self.text, span, field, &message.into());
+        self.problems.push(p);
+    }
+
+    /// Checks `lo <= value <= hi`, naming the field and the range on failure.
+    fn ranged(&mut self, value: &Spanned<u64>, field: &str, lo: u64, hi: u64, unit: &str) -> u64 {
+        let v = *value.get_ref();
+        if v < lo || v > hi {
+            self.fail(value.span(), field, format!("{v} is out of range: use {lo} to {hi}{unit}"));
+            return lo;
+        }
+        v
+    }
+
+    pub(super) fn config(&mut self, raw: RawConfig) -> Config {
+        let server = self.server(raw.server);
+        let probe = self.probe(raw.probe);
+        let mut services = Vec::with_capacity(raw.service.len());
+        let mut names = HashSet::new();
+        for (i, s) in raw.service.into_iter().enumerate() {
+            let span = s.name.span();
+            let service = self.service(i, s, &probe);
+            if !names.insert(service.name.clone()) {
+                self.fail(
+                    span,
+                    &format!("service[{i}].name"),
+                    format!("`{}` is configured twice: merge the two services", service.name),
+                );
+            }
+            services.push(service);
+        }
+        let (hosts, hosts_ttl) = match raw.hosts {
+            Some(h) => self.hosts(h),
+            None => (Vec::new(), 60),
+        };
+        let relay = raw.relay.map(|r| self.relay(r));
+        let rrl = raw.rrl.map(|r| self.rrl(r));
+        let metrics = raw.metrics.and_then(|m| self.metrics(m));
+        Config { server, probe, services, hosts, hosts_ttl, relay, rrl, metrics }
+    }
+
+    fn metrics(&mut self, raw: RawMetrics) -> Option<MetricsConfig> {
+        match raw.listen.get_ref().parse::<SocketAddr>() {
+            Ok(listen) if listen.ip().is_multicast() => {
+                self.fail(
+                    raw.listen.span(),
+                    "metrics.listen",
+                    format!("{listen} is multicast: name a local address such as \"127.0.0.1:9153\""),
+                );
+                None
+            }
+            Ok(listen) => Some(MetricsConfig { listen }),
+            Err(_) => {
+                self.fail(
+                    raw.listen.span(),
+                    "metrics.listen",
+                    format!("`{}` is not an address with a port: write \"127.0.0.1:9153\"", raw.listen.get_ref()),
+                );
+                None
+            }
+        }
+    }
+
+    fn relay(&mut self, raw: RawRelay) -> RelayConfig {
+        let upstreams = self.upstream_list(&raw.upstreams, "relay.upstreams");
+        let mut routes: Vec<Route> = Vec::new();
+        for (i, r) in raw.route.iter().enumerate() {
+            let field = format!("relay.route[{i}].domain");
+            let domain = normalize_name(r.domain.get_ref());
+            if let Err(why) = check_name(&domain) {
+                self.fail(r.domain.span(), &field, format!("`{}` {why}", r.domain.get_ref()));
+            } else if routes.iter().any(|o| o.domain == domain) {
+                self.fail(r.domain.span(), &field, format!("`{domain}` is routed twice: merge the routes"));
+            }
+            let list = self.upstream_list(&r.upstreams, &format!("relay.route[{i}].upstreams"));
+            routes.push(Route { domain, upstreams: list });
+        }
+        let mut allow = Vec::new();
+        match &raw.allow {
+            None => allow.extend(DEFAULT_ALLOW.iter().filter_map(|p| Prefix::parse(p).ok())),
+            Some(list) => {
+                for (i, p) in list.get_ref().iter().enumerate() {
+                    match Prefix::parse(p.get_ref()) {
+                        Ok(prefix) => allow.push(prefix),
+                        Err(why) => self.fail(
+                            p.span(),
+                            &format!("relay.allow[{i}]"),
+                            format!("{why}: write a prefix such as \"10.0.0.0/8\""),
+                        ),
+                    }
+                }
+            }
+        }
+        let timeout = self.ranged(&raw.timeout_ms, "relay.timeout_ms", 50, 30_000, " ms");
+        let health_interval =
+            self.ranged(&raw.health_check_interval_ms, "relay.health_check_interval_ms", 100, 3_600_000, " ms");
+        let health_check = raw.health_check.as_ref().map(|h| {
+            let name = normalize_name(h.get_ref());
+            if let Err(why) = check_name(&name) {
+                self.fail(h.span(), "relay.health_check", format!("`{}` {why}", h.get_ref()));
+            }
+            name
+        });
+        let cache_entries = self.ranged(&raw.cache_entries, "relay.cache_entries", 0, 10_000_000, "") as usize;
+        if let Some(old) = &raw.sockets_per_worker {
+            self.fail(
+                old.span(),
+                "relay.sockets_per_worker",
+                "is no longer used: every upstream query leaves from a socket of its own on a random port; remove the line",
+            );
+        }
+        let max_pending = self.ranged(&raw.max_pending, "relay.max_pending", 1, 1_000_000, "") as usize;
+        let max_waiters = self.ranged(&raw.max_waiters, "relay.max_waiters", 1, 1_000_000, "") as usize;
+        let share =
+            self.ranged(&raw.max_pending_per_prefix_percent, "relay.max_pending_per_prefix_percent", 1, 100, " %");
+        let max_ttl = self.ranged(&raw.max_ttl_s, "relay.max_ttl_s", 1, 604_800, " s") as u32;
+        let cache_bytes = self.ranged(&raw.cache_bytes, "relay.cache_bytes", 65_536, 1 << 34, " bytes") as usize;
+        RelayConfig {
+            upstreams,
+            timeout: Duration::from_millis(timeout),
+            allow,
+            cache_entries,
+            cache_bytes,
+            max_ttl,
+            max_pending,
+            max_waiters,
+            max_pending_per_prefix: (max_pending * share as usize).div_ceil(100).max(1),
+            managed_for_all: raw.managed_for_all,
+            routes,
+            health_check,
+            health_check_interval: Duration::from_millis(health_interval),
+        }
+    }
+
+    fn rrl(&mut self, raw: RawRrl) -> RrlConfig {
+        let rate = self.ranged(&raw.responses_per_second, "rrl.responses_per_second", 1, 10_000_000, "") as u32;
+        let slip = self.ranged(&raw.slip, "rrl.slip", 0, 100, "") as u32;
+        let v4 = self.ranged(&raw.ipv4_prefix_length, "rrl.ipv4_prefix_length", 8, 32, "") as u8;
+        let v6 = self.ranged(&raw.ipv6_prefix_length, "rrl.ipv6_prefix_length", 16, 120, "") as u8;
+        let table = self.ranged(&raw.table_size, "rrl.table_size", 1024, 1 << 24, " slots") as usize;
+        if !table.is_power_of_two() {
+            self.fail(
+                raw.table_size.span(),
+                "rrl.table_size",
+                format!("{table} is not a power of two: use one such as {}", table.next_power_of_two()),
+            );
+        }
+        let mut exempt = Vec::new();
+        for (i, p) in raw.exempt.iter().enumerate() {
+            match Prefix::parse(p.get_ref()) {
+                Ok(prefix) => exempt.push(prefix),
+                Err(why) => self.fail(
+                    p.span(),
+                    &format!("rrl.exempt[{i}]"),
+                    format!("{why}: write a prefix such as \"100.64.0.0/10\""),
+                ),
+            }
+        }
+        RrlConfig {
+            responses_per_second: rate,
+            slip,
+            ipv4_prefix_length: v4,
+            ipv6_prefix_length: v6,
+            exempt,
+            table_size: table,
+        }
+    }
+
+    /// A non-empty list of upstream addresses with ports.
+    fn upstream_list(&mut self, raw: &Spanned<Vec<Spanned<String>>>, field: &str) -> Vec<SocketAddr> {
+        let mut out = Vec::new();
+        if raw.get_ref().is_empty() {
+            self.fail(raw.span(), field, "is empty: add a resolver such as \"127.0.0.53:53\"");
+        }
+        for (i, u) in raw.get_ref().iter().enumerate() {
+            let f = format!("{field}[{i}]");
+            match u.get_ref().parse::<SocketAddr>() {
+                Ok(a) if a.port() == 0 || a.ip().is_unspecified() || a.ip().is_multicast() => self.fail(
+                    u.span(),
+                    &f,
+                    format!("{a} cannot be queried: name a unicast address and a port other than 0"),
+                ),
+                Ok(a) => out.push(a),
+                Err(_) => self.fail(
+                    u.span(),
+                    &f,
+                    format!(
+                        "`{}` is not an address with a port: write \"192.0.2.53:53\" or \"[2001:db8::53]:53\"",
+                        u.get_ref()
+                    ),
+                ),
+            }
+        }
+        out
+    }
+
+    fn hosts(&mut self, raw: RawHosts) -> (Vec<crate::hosts::HostEntry>, u32) {
+        let ttl = self.ranged(&raw.ttl, "hosts.ttl", 0, 86_400, " s") as u32;
+        let path = self.base.join(raw.file.get_ref());
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                self.fail(
+                    raw.file.span(),
+                    "hosts.file",
+                    format!("cannot read {}: {e}: fix the path or remove [hosts]", path.display()),
+                );
+                return (Vec::new(), ttl);
+            }
+        };
+        match crate::hosts::parse(&text) {
+            Ok(entries) => (entries, ttl),
+            Err(problems) => {
+                for p in problems {
+                    self.fail(raw.file.span(), "hosts.file", format!("{}:{}: {}", path.display(), p.line, p.message));
+                }
+                (Vec::new(), ttl)
+            }
+        }
+    }
+
+    fn server(&mut self, raw: RawServerSection) -> ServerConfig {
+        let mut listen = Vec::new();
+        if raw.listen.get_ref().is_empty() {
+            self.fail(raw.listen.span(), "server.listen", "is empty: add an address such as \"127.0.0.1:53\"");
+        }
+        for (i, a) in raw.listen.get_ref().iter().enumerate() {
+            let field = format!("server.listen[{i}]");
+            match a.get_ref().parse::<SocketAddr>() {
+                Ok(addr) if addr.port() == 0 => self.fail(
+                    a.span(),
+                    &field,
+                    "port 0 is not allowed: every worker binds the same port with SO_REUSEPORT, so name a fixed port such as 53",
+                ),
+                Ok(addr) if listen.contains(&addr) => {
+                    self.fail(a.span(), &field, format!("{addr} is listed twice: remove one"))
+                }
+                Ok(addr) => listen.push(addr),
+                Err(_) => self.fail(
+                    a.span(),
+                    &field,
+                    format!("`{}` is not an address with a port: write \"127.0.0.1:53\" or \"[::1]:53\"", a.get_ref()),
+                ),
+            }
+        }
+        let workers = raw.workers.map(|w| self.ranged(&w, "server.workers", 1, 1024, "") as usize);
+        let idle = self.ranged(&raw.tcp_idle_timeout_ms, "server.tcp_idle_timeout_ms", 100, 600_000, " ms");
+        let max_conn = self.ranged(&raw.tcp_max_connections, "server.tcp_max_connections", 1, 1_000_000, "");
+        let per_client =
+            self.ranged(&raw.tcp_max_connections_per_client, "server.tcp_max_connections_per_client", 1, 1_000_000, "");
+        let query_timeout = self.ranged(&raw.tcp_query_timeout_ms, "server.tcp_query_timeout_ms", 100, 60_000, " ms");
+        let payload =
+            self.ranged(&raw.max_udp_payload, "server.max_udp_payload", 512, u64::from(MAX_UDP_PAYLOAD), " bytes");
+        // Only the name's shape here: whether the user exists is asked at start, on the machine
+        // that runs dnlb (control::privilege), not on the one that checks the file.
+        let user = raw.user.as_ref().and_then(|u| {
+            let name = u.get_ref();
+            let bad = name.is_empty()
+                || name.starts_with('-')
+                || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '$'));
+            if bad {
+                self.fail(
+                    u.span(),
+                    "server.user",
+                    format!("`{name}` is not a user name: write a name such as \"dnlb\" (letters, digits, _ - . $), or remove the line"),
+                );
+                return None;
+            }
+            Some(name.clone())
+        });
+        ServerConfig {
+            listen,
+            tcp: raw.tcp,
+            workers,
+            io: raw.io,
+            pin_workers: raw.pin_workers,
+            tcp_idle_timeout: Duration::from_millis(idle),
+            tcp_query_timeout: Duration::from_millis(query_timeout),
+            tcp_max_connections: max_conn as usize,
+            tcp_max_connections_per_client: per_client as usize,
+            max_udp_payload: payload as u16,
+            runtime_dir: raw.runtime_dir.as_ref().map(|d| self.base.join(d.get_ref())),
+            user,
+        }
+    }
+
+    fn probe(&mut self, raw: RawProbe) -> ProbeConfig {
+        let interval = self.ranged(&raw.interval_ms, "probe.interval_ms", 100, 3_600_000, " ms");
+        let timeout = self.ranged(&raw.timeout_ms, "probe.timeout_ms", 10, 60_000, " ms");
+        let retransmit = self.ranged(&raw.retransmit_ms, "probe.retransmit_ms", 5, 60_000, " ms");
+        let rise = self.ranged(&raw.rise, "probe.rise", 1, 100, "") as u32;
+        let fall = self.ranged(&raw.fall, "probe.fall", 1, 100, "") as u32;
+        let mut down_codes = Vec::new();
+        for &code in raw.down_codes.get_ref() {
+            if !(200..=699).contains(&code) {
+                self.fail(
+                    raw.down_codes.span(),
+                    "probe.down_codes",
+                    format!("{code} is not a final SIP status code: use codes from 200 to 699"),
+                );
+            }
+            down_codes.push(code as u16);
+        }
+        let core = raw.core.map(|c| self.ranged(&c, "probe.core", 0, 4095, "") as usize);
+        let max_retry_after = self.ranged(&raw.max_retry_after_s, "probe.max_retry_after_s", 0, 86_400, " s");
+        if timeout >= interval {
+            self.fail(
+                raw.timeout_ms.span(),
+                "probe.timeout_ms",
+                format!("{timeout} ms is not shorter than probe.interval_ms ({interval} ms): lower the timeout or raise the interval"),
+            );
+        }
+        ProbeConfig {
+            enabled: raw.enabled,
+            interval: Duration::from_millis(interval),
+            timeout: Duration::from_millis(timeout),
+            retransmit: Duration::from_millis(retransmit),
+            method: raw.method,
+            rise,
+            fall,
+            down_codes,
+            start: raw.start,
+            core,
+            max_retry_after: Duration::from_secs(max_retry_after),
+        }
+    }
+
+    fn service(&mut self, i: usize, raw: RawService, probe: &ProbeConfig) -> ServiceConfig {
+        let field = |f: &str| format!("service[{i}].{f}");
+        let name = normalize_name(raw.name.get_ref());
+        if let Err(why) = check_name(&name) {
+            self.fail(raw.name.span(), &field("name"), format!("`{}` {why}", raw.name.get_ref()));
+        }
+        // The paper's rule: an answer lives exactly one probe period, rounded up to a second.
+        let default_ttl = probe.interval.as_millis().div_ceil(1000).max(1) as u64;
+        let ttl = match &raw.ttl {
+            Some(t) => self.ranged(t, &field("ttl"), 0, 86_400, " s"),
+            None => default_ttl,
+        } as u32;
+        let answers = raw.answers.as_ref().map(|a| self.ranged(a, &field("answers"), 1, 64, "") as usize);
+        if raw.server.get_ref().is_empty() {
+            self.fail(
+                raw.name.span(),
+                &field("server"),
+                format!("service `{name}` has no servers: add at least one [[service.server]] with an address"),
+            );
+        }
+        let mut servers: Vec<SipServer> = Vec::new();
+        for (j, s) in raw.server.into_inner().into_iter().enumerate() {
+            let sf = |f: &str| format!("service[{i}].server[{j}].{f}");
+            let address = match s.address.get_ref().parse::<IpAddr>() {
+                Ok(a) if a.is_unspecified() || a.is_multicast() => {
+                    self.fail(
+                        s.address.span(),
+                        &sf("address"),
+                        format!("{a} cannot be a SIP server: use a unicast address"),
+                    );
+                    a
+                }
+                Ok(a) => a,
+                Err(_) => {
+                    self.fail(
+                        s.address.span(),
+                        &sf("address"),
+                        format!("`{}` is not an IP address: write one such as \"192.0.2.10\" or \"2001:db8::10\" (no port; use `port`)", s.address.get_ref()),
+                    );
+                    IpAddr::from([0, 0, 0, 0])
+                }
+            };
+            let transports = s.transports.get_ref().clone();
+            if transports.is_empty() {
+                self.fail(
+                    s.transports.span(),
+                    &sf("transports"),
+                    "is empty: list at least one of \"udp\", \"tcp\", \"tls\"",
+                );
+            }
+            let default_port = if transports == [Transport::Tls] { 5061 } else { 5060 };
+            let port = match &s.port {
+                Some(p) => self.ranged(p, &sf("port"), 1, 65_535, ""),
+                None => default_port,
+            } as u16;
+            let priority = self.ranged(&s.priority, &sf("priority"), 0, 65_535, "") as u16;
+            let weight = self.ranged(&s.weight, &sf("weight"), 0, 65_535, "") as u16;
+            let host = match &s.host {
+                Some(h) => {
+                    let host = normalize_name(h.get_ref());
+                    if let Err(why) = check_name(&host) {
+                        self.fail(h.span(), &sf("host"), format!("`{}` {why}", h.get_ref()));
+                    }
+                    host
+                }
+                None => default_host(address, &name),
+            };
+            if servers.iter().any(|o| o.address == address && o.port == port) {
+                self.fail(
+                    s.address.span(),
+                    &sf("address"),
+                    format!("{address} port {port} is listed twice in service `{name}`: list a server once with all its transports"),
+                );
+            }
+            let probe_method = s.probe_method.or(raw.probe_method).unwrap_or(probe.method);
+            servers.push(SipServer { address, port, transports, priority, weight, host, probe_method });
+        }
+        ServiceConfig { name, policy: raw.policy, answers, ttl, all_down: raw.all_down, servers }
+    }
+}
+
+/// Lower-cases and strips one trailing dot.
+fn normalize_name(name: &str) -> String {
+    name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
+}
+
+/// Checks a presentation-format name against RFC 1035's limits (letters, digits, hyphen and
+/// underscore, labels of 1 to 63 octets, at most 253 characters).
+fn check_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("is empty: write a name such as \"sip.example.net\"");
+    }
+    if name.len() > 253 {
+        return Err("is longer than 253 characters: use a shorter name");
+    }
+    for label in name.split('.') {
+        if label.is_empty() {
+            return Err("has an empty label (two dots in a row): remove the extra dot");
+        }
+        if label.len() > 63 {
+            return Err("has a label longer than 63 characters: shorten it");
+        }
+        if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return Err("has a character other than a letter, digit, '-' or '_': correct the name");
+        }
+    }
+    Ok(())
+}
+
+/// The SRV target name of a server without an explicit `host`: derived from its address so that a
+/// server listed for several transports keeps one name (`ip-192-0-2-10.<service>`).
+fn default_host(address: IpAddr, service: &str) -> String {
+    match address {
+        IpAddr::V4(a) => {
+            let [x, y, z, w] = a.octets();
+            format!("ip-{x}-{y}-{z}-{w}.{service}")
+        }
+        IpAddr::V6(a) => {
+            let hex: String = a.octets().iter().map(|b| format!("{b:02x}")).collect();
+            format!("ip6-{hex}.{service}")
+        }
+    }
+}

@@ -1,0 +1,622 @@
+//! The Prometheus endpoint: `GET /metrics` on `[metrics] listen`, served by thread `dnlb-metrics`.
+//!
+//! ```text
+//!  workers ── single-writer atomics (CounterBlocks) ─┐
+//!  prober  ── ProbeStatus atomics + report mutex ────┼─► scrape(): a fresh prometheus::Registry
+//!  SnapshotHandle::load() (generation, built_at) ────┘     filled from loads ─► text format 0.0.4
+//!
+//!  mio accept ─► one connection at a time: read ≤ MAX_REQUEST bytes within REQUEST_TIME
+//!            ─► httparse ─► 200 (GET /metrics) · 404 · 405 · 400 ─► close
+//! ```
+//!
+//! A scrape costs the workers nothing: it only loads the atomics they already keep and locks the
+//! prober's report list, which the prober refreshes once per interval. The exposition is written
+//! by the `prometheus` crate's text encoder (format 0.0.4, what `promtool check metrics` reads);
+//! requests are parsed by `httparse`. Connections are served one at a time, each bounded in
+//! size and time, so a client that sends garbage or nothing delays the next scrape by at most
+//! [`REQUEST_TIME`] and can never make the endpoint grow or stop.
+
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token};
+use prometheus::core::Collector;
+use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+
+use crate::config::Transport;
+use crate::metrics::{CounterBlocks, Totals};
+use crate::probe::health::State;
+use crate::probe::ProbeView;
+use crate::snapshot::SnapshotHandle;
+
+/// The most request bytes read (request line and headers); a longer request gets 431.
+pub const MAX_REQUEST: usize = 8 * 1024;
+/// How long one connection may take to send its request and receive the reply.
+pub const REQUEST_TIME: Duration = Duration::from_secs(2);
+/// How often the accept loop looks at the stop flag.
+const STOP_CHECK: Duration = Duration::from_millis(100);
+/// How long a closed connection is drained of what the client still sends.
+const LINGER: Duration = Duration::from_millis(200);
+/// The most bytes drained from a closed connection.
+const MAX_DRAIN: usize = 64 * 1024;
+/// The most headers a request may carry.
+const MAX_HEADERS: usize = 32;
+
+/// Why the endpoint could not start or a scrape could not be written. Our environment's fault
+/// (the address is taken, no thread) or a bug in the metric definitions; never a client's.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// The listen address could not be bound.
+    #[error("cannot listen for metrics on {addr}: {reason}")]
+    Bind {
+        /// The configured address.
+        addr: SocketAddr,
+        /// What the operating system said (in the message, not chained, so it is said once).
+        reason: io::Error,
+    },
+    /// The poll instance or the thread could not be created.
+    #[error("cannot start the metrics endpoint: {0}")]
+    Io(#[from] io::Error),
+    /// A metric could not be defined or encoded (a bad name: our bug).
+    #[error("cannot encode the metrics: {0}")]
+    Encode(#[from] prometheus::Error),
+}
+
+/// What a scrape reads: every source is shared with its writer, and read with loads only.
+#[derive(Clone)]
+pub struct Sources {
+    /// The workers' counter blocks, one per worker (label `worker`: the block's index).
+    pub counters: CounterBlocks,
+    /// The prober, if probing is on; a reload swaps in the new one.
+    pub prober: Arc<arc_swap::ArcSwapOption<ProbeView>>,
+    /// The answers the workers serve.
+    pub snapshots: SnapshotHandle,
+}
+
+/// A running metrics endpoint.
+pub struct MetricsServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    addr: SocketAddr,
+}
+
+impl MetricsServer {
+    /// Binds `listen` and starts thread `dnlb-metrics`; fails before the thread starts if the
+    /// address cannot be bound.
+    pub fn start(listen: SocketAddr, sources: Sources) -> Result<MetricsServer, MetricsError> {
+        let mut listener = TcpListener::bind(listen).map_err(|reason| MetricsError::Bind { addr: listen, reason })?;
+        let addr = listener.local_addr()?;
+        let poll = Poll::new()?;
+        poll.registry().register(&mut listener, Token(0), Interest::READABLE)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("dnlb-metrics".into())
+            .spawn(move || serve(poll, listener, &sources, &s))?;
+        Ok(MetricsServer { stop, thread: Some(thread), addr })
+    }
+
+    /// The address the endpoint listens on (the configured one, with the port the kernel chose
+    /// if it was 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops the thread and waits for it (it sees the flag within [`STOP_CHECK`], or after the
+    /// connection it is serving, at most [`REQUEST_TIME`]).
+    pub fn shutdown(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                eprintln!("dnlb: metrics: the endpoint's thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+/// The accept loop: serves one connection at a time until `stop`.
+fn serve(mut poll: Poll, listener: TcpListener, sources: &Sources, stop: &AtomicBool) {
+    let mut events = Events::with_capacity(8);
+    let mut last_error = None::<Instant>;
+    while !stop.load(Ordering::Acquire) {
+        if let Err(e) = poll.poll(&mut events, Some(STOP_CHECK)) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                log_rarely(&mut last_error, &format!("poll: {e}"));
+                std::thread::sleep(STOP_CHECK);
+            }
+            continue;
+        }
+        if events.is_empty() {
+            continue;
+        }
+        // Edge-triggered: take every connection waiting before polling again.
+        loop {
+            match listener.accept() {
+                Ok((stream, _peer)) => {
+                    if let Err(e) = answer(stream, sources) {
+                        // A client that went away or was too slow: nothing to report per request.
+                        if !matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock
+                                | io::ErrorKind::TimedOut
+                                | io::ErrorKind::BrokenPipe
+                                | io::ErrorKind::ConnectionReset
+                                | io::ErrorKind::UnexpectedEof
+                        ) {
+                            log_rarely(&mut last_error, &format!("a request failed: {e}"));
+                        }
+                    }
+                    if stop.load(Ordering::Acquire) {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // EMFILE and kin: the connection stays queued; wait instead of spinning.
+                    log_rarely(&mut last_error, &format!("accept: {e}"));
+                    std::thread::sleep(STOP_CHECK);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Logs at most once a minute.
+fn log_rarely(last: &mut Option<Instant>, what: &str) {
+    if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+        eprintln!("dnlb: metrics: {what}");
+        *last = Some(Instant::now());
+    }
+}
+
+/// What a request asked for, as far as the endpoint cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// `GET /metrics` (or `HEAD`, which gets the headers only): the exposition.
+    Metrics {
+        /// Whether the body is wanted (not for `HEAD`).
+        body: bool,
+    },
+    /// Another path.
+    NotFound,
+    /// Another method on `/metrics`.
+    MethodNotAllowed,
+    /// Not an HTTP request.
+    BadRequest,
+    /// Headers longer than [`MAX_REQUEST`].
+    TooLarge,
+}
+
+/// Reads one request within [`REQUEST_TIME`] and [`MAX_REQUEST`] bytes, and answers it.
+fn answer(stream: mio::net::TcpStream, sources: &Sources) -> io::Result<()> {
+    // The accepted socket is non-blocking (mio); this connection is served blocking, with
+    // timeouts, so it cannot hold the thread longer than REQUEST_TIME.
+    let fd: std::os::fd::OwnedFd = stream.into();
+    let mut stream = std::net::TcpStream::from(fd);
+    stream.set_nonblocking(false)?;
+    let deadline = Instant::now() + REQUEST_TIME;
+    let mut buf = [0u8; MAX_REQUEST];
+    let mut len = 0;
+    let route = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        stream.set_read_timeout(Some(left))?;
+        let Some(free) = buf.get_mut(len..).filter(|b| !b.is_empty()) else { break Route::TooLarge };
+        let n = stream.read(free)?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        len += n;
+        if let Some(route) = route(&buf[..len]) {
+            break route;
+        }
+    };
+    stream.set_write_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))))?;
+    let (status, content_type, body) = match route {
+        Route::Metrics { .. } => match scrape(sources) {
+            Ok(text) => ("200 OK", TextEncoder::new().format_type().to_string(), Some(text)),
+            Err(e) => {
+                eprintln!("dnlb: metrics: {e}");
+                ("500 Internal Server Error", "text/plain".to_string(), Some(format!("{e}\n")))
+            }
+        },
+        Route::NotFound => ("404 Not Found", "text/plain".to_string(), Some("try /metrics\n".to_string())),
+        Route::MethodNotAllowed => ("405 Method Not Allowed", "text/plain".to_string(), Some("use GET\n".to_string())),
+        Route::BadRequest => ("400 Bad Request", "text/plain".to_string(), Some("not an HTTP request\n".to_string())),
+        Route::TooLarge => {
+            ("431 Request Header Fields Too Large", "text/plain".to_string(), Some("request too large\n".to_string()))
+        }
+    };
+    let body = body.unwrap_or_default();
+    // HEAD gets the length a GET would, and no body.
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    if route != (Route::Metrics { body: false }) {
+        stream.write_all(body.as_bytes())?;
+    }
+    stream.flush()?;
+    linger(stream, deadline)
+}
+
+/// Closes our side, then reads and discards what the client still sends (a request we did not
+/// read whole) until it closes too, a little while at most: closing a socket with unread input
+/// sends a reset, which can destroy the reply before the client reads it.
+fn linger(mut stream: std::net::TcpStream, deadline: Instant) -> io::Result<()> {
+    stream.shutdown(std::net::Shutdown::Write)?;
+    let until = deadline.min(Instant::now() + LINGER);
+    let mut sink = [0u8; 4096];
+    let mut drained = 0;
+    while drained < MAX_DRAIN {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        stream.set_read_timeout(Some(left))?;
+        match stream.read(&mut sink) {
+            Ok(0) => break,
+            Ok(n) => drained += n,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Where a request goes, or `None` while its headers are incomplete.
+fn route(request: &[u8]) -> Option<Route> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(request) {
+        Ok(httparse::Status::Partial) => None,
+        Err(_) => Some(Route::BadRequest),
+        Ok(httparse::Status::Complete(_)) => {
+            // The path without a query string: Prometheus may add parameters.
+            let path = req.path.unwrap_or("").split('?').next().unwrap_or("");
+            Some(match (req.method.unwrap_or(""), path) {
+                ("GET", "/metrics") => Route::Metrics { body: true },
+                ("HEAD", "/metrics") => Route::Metrics { body: false },
+                (_, "/metrics") => Route::MethodNotAllowed,
+                _ => Route::NotFound,
+            })
+        }
+    }
+}
+
+/// The exposition of everything dnlb counts, in the Prometheus text format.
+pub fn scrape(sources: &Sources) -> Result<String, MetricsError> {
+    let mut m = Metrics::default();
+    workers(&mut m, &sources.counters)?;
+    if let Some(p) = sources.prober.load_full() {
+        prober(&mut m, &p)?;
+    }
+    let snapshot = sources.snapshots.load();
+    m.gauge("dnlb_snapshot_generation", "Generation of the answers served (each probe publish adds one).")?
+        .with_label_values(&[] as &[&str])
+        .set(snapshot.generation as f64);
+    m.gauge("dnlb_snapshot_age_seconds", "Seconds since the answers served were built.")?
+        .with_label_values(&[] as &[&str])
+        .set(snapshot.built_at.elapsed().as_secs_f64());
+    m.gauge_with("dnlb_build_info", "dnlb's version; always 1.", &["version"])?
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1.0);
+    let mut text = String::new();
+    TextEncoder::new().encode_utf8(&m.registry.gather(), &mut text)?;
+    Ok(text)
+}
+
+/// A registry built for one scrape.
+#[derive(Default)]
+struct Metrics {
+    registry: Registry,
+}
+
+impl Metrics {
+    /// Registers `c` and returns it to be filled.
+    fn add<C: Collector + Clone + 'static>(&mut self, c: C) -> Result<C, MetricsError> {
+        self.registry.register(Box::new(c.clone()))?;
+        Ok(c)
+    }
+
+    /// A counter with these label names.
+    fn counter(&mut self, name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec, MetricsError> {
+        self.add(IntCounterVec::new(Opts::new(name, help), labels)?)
+    }
+
+    /// A gauge without labels.
+    fn gauge(&mut self, name: &str, help: &str) -> Result<GaugeVec, MetricsError> {
+        self.gauge_with(name, help, &[])
+    }
+
+    /// A gauge with these label names.
+    fn gauge_with(&mut self, name: &str, help: &str, labels: &[&str]) -> Result<GaugeVec, MetricsError> {
+        self.add(GaugeVec::new(Opts::new(name, help), labels)?)
+    }
+
+    /// An integer gauge with these label names.
+    fn int_gauge(&mut self, name: &str, help: &str, labels: &[&str]) -> Result<IntGaugeVec, MetricsError> {
+        self.add(IntGaugeVec::new(Opts::new(name, help), labels)?)
+    }
+}
+
+/// A value for the `prometheus` crate's integer metrics (which hold `i64` and `u64`).
+fn int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Per worker: one series per counter, labelled `worker` and, where one metric has several
+/// causes, by `rcode`, `reason` or `qtype`.
+fn workers(m: &mut Metrics, blocks: &CounterBlocks) -> Result<(), MetricsError> {
+    let queries =
+        m.counter("dnlb_queries_total", "DNS messages received (UDP datagrams and TCP messages).", &["worker"])?;
+    let qtypes = m.counter(
+        "dnlb_queries_by_qtype_total",
+        "Parsed queries by question type class (address: A and AAAA).",
+        &["worker", "qtype"],
+    )?;
+    let responses = m.counter("dnlb_responses_total", "Replies sent, by RCODE.", &["worker", "rcode"])?;
+    let dropped =
+        m.counter("dnlb_dropped_total", "Messages dropped without a reply, by reason.", &["worker", "reason"])?;
+    let truncated = m.counter("dnlb_truncated_total", "Replies sent with TC=1.", &["worker"])?;
+    let io_errors = m.counter("dnlb_io_errors_total", "Receive or send errors from the kernel.", &["worker"])?;
+    let rrl_slipped =
+        m.counter("dnlb_rrl_slipped_total", "UDP responses over the rate limit sent truncated.", &["worker"])?;
+    let relay = m.counter("dnlb_relay_events_total", "Relay events, by kind (see README).", &["worker", "event"])?;
+    let relay_misses = m.counter(
+        "dnlb_relay_cache_misses_total",
+        "Relayed queries not answered from the cache (sent upstream or joined to one in flight).",
+        &["worker"],
+    )?;
+    let relay_hits =
+        m.counter("dnlb_relay_cache_hits_total", "Relayed queries answered from the cache.", &["worker"])?;
+    let relay_upstream_queries = m.counter(
+        "dnlb_relay_upstream_queries_total",
+        "Queries sent upstream, retries and health checks included.",
+        &["worker"],
+    )?;
+    let relay_timeouts =
+        m.counter("dnlb_relay_upstream_timeouts_total", "Upstream exchanges that timed out.", &["worker"])?;
+    let relay_pending = m.int_gauge("dnlb_relay_pending", "Upstream exchanges in flight now.", &["worker"])?;
+    let relay_waiting =
+        m.int_gauge("dnlb_relay_waiting_clients", "Clients waiting on upstream exchanges now.", &["worker"])?;
+    let cache_entries = m.int_gauge("dnlb_relay_cache_entries", "Answers in the relay's cache now.", &["worker"])?;
+    let cache_bytes = m.int_gauge("dnlb_relay_cache_bytes", "Bytes the relay's cache holds now.", &["worker"])?;
+    let tcp_accepted = m.counter("dnlb_tcp_connections_accepted_total", "TCP connections accepted.", &["worker"])?;
+    let tcp_open = m.int_gauge("dnlb_tcp_connections_open", "TCP connections open now.", &["worker"])?;
+    let tcp_refused = m.counter(
+        "dnlb_tcp_connections_refused_total",
+        "TCP connections refused: the client held its per-worker limit.",
+        &["worker"],
+    )?;
+    let tcp_accept_errors =
+        m.counter("dnlb_tcp_accept_errors_total", "accept() failures (EMFILE and kin).", &["worker"])?;
+    let tcp_closed =
+        m.counter("dnlb_tcp_connections_closed_total", "TCP connections closed, by reason.", &["worker", "reason"])?;
+    for (i, block) in blocks.iter().enumerate() {
+        // One block's sum is that block's values: the same loads `Totals` makes on exit.
+        let t = Totals::sum(std::slice::from_ref(block));
+        let w = i.to_string();
+        let w = w.as_str();
+        queries.with_label_values(&[w]).inc_by(t.queries);
+        for (qtype, v) in [
+            ("address", t.qtype_address),
+            ("srv", t.qtype_srv),
+            ("naptr", t.qtype_naptr),
+            ("any", t.qtype_any),
+            ("other", t.qtype_other),
+        ] {
+            qtypes.with_label_values(&[w, qtype]).inc_by(v);
+        }
+        for (rcode, v) in [
+            ("NOERROR", t.noerror),
+            ("NXDOMAIN", t.nxdomain),
+            ("FORMERR", t.formerr),
+            ("SERVFAIL", t.servfail),
+            ("NOTIMP", t.notimp),
+            ("REFUSED", t.refused),
+            ("BADVERS", t.badvers),
+            ("other", t.other_rcode),
+        ] {
+            responses.with_label_values(&[w, rcode]).inc_by(v);
+        }
+        for (reason, v) in [
+            ("malformed", t.dropped),
+            ("no_buffer", t.drop_enobufs),
+            ("no_send_slot", t.drop_send_slot),
+            ("send_buffer_full", t.drop_outbox),
+            ("oversize", t.drop_oversize),
+            ("rate_limit", t.rrl_dropped),
+        ] {
+            dropped.with_label_values(&[w, reason]).inc_by(v);
+        }
+        truncated.with_label_values(&[w]).inc_by(t.truncated);
+        io_errors.with_label_values(&[w]).inc_by(t.io_errors);
+        rrl_slipped.with_label_values(&[w]).inc_by(t.rrl_slipped);
+        relay_misses.with_label_values(&[w]).inc_by(t.relayed);
+        relay_hits.with_label_values(&[w]).inc_by(t.relay_cache_hits);
+        relay_upstream_queries.with_label_values(&[w]).inc_by(t.relay_forwarded);
+        relay_timeouts.with_label_values(&[w]).inc_by(t.relay_timeouts);
+        for (event, v) in [
+            ("forged", t.relay_forged),
+            ("case_mismatch", t.relay_case_mismatch),
+            ("late", t.relay_late),
+            ("oversize", t.relay_oversize),
+            ("tcp_retry", t.relay_tcp_retries),
+            ("random_failure", t.relay_random_failures),
+            ("waiters_full", t.relay_waiters_full),
+            ("pending_full", t.relay_pending_full),
+            ("prefix_full", t.relay_prefix_full),
+            ("send_error", t.relay_send_errors),
+            ("upstream_error", t.relay_upstream_errors),
+            ("no_0x20", t.relay_no_caps),
+        ] {
+            relay.with_label_values(&[w, event]).inc_by(v);
+        }
+        relay_pending.with_label_values(&[w]).set(int(t.relay_pending));
+        relay_waiting.with_label_values(&[w]).set(int(t.relay_waiting));
+        cache_entries.with_label_values(&[w]).set(int(t.relay_cache_entries));
+        cache_bytes.with_label_values(&[w]).set(int(t.relay_cache_bytes));
+        tcp_accepted.with_label_values(&[w]).inc_by(t.tcp_accepted);
+        tcp_open.with_label_values(&[w]).set(int(t.tcp_open));
+        tcp_refused.with_label_values(&[w]).inc_by(t.tcp_refused_per_client);
+        tcp_accept_errors.with_label_values(&[w]).inc_by(t.tcp_accept_errors);
+        for (reason, v) in [
+            ("peer", t.tcp_closed_peer),
+            ("idle", t.tcp_closed_idle),
+            ("message_timeout", t.tcp_closed_message_timeout),
+            ("malformed", t.tcp_closed_malformed),
+            ("oversize", t.tcp_closed_oversize),
+            ("write_stall", t.tcp_closed_write_stall),
+            ("evicted", t.tcp_closed_evicted),
+        ] {
+            tcp_closed.with_label_values(&[w, reason]).inc_by(v);
+        }
+    }
+    Ok(())
+}
+
+/// The prober: its totals, its heartbeat, and per service, server and transport its verdict.
+fn prober(m: &mut Metrics, p: &ProbeView) -> Result<(), MetricsError> {
+    let s = p.status();
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    for (name, help, v) in [
+        ("dnlb_probes_sent_total", "SIP probe requests sent, retransmissions included.", get(&s.sent)),
+        ("dnlb_probe_replies_total", "Replies that matched a probe.", get(&s.replies)),
+        ("dnlb_probe_timeouts_total", "Probes that timed out.", get(&s.timeouts)),
+        ("dnlb_probe_refused_total", "Probes ended by an ICMP refusal or a refused TCP connection.", get(&s.refused)),
+        ("dnlb_probe_ignored_total", "Messages that matched no probe (forged, late or garbled).", get(&s.ignored)),
+        ("dnlb_probe_oversize_total", "Replies refused for their size.", get(&s.oversize)),
+        ("dnlb_probe_muted_total", "Probe sockets muted after too many stray messages.", get(&s.muted)),
+        ("dnlb_probe_entropy_failures_total", "Probes skipped: the random source failed.", get(&s.entropy_failures)),
+        ("dnlb_prober_stalls_total", "Stalls the watchdog saw.", get(&s.stalls)),
+        ("dnlb_prober_publishes_total", "Snapshots the prober published.", get(&s.publishes)),
+    ] {
+        m.counter(name, help, &[])?.with_label_values(&[] as &[&str]).inc_by(v);
+    }
+    m.gauge("dnlb_prober_heartbeat_age_seconds", "Seconds since the prober's loop last went round.")?
+        .with_label_values(&[] as &[&str])
+        .set(p.heartbeat_age().as_secs_f64());
+    let labels = &["service", "server", "transport"];
+    let up = m.int_gauge("dnlb_sip_server_up", "1 if the server answers its probes (served), else 0.", labels)?;
+    let rtt = m.gauge_with("dnlb_sip_server_rtt_seconds", "Smoothed probe round-trip time.", labels)?;
+    let code = m.int_gauge(
+        "dnlb_sip_server_last_code",
+        "Last final SIP status code the server replied (0: none yet).",
+        labels,
+    )?;
+    let flips = m.counter("dnlb_sip_server_flips_total", "Times the server went up or down.", labels)?;
+    // The report list is refreshed once per interval by the prober; clone it out so the lock is
+    // held only for the copy.
+    let reports = match s.servers.lock() {
+        Ok(r) => r.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    };
+    for r in &reports {
+        let server = r.addr.to_string();
+        let l = [&*r.service, server.as_str(), transport_label(r.transport)];
+        up.with_label_values(&l).set(i64::from(r.state == State::Up));
+        if let Some(t) = r.rtt {
+            rtt.with_label_values(&l).set(t.as_secs_f64());
+        }
+        code.with_label_values(&l).set(i64::from(r.last_code.unwrap_or(0)));
+        flips.with_label_values(&l).inc_by(r.flips);
+    }
+    Ok(())
+}
+
+/// The `transport` label's value.
+fn transport_label(t: Transport) -> &'static str {
+    match t {
+        Transport::Udp => "udp",
+        Transport::Tcp => "tcp",
+        Transport::Tls => "tls",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::WorkerCounters;
+    use crate::snapshot::Snapshot;
+    use crossbeam_utils::CachePadded;
+
+    #[test]
+    fn every_worker_counter_reaches_the_exposition() {
+        let blocks: CounterBlocks = (0..1).map(|_| CachePadded::new(WorkerCounters::default())).collect();
+        let fields = blocks[0].fields();
+        // A distinct value per counter, so each can be found in the text by its value alone.
+        for (i, (_, c)) in fields.iter().enumerate() {
+            c.store(7_000_001 + 10 * i as u64, Ordering::Relaxed);
+        }
+        let sources = Sources {
+            counters: blocks.clone(),
+            prober: Arc::new(arc_swap::ArcSwapOption::empty()),
+            snapshots: SnapshotHandle::new(Snapshot::empty()),
+        };
+        let text = scrape(&sources).unwrap();
+        for (i, (name, _)) in fields.iter().enumerate() {
+            let value = 7_000_001 + 10 * i as u64;
+            assert!(text.contains(&format!("}} {value}\n")), "{name} ({value}) is not exported:\n{text}");
+        }
+    }
+
+    #[test]
+    fn routes_requests_and_waits_for_whole_headers() {
+        assert_eq!(route(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"), Some(Route::Metrics { body: true }));
+        assert_eq!(route(b"GET /metrics?x=1 HTTP/1.0\r\n\r\n"), Some(Route::Metrics { body: true }));
+        assert_eq!(route(b"HEAD /metrics HTTP/1.1\r\n\r\n"), Some(Route::Metrics { body: false }));
+        assert_eq!(route(b"POST /metrics HTTP/1.1\r\n\r\n"), Some(Route::MethodNotAllowed));
+        assert_eq!(route(b"GET / HTTP/1.1\r\n\r\n"), Some(Route::NotFound));
+        assert_eq!(route(b"GET /metrics HTTP/1.1\r\nHost"), None);
+        assert_eq!(route(b"\x00\xff garbage\r\n\r\n"), Some(Route::BadRequest));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 512, failure_persistence: None, ..Default::default() })]
+
+        /// Any bytes, and a request line with any tail: a route or "wait for more", never a
+        /// panic; the exposition only for a request whose header block has ended.
+        #[test]
+        fn any_request_bytes_are_routed_without_panic(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..MAX_REQUEST),
+            prefixed in proptest::prelude::any::<bool>(),
+        ) {
+            let mut request = if prefixed { b"GET /metrics HTTP/1.1\r\n".to_vec() } else { Vec::new() };
+            request.extend_from_slice(&bytes);
+            request.truncate(MAX_REQUEST);
+            if let Some(Route::Metrics { .. }) = route(&request) {
+                proptest::prop_assert!(request.windows(4).any(|w| w == b"\r\n\r\n" ) || request.windows(2).any(|w| w == b"\n\n"));
+            }
+        }
+    }
+
+    #[test]
+    fn too_many_headers_is_a_bad_request_not_a_panic() {
+        let mut req = b"GET /metrics HTTP/1.1\r\n".to_vec();
+        for i in 0..(MAX_HEADERS + 1) {
+            req.extend_from_slice(format!("X-{i}: y\r\n").as_bytes());
+        }
+        req.extend_from_slice(b"\r\n");
+        assert_eq!(route(&req), Some(Route::BadRequest));
+    }
+}

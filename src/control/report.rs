@@ -1,0 +1,238 @@
+//! `dnlb status` and `dnlb explain`: what a running instance answers now and why, from its
+//! snapshot, its prober's reports and its configuration. Pure: time and state are passed in.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_utils::CachePadded;
+use hickory_proto::op::{Message, MessageType, OpCode, Query};
+use hickory_proto::rr::{Name, RecordType};
+use serde_json::json;
+
+use super::socket::Reply;
+use crate::config::{AllDown, Config, Transport};
+use crate::dns::answer;
+use crate::metrics::{CounterBlocks, WorkerCounters};
+use crate::probe::health::State;
+use crate::probe::ServerReport;
+use crate::snapshot::{Snapshot, SnapshotHandle};
+use crate::worker::Responder;
+
+/// What the reports are read against.
+pub struct View<'a> {
+    /// The running configuration.
+    pub config: &'a Config,
+    /// The prober's per-server reports (empty without a prober).
+    pub reports: &'a [ServerReport],
+    /// The snapshot workers answer from now.
+    pub snapshot: Arc<Snapshot>,
+    /// The prober's heartbeat age, if there is a prober.
+    pub heartbeat: Option<Duration>,
+    /// Now.
+    pub now: Instant,
+}
+
+fn transport_name(t: Transport) -> &'static str {
+    match t {
+        Transport::Udp => "udp",
+        Transport::Tcp => "tcp",
+        Transport::Tls => "tls",
+    }
+}
+
+/// Asks the snapshot `name`/`qtype` as a client would (over TCP, so nothing is truncated) and
+/// decodes the reply; rotation starts at its first position.
+fn ask(snapshot: &Arc<Snapshot>, name: &str, qtype: RecordType) -> Option<Message> {
+    let fqdn = if name.ends_with('.') { name.to_string() } else { format!("{name}.") };
+    let mut m = Message::new(1, MessageType::Query, OpCode::Query);
+    m.add_query(Query::query(Name::from_ascii(&fqdn).ok()?, qtype));
+    let packet = m.to_vec().ok()?;
+    let counters: CounterBlocks = Arc::from(vec![CachePadded::new(WorkerCounters::default())]);
+    let mut r = Responder::new(SnapshotHandle::from_arc(snapshot.clone()), counters, 0);
+    let mut out = vec![0u8; 65_535];
+    let n = r.respond(&packet, answer::Transport::Tcp, &mut out);
+    Message::from_vec(&out[..n]).ok()
+}
+
+fn records(m: &Message) -> Vec<String> {
+    m.answers.iter().map(|r| format!("{} {} {} {}", r.name, r.ttl, r.record_type(), r.data)).collect()
+}
+
+/// `dnlb status`: per service the answer now and per server and transport its health.
+pub fn status(v: &View<'_>) -> Reply {
+    let mut text = String::new();
+    let age = v.now.saturating_duration_since(v.snapshot.built_at);
+    let _ = writeln!(text, "snapshot generation {} built {:.1} s ago", v.snapshot.generation, age.as_secs_f64());
+    match v.heartbeat {
+        Some(h) => {
+            let _ = writeln!(text, "prober heartbeat {} ms ago", h.as_millis());
+        }
+        None => text.push_str("probing is off: every configured server counts as healthy\n"),
+    }
+    let mut services = Vec::new();
+    for s in &v.config.services {
+        let answer: Vec<String> = ask(&v.snapshot, &s.name, RecordType::A)
+            .map(|m| m.answers.iter().map(|r| r.data.to_string()).collect())
+            .unwrap_or_default();
+        let _ = writeln!(text, "\n{} ({:?}, all down: {:?}): A {}", s.name, s.policy, s.all_down, answer.join(" "));
+        let mut servers = Vec::new();
+        for r in v.reports.iter().filter(|r| *r.service == *s.name) {
+            let since = r.changed.map(|(at, _)| v.now.saturating_duration_since(at).as_secs_f64());
+            let why = r.changed.map(|(_, why)| why);
+            let rtt = r.rtt.map(|d| d.as_secs_f64() * 1000.0);
+            let _ = writeln!(
+                text,
+                "  {:<24} {:<4} {:<8} {:>10} {:>10} {:>5}  {}",
+                r.addr.to_string(),
+                transport_name(r.transport),
+                format!("{:?}", r.state),
+                since.map_or("-".into(), |s| format!("{s:.1} s")),
+                rtt.map_or("-".into(), |ms| format!("{ms:.2} ms")),
+                r.last_code.map_or("-".into(), |c| c.to_string()),
+                why.unwrap_or("-")
+            );
+            servers.push(json!({
+                "address": r.addr.to_string(), "transport": transport_name(r.transport),
+                "state": format!("{:?}", r.state), "since_seconds": since, "why": why,
+                "rtt_ms": rtt, "last_code": r.last_code, "flips": r.flips,
+            }));
+        }
+        services
+            .push(json!({"name": s.name, "policy": format!("{:?}", s.policy), "answer": answer, "servers": servers}));
+    }
+    let json = json!({
+        "generation": v.snapshot.generation,
+        "snapshot_age_seconds": age.as_secs_f64(),
+        "prober_heartbeat_age_seconds": v.heartbeat.map(|h| h.as_secs_f64()),
+        "services": services,
+    });
+    Reply { ok: true, text, json }
+}
+
+/// `dnlb explain NAME [TYPE] [--client IP]`: what dnlb would answer that client now, and why.
+pub fn explain(v: &View<'_>, name: &str, qtype: &str, client: Option<IpAddr>) -> Reply {
+    let Ok(rtype) = qtype.to_ascii_uppercase().parse::<RecordType>() else {
+        return Reply {
+            ok: false,
+            text: format!("`{qtype}` is not a record type (A, AAAA, SRV, NAPTR, ...)"),
+            json: json!(null),
+        };
+    };
+    let lower = name.trim_end_matches('.').to_ascii_lowercase();
+    let mut why: Vec<String> = Vec::new();
+    let reply = ask(&v.snapshot, &lower, rtype);
+    let service = v.config.services.iter().find(|s| lower == s.name || lower.ends_with(&format!(".{}", s.name)));
+    let managed = reply.as_ref().is_some_and(|m| m.metadata.authoritative);
+    if let (Some(s), true) = (service, managed) {
+        why.push(format!(
+            "`{}` is the SIP service `{}`: answered from health (policy {:?}{})",
+            lower,
+            s.name,
+            s.policy,
+            s.answers.map_or(String::new(), |n| format!(", at most {n} addresses"))
+        ));
+        let mut any_up = false;
+        for (i, server) in s.servers.iter().enumerate() {
+            let reports: Vec<&ServerReport> = v
+                .reports
+                .iter()
+                .filter(|r| *r.service == *s.name && r.addr.ip() == server.address && r.addr.port() == server.port)
+                .collect();
+            let up: Vec<&str> =
+                reports.iter().filter(|r| r.state == State::Up).map(|r| transport_name(r.transport)).collect();
+            any_up |= !up.is_empty() || v.reports.is_empty();
+            let line = if v.reports.is_empty() {
+                format!("server {} in: probing is off", server.address)
+            } else if up.is_empty() {
+                let detail: Vec<String> = reports
+                    .iter()
+                    .map(|r| {
+                        let since = r.changed.map(|(at, why)| {
+                            format!(" for {:.1} s ({why})", v.now.saturating_duration_since(at).as_secs_f64())
+                        });
+                        format!(
+                            "{} {:?}{}{}",
+                            transport_name(r.transport),
+                            r.state,
+                            since.unwrap_or_default(),
+                            r.last_code.map_or(String::new(), |c| format!(", last code {c}"))
+                        )
+                    })
+                    .collect();
+                format!("server {} (#{i}) out: {}", server.address, detail.join("; "))
+            } else {
+                format!("server {} (#{i}) in: up on {}", server.address, up.join(", "))
+            };
+            why.push(line);
+        }
+        if !any_up {
+            why.push(match s.all_down {
+                AllDown::ServeAll => {
+                    "no server is healthy: all-down policy serve-all answers with every configured server".into()
+                }
+                AllDown::LastGood => {
+                    "no server is healthy: all-down policy last-good answers with the servers healthy last".into()
+                }
+                AllDown::Servfail => "no server is healthy: all-down policy servfail answers SERVFAIL".into(),
+                AllDown::Nodata => {
+                    "no server is healthy: all-down policy nodata answers NOERROR with no records".into()
+                }
+            });
+        }
+        if rtype == RecordType::ANY {
+            why.push("ANY over UDP gets RFC 8482's HINFO; this shows the TCP answer".into());
+        }
+    } else if managed {
+        why.push(format!("`{lower}` is a name from the hosts file (or a server's SRV target): answered locally"));
+    } else if let Some(relay) = &v.config.relay {
+        let allowed = client.is_none_or(|ip| crate::prefix::allowed(&relay.allow, ip));
+        if !allowed {
+            why.push("not a managed name, and the client is outside relay.allow: REFUSED".into());
+        } else {
+            let route = relay
+                .routes
+                .iter()
+                .filter(|r| lower == r.domain || lower.ends_with(&format!(".{}", r.domain)))
+                .max_by_key(|r| r.domain.len());
+            match route {
+                Some(r) => {
+                    why.push(format!("not a managed name: relayed by route `{}` to {:?}", r.domain, r.upstreams))
+                }
+                None => why.push(format!("not a managed name: relayed to {:?}", relay.upstreams)),
+            }
+            if client.is_none() {
+                why.push("(no --client given: the allow list was not checked)".into());
+            }
+        }
+    } else {
+        why.push("not a managed name and no [relay]: REFUSED".into());
+    }
+    if let (Some(rrl), Some(ip)) = (&v.config.rrl, client) {
+        let exempt = rrl.exempt.iter().any(|p| p.contains(ip));
+        why.push(if exempt {
+            format!("rate limiting: {ip} is exempt")
+        } else {
+            format!(
+                "rate limiting: {ip}'s prefix may get {} responses a second per worker over UDP",
+                rrl.responses_per_second
+            )
+        });
+    }
+    let answer = reply.as_ref().map(records).unwrap_or_default();
+    let rcode = reply.as_ref().map(|m| m.metadata.response_code.to_string()).unwrap_or_else(|| "no reply".into());
+    let mut text = format!("{lower} {rtype}: {rcode}\n");
+    for r in &answer {
+        let _ = writeln!(text, "  {r}");
+    }
+    text.push_str("because:\n");
+    for w in &why {
+        let _ = writeln!(text, "  - {w}");
+    }
+    Reply {
+        ok: true,
+        text,
+        json: json!({"name": lower, "type": rtype.to_string(), "rcode": rcode, "answer": answer, "why": why}),
+    }
+}

@@ -1,0 +1,854 @@
+//! The prober's protocol core: schedule, timers, retransmissions, TCP framing, verdicts and
+//! publish decisions. It owns no socket and reads no clock: the driver feeds it events and `now`,
+//! and carries out the actions it asks for (the way quinn-proto sits under quinn).
+//!
+//! ```text
+//!   driver                                 Core
+//!   ──────                                 ────
+//!   handle_timeout(now) ─────────────────► due timers: Send ─► new identity ─► Action::Open
+//!                                                      Retransmit ─► Action::Send (backoff × 2)
+//!                                                      Timeout ─► verdict Failed
+//!   Open done ─► handle(Opened{local}) ──► render the request from the template ─► Action::Send
+//!   bytes ─► handle(Datagram | Stream) ──► bounded framing ─► check_reply ─► verdict
+//!   ICMP / refused / EOF ─► handle(..) ──► verdict Failed
+//!                                          verdict ─► Health::observe ─► flipped? ─► Flip record
+//!                                                  ─► Action::Close, next probe scheduled
+//!   poll_publish() ◄───────────────────── answers changed? ─► Publish (health, round)
+//! ```
+//!
+//! Everything a peer sends is bounded before it meets arithmetic or memory: a TCP reply is read
+//! into at most [`sip::MAX_MESSAGE`] bytes, a Retry-After is capped at the configured maximum, a
+//! probe takes at most [`MAX_UNMATCHED`] messages that do not answer it (after that its socket is
+//! muted and the probe ends by its timeout), and every time sum saturates. Each probe leaves from
+//! a fresh socket, so a blind forger must guess its source port as well as its identity.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::health::{Health, State, Thresholds, Verdict};
+use super::sip::{self, Frame, ProbeId, Reply, RequestTemplate};
+use crate::config::{AllDown, Config, Policy, ProbeMethod, StartState, Transport};
+use crate::select;
+use crate::snapshot;
+
+/// How early a timer may fire, so the driver sleeps at least this long between batches (at
+/// 10,000 probes a second the next timer is always closer than a millisecond; see tuning.md).
+pub const TIMER_SLACK: Duration = Duration::from_millis(2);
+/// Messages that answer nothing (forged, garbled, stray) one probe reads before its socket is
+/// muted: a flood then costs the kernel, not the prober, and the probe ends by its timeout.
+pub const MAX_UNMATCHED: u32 = 1024;
+/// Flip records kept for the driver to log; older ones are dropped if nobody drains them.
+const MAX_FLIP_RECORDS: usize = 4096;
+
+/// Why the core cannot run. Our environment's fault.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    /// The system's random source failed: probe identities would be guessable, so the prober
+    /// does not start.
+    #[error("the system's random source failed: {0}")]
+    Entropy(String),
+}
+
+/// A source of random 64-bit words for probe identities and schedule jitter.
+pub trait Entropy: Send {
+    /// Fills `out`; an error means no randomness is available.
+    fn fill(&mut self, out: &mut [u64]) -> Result<(), CoreError>;
+}
+
+/// The operating system's random source, drawn 4 KiB at a time (one system call per hundred
+/// probes instead of one per probe).
+#[derive(Debug, Default)]
+pub struct OsEntropy {
+    pool: Vec<u64>,
+}
+
+impl Entropy for OsEntropy {
+    fn fill(&mut self, out: &mut [u64]) -> Result<(), CoreError> {
+        for w in out.iter_mut() {
+            if self.pool.is_empty() {
+                let mut bytes = [0u8; 4096];
+                getrandom::fill(&mut bytes).map_err(|e| CoreError::Entropy(e.to_string()))?;
+                self.pool = bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect();
+            }
+            *w = self.pool.pop().unwrap_or_default();
+        }
+        Ok(())
+    }
+}
+
+/// Which probe an action or event is about: the target and the probe's sequence number, so an
+/// event from an earlier probe's socket is recognised as stale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ProbeRef {
+    /// Index of the target (one server on one transport).
+    pub target: usize,
+    /// The probe's sequence number for that target.
+    pub seq: u64,
+}
+
+/// What the core asks the driver to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Open a fresh socket for this probe: UDP connected to `addr`, or a TCP connection to it
+    /// (also for TLS); report [`Event::Opened`] with its local address, or [`Event::Failed`].
+    Open {
+        /// The probe.
+        probe: ProbeRef,
+        /// Its transport.
+        transport: Transport,
+        /// The server's address and port.
+        addr: SocketAddr,
+    },
+    /// Send the probe's request ([`Core::request`]) on its socket.
+    Send {
+        /// The probe.
+        probe: ProbeRef,
+    },
+    /// Stop reading the probe's socket (it sent too much that answers nothing).
+    Mute {
+        /// The probe.
+        probe: ProbeRef,
+    },
+    /// Close the probe's socket.
+    Close {
+        /// The probe.
+        probe: ProbeRef,
+    },
+}
+
+/// What the driver saw on a probe's socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// The socket is open (UDP connected, or a TCP connect under way) with this local address.
+    Opened {
+        /// The socket's local address (the Via sent-by).
+        local: SocketAddr,
+    },
+    /// A TCP connection completed.
+    Connected,
+    /// A UDP datagram.
+    Datagram(&'a [u8]),
+    /// Bytes read from a TCP connection.
+    Stream(&'a [u8]),
+    /// The peer closed the TCP connection.
+    Closed,
+    /// ICMP port unreachable (UDP) or a refused connection (TCP).
+    Refused,
+    /// The socket could not be opened, written or read.
+    Failed,
+}
+
+/// The prober's counters, kept by the core and copied out by the driver.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Probe requests sent, retransmissions included.
+    pub sent: u64,
+    /// Replies that matched a probe.
+    pub replies: u64,
+    /// Datagrams or messages that matched no probe (forged, late, garbled); ignored.
+    pub ignored: u64,
+    /// Probes ended by an ICMP refusal or a refused TCP connection.
+    pub refused: u64,
+    /// Probes that timed out.
+    pub timeouts: u64,
+    /// State flips, all servers together.
+    pub flips: u64,
+    /// Snapshots the core asked to publish.
+    pub publishes: u64,
+    /// Replies refused for their size (over 64 KiB, too many headers, a Content-Length too large).
+    pub oversize: u64,
+    /// Probe sockets muted after [`MAX_UNMATCHED`] unmatched messages.
+    pub muted: u64,
+    /// Probes not sent because the random source failed (no verdict is drawn from them).
+    pub entropy_failures: u64,
+}
+
+/// One state change, for the driver to log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flip {
+    /// The target that flipped.
+    pub target: usize,
+    /// Its state before.
+    pub from: State,
+    /// Its state now.
+    pub to: State,
+    /// What decided it.
+    pub why: &'static str,
+}
+
+/// What identifies a probed target across a reload: its service, address and transport.
+pub type TargetKey = (Arc<str>, SocketAddr, Transport);
+
+/// What a target carries over a reload: its health machine, last code and last change.
+#[derive(Debug, Clone)]
+pub struct Carried {
+    health: Health,
+    last_code: Option<u16>,
+    changed: Option<(Instant, &'static str)>,
+}
+
+/// One server on one transport, as last seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerReport {
+    /// Service name.
+    pub service: Arc<str>,
+    /// Server address and port.
+    pub addr: SocketAddr,
+    /// Probed transport.
+    pub transport: Transport,
+    /// Health state.
+    pub state: State,
+    /// Smoothed round-trip time.
+    pub rtt: Option<Duration>,
+    /// Last final status code (None before any reply).
+    pub last_code: Option<u16>,
+    /// State flips so far.
+    pub flips: u64,
+    /// When the state last changed, and what decided it (None before any change).
+    pub changed: Option<(Instant, &'static str)>,
+}
+
+/// What the answers are built from; the core asks for a new snapshot only when this changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publish {
+    /// Health per service, server and transport (after the last-good substitution).
+    pub health: snapshot::Health,
+    /// The probe round (on-duty services rotate per round; 0 when none does).
+    pub round: u64,
+}
+
+/// The settings the core runs by, taken from `[probe]` once.
+#[derive(Debug, Clone)]
+struct Settings {
+    interval: Duration,
+    timeout: Duration,
+    retransmit: Duration,
+    thresholds: Thresholds,
+    down_codes: Vec<u16>,
+    max_retry_after: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for the driver to open the socket.
+    Opening,
+    /// TCP: connect under way.
+    Connecting,
+    /// The request is out; waiting for replies.
+    Sent,
+}
+
+/// A TCP reply being framed: bytes so far and how far the header end was searched.
+#[derive(Debug, Default, Clone)]
+struct StreamBuf {
+    bytes: Vec<u8>,
+    scanned: usize,
+}
+
+/// What a probe in flight holds.
+#[derive(Debug, Clone)]
+struct InFlight {
+    id: ProbeId,
+    started: Instant,
+    request: Vec<u8>,
+    backoff: Duration,
+    phase: Phase,
+    stream: StreamBuf,
+    unmatched: u32,
+}
+
+/// One server on one transport.
+#[derive(Debug, Clone)]
+struct Target {
+    service: usize,
+    server: usize,
+    transport: Transport,
+    addr: SocketAddr,
+    method: ProbeMethod,
+    health: Health,
+    template: RequestTemplate,
+    probe: Option<InFlight>,
+    /// Increases per probe; timers and events of older probes are stale.
+    seq: u64,
+    cseq: u32,
+    /// When the next regular probe is due.
+    next_due: Instant,
+    last_code: Option<u16>,
+    /// When the state last changed, and why.
+    changed: Option<(Instant, &'static str)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    Send,
+    Retransmit,
+    Timeout,
+}
+
+/// `now + d`, saturating instead of panicking at the end of `Instant`'s range.
+fn after(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d).unwrap_or(now)
+}
+
+/// The first slot on `due`'s grid (steps of `interval`) that lies after `now`, computed in one
+/// step however far the clock jumped.
+fn next_slot(due: Instant, interval: Duration, now: Instant) -> Instant {
+    if due > now {
+        return due;
+    }
+    let behind = now.duration_since(due).as_nanos();
+    let step = interval.as_nanos().max(1);
+    let skip = behind / step + 1;
+    let ahead = Duration::from_nanos(u64::try_from(skip.saturating_mul(step) - behind).unwrap_or(u64::MAX));
+    after(now, ahead)
+}
+
+/// The prober's state machine for every target of a configuration.
+pub struct Core {
+    settings: Settings,
+    services: Vec<(Arc<str>, Policy, AllDown, usize)>,
+    targets: Vec<Target>,
+    timers: BinaryHeap<Reverse<(Instant, usize, u64, Timer)>>,
+    actions: VecDeque<Action>,
+    flips: VecDeque<Flip>,
+    entropy: Box<dyn Entropy>,
+    published: Option<Publish>,
+    last_good: Vec<Option<Vec<Vec<Transport>>>>,
+    round: u64,
+    next_round: Instant,
+    on_duty: bool,
+    latency: bool,
+    /// Whether something that may change the answers happened since the last publish check: a
+    /// flip, a new round for on-duty, new RTTs for latency. Building the key is O(servers), so it
+    /// is done only then.
+    dirty: bool,
+    stats: Stats,
+}
+
+impl Core {
+    /// A core for every server and transport of `config`, starting at `now`. The first round is
+    /// spread evenly over one interval, with jitter inside each slot.
+    pub fn new(config: &Config, now: Instant, entropy: Box<dyn Entropy>) -> Result<Core, CoreError> {
+        Core::carrying(config, now, entropy, &std::collections::HashMap::new())
+    }
+
+    /// A core for `config` in which every target that `carried` knows (same service, address and
+    /// transport: a reload that kept the server) keeps its health, so it neither re-rises nor
+    /// loses a drain; new targets start in the configured start state.
+    pub fn carrying(
+        config: &Config,
+        now: Instant,
+        mut entropy: Box<dyn Entropy>,
+        carried: &std::collections::HashMap<TargetKey, Carried>,
+    ) -> Result<Core, CoreError> {
+        let p = &config.probe;
+        let start = match p.start {
+            StartState::Unknown => State::Unknown,
+            StartState::Up => State::Up,
+            StartState::Down => State::Down,
+        };
+        let mut targets = Vec::new();
+        for (si, service) in config.services.iter().enumerate() {
+            for (vi, server) in service.servers.iter().enumerate() {
+                for &transport in &server.transports {
+                    let addr = SocketAddr::new(server.address, server.port);
+                    let kept = carried.get(&(Arc::from(service.name.as_str()), addr, transport));
+                    targets.push(Target {
+                        service: si,
+                        server: vi,
+                        transport,
+                        addr,
+                        method: server.probe_method,
+                        health: kept.map_or_else(|| Health::new(start), |c| c.health.clone()),
+                        template: RequestTemplate::new(server.probe_method, addr, transport),
+                        probe: None,
+                        seq: 0,
+                        cseq: *sip::CSEQ_RANGE.start(),
+                        next_due: now,
+                        last_code: kept.and_then(|c| c.last_code),
+                        changed: kept.and_then(|c| c.changed),
+                    });
+                }
+            }
+        }
+        let n = targets.len().max(1) as u32;
+        let slot = p.interval / n;
+        let mut jitter = vec![0u64; targets.len()];
+        entropy.fill(&mut jitter)?;
+        let mut timers = BinaryHeap::new();
+        for (i, t) in targets.iter_mut().enumerate() {
+            let offset = if slot.is_zero() { 0 } else { jitter[i] % slot.as_nanos().max(1) as u64 };
+            t.next_due = after(now, slot * i as u32 + Duration::from_nanos(offset));
+            timers.push(Reverse((t.next_due, i, 0, Timer::Send)));
+        }
+        let services = config
+            .services
+            .iter()
+            .map(|s| (Arc::from(s.name.as_str()), s.policy, s.all_down, s.servers.len()))
+            .collect::<Vec<_>>();
+        Ok(Core {
+            settings: Settings {
+                interval: p.interval,
+                timeout: p.timeout,
+                retransmit: p.retransmit,
+                thresholds: Thresholds { rise: p.rise, fall: p.fall },
+                down_codes: p.down_codes.clone(),
+                max_retry_after: p.max_retry_after,
+            },
+            on_duty: config.services.iter().any(|s| s.policy == Policy::OnDuty),
+            latency: config.services.iter().any(|s| s.policy == Policy::Latency),
+            last_good: vec![None; services.len()],
+            services,
+            targets,
+            timers,
+            actions: VecDeque::new(),
+            flips: VecDeque::new(),
+            entropy,
+            published: None,
+            round: 0,
+            next_round: after(now, p.interval),
+            dirty: true,
+            stats: Stats::default(),
+        })
+    }
+
+    /// A copy of this core in its present state that draws from `entropy`: fuzzing and tests
+    /// start many runs from one prepared core instead of building each from the config.
+    pub fn fork(&self, entropy: Box<dyn Entropy>) -> Core {
+        Core {
+            settings: self.settings.clone(),
+            services: self.services.clone(),
+            targets: self.targets.clone(),
+            timers: self.timers.clone(),
+            actions: self.actions.clone(),
+            flips: self.flips.clone(),
+            entropy,
+            published: self.published.clone(),
+            last_good: self.last_good.clone(),
+            round: self.round,
+            next_round: self.next_round,
+            on_duty: self.on_duty,
+            latency: self.latency,
+            dirty: self.dirty,
+            stats: self.stats,
+        }
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Number of targets (servers × transports).
+    pub fn targets(&self) -> usize {
+        self.targets.len()
+    }
+
+    /// The next action for the driver, if any.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// The next state change to log, if any.
+    pub fn poll_flip(&mut self) -> Option<Flip> {
+        self.flips.pop_front()
+    }
+
+    /// The bytes to send for `probe` (empty if it is not in flight).
+    pub fn request(&self, probe: ProbeRef) -> &[u8] {
+        match self.in_flight(probe) {
+            Some(p) => &p.request,
+            None => &[],
+        }
+    }
+
+    /// When the core next needs [`Core::handle_timeout`]: the earliest timer or round end.
+    pub fn poll_timeout(&self) -> Instant {
+        let next = self.timers.peek().map_or(self.next_round, |Reverse((at, ..))| *at);
+        next.min(self.next_round)
+    }
+
+    /// The target's service name, address and transport (for logs).
+    pub fn describe(&self, target: usize) -> Option<(&str, SocketAddr, Transport)> {
+        let t = self.targets.get(target)?;
+        Some((&self.services[t.service].0, t.addr, t.transport))
+    }
+
+    /// What every target would carry into a reloaded core ([`Core::carrying`]).
+    pub fn carry(&self) -> std::collections::HashMap<TargetKey, Carried> {
+        self.targets
+            .iter()
+            .map(|t| {
+                let key = (self.services[t.service].0.clone(), t.addr, t.transport);
+                (key, Carried { health: t.health.clone(), last_code: t.last_code, changed: t.changed })
+            })
+            .collect()
+    }
+
+    /// Every target as it stands now.
+    pub fn reports(&self) -> Vec<ServerReport> {
+        self.targets
+            .iter()
+            .map(|t| ServerReport {
+                service: self.services[t.service].0.clone(),
+                addr: t.addr,
+                transport: t.transport,
+                state: t.health.state(),
+                rtt: t.health.rtt(),
+                last_code: t.last_code,
+                flips: t.health.flips(),
+                changed: t.changed,
+            })
+            .collect()
+    }
+
+    fn in_flight(&self, probe: ProbeRef) -> Option<&InFlight> {
+        let t = self.targets.get(probe.target)?;
+        if t.seq != probe.seq {
+            return None;
+        }
+        t.probe.as_ref()
+    }
+
+    /// Fires every timer due by `now` (plus [`TIMER_SLACK`]) and ends the round if its time came.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let horizon = after(now, TIMER_SLACK);
+        while let Some(Reverse((at, i, seq, kind))) = self.timers.peek().copied() {
+            if at > horizon {
+                break;
+            }
+            self.timers.pop();
+            let Some(t) = self.targets.get(i) else { continue };
+            let current = t.seq == seq;
+            match kind {
+                Timer::Send if current && t.probe.is_none() => self.start_probe(i, now),
+                Timer::Retransmit if current && t.probe.is_some() => self.retransmit(i, now),
+                Timer::Timeout if current && t.probe.is_some() => {
+                    self.stats.timeouts += 1;
+                    self.conclude(i, Verdict::Failed, now, "timeout");
+                }
+                _ => {}
+            }
+        }
+        if now >= self.next_round {
+            self.round = self.round.wrapping_add(1);
+            self.dirty |= self.on_duty || self.latency;
+            self.next_round = next_slot(self.next_round, self.settings.interval, now);
+        }
+    }
+
+    /// Starts a probe of target `i`: a fresh identity, then asks for a fresh socket.
+    fn start_probe(&mut self, i: usize, now: Instant) {
+        let mut words = [0u64; 5];
+        if self.entropy.fill(&mut words).is_err() {
+            // No identity can be made unguessable: skip this probe without a verdict (the server
+            // keeps its state) and try again next interval.
+            self.stats.entropy_failures += 1;
+            self.schedule(i, now, false);
+            return;
+        }
+        let timeout = self.settings.timeout;
+        let retransmit = self.settings.retransmit;
+        let t = &mut self.targets[i];
+        t.seq = t.seq.wrapping_add(1);
+        t.cseq = if t.cseq >= *sip::CSEQ_RANGE.end() { *sip::CSEQ_RANGE.start() } else { t.cseq + 1 };
+        let id = ProbeId::new(words, t.cseq, t.method);
+        t.probe = Some(InFlight {
+            id,
+            started: now,
+            request: Vec::new(),
+            backoff: retransmit,
+            phase: Phase::Opening,
+            stream: StreamBuf::default(),
+            unmatched: 0,
+        });
+        let probe = ProbeRef { target: i, seq: t.seq };
+        self.actions.push_back(Action::Open { probe, transport: t.transport, addr: t.addr });
+        self.timers.push(Reverse((after(now, timeout), i, t.seq, Timer::Timeout)));
+    }
+
+    fn retransmit(&mut self, i: usize, now: Instant) {
+        let timeout = self.settings.timeout;
+        let t = &mut self.targets[i];
+        let Some(p) = t.probe.as_mut() else { return };
+        if t.transport != Transport::Udp || p.phase != Phase::Sent {
+            return;
+        }
+        self.actions.push_back(Action::Send { probe: ProbeRef { target: i, seq: t.seq } });
+        self.stats.sent += 1;
+        p.backoff = p.backoff.saturating_mul(2);
+        let next = after(now, p.backoff);
+        // A retransmission past the timeout would never be answered in time.
+        if next < after(p.started, timeout) {
+            self.timers.push(Reverse((next, i, t.seq, Timer::Retransmit)));
+        }
+    }
+
+    /// Takes one event from the driver about `probe`'s socket.
+    pub fn handle(&mut self, probe: ProbeRef, event: Event<'_>, now: Instant) {
+        let retransmit = self.settings.retransmit;
+        let Some(t) = self.targets.get_mut(probe.target) else { return };
+        let current = t.seq == probe.seq && t.probe.is_some();
+        if !current {
+            if matches!(event, Event::Datagram(_) | Event::Stream(_)) {
+                self.stats.ignored += 1;
+            }
+            return;
+        }
+        let i = probe.target;
+        let Some(p) = t.probe.as_mut() else { return };
+        match event {
+            Event::Opened { local } if p.phase == Phase::Opening => {
+                t.template.render(&p.id, local, &mut p.request);
+                if t.transport == Transport::Udp {
+                    p.phase = Phase::Sent;
+                    self.actions.push_back(Action::Send { probe });
+                    self.stats.sent += 1;
+                    self.timers.push(Reverse((after(now, retransmit), i, probe.seq, Timer::Retransmit)));
+                } else {
+                    p.phase = Phase::Connecting;
+                }
+            }
+            Event::Connected if p.phase == Phase::Connecting => {
+                if t.transport == Transport::Tls {
+                    // No TLS stack in the prober: an accepted connection on the TLS port is the
+                    // verdict.
+                    let rtt = now.duration_since(p.started);
+                    self.stats.replies += 1;
+                    self.conclude(i, Verdict::Alive { rtt }, now, "TLS port accepts connections");
+                } else {
+                    p.phase = Phase::Sent;
+                    self.actions.push_back(Action::Send { probe });
+                    self.stats.sent += 1;
+                }
+            }
+            Event::Datagram(_) | Event::Stream(_) if p.unmatched >= MAX_UNMATCHED => self.stats.ignored += 1,
+            Event::Datagram(bytes) if p.phase == Phase::Sent && t.transport == Transport::Udp => {
+                self.on_message(i, bytes, now);
+            }
+            Event::Stream(bytes) if p.phase == Phase::Sent && t.transport != Transport::Udp => {
+                self.on_stream(i, bytes, now);
+            }
+            Event::Datagram(_) | Event::Stream(_) => self.unmatched(i),
+            Event::Refused => {
+                self.stats.refused += 1;
+                let why = if t.transport == Transport::Udp { "ICMP port unreachable" } else { "connection refused" };
+                self.conclude(i, Verdict::Failed, now, why);
+            }
+            Event::Closed => self.conclude(i, Verdict::Failed, now, "connection closed without a reply"),
+            Event::Failed => self.conclude(i, Verdict::Failed, now, "socket error"),
+            Event::Opened { .. } | Event::Connected => {}
+        }
+    }
+
+    /// Counts a message that answers nothing; mutes the probe's socket after too many.
+    fn unmatched(&mut self, i: usize) {
+        self.stats.ignored += 1;
+        let t = &mut self.targets[i];
+        let Some(p) = t.probe.as_mut() else { return };
+        p.unmatched = p.unmatched.saturating_add(1);
+        if p.unmatched == MAX_UNMATCHED {
+            self.stats.muted += 1;
+            self.actions.push_back(Action::Mute { probe: ProbeRef { target: i, seq: t.seq } });
+        }
+    }
+
+    /// Appends TCP bytes and takes every complete message; provisional replies keep the probe.
+    fn on_stream(&mut self, i: usize, bytes: &[u8], now: Instant) {
+        let Some(p) = self.targets[i].probe.as_mut() else { return };
+        if p.unmatched >= MAX_UNMATCHED {
+            // Muted: the driver stops reading; anything already read is dropped unframed.
+            self.stats.ignored += 1;
+            return;
+        }
+        if p.stream.bytes.len().saturating_add(bytes.len()) > sip::MAX_MESSAGE.saturating_mul(2) {
+            // More than two maximal messages unread: whatever it is, it is not a reply.
+            self.stats.oversize += 1;
+            self.conclude(i, Verdict::Failed, now, "reply too large");
+            return;
+        }
+        p.stream.bytes.extend_from_slice(bytes);
+        // Messages are taken from a cursor and the buffer is compacted once at the end, so a
+        // burst of tiny messages costs one pass, not one copy of the buffer per message.
+        let mut start = 0;
+        loop {
+            let Some(p) = self.targets[i].probe.as_mut() else { return };
+            let rest = &p.stream.bytes[start..];
+            match sip::frame(rest, p.stream.scanned) {
+                Frame::Complete(len) => {
+                    let message = rest[..len].to_vec();
+                    p.stream.scanned = 0;
+                    start += len;
+                    self.on_message(i, &message, now);
+                    match self.targets[i].probe.as_mut() {
+                        None => return,
+                        Some(p) if p.unmatched >= MAX_UNMATCHED => {
+                            p.stream = StreamBuf::default();
+                            return;
+                        }
+                        Some(_) => {}
+                    }
+                }
+                Frame::Incomplete { scanned } => {
+                    p.stream.scanned = scanned;
+                    p.stream.bytes.drain(..start);
+                    return;
+                }
+                Frame::TooLarge => {
+                    self.stats.oversize += 1;
+                    self.conclude(i, Verdict::Failed, now, "reply too large");
+                    return;
+                }
+                Frame::Malformed => {
+                    self.conclude(i, Verdict::Failed, now, "malformed Content-Length");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One complete message (a datagram, or a framed TCP message) for target `i`'s probe.
+    fn on_message(&mut self, i: usize, bytes: &[u8], now: Instant) {
+        let Some(p) = self.targets[i].probe.as_ref() else { return };
+        let started = p.started;
+        match sip::check_reply(bytes, &p.id) {
+            Ok(Reply::Provisional) => {}
+            Ok(Reply::Final { code, retry_after }) => {
+                self.stats.replies += 1;
+                self.targets[i].last_code = Some(code);
+                if self.settings.down_codes.contains(&code) {
+                    let verdict = match retry_after {
+                        Some(secs) => {
+                            let wait = Duration::from_secs(secs).min(self.settings.max_retry_after);
+                            Verdict::Drain { until: after(now, wait) }
+                        }
+                        None => Verdict::Failed,
+                    };
+                    self.conclude(i, verdict, now, "a down status code");
+                } else {
+                    let rtt = now.duration_since(started);
+                    self.conclude(i, Verdict::Alive { rtt }, now, "a final reply");
+                }
+            }
+            Err(sip::Mismatch::TooLarge) => {
+                self.stats.oversize += 1;
+                self.unmatched(i);
+            }
+            Err(_) => self.unmatched(i),
+        }
+    }
+
+    /// Ends the probe in flight with `verdict` and schedules the next one.
+    fn conclude(&mut self, i: usize, verdict: Verdict, now: Instant, why: &'static str) {
+        let thresholds = self.settings.thresholds;
+        let t = &mut self.targets[i];
+        if t.probe.take().is_some() {
+            self.actions.push_back(Action::Close { probe: ProbeRef { target: i, seq: t.seq } });
+        }
+        let from = t.health.state();
+        if t.health.observe(verdict, now, thresholds) {
+            t.changed = Some((now, why));
+            self.dirty = true;
+            self.stats.flips += 1;
+            if self.flips.len() >= MAX_FLIP_RECORDS {
+                self.flips.pop_front();
+            }
+            self.flips.push_back(Flip { target: i, from, to: t.health.state(), why });
+        }
+        let failed = !matches!(verdict, Verdict::Alive { .. });
+        let latency = self.services[t.service].1 == Policy::Latency;
+        self.dirty |= latency && !failed;
+        self.schedule(i, now, failed);
+    }
+
+    /// Schedules target `i`'s next probe. A failure of a server still in service is re-checked
+    /// at once (so `fall = 2` costs one timeout, not one interval); otherwise the next probe keeps
+    /// its place in the spread-out schedule.
+    fn schedule(&mut self, i: usize, now: Instant, failed: bool) {
+        let interval = self.settings.interval;
+        let t = &mut self.targets[i];
+        t.next_due = if failed && t.health.state() == State::Up {
+            now
+        } else {
+            next_slot(after(t.next_due, interval), interval, now)
+        };
+        self.timers.push(Reverse((t.next_due, i, t.seq, Timer::Send)));
+    }
+
+    /// The health the snapshot would be built from now, with last-good substitution and the
+    /// latency weights (quantised, so RTT jitter alone does not publish).
+    fn current(&mut self) -> Publish {
+        let mut up: Vec<Vec<Vec<Transport>>> = self.services.iter().map(|s| vec![Vec::new(); s.3]).collect();
+        let mut rtt_us: Vec<Vec<Option<u64>>> = self.services.iter().map(|s| vec![None; s.3]).collect();
+        for t in &self.targets {
+            if t.health.state() == State::Up {
+                up[t.service][t.server].push(t.transport);
+            }
+            if let Some(rtt) = t.health.rtt().filter(|_| self.services[t.service].1 == Policy::Latency) {
+                let us = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX);
+                let slot = &mut rtt_us[t.service][t.server];
+                *slot = Some(slot.map_or(us, |r| r.min(us)));
+            }
+        }
+        let mut latency_weights = Vec::with_capacity(self.services.len());
+        for (si, (_, policy, all_down, _)) in self.services.iter().enumerate() {
+            latency_weights.push(if *policy == Policy::Latency {
+                select::latency_weights(&rtt_us[si])
+            } else {
+                Vec::new()
+            });
+            if up[si].iter().any(|t| !t.is_empty()) {
+                self.last_good[si] = Some(up[si].clone());
+            } else if *all_down == AllDown::LastGood {
+                if let Some(good) = &self.last_good[si] {
+                    up[si] = good.clone();
+                }
+            }
+        }
+        Publish { health: snapshot::Health { up, latency_weights }, round: if self.on_duty { self.round } else { 0 } }
+    }
+
+    /// What to publish, if the answers changed since the last publish.
+    pub fn poll_publish(&mut self) -> Option<Publish> {
+        if !self.dirty {
+            return None;
+        }
+        self.dirty = false;
+        let key = self.current();
+        if self.published.as_ref() == Some(&key) {
+            return None;
+        }
+        self.stats.publishes += 1;
+        self.published = Some(key.clone());
+        Some(key)
+    }
+
+    /// The driver could not build or publish the last [`Publish`]: ask again next time.
+    pub fn publish_failed(&mut self) {
+        self.published = None;
+        self.dirty = true;
+    }
+}
+
+#[cfg(test)]
+#[path = "core_tests.rs"]
+mod tests;
+
+#[cfg(test)]
+mod slot_tests {
+    use super::*;
+
+    #[test]
+    fn next_slot_keeps_the_grid_across_clock_jumps() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        assert_eq!(next_slot(t0 + s, s, t0), t0 + s, "a future slot stays");
+        assert_eq!(next_slot(t0, s, t0), t0 + s);
+        assert_eq!(next_slot(t0, s, t0 + Duration::from_millis(2500)), t0 + Duration::from_secs(3));
+        let far = t0 + Duration::from_secs(40 * 86_400);
+        assert_eq!(next_slot(t0, Duration::from_millis(100), far), far + Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,594 @@
+//! The prober core on injected time: a simulated network answers its actions, so every timing
+//! below is exact and no test sleeps.
+
+use std::collections::{BTreeMap, HashSet};
+
+use super::*;
+
+/// 1 ms each way on the simulated network.
+const HOP: Duration = Duration::from_millis(1);
+
+/// Random words from a fixed seed (xorshift): deterministic tests.
+struct Seeded(u64);
+
+impl Entropy for Seeded {
+    fn fill(&mut self, out: &mut [u64]) -> Result<(), CoreError> {
+        for w in out {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            *w = self.0;
+        }
+        Ok(())
+    }
+}
+
+/// A random source that works `left` more times, then fails.
+struct Failing {
+    left: usize,
+    inner: Seeded,
+}
+
+impl Entropy for Failing {
+    fn fill(&mut self, out: &mut [u64]) -> Result<(), CoreError> {
+        if self.left == 0 {
+            return Err(CoreError::Entropy("test: no randomness".into()));
+        }
+        self.left -= 1;
+        self.inner.fill(out)
+    }
+}
+
+/// How a simulated server treats each probe.
+#[derive(Debug, Clone, PartialEq)]
+enum Behaviour {
+    /// A final reply with this status line and extra header lines.
+    Reply(&'static str, String),
+    /// 100 Trying, then this status.
+    TryingThen(&'static str),
+    /// 100 Trying only.
+    TryingOnly,
+    /// No reply.
+    Silent,
+    /// ICMP port unreachable (UDP) or a refused connection (TCP).
+    Refuse,
+    /// `n` forged replies (each kind in turn), then the true 200 if `answer`.
+    Forge(usize, bool),
+    /// The true 200, after this long.
+    Late(Duration),
+    /// These bytes, in these chunks (datagrams over UDP, segments over TCP), `gap` apart.
+    Raw(Vec<Vec<u8>>, Duration),
+    /// The bytes of a true 200 reply one per `gap`, over TCP.
+    Drip(Duration),
+    /// Half a true 200 reply, then the connection closes.
+    CloseMidway,
+}
+
+/// A network event on its way to the core.
+#[derive(Debug, Clone)]
+enum Delivery {
+    Connected,
+    Bytes(Vec<u8>),
+    Closed,
+    Refused,
+}
+
+struct Sim {
+    core: Core,
+    now: Instant,
+    t0: Instant,
+    behaviours: Vec<Behaviour>,
+    deliveries: BTreeMap<(Instant, u64), (ProbeRef, Delivery)>,
+    order: u64,
+    open: HashSet<ProbeRef>,
+    muted: HashSet<ProbeRef>,
+    opens: Vec<ProbeRef>,
+    flips: Vec<(Duration, Flip)>,
+    published: Vec<(Duration, Publish)>,
+}
+
+/// A config of one service with `servers` UDP servers (plus `extra` in the service table) and
+/// the given `[probe]` lines.
+fn config(probe: &str, servers: &[(&str, &str)], extra: &str) -> Config {
+    let mut text = format!("[server]\nlisten = [\"127.0.0.1:5353\"]\n[probe]\n{probe}\n[[service]]\nname = \"sip.example.test\"\n{extra}\n");
+    for (address, transports) in servers {
+        text.push_str(&format!("[[service.server]]\naddress = \"{address}\"\ntransports = [{transports}]\n"));
+    }
+    Config::parse(&text).unwrap_or_else(|p| panic!("{p:?}"))
+}
+
+const FAST: &str = "interval_ms = 200\ntimeout_ms = 100\nretransmit_ms = 30\nrise = 2\nfall = 2";
+
+/// A reply to `request` as a SIP server builds it: the request's Via, From, To (plus a tag),
+/// Call-ID and CSeq, then `extra`.
+fn reply_to(request: &[u8], status: &str, extra: &str) -> Vec<u8> {
+    let text = String::from_utf8_lossy(request);
+    let mut out = format!("SIP/2.0 {status}\r\n");
+    for line in text.split("\r\n").skip(1).take_while(|l| !l.is_empty()) {
+        let lower = line.to_ascii_lowercase();
+        if ["via:", "from:", "call-id:", "cseq:"].iter().any(|h| lower.starts_with(h)) {
+            out.push_str(line);
+            out.push_str("\r\n");
+        } else if lower.starts_with("to:") {
+            out.push_str(&format!("{line};tag=server\r\n"));
+        }
+    }
+    out.push_str(extra);
+    out.push_str("Content-Length: 0\r\n\r\n");
+    out.into_bytes()
+}
+
+/// One forged variant of the true reply: wrong branch, Call-ID, tag, CSeq number or method.
+fn forge(request: &[u8], k: usize) -> Vec<u8> {
+    let good = String::from_utf8(reply_to(request, "200 OK", "")).unwrap();
+    let forged = match k % 5 {
+        0 => good.replacen("branch=z9hG4bK", "branch=z9hG4bKx", 1),
+        1 => good.replacen("@dnlb", "@forged", 1),
+        2 => good.replacen(";tag=", ";tag=x", 1),
+        3 => {
+            let at = good.find("CSeq: ").unwrap() + 6;
+            let digit = good.as_bytes()[at];
+            let other = if digit == b'9' { '1' } else { char::from(digit + 1) };
+            format!("{}{other}{}", &good[..at], &good[at + 1..])
+        }
+        _ if good.contains(" OPTIONS\r\n") => good.replace(" OPTIONS\r\n", " REGISTER\r\n"),
+        _ => good.replace(" REGISTER\r\n", " OPTIONS\r\n"),
+    };
+    forged.into_bytes()
+}
+
+impl Sim {
+    fn new(config: &Config, behaviours: Vec<Behaviour>) -> Sim {
+        let t0 = Instant::now();
+        let core = Core::new(config, t0, Box::new(Seeded(0x5eed))).unwrap();
+        assert_eq!(core.targets(), behaviours.len(), "one behaviour per target");
+        Sim {
+            core,
+            now: t0,
+            t0,
+            behaviours,
+            deliveries: BTreeMap::new(),
+            order: 0,
+            open: HashSet::new(),
+            muted: HashSet::new(),
+            opens: Vec::new(),
+            flips: Vec::new(),
+            published: Vec::new(),
+        }
+    }
+
+    fn at(&self) -> Duration {
+        self.now.duration_since(self.t0)
+    }
+
+    fn deliver(&mut self, after: Duration, probe: ProbeRef, d: Delivery) {
+        self.order += 1;
+        self.deliveries.insert((self.now + after, self.order), (probe, d));
+    }
+
+    /// Carries out the core's actions the way the driver would, against the simulated servers.
+    fn act(&mut self) {
+        while let Some(action) = self.core.poll_action() {
+            match action {
+                Action::Open { probe, transport, .. } => {
+                    self.opens.push(probe);
+                    self.open.insert(probe);
+                    let local = SocketAddr::from(([127, 0, 0, 1], 40_000 + (self.opens.len() % 20_000) as u16));
+                    self.core.handle(probe, Event::Opened { local }, self.now);
+                    if transport != Transport::Udp {
+                        let d = if self.behaviours[probe.target] == Behaviour::Refuse {
+                            Delivery::Refused
+                        } else {
+                            Delivery::Connected
+                        };
+                        self.deliver(HOP * 2, probe, d);
+                    }
+                }
+                Action::Send { probe } => {
+                    let request = self.core.request(probe).to_vec();
+                    assert!(!request.is_empty(), "a request goes out only once rendered");
+                    let method = self.core.targets[probe.target].method;
+                    let want: &[u8] = if method == ProbeMethod::Register { b"REGISTER " } else { b"OPTIONS " };
+                    assert!(request.starts_with(want), "the configured method");
+                    self.respond(probe, &request);
+                }
+                Action::Mute { probe } => {
+                    self.muted.insert(probe);
+                }
+                Action::Close { probe } => {
+                    self.open.remove(&probe);
+                }
+            }
+        }
+        while let Some(f) = self.core.poll_flip() {
+            self.flips.push((self.at(), f));
+        }
+        while let Some(p) = self.core.poll_publish() {
+            self.published.push((self.at(), p));
+        }
+    }
+
+    fn respond(&mut self, probe: ProbeRef, request: &[u8]) {
+        let rtt = HOP * 2;
+        match self.behaviours[probe.target].clone() {
+            Behaviour::Reply(status, extra) => {
+                self.deliver(rtt, probe, Delivery::Bytes(reply_to(request, status, &extra)))
+            }
+            Behaviour::TryingThen(status) => {
+                self.deliver(rtt, probe, Delivery::Bytes(reply_to(request, "100 Trying", "")));
+                self.deliver(rtt * 3, probe, Delivery::Bytes(reply_to(request, status, "")));
+            }
+            Behaviour::TryingOnly => self.deliver(rtt, probe, Delivery::Bytes(reply_to(request, "100 Trying", ""))),
+            Behaviour::Silent => {}
+            Behaviour::Refuse => self.deliver(rtt, probe, Delivery::Refused),
+            Behaviour::Forge(n, answer) => {
+                let kinds: Vec<Vec<u8>> = (0..5).map(|k| forge(request, k)).collect();
+                for k in 0..n {
+                    self.deliver(rtt, probe, Delivery::Bytes(kinds[k % 5].clone()));
+                }
+                if answer {
+                    self.deliver(rtt, probe, Delivery::Bytes(reply_to(request, "200 OK", "")));
+                }
+            }
+            Behaviour::Late(after) => self.deliver(after, probe, Delivery::Bytes(reply_to(request, "200 OK", ""))),
+            Behaviour::Raw(chunks, gap) => {
+                for (k, chunk) in chunks.into_iter().enumerate() {
+                    self.deliver(rtt + gap * k as u32, probe, Delivery::Bytes(chunk));
+                }
+            }
+            Behaviour::Drip(gap) => {
+                for (k, b) in reply_to(request, "200 OK", "").into_iter().enumerate() {
+                    self.deliver(rtt + gap * k as u32, probe, Delivery::Bytes(vec![b]));
+                }
+            }
+            Behaviour::CloseMidway => {
+                let reply = reply_to(request, "200 OK", "");
+                self.deliver(rtt, probe, Delivery::Bytes(reply[..reply.len() / 2].to_vec()));
+                self.deliver(rtt, probe, Delivery::Closed);
+            }
+        }
+    }
+
+    /// Runs the simulation until `until` after the start.
+    fn run_until(&mut self, until: Duration) {
+        let end = self.t0 + until;
+        self.act();
+        loop {
+            let next_delivery = self.deliveries.keys().next().copied();
+            let next = match next_delivery {
+                Some((at, _)) => at.min(self.core.poll_timeout()),
+                None => self.core.poll_timeout(),
+            };
+            if next > end {
+                self.now = end;
+                return;
+            }
+            self.now = self.now.max(next);
+            if let Some(key) = next_delivery.filter(|(at, _)| *at <= self.now) {
+                let (probe, d) = self.deliveries.remove(&key).unwrap();
+                // The kernel drops what arrives for a closed or muted socket.
+                if self.open.contains(&probe) && !self.muted.contains(&probe) {
+                    let event = match &d {
+                        Delivery::Connected => Event::Connected,
+                        Delivery::Closed => Event::Closed,
+                        Delivery::Refused => Event::Refused,
+                        Delivery::Bytes(b) if self.core.targets[probe.target].transport == Transport::Udp => {
+                            Event::Datagram(b)
+                        }
+                        Delivery::Bytes(b) => Event::Stream(b),
+                    };
+                    self.core.handle(probe, event, self.now);
+                }
+            } else {
+                self.core.handle_timeout(self.now);
+            }
+            self.act();
+        }
+    }
+
+    fn state(&self, target: usize) -> State {
+        self.core.targets[target].health.state()
+    }
+
+    /// When `target` last flipped to `to`, after `since`.
+    fn flipped(&self, target: usize, to: State, since: Duration) -> Option<Duration> {
+        self.flips.iter().find(|(at, f)| f.target == target && f.to == to && *at >= since).map(|(at, _)| *at)
+    }
+
+    fn flips_of(&self, target: usize) -> usize {
+        self.flips.iter().filter(|(_, f)| f.target == target).count()
+    }
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn ok() -> Behaviour {
+    Behaviour::Reply("200 OK", String::new())
+}
+
+#[test]
+fn a_silent_server_leaves_within_interval_plus_two_timeouts_and_comes_back() {
+    let c = config(FAST, &[("127.0.0.21", "\"udp\""), ("127.0.0.22", "\"udp\"")], "");
+    let mut sim = Sim::new(&c, vec![ok(), ok()]);
+    sim.run_until(ms(1000));
+    assert_eq!((sim.state(0), sim.state(1)), (State::Up, State::Up));
+    sim.behaviours[1] = Behaviour::Silent;
+    let silenced = sim.at();
+    sim.run_until(ms(3000));
+    let down = sim.flipped(1, State::Down, silenced).expect("removed") - silenced;
+    // Bound: the next probe within one interval, its timeout, and the fast re-check's timeout.
+    assert!(down <= ms(200 + 2 * 100) + TIMER_SLACK * 2, "removed after {down:?}");
+    assert_eq!(sim.state(0), State::Up, "the neighbour is untouched");
+    sim.behaviours[1] = ok();
+    let back_from = sim.at();
+    sim.run_until(ms(5000));
+    let up = sim.flipped(1, State::Up, back_from).expect("back") - back_from;
+    assert!(up <= ms(2 * 200) + HOP * 2 + TIMER_SLACK, "back after {up:?} (rise 2, interval 200 ms)");
+    // UDP retransmissions: a silent probe sends at 0, 30 and 90 ms, all inside the 100 ms timeout.
+    let s = sim.core.stats();
+    assert!(s.sent > s.replies + 2 * s.timeouts, "retransmissions counted: {s:?}");
+}
+
+#[test]
+fn every_probe_opens_its_own_socket() {
+    let c = config(FAST, &[("127.0.0.21", "\"udp\""), ("127.0.0.22", "\"tcp\"")], "");
+    let mut sim = Sim::new(&c, vec![ok(), ok()]);
+    sim.run_until(ms(2000));
+    let distinct: HashSet<_> = sim.opens.iter().collect();
+    assert_eq!(distinct.len(), sim.opens.len(), "a fresh socket per probe, never reused");
+    assert!(sim.opens.len() >= 2 * 9, "about one probe per interval per target: {}", sim.opens.len());
+    assert!(sim.open.is_empty() || sim.open.len() <= 2, "sockets are closed with their verdict");
+}
+
+#[test]
+fn icmp_refusal_fails_at_once() {
+    let probe = "interval_ms = 1000\ntimeout_ms = 400\nretransmit_ms = 100\nrise = 2\nfall = 1";
+    let c = config(probe, &[("127.0.0.26", "\"udp\""), ("127.0.0.27", "\"udp\", \"tcp\"")], "");
+    let mut sim = Sim::new(&c, vec![ok(), ok(), ok()]);
+    sim.run_until(ms(3000));
+    sim.behaviours[0] = Behaviour::Refuse;
+    sim.behaviours[2] = Behaviour::Refuse;
+    let closed = sim.at();
+    sim.run_until(ms(6000));
+    for target in [0, 2] {
+        let gone = sim.flipped(target, State::Down, closed).expect("removed") - closed;
+        assert!(
+            gone <= ms(1000) + HOP * 2 + TIMER_SLACK,
+            "target {target} removed after {gone:?}, not after a timeout"
+        );
+    }
+    assert_eq!(sim.state(1), State::Up, "UDP of the second server still answers: health is per transport");
+    assert!(sim.core.stats().refused >= 2);
+}
+
+#[test]
+fn status_codes_decide_health() {
+    let c = config(
+        FAST,
+        &[("127.0.0.41", "\"udp\""), ("127.0.0.42", "\"udp\""), ("127.0.0.43", "\"udp\""), ("127.0.0.44", "\"udp\"")],
+        "",
+    );
+    let behaviours = vec![
+        Behaviour::Reply("404 Not Found", String::new()), // any final reply is alive (the paper counts even 404)
+        Behaviour::Reply("503 Service Unavailable", String::new()), // a down code
+        Behaviour::TryingThen("200 OK"),                  // provisional first, then final
+        Behaviour::TryingOnly,                            // provisional only: times out
+    ];
+    let mut sim = Sim::new(&c, behaviours);
+    sim.run_until(ms(1000));
+    assert_eq!(
+        [sim.state(0), sim.state(1), sim.state(2), sim.state(3)],
+        [State::Up, State::Down, State::Up, State::Down]
+    );
+    assert_eq!(sim.core.targets[0].last_code, Some(404));
+}
+
+#[test]
+fn retry_after_drains_for_its_time_and_is_capped() {
+    let probe = format!("{FAST}\nmax_retry_after_s = 60");
+    let c = config(&probe, &[("127.0.0.41", "\"udp\""), ("127.0.0.42", "\"udp\""), ("127.0.0.43", "\"udp\"")], "");
+    let mut sim = Sim::new(&c, vec![ok(), ok(), ok()]);
+    sim.run_until(ms(1000));
+    let unavailable = |secs: &str| Behaviour::Reply("503 Service Unavailable", format!("Retry-After: {secs}\r\n"));
+    sim.behaviours[0] = unavailable("2");
+    // The two that used to kill the process: u64::MAX overflowed `Instant + Duration`.
+    sim.behaviours[1] = unavailable("18446744073709551615");
+    sim.behaviours[2] = unavailable("1000000000000");
+    let from = sim.at();
+    sim.run_until(ms(1200));
+    sim.behaviours = vec![ok(), ok(), ok()];
+    sim.run_until(ms(2800));
+    assert_eq!([sim.state(0), sim.state(1), sim.state(2)], [State::Down; 3], "all draining");
+    sim.run_until(ms(4000));
+    let back = sim.flipped(0, State::Up, from).expect("back after its 2 s") - from;
+    assert!(back >= ms(2000) && back <= ms(2000 + 3 * 200), "Retry-After 2 s: back after {back:?}");
+    sim.run_until(ms(60_000));
+    assert_eq!(sim.state(1), State::Down, "capped at 60 s, not less");
+    sim.run_until(ms(62_000));
+    assert_eq!((sim.state(1), sim.state(2)), (State::Up, State::Up), "capped at max_retry_after_s = 60");
+}
+
+/// 100,000 forged replies (wrong branch, Call-ID, tag, CSeq number, method) before each honest
+/// answer: not one state change beyond each server's first verdict.
+#[test]
+fn one_hundred_thousand_forged_replies_change_nothing() {
+    let c = config(FAST, &[("127.0.0.71", "\"udp\""), ("127.0.0.72", "\"udp\""), ("127.0.0.73", "\"udp\"")], "");
+    let mut sim =
+        Sim::new(&c, vec![Behaviour::Forge(800, true), Behaviour::Forge(800, true), Behaviour::Forge(1000, false)]);
+    let mut round = 0;
+    while sim.core.stats().ignored < 100_000 {
+        round += 1;
+        sim.run_until(ms(200 * round));
+        assert!(round < 1000);
+    }
+    assert_eq!((sim.flips_of(0), sim.flips_of(1), sim.flips_of(2)), (1, 1, 1), "{:?}", sim.flips);
+    assert_eq!([sim.state(0), sim.state(1), sim.state(2)], [State::Up, State::Up, State::Down]);
+}
+
+/// A flood on one probe's socket is cut off after MAX_UNMATCHED messages (the socket is muted),
+/// and it delays no other server's verdict.
+#[test]
+fn a_datagram_flood_is_muted_and_delays_no_one() {
+    let garbage: Vec<Vec<u8>> = (0..20_000u32).map(|k| k.to_le_bytes().repeat(16)).collect();
+    let c = config(FAST, &[("127.0.0.71", "\"udp\""), ("127.0.0.72", "\"udp\"")], "");
+    let mut sim = Sim::new(&c, vec![ok(), ok()]);
+    sim.run_until(ms(1000));
+    sim.behaviours[0] = Behaviour::Raw(garbage, Duration::from_micros(50));
+    let from = sim.at();
+    sim.behaviours[1] = Behaviour::Silent;
+    sim.run_until(ms(2000));
+    assert!(sim.core.stats().muted >= 1);
+    assert!(sim.core.stats().ignored < 3 * u64::from(MAX_UNMATCHED) * 10, "bounded work: {:?}", sim.core.stats());
+    let down = sim.flipped(1, State::Down, from).expect("the silent neighbour is removed") - from;
+    assert!(down <= ms(200 + 2 * 100) + TIMER_SLACK * 2, "neighbour removed after {down:?}");
+    assert_eq!(sim.state(0), State::Down, "a flooding server fails its probes");
+}
+
+#[test]
+fn late_replies_never_count() {
+    let c = config(FAST, &[("127.0.0.54", "\"udp\"")], "");
+    let mut sim = Sim::new(&c, vec![Behaviour::Late(ms(150))]);
+    sim.run_until(ms(3000));
+    assert_eq!(sim.state(0), State::Down);
+    assert_eq!(sim.core.stats().replies, 0);
+}
+
+/// What a hostile TCP server can send: each ends the probe (or is muted) without unbounded CPU or
+/// memory, and the prober goes on probing everyone on schedule.
+#[test]
+fn hostile_tcp_replies_fail_the_probe_and_nothing_else() {
+    let wrap = b"SIP/2.0 200 OK\r\nContent-Length: 18446744073709551560\r\n\r\n".to_vec();
+    let mib_of_headers: Vec<Vec<u8>> = (0..1024).map(|_| b"X-Pad: 0123456789abcdef\r\n".repeat(40)).collect();
+    let tiny_messages = vec![b"\r\n\r\n".repeat(30_000)];
+    let cases: Vec<(&str, Behaviour, &str)> = vec![
+        ("Content-Length that wraps", Behaviour::Raw(vec![wrap], ms(0)), "oversize"),
+        ("1 MiB of headers", Behaviour::Raw(mib_of_headers, Duration::from_micros(50)), "oversize"),
+        ("30,000 empty messages", Behaviour::Raw(tiny_messages, ms(0)), "muted"),
+        ("garbage", Behaviour::Raw(vec![b"\x00\xffgarbage\r\n\r\n".repeat(3)], ms(0)), "ignored"),
+        ("a byte per 100 ms", Behaviour::Drip(ms(100)), "timeouts"),
+        ("closed mid-message", Behaviour::CloseMidway, "closed"),
+        ("never answers", Behaviour::Silent, "timeouts"),
+    ];
+    for (what, behaviour, counter) in cases {
+        let c = config(FAST, &[("127.0.0.31", "\"tcp\""), ("127.0.0.32", "\"udp\"")], "");
+        let mut sim = Sim::new(&c, vec![ok(), ok()]);
+        sim.run_until(ms(1000));
+        assert_eq!(sim.state(0), State::Up, "{what}");
+        sim.behaviours[0] = behaviour;
+        sim.behaviours[1] = Behaviour::Silent;
+        let from = sim.at();
+        sim.run_until(ms(3000));
+        assert_eq!(sim.state(0), State::Down, "{what}: the probe failed");
+        let down = sim.flipped(1, State::Down, from).expect("neighbour removed") - from;
+        assert!(down <= ms(200 + 2 * 100) + TIMER_SLACK * 2, "{what}: neighbour removed after {down:?}");
+        let s = sim.core.stats();
+        let seen = match counter {
+            "oversize" => s.oversize,
+            "muted" => s.muted,
+            "ignored" => s.ignored,
+            _ => s.timeouts,
+        };
+        assert!(seen > 0 || counter == "closed", "{what}: {s:?}");
+        for p in &sim.core.targets {
+            if let Some(f) = &p.probe {
+                assert!(f.stream.bytes.len() <= 2 * sip::MAX_MESSAGE, "{what}: buffer bounded");
+            }
+        }
+    }
+}
+
+#[test]
+fn health_is_per_transport_and_tls_is_a_connect_check() {
+    let c = config(FAST, &[("127.0.0.85", "\"udp\", \"tcp\", \"tls\"")], "");
+    let mut sim = Sim::new(&c, vec![ok(), Behaviour::Refuse, ok()]);
+    sim.run_until(ms(1000));
+    assert_eq!([sim.state(0), sim.state(1), sim.state(2)], [State::Up, State::Down, State::Up]);
+    let last = &sim.published.last().unwrap().1;
+    assert_eq!(last.health.up[0][0], vec![Transport::Udp, Transport::Tls]);
+}
+
+#[test]
+fn register_probes_must_be_answered_as_register() {
+    let c =
+        config(&format!("{FAST}\nmethod = \"register\""), &[("127.0.0.81", "\"udp\""), ("127.0.0.82", "\"udp\"")], "");
+    let mut sim = Sim::new(&c, vec![Behaviour::Reply("401 Unauthorized", String::new()), Behaviour::Forge(5, false)]);
+    sim.run_until(ms(1000));
+    assert_eq!([sim.state(0), sim.state(1)], [State::Up, State::Down], "401 is final; an OPTIONS CSeq is forged");
+}
+
+#[test]
+fn publishes_only_when_answers_change_and_last_good_holds() {
+    let c = config(FAST, &[("127.0.0.65", "\"udp\""), ("127.0.0.66", "\"udp\"")], "all_down = \"last-good\"");
+    let mut sim = Sim::new(&c, vec![ok(), Behaviour::Silent]);
+    sim.run_until(ms(1000));
+    let settled = sim.published.len();
+    assert_eq!(sim.published.last().unwrap().1.health.up[0], vec![vec![Transport::Udp], vec![]]);
+    sim.run_until(ms(20_000));
+    assert_eq!(sim.published.len(), settled, "100 stable rounds publish nothing");
+    sim.behaviours[0] = Behaviour::Silent;
+    sim.run_until(ms(22_000));
+    assert_eq!(sim.state(0), State::Down);
+    assert_eq!(sim.published.last().unwrap().1.health.up[0], vec![vec![Transport::Udp], vec![]], "last good set kept");
+}
+
+#[test]
+fn latency_weights_are_decided_once_here() {
+    let c = config(FAST, &[("127.0.0.65", "\"udp\""), ("127.0.0.66", "\"udp\"")], "policy = \"latency\"");
+    let mut sim = Sim::new(&c, vec![ok(), Behaviour::Late(ms(20))]);
+    sim.run_until(ms(3000));
+    let weights = &sim.published.last().unwrap().1.health.latency_weights[0];
+    assert_eq!(weights[0], select::FASTEST_WEIGHT);
+    assert!(weights[1] < 25, "a server ten times slower gets a small weight: {weights:?}");
+}
+
+/// The clock may jump (a suspended VM, a fuzzer): nothing overflows, no loop runs per missed
+/// interval, and probing resumes within an interval.
+#[test]
+fn clock_jumps_are_survived() {
+    let c = config(FAST, &[("127.0.0.91", "\"udp\""), ("127.0.0.92", "\"tcp\"")], "");
+    let mut sim = Sim::new(&c, vec![ok(), ok()]);
+    sim.run_until(ms(1000));
+    let sent = sim.core.stats().sent;
+    sim.now += Duration::from_secs(30 * 86_400);
+    sim.core.handle_timeout(sim.now);
+    sim.act();
+    let jumped = sim.at();
+    sim.run_until(jumped + ms(1000));
+    assert!(sim.core.stats().sent > sent, "probing resumed");
+    assert!(sim.core.poll_timeout() <= sim.now + ms(200), "the schedule follows the new time");
+    assert_eq!((sim.state(0), sim.state(1)), (State::Up, State::Up));
+}
+
+#[test]
+fn no_randomness_no_prober() {
+    let c = config(FAST, &[("127.0.0.91", "\"udp\"")], "");
+    let failing = Failing { left: 0, inner: Seeded(1) };
+    assert!(matches!(Core::new(&c, Instant::now(), Box::new(failing)), Err(CoreError::Entropy(_))));
+    // Randomness lost later: probes are skipped and counted, no verdict is made up.
+    let t0 = Instant::now();
+    let mut core = Core::new(&c, t0, Box::new(Failing { left: 1, inner: Seeded(1) })).unwrap();
+    for k in 0..20 {
+        core.handle_timeout(t0 + ms(100 * k));
+        while core.poll_action().is_some() {}
+    }
+    assert!(core.stats().entropy_failures >= 5);
+    assert_eq!(core.targets[0].health.state(), State::Unknown);
+}
+
+/// A reload keeps the health of servers that stay (no re-rise), starts new ones in the start
+/// state, and forgets removed ones.
+#[test]
+fn a_reload_carries_health_of_servers_that_stay() {
+    let c = config(FAST, &[("127.0.0.21", "\"udp\""), ("127.0.0.22", "\"udp\"")], "");
+    let mut sim = Sim::new(&c, vec![ok(), Behaviour::Silent]);
+    sim.run_until(ms(1000));
+    assert_eq!((sim.state(0), sim.state(1)), (State::Up, State::Down));
+    let carried = sim.core.carry();
+    let next = config(FAST, &[("127.0.0.22", "\"udp\""), ("127.0.0.21", "\"udp\""), ("127.0.0.23", "\"udp\"")], "");
+    let core = Core::carrying(&next, sim.now, Box::new(Seeded(7)), &carried).unwrap();
+    let states: Vec<State> = core.reports().iter().map(|r| r.state).collect();
+    assert_eq!(states, vec![State::Down, State::Up, State::Unknown], "kept by address, new one unknown");
+    assert!(core.reports()[1].changed.is_some_and(|(_, why)| why == "a final reply"));
+}

@@ -1,0 +1,217 @@
+//! The control side against the real binary: `dnlb status`, `dnlb explain`, live reloads (SIGHUP
+//! and `dnlb reload`) that keep health, add and remove servers, refuse invalid files, and lose no
+//! query while dnsperf runs.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::sip::{common_port, Mode, SipResponder};
+use common::*;
+use hickory_proto::op::Message;
+use hickory_proto::rr::{RData, RecordType};
+
+const PROBE: &str = "interval_ms = 200\ntimeout_ms = 100\nretransmit_ms = 30\nrise = 1\nfall = 2";
+
+struct Instance {
+    child: Child,
+    dir: PathBuf,
+    config: PathBuf,
+    dns: SocketAddr,
+}
+
+impl Instance {
+    fn start(text: &str) -> Instance {
+        let dir = std::env::temp_dir().join(format!("dnlb-control-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("dnlb.toml");
+        std::fs::write(&config, text).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_dnlb"))
+            .args(["--config", config.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let dns = text
+            .lines()
+            .find_map(|l| l.strip_prefix("listen = [\"").and_then(|r| r.split('"').next()))
+            .unwrap()
+            .parse()
+            .unwrap();
+        let i = Instance { child, dir, config, dns };
+        let start = Instant::now();
+        while i.cli(&["status"]).map_or(true, |o| !o.status.success()) {
+            assert!(start.elapsed() < Duration::from_secs(5), "no control socket:\n{}", i.stderr());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        i
+    }
+
+    fn cli(&self, args: &[&str]) -> std::io::Result<Output> {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--config", self.config.to_str().unwrap()]);
+        Command::new(env!("CARGO_BIN_EXE_dnlb")).args(&all).output()
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
+    }
+
+    fn addresses(&self) -> Vec<IpAddr> {
+        let raw = udp_raw(self.dns, &query("sip.example.test.", RecordType::A, 5, None), Duration::from_secs(1));
+        raw.and_then(|r| Message::from_vec(&r).ok())
+            .map(|m| {
+                m.answers
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::A(a) => Some(IpAddr::V4(a.0)),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn wait(&self, limit: Duration, want: impl Fn(&[IpAddr]) -> bool) -> Duration {
+        let start = Instant::now();
+        loop {
+            if want(&self.addresses()) {
+                return start.elapsed();
+            }
+            assert!(start.elapsed() < limit, "not within {limit:?}: {:?}\n{}", self.addresses(), self.stderr());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        terminate(&mut self.child);
+        let _removed = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn farm_config(dir_port: u16, sip_port: u16, ips: &[&str], runtime: &Path) -> String {
+    let mut s = format!(
+        "[server]\nlisten = [\"127.0.0.1:{dir_port}\"]\nworkers = 1\npin_workers = false\nruntime_dir = \"{}\"\n[probe]\n{PROBE}\n[[service]]\nname = \"sip.example.test\"\nall_down = \"nodata\"\n",
+        runtime.display()
+    );
+    for ip in ips {
+        s.push_str(&format!("[[service.server]]\naddress = \"{ip}\"\nport = {sip_port}\n"));
+    }
+    s
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn status_explain_and_reloads_that_keep_health() {
+    let ips = ["127.0.0.131", "127.0.0.132", "127.0.0.133"];
+    let sip_port = common_port(&ips);
+    let responders: Vec<SipResponder> =
+        ips.iter().map(|i| SipResponder::start(SocketAddr::new(ip(i), sip_port), Mode::Reply(200, None))).collect();
+    let runtime = std::env::temp_dir().join(format!("dnlb-run-{}", std::process::id()));
+    let port = free_port();
+    let d = Instance::start(&farm_config(port, sip_port, &ips[..2], &runtime));
+    d.wait(Duration::from_secs(3), |a| a.len() == 2);
+
+    let status = d.cli(&["status", "--json"]).unwrap();
+    assert!(status.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let servers = &json["services"][0]["servers"];
+    assert_eq!(servers.as_array().unwrap().len(), 2, "{json}");
+    assert_eq!(servers[0]["state"], "Up");
+    assert_eq!(servers[0]["why"], "a final reply");
+    let explain = d.cli(&["explain", "sip.example.test", "A", "--client", "10.0.0.1"]).unwrap();
+    let text = String::from_utf8_lossy(&explain.stdout);
+    assert!(text.contains("server 127.0.0.131 (#0) in: up on udp"), "{text}");
+
+    // Silence one server, then reload with a third added: the silent one stays out (its health
+    // is kept: no re-rise from Unknown), the new one comes in within a round plus rise.
+    responders[1].set(Mode::Silent);
+    d.wait(Duration::from_secs(3), |a| a == [ip(ips[0])]);
+    std::fs::write(&d.config, farm_config(port, sip_port, &ips, &runtime)).unwrap();
+    let reload = d.cli(&["reload"]).unwrap();
+    assert!(reload.status.success(), "{}", String::from_utf8_lossy(&reload.stderr));
+    let out = String::from_utf8_lossy(&reload.stdout);
+    assert!(out.contains("health kept for 2"), "{out}");
+    assert!(!d.addresses().contains(&ip(ips[1])), "the silent server did not come back with the reload");
+    let added = d.wait(Duration::from_secs(2), |a| a.contains(&ip(ips[2])));
+    assert!(added <= Duration::from_millis(200 + 100 + 200), "new server in after {added:?}");
+
+    // SIGHUP removing the first: gone at once.
+    std::fs::write(&d.config, farm_config(port, sip_port, &ips[1..], &runtime)).unwrap();
+    let _sent = Command::new("kill").args(["-HUP", &d.child.id().to_string()]).status();
+    let removed = d.wait(Duration::from_secs(2), |a| !a.contains(&ip(ips[0])));
+    assert!(removed < Duration::from_millis(500), "removed after {removed:?}");
+
+    // An invalid file changes nothing and says why.
+    std::fs::write(&d.config, format!("{}\nwieght = 3\n", farm_config(port, sip_port, &ips, &runtime))).unwrap();
+    let bad = d.cli(&["reload"]).unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown field `wieght`"), "{bad:?}");
+    let _sent = Command::new("kill").args(["-HUP", &d.child.id().to_string()]).status();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(d.stderr().contains("reload refused, the running configuration stays"), "{}", d.stderr());
+    assert_eq!(d.addresses(), vec![ip(ips[2])], "the running configuration still serves");
+    let _removed = std::fs::remove_dir_all(&runtime);
+}
+
+/// 100 reloads while dnsperf sends 20,000 queries a second: nothing lost, no SERVFAIL.
+#[test]
+fn a_hundred_reloads_under_load_lose_nothing() {
+    if !require(have("dnsperf"), "dnsperf") {
+        return;
+    }
+    let ips = ["127.0.0.136", "127.0.0.137"];
+    let sip_port = common_port(&ips);
+    let _responders: Vec<SipResponder> =
+        ips.iter().map(|i| SipResponder::start(SocketAddr::new(ip(i), sip_port), Mode::Reply(200, None))).collect();
+    let runtime = std::env::temp_dir().join(format!("dnlb-run2-{}", std::process::id()));
+    let port = free_port();
+    let d = Instance::start(&farm_config(port, sip_port, &ips, &runtime));
+    d.wait(Duration::from_secs(3), |a| a.len() == 2);
+    let queries = d.dir.join("queries.txt");
+    std::fs::write(&queries, "sip.example.test A\n").unwrap();
+    let load = Command::new("dnsperf")
+        .args([
+            "-s",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-d",
+            queries.to_str().unwrap(),
+            "-Q",
+            "20000",
+            "-l",
+            "12",
+            "-c",
+            "4",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    for k in 0..100 {
+        let reload = d.cli(&["reload"]).unwrap();
+        assert!(reload.status.success(), "reload {k}: {}", String::from_utf8_lossy(&reload.stderr));
+    }
+    let took = started.elapsed();
+    let out = load.wait_with_output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    println!("100 reloads in {took:?}\n{report}");
+    let completed = report.lines().find(|l| l.contains("Queries completed")).unwrap_or_default();
+    let lost = report.lines().find(|l| l.contains("Queries lost")).unwrap_or_default();
+    assert!(lost.contains(" 0 ("), "{lost}");
+    assert!(completed.contains("(100.00%)"), "{completed}");
+    assert!(!report.contains("SERVFAIL"), "{report}");
+    assert!(took < Duration::from_secs(11), "reloads outlasted the load: {took:?}");
+    let _removed = std::fs::remove_dir_all(&runtime);
+}
