@@ -120,8 +120,8 @@ counters! {
     relay_forged,
     /// Upstream messages refused for the letter case of the question alone (0x20).
     relay_case_mismatch,
-    /// Upstream messages for an exchange already over (the kernel drops those that arrive after
-    /// its socket closed; see `nstat UdpNoPorts`).
+    /// Upstream messages for an exchange already over, read when its port was released (the
+    /// kernel drops those that arrive later; see `nstat UdpNoPorts`).
     relay_late,
     /// Upstream UDP replies larger than the size dnlb advertised, used all the same.
     relay_oversize,
