@@ -24,6 +24,7 @@
 //! - [`server`]: starting and stopping threads.
 //! - [`prefix`]: address prefixes (who the relay serves, who rate limiting spares).
 //! - [`metrics`]: per-worker counters.
+//! - [`logging`]: log lines (text, journal, JSON) and rate limiting for repeatable ones.
 
 pub mod config;
 pub mod control;
@@ -31,6 +32,7 @@ pub mod dns;
 pub mod edge;
 pub mod hosts;
 pub mod io;
+pub mod logging;
 pub mod metrics;
 pub mod prefix;
 pub mod probe;

@@ -18,6 +18,7 @@ use dnlb::control::privilege::{self, Outcome};
 use dnlb::control::report::{self, View};
 use dnlb::control::socket::{self, Answer, ControlSocket, Reply, Request};
 use dnlb::control::{metrics, notify, runtime};
+use dnlb::logging::{self, Format as LogFormat};
 use dnlb::probe::{initial_health, Carry, ProbeStatus, ProbeView, Prober};
 use dnlb::server::Server;
 use dnlb::snapshot::{Snapshot, SnapshotHandle};
@@ -44,6 +45,13 @@ struct RunArgs {
     /// Override server.workers (worker threads per listen address), 1 to 1024.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     workers: Option<u16>,
+    /// Log lines as `text` (under systemd's journal: with syslog priorities, no timestamps) or
+    /// `json` (one object per line).
+    #[arg(long, default_value = "text", value_parser = parse_log_format)]
+    log_format: LogFormat,
+    /// The least severe level logged: error, warn, info or debug.
+    #[arg(long, default_value = "info", value_parser = logging::parse_level)]
+    log_level: tracing::Level,
 }
 
 #[derive(Subcommand)]
@@ -90,6 +98,10 @@ enum Cmd {
 }
 
 fn parse_io(s: &str) -> Result<IoMode, String> {
+    s.parse()
+}
+
+fn parse_log_format(s: &str) -> Result<LogFormat, String> {
     s.parse()
 }
 
@@ -238,14 +250,14 @@ fn reload(
     let fresh = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("dnlb: reload refused, the running configuration stays:\n{e}");
+            tracing::error!("reload refused, the running configuration stays:\n{e}");
             return Reply { ok: false, text: format!("{e}\n"), json: serde_json::json!({"error": e.to_string()}) };
         }
     };
     let old = running.config.clone();
     let fixed = needs_restart(&old, &fresh);
     if !fixed.is_empty() {
-        eprintln!("dnlb: reload: these settings need a restart and keep their running values: {}", fixed.join(", "));
+        tracing::warn!("reload: these settings need a restart and keep their running values: {}", fixed.join(", "));
     }
     // What runs: the new services, probe settings and hosts; the old sockets, relay and limiter.
     let mut applied = fresh;
@@ -259,7 +271,7 @@ fn reload(
     let carry = match running.prober.take().map(Prober::stop_and_carry) {
         Some(Ok(carry)) => carry,
         Some(Err(e)) => {
-            eprintln!("dnlb: reload: the old prober did not hand over its health ({e}); servers start afresh");
+            tracing::warn!("reload: the old prober did not hand over its health ({e}); servers start afresh");
             Carry::new()
         }
         None => Carry::new(),
@@ -284,7 +296,7 @@ fn reload(
             carry.contains_key(&(Arc::from(s.name.as_str()), std::net::SocketAddr::new(v.address, v.port), *t))
         })
         .count();
-    eprintln!("dnlb: reloaded {}: {services} service(s), health kept for {kept} server transport(s)", path.display());
+    tracing::info!("reloaded {}: {services} service(s), health kept for {kept} server transport(s)", path.display());
     Reply {
         ok: true,
         text: format!(
@@ -298,11 +310,11 @@ fn reload(
 /// A reload between RELOADING=1 and READY=1 for the service manager.
 fn notified_reload(serving: &str, reload: impl FnOnce() -> Reply) -> Reply {
     if let Err(e) = notify::reloading() {
-        eprintln!("dnlb: {e}");
+        tracing::warn!("{e}");
     }
     let reply = reload();
     if let Err(e) = notify::ready(serving) {
-        eprintln!("dnlb: {e}");
+        tracing::warn!("{e}");
     }
     reply
 }
@@ -330,7 +342,7 @@ fn run(args: RunArgs) -> Result<()> {
     let server = Server::start(&config.server, relay, config.rrl.clone(), snapshots.clone())?;
     let prober = start_prober(&config, &snapshots, &Carry::new())?;
     if prober.is_none() {
-        eprintln!("dnlb: probing is off: every configured server counts as healthy");
+        tracing::info!("probing is off: every configured server counts as healthy");
     }
     // Which prober the metrics endpoint reads: swapped by a reload.
     let probe_view = Arc::new(arc_swap::ArcSwapOption::from(prober.as_ref().map(|p| Arc::new(p.view()))));
@@ -343,13 +355,13 @@ fn run(args: RunArgs) -> Result<()> {
                 snapshots: snapshots.clone(),
             };
             let endpoint = metrics::MetricsServer::start(m.listen, sources).context("starting the metrics endpoint")?;
-            eprintln!("dnlb: metrics on http://{}/metrics", endpoint.local_addr());
+            tracing::info!("metrics on http://{}/metrics", endpoint.local_addr());
             Some(endpoint)
         }
         None => None,
     };
     if let Some(why) = server.fallback_reason() {
-        eprintln!("dnlb: io_uring unavailable, using the portable backend: {why}");
+        tracing::warn!("io_uring unavailable, using the portable backend: {why}");
     }
     let listen: Vec<String> = config.server.listen.iter().map(ToString::to_string).collect();
     let serving = format!(
@@ -372,15 +384,15 @@ fn run(args: RunArgs) -> Result<()> {
     // the user's.
     if let Some(target) = &target {
         match target.assume()? {
-            Outcome::Dropped => eprintln!("dnlb: dropped root: running as user {}", target.name()),
+            Outcome::Dropped => tracing::info!("dropped root: running as user {}", target.name()),
             Outcome::AlreadyUser => {}
         }
     }
-    eprintln!("dnlb: {serving}");
+    tracing::info!("{serving}");
     // READY=1 once every socket is bound and the first snapshot (built from the configured start
     // state) is published; the prober's first verdicts come later, as snapshot swaps.
     if let Err(e) = notify::ready(&serving) {
-        eprintln!("dnlb: {e}");
+        tracing::warn!("{e}");
     }
     let watchdog_every = notify::watchdog_interval();
     let mut last_ping: Option<Instant> = None;
@@ -406,7 +418,7 @@ fn run(args: RunArgs) -> Result<()> {
                 } else {
                     format!("the prober made no progress for {:?} (limit {:?})", p.heartbeat_age(), p.stall_limit())
                 };
-                eprintln!("dnlb: {why}: answers would be frozen; stopping so a supervisor restarts dnlb");
+                tracing::error!("{why}: answers would be frozen; stopping so a supervisor restarts dnlb");
                 stalled = Some(why);
                 break;
             }
@@ -418,7 +430,7 @@ fn run(args: RunArgs) -> Result<()> {
             match notify::watchdog() {
                 Ok(()) => ping_failed = false,
                 Err(e) if !ping_failed => {
-                    eprintln!("dnlb: {e} (every {every:?}); retrying at that interval");
+                    tracing::warn!("{e} (every {every:?}); retrying at that interval");
                     ping_failed = true;
                 }
                 Err(_) => {}
@@ -435,10 +447,10 @@ fn run(args: RunArgs) -> Result<()> {
         }
     }
     if let Err(e) = notify::stopping() {
-        eprintln!("dnlb: {e}");
+        tracing::warn!("{e}");
     }
     if let Some(p) = &running.prober {
-        eprintln!("dnlb: prober: {}", p.status());
+        tracing::info!("prober: {}", p.status());
     }
     let mut errors = Vec::new();
     match (running.prober.take(), stalled) {
@@ -456,7 +468,7 @@ fn run(args: RunArgs) -> Result<()> {
     }
     let (totals, worker_errors) = server.shutdown();
     errors.extend(worker_errors);
-    eprintln!("dnlb: stopped: {totals}");
+    tracing::info!("stopped: {totals}");
     // Released only now: a successor must not bind while this instance still answers.
     drop(locks);
     if !errors.is_empty() {
@@ -465,11 +477,23 @@ fn run(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
+/// `run` with its logger: every line from here on, the final error included, is a log line.
+fn logged_run(args: RunArgs) -> ExitCode {
+    logging::init(args.log_format, args.log_level);
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        None => run(cli.run),
-        Some(Cmd::Run(args)) => run(args),
+        None => return logged_run(cli.run),
+        Some(Cmd::Run(args)) => return logged_run(args),
         Some(Cmd::CheckConfig { path }) => Config::load(&path).map_err(anyhow::Error::from).map(|config| {
             println!("{}: ok ({} service(s))", path.display(), config.services.len());
         }),

@@ -129,7 +129,7 @@ impl Server {
                 .spawn(move || {
                     if let Some(core) = core {
                         if let Err(e) = affinity::pin_current_thread(core) {
-                            eprintln!("dnlb: worker {i}: cannot pin to core {core}: {e}; running unpinned");
+                            tracing::warn!("worker {i}: cannot pin to core {core}: {e}; running unpinned");
                         }
                     }
                     let served = backend.serve(&socket, &mut worker, &stop);

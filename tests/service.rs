@@ -262,3 +262,90 @@ fn started_as_root_every_thread_becomes_the_user_and_still_answers() {
     assert!(log.contains("server.user = \"daemon\": dnlb runs as uid"), "{log}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Runs dnlb on a fresh port until it answers and its log has the first server verdict (the
+/// test server 127.0.0.11 has no SIP listener), then stops it; its log.
+fn log_of_a_run(name: &str, args: &[&str], journal: bool) -> String {
+    let dir = scratch(name);
+    let port = free_port();
+    let config = write_config(&dir, port, "");
+    let log = dir.join(format!("{name}.log"));
+    std::fs::write(&log, "").unwrap();
+    // systemd names the journal stream by device and inode; `spawn` truncates this same file.
+    let meta = std::fs::metadata(&log).unwrap();
+    let stream =
+        format!("{}:{}", std::os::unix::fs::MetadataExt::dev(&meta), std::os::unix::fs::MetadataExt::ino(&meta));
+    let env: &[(&str, &str)] = if journal { &[("JOURNAL_STREAM", &stream)] } else { &[("JOURNAL_STREAM", "0:0")] };
+    let mut child = spawn(&config, &dir, name, env).args(args).spawn().unwrap();
+    wait_until_answering(&mut child, SocketAddr::from(([127, 0, 0, 1], port)), &log);
+    let start = Instant::now();
+    while !std::fs::read_to_string(&log).unwrap().contains("server out of the answers") {
+        assert!(start.elapsed() < Duration::from_secs(10), "no verdict within 10 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    terminate(&mut child);
+    std::fs::read_to_string(&log).unwrap()
+}
+
+/// Whether `line` starts with an RFC 3339 UTC timestamp (`2026-11-27T14:19:06.284579Z`).
+fn stamped(line: &str) -> bool {
+    let b = line.as_bytes();
+    b.len() > 20
+        && b[..4].iter().all(u8::is_ascii_digit)
+        && b[4] == b'-'
+        && b[10] == b'T'
+        && line[..30.min(line.len())].contains('Z')
+}
+
+#[test]
+fn under_the_journal_every_line_has_a_priority_and_no_timestamp() {
+    let log = log_of_a_run("journal", &[], true);
+    let lines: Vec<&str> = log.lines().filter(|l| !l.is_empty()).collect();
+    assert!(lines.iter().any(|l| l.starts_with("<6>serving 1 service(s) on 127.0.0.1:")), "{log}");
+    assert!(lines.iter().any(|l| l.starts_with("<6>stopped: queries=")), "{log}");
+    for line in &lines {
+        let prio = line.strip_prefix('<').and_then(|r| r.split_once('>')).map(|(p, _)| p);
+        assert!(matches!(prio, Some("3" | "4" | "6" | "7")), "no syslog priority: {line}\n{log}");
+        assert!(
+            !line.contains("2026-") && !line.contains(" INFO "),
+            "a timestamp or level word under the journal: {line}"
+        );
+    }
+    // A JOURNAL_STREAM that is not this stderr (inherited, then redirected) keeps the timestamps.
+    let log = log_of_a_run("not-journal", &[], false);
+    assert!(log.lines().filter(|l| !l.is_empty()).all(stamped), "{log}");
+    assert!(log.contains(" INFO serving 1 service(s)"), "{log}");
+}
+
+#[test]
+fn json_logs_are_one_object_per_line_with_level_and_fields() {
+    let log = log_of_a_run("json", &["--log-format", "json", "--log-level", "debug"], false);
+    let events: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(events.iter().all(|e| e["timestamp"].is_string() && e["level"].is_string()), "{log}");
+    let serving = events.iter().find(|e| e["message"].as_str().is_some_and(|m| m.starts_with("serving 1 service(s)")));
+    assert_eq!(serving.map(|e| e["level"].clone()), Some(serde_json::json!("INFO")), "{log}");
+    // The test server 127.0.0.11 has no SIP listener: its verdict is a warning with fields.
+    let down = events.iter().find(|e| e["message"] == "server out of the answers").unwrap_or_else(|| panic!("{log}"));
+    assert_eq!(down["level"], "WARN");
+    assert_eq!(down["service"], "sip.example.test");
+    assert_eq!(down["server"], "127.0.0.11:5060");
+}
+
+#[test]
+fn log_options_name_their_choices() {
+    let run = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_dnlb")).args(args).output().unwrap();
+    let out = run(&["--config", "examples/dnlb.toml", "--log-format", "xml"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("text or json"), "{out:?}");
+    let out = run(&["--config", "examples/dnlb.toml", "--log-level", "loud"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("error, warn, info or debug"));
+    // A start that fails is a log line too: in JSON, an error object naming the file.
+    let out = run(&["--config", "/nonexistent/dnlb.toml", "--log-format", "json"]);
+    assert!(!out.status.success());
+    let err: serde_json::Value = serde_json::from_slice(out.stderr.trim_ascii()).unwrap();
+    assert_eq!(err["level"], "ERROR");
+    assert!(err["message"].as_str().unwrap().contains("/nonexistent/dnlb.toml: cannot read"), "{err}");
+}

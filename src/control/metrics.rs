@@ -29,6 +29,7 @@ use prometheus::core::Collector;
 use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use crate::config::Transport;
+use crate::logging::RateLimited;
 use crate::metrics::{CounterBlocks, Totals};
 use crate::probe::health::State;
 use crate::probe::ProbeView;
@@ -117,7 +118,7 @@ impl MetricsServer {
         self.stop.store(true, Ordering::Release);
         if let Some(t) = self.thread.take() {
             if t.join().is_err() {
-                eprintln!("dnlb: metrics: the endpoint's thread panicked");
+                tracing::error!("metrics: the endpoint's thread panicked");
             }
         }
     }
@@ -132,7 +133,7 @@ impl Drop for MetricsServer {
 /// The accept loop: serves one connection at a time until `stop`.
 fn serve(mut poll: Poll, listener: TcpListener, sources: &Sources, stop: &AtomicBool) {
     let mut events = Events::with_capacity(8);
-    let mut last_error = None::<Instant>;
+    let mut last_error = RateLimited::new(Duration::from_secs(60));
     while !stop.load(Ordering::Acquire) {
         if let Err(e) = poll.poll(&mut events, Some(STOP_CHECK)) {
             if e.kind() != io::ErrorKind::Interrupted {
@@ -178,11 +179,10 @@ fn serve(mut poll: Poll, listener: TcpListener, sources: &Sources, stop: &Atomic
     }
 }
 
-/// Logs at most once a minute.
-fn log_rarely(last: &mut Option<Instant>, what: &str) {
-    if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
-        eprintln!("dnlb: metrics: {what}");
-        *last = Some(Instant::now());
+/// Logs at most once a minute, with the count of those held back.
+fn log_rarely(limit: &mut RateLimited, what: &str) {
+    if let Some(held) = limit.check(Instant::now()) {
+        tracing::warn!(held, "metrics: {what}");
     }
 }
 
@@ -235,7 +235,7 @@ fn answer(stream: mio::net::TcpStream, sources: &Sources) -> io::Result<()> {
         Route::Metrics { .. } => match scrape(sources) {
             Ok(text) => ("200 OK", TextEncoder::new().format_type().to_string(), Some(text)),
             Err(e) => {
-                eprintln!("dnlb: metrics: {e}");
+                tracing::error!("metrics: {e}");
                 ("500 Internal Server Error", "text/plain".to_string(), Some(format!("{e}\n")))
             }
         },

@@ -18,9 +18,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+
+use crate::logging::RateLimited;
 
 /// The longest request taken.
 const MAX_REQUEST: u64 = 64 * 1024;
@@ -138,17 +140,23 @@ impl Drop for ControlSocket {
 }
 
 fn serve(listener: &UnixListener, answer: &dyn Answer, stop: &AtomicBool) {
+    // A local client that keeps failing (or a full descriptor table) must not flood the log.
+    let mut limit = RateLimited::new(Duration::from_secs(60));
     while !stop.load(Ordering::Acquire) {
         match listener.accept() {
             Ok((stream, _)) => {
                 if let Err(e) = handle(stream, answer) {
-                    eprintln!("dnlb: control: {e}");
+                    if let Some(held) = limit.check(Instant::now()) {
+                        tracing::warn!(held, "control: a request failed: {e}");
+                    }
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(50)),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
-                eprintln!("dnlb: control: accept failed: {e}");
+                if let Some(held) = limit.check(Instant::now()) {
+                    tracing::warn!(held, "control: accept failed: {e}");
+                }
                 std::thread::sleep(Duration::from_millis(50));
             }
         }

@@ -31,6 +31,7 @@ use mio::{Events, Interest, Poll, Token};
 use super::core::{
     Action, Carried, Core, CoreError, Entropy, Event, OsEntropy, ProbeRef, ServerReport, Stats, TargetKey,
 };
+use super::health::State;
 use crate::config::{Config, StartState, Transport};
 use crate::snapshot::{Health, Snapshot, SnapshotHandle};
 
@@ -213,7 +214,7 @@ impl Prober {
         let thread = std::thread::Builder::new().name("dnlb-prober".into()).spawn(move || {
             if let Some(core) = driver.config.probe.core {
                 if let Err(e) = crate::io::affinity::pin_current_thread(core) {
-                    eprintln!("dnlb: prober: cannot pin to core {core}: {e}; running unpinned");
+                    tracing::warn!("prober: cannot pin to core {core}: {e}; running unpinned");
                 }
             }
             driver.run(&s)?;
@@ -422,13 +423,16 @@ impl Driver {
         while let Some(f) = self.core.poll_flip() {
             flipped = true;
             if let Some((service, addr, transport)) = self.core.describe(f.target) {
-                eprintln!(
-                    "dnlb: probe: {service} {addr}/{}: {:?} -> {:?} ({})",
-                    transport_name(transport),
-                    f.from,
-                    f.to,
-                    f.why
-                );
+                let transport = transport_name(transport);
+                let (from, why) = (format!("{:?}", f.from).to_lowercase(), f.why);
+                // Bounded by the probe interval per server, so never rate-limited: every flip is
+                // an event an operator may need to line up with a complaint.
+                if f.to == State::Up {
+                    tracing::info!(%service, server = %addr, transport, from, why, "server up");
+                } else {
+                    let to = format!("{:?}", f.to).to_lowercase();
+                    tracing::warn!(%service, server = %addr, transport, from, to, why, "server out of the answers");
+                }
             }
         }
         // Once per interval, and at once after a flip, so a scrape sees a server go down as
@@ -445,7 +449,7 @@ impl Driver {
             match Snapshot::build(&self.config, &p.health, p.round, self.generation) {
                 Ok(snapshot) => self.snapshots.publish(snapshot),
                 Err(e) => {
-                    eprintln!("dnlb: prober: cannot build answers: {e}");
+                    tracing::error!("prober: cannot build answers: {e}");
                     self.core.publish_failed();
                     break;
                 }

@@ -394,9 +394,10 @@ impl Relay {
         self.ready(out, now);
         self.engine.tick(out, now, &mut self.net);
         for upstream in self.engine.take_lost_caps() {
-            eprintln!(
-                "dnlb: relay: upstream {upstream} does not preserve the letter case of questions; \
-                 querying it without 0x20 from now on"
+            // Once per upstream: its capability is lost once and never comes back.
+            tracing::warn!(
+                %upstream,
+                "relay: the upstream does not preserve the letter case of questions; querying it without 0x20 from now on"
             );
         }
     }
