@@ -121,7 +121,13 @@ impl Limiter {
             // would be fuller by now (a full bucket is what a reset gives anyway), then the
             // staler. A prefix being limited has an empty bucket, so a flood of fresh sources
             // cannot reset it.
+            // An empty slot (key 0: no prefix is) loses nothing at all; counted by its refill
+            // it would look emptier than a limited prefix in the limiter's first second, and a
+            // flood of fresh sources would evict that prefix into a full bucket.
             let refilled = |s: &Slot| {
+                if s.key == 0 {
+                    return u64::MAX;
+                }
                 s.tokens.saturating_add(now_ms.saturating_sub(s.stamp_ms).saturating_mul(rate)).min(capacity)
             };
             let (fa, fb) = (refilled(&self.slots[a]), refilled(&self.slots[b]));
