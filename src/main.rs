@@ -207,7 +207,7 @@ fn start_prober(config: &Config, snapshots: &SnapshotHandle, carry: &Carry) -> R
     }
 }
 
-/// The settings a reload cannot change (sockets, threads, the per-worker relay and limiter):
+/// The settings a reload cannot change (sockets, threads, whether there is a relay at all):
 /// named once, and left as they run.
 fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     let (a, b) = (&old.server, &new.server);
@@ -231,17 +231,19 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
         "server.tcp_* limits",
     );
     check(a.runtime_dir == b.runtime_dir, "server.runtime_dir");
-    check(old.relay == new.relay, "[relay]");
-    check(old.rrl == new.rrl, "[rrl]");
+    // The relay's sockets, and its descriptor in each worker's event loop, exist from the start
+    // or not at all: its settings change in place, its presence does not.
+    check(old.relay.is_some() == new.relay.is_some(), "[relay] (added or removed)");
     check(old.probe.core == new.probe.core, "probe.core");
     v
 }
 
 /// Re-reads `path` and applies what can change in place: services, servers, probe settings,
-/// policies and the hosts file. Servers that stay keep their health; an invalid file changes
-/// nothing.
+/// policies, the hosts file, the relay's settings and rate limiting. Servers that stay keep their
+/// health; an invalid file changes nothing.
 fn reload(
     path: &Path,
+    server: &Server,
     running: &mut Running,
     snapshots: &SnapshotHandle,
     shared: &Mutex<Shared>,
@@ -259,11 +261,13 @@ fn reload(
     if !fixed.is_empty() {
         tracing::warn!("reload: these settings need a restart and keep their running values: {}", fixed.join(", "));
     }
-    // What runs: the new services, probe settings and hosts; the old sockets, relay and limiter.
+    // What runs: the new services, probe settings, hosts, relay settings and limits; the old
+    // sockets and threads.
     let mut applied = fresh;
     applied.server = old.server.clone();
-    applied.relay = old.relay.clone();
-    applied.rrl = old.rrl.clone();
+    if applied.relay.is_some() != old.relay.is_some() {
+        applied.relay = old.relay.clone();
+    }
     applied.probe.core = old.probe.core;
     if let Err(e) = Snapshot::build(&applied, &initial_health(&applied), 0, 0) {
         return Reply { ok: false, text: format!("cannot build answers: {e}\n"), json: serde_json::Value::Null };
@@ -279,6 +283,9 @@ fn reload(
     match start_prober(&applied, snapshots, &carry) {
         Ok(prober) => running.prober = prober,
         Err(e) => return Reply { ok: false, text: format!("{e:#}\n"), json: serde_json::Value::Null },
+    }
+    if applied.relay != old.relay || applied.rrl != old.rrl {
+        server.reconfigure(applied.relay.clone().map(Arc::new), applied.rrl.clone());
     }
     running.config = Arc::new(applied);
     view.store(running.prober.as_ref().map(|p| Arc::new(p.view())));
@@ -437,11 +444,13 @@ fn run(args: RunArgs) -> Result<()> {
             }
         }
         if hangup.swap(false, Ordering::Relaxed) {
-            let _reply = notified_reload(&serving, || reload(&path, &mut running, &snapshots, &shared, &probe_view));
+            let _reply =
+                notified_reload(&serving, || reload(&path, &server, &mut running, &snapshots, &shared, &probe_view));
         }
         // Waits up to 100 ms for a reload request, which is then served at once.
         if let Ok(reply_to) = reload_rx.recv_timeout(Duration::from_millis(100)) {
-            let reply = notified_reload(&serving, || reload(&path, &mut running, &snapshots, &shared, &probe_view));
+            let reply =
+                notified_reload(&serving, || reload(&path, &server, &mut running, &snapshots, &shared, &probe_view));
             // The asker may have given up waiting; the reload is done either way.
             let _sent = reply_to.try_send(reply);
         }

@@ -10,14 +10,14 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
 
 use crossbeam_utils::CachePadded;
 
 use crate::config::{RelayConfig, ServerConfig};
 use crate::dns::answer::Transport;
 use crate::edge::conn::Limits;
-use crate::edge::rrl::{Limiter, Settings as RrlSettings};
+use crate::edge::rrl::Settings as RrlSettings;
+use crate::edge::settings::{EdgeHandle, EdgeSettings};
 use crate::edge::tcp::{self, TcpSide};
 use crate::io::{self, affinity, Backend, IoError, Stop};
 use crate::metrics::{CounterBlocks, Totals, WorkerCounters};
@@ -67,6 +67,7 @@ pub struct Server {
     workers: Vec<JoinHandle<std::io::Result<()>>>,
     counters: CounterBlocks,
     workers_per_address: usize,
+    edge: Arc<EdgeHandle>,
 }
 
 impl Server {
@@ -99,6 +100,7 @@ impl Server {
         }
         let counters: CounterBlocks = (0..sockets.len()).map(|_| CachePadded::new(WorkerCounters::default())).collect();
         let stop = Arc::new(Stop::new().map_err(ServerError::Pipe)?);
+        let edge = EdgeHandle::new(EdgeSettings { relay: relay.clone(), rrl: rrl.clone() });
         let transport = Transport::Udp { max_payload: config.max_udp_payload };
         // Each worker holds its share of the TCP connections; the kernel spreads new ones.
         let limits = Limits {
@@ -115,8 +117,8 @@ impl Server {
             let upstream = relay.clone().map(Relay::new).transpose()?;
             let responder =
                 Responder::new(snapshots.clone(), counters.clone(), block).with_relay(relay.clone(), upstream);
-            let mut worker =
-                Worker::new(responder, transport, None, rrl.clone().map(|r| Limiter::new(r, Instant::now())));
+            let mut worker = Worker::new(responder, transport, None, rrl.clone());
+            worker.follow(edge.clone());
             let listeners: Vec<_> = listener.into_iter().collect();
             if !listeners.is_empty() || worker.relay_fd().is_some() {
                 let side = TcpSide::new(listeners, limits, worker.relay_fd()).map_err(ServerError::Thread)?;
@@ -139,7 +141,13 @@ impl Server {
                 .map_err(ServerError::Thread)?;
             workers.push(handle);
         }
-        Ok(Server { backend, fallback_reason, stop, workers, counters, workers_per_address: n })
+        Ok(Server { backend, fallback_reason, stop, workers, counters, workers_per_address: n, edge })
+    }
+
+    /// Gives every worker new relay and rate-limit settings (a reload); each applies them at its
+    /// next batch or tick. A relay is changed, never added or removed (that needs a restart).
+    pub fn reconfigure(&self, relay: Option<Arc<RelayConfig>>, rrl: Option<RrlSettings>) {
+        self.edge.publish(EdgeSettings { relay, rrl });
     }
 
     /// The backend the workers run.

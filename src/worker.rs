@@ -21,11 +21,12 @@ use std::time::Instant;
 
 use arc_swap::Guard;
 
-use crate::config::RelayConfig;
+use crate::config::{RelayConfig, RrlConfig};
 use crate::dns::answer::{self, Template, Transport};
 use crate::dns::query::{self, rcode, Query, Reject, MAX_NAME_LEN};
 use crate::dns::{rtype, CLASS_IN};
 use crate::edge::rrl::{Decision, Limiter};
+use crate::edge::settings::{EdgeHandle, EdgeSettings};
 use crate::edge::tcp::{Answerer, TcpSide};
 use crate::io::{DropReason, Handler, Outbox, Peer};
 use crate::metrics::{CounterBlocks, WorkerCounters};
@@ -357,13 +358,53 @@ pub struct Worker {
     batch_now: Instant,
     /// The TCP listeners and connections, and the epoll instance that also nests the relay's.
     tcp: Option<TcpSide>,
+    /// Where reloaded relay and rate-limit settings come from, and the generation applied.
+    edge: Option<(Arc<EdgeHandle>, u64)>,
+    /// The rate-limit settings `rrl` was made with.
+    rrl_settings: Option<RrlConfig>,
 }
 
 impl Worker {
     /// A worker's handler around `responder` (with its relay, if any), its TCP side and its rate
     /// limiter.
-    pub fn new(responder: Responder, transport: Transport, tcp: Option<TcpSide>, rrl: Option<Limiter>) -> Worker {
-        Worker { responder, transport, rrl, batch_now: Instant::now(), tcp }
+    pub fn new(responder: Responder, transport: Transport, tcp: Option<TcpSide>, rrl: Option<RrlConfig>) -> Worker {
+        let limiter = rrl.clone().map(|r| Limiter::new(r, Instant::now()));
+        Worker { responder, transport, rrl: limiter, batch_now: Instant::now(), tcp, edge: None, rrl_settings: rrl }
+    }
+
+    /// Lets a reload change this worker's relay and rate-limit settings through `edge`.
+    pub fn follow(&mut self, edge: Arc<EdgeHandle>) {
+        let seen = edge.generation();
+        self.edge = Some((edge, seen));
+    }
+
+    /// Applies settings a reload published since the last look (one atomic load when none did).
+    #[inline]
+    fn pick_up_settings(&mut self) {
+        let Some((edge, seen)) = &mut self.edge else { return };
+        let generation = edge.generation();
+        if generation == *seen {
+            return;
+        }
+        *seen = generation;
+        let settings = edge.load();
+        self.apply(&settings, Instant::now());
+    }
+
+    #[cold]
+    fn apply(&mut self, settings: &EdgeSettings, now: Instant) {
+        if self.rrl_settings != settings.rrl {
+            // Fresh buckets: every prefix starts with a full second's burst, as at start-up.
+            self.rrl = settings.rrl.clone().map(|r| Limiter::new(r, now));
+            self.rrl_settings = settings.rrl.clone();
+        }
+        let r = &mut self.responder;
+        if let (Some(relay), Some(config)) = (r.relay.as_mut(), &settings.relay) {
+            if r.relay_config.as_ref() != Some(config) {
+                relay.reconfigure(config.clone(), now);
+                r.relay_config = Some(config.clone());
+            }
+        }
     }
 
     /// Gives the worker its TCP side (made with [`Worker::relay_fd`] nested in it).
@@ -414,6 +455,7 @@ impl Worker {
 impl Handler for Worker {
     #[inline]
     fn begin_batch(&mut self) {
+        self.pick_up_settings();
         self.responder.refresh();
         if self.rrl.is_some() {
             self.batch_now = Instant::now();
@@ -464,6 +506,7 @@ impl Handler for Worker {
     }
 
     fn tick(&mut self, out: &mut Outbox<'_>) {
+        self.pick_up_settings();
         let now = Instant::now();
         let r = &mut self.responder;
         if let Some(relay) = r.relay.as_mut() {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::sip::{common_port, Mode, SipResponder};
 use common::*;
-use hickory_proto::op::Message;
+use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::{RData, RecordType};
 
 const PROBE: &str = "interval_ms = 200\ntimeout_ms = 100\nretransmit_ms = 30\nrise = 1\nfall = 2";
@@ -213,5 +213,76 @@ fn a_hundred_reloads_under_load_lose_nothing() {
     assert!(completed.contains("(100.00%)"), "{completed}");
     assert!(!report.contains("SERVFAIL"), "{report}");
     assert!(took < Duration::from_secs(11), "reloads outlasted the load: {took:?}");
+    let _removed = std::fs::remove_dir_all(&runtime);
+}
+
+/// A reload changes the relay's upstreams and allow list and the rate limits under running
+/// workers, with no restart; only adding or removing `[relay]` itself waits for one.
+#[test]
+fn a_reload_changes_the_relay_and_rate_limits_in_place() {
+    use common::upstream::{Hostile, Script};
+    use std::sync::atomic::Ordering;
+    let (a, b) = (Hostile::start("127.0.0.1", Script::default()), Hostile::start("127.0.0.1", Script::default()));
+    let runtime = std::env::temp_dir().join(format!("dnlb-run-edge-{}", std::process::id()));
+    let port = free_port();
+    let text = |relay: &str, rrl: &str| {
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\nworkers = 1\npin_workers = false\nruntime_dir = \"{}\"\n\
+             [probe]\nenabled = false\n[[service]]\nname = \"sip.example.test\"\n[[service.server]]\naddress = \"127.0.0.11\"\n\
+             {relay}{rrl}",
+            runtime.display()
+        )
+    };
+    let relay = |up: SocketAddr, allow: &str| format!("[relay]\nupstreams = [\"{up}\"]\nallow = [\"{allow}\"]\n");
+    let rrl = "[rrl]\nresponses_per_second = 5\nslip = 0\n";
+    let d = Instance::start(&text(&relay(a.addr, "127.0.0.0/8"), ""));
+    let ask = |name: &str, id: u16| {
+        let raw = udp_raw(d.dns, &query(name, RecordType::A, id, None), Duration::from_secs(2));
+        raw.and_then(|r| Message::from_vec(&r).ok())
+    };
+    // 40 queries in a burst from one client: all answered while there is no [rrl].
+    let burst = || {
+        let s = udp_client();
+        for id in 0..40u16 {
+            s.send_to(&query("sip.example.test.", RecordType::A, id, None), d.dns).unwrap();
+        }
+        let (mut buf, mut n) = ([0u8; 512], 0);
+        s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        while recv_retry(&s, &mut buf).is_some() {
+            n += 1;
+        }
+        n
+    };
+    assert_eq!(burst(), 40);
+    let one = ask("one.example.org.", 1).expect("relayed");
+    assert_eq!(one.answers.len(), 1);
+    assert_eq!((a.queries.load(Ordering::Relaxed), b.queries.load(Ordering::Relaxed)), (1, 0));
+
+    // New upstream, rate limiting on: the next questions go to the new upstream (the cache
+    // started afresh, so a name answered before is asked again) and a burst is limited.
+    std::fs::write(&d.config, text(&relay(b.addr, "127.0.0.0/8"), rrl)).unwrap();
+    let reload = d.cli(&["reload"]).unwrap();
+    let out = String::from_utf8_lossy(&reload.stdout);
+    assert!(reload.status.success() && !out.contains("need a restart"), "{out}");
+    assert_eq!(ask("two.example.org.", 2).map(|m| m.answers.len()), Some(1));
+    assert_eq!(ask("one.example.org.", 3).map(|m| m.answers.len()), Some(1));
+    assert_eq!((a.queries.load(Ordering::Relaxed), b.queries.load(Ordering::Relaxed)), (1, 2));
+    std::thread::sleep(Duration::from_millis(1100));
+    let limited = burst();
+    assert!((1..=8).contains(&limited), "{limited} of 40 answered at 5 responses a second");
+
+    // The allow list changes too: this client is now outside it.
+    std::fs::write(&d.config, text(&relay(b.addr, "10.0.0.0/8"), "")).unwrap();
+    assert!(d.cli(&["reload"]).unwrap().status.success());
+    assert_eq!(ask("three.example.org.", 4).map(|m| m.response_code), Some(ResponseCode::Refused));
+    assert_eq!(burst(), 40, "rate limiting is off again");
+
+    // Removing [relay] needs a restart: said, and the relay keeps its running settings.
+    std::fs::write(&d.config, text(&relay(b.addr, "127.0.0.0/8"), "")).unwrap();
+    assert!(d.cli(&["reload"]).unwrap().status.success());
+    std::fs::write(&d.config, text("", "")).unwrap();
+    let reload = d.cli(&["reload"]).unwrap();
+    assert!(String::from_utf8_lossy(&reload.stdout).contains("need a restart: [relay] (added or removed)"));
+    assert_eq!(ask("four.example.org.", 5).map(|m| m.answers.len()), Some(1), "still relayed");
     let _removed = std::fs::remove_dir_all(&runtime);
 }

@@ -250,8 +250,11 @@ impl UpstreamState {
 /// One worker's relay logic.
 pub struct Engine {
     config: Arc<RelayConfig>,
-    /// Every upstream, the default list first, then each route's.
+    /// Every upstream, the default list first, then each route's; past `active`, upstreams a
+    /// reload removed while questions to them were in flight (in no group, never checked).
     upstreams: Vec<SocketAddr>,
+    /// How many of `upstreams` the configuration names.
+    active: usize,
     /// Per group (0: default; 1 + route index), the indices into `upstreams`.
     groups: Vec<Vec<usize>>,
     /// Route domains as wire names, with their group.
@@ -282,10 +285,16 @@ pub struct Engine {
     pub stats: RelayStats,
 }
 
-impl Engine {
-    /// The relay logic for `config`, with random bytes from `fill`; fails if `fill` does.
-    pub fn new(config: Arc<RelayConfig>, fill: Fill, now: Instant) -> Result<Engine, RelayError> {
-        let random = Random::new(fill).map_err(RelayError::Random)?;
+/// Where a configuration's questions go: every upstream (the default list first, then each
+/// route's), the groups they form, and the route domains as wire names with their group.
+struct Layout {
+    upstreams: Vec<SocketAddr>,
+    groups: Vec<Vec<usize>>,
+    routes: Vec<(Box<[u8]>, usize)>,
+}
+
+impl Layout {
+    fn of(config: &RelayConfig) -> Layout {
         let mut upstreams: Vec<SocketAddr> = config.upstreams.clone();
         let mut groups = vec![(0..upstreams.len()).collect::<Vec<usize>>()];
         let mut routes = Vec::new();
@@ -295,19 +304,33 @@ impl Engine {
             groups.push((start..upstreams.len()).collect());
             routes.push((crate::dns::wire_name(&r.domain).into_boxed_slice(), i + 1));
         }
-        let health_query = config.health_check.as_ref().map(|name| {
-            // A plain `NAME A` query with RD set.
-            let mut q = vec![0, 0, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
-            q.extend_from_slice(&crate::dns::wire_name(name));
-            q.extend_from_slice(&[0, 1, 0, 1]);
-            q.into_boxed_slice()
-        });
+        Layout { upstreams, groups, routes }
+    }
+}
+
+/// The health-check query, a plain `NAME A` with RD set (ID and letter case drawn per send).
+fn health_query(config: &RelayConfig) -> Option<Box<[u8]>> {
+    config.health_check.as_ref().map(|name| {
+        let mut q = vec![0, 0, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+        q.extend_from_slice(&crate::dns::wire_name(name));
+        q.extend_from_slice(&[0, 1, 0, 1]);
+        q.into_boxed_slice()
+    })
+}
+
+impl Engine {
+    /// The relay logic for `config`, with random bytes from `fill`; fails if `fill` does.
+    pub fn new(config: Arc<RelayConfig>, fill: Fill, now: Instant) -> Result<Engine, RelayError> {
+        let random = Random::new(fill).map_err(RelayError::Random)?;
+        let Layout { upstreams, groups, routes } = Layout::of(&config);
+        let health_query = health_query(&config);
         Ok(Engine {
             health_query,
             next_check: vec![now; upstreams.len()],
             cache: Cache::new(config.cache_entries, config.cache_bytes, config.max_ttl),
             state: vec![UpstreamState::new(); upstreams.len()],
             next: vec![0; groups.len()],
+            active: upstreams.len(),
             upstreams,
             groups,
             routes,
@@ -324,6 +347,55 @@ impl Engine {
             stats: RelayStats::default(),
             config,
         })
+    }
+
+    /// Applies a reloaded `[relay]` in place. Questions in flight stay and are answered: an
+    /// upstream they went to that the new configuration drops is kept, retired, until they end;
+    /// their route is looked up again for a retry. Upstreams that stay keep what was learnt of
+    /// them (failures, 0x20). The cache starts afresh when what its answers came from changes
+    /// (upstreams, routes) or its bounds do; limits and the allow list apply to new questions.
+    pub fn reconfigure(&mut self, config: Arc<RelayConfig>, now: Instant) {
+        let Layout { mut upstreams, groups, routes } = Layout::of(&config);
+        let active = upstreams.len();
+        for p in self.pending.values() {
+            let addr = self.upstreams[p.upstream];
+            if !upstreams.contains(&addr) {
+                upstreams.push(addr);
+            }
+        }
+        let old = |a: &SocketAddr| self.upstreams.iter().position(|o| o == a);
+        let state = upstreams.iter().map(|a| old(a).map_or(UpstreamState::new(), |i| self.state[i])).collect();
+        let next_check = upstreams.iter().map(|a| old(a).map_or(now, |i| self.next_check[i])).collect();
+        for p in self.pending.values_mut() {
+            let addr = self.upstreams[p.upstream];
+            let name = p.query.get(HEADER_LEN..p.question_end.saturating_sub(4)).unwrap_or_default();
+            p.group = if p.check { 0 } else { route_for(&routes, name).unwrap_or(0) };
+            // The same address may serve several groups: prefer its place in the question's own.
+            p.upstream = groups[p.group]
+                .iter()
+                .copied()
+                .find(|&i| upstreams[i] == addr)
+                .or_else(|| upstreams.iter().position(|&a| a == addr))
+                .unwrap_or(0);
+        }
+        let c = &self.config;
+        if c.upstreams != config.upstreams
+            || c.routes != config.routes
+            || c.cache_entries != config.cache_entries
+            || c.cache_bytes != config.cache_bytes
+            || c.max_ttl != config.max_ttl
+        {
+            self.cache = Cache::new(config.cache_entries, config.cache_bytes, config.max_ttl);
+        }
+        self.health_query = health_query(&config);
+        self.next = vec![0; groups.len()];
+        self.state = state;
+        self.next_check = next_check;
+        self.active = active;
+        self.upstreams = upstreams;
+        self.groups = groups;
+        self.routes = routes;
+        self.config = config;
     }
 
     /// Upstream exchanges in flight.
@@ -667,7 +739,7 @@ impl Engine {
     /// Sends the health-check query to every upstream whose turn it is. Its reply resets the
     /// upstream's failures (in `on_reply`); its timeout counts one (in `tick`); nobody waits on it.
     fn check_upstreams(&mut self, now: Instant, wire: &mut dyn Wire) {
-        for i in 0..self.upstreams.len() {
+        for i in 0..self.active {
             if now < self.next_check[i] {
                 continue;
             }
@@ -952,6 +1024,56 @@ mod tests {
         r[6..12].copy_from_slice(&[0, 1, 0, 0, 0, 0]);
         r.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 1]);
         r
+    }
+
+    /// A reload that replaces the upstream: the question in flight to the old one is still
+    /// answered by it (and its timeout retried on the new one), new questions go to the new one,
+    /// and the cache starts afresh; a reload that changes only the limits keeps the cache.
+    #[test]
+    fn a_reload_moves_new_questions_and_keeps_those_in_flight() {
+        let old: SocketAddr = "192.0.2.1:53".parse().unwrap();
+        let new: SocketAddr = "192.0.2.2:53".parse().unwrap();
+        let mut e = engine(config(&["192.0.2.1:53"]));
+        let mut wire = FakeWire::default();
+        let now = Instant::now();
+        // One answer cached, one question in flight, both from the old upstream.
+        assert_eq!(ask(&mut e, &mut wire, "cached.example.test", 1, now), Forwarded::Pending);
+        let (token, to, sent, _) = wire.sent[0].clone();
+        let mut out = Collected::default();
+        assert_eq!(e.on_reply(token, &reply_to(&sent, 0, false), to, &mut out, now, &mut wire), Verdict::Taken);
+        assert!(matches!(ask(&mut e, &mut wire, "cached.example.test", 2, now), Forwarded::Answered(_)));
+        assert_eq!(ask(&mut e, &mut wire, "inflight.example.test", 3, now), Forwarded::Pending);
+        let (token, _, sent, _) = wire.sent[1].clone();
+
+        // Same upstreams, tighter limits: the cache stays.
+        let mut tighter = config(&["192.0.2.1:53"]);
+        tighter.max_pending = 50;
+        e.reconfigure(Arc::new(tighter), now);
+        assert!(matches!(ask(&mut e, &mut wire, "cached.example.test", 4, now), Forwarded::Answered(_)));
+
+        let mut moved = config(&["192.0.2.2:53", "192.0.2.3:53"]);
+        moved.health_check = Some("health.example.test".into());
+        e.reconfigure(Arc::new(moved), now);
+        // The question in flight is answered by the upstream it went to.
+        let mut out = Collected::default();
+        assert_eq!(e.on_reply(token, &reply_to(&sent, 0, false), old, &mut out, now, &mut wire), Verdict::Taken);
+        assert_eq!(out.0.len(), 1);
+        // The cache is new, so the cached name is asked again, of a new upstream.
+        assert_eq!(ask(&mut e, &mut wire, "cached.example.test", 5, now), Forwarded::Pending);
+        assert_eq!(wire.sent.last().unwrap().1, new);
+        // Health checks go to the configured upstreams only, never to the retired one.
+        e.tick(&mut Collected::default(), now, &mut wire);
+        let checked: Vec<SocketAddr> = wire.sent[3..].iter().map(|s| s.1).collect();
+        assert!(!checked.contains(&old) && checked.len() == 2, "{checked:?}");
+
+        // A question in flight to an upstream the reload removed moves to the new group on timeout.
+        let mut e = engine(config(&["192.0.2.1:53"]));
+        let mut wire = FakeWire::default();
+        assert_eq!(ask(&mut e, &mut wire, "slow.example.test", 6, now), Forwarded::Pending);
+        e.reconfigure(Arc::new(config(&["192.0.2.2:53", "192.0.2.3:53"])), now);
+        e.tick(&mut Collected::default(), now + Duration::from_secs(1), &mut wire);
+        assert_eq!(wire.sent.len(), 2, "retried once");
+        assert_ne!(wire.sent[1].1, old, "on an upstream of the new configuration");
     }
 
     #[test]

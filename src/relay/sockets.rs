@@ -272,6 +272,11 @@ impl Relay {
         })
     }
 
+    /// Applies a reloaded `[relay]` (see [`Engine::reconfigure`]): questions in flight stay.
+    pub fn reconfigure(&mut self, config: Arc<RelayConfig>, now: Instant) {
+        self.engine.reconfigure(config, now);
+    }
+
     /// The epoll descriptor: readable when any upstream socket is.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.net.poll.registry().as_fd()
