@@ -3,6 +3,7 @@
 //! same snapshot as the SIP names, so they cost what a SIP answer costs.
 
 use std::net::IpAddr;
+use std::path::Path;
 
 /// One line of a hosts file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +21,16 @@ pub struct HostsProblem {
     pub line: usize,
     /// What is wrong and how to fix it.
     pub message: String,
+}
+
+/// Reads and parses the hosts file at `path`; every problem as `PATH:LINE: message` (or why the
+/// file could not be read, and the fix).
+pub fn load(path: &Path) -> Result<Vec<HostEntry>, Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| vec![format!("cannot read {}: {e}: fix the path or remove [hosts]", path.display())])?;
+    parse(&text).map_err(|problems| {
+        problems.into_iter().map(|p| format!("{}:{}: {}", path.display(), p.line, p.message)).collect()
+    })
 }
 
 /// Parses hosts-file text; returns every entry, or every problem.

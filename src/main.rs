@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use arc_swap::ArcSwapOption;
 use clap::{Args, Parser, Subcommand};
-use dnlb::config::{Config, IoMode};
+use dnlb::config::{Config, HostsSource, IoMode};
 use dnlb::control::instance::InstanceLocks;
 use dnlb::control::privilege::{self, Outcome};
 use dnlb::control::report::{self, View};
@@ -241,21 +241,115 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
 /// Re-reads `path` and applies what can change in place: services, servers, probe settings,
 /// policies, the hosts file, the relay's settings and rate limiting. Servers that stay keep their
 /// health; an invalid file changes nothing.
-fn reload(
-    path: &Path,
-    server: &Server,
-    running: &mut Running,
-    snapshots: &SnapshotHandle,
-    shared: &Mutex<Shared>,
-    view: &ArcSwapOption<ProbeView>,
-) -> Reply {
-    let fresh = match Config::load(path) {
-        Ok(c) => c,
+fn reload(path: &Path, live: &mut Live<'_>) -> Reply {
+    match Config::load(path) {
+        Ok(fresh) => apply(fresh, &path.display().to_string(), live),
         Err(e) => {
             tracing::error!("reload refused, the running configuration stays:\n{e}");
-            return Reply { ok: false, text: format!("{e}\n"), json: serde_json::json!({"error": e.to_string()}) };
+            Reply { ok: false, text: format!("{e}\n"), json: serde_json::json!({"error": e.to_string()}) }
         }
-    };
+    }
+}
+
+/// Re-reads the hosts file only (`hosts.watch` saw it change): the running configuration with
+/// the file's new names. A file that does not parse changes nothing.
+fn reload_hosts(source: &HostsSource, live: &mut Live<'_>) -> Reply {
+    match dnlb::hosts::load(&source.path) {
+        Ok(entries) => {
+            let mut fresh = (*live.running.config).clone();
+            fresh.hosts = entries;
+            apply(fresh, &source.path.display().to_string(), live)
+        }
+        Err(problems) => {
+            let text = problems.join("\n");
+            tracing::error!("hosts file change refused, the running names stay:\n{text}");
+            Reply { ok: false, text, json: serde_json::Value::Null }
+        }
+    }
+}
+
+/// What starts a reload.
+enum Trigger {
+    /// SIGHUP.
+    Hangup,
+    /// `dnlb reload` through the control socket; the reply goes back here.
+    Asked(SyncSender<Reply>),
+    /// The watched hosts file changed.
+    Hosts(HostsSource),
+}
+
+/// What identifies one version of a file: inode, size and modification time (`None`: unreadable).
+type Stamp = Option<(u64, u64, std::time::SystemTime)>;
+
+fn stamp(path: &Path) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.ino(), m.len(), m.modified().ok()?))
+}
+
+/// Notices a change of the hosts file while `hosts.watch` is on, looking once a second; a change
+/// is read once it has held still for one look, so a file being written is not read half-way.
+struct HostsWatch {
+    seen: Option<(PathBuf, Stamp)>,
+    moved: Option<Stamp>,
+    next: Instant,
+}
+
+impl HostsWatch {
+    /// The file as it is now, when the running configuration read it.
+    fn new(config: &Config, now: Instant) -> HostsWatch {
+        let seen = config.hosts_source.as_ref().map(|s| (s.path.clone(), stamp(&s.path)));
+        HostsWatch { seen, moved: None, next: now + HOSTS_LOOK }
+    }
+
+    /// The hosts file to re-read, when it changed and then held still.
+    fn changed(&mut self, config: &Config, now: Instant) -> Option<HostsSource> {
+        let source = config.hosts_source.as_ref().filter(|s| s.watch)?;
+        if now < self.next {
+            return None;
+        }
+        self.next = now + HOSTS_LOOK;
+        let current = stamp(&source.path);
+        match &self.seen {
+            Some((path, seen)) if *path == source.path && *seen == current => {
+                self.moved = None;
+                None
+            }
+            Some((path, _)) if *path == source.path && self.moved != Some(current) => {
+                self.moved = Some(current);
+                None
+            }
+            Some((path, _)) if *path == source.path => {
+                self.seen = Some((source.path.clone(), current));
+                self.moved = None;
+                Some(source.clone())
+            }
+            // Another file (a reload changed hosts.file, and read it): the new baseline.
+            _ => {
+                self.seen = Some((source.path.clone(), current));
+                self.moved = None;
+                None
+            }
+        }
+    }
+}
+
+/// How often a watched hosts file is looked at.
+const HOSTS_LOOK: Duration = Duration::from_secs(1);
+
+/// What a reload changes: the running parts and the handles that publish them.
+struct Live<'a> {
+    server: &'a Server,
+    running: &'a mut Running,
+    snapshots: &'a SnapshotHandle,
+    shared: &'a Mutex<Shared>,
+    view: &'a ArcSwapOption<ProbeView>,
+}
+
+/// Puts `fresh` (read from `source`) in place of the running configuration, as far as it can
+/// change without a restart.
+fn apply(fresh: Config, source: &str, live: &mut Live<'_>) -> Reply {
+    let Live { server, running, snapshots, shared, view } = live;
     let old = running.config.clone();
     let fixed = needs_restart(&old, &fresh);
     if !fixed.is_empty() {
@@ -303,7 +397,7 @@ fn reload(
             carry.contains_key(&(Arc::from(s.name.as_str()), std::net::SocketAddr::new(v.address, v.port), *t))
         })
         .count();
-    tracing::info!("reloaded {}: {services} service(s), health kept for {kept} server transport(s)", path.display());
+    tracing::info!("reloaded {source}: {services} service(s), health kept for {kept} server transport(s)");
     Reply {
         ok: true,
         text: format!(
@@ -402,6 +496,7 @@ fn run(args: RunArgs) -> Result<()> {
         tracing::warn!("{e}");
     }
     let watchdog_every = notify::watchdog_interval();
+    let mut hosts_watch = HostsWatch::new(&running.config, Instant::now());
     let mut last_ping: Option<Instant> = None;
     let mut ping_failed = false;
     let stop = Arc::new(AtomicBool::new(false));
@@ -443,16 +538,30 @@ fn run(args: RunArgs) -> Result<()> {
                 Err(_) => {}
             }
         }
-        if hangup.swap(false, Ordering::Relaxed) {
-            let _reply =
-                notified_reload(&serving, || reload(&path, &server, &mut running, &snapshots, &shared, &probe_view));
-        }
         // Waits up to 100 ms for a reload request, which is then served at once.
-        if let Ok(reply_to) = reload_rx.recv_timeout(Duration::from_millis(100)) {
-            let reply =
-                notified_reload(&serving, || reload(&path, &server, &mut running, &snapshots, &shared, &probe_view));
-            // The asker may have given up waiting; the reload is done either way.
-            let _sent = reply_to.try_send(reply);
+        let trigger = if hangup.swap(false, Ordering::Relaxed) {
+            Some(Trigger::Hangup)
+        } else if let Some(source) = hosts_watch.changed(&running.config, Instant::now()) {
+            Some(Trigger::Hosts(source))
+        } else {
+            reload_rx.recv_timeout(Duration::from_millis(100)).ok().map(Trigger::Asked)
+        };
+        if let Some(trigger) = trigger {
+            let mut live = Live {
+                server: &server,
+                running: &mut running,
+                snapshots: &snapshots,
+                shared: &shared,
+                view: &probe_view,
+            };
+            let reply = notified_reload(&serving, || match &trigger {
+                Trigger::Hosts(source) => reload_hosts(source, &mut live),
+                Trigger::Hangup | Trigger::Asked(_) => reload(&path, &mut live),
+            });
+            if let Trigger::Asked(reply_to) = trigger {
+                // The asker may have given up waiting; the reload is done either way.
+                let _sent = reply_to.try_send(reply);
+            }
         }
     }
     if let Err(e) = notify::stopping() {

@@ -25,10 +25,22 @@ struct Instance {
 
 impl Instance {
     fn start(text: &str) -> Instance {
+        Instance::launch(Instance::prepare(text))
+    }
+
+    /// Writes `text` to a fresh folder's `dnlb.toml`; its path.
+    fn prepare(text: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("dnlb-control-{}-{}", std::process::id(), free_port()));
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("dnlb.toml");
         std::fs::write(&config, text).unwrap();
+        config
+    }
+
+    /// Runs dnlb on the prepared `config` until its control socket answers.
+    fn launch(config: PathBuf) -> Instance {
+        let dir = config.parent().unwrap().to_path_buf();
+        let text = std::fs::read_to_string(&config).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_dnlb"))
             .args(["--config", config.to_str().unwrap()])
             .stdout(Stdio::null())
@@ -284,5 +296,77 @@ fn a_reload_changes_the_relay_and_rate_limits_in_place() {
     let reload = d.cli(&["reload"]).unwrap();
     assert!(String::from_utf8_lossy(&reload.stdout).contains("need a restart: [relay] (added or removed)"));
     assert_eq!(ask("four.example.org.", 5).map(|m| m.answers.len()), Some(1), "still relayed");
+    let _removed = std::fs::remove_dir_all(&runtime);
+}
+
+/// With `hosts.watch`, a change of the hosts file on disk is answered within a few seconds, a
+/// broken file changes nothing and says why, and a file put back is read again; without it,
+/// nothing changes until a reload.
+#[test]
+fn a_watched_hosts_file_is_read_again_when_it_changes() {
+    let runtime = std::env::temp_dir().join(format!("dnlb-run-hosts-{}", std::process::id()));
+    let port = free_port();
+    let text = |watch: bool| {
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\nworkers = 1\npin_workers = false\nruntime_dir = \"{}\"\n\
+             [probe]\nenabled = false\n[hosts]\nfile = \"hosts\"\nwatch = {watch}\n",
+            runtime.display()
+        )
+    };
+    // The file sits beside the config; written whole and renamed into place, as editors do.
+    let write_hosts = |d: &Instance, body: &str| {
+        let tmp = d.config.with_file_name("hosts.tmp");
+        std::fs::write(&tmp, body).unwrap();
+        std::fs::rename(&tmp, d.config.with_file_name("hosts")).unwrap();
+    };
+    let phone = |d: &Instance| -> Vec<IpAddr> {
+        let raw = udp_raw(d.dns, &query("phone.example.test.", RecordType::A, 9, None), Duration::from_secs(1));
+        raw.and_then(|r| Message::from_vec(&r).ok())
+            .map(|m| {
+                m.answers
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::A(a) => Some(IpAddr::V4(a.0)),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let until = |d: &Instance, want: &str| {
+        let start = Instant::now();
+        while phone(d) != [ip(want)] {
+            assert!(start.elapsed() < Duration::from_secs(5), "not {want} within 5 s: {:?}\n{}", phone(d), d.stderr());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    // The hosts file must exist before dnlb reads its configuration.
+    let d = {
+        let pre = Instance::prepare(&text(true));
+        std::fs::write(pre.with_file_name("hosts"), "192.0.2.10 phone.example.test\n").unwrap();
+        Instance::launch(pre)
+    };
+    assert_eq!(phone(&d), [ip("192.0.2.10")]);
+    write_hosts(&d, "192.0.2.11 phone.example.test\n");
+    until(&d, "192.0.2.11");
+    write_hosts(&d, "not-an-address phone.example.test\n");
+    let start = Instant::now();
+    while !d.stderr().contains("hosts file change refused, the running names stay") {
+        assert!(start.elapsed() < Duration::from_secs(5), "{}", d.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(d.stderr().contains("is not an IP address"), "{}", d.stderr());
+    assert_eq!(phone(&d), [ip("192.0.2.11")], "a broken file changes nothing");
+    write_hosts(&d, "192.0.2.12 phone.example.test\n");
+    until(&d, "192.0.2.12");
+
+    // Watching off (by a reload): a change waits for the next reload.
+    std::fs::write(&d.config, text(false)).unwrap();
+    assert!(d.cli(&["reload"]).unwrap().status.success());
+    write_hosts(&d, "192.0.2.13 phone.example.test\n");
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(phone(&d), [ip("192.0.2.12")], "read without hosts.watch");
+    assert!(d.cli(&["reload"]).unwrap().status.success());
+    assert_eq!(phone(&d), [ip("192.0.2.13")]);
     let _removed = std::fs::remove_dir_all(&runtime);
 }

@@ -92,6 +92,8 @@ pub(super) struct RawHosts {
     pub(super) file: Spanned<String>,
     #[serde(default = "default_hosts_ttl")]
     pub(super) ttl: Spanned<u64>,
+    #[serde(default)]
+    pub(super) watch: bool,
 }
 
 #[derive(Debug, Deserialize)]

@@ -91,12 +91,23 @@ pub struct Config {
     pub hosts: Vec<crate::hosts::HostEntry>,
     /// TTL of the hosts-file answers, in seconds.
     pub hosts_ttl: u32,
+    /// Where `hosts` came from (`None`: no `[hosts]` section).
+    pub hosts_source: Option<HostsSource>,
     /// Where other names go; `None` answers them REFUSED.
     pub relay: Option<RelayConfig>,
     /// Response rate limiting over UDP; `None` (no `[rrl]` section): off.
     pub rrl: Option<RrlConfig>,
     /// The Prometheus endpoint; `None` (no `[metrics]` section): off.
     pub metrics: Option<MetricsConfig>,
+}
+
+/// The hosts file (`[hosts]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostsSource {
+    /// Its path (a relative `hosts.file` resolved against the configuration's folder).
+    pub path: std::path::PathBuf,
+    /// Whether a change on disk is read at once, without a reload (`hosts.watch`).
+    pub watch: bool,
 }
 
 /// The Prometheus endpoint (`[metrics]`), served by [`crate::control::metrics`].

@@ -76,14 +76,17 @@ impl Validator<'_> {
             }
             services.push(service);
         }
-        let (hosts, hosts_ttl) = match raw.hosts {
-            Some(h) => self.hosts(h),
-            None => (Vec::new(), 60),
+        let (hosts, hosts_ttl, hosts_source) = match raw.hosts {
+            Some(h) => {
+                let (entries, ttl, source) = self.hosts(h);
+                (entries, ttl, Some(source))
+            }
+            None => (Vec::new(), 60, None),
         };
         let relay = raw.relay.map(|r| self.relay(r));
         let rrl = raw.rrl.map(|r| self.rrl(r));
         let metrics = raw.metrics.and_then(|m| self.metrics(m));
-        Config { server, probe, services, hosts, hosts_ttl, relay, rrl, metrics }
+        Config { server, probe, services, hosts, hosts_ttl, hosts_source, relay, rrl, metrics }
     }
 
     fn metrics(&mut self, raw: RawMetrics) -> Option<MetricsConfig> {
@@ -241,29 +244,16 @@ impl Validator<'_> {
         out
     }
 
-    fn hosts(&mut self, raw: RawHosts) -> (Vec<crate::hosts::HostEntry>, u32) {
+    fn hosts(&mut self, raw: RawHosts) -> (Vec<crate::hosts::HostEntry>, u32, HostsSource) {
         let ttl = self.ranged(&raw.ttl, "hosts.ttl", 0, 86_400, " s") as u32;
         let path = self.base.join(raw.file.get_ref());
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) => {
-                self.fail(
-                    raw.file.span(),
-                    "hosts.file",
-                    format!("cannot read {}: {e}: fix the path or remove [hosts]", path.display()),
-                );
-                return (Vec::new(), ttl);
+        let entries = crate::hosts::load(&path).unwrap_or_else(|problems| {
+            for p in problems {
+                self.fail(raw.file.span(), "hosts.file", p);
             }
-        };
-        match crate::hosts::parse(&text) {
-            Ok(entries) => (entries, ttl),
-            Err(problems) => {
-                for p in problems {
-                    self.fail(raw.file.span(), "hosts.file", format!("{}:{}: {}", path.display(), p.line, p.message));
-                }
-                (Vec::new(), ttl)
-            }
-        }
+            Vec::new()
+        });
+        (entries, ttl, HostsSource { path, watch: raw.watch })
     }
 
     fn server(&mut self, raw: RawServerSection) -> ServerConfig {
