@@ -1,6 +1,7 @@
 //! Drives the relay as a whole state machine: the input is a program of client questions,
 //! honest, forged and arbitrary upstream replies, socket failures and clock jumps (forwards by up
-//! to 49 days, backwards a little, as an injected clock may) with ticks. After every step each exchange in flight owns
+//! to 49 days, backwards a little, as an injected clock may) with ticks, and reloads that change
+//! the upstreams, routes and cache under questions in flight. After every step each exchange in flight owns
 //! exactly one open socket and the bounds hold; at the end, every client has been answered.
 #![no_main]
 
@@ -32,7 +33,7 @@ fuzz_target!(|data: &[u8]| {
         }
         let now = t0 + offset;
         let arg = next().unwrap_or(0);
-        match op % 8 {
+        match op % 9 {
             0 => {
                 let name = NAMES[usize::from(arg) % NAMES.len()];
                 let edns = (arg & 0x10 != 0).then_some((1232, arg & 0x20 != 0));
@@ -73,7 +74,8 @@ fuzz_target!(|data: &[u8]| {
                 offset = offset.saturating_sub(Duration::from_millis(u64::from(arg) * 10));
                 e.tick(&mut clients, t0 + offset, &mut wire);
             }
-            _ => wire.refuse = arg & 1 != 0,
+            7 => wire.refuse = arg & 1 != 0,
+            _ => e.reconfigure(std::sync::Arc::new(reloaded(arg)), now),
         }
         latest = latest.max(offset);
         check(&e, &wire);
@@ -87,6 +89,25 @@ fuzz_target!(|data: &[u8]| {
     }
     assert_eq!(e.waiting(), 0, "every client answered");
 });
+
+/// A reloaded configuration from `arg`: one to three upstreams from a window that may or may not
+/// overlap the running ones, a route for `y.z.test` or not, another cache size.
+fn reloaded(arg: u8) -> dnlb::config::RelayConfig {
+    let mut c = config(1);
+    let first = usize::from(arg >> 2) % 4;
+    let n = 1 + usize::from(arg) % 3;
+    c.upstreams = (first..first + n).map(|i| std::net::SocketAddr::from(([192, 0, 2, 1 + i as u8], 53))).collect();
+    if arg & 0x40 != 0 {
+        c.routes = vec![dnlb::config::Route {
+            domain: "y.z.test".into(),
+            upstreams: vec![std::net::SocketAddr::from(([192, 0, 2, 9], 53))],
+        }];
+    }
+    if arg & 0x80 != 0 {
+        c.cache_entries = 2;
+    }
+    c
+}
 
 /// An exchange that was sent, chosen by `arg` (it may be over already).
 fn pick(wire: &FakeWire, arg: u8) -> Option<(u64, std::net::SocketAddr, Vec<u8>, bool)> {
