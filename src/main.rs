@@ -281,7 +281,7 @@ fn reload(
         .iter()
         .flat_map(|s| s.servers.iter().flat_map(move |v| v.transports.iter().map(move |&t| (s, v, t))))
         .filter(|(s, v, t)| {
-            carry.contains_key(&(Arc::from(s.name.as_str()), std::net::SocketAddr::new(v.address, v.port), *t))
+            carry.contains_key(&(Arc::from(s.name.as_str()), std::net::SocketAddr::new(v.address, v.port_for(*t)), *t))
         })
         .count();
     eprintln!("dnlb: reloaded {}: {services} service(s), health kept for {kept} server transport(s)", path.display());

@@ -138,7 +138,11 @@ pub fn explain(v: &View<'_>, name: &str, qtype: &str, client: Option<IpAddr>) ->
             let reports: Vec<&ServerReport> = v
                 .reports
                 .iter()
-                .filter(|r| *r.service == *s.name && r.addr.ip() == server.address && r.addr.port() == server.port)
+                .filter(|r| {
+                    *r.service == *s.name
+                        && r.addr.ip() == server.address
+                        && r.addr.port() == server.port_for(r.transport)
+                })
                 .collect();
             let up: Vec<&str> =
                 reports.iter().filter(|r| r.state == State::Up).map(|r| transport_name(r.transport)).collect();

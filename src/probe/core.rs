@@ -354,7 +354,7 @@ impl Core {
         for (si, service) in config.services.iter().enumerate() {
             for (vi, server) in service.servers.iter().enumerate() {
                 for &transport in &server.transports {
-                    let addr = SocketAddr::new(server.address, server.port);
+                    let addr = SocketAddr::new(server.address, server.port_for(transport));
                     let kept = carried.get(&(Arc::from(service.name.as_str()), addr, transport));
                     targets.push(Target {
                         service: si,
