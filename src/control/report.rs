@@ -84,19 +84,20 @@ pub fn status(v: &View<'_>) -> Reply {
             let rtt = r.rtt.map(|d| d.as_secs_f64() * 1000.0);
             let _ = writeln!(
                 text,
-                "  {:<24} {:<4} {:<8} {:>10} {:>10} {:>5}  {}",
+                "  {:<24} {:<4} {:<8} {:>10} {:>10} {:>5}  {}{}",
                 r.addr.to_string(),
                 transport_name(r.transport),
                 format!("{:?}", r.state),
                 since.map_or("-".into(), |s| format!("{s:.1} s")),
                 rtt.map_or("-".into(), |ms| format!("{ms:.2} ms")),
                 r.last_code.map_or("-".into(), |c| c.to_string()),
-                why.unwrap_or("-")
+                why.unwrap_or("-"),
+                r.failure.map_or(String::new(), |f| format!("; failing: {f}"))
             );
             servers.push(json!({
                 "address": r.addr.to_string(), "transport": transport_name(r.transport),
                 "state": format!("{:?}", r.state), "since_seconds": since, "why": why,
-                "rtt_ms": rtt, "last_code": r.last_code, "flips": r.flips,
+                "rtt_ms": rtt, "last_code": r.last_code, "flips": r.flips, "failure": r.failure,
             }));
         }
         services
@@ -157,11 +158,12 @@ pub fn explain(v: &View<'_>, name: &str, qtype: &str, client: Option<IpAddr>) ->
                             format!(" for {:.1} s ({why})", v.now.saturating_duration_since(at).as_secs_f64())
                         });
                         format!(
-                            "{} {:?}{}{}",
+                            "{} {:?}{}{}{}",
                             transport_name(r.transport),
                             r.state,
                             since.unwrap_or_default(),
-                            r.last_code.map_or(String::new(), |c| format!(", last code {c}"))
+                            r.last_code.map_or(String::new(), |c| format!(", last code {c}")),
+                            r.failure.map_or(String::new(), |f| format!(", failing: {f}"))
                         )
                     })
                     .collect();
