@@ -11,6 +11,8 @@
 //!   Open done ─► handle(Opened{local}) ──► render the request from the template ─► Action::Send
 //!   bytes ─► handle(Datagram | Stream) ──► bounded framing ─► check_reply ─► verdict
 //!   ICMP / refused / EOF ─► handle(..) ──► verdict Failed
+//!   TLS: Connected ─► handle ────────────► wait; the driver runs the handshake
+//!        Secured / TlsFailed(reason) ────► Action::Send / verdict Failed with the reason
 //!                                          verdict ─► Health::observe ─► flipped? ─► Flip record
 //!                                                  ─► Action::Close, next probe scheduled
 //!   poll_publish() ◄───────────────────── answers changed? ─► Publish (health, round)

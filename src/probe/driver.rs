@@ -12,7 +12,8 @@
 //!
 //! Every probe has its own socket, opened when the core asks and closed with its verdict: a UDP
 //! socket *connected* to the server (the kernel drops datagrams from any other address and turns
-//! an ICMP port unreachable into ECONNREFUSED), or a TCP connection. A socket's token carries the
+//! an ICMP port unreachable into ECONNREFUSED), or a TCP connection (with a rustls client over it
+//! for TLS, see [`super::tls`]: the core sees `Secured`, then plaintext). A socket's token carries the
 //! probe's sequence number, so an event meant for an earlier probe's socket is never applied to a
 //! later one. A socket that keeps delivering is read at most [`READ_BUDGET`] times per pass, then
 //! the loop serves timers and the other sockets before coming back to it.
