@@ -404,3 +404,91 @@ fn tls_probes_check_certificates_and_reach_kamailio() {
     drop(kamailios);
     let _cleanup = std::fs::remove_dir_all(&dir);
 }
+
+/// What a hostile TLS listener does with each connection.
+#[derive(Clone, Copy)]
+enum Hostile {
+    /// Accepts and never says a word.
+    Mute,
+    /// Answers the ClientHello with a plaintext SIP reply.
+    Plaintext,
+    /// Sends junk as fast as the connection takes it.
+    Flood,
+}
+
+/// A listener on `ip`:5061 that treats every connection as `how` says, for at most two seconds.
+fn hostile(ip: &str, how: Hostile, stop: Arc<AtomicBool>) -> JoinHandle<()> {
+    let listener = TcpListener::bind((ip, 5061)).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            let Ok((mut stream, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            };
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let until = Instant::now() + Duration::from_secs(2);
+                let junk = [0x17u8; 16_384];
+                while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                    match how {
+                        Hostile::Mute => std::thread::sleep(Duration::from_millis(20)),
+                        Hostile::Plaintext => {
+                            let _sent = stream.write_all(b"SIP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n");
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                        Hostile::Flood => {
+                            if stream.write_all(&junk).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    })
+}
+
+#[test]
+fn hostile_tls_peers_fail_probes_within_the_timeout() {
+    let ips = ["127.0.0.151", "127.0.0.152", "127.0.0.153"];
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads: Vec<JoinHandle<()>> = ips
+        .iter()
+        .zip([Hostile::Mute, Hostile::Plaintext, Hostile::Flood])
+        .map(|(ip, how)| hostile(ip, how, stop.clone()))
+        .collect();
+    let mut text = format!(
+        "[server]\nlisten = [\"127.0.0.1:{}\"]\n[probe]\ninterval_ms = 300\ntimeout_ms = 200\nrise = 1\nfall = 1\n\
+         [[service]]\nname = \"sip.example.test\"\ntls_verify = false\n",
+        free_port()
+    );
+    for ip in ips {
+        text.push_str(&format!("[[service.server]]\naddress = \"{ip}\"\ntransports = [\"tls\"]\n"));
+    }
+    let config = dnlb::config::Config::parse(&text).unwrap();
+    let health = dnlb::probe::initial_health(&config);
+    let snapshots =
+        dnlb::snapshot::SnapshotHandle::new(dnlb::snapshot::Snapshot::build(&config, &health, 0, 1).unwrap());
+    let prober = dnlb::probe::Prober::spawn(config, snapshots).unwrap();
+    let want =
+        [(ips[0], "TLS: handshake timed out"), (ips[1], "TLS: handshake failed"), (ips[2], "TLS: handshake failed")];
+    let start = Instant::now();
+    loop {
+        let reports = prober.status().servers.lock().unwrap().clone();
+        let failures: Vec<(String, Option<&str>)> =
+            reports.iter().map(|r| (r.addr.ip().to_string(), r.failure)).collect();
+        if want.iter().all(|(ip, why)| failures.iter().any(|(a, f)| a == ip && *f == Some(*why))) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "not within 5 s: {failures:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!("mute, plaintext and flooding TLS peers failed with their reasons after {:?}", start.elapsed());
+    assert!(!prober.stalled(), "a flooding peer does not stall the prober");
+    prober.shutdown().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+}

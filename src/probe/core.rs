@@ -709,7 +709,7 @@ impl Core {
                 self.actions.push_back(Action::Send { probe });
                 self.stats.sent += 1;
             }
-            Event::TlsFailed(failure) if t.transport == Transport::Tls && p.phase != Phase::Sent => {
+            Event::TlsFailed(failure) if t.transport == Transport::Tls => {
                 self.conclude(i, Verdict::Failed, now, failure.reason());
             }
             Event::Datagram(_) | Event::Stream(_) if p.unmatched >= MAX_UNMATCHED => self.stats.ignored += 1,
