@@ -292,11 +292,21 @@ fn stream(n: usize, seconds: u64, tls: bool) {
     let elapsed = start.elapsed().as_secs_f64();
     let probes = prober.status().sent.load(Ordering::Relaxed) - sent0;
     let flips = prober.status().flips.load(Ordering::Relaxed) - flips_up;
+    let mut reasons: Vec<(&str, usize)> = Vec::new();
+    for r in prober.status().servers.lock().map(|r| r.clone()).unwrap_or_default() {
+        if let Some(why) = r.changed.filter(|_| r.flips > 1).map(|(_, why)| why) {
+            match reasons.iter_mut().find(|(w, _)| *w == why) {
+                Some((_, n)) => *n += 1,
+                None => reasons.push((why, 1)),
+            }
+        }
+    }
+    let timeouts = prober.status().timeouts.load(Ordering::Relaxed);
     drop(prober);
     let _cleanup = std::fs::remove_dir_all(&dir);
     let cpu_s = (t1 - t0) as f64 / 100.0;
     println!(
-        "{transport}: {n} servers, all up: {}, {probes} probes in {elapsed:.0} s, prober CPU {:.1}% of one core, {:.0} us per probe, {flips} false changes",
+        "{transport}: {n} servers, all up: {}, {probes} probes in {elapsed:.0} s, prober CPU {:.1}% of one core, {:.0} us per probe, {flips} false changes ({timeouts} timeouts; last change of servers that flipped again: {reasons:?})",
         up.is_some(),
         cpu_s / elapsed * 100.0,
         cpu_s * 1e6 / probes.max(1) as f64
