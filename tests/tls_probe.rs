@@ -9,8 +9,10 @@
 //! - kamailio stopped behind a valid certificate: down.
 //!
 //! The TLS listener is rustls in this process, not kamailio's tls module: Debian 12's kamailio
-//! 5.6.3 fails every TLS handshake under OpenSSL 3 ("no suitable signature algorithm": its TCP
-//! workers find no private key), whatever the key type. The SIP answers still come from kamailio.
+//! 5.6.3 fails every TLS handshake under OpenSSL 3 ("TLS accept: no suitable signature algorithm"
+//! in its TCP worker, with RSA or EC keys, PKCS#8 or SEC1 files, TLS 1.2 or 1.3, with or without
+//! SNI); kamailio reworked its OpenSSL 3 initialisation in 5.7. The SIP answers still come from
+//! kamailio, over the decrypted stream.
 
 mod common;
 
