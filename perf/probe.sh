@@ -7,7 +7,7 @@
 #  3. prober CPU per probe over TCP and over TLS (a full handshake per probe), STREAM servers each,
 #     alternated twice.
 #
-#   perf/probe.sh                  TRIALS=20 FARM=10000 FARM_SECONDS=60 by default
+#   perf/probe.sh                  TRIALS=20 FARM=10000 FARM_SECONDS=60 STREAM=200 by default
 #   TRIALS=5 SIZES="1 100" FARM=0 STREAM=0 perf/probe.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -200,7 +200,7 @@ impl Prober {
         let tls_configs = tls::client_configs(&config)?;
         let tls_names = (0..core.targets())
             .map(|i| {
-                let (si, vi) = core.server_of(i)?;
+                let (si, vi) = core.server_of(i).filter(|_| core.describe(i).is_some_and(|d| d.2 == Transport::Tls))?;
                 tls::server_name(&config.services.get(si)?.servers.get(vi)?.tls_name)
             })
             .collect();
