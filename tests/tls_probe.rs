@@ -6,6 +6,7 @@
 //! - an expired certificate, and one for another name: down, with that reason in
 //!   `dnlb status --json` and logged once, not once per probe;
 //! - `tls_verify = false`: a certificate from an unknown CA for another name is up;
+//! - the default (the system's trust store): the test CA's certificate is down, issuer not trusted;
 //! - kamailio stopped behind a valid certificate: down.
 //!
 //! The TLS listener is rustls in this process, not kamailio's tls module: Debian 12's kamailio
@@ -363,10 +364,22 @@ fn tls_probes_check_certificates_and_reach_kamailio() {
         "[[service]]\nname = \"off.example.test\"\ntls_verify = false\n[[service.server]]\naddress = \"{}\"\ntransports = [\"tls\"]\n",
         ips[4]
     ));
+    // The default: the system's trust store, which does not know the test's CA.
+    text.push_str(&format!(
+        "[[service]]\nname = \"system.example.test\"\n[[service.server]]\naddress = \"{}\"\nhost = \"sip1.example.test\"\nport = 5061\ntransports = [\"tls\"]\n",
+        ips[0]
+    ));
     let dns: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let d = Dnlb::start(&dir, &text, dns);
 
     let a = |i: usize| format!("{}:5061", ips[i]);
+    let service_of = |addr: &str| -> Vec<String> {
+        d.states()
+            .into_iter()
+            .filter(|(a, ..)| a == addr)
+            .map(|(_, state, failure)| format!("{state} {failure:?}"))
+            .collect()
+    };
     let settled = d.wait(
         "first verdicts",
         Duration::from_secs(20),
@@ -379,6 +392,13 @@ fn tls_probes_check_certificates_and_reach_kamailio() {
         ],
     );
     println!("valid up, expired and wrong-name down with their reasons, verify-off up after {settled:?}");
+    // 127.0.0.141 is in two services: trusted through the CA file, untrusted by the system's roots.
+    let start = Instant::now();
+    while !service_of(&a(0)).contains(&"Down Some(\"TLS: certificate issuer not trusted\")".to_string()) {
+        assert!(start.elapsed() < Duration::from_secs(5), "default verification: {:?}", service_of(&a(0)));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(service_of(&a(0)).contains(&"Up None".to_string()));
     let up: Vec<IpAddr> = [ips[0], ips[3]].iter().map(|i| i.parse().unwrap()).collect();
     assert_eq!(d.addresses("sip.example.test."), up, "only the servers with good certificates are served");
     assert_eq!(d.addresses("off.example.test."), vec![ips[4].parse::<IpAddr>().unwrap()]);
