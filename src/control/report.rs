@@ -92,7 +92,8 @@ pub fn status(v: &View<'_>) -> Reply {
                 rtt.map_or("-".into(), |ms| format!("{ms:.2} ms")),
                 r.last_code.map_or("-".into(), |c| c.to_string()),
                 why.unwrap_or("-"),
-                r.failure.map_or(String::new(), |f| format!("; failing: {f}"))
+                // A reason that already decided the last change is not said twice.
+                r.failure.filter(|f| Some(*f) != why).map_or(String::new(), |f| format!("; failing: {f}"))
             );
             servers.push(json!({
                 "address": r.addr.to_string(), "transport": transport_name(r.transport),
