@@ -164,7 +164,9 @@ pub fn explain(v: &View<'_>, name: &str, qtype: &str, client: Option<IpAddr>) ->
                             r.state,
                             since.unwrap_or_default(),
                             r.last_code.map_or(String::new(), |c| format!(", last code {c}")),
-                            r.failure.map_or(String::new(), |f| format!(", failing: {f}"))
+                            r.failure
+                                .filter(|f| r.changed.is_none_or(|(_, why)| why != *f))
+                                .map_or(String::new(), |f| format!(", failing: {f}"))
                         )
                     })
                     .collect();
