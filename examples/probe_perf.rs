@@ -6,6 +6,10 @@
 //! - `farm N SECONDS`: N servers answered by a child process; reports the prober thread's CPU
 //!   and any false downs over SECONDS.
 //! - `responders BASE N`: (internal) the child process of `farm`.
+//! - `stream N SECONDS tcp|tls`: N servers on TCP or TLS (a certificate made here, checked
+//!   against its CA file), answered by threads of this process; reports the prober thread's CPU
+//!   per probe, so a TLS probe (a full handshake on a fresh connection) can be set against a TCP
+//!   one.
 //!
 //! Everything stays on 127.0.0.1, every loop is bounded by count and time.
 
@@ -190,6 +194,125 @@ fn farm(n: usize, seconds: u64) {
     );
 }
 
+/// Answers every connection on `listener` with a 200 to its first request, over TLS when
+/// `tls` is given, until `deadline` (a thread blocked in accept ends with the process).
+fn serve_stream(listener: std::net::TcpListener, tls: Option<Arc<rustls::ServerConfig>>, deadline: Instant) {
+    use std::io::{Read, Write};
+    while Instant::now() < deadline {
+        let Ok((stream, _)) = listener.accept() else { continue };
+        let _timeout = stream.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut io: Box<dyn ReadWrite> = match &tls {
+            Some(config) => match rustls::ServerConnection::new(config.clone()) {
+                Ok(conn) => Box::new(rustls::StreamOwned::new(conn, stream)),
+                Err(_) => continue,
+            },
+            None => Box::new(stream),
+        };
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16_384 {
+            match io.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => request.extend_from_slice(&buf[..n]),
+            }
+        }
+        let request = String::from_utf8_lossy(&request);
+        let mut out = String::from("SIP/2.0 200 OK\r\n");
+        for line in request.split("\r\n").skip(1).take_while(|l| !l.is_empty()) {
+            let lower = line.to_ascii_lowercase();
+            if ["via:", "from:", "to:", "call-id:", "cseq:"].iter().any(|h| lower.starts_with(h)) {
+                out.push_str(line);
+                out.push_str("\r\n");
+            }
+        }
+        out.push_str("Content-Length: 0\r\n\r\n");
+        let _sent = io.write_all(out.as_bytes()).and_then(|()| io.flush());
+    }
+}
+
+/// A byte stream, plain or TLS.
+trait ReadWrite: std::io::Read + std::io::Write {}
+impl<T: std::io::Read + std::io::Write> ReadWrite for T {}
+
+/// `stream N SECONDS tcp|tls`: the prober's CPU per probe over TCP or TLS.
+fn stream(n: usize, seconds: u64, tls: bool) {
+    let (base, sockets) = bind_ports(n);
+    drop(sockets);
+    let dir = std::env::temp_dir().join(format!("dnlb-probe-perf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let server = if tls {
+        let ca_key = rcgen::KeyPair::generate().expect("key");
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).expect("CA");
+        std::fs::write(dir.join("ca.pem"), ca_cert.pem()).expect("CA file");
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["sip.perf.test".to_string()])
+            .expect("params")
+            .signed_by(&key, &issuer)
+            .expect("certificate");
+        let der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone(), ca_cert.der().clone()], der)
+            .expect("server config");
+        Some(Arc::new(config))
+    } else {
+        None
+    };
+    let deadline = Instant::now() + Duration::from_secs(seconds + 60);
+    for p in 0..n {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", base + p as u16)).expect("bind");
+        let server = server.clone();
+        std::thread::spawn(move || serve_stream(listener, server, deadline));
+    }
+    let (transport, port_key, verify) =
+        if tls { ("tls", "tls_port", "tls_ca_file = \"ca.pem\"\n") } else { ("tcp", "port", "") };
+    let mut text = format!(
+        "[server]\nlisten = [\"127.0.0.1:5399\"]\n[probe]\ninterval_ms = 1000\ntimeout_ms = 500\nrise = 1\nfall = 2\n[[service]]\nname = \"sip.perf.test\"\n{verify}"
+    );
+    for p in 0..n {
+        text.push_str(&format!(
+            "[[service.server]]\naddress = \"127.0.0.1\"\ntransports = [\"{transport}\"]\n{port_key} = {}\n",
+            base + p as u16
+        ));
+    }
+    let cfg = Config::parse_in(&text, &dir).unwrap_or_else(|p| panic!("{p:?}"));
+    let prober = start_prober(&cfg);
+    let up = wait_flips(&prober, n as u64, Duration::from_secs(30));
+    let flips_up = prober.status().flips.load(Ordering::Relaxed);
+    let sent0 = prober.status().sent.load(Ordering::Relaxed);
+    let t0 = thread_cpu_ticks("dnlb-prober").unwrap_or(0);
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_secs(seconds));
+    let t1 = thread_cpu_ticks("dnlb-prober").unwrap_or(0);
+    let elapsed = start.elapsed().as_secs_f64();
+    let probes = prober.status().sent.load(Ordering::Relaxed) - sent0;
+    let flips = prober.status().flips.load(Ordering::Relaxed) - flips_up;
+    let mut reasons: Vec<(&str, usize)> = Vec::new();
+    for r in prober.status().servers.lock().map(|r| r.clone()).unwrap_or_default() {
+        if let Some(why) = r.changed.filter(|_| r.flips > 1).map(|(_, why)| why) {
+            match reasons.iter_mut().find(|(w, _)| *w == why) {
+                Some((_, n)) => *n += 1,
+                None => reasons.push((why, 1)),
+            }
+        }
+    }
+    let timeouts = prober.status().timeouts.load(Ordering::Relaxed);
+    drop(prober);
+    let _cleanup = std::fs::remove_dir_all(&dir);
+    let cpu_s = (t1 - t0) as f64 / 100.0;
+    println!(
+        "{transport}: {n} servers, all up: {}, {probes} probes in {elapsed:.0} s, prober CPU {:.1}% of one core, {:.0} us per probe, {flips} false changes ({timeouts} timeouts; last change of servers that flipped again: {reasons:?})",
+        up.is_some(),
+        cpu_s / elapsed * 100.0,
+        cpu_s * 1e6 / probes.max(1) as f64
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let num = |i: usize, default: u64| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(default);
@@ -199,6 +322,7 @@ fn main() {
             detection(num(1, 10) as usize, num(2, 10) as usize);
         }
         Some("farm") => farm(num(1, 10_000) as usize, num(2, 60)),
+        Some("stream") => stream(num(1, 200) as usize, num(2, 30), args.get(3).is_some_and(|t| t == "tls")),
         Some("responders") => {
             let (base, n, secs) = (num(1, 20_000) as u16, num(2, 10_000) as usize, num(3, 120));
             dnlb::io::raise_fd_limit();
@@ -208,6 +332,6 @@ fn main() {
             let silent = Arc::new((0..n).map(|_| AtomicBool::new(false)).collect());
             serve(sockets, silent, Arc::new(AtomicBool::new(false)), Instant::now() + Duration::from_secs(secs));
         }
-        _ => eprintln!("usage: probe_perf detection N TRIALS | farm N SECONDS"),
+        _ => eprintln!("usage: probe_perf detection N TRIALS | farm N SECONDS | stream N SECONDS tcp|tls"),
     }
 }

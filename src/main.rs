@@ -394,7 +394,7 @@ fn apply(fresh: Config, source: &str, live: &mut Live<'_>) -> Reply {
         .iter()
         .flat_map(|s| s.servers.iter().flat_map(move |v| v.transports.iter().map(move |&t| (s, v, t))))
         .filter(|(s, v, t)| {
-            carry.contains_key(&(Arc::from(s.name.as_str()), std::net::SocketAddr::new(v.address, v.port), *t))
+            carry.contains_key(&(Arc::from(s.name.as_str()), std::net::SocketAddr::new(v.address, v.port_for(*t)), *t))
         })
         .count();
     tracing::info!("reloaded {source}: {services} service(s), health kept for {kept} server transport(s)");

@@ -284,7 +284,7 @@ impl Builder {
             let mut additionals: Vec<Record> = Vec::new();
             for s in &members {
                 let target = encode::name(&s.host)?;
-                answers.push(encode::srv_record(&srv_owner, ttl, s.priority, s.weight, s.port, &target));
+                answers.push(encode::srv_record(&srv_owner, ttl, s.priority, s.weight, s.port_for(transport), &target));
                 let glue = encode::address_record(&target, ttl, s.address);
                 if !additionals.contains(&glue) {
                     additionals.push(glue);
@@ -404,6 +404,40 @@ address = "127.0.0.12"
 address = "::1"
 transports = ["tls"]
 "#;
+
+    #[test]
+    fn srv_answers_name_each_transports_port() {
+        let text = CONFIG
+            .replace("transports = [\"udp\", \"tcp\"]", "transports = [\"udp\", \"tcp\", \"tls\"]\ntls_port = 5071");
+        let config = Config::parse(&text).unwrap();
+        let snap = Snapshot::build(&config, &Health::all_up(&config), 0, 1).unwrap();
+        let handle = SnapshotHandle::new(snap);
+        let counters: crate::metrics::CounterBlocks =
+            Arc::from(vec![crossbeam_utils::CachePadded::new(crate::metrics::WorkerCounters::default())]);
+        let mut responder = crate::worker::Responder::new(handle, counters, 0);
+        let mut ports = |label: &str| -> Vec<u16> {
+            use hickory_proto::op::{Message, MessageType, OpCode, Query};
+            let mut q = Message::new(7, MessageType::Query, OpCode::Query);
+            let name = hickory_proto::rr::Name::from_ascii(format!("{label}.sip.example.test.")).unwrap();
+            q.add_query(Query::query(name, hickory_proto::rr::RecordType::SRV));
+            let mut out = vec![0u8; 4096];
+            let n = responder.respond(&q.to_vec().unwrap(), crate::dns::answer::Transport::Tcp, &mut out);
+            let m = Message::from_vec(&out[..n]).unwrap();
+            let mut ports: Vec<u16> = m
+                .answers
+                .iter()
+                .filter_map(|r| match &r.data {
+                    hickory_proto::rr::RData::SRV(s) => Some(s.port),
+                    _ => None,
+                })
+                .collect();
+            ports.sort();
+            ports
+        };
+        assert_eq!(ports("_sip._udp"), vec![5060, 5060]);
+        assert_eq!(ports("_sip._tcp"), vec![5060]);
+        assert_eq!(ports("_sips._tcp"), vec![5061, 5071], "::1 defaults to 5061, .11 overrides");
+    }
 
     #[test]
     fn builds_every_name() {

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use dnlb::config::Config;
-use dnlb::probe::core::{Action, Core, CoreError, Entropy, Event, ProbeRef};
+use dnlb::probe::core::{Action, Core, CoreError, Entropy, Event, ProbeRef, TlsFailure};
 use libfuzzer_sys::fuzz_target;
 
 /// Random words from the input's first bytes: deterministic per input.
@@ -115,7 +115,14 @@ fuzz_target!(|data: &[u8]| {
             }
             7 => {
                 if let Some(p) = pick(&mut input, &probes) {
-                    let event = [Event::Connected, Event::Closed, Event::Refused, Event::Failed][usize::from(input.byte() % 4)];
+                    let event = [
+                        Event::Connected,
+                        Event::Closed,
+                        Event::Refused,
+                        Event::Failed,
+                        Event::Secured,
+                        Event::TlsFailed(TlsFailure::Expired),
+                    ][usize::from(input.byte() % 6)];
                     core.handle(p, event, now);
                 }
             }

@@ -186,6 +186,71 @@ address = "127.0.0.1"
     }
 
     #[test]
+    fn tls_has_its_own_port_5061_by_default() {
+        let text = MINIMAL
+            .replace("address = \"127.0.0.11\"", "address = \"127.0.0.11\"\ntransports = [\"udp\", \"tcp\", \"tls\"]");
+        let s = &Config::parse(&text).unwrap().services[0];
+        let v = &s.servers[0];
+        assert_eq!(
+            (v.port_for(Transport::Udp), v.port_for(Transport::Tcp), v.port_for(Transport::Tls)),
+            (5060, 5060, 5061)
+        );
+        assert_eq!(s.tls_verify, TlsVerify::System, "verification against the system's roots by default");
+        assert_eq!(v.tls_name, "sip.example.test", "no host: the certificate is checked against the service name");
+    }
+
+    #[test]
+    fn ports_are_overridden_per_transport() {
+        let text = MINIMAL.replace(
+            "address = \"127.0.0.11\"",
+            "address = \"127.0.0.11\"\nhost = \"edge1.example.test\"\nport = 5070\ntls_port = 5071\ntransports = [\"udp\", \"tls\"]",
+        );
+        let v = &Config::parse(&text).unwrap().services[0].servers[0];
+        assert_eq!((v.port_for(Transport::Udp), v.port_for(Transport::Tls)), (5070, 5071));
+        assert_eq!(v.tls_name, "edge1.example.test");
+        // A TLS-only server may still give its port as `port`.
+        let text = MINIMAL
+            .replace("address = \"127.0.0.11\"", "address = \"127.0.0.11\"\nport = 5081\ntransports = [\"tls\"]");
+        assert_eq!(Config::parse(&text).unwrap().services[0].servers[0].port_for(Transport::Tls), 5081);
+    }
+
+    #[test]
+    fn tls_settings_name_their_field() {
+        let cases = [
+            ("address = \"127.0.0.11\"\ntls_port = 5061", "service[0].server[0].tls_port", "does not list \"tls\""),
+            ("address = \"127.0.0.11\"\ntransports = [\"tls\"]\ntls_port = 0", "service[0].server[0].tls_port", "out of range"),
+            (
+                "address = \"127.0.0.11\"\ntransports = [\"tls\"]\nport = 5061\ntls_port = 5062",
+                "service[0].server[0].port",
+                "remove it",
+            ),
+            ("address = \"127.0.0.11\"\ntransports = [\"udp\", \"tls\"]\n[[service.server]]\naddress = \"127.0.0.11\"\nport = 5061", "service[0].server[1].address", "listed twice"),
+        ];
+        for (server, field, says) in cases {
+            let text = MINIMAL.replace("address = \"127.0.0.11\"", server);
+            let p = Config::parse(&text).unwrap_err();
+            assert_eq!(p[0].field, field, "{server}: {p:?}");
+            assert!(p[0].message.contains(says), "{server}: {}", p[0].message);
+        }
+        let service = |extra: &str| {
+            MINIMAL.replace("name = \"SIP.Example.Test.\"", &format!("name = \"sip.example.test\"\n{extra}"))
+        };
+        let off = Config::parse(&service("tls_verify = false")).unwrap();
+        assert_eq!(off.services[0].tls_verify, TlsVerify::Off);
+        let p = Config::parse(&service("tls_ca_file = \"/nonexistent/ca.pem\"")).unwrap_err();
+        assert_eq!(p[0].field, "service[0].tls_ca_file");
+        assert!(p[0].message.contains("/nonexistent/ca.pem"), "{}", p[0].message);
+        let p = Config::parse(&service("tls_verify = false\ntls_ca_file = \"ca.pem\"")).unwrap_err();
+        assert_eq!(p[0].field, "service[0].tls_ca_file");
+        let dir = std::env::temp_dir().join(format!("dnlb-config-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("empty.pem"), "no certificate here\n").unwrap();
+        let p = Config::parse_in(&service("tls_ca_file = \"empty.pem\""), &dir).unwrap_err();
+        assert!(p[0].message.contains("holds no certificate"), "{}", p[0].message);
+        let _cleanup = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn a_user_name_is_checked_for_shape_only() {
         let ok = MINIMAL.replace("listen = [", "user = \"dnlb\"\nlisten = [");
         assert_eq!(Config::parse(&ok).unwrap().server.user.as_deref(), Some("dnlb"));

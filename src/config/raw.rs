@@ -183,6 +183,10 @@ pub(super) struct RawService {
     pub(super) all_down: AllDown,
     #[serde(default)]
     pub(super) probe_method: Option<ProbeMethod>,
+    #[serde(default = "default_true_spanned")]
+    pub(super) tls_verify: Spanned<bool>,
+    #[serde(default)]
+    pub(super) tls_ca_file: Option<Spanned<String>>,
     #[serde(default = "no_servers")]
     pub(super) server: Spanned<Vec<RawSipServer>>,
 }
@@ -193,6 +197,8 @@ pub(super) struct RawSipServer {
     pub(super) address: Spanned<String>,
     #[serde(default)]
     pub(super) port: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub(super) tls_port: Option<Spanned<u64>>,
     #[serde(default = "default_transports")]
     pub(super) transports: Spanned<Vec<Transport>>,
     #[serde(default = "default_priority")]
@@ -207,6 +213,9 @@ pub(super) struct RawSipServer {
 
 pub(super) fn default_true() -> bool {
     true
+}
+pub(super) fn default_true_spanned() -> Spanned<bool> {
+    spanned(true)
 }
 pub(super) fn default_io() -> IoMode {
     IoMode::Auto

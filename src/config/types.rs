@@ -233,8 +233,28 @@ pub struct ServiceConfig {
     pub ttl: u32,
     /// What to answer when no server is healthy.
     pub all_down: AllDown,
+    /// How TLS probes of this service's servers check their certificates.
+    pub tls_verify: TlsVerify,
     /// The farm, in the order written.
     pub servers: Vec<SipServer>,
+}
+
+/// How a TLS probe checks the server's certificate (`tls_verify`, `tls_ca_file` of a service).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsVerify {
+    /// Against the operating system's trust store (Debian: `/etc/ssl/certs`), read when the
+    /// prober starts: the default.
+    System,
+    /// Against the CA certificates of one PEM file only.
+    CaFile {
+        /// The file, as resolved against the config's folder.
+        path: std::path::PathBuf,
+        /// Its certificates, DER encoded, read when the config was loaded (so a reload that
+        /// finds the file changed restarts the prober with the new ones).
+        certificates: Vec<Vec<u8>>,
+    },
+    /// Not at all: the handshake must still succeed, but any certificate is accepted.
+    Off,
 }
 
 /// One SIP server of a service.
@@ -242,8 +262,10 @@ pub struct ServiceConfig {
 pub struct SipServer {
     /// Its IP address.
     pub address: IpAddr,
-    /// Its SIP port.
+    /// Its SIP port for UDP and TCP (`port`, 5060 by default).
     pub port: u16,
+    /// Its SIP port for TLS (`tls_port`, 5061 by default, RFC 3261 §19.1.2).
+    pub tls_port: u16,
     /// Transports it serves; each puts it in one SRV set.
     pub transports: Vec<Transport>,
     /// SRV priority (lower is preferred).
@@ -252,8 +274,21 @@ pub struct SipServer {
     pub weight: u16,
     /// SRV target host name (lower case, no trailing dot).
     pub host: String,
+    /// The name a TLS probe sends as SNI and checks the certificate against: `host` when one is
+    /// written, else the service name (the domain a phone asks for, RFC 5922 §4).
+    pub tls_name: String,
     /// The probe request for this server.
     pub probe_method: ProbeMethod,
+}
+
+impl SipServer {
+    /// The port the server serves `transport` on: SRV answers name it and probes go to it.
+    pub fn port_for(&self, transport: Transport) -> u16 {
+        match transport {
+            Transport::Udp | Transport::Tcp => self.port,
+            Transport::Tls => self.tls_port,
+        }
+    }
 }
 
 /// The default `allow` list: loopback and the private and shared ranges an ISP edge serves.

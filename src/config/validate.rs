@@ -412,11 +412,7 @@ impl Validator<'_> {
                     "is empty: list at least one of \"udp\", \"tcp\", \"tls\"",
                 );
             }
-            let default_port = if transports == [Transport::Tls] { 5061 } else { 5060 };
-            let port = match &s.port {
-                Some(p) => self.ranged(p, &sf("port"), 1, 65_535, ""),
-                None => default_port,
-            } as u16;
+            let (port, tls_port) = self.ports(&s, &transports, &sf);
             let priority = self.ranged(&s.priority, &sf("priority"), 0, 65_535, "") as u16;
             let weight = self.ranged(&s.weight, &sf("weight"), 0, 65_535, "") as u16;
             let host = match &s.host {
@@ -429,18 +425,139 @@ impl Validator<'_> {
                 }
                 None => default_host(address, &name),
             };
-            if servers.iter().any(|o| o.address == address && o.port == port) {
+            let tls_name = if s.host.is_some() { host.clone() } else { name.clone() };
+            if transports.contains(&Transport::Tls)
+                && rustls::pki_types::ServerName::try_from(tls_name.as_str()).is_err()
+            {
+                let span = s.host.as_ref().map_or(raw.name.span(), Spanned::span);
+                self.fail(
+                    span,
+                    &sf("host"),
+                    format!("`{tls_name}` cannot be checked against a TLS certificate: write the name the server's certificate carries as `host`"),
+                );
+            }
+            let mine = endpoints(port, tls_port, &transports);
+            if let Some(clash) = servers
+                .iter()
+                .filter(|o| o.address == address)
+                .find_map(|o| endpoints(o.port, o.tls_port, &o.transports).into_iter().find(|p| mine.contains(p)))
+            {
                 self.fail(
                     s.address.span(),
                     &sf("address"),
-                    format!("{address} port {port} is listed twice in service `{name}`: list a server once with all its transports"),
+                    format!("{address} port {clash} is listed twice in service `{name}`: list a server once with all its transports"),
                 );
             }
             let probe_method = s.probe_method.or(raw.probe_method).unwrap_or(probe.method);
-            servers.push(SipServer { address, port, transports, priority, weight, host, probe_method });
+            servers.push(SipServer {
+                address,
+                port,
+                tls_port,
+                transports,
+                priority,
+                weight,
+                host,
+                tls_name,
+                probe_method,
+            });
         }
-        ServiceConfig { name, policy: raw.policy, answers, ttl, all_down: raw.all_down, servers }
+        let tls_verify = self.tls_verify(raw.tls_verify, raw.tls_ca_file, &field);
+        ServiceConfig { name, policy: raw.policy, answers, ttl, all_down: raw.all_down, tls_verify, servers }
     }
+
+    /// A server's UDP/TCP port and TLS port. `port` serves UDP and TCP (5060 by default);
+    /// `tls_port` serves TLS (5061 by default, RFC 3261 §19.1.2). A server that lists only TLS
+    /// may give its port as `port`, as before there was `tls_port`.
+    fn ports(&mut self, s: &RawSipServer, transports: &[Transport], sf: &dyn Fn(&str) -> String) -> (u16, u16) {
+        let tls_only = !transports.is_empty() && transports.iter().all(|t| *t == Transport::Tls);
+        let port = s.port.as_ref().map(|p| self.ranged(p, &sf("port"), 1, 65_535, "") as u16);
+        let tls_port = s.tls_port.as_ref().map(|p| self.ranged(p, &sf("tls_port"), 1, 65_535, "") as u16);
+        if let Some(p) = &s.tls_port {
+            if !transports.contains(&Transport::Tls) {
+                self.fail(
+                    p.span(),
+                    &sf("tls_port"),
+                    "is set but `transports` does not list \"tls\": add \"tls\" to transports or remove tls_port",
+                );
+            }
+        }
+        if let (Some(p), Some(_), true) = (&s.port, &s.tls_port, tls_only) {
+            self.fail(
+                p.span(),
+                &sf("port"),
+                "serves UDP and TCP, which this server does not list: remove it (tls_port is the TLS port)",
+            );
+        }
+        let tls = tls_port.or(port.filter(|_| tls_only)).unwrap_or(5061);
+        (port.unwrap_or(5060), tls)
+    }
+
+    /// A service's `tls_verify` and `tls_ca_file`: the system's roots by default, the file's CAs
+    /// when one is named (read now, so a bad file is an error at load, not a failing probe).
+    fn tls_verify(
+        &mut self,
+        verify: Spanned<bool>,
+        ca_file: Option<Spanned<String>>,
+        field: &dyn Fn(&str) -> String,
+    ) -> TlsVerify {
+        match (*verify.get_ref(), ca_file) {
+            (false, Some(f)) => {
+                self.fail(
+                    f.span(),
+                    &field("tls_ca_file"),
+                    "is set but tls_verify = false checks no certificate: remove one of the two",
+                );
+                TlsVerify::Off
+            }
+            (false, None) => TlsVerify::Off,
+            (true, None) => TlsVerify::System,
+            (true, Some(f)) => {
+                let path = self.base.join(f.get_ref());
+                match read_certificates(&path) {
+                    Ok(certificates) => TlsVerify::CaFile { path, certificates },
+                    Err(why) => {
+                        self.fail(
+                            f.span(),
+                            &field("tls_ca_file"),
+                            format!("{}: {why}: name a PEM file of CA certificates", path.display()),
+                        );
+                        TlsVerify::System
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The (transport class, port) pairs a server listens on, for the listed-twice check: UDP and
+/// TCP share `port`, TLS has `tls_port`.
+fn endpoints(port: u16, tls_port: u16, transports: &[Transport]) -> Vec<u16> {
+    let mut out = Vec::new();
+    if transports.iter().any(|t| *t != Transport::Tls) {
+        out.push(port);
+    }
+    if transports.contains(&Transport::Tls) && !out.contains(&tls_port) {
+        out.push(tls_port);
+    }
+    out
+}
+
+/// The DER certificates of a PEM file; an error if it cannot be read or holds none that a
+/// trust store would take.
+fn read_certificates(path: &Path) -> Result<Vec<Vec<u8>>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut out = Vec::new();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path).map_err(|e| e.to_string())? {
+        let cert = cert.map_err(|e| e.to_string())?;
+        roots.add(cert.clone()).map_err(|e| format!("certificate {} is not usable: {e}", out.len() + 1))?;
+        out.push(cert.to_vec());
+    }
+    if out.is_empty() {
+        return Err("holds no certificate".into());
+    }
+    Ok(out)
 }
 
 /// Lower-cases and strips one trailing dot.

@@ -525,6 +525,11 @@ fn prober(m: &mut Metrics, p: &ProbeView) -> Result<(), MetricsError> {
         labels,
     )?;
     let flips = m.counter("dnlb_sip_server_flips_total", "Times the server went up or down.", labels)?;
+    let failing = m.int_gauge(
+        "dnlb_sip_server_probe_failing",
+        "1, labelled with the reason, while the server's last probe failed (a TLS certificate problem, a timeout, a refusal).",
+        &["service", "server", "transport", "reason"],
+    )?;
     // The report list is refreshed once per interval by the prober; clone it out so the lock is
     // held only for the copy.
     let reports = match s.servers.lock() {
@@ -540,6 +545,9 @@ fn prober(m: &mut Metrics, p: &ProbeView) -> Result<(), MetricsError> {
         }
         code.with_label_values(&l).set(i64::from(r.last_code.unwrap_or(0)));
         flips.with_label_values(&l).inc_by(r.flips);
+        if let Some(reason) = r.failure {
+            failing.with_label_values(&[l[0], l[1], l[2], reason]).set(1);
+        }
     }
     Ok(())
 }

@@ -84,19 +84,21 @@ pub fn status(v: &View<'_>) -> Reply {
             let rtt = r.rtt.map(|d| d.as_secs_f64() * 1000.0);
             let _ = writeln!(
                 text,
-                "  {:<24} {:<4} {:<8} {:>10} {:>10} {:>5}  {}",
+                "  {:<24} {:<4} {:<8} {:>10} {:>10} {:>5}  {}{}",
                 r.addr.to_string(),
                 transport_name(r.transport),
                 format!("{:?}", r.state),
                 since.map_or("-".into(), |s| format!("{s:.1} s")),
                 rtt.map_or("-".into(), |ms| format!("{ms:.2} ms")),
                 r.last_code.map_or("-".into(), |c| c.to_string()),
-                why.unwrap_or("-")
+                why.unwrap_or("-"),
+                // A reason that already decided the last change is not said twice.
+                r.failure.filter(|f| Some(*f) != why).map_or(String::new(), |f| format!("; failing: {f}"))
             );
             servers.push(json!({
                 "address": r.addr.to_string(), "transport": transport_name(r.transport),
                 "state": format!("{:?}", r.state), "since_seconds": since, "why": why,
-                "rtt_ms": rtt, "last_code": r.last_code, "flips": r.flips,
+                "rtt_ms": rtt, "last_code": r.last_code, "flips": r.flips, "failure": r.failure,
             }));
         }
         services
@@ -138,7 +140,11 @@ pub fn explain(v: &View<'_>, name: &str, qtype: &str, client: Option<IpAddr>) ->
             let reports: Vec<&ServerReport> = v
                 .reports
                 .iter()
-                .filter(|r| *r.service == *s.name && r.addr.ip() == server.address && r.addr.port() == server.port)
+                .filter(|r| {
+                    *r.service == *s.name
+                        && r.addr.ip() == server.address
+                        && r.addr.port() == server.port_for(r.transport)
+                })
                 .collect();
             let up: Vec<&str> =
                 reports.iter().filter(|r| r.state == State::Up).map(|r| transport_name(r.transport)).collect();
@@ -153,11 +159,14 @@ pub fn explain(v: &View<'_>, name: &str, qtype: &str, client: Option<IpAddr>) ->
                             format!(" for {:.1} s ({why})", v.now.saturating_duration_since(at).as_secs_f64())
                         });
                         format!(
-                            "{} {:?}{}{}",
+                            "{} {:?}{}{}{}",
                             transport_name(r.transport),
                             r.state,
                             since.unwrap_or_default(),
-                            r.last_code.map_or(String::new(), |c| format!(", last code {c}"))
+                            r.last_code.map_or(String::new(), |c| format!(", last code {c}")),
+                            r.failure
+                                .filter(|f| r.changed.is_none_or(|(_, why)| why != *f))
+                                .map_or(String::new(), |f| format!(", failing: {f}"))
                         )
                     })
                     .collect();

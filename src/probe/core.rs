@@ -11,6 +11,8 @@
 //!   Open done ─► handle(Opened{local}) ──► render the request from the template ─► Action::Send
 //!   bytes ─► handle(Datagram | Stream) ──► bounded framing ─► check_reply ─► verdict
 //!   ICMP / refused / EOF ─► handle(..) ──► verdict Failed
+//!   TLS: Connected ─► handle ────────────► wait; the driver runs the handshake
+//!        Secured / TlsFailed(reason) ────► Action::Send / verdict Failed with the reason
 //!                                          verdict ─► Health::observe ─► flipped? ─► Flip record
 //!                                                  ─► Action::Close, next probe scheduled
 //!   poll_publish() ◄───────────────────── answers changed? ─► Publish (health, round)
@@ -129,6 +131,11 @@ pub enum Event<'a> {
     },
     /// A TCP connection completed.
     Connected,
+    /// TLS: the handshake completed and the certificate passed the service's check; the
+    /// request may go out (bytes after this are decrypted [`Event::Stream`]s).
+    Secured,
+    /// TLS: the handshake failed, or the certificate was refused.
+    TlsFailed(TlsFailure),
     /// A UDP datagram.
     Datagram(&'a [u8]),
     /// Bytes read from a TCP connection.
@@ -140,6 +147,48 @@ pub enum Event<'a> {
     /// The socket could not be opened, written or read.
     Failed,
 }
+
+/// Why a TLS handshake failed, as the driver saw it; [`TlsFailure::reason`] is what status and
+/// the logs show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TlsFailure {
+    /// The certificate's validity period has ended.
+    Expired,
+    /// The certificate's validity period has not begun.
+    NotYetValid,
+    /// The certificate does not name the server (its `host`, or the service name).
+    NameMismatch,
+    /// The certificate chain does not lead to a CA the service trusts.
+    UnknownIssuer,
+    /// The certificate is otherwise unacceptable: a bad signature, revoked, the wrong usage,
+    /// unparsable.
+    BadCertificate,
+    /// The server sent a TLS alert (it refused something of ours).
+    Alert,
+    /// The server closed the connection before the handshake completed.
+    Closed,
+    /// Any other protocol failure: not TLS at all, no common version or cipher suite.
+    Handshake,
+}
+
+impl TlsFailure {
+    /// What status, metrics and logs say.
+    pub fn reason(self) -> &'static str {
+        match self {
+            TlsFailure::Expired => "TLS: certificate expired",
+            TlsFailure::NotYetValid => "TLS: certificate not valid yet",
+            TlsFailure::NameMismatch => "TLS: certificate does not match the server name",
+            TlsFailure::UnknownIssuer => "TLS: certificate issuer not trusted",
+            TlsFailure::BadCertificate => "TLS: certificate rejected",
+            TlsFailure::Alert => "TLS: alert from the server",
+            TlsFailure::Closed => "TLS: connection closed during the handshake",
+            TlsFailure::Handshake => "TLS: handshake failed",
+        }
+    }
+}
+
+/// The reason a probe that timed out in the middle of a TLS handshake fails with.
+pub const TLS_HANDSHAKE_TIMEOUT: &str = "TLS: handshake timed out";
 
 /// The prober's counters, kept by the core and copied out by the driver.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -179,6 +228,15 @@ pub struct Flip {
     pub why: &'static str,
 }
 
+/// A target whose reason for failing changed (to log once per change, not once per probe).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailureChange {
+    /// The target.
+    pub target: usize,
+    /// Why its probes fail now; `None`: they succeed again.
+    pub failure: Option<&'static str>,
+}
+
 /// What identifies a probed target across a reload: its service, address and transport.
 pub type TargetKey = (Arc<str>, SocketAddr, Transport);
 
@@ -209,6 +267,9 @@ pub struct ServerReport {
     pub flips: u64,
     /// When the state last changed, and what decided it (None before any change).
     pub changed: Option<(Instant, &'static str)>,
+    /// Why the last probe failed (a TLS certificate problem, a timeout, a refusal); `None`
+    /// when it succeeded or none has ended yet.
+    pub failure: Option<&'static str>,
 }
 
 /// What the answers are built from; the core asks for a new snapshot only when this changes.
@@ -237,6 +298,8 @@ enum Phase {
     Opening,
     /// TCP: connect under way.
     Connecting,
+    /// TLS: connected, the driver runs the handshake.
+    Handshaking,
     /// The request is out; waiting for replies.
     Sent,
 }
@@ -279,6 +342,8 @@ struct Target {
     last_code: Option<u16>,
     /// When the state last changed, and why.
     changed: Option<(Instant, &'static str)>,
+    /// Why the last probe failed, if it did.
+    failure: Option<&'static str>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -314,6 +379,7 @@ pub struct Core {
     timers: BinaryHeap<Reverse<(Instant, usize, u64, Timer)>>,
     actions: VecDeque<Action>,
     flips: VecDeque<Flip>,
+    failure_changes: VecDeque<FailureChange>,
     entropy: Box<dyn Entropy>,
     published: Option<Publish>,
     last_good: Vec<Option<Vec<Vec<Transport>>>>,
@@ -354,7 +420,7 @@ impl Core {
         for (si, service) in config.services.iter().enumerate() {
             for (vi, server) in service.servers.iter().enumerate() {
                 for &transport in &server.transports {
-                    let addr = SocketAddr::new(server.address, server.port);
+                    let addr = SocketAddr::new(server.address, server.port_for(transport));
                     let kept = carried.get(&(Arc::from(service.name.as_str()), addr, transport));
                     targets.push(Target {
                         service: si,
@@ -370,6 +436,7 @@ impl Core {
                         next_due: now,
                         last_code: kept.and_then(|c| c.last_code),
                         changed: kept.and_then(|c| c.changed),
+                        failure: None,
                     });
                 }
             }
@@ -406,6 +473,7 @@ impl Core {
             timers,
             actions: VecDeque::new(),
             flips: VecDeque::new(),
+            failure_changes: VecDeque::new(),
             entropy,
             published: None,
             round: 0,
@@ -425,6 +493,7 @@ impl Core {
             timers: self.timers.clone(),
             actions: self.actions.clone(),
             flips: self.flips.clone(),
+            failure_changes: self.failure_changes.clone(),
             entropy,
             published: self.published.clone(),
             last_good: self.last_good.clone(),
@@ -455,6 +524,16 @@ impl Core {
     /// The next state change to log, if any.
     pub fn poll_flip(&mut self) -> Option<Flip> {
         self.flips.pop_front()
+    }
+
+    /// The next change in a target's reason for failing, to log, if any.
+    pub fn poll_failure_change(&mut self) -> Option<FailureChange> {
+        self.failure_changes.pop_front()
+    }
+
+    /// The service and server (indices into the configuration) that target `target` probes.
+    pub fn server_of(&self, target: usize) -> Option<(usize, usize)> {
+        self.targets.get(target).map(|t| (t.service, t.server))
     }
 
     /// The bytes to send for `probe` (empty if it is not in flight).
@@ -501,6 +580,7 @@ impl Core {
                 last_code: t.last_code,
                 flips: t.health.flips(),
                 changed: t.changed,
+                failure: t.failure,
             })
             .collect()
     }
@@ -528,7 +608,9 @@ impl Core {
                 Timer::Retransmit if current && t.probe.is_some() => self.retransmit(i, now),
                 Timer::Timeout if current && t.probe.is_some() => {
                     self.stats.timeouts += 1;
-                    self.conclude(i, Verdict::Failed, now, "timeout");
+                    let handshaking = t.probe.as_ref().is_some_and(|p| p.phase == Phase::Handshaking);
+                    let why = if handshaking { TLS_HANDSHAKE_TIMEOUT } else { "timeout" };
+                    self.conclude(i, Verdict::Failed, now, why);
                 }
                 _ => {}
             }
@@ -614,16 +696,21 @@ impl Core {
             }
             Event::Connected if p.phase == Phase::Connecting => {
                 if t.transport == Transport::Tls {
-                    // No TLS stack in the prober: an accepted connection on the TLS port is the
-                    // verdict.
-                    let rtt = now.duration_since(p.started);
-                    self.stats.replies += 1;
-                    self.conclude(i, Verdict::Alive { rtt }, now, "TLS port accepts connections");
+                    // The driver runs the handshake over the connection and says how it ended.
+                    p.phase = Phase::Handshaking;
                 } else {
                     p.phase = Phase::Sent;
                     self.actions.push_back(Action::Send { probe });
                     self.stats.sent += 1;
                 }
+            }
+            Event::Secured if p.phase == Phase::Handshaking => {
+                p.phase = Phase::Sent;
+                self.actions.push_back(Action::Send { probe });
+                self.stats.sent += 1;
+            }
+            Event::TlsFailed(failure) if t.transport == Transport::Tls => {
+                self.conclude(i, Verdict::Failed, now, failure.reason());
             }
             Event::Datagram(_) | Event::Stream(_) if p.unmatched >= MAX_UNMATCHED => self.stats.ignored += 1,
             Event::Datagram(bytes) if p.phase == Phase::Sent && t.transport == Transport::Udp => {
@@ -640,7 +727,7 @@ impl Core {
             }
             Event::Closed => self.conclude(i, Verdict::Failed, now, "connection closed without a reply"),
             Event::Failed => self.conclude(i, Verdict::Failed, now, "socket error"),
-            Event::Opened { .. } | Event::Connected => {}
+            Event::Opened { .. } | Event::Connected | Event::Secured | Event::TlsFailed(_) => {}
         }
     }
 
@@ -749,6 +836,15 @@ impl Core {
             self.actions.push_back(Action::Close { probe: ProbeRef { target: i, seq: t.seq } });
         }
         let from = t.health.state();
+        let failed = !matches!(verdict, Verdict::Alive { .. });
+        let failure = failed.then_some(why);
+        if failure != t.failure {
+            t.failure = failure;
+            self.failure_changes.push_back(FailureChange { target: i, failure });
+            if self.failure_changes.len() > MAX_FLIP_RECORDS {
+                self.failure_changes.pop_front();
+            }
+        }
         if t.health.observe(verdict, now, thresholds) {
             t.changed = Some((now, why));
             self.dirty = true;
@@ -758,7 +854,6 @@ impl Core {
             }
             self.flips.push_back(Flip { target: i, from, to: t.health.state(), why });
         }
-        let failed = !matches!(verdict, Verdict::Alive { .. });
         let latency = self.services[t.service].1 == Policy::Latency;
         self.dirty |= latency && !failed;
         self.schedule(i, now, failed);

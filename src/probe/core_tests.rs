@@ -62,12 +62,18 @@ enum Behaviour {
     Drip(Duration),
     /// Half a true 200 reply, then the connection closes.
     CloseMidway,
+    /// TLS: the handshake fails this way.
+    TlsFail(TlsFailure),
+    /// TLS: the connection is accepted, the handshake never ends.
+    TlsStall,
 }
 
 /// A network event on its way to the core.
 #[derive(Debug, Clone)]
 enum Delivery {
     Connected,
+    /// TLS: the handshake's outcome.
+    Handshake(Result<(), TlsFailure>),
     Bytes(Vec<u8>),
     Closed,
     Refused,
@@ -219,7 +225,8 @@ impl Sim {
                 self.deliver(rtt * 3, probe, Delivery::Bytes(reply_to(request, status, "")));
             }
             Behaviour::TryingOnly => self.deliver(rtt, probe, Delivery::Bytes(reply_to(request, "100 Trying", ""))),
-            Behaviour::Silent => {}
+            // TLS failures end the probe before a request goes out.
+            Behaviour::Silent | Behaviour::TlsFail(_) | Behaviour::TlsStall => {}
             Behaviour::Refuse => self.deliver(rtt, probe, Delivery::Refused),
             Behaviour::Forge(n, answer) => {
                 let kinds: Vec<Vec<u8>> = (0..5).map(|k| forge(request, k)).collect();
@@ -268,8 +275,19 @@ impl Sim {
                 let (probe, d) = self.deliveries.remove(&key).unwrap();
                 // The kernel drops what arrives for a closed or muted socket.
                 if self.open.contains(&probe) && !self.muted.contains(&probe) {
+                    let tls = self.core.targets[probe.target].transport == Transport::Tls;
+                    if tls && matches!(d, Delivery::Connected) {
+                        // The driver starts the handshake at once; it takes one round trip more.
+                        match self.behaviours[probe.target] {
+                            Behaviour::TlsFail(f) => self.deliver(HOP * 2, probe, Delivery::Handshake(Err(f))),
+                            Behaviour::TlsStall => {}
+                            _ => self.deliver(HOP * 2, probe, Delivery::Handshake(Ok(()))),
+                        }
+                    }
                     let event = match &d {
                         Delivery::Connected => Event::Connected,
+                        Delivery::Handshake(Ok(())) => Event::Secured,
+                        Delivery::Handshake(Err(f)) => Event::TlsFailed(*f),
                         Delivery::Closed => Event::Closed,
                         Delivery::Refused => Event::Refused,
                         Delivery::Bytes(b) if self.core.targets[probe.target].transport == Transport::Udp => {
@@ -500,13 +518,44 @@ fn hostile_tcp_replies_fail_the_probe_and_nothing_else() {
 }
 
 #[test]
-fn health_is_per_transport_and_tls_is_a_connect_check() {
+fn health_is_per_transport_and_tls_probes_after_the_handshake() {
     let c = config(FAST, &[("127.0.0.85", "\"udp\", \"tcp\", \"tls\"")], "");
     let mut sim = Sim::new(&c, vec![ok(), Behaviour::Refuse, ok()]);
     sim.run_until(ms(1000));
     assert_eq!([sim.state(0), sim.state(1), sim.state(2)], [State::Up, State::Down, State::Up]);
     let last = &sim.published.last().unwrap().1;
     assert_eq!(last.health.up[0][0], vec![Transport::Udp, Transport::Tls]);
+    assert_eq!(sim.core.targets[2].addr.port(), 5061, "TLS goes to its own port");
+    // An accepted connection alone is no longer a verdict: a server that takes the connection
+    // and then says nothing over TLS is down.
+    let mut sim = Sim::new(&c, vec![ok(), ok(), Behaviour::Silent]);
+    sim.run_until(ms(1000));
+    assert_eq!(sim.state(2), State::Down, "secured, but no SIP reply");
+}
+
+#[test]
+fn a_failed_handshake_fails_the_probe_with_its_reason_once() {
+    let c = config(FAST, &[("127.0.0.86", "\"tls\""), ("127.0.0.87", "\"tls\"")], "");
+    let mut sim = Sim::new(&c, vec![Behaviour::TlsFail(TlsFailure::Expired), Behaviour::TlsStall]);
+    sim.run_until(ms(2000));
+    assert_eq!([sim.state(0), sim.state(1)], [State::Down, State::Down]);
+    let reports = sim.core.reports();
+    assert_eq!(reports[0].failure, Some("TLS: certificate expired"));
+    assert_eq!(reports[0].changed.map(|(_, why)| why), Some("TLS: certificate expired"));
+    assert_eq!(reports[1].failure, Some(TLS_HANDSHAKE_TIMEOUT));
+    let mut changes = Vec::new();
+    while let Some(c) = sim.core.poll_failure_change() {
+        changes.push(c);
+    }
+    assert!(sim.opens.len() > 10, "probes went on: {}", sim.opens.len());
+    assert_eq!(changes.len(), 2, "one change per target, not one per probe: {changes:?}");
+    // Fixed: the reason clears, once.
+    sim.behaviours[0] = ok();
+    sim.run_until(ms(4000));
+    assert_eq!(sim.state(0), State::Up);
+    assert_eq!(sim.core.reports()[0].failure, None);
+    let back: Vec<_> = std::iter::from_fn(|| sim.core.poll_failure_change()).collect();
+    assert_eq!(back, vec![FailureChange { target: 0, failure: None }]);
 }
 
 #[test]

@@ -12,7 +12,8 @@
 //!
 //! Every probe has its own socket, opened when the core asks and closed with its verdict: a UDP
 //! socket *connected* to the server (the kernel drops datagrams from any other address and turns
-//! an ICMP port unreachable into ECONNREFUSED), or a TCP connection. A socket's token carries the
+//! an ICMP port unreachable into ECONNREFUSED), or a TCP connection (with a rustls client over it
+//! for TLS, see [`super::tls`]: the core sees `Secured`, then plaintext). A socket's token carries the
 //! probe's sequence number, so an event meant for an earlier probe's socket is never applied to a
 //! later one. A socket that keeps delivering is read at most [`READ_BUDGET`] times per pass, then
 //! the loop serves timers and the other sockets before coming back to it.
@@ -32,6 +33,7 @@ use super::core::{
     Action, Carried, Core, CoreError, Entropy, Event, OsEntropy, ProbeRef, ServerReport, Stats, TargetKey,
 };
 use super::health::State;
+use super::tls;
 use crate::config::{Config, StartState, Transport};
 use crate::snapshot::{Health, Snapshot, SnapshotHandle};
 
@@ -196,7 +198,17 @@ impl Prober {
         let stop = Arc::new(AtomicBool::new(false));
         let status = Arc::new(ProbeStatus::default());
         let stall_limit = (config.probe.interval * 3).max(MIN_STALL);
+        let tls_configs = tls::client_configs(&config)?;
+        let tls_names = (0..core.targets())
+            .map(|i| {
+                let (si, vi) = core.server_of(i).filter(|_| core.describe(i).is_some_and(|d| d.2 == Transport::Tls))?;
+                tls::server_name(&config.services.get(si)?.servers.get(vi)?.tls_name)
+            })
+            .collect();
         let mut driver = Driver {
+            tls_configs,
+            tls_names,
+            tls_errors: Vec::new(),
             core,
             poll,
             sockets: Vec::new(),
@@ -210,6 +222,7 @@ impl Prober {
             config,
         };
         driver.sockets.resize_with(driver.core.targets(), || None);
+        driver.tls_errors.resize_with(driver.core.targets(), || None);
         let s = stop.clone();
         let thread = std::thread::Builder::new().name("dnlb-prober".into()).spawn(move || {
             if let Some(core) = driver.config.probe.core {
@@ -333,7 +346,12 @@ pub fn initial_health(config: &Config) -> Health {
 /// A probe's socket.
 enum Socket {
     Udp(UdpSocket),
-    Tcp { stream: TcpStream, connected: bool },
+    /// A TCP connection; for a TLS probe, with its TLS client run over it.
+    Tcp {
+        stream: TcpStream,
+        connected: bool,
+        tls: Option<Box<rustls::ClientConnection>>,
+    },
 }
 
 /// The socket of one target's probe in flight.
@@ -355,6 +373,13 @@ fn token(probe: ProbeRef) -> Token {
 
 struct Driver {
     core: Core,
+    /// Per service, the TLS client configuration of its TLS probes.
+    tls_configs: Vec<Option<Arc<rustls::ClientConfig>>>,
+    /// Per target, the name its certificate is checked against (`None` for a name rustls cannot
+    /// take; validation refuses those for TLS servers).
+    tls_names: Vec<Option<rustls::pki_types::ServerName<'static>>>,
+    /// Per target, rustls's words for its last TLS failure, logged with the failure's reason.
+    tls_errors: Vec<Option<String>>,
     poll: Poll,
     /// Per target, the socket of its probe in flight.
     sockets: Vec<Option<Slot>>,
@@ -432,6 +457,20 @@ impl Driver {
                 } else {
                     let to = format!("{:?}", f.to).to_lowercase();
                     tracing::warn!(%service, server = %addr, transport, from, to, why, "server out of the answers");
+                }
+            }
+        }
+        while let Some(change) = self.core.poll_failure_change() {
+            flipped = true;
+            let detail = self.tls_errors.get_mut(change.target).and_then(Option::take);
+            if let Some((service, addr, transport)) = self.core.describe(change.target) {
+                let transport = transport_name(transport);
+                match (change.failure, detail) {
+                    (Some(why), detail) => {
+                        let reason = detail.map_or_else(|| why.to_string(), |d| format!("{why} ({d})"));
+                        tracing::warn!(%service, server = %addr, transport, %reason, "probe failing");
+                    }
+                    (None, _) => tracing::info!(%service, server = %addr, transport, "probes succeed again"),
                 }
             }
         }
@@ -523,10 +562,21 @@ impl Driver {
                 (Socket::Udp(s), local)
             }
             Transport::Tcp | Transport::Tls => {
+                let tls = if transport == Transport::Tls {
+                    let config =
+                        self.core.server_of(probe.target).and_then(|(si, _)| self.tls_configs.get(si)?.clone());
+                    let name = self.tls_names.get(probe.target).cloned().flatten();
+                    let (Some(config), Some(name)) = (config, name) else {
+                        return Err(io::Error::other("no TLS configuration for this server"));
+                    };
+                    Some(Box::new(rustls::ClientConnection::new(config, name).map_err(io::Error::other)?))
+                } else {
+                    None
+                };
                 let mut stream = TcpStream::connect(addr)?;
                 let local = stream.local_addr()?;
                 self.poll.registry().register(&mut stream, token(probe), Interest::READABLE | Interest::WRITABLE)?;
-                (Socket::Tcp { stream, connected: false }, local)
+                (Socket::Tcp { stream, connected: false, tls }, local)
             }
         };
         if let Some(slot) = self.sockets.get_mut(probe.target) {
@@ -543,7 +593,8 @@ impl Driver {
             Socket::Udp(s) => s.send(request).map(|_| ()),
             // A request is a few hundred bytes on a fresh connection: it fits the send buffer
             // at once, or the connection is not worth waiting on.
-            Socket::Tcp { stream, .. } => stream.write_all(request),
+            Socket::Tcp { stream, tls: None, .. } => stream.write_all(request),
+            Socket::Tcp { stream, tls: Some(tls), .. } => tls::send(tls, stream, request),
         };
         match result {
             Ok(()) => None,
@@ -560,7 +611,7 @@ impl Driver {
             return;
         };
         let connect = match self.slot(probe) {
-            Some(Slot { socket: Socket::Tcp { stream, connected }, .. }) if writable && !*connected => {
+            Some(Slot { socket: Socket::Tcp { stream, connected, .. }, .. }) if writable && !*connected => {
                 match stream.take_error() {
                     Ok(None) if stream.peer_addr().is_ok() => {
                         *connected = true;
@@ -576,11 +627,15 @@ impl Driver {
             self.core.handle(probe, event, now);
             self.apply_actions(now);
         }
+        if matches!(self.slot(probe), Some(Slot { socket: Socket::Tcp { tls: Some(_), .. }, .. })) {
+            self.service_tls(i, probe, now);
+            return;
+        }
         for _ in 0..READ_BUDGET {
             let mut buf = std::mem::take(&mut self.buf);
             let read = match self.slot(probe) {
                 Some(Slot { muted: false, socket: Socket::Udp(s), .. }) => s.recv(&mut buf).map(|n| (n, true)),
-                Some(Slot { muted: false, socket: Socket::Tcp { stream, connected: true }, .. }) => {
+                Some(Slot { muted: false, socket: Socket::Tcp { stream, connected: true, .. }, .. }) => {
                     stream.read(&mut buf).map(|n| (n, false))
                 }
                 _ => {
@@ -610,6 +665,52 @@ impl Driver {
             if done {
                 return;
             }
+        }
+        // Budget spent and the socket may hold more: come back after the others had their turn.
+        if self.slot(probe).is_some_and(|s| !s.muted) {
+            self.backlog.push(i);
+        }
+    }
+}
+
+impl Driver {
+    /// Moves target `i`'s TLS connection on, within the read budget: the handshake, then the
+    /// decrypted reply bytes into the core as a TCP stream's.
+    fn service_tls(&mut self, i: usize, probe: ProbeRef, now: Instant) {
+        for _ in 0..READ_BUDGET {
+            let mut buf = std::mem::take(&mut self.buf);
+            let step = match self.slot(probe) {
+                Some(Slot {
+                    muted: false, socket: Socket::Tcp { stream, connected: true, tls: Some(tls) }, ..
+                }) => tls::step(tls, stream, &mut buf),
+                _ => {
+                    self.buf = buf;
+                    return;
+                }
+            };
+            if step.secured {
+                self.core.handle(probe, Event::Secured, now);
+                self.apply_actions(now);
+            }
+            if step.plaintext > 0 {
+                self.core.handle(probe, Event::Stream(&buf[..step.plaintext]), now);
+                self.apply_actions(now);
+            }
+            self.buf = buf;
+            match step.end {
+                Some(tls::End::Failed(failure, detail)) => {
+                    if let Some(slot) = self.tls_errors.get_mut(i) {
+                        *slot = Some(detail);
+                    }
+                    self.core.handle(probe, Event::TlsFailed(failure), now);
+                }
+                Some(tls::End::Closed) => self.core.handle(probe, Event::Closed, now),
+                Some(tls::End::Io) => self.core.handle(probe, Event::Failed, now),
+                None if step.drained => return,
+                None => continue,
+            }
+            self.apply_actions(now);
+            return;
         }
         // Budget spent and the socket may hold more: come back after the others had their turn.
         if self.slot(probe).is_some_and(|s| !s.muted) {

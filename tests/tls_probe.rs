@@ -1,0 +1,519 @@
+//! TLS probes against real kamailio, through the real binary: certificates made here (a CA and
+//! server certificates, rcgen), a TLS listener on each server's 127.0.0.x:5061 holding one of
+//! them, kamailio behind it on TCP 5060 answering the OPTIONS that arrive over TLS.
+//!
+//! - a valid certificate, checked against the test's CA file: up;
+//! - an expired certificate, and one for another name: down, with that reason in
+//!   `dnlb status --json` and logged once, not once per probe;
+//! - `tls_verify = false`: a certificate from an unknown CA for another name is up;
+//! - the default (the system's trust store): the test CA's certificate is down, issuer not trusted;
+//! - kamailio stopped behind a valid certificate: down.
+//!
+//! The TLS listener is rustls in this process, not kamailio's tls module: Debian 12's kamailio
+//! 5.6.3 fails every TLS handshake under OpenSSL 3 ("TLS accept: no suitable signature algorithm"
+//! in its TCP worker, with RSA or EC keys, PKCS#8 or SEC1 files, TLS 1.2 or 1.3, with or without
+//! SNI); kamailio reworked its OpenSSL 3 initialisation in 5.7. The SIP answers still come from
+//! kamailio, over the decrypted stream.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::*;
+use hickory_proto::op::Message;
+use hickory_proto::rr::{RData, RecordType};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+/// One kamailio answering OPTIONS over TCP on `ip`:5060, ended by its PID on drop.
+struct Kamailio {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Kamailio {
+    fn start(ip: &str) -> Kamailio {
+        let dir = std::env::temp_dir().join(format!("dnlb-tls-kamailio-{}-{ip}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let modules = ["/usr/lib/x86_64-linux-gnu/kamailio/modules", "/usr/lib/kamailio/modules"]
+            .into_iter()
+            .find(|p| Path::new(p).join("sl.so").exists())
+            .expect("kamailio's sl module");
+        let cfg = format!(
+            "#!KAMAILIO\ndebug=1\nlog_stderror=yes\nchildren=1\ntcp_children=1\nlisten=tcp:{ip}:5060\n\
+             mpath=\"{modules}/\"\nloadmodule \"sl.so\"\n\
+             request_route {{\n  if (method == \"OPTIONS\") {{ sl_send_reply(\"200\", \"OK\"); exit; }}\n  sl_send_reply(\"404\", \"Not Found\");\n}}\n"
+        );
+        std::fs::write(dir.join("kamailio.cfg"), cfg).unwrap();
+        let child = Command::new("kamailio")
+            .arg("-f")
+            .arg(dir.join("kamailio.cfg"))
+            .arg("-P")
+            .arg(dir.join("kamailio.pid"))
+            .arg("-Y")
+            .arg(&dir)
+            .arg("-w")
+            .arg(&dir)
+            .args(["-DD", "-E"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start kamailio");
+        Kamailio { child, dir }
+    }
+
+    fn stop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            terminate(&mut self.child);
+        }
+    }
+}
+
+impl Drop for Kamailio {
+    fn drop(&mut self) {
+        self.stop();
+        let _cleanup = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A TLS listener on `ip`:5061 with one certificate; each connection's plaintext is relayed to
+/// `backend` (kamailio's TCP port) and back, for at most three seconds.
+struct TlsFront {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TlsFront {
+    fn start(ip: &str, chain: Vec<CertificateDer<'static>>, key: &KeyPair, backend: SocketAddr) -> TlsFront {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        let config = Arc::new(config);
+        let listener = TcpListener::bind((ip, 5061)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let config = config.clone();
+                        std::thread::spawn(move || relay(stream, config, backend));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        TlsFront { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for TlsFront {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+/// One TLS connection: handshake, then plaintext both ways between the client and `backend`
+/// (connected on the first request bytes; if it refuses, the TLS connection is closed).
+fn relay(stream: TcpStream, config: Arc<rustls::ServerConfig>, backend: SocketAddr) {
+    let wait = Some(Duration::from_millis(10));
+    stream.set_read_timeout(wait).unwrap();
+    let Ok(conn) = rustls::ServerConnection::new(config) else { return };
+    let mut tls = rustls::StreamOwned::new(conn, stream);
+    let mut back: Option<TcpStream> = None;
+    let mut buf = [0u8; 16_384];
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        match tls.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                if back.is_none() {
+                    match TcpStream::connect_timeout(&backend, Duration::from_millis(500)) {
+                        Ok(b) => {
+                            b.set_read_timeout(wait).unwrap();
+                            back = Some(b);
+                        }
+                        Err(_) => {
+                            tls.conn.send_close_notify();
+                            let _flushed = tls.flush();
+                            return;
+                        }
+                    }
+                }
+                if back.as_mut().is_some_and(|b| b.write_all(&buf[..n]).is_err()) {
+                    return;
+                }
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => return,
+        }
+        if let Some(b) = back.as_mut() {
+            match b.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    if tls.write_all(&buf[..n]).and_then(|()| tls.flush()).is_err() {
+                        return;
+                    }
+                }
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+/// The test's CA and the certificates it issues.
+struct Pki {
+    ca: Issuer<'static, KeyPair>,
+    ca_der: CertificateDer<'static>,
+    ca_pem: String,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, "dnlb test CA");
+        let cert = params.self_signed(&key).unwrap();
+        Pki { ca_der: cert.der().clone(), ca_pem: cert.pem(), ca: Issuer::new(params, key) }
+    }
+
+    /// A certificate for `name` signed by the CA, valid from `from` to `until` (years).
+    fn issue(&self, name: &str, from: i32, until: i32) -> (Vec<CertificateDer<'static>>, KeyPair) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.not_before = rcgen::date_time_ymd(from, 1, 1);
+        params.not_after = rcgen::date_time_ymd(until, 1, 1);
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        (vec![cert.der().clone(), self.ca_der.clone()], key)
+    }
+}
+
+/// A self-signed certificate for `name`, from no CA the prober knows.
+fn self_signed(name: &str) -> (Vec<CertificateDer<'static>>, KeyPair) {
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec![name.to_string()]).unwrap().self_signed(&key).unwrap();
+    (vec![cert.der().clone()], key)
+}
+
+/// The real binary with a config file and a control socket.
+struct Dnlb {
+    child: Child,
+    dir: PathBuf,
+    config: PathBuf,
+    dns: SocketAddr,
+}
+
+impl Dnlb {
+    fn start(dir: &Path, text: &str, dns: SocketAddr) -> Dnlb {
+        let config = dir.join("dnlb.toml");
+        std::fs::write(&config, text).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_dnlb"))
+            .args(["--config", config.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap())
+            .spawn()
+            .unwrap();
+        Dnlb { child, dir: dir.to_path_buf(), config, dns }
+    }
+
+    fn cli(&self, args: &[&str]) -> std::io::Result<Output> {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--config", self.config.to_str().unwrap()]);
+        Command::new(env!("CARGO_BIN_EXE_dnlb")).args(&all).output()
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
+    }
+
+    /// Per server address: (state, failure) from `dnlb status --json`.
+    fn states(&self) -> Vec<(String, String, Option<String>)> {
+        let Ok(out) = self.cli(&["status", "--json"]) else { return Vec::new() };
+        let Ok(json) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else { return Vec::new() };
+        let mut states = Vec::new();
+        for service in json["services"].as_array().into_iter().flatten() {
+            for s in service["servers"].as_array().into_iter().flatten() {
+                states.push((
+                    s["address"].as_str().unwrap_or_default().to_string(),
+                    s["state"].as_str().unwrap_or_default().to_string(),
+                    s["failure"].as_str().map(str::to_string),
+                ));
+            }
+        }
+        states
+    }
+
+    /// Waits until `want` holds for the status of every server, or fails after `limit`.
+    fn wait(&self, what: &str, limit: Duration, want: &[(&str, &str, Option<&str>)]) -> Duration {
+        let start = Instant::now();
+        loop {
+            let states = self.states();
+            let ok = want.iter().all(|(addr, state, failure)| {
+                states.iter().any(|(a, s, f)| a == addr && s == state && f.as_deref() == *failure)
+            });
+            if ok {
+                return start.elapsed();
+            }
+            assert!(start.elapsed() < limit, "{what}: not within {limit:?}: {states:?}\n{}", self.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn addresses(&self, name: &str) -> Vec<IpAddr> {
+        let raw = udp_raw(self.dns, &query(name, RecordType::A, 9, None), Duration::from_secs(1));
+        let mut out: Vec<IpAddr> = raw
+            .and_then(|r| Message::from_vec(&r).ok())
+            .map(|m| {
+                m.answers
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::A(a) => Some(IpAddr::V4(a.0)),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+
+    fn srv_ports(&self, name: &str) -> Vec<u16> {
+        let raw = udp_raw(self.dns, &query(name, RecordType::SRV, 10, None), Duration::from_secs(1));
+        raw.and_then(|r| Message::from_vec(&r).ok())
+            .map(|m| {
+                m.answers
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::SRV(s) => Some(s.port),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Dnlb {
+    fn drop(&mut self) {
+        terminate(&mut self.child);
+    }
+}
+
+const EXPIRED: &str = "TLS: certificate expired";
+const WRONG_NAME: &str = "TLS: certificate does not match the server name";
+
+#[test]
+fn tls_probes_check_certificates_and_reach_kamailio() {
+    if !require(have("kamailio"), "kamailio (package kamailio)") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("dnlb-tls-probe-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pki = Pki::new();
+    std::fs::write(dir.join("ca.pem"), &pki.ca_pem).unwrap();
+
+    // (address, SNI name, certificate)
+    let ips = ["127.0.0.141", "127.0.0.142", "127.0.0.143", "127.0.0.144", "127.0.0.145"];
+    let certs = [
+        pki.issue("sip1.example.test", 2020, 2100),
+        pki.issue("sip2.example.test", 2020, 2021),
+        pki.issue("other.example.test", 2020, 2100),
+        pki.issue("sip4.example.test", 2020, 2100),
+        self_signed("nobody.example.test"),
+    ];
+    let mut kamailios: Vec<Kamailio> = ips.iter().map(|ip| Kamailio::start(ip)).collect();
+    let fronts: Vec<TlsFront> = ips
+        .iter()
+        .zip(certs)
+        .map(|(ip, (chain, key))| TlsFront::start(ip, chain, &key, SocketAddr::new(ip.parse().unwrap(), 5060)))
+        .collect();
+
+    let port = free_port();
+    let mut text = format!(
+        "[server]\nlisten = [\"127.0.0.1:{port}\"]\nworkers = 1\npin_workers = false\nruntime_dir = \"{}\"\n\
+         [probe]\ninterval_ms = 500\ntimeout_ms = 400\nrise = 1\nfall = 1\n\
+         [[service]]\nname = \"sip.example.test\"\nall_down = \"nodata\"\ntls_ca_file = \"ca.pem\"\n",
+        dir.join("run").display()
+    );
+    for (i, ip) in ips[..4].iter().enumerate() {
+        text.push_str(&format!(
+            "[[service.server]]\naddress = \"{ip}\"\nhost = \"sip{}.example.test\"\ntransports = [\"tls\"]\n",
+            i + 1
+        ));
+    }
+    text.push_str(&format!(
+        "[[service]]\nname = \"off.example.test\"\ntls_verify = false\n[[service.server]]\naddress = \"{}\"\ntransports = [\"tls\"]\n",
+        ips[4]
+    ));
+    // The default: the system's trust store, which does not know the test's CA.
+    text.push_str(&format!(
+        "[[service]]\nname = \"system.example.test\"\n[[service.server]]\naddress = \"{}\"\nhost = \"sip1.example.test\"\nport = 5061\ntransports = [\"tls\"]\n",
+        ips[0]
+    ));
+    let dns: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let d = Dnlb::start(&dir, &text, dns);
+
+    let a = |i: usize| format!("{}:5061", ips[i]);
+    let service_of = |addr: &str| -> Vec<String> {
+        d.states()
+            .into_iter()
+            .filter(|(a, ..)| a == addr)
+            .map(|(_, state, failure)| format!("{state} {failure:?}"))
+            .collect()
+    };
+    let settled = d.wait(
+        "first verdicts",
+        Duration::from_secs(20),
+        &[
+            (&a(0), "Up", None),
+            (&a(1), "Down", Some(EXPIRED)),
+            (&a(2), "Down", Some(WRONG_NAME)),
+            (&a(3), "Up", None),
+            (&a(4), "Up", None),
+        ],
+    );
+    println!("valid up, expired and wrong-name down with their reasons, verify-off up after {settled:?}");
+    // 127.0.0.141 is in two services: trusted through the CA file, untrusted by the system's roots.
+    let start = Instant::now();
+    while !service_of(&a(0)).contains(&"Down Some(\"TLS: certificate issuer not trusted\")".to_string()) {
+        assert!(start.elapsed() < Duration::from_secs(5), "default verification: {:?}", service_of(&a(0)));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(service_of(&a(0)).contains(&"Up None".to_string()));
+    let up: Vec<IpAddr> = [ips[0], ips[3]].iter().map(|i| i.parse().unwrap()).collect();
+    assert_eq!(d.addresses("sip.example.test."), up, "only the servers with good certificates are served");
+    assert_eq!(d.addresses("off.example.test."), vec![ips[4].parse::<IpAddr>().unwrap()]);
+    assert_eq!(d.srv_ports("_sips._tcp.sip.example.test."), vec![5061, 5061], "TLS's own port in SRV");
+
+    // Several more probes fail the same way: the reason is logged once, not once per probe.
+    std::thread::sleep(Duration::from_millis(1500));
+    let log = d.stderr();
+    let expired_lines = log.lines().filter(|l| l.contains(ips[1]) && l.contains(EXPIRED)).count();
+    assert!((1..=2).contains(&expired_lines), "logged once as a failure (and once in the flip): {log}");
+    assert!(
+        log.contains("probe failing") && log.contains("reason=TLS: certificate expired ("),
+        "with rustls's words: {log}"
+    );
+
+    kamailios[3].stop();
+    let stopped = Instant::now();
+    d.wait(
+        "kamailio stopped behind a valid certificate",
+        Duration::from_secs(5),
+        &[(&a(3), "Down", Some("connection closed without a reply")), (&a(0), "Up", None)],
+    );
+    println!("kamailio stopped: down after {:?}", stopped.elapsed());
+    assert_eq!(d.addresses("sip.example.test."), vec![ips[0].parse::<IpAddr>().unwrap()]);
+
+    drop(d);
+    drop(fronts);
+    drop(kamailios);
+    let _cleanup = std::fs::remove_dir_all(&dir);
+}
+
+/// What a hostile TLS listener does with each connection.
+#[derive(Clone, Copy)]
+enum Hostile {
+    /// Accepts and never says a word.
+    Mute,
+    /// Answers the ClientHello with a plaintext SIP reply.
+    Plaintext,
+    /// Sends junk as fast as the connection takes it.
+    Flood,
+}
+
+/// A listener on `ip`:5061 that treats every connection as `how` says, for at most two seconds.
+fn hostile(ip: &str, how: Hostile, stop: Arc<AtomicBool>) -> JoinHandle<()> {
+    let listener = TcpListener::bind((ip, 5061)).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            let Ok((mut stream, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            };
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let until = Instant::now() + Duration::from_secs(2);
+                let junk = [0x17u8; 16_384];
+                while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                    match how {
+                        Hostile::Mute => std::thread::sleep(Duration::from_millis(20)),
+                        Hostile::Plaintext => {
+                            let _sent = stream.write_all(b"SIP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n");
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                        Hostile::Flood => {
+                            if stream.write_all(&junk).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    })
+}
+
+#[test]
+fn hostile_tls_peers_fail_probes_within_the_timeout() {
+    let ips = ["127.0.0.151", "127.0.0.152", "127.0.0.153"];
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads: Vec<JoinHandle<()>> = ips
+        .iter()
+        .zip([Hostile::Mute, Hostile::Plaintext, Hostile::Flood])
+        .map(|(ip, how)| hostile(ip, how, stop.clone()))
+        .collect();
+    let mut text = format!(
+        "[server]\nlisten = [\"127.0.0.1:{}\"]\n[probe]\ninterval_ms = 300\ntimeout_ms = 200\nrise = 1\nfall = 1\n\
+         [[service]]\nname = \"sip.example.test\"\ntls_verify = false\n",
+        free_port()
+    );
+    for ip in ips {
+        text.push_str(&format!("[[service.server]]\naddress = \"{ip}\"\ntransports = [\"tls\"]\n"));
+    }
+    let config = dnlb::config::Config::parse(&text).unwrap();
+    let health = dnlb::probe::initial_health(&config);
+    let snapshots =
+        dnlb::snapshot::SnapshotHandle::new(dnlb::snapshot::Snapshot::build(&config, &health, 0, 1).unwrap());
+    let prober = dnlb::probe::Prober::spawn(config, snapshots).unwrap();
+    let want =
+        [(ips[0], "TLS: handshake timed out"), (ips[1], "TLS: handshake failed"), (ips[2], "TLS: handshake failed")];
+    let start = Instant::now();
+    loop {
+        let reports = prober.status().servers.lock().unwrap().clone();
+        let failures: Vec<(String, Option<&str>)> =
+            reports.iter().map(|r| (r.addr.ip().to_string(), r.failure)).collect();
+        if want.iter().all(|(ip, why)| failures.iter().any(|(a, f)| a == ip && *f == Some(*why))) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "not within 5 s: {failures:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!("mute, plaintext and flooding TLS peers failed with their reasons after {:?}", start.elapsed());
+    assert!(!prober.stalled(), "a flooding peer does not stall the prober");
+    prober.shutdown().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+}
