@@ -324,7 +324,7 @@ pub fn initial_health(config: &Config) -> Health {
         (false, _) | (true, StartState::Up) => Health::all_up(config),
         (true, StartState::Unknown | StartState::Down) => Health {
             up: config.services.iter().map(|s| vec![Vec::new(); s.servers.len()]).collect(),
-            latency_weights: Vec::new(),
+            ..Health::default()
         },
     }
 }
