@@ -13,4 +13,4 @@ pub mod health;
 pub mod sip;
 
 pub use self::core::ServerReport;
-pub use driver::{initial_health, Carry, ProbeStatus, ProbeView, Prober, ProberError};
+pub use driver::{initial_health, Carry, DrainRequest, ProbeControl, ProbeStatus, ProbeView, Prober, ProberError};
