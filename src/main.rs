@@ -194,11 +194,8 @@ fn drain(prober: Option<&ProbeControl>, server: &str, service: Option<String>, d
         )),
         Ok(n) => {
             let verb = if drained { "drained" } else { "undrained" };
-            let effect = if drained {
-                "out of the answers now; still probed"
-            } else {
-                "back in the answers now if healthy"
-            };
+            let effect =
+                if drained { "out of the answers now; still probed" } else { "back in the answers now if healthy" };
             Reply {
                 ok: true,
                 text: format!("{verb} {server}: {n} server transport(s), {effect}\n"),

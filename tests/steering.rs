@@ -129,7 +129,8 @@ fn burst(client: &UdpSocket, dns: SocketAddr, batch: u16, first_id: u16, wait: D
 #[test]
 fn start_up_never_answers_one_server_while_three_are_healthy() {
     let ips = ["127.0.0.161", "127.0.0.162", "127.0.0.163"];
-    let modes = vec![Mode::Reply(200, None), Mode::Late(Duration::from_millis(20)), Mode::Late(Duration::from_millis(60))];
+    let modes =
+        vec![Mode::Reply(200, None), Mode::Late(Duration::from_millis(20)), Mode::Late(Duration::from_millis(60))];
     let (sip_port, _responders) = responders(&ips, modes);
     let d = Instance::start(&ips, sip_port, "start = \"unknown\"", "");
     let client = UdpSocket::bind("127.0.0.1:0").unwrap();

@@ -554,8 +554,12 @@ impl Core {
             .iter()
             .map(|t| {
                 let key = (self.services[t.service].0.clone(), t.addr, t.transport);
-                let carried =
-                    Carried { health: t.health.clone(), last_code: t.last_code, changed: t.changed, drained: t.drained };
+                let carried = Carried {
+                    health: t.health.clone(),
+                    last_code: t.last_code,
+                    changed: t.changed,
+                    drained: t.drained,
+                };
                 (key, carried)
             })
             .collect()
@@ -576,7 +580,7 @@ impl Core {
                 changed: t.changed,
                 drained: t.drained,
                 overload: t.overload.map(|o| o.percent),
-                lossy: t.lossy_until.is_some(),
+                lossy: self.settings.loss_copies > 1 && t.lossy_until.is_some(),
             })
             .collect()
     }

@@ -727,7 +727,11 @@ fn a_drained_server_leaves_at_once_and_is_still_probed() {
     assert!(sim.core.reports()[0].drained && sim.state(0) == State::Up);
     let carried = sim.core.carry();
     let mut reloaded = Core::carrying(&c, sim.now, Box::new(Seeded(5)), &carried).unwrap();
-    assert_eq!(reloaded.poll_publish().unwrap().health.up[0][0], Vec::<Transport>::new(), "the drain survives a reload");
+    assert_eq!(
+        reloaded.poll_publish().unwrap().health.up[0][0],
+        Vec::<Transport>::new(),
+        "the drain survives a reload"
+    );
     assert_eq!(sim.core.set_drained(None, "127.0.0.21".parse().unwrap(), None, false), 2);
     let publish = sim.core.poll_publish().expect("published at once");
     assert_eq!(publish.health.up[0], vec![vec![Transport::Udp, Transport::Tcp], vec![Transport::Udp]]);

@@ -73,8 +73,11 @@ pub fn request(id: &ProbeId, target: SocketAddr, transport: Transport, local: So
     let mut headers: Vec<Header> = vec![
         // `oc` and `oc-algo` say that dnlb takes RFC 7339 overload control: a server may then
         // put its `oc` reduction in its replies' Via.
-        headers::Via::new(format!("SIP/2.0/{via_transport} {local_host};branch={};rport;oc;oc-algo=\"loss\"", id.branch))
-            .into(),
+        headers::Via::new(format!(
+            "SIP/2.0/{via_transport} {local_host};branch={};rport;oc;oc-algo=\"loss\"",
+            id.branch
+        ))
+        .into(),
         headers::MaxForwards::new("70").into(),
         headers::From::new(format!("{aor};tag={}", id.from_tag)).into(),
         headers::To::new(aor.clone()).into(),
@@ -341,11 +344,8 @@ fn oc_seq(value: &[u8]) -> Option<u64> {
     };
     let whole = decimal(whole)?;
     let fraction = &fraction[..fraction.len().min(6)];
-    let micros = if fraction.is_empty() {
-        0
-    } else {
-        decimal(fraction)?.saturating_mul(10u64.pow(6 - fraction.len() as u32))
-    };
+    let micros =
+        if fraction.is_empty() { 0 } else { decimal(fraction)?.saturating_mul(10u64.pow(6 - fraction.len() as u32)) };
     Some(whole.saturating_mul(1_000_000).saturating_add(micros))
 }
 
@@ -559,12 +559,18 @@ mod tests {
         let with_via = |via: &str| format!("SIP/2.0 200 OK\r\nVia: {via}\r\nCall-ID: x\r\n\r\n").into_bytes();
         let sig = |percent, validity_ms, seq| Some(OverloadSignal { percent, validity_ms, seq });
         for (via, want) in [
-            ("SIP/2.0/UDP h;branch=z9hG4bKx;oc=50;oc-validity=3000;oc-seq=1282321615.782", sig(50, 3000, Some(1_282_321_615_782_000))),
+            (
+                "SIP/2.0/UDP h;branch=z9hG4bKx;oc=50;oc-validity=3000;oc-seq=1282321615.782",
+                sig(50, 3000, Some(1_282_321_615_782_000)),
+            ),
             ("SIP/2.0/UDP h;oc=20", sig(20, DEFAULT_OC_VALIDITY_MS, None)),
             ("SIP/2.0/UDP h;oc=20;oc-algo=\"loss,rate\"", sig(20, DEFAULT_OC_VALIDITY_MS, None)),
             ("SIP/2.0/UDP h; OC = 100 ;oc-validity=0", sig(100, 0, None)),
             ("SIP/2.0/UDP h;oc=30;oc-validity=99999999999999999999999", sig(30, MAX_OC_VALIDITY_MS, None)),
-            ("SIP/2.0/UDP h;oc=30;oc-seq=99999999999999999999.1234567", sig(30, DEFAULT_OC_VALIDITY_MS, Some(u64::MAX))),
+            (
+                "SIP/2.0/UDP h;oc=30;oc-seq=99999999999999999999.1234567",
+                sig(30, DEFAULT_OC_VALIDITY_MS, Some(u64::MAX)),
+            ),
             ("SIP/2.0/UDP h;oc=101", None),
             ("SIP/2.0/UDP h;oc=-5", None),
             ("SIP/2.0/UDP h;oc", None),
@@ -577,7 +583,11 @@ mod tests {
             assert_eq!(overload(&with_via(via)), want, "{via}");
         }
         let lower = b"SIP/2.0 200 OK\r\nv: SIP/2.0/UDP h;oc=10\r\nVia: SIP/2.0/UDP i;oc=90\r\n\r\n";
-        assert_eq!(overload(lower), sig(10, DEFAULT_OC_VALIDITY_MS, None), "the compact form; the first Via is the top");
+        assert_eq!(
+            overload(lower),
+            sig(10, DEFAULT_OC_VALIDITY_MS, None),
+            "the compact form; the first Via is the top"
+        );
         assert_eq!(overload(b"SIP/2.0 200 OK\r\n\r\nVia: SIP/2.0/UDP h;oc=10\r\n"), None, "the body is no header");
         assert_eq!(overload(&reply_to(&req(), "200 OK", "")), None, "our own Via offers oc without a value");
         assert!(check_reply(&reply_to(&req(), "200 OK", ""), &id()).is_ok(), "rsip takes our Via's oc parameters");
