@@ -525,6 +525,13 @@ fn prober(m: &mut Metrics, p: &ProbeView) -> Result<(), MetricsError> {
         labels,
     )?;
     let flips = m.counter("dnlb_sip_server_flips_total", "Times the server went up or down.", labels)?;
+    let drained =
+        m.int_gauge("dnlb_sip_server_drained", "1 if an operator drained the server (still probed), else 0.", labels)?;
+    let overload = m.int_gauge(
+        "dnlb_sip_server_overload_percent",
+        "The RFC 7339 oc reduction the server asks for (0: none).",
+        labels,
+    )?;
     // The report list is refreshed once per interval by the prober; clone it out so the lock is
     // held only for the copy.
     let reports = match s.servers.lock() {
@@ -540,6 +547,8 @@ fn prober(m: &mut Metrics, p: &ProbeView) -> Result<(), MetricsError> {
         }
         code.with_label_values(&l).set(i64::from(r.last_code.unwrap_or(0)));
         flips.with_label_values(&l).inc_by(r.flips);
+        drained.with_label_values(&l).set(i64::from(r.drained));
+        overload.with_label_values(&l).set(i64::from(r.overload.unwrap_or(0)));
     }
     Ok(())
 }

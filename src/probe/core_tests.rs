@@ -797,3 +797,17 @@ fn a_blackhole_on_a_lossy_path_is_out_as_fast_as_on_a_clean_one() {
     assert!(worst <= ms(1000 + 2 * 150) + TIMER_SLACK * 2, "bounded by interval + 2 timeouts: {worst:?}");
     assert!(mean < ms(1000), "out within a second on average: {mean:?}");
 }
+
+/// The trade-off table in tuning.md: false flaps per hour against loss per direction, with and
+/// without copies, on the simulated network. Not a check (the two tests above are); run with
+/// `cargo test --lib loss_table -- --ignored --nocapture`.
+#[test]
+#[ignore = "prints the loss table for tuning.md (about a minute)"]
+fn loss_table() {
+    let defaults = "interval_ms = 1000\ntimeout_ms = 150\nretransmit_ms = 40\nrise = 2\nfall = 2";
+    for loss in [10, 20, 30, 40, 50] {
+        let old = flaps_under_loss(&format!("{defaults}\nloss_copies = 1"), loss, 2);
+        let new = flaps_under_loss(defaults, loss, 20);
+        eprintln!("loss {loss} % per direction: loss_copies = 1: {old} flaps in 2 h; loss_copies = 10: {new} in 20 h");
+    }
+}
