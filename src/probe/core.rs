@@ -657,7 +657,10 @@ impl Core {
         let timeout = self.settings.timeout;
         let retransmit = self.settings.retransmit;
         let t = &mut self.targets[i];
-        let lossy = t.transport == Transport::Udp && t.lossy_until.is_some_and(|u| now < u);
+        // Copies guard a server in the answers against false flaps; a server that is out (dead,
+        // most likely) gets plain retransmissions, as many datagrams as without loss.
+        let lossy =
+            t.transport == Transport::Udp && t.health.state() == State::Up && t.lossy_until.is_some_and(|u| now < u);
         if t.lossy_until.is_some_and(|u| now >= u) {
             t.lossy_until = None;
         }
