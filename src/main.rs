@@ -1,5 +1,5 @@
 //! The `dnlb` command: run the server, check a configuration, or ask a running instance for its
-//! status, an explanation or a reload.
+//! status, an explanation, a reload or a drain.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -19,7 +19,7 @@ use dnlb::control::report::{self, View};
 use dnlb::control::socket::{self, Answer, ControlSocket, Reply, Request};
 use dnlb::control::{metrics, notify, runtime};
 use dnlb::logging::{self, Format as LogFormat};
-use dnlb::probe::{initial_health, Carry, ProbeStatus, ProbeView, Prober};
+use dnlb::probe::{initial_health, Carry, DrainRequest, ProbeControl, ProbeStatus, ProbeView, Prober};
 use dnlb::server::Server;
 use dnlb::snapshot::{Snapshot, SnapshotHandle};
 
@@ -95,6 +95,22 @@ enum Cmd {
         #[arg(long, short = 'c')]
         config: PathBuf,
     },
+    /// Take a server out of a running instance's answers (maintenance); it is still probed.
+    Drain(DrainArgs),
+    /// Put a drained server back into a running instance's answers (at once, if healthy).
+    Undrain(DrainArgs),
+}
+
+#[derive(Args)]
+struct DrainArgs {
+    /// The server: ADDRESS (every port) or ADDRESS:PORT ([ADDRESS]:PORT for IPv6).
+    server: String,
+    /// Only the server of this service (default: of every service).
+    #[arg(long)]
+    service: Option<String>,
+    /// The configuration the instance runs.
+    #[arg(long, short = 'c')]
+    config: PathBuf,
 }
 
 fn parse_io(s: &str) -> Result<IoMode, String> {
@@ -109,6 +125,8 @@ fn parse_log_format(s: &str) -> Result<LogFormat, String> {
 struct Shared {
     config: Arc<Config>,
     status: Option<Arc<ProbeStatus>>,
+    /// Drains go to the running prober through this (none when probing is off).
+    prober: Option<ProbeControl>,
 }
 
 /// The control socket's answers: status and explain from the shared state and the snapshot,
@@ -121,8 +139,8 @@ struct Control {
 
 impl Answer for Control {
     fn answer(&self, request: Request) -> Reply {
-        let (config, status) = match self.shared.lock() {
-            Ok(s) => (s.config.clone(), s.status.clone()),
+        let (config, status, prober) = match self.shared.lock() {
+            Ok(s) => (s.config.clone(), s.status.clone(), s.prober.clone()),
             Err(_) => {
                 return Reply { ok: false, text: "internal state unavailable".into(), json: serde_json::Value::Null }
             }
@@ -157,7 +175,46 @@ impl Answer for Control {
                     json: serde_json::Value::Null,
                 })
             }
+            Request::Drain { server, service } => drain(prober.as_ref(), &server, service, true),
+            Request::Undrain { server, service } => drain(prober.as_ref(), &server, service, false),
         }
+    }
+}
+
+/// `ADDRESS` or `ADDRESS:PORT` (`[ADDRESS]:PORT`), as `dnlb drain` takes a server.
+fn parse_server(server: &str) -> Option<(IpAddr, Option<u16>)> {
+    match server.parse::<std::net::SocketAddr>() {
+        Ok(a) => Some((a.ip(), Some(a.port()))),
+        Err(_) => server.trim_start_matches('[').trim_end_matches(']').parse().ok().map(|ip| (ip, None)),
+    }
+}
+
+/// Drains or undrains `server` through the running prober; answered once published.
+fn drain(prober: Option<&ProbeControl>, server: &str, service: Option<String>, drained: bool) -> Reply {
+    let refuse = |text: String| Reply { ok: false, json: serde_json::json!({"error": text.trim()}), text };
+    let Some((ip, port)) = parse_server(server) else {
+        return refuse(format!("`{server}` is not ADDRESS or ADDRESS:PORT ([ADDRESS]:PORT for IPv6)\n"));
+    };
+    let Some(prober) = prober else {
+        return refuse("probing is off (probe.enabled = false): every server is served, none can be drained\n".into());
+    };
+    let request = DrainRequest { service: service.clone(), ip, port, drained };
+    match prober.drain(request) {
+        Ok(0) => refuse(format!(
+            "no server {server}{} in the running configuration\n",
+            service.as_deref().map_or(String::new(), |s| format!(" in service {s}"))
+        )),
+        Ok(n) => {
+            let verb = if drained { "drained" } else { "undrained" };
+            let effect =
+                if drained { "out of the answers now; still probed" } else { "back in the answers now if healthy" };
+            Reply {
+                ok: true,
+                text: format!("{verb} {server}: {n} server transport(s), {effect}\n"),
+                json: serde_json::json!({"server": server, "drained": drained, "matched": n}),
+            }
+        }
+        Err(e) => refuse(format!("{e}\n")),
     }
 }
 
@@ -386,6 +443,7 @@ fn apply(fresh: Config, source: &str, live: &mut Live<'_>) -> Reply {
     if let Ok(mut s) = shared.lock() {
         s.config = running.config.clone();
         s.status = running.prober.as_ref().map(|p| p.status().clone());
+        s.prober = running.prober.as_ref().map(Prober::control);
     }
     let services = running.config.services.len();
     let kept = running
@@ -477,6 +535,7 @@ fn run(args: RunArgs) -> Result<()> {
     let shared = Arc::new(Mutex::new(Shared {
         config: running.config.clone(),
         status: running.prober.as_ref().map(|p| p.status().clone()),
+        prober: running.prober.as_ref().map(Prober::control),
     }));
     let (reload_tx, reload_rx): (SyncSender<SyncSender<Reply>>, Receiver<SyncSender<Reply>>) = sync_channel(1);
     let control = Control { shared: shared.clone(), snapshots: snapshots.clone(), reloads: reload_tx };
@@ -620,6 +679,8 @@ fn main() -> ExitCode {
             ask(&config, Request::Explain { name, qtype, client: client.map(|c| c.to_string()) }, json)
         }
         Some(Cmd::Reload { config }) => ask(&config, Request::Reload, false),
+        Some(Cmd::Drain(a)) => ask(&a.config, Request::Drain { server: a.server, service: a.service }, false),
+        Some(Cmd::Undrain(a)) => ask(&a.config, Request::Undrain { server: a.server, service: a.service }, false),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -80,13 +80,17 @@ pub struct Health {
     /// from its probe round-trip time ([`select::latency_weights`], computed once by the prober);
     /// empty for other policies, and a missing entry counts as the fastest server's weight.
     pub latency_weights: Vec<Vec<u32>>,
+    /// `weights[service][server]`: the weight a `weighted` service gives each server, decided
+    /// by the prober (the configured weight lowered by the server's RFC 7339 overload signal);
+    /// empty for other policies, and a missing entry counts as the configured weight.
+    pub weights: Vec<Vec<u32>>,
 }
 
 impl Health {
     /// Every server healthy on every transport it is configured for.
     pub fn all_up(config: &Config) -> Health {
         let up = config.services.iter().map(|s| s.servers.iter().map(|v| v.transports.clone()).collect()).collect();
-        Health { up, latency_weights: Vec::new() }
+        Health { up, ..Health::default() }
     }
 }
 
@@ -218,6 +222,7 @@ impl Builder {
         let ttl = service.ttl;
         let up = health.up.get(index).map(Vec::as_slice).unwrap_or(&[]);
         let latency_weights = health.latency_weights.get(index).map(Vec::as_slice).unwrap_or(&[]);
+        let server_weights = health.weights.get(index).map(Vec::as_slice).unwrap_or(&[]);
         let healthy = |i: usize| up.get(i).is_some_and(|t| !t.is_empty());
         let any_up = (0..service.servers.len()).any(healthy);
         // The all-down policy: last-good arrives here as the prober's substitute up-list, so
@@ -244,6 +249,7 @@ impl Builder {
                     addrs.push(s.address);
                     weights.push(match service.policy {
                         Policy::Latency => latency_weights.get(i).copied().unwrap_or(select::FASTEST_WEIGHT),
+                        Policy::Weighted => server_weights.get(i).copied().unwrap_or(u32::from(s.weight)),
                         _ => u32::from(s.weight),
                     });
                 }

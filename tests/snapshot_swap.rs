@@ -83,7 +83,7 @@ fn every_reply_matches_one_snapshot() {
                     .iter()
                     .map(|s| if up.contains(&s.address) && g % 16 != 0 { vec![Transport::Udp] } else { vec![] })
                     .collect()],
-                latency_weights: Vec::new(),
+                ..Health::default()
             };
             t.snapshots.publish(Snapshot::build(&config, &health, g, g).unwrap());
             if g % 64 == 0 {

@@ -26,9 +26,9 @@ impl Entropy for Seeded {
     }
 }
 
-/// Two prepared cores (latency and on-duty farms of UDP, TCP and TLS targets), built once at
-/// `T0`; each run forks one.
-fn prepare() -> (Instant, [Core; 2]) {
+/// Three prepared cores (latency, on-duty and weighted farms of UDP, TCP and TLS targets), built
+/// once at `T0`; each run forks one.
+fn prepare() -> (Instant, [Core; 3]) {
     {
         let t0 = Instant::now();
         let farm = |policy: &str| {
@@ -41,12 +41,12 @@ fn prepare() -> (Instant, [Core; 2]) {
             let config = Config::parse(&text).expect("the fuzz config is valid");
             Core::new(&config, t0, Box::new(Seeded(1))).expect("seeded randomness never fails")
         };
-        (t0, [farm("latency"), farm("on-duty")])
+        (t0, [farm("latency"), farm("on-duty"), farm("weighted")])
     }
 }
 
 thread_local! {
-    static PREPARED: (Instant, [Core; 2]) = prepare();
+    static PREPARED: (Instant, [Core; 3]) = prepare();
 }
 
 /// Reads the input a byte (or a few) at a time; zeros once it runs out.
@@ -72,7 +72,7 @@ impl<'a> Input<'a> {
 fuzz_target!(|data: &[u8]| {
     let mut input = Input(data);
     let seed = u64::from(input.u32()) | 1;
-    let which = usize::from(input.byte() & 1);
+    let which = usize::from(input.byte() % 3);
     let (t0, mut core) = PREPARED.with(|(t0, cores)| (*t0, cores[which].fork(Box::new(Seeded(seed)))));
     let mut now = t0;
     let mut probes: Vec<ProbeRef> = Vec::new();
@@ -131,6 +131,28 @@ fuzz_target!(|data: &[u8]| {
                     let local = SocketAddr::from(([127, 0, 0, 1], u16::from(input.byte()) << 8 | 1));
                     core.handle(p, Event::Opened { local }, now);
                 }
+            }
+            9 => {
+                // A reply whose top Via carries hostile RFC 7339 overload parameters.
+                if let (Some(p), Some(request)) = (pick(&mut input, &probes), requests.last()) {
+                    let n = usize::from(input.byte() % 64);
+                    let params = String::from_utf8_lossy(input.bytes(n)).replace(['\r', '\n'], "");
+                    let reply = String::from_utf8_lossy(&echo(request, "200 OK", "")).into_owned();
+                    let reply = match reply.find("\r\nVia: ") {
+                        Some(at) => {
+                            let end = at + 2 + reply[at + 2..].find("\r\n").unwrap_or(0);
+                            format!("{};oc={}{params}{}", &reply[..end], input.byte(), &reply[end..])
+                        }
+                        None => reply,
+                    };
+                    core.handle(p, Event::Datagram(reply.as_bytes()), now);
+                }
+            }
+            10 => {
+                // An operator drains or undrains a server (or an address that is none).
+                let ip = ["127.0.0.11", "::1", "127.0.0.99"][usize::from(input.byte() % 3)].parse().unwrap();
+                let port = (input.byte() & 1 == 0).then_some(5060);
+                let _matched = core.set_drained(None, ip, port, input.byte() & 1 == 0);
             }
             _ => {}
         }

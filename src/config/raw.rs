@@ -149,6 +149,8 @@ pub(super) struct RawProbe {
     pub(super) enabled: bool,
     #[serde(default = "default_max_retry_after_s")]
     pub(super) max_retry_after_s: Spanned<u64>,
+    #[serde(default = "default_loss_copies")]
+    pub(super) loss_copies: Spanned<u64>,
 }
 
 impl Default for RawProbe {
@@ -165,6 +167,7 @@ impl Default for RawProbe {
             core: None,
             enabled: true,
             max_retry_after_s: default_max_retry_after_s(),
+            loss_copies: default_loss_copies(),
         }
     }
 }
@@ -290,6 +293,9 @@ pub(super) fn default_retransmit_ms() -> Spanned<u64> {
 }
 pub(super) fn default_max_retry_after_s() -> Spanned<u64> {
     spanned(3600)
+}
+pub(super) fn default_loss_copies() -> Spanned<u64> {
+    spanned(10)
 }
 pub(super) fn default_method() -> ProbeMethod {
     ProbeMethod::Options

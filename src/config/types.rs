@@ -218,6 +218,9 @@ pub struct ProbeConfig {
     pub core: Option<usize>,
     /// The longest a Retry-After keeps a server out of the answers, whatever the server asked.
     pub max_retry_after: Duration,
+    /// Copies of each UDP probe sent, spread over the first half of the timeout, to a server on
+    /// whose path loss was seen lately (1: plain retransmissions only). See tuning.md.
+    pub loss_copies: u32,
 }
 
 /// One SIP service name and its server farm.

@@ -340,6 +340,7 @@ impl Validator<'_> {
         }
         let core = raw.core.map(|c| self.ranged(&c, "probe.core", 0, 4095, "") as usize);
         let max_retry_after = self.ranged(&raw.max_retry_after_s, "probe.max_retry_after_s", 0, 86_400, " s");
+        let loss_copies = self.ranged(&raw.loss_copies, "probe.loss_copies", 1, 32, "") as u32;
         if timeout >= interval {
             self.fail(
                 raw.timeout_ms.span(),
@@ -359,6 +360,7 @@ impl Validator<'_> {
             start: raw.start,
             core,
             max_retry_after: Duration::from_secs(max_retry_after),
+            loss_copies,
         }
     }
 

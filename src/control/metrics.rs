@@ -530,6 +530,13 @@ fn prober(m: &mut Metrics, p: &ProbeView) -> Result<(), MetricsError> {
         "1, labelled with the reason, while the server's last probe failed (a TLS certificate problem, a timeout, a refusal).",
         &["service", "server", "transport", "reason"],
     )?;
+    let drained =
+        m.int_gauge("dnlb_sip_server_drained", "1 if an operator drained the server (still probed), else 0.", labels)?;
+    let overload = m.int_gauge(
+        "dnlb_sip_server_overload_percent",
+        "The RFC 7339 oc reduction the server asks for (0: none).",
+        labels,
+    )?;
     // The report list is refreshed once per interval by the prober; clone it out so the lock is
     // held only for the copy.
     let reports = match s.servers.lock() {
@@ -548,6 +555,8 @@ fn prober(m: &mut Metrics, p: &ProbeView) -> Result<(), MetricsError> {
         if let Some(reason) = r.failure {
             failing.with_label_values(&[l[0], l[1], l[2], reason]).set(1);
         }
+        drained.with_label_values(&l).set(i64::from(r.drained));
+        overload.with_label_values(&l).set(i64::from(r.overload.unwrap_or(0)));
     }
     Ok(())
 }

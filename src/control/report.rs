@@ -82,12 +82,19 @@ pub fn status(v: &View<'_>) -> Reply {
             let since = r.changed.map(|(at, _)| v.now.saturating_duration_since(at).as_secs_f64());
             let why = r.changed.map(|(_, why)| why);
             let rtt = r.rtt.map(|d| d.as_secs_f64() * 1000.0);
+            let mut state = format!("{:?}", r.state);
+            if r.drained {
+                state.push_str(",drained");
+            }
+            if let Some(oc) = r.overload {
+                let _ = write!(state, ",oc={oc}%");
+            }
             let _ = writeln!(
                 text,
-                "  {:<24} {:<4} {:<8} {:>10} {:>10} {:>5}  {}{}",
+                "  {:<24} {:<4} {:<16} {:>10} {:>10} {:>5}  {}{}",
                 r.addr.to_string(),
                 transport_name(r.transport),
-                format!("{:?}", r.state),
+                state,
                 since.map_or("-".into(), |s| format!("{s:.1} s")),
                 rtt.map_or("-".into(), |ms| format!("{ms:.2} ms")),
                 r.last_code.map_or("-".into(), |c| c.to_string()),
@@ -99,6 +106,7 @@ pub fn status(v: &View<'_>) -> Reply {
                 "address": r.addr.to_string(), "transport": transport_name(r.transport),
                 "state": format!("{:?}", r.state), "since_seconds": since, "why": why,
                 "rtt_ms": rtt, "last_code": r.last_code, "flips": r.flips, "failure": r.failure,
+                "drained": r.drained, "overload_percent": r.overload, "loss_copies": r.lossy,
             }));
         }
         services
@@ -148,9 +156,14 @@ pub fn explain(v: &View<'_>, name: &str, qtype: &str, client: Option<IpAddr>) ->
                 .collect();
             let up: Vec<&str> =
                 reports.iter().filter(|r| r.state == State::Up).map(|r| transport_name(r.transport)).collect();
-            any_up |= !up.is_empty() || v.reports.is_empty();
+            any_up |= (!up.is_empty() && !reports.iter().any(|r| r.drained)) || v.reports.is_empty();
+            let drained = reports.iter().any(|r| r.drained);
+            let overload = reports.iter().filter_map(|r| r.overload).max();
             let line = if v.reports.is_empty() {
                 format!("server {} in: probing is off", server.address)
+            } else if drained {
+                let health = if up.is_empty() { "down".to_string() } else { format!("up on {}", up.join(", ")) };
+                format!("server {} (#{i}) out: drained by an operator (still probed: {health})", server.address)
             } else if up.is_empty() {
                 let detail: Vec<String> = reports
                     .iter()
@@ -171,6 +184,12 @@ pub fn explain(v: &View<'_>, name: &str, qtype: &str, client: Option<IpAddr>) ->
                     })
                     .collect();
                 format!("server {} (#{i}) out: {}", server.address, detail.join("; "))
+            } else if let Some(oc) = overload {
+                format!(
+                    "server {} (#{i}) in: up on {}, overloaded: asks for {oc} % less load, so its weight is lowered by that much (weighted, latency)",
+                    server.address,
+                    up.join(", ")
+                )
             } else {
                 format!("server {} (#{i}) in: up on {}", server.address, up.join(", "))
             };

@@ -6,6 +6,8 @@
 //!                                                    prober's reports and the running config
 //!                                               ──► reload: handed to the main thread (which owns
 //!                                                    the prober), answered when it is done
+//!                                               ──► drain / undrain: handed to the prober, answered
+//!                                                    once the answers without (or with) it are out
 //! ```
 //!
 //! A request is at most 64 KiB and must arrive within 2 s; the socket is owner-only (0600), as
@@ -73,6 +75,20 @@ pub enum Request {
     },
     /// Re-read the configuration file and the hosts file.
     Reload,
+    /// Take a server out of the answers (it is still probed).
+    Drain {
+        /// `ADDRESS` or `ADDRESS:PORT` (`[ADDRESS]:PORT` for IPv6).
+        server: String,
+        /// Only this service's server at that address.
+        service: Option<String>,
+    },
+    /// Put a drained server back into the answers (if it is healthy).
+    Undrain {
+        /// `ADDRESS` or `ADDRESS:PORT` (`[ADDRESS]:PORT` for IPv6).
+        server: String,
+        /// Only this service's server at that address.
+        service: Option<String>,
+    },
 }
 
 /// What the instance answers: a rendered text for people and a JSON value for tools.

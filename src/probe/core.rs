@@ -26,7 +26,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,6 +44,11 @@ pub const TIMER_SLACK: Duration = Duration::from_millis(2);
 pub const MAX_UNMATCHED: u32 = 1024;
 /// Flip records kept for the driver to log; older ones are dropped if nobody drains them.
 const MAX_FLIP_RECORDS: usize = 4096;
+/// How long, in probe intervals, a path stays lossy after the last sign of loss (a probe that
+/// timed out, or a reply later than the first retransmission): its probes go out as
+/// `probe.loss_copies` copies meanwhile. At 30 % loss a sign comes every other probe or so, so
+/// the copies stay on; on a clean path they stop a minute after the last lost datagram.
+const LOSS_MEMORY: u32 = 60;
 
 /// Why the core cannot run. Our environment's fault.
 #[derive(Debug, thiserror::Error)]
@@ -240,12 +245,14 @@ pub struct FailureChange {
 /// What identifies a probed target across a reload: its service, address and transport.
 pub type TargetKey = (Arc<str>, SocketAddr, Transport);
 
-/// What a target carries over a reload: its health machine, last code and last change.
+/// What a target carries over a reload: its health machine, last code, last change and whether
+/// an operator drained it.
 #[derive(Debug, Clone)]
 pub struct Carried {
     health: Health,
     last_code: Option<u16>,
     changed: Option<(Instant, &'static str)>,
+    drained: bool,
 }
 
 /// One server on one transport, as last seen.
@@ -270,6 +277,12 @@ pub struct ServerReport {
     /// Why the last probe failed (a TLS certificate problem, a timeout, a refusal); `None`
     /// when it succeeded or none has ended yet.
     pub failure: Option<&'static str>,
+    /// Taken out of the answers by an operator (`dnlb drain`); still probed.
+    pub drained: bool,
+    /// The RFC 7339 `oc` reduction in force (percent), if the server asked for one.
+    pub overload: Option<u8>,
+    /// Whether its UDP probes go out as several copies (loss was seen on its path lately).
+    pub lossy: bool,
 }
 
 /// What the answers are built from; the core asks for a new snapshot only when this changes.
@@ -290,6 +303,7 @@ struct Settings {
     thresholds: Thresholds,
     down_codes: Vec<u16>,
     max_retry_after: Duration,
+    loss_copies: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -321,6 +335,22 @@ struct InFlight {
     phase: Phase,
     stream: StreamBuf,
     unmatched: u32,
+    /// Copies of the request to send, spread over the first half of the timeout (1: plain
+    /// retransmissions with backoff).
+    copies: u32,
+    /// Copies sent so far.
+    sent: u32,
+}
+
+/// An RFC 7339 overload reduction a server asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Overload {
+    /// The reduction, 1 to 100 percent.
+    percent: u8,
+    /// When it runs out, unless a later reply renews it.
+    until: Instant,
+    /// The `oc-seq` it came with, to ignore older signals that arrive late.
+    seq: Option<u64>,
 }
 
 /// One server on one transport.
@@ -344,6 +374,14 @@ struct Target {
     changed: Option<(Instant, &'static str)>,
     /// Why the last probe failed, if it did.
     failure: Option<&'static str>,
+    /// Taken out of the answers by an operator; still probed.
+    drained: bool,
+    /// The overload reduction in force.
+    overload: Option<Overload>,
+    /// Whether an [`Timer::OverloadEnds`] timer is pending (one at a time per target).
+    overload_timer: bool,
+    /// Loss was seen on the path lately: probes go out as copies until then.
+    lossy_until: Option<Instant>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -351,11 +389,19 @@ enum Timer {
     Send,
     Retransmit,
     Timeout,
+    /// An overload reduction may have run out (not tied to a probe).
+    OverloadEnds,
 }
 
 /// `now + d`, saturating instead of panicking at the end of `Instant`'s range.
 fn after(now: Instant, d: Duration) -> Instant {
     now.checked_add(d).unwrap_or(now)
+}
+
+/// The gap between the copies of a probe on a lossy path: `copies` spread over the first half of
+/// the timeout, so the last copy still has half the timeout for its reply.
+fn copy_spacing(timeout: Duration, copies: u32) -> Duration {
+    (timeout / copies.saturating_mul(2).max(1)).max(Duration::from_millis(1))
 }
 
 /// The first slot on `due`'s grid (steps of `interval`) that lies after `now`, computed in one
@@ -375,6 +421,8 @@ fn next_slot(due: Instant, interval: Duration, now: Instant) -> Instant {
 pub struct Core {
     settings: Settings,
     services: Vec<(Arc<str>, Policy, AllDown, usize)>,
+    /// The configured weight of every server, per service.
+    weights: Vec<Vec<u16>>,
     targets: Vec<Target>,
     timers: BinaryHeap<Reverse<(Instant, usize, u64, Timer)>>,
     actions: VecDeque<Action>,
@@ -391,6 +439,11 @@ pub struct Core {
     /// flip, a new round for on-duty, new RTTs for latency. Building the key is O(servers), so it
     /// is done only then.
     dirty: bool,
+    /// Start-up without a stampede: with `start = "unknown"`, nothing is published until every
+    /// target has its first verdict or this time (one round and a timeout) has passed.
+    hold: Option<Instant>,
+    /// Targets without a first verdict yet.
+    undecided: usize,
     stats: Stats,
 }
 
@@ -437,6 +490,10 @@ impl Core {
                         last_code: kept.and_then(|c| c.last_code),
                         changed: kept.and_then(|c| c.changed),
                         failure: None,
+                        drained: kept.is_some_and(|c| c.drained),
+                        overload: None,
+                        overload_timer: false,
+                        lossy_until: None,
                     });
                 }
             }
@@ -456,6 +513,12 @@ impl Core {
             .iter()
             .map(|s| (Arc::from(s.name.as_str()), s.policy, s.all_down, s.servers.len()))
             .collect::<Vec<_>>();
+        let undecided = targets.iter().filter(|t| t.health.state() == State::Unknown).count();
+        // A fresh start (no target carried from a running prober) waits for every first
+        // verdict, so the first server to answer does not get every client alone.
+        let fresh = undecided == targets.len();
+        let hold = (start == State::Unknown && fresh && undecided > 0)
+            .then(|| after(now, p.interval.saturating_add(p.timeout).saturating_add(TIMER_SLACK)));
         Ok(Core {
             settings: Settings {
                 interval: p.interval,
@@ -464,7 +527,9 @@ impl Core {
                 thresholds: Thresholds { rise: p.rise, fall: p.fall },
                 down_codes: p.down_codes.clone(),
                 max_retry_after: p.max_retry_after,
+                loss_copies: p.loss_copies,
             },
+            weights: config.services.iter().map(|s| s.servers.iter().map(|v| v.weight).collect()).collect(),
             on_duty: config.services.iter().any(|s| s.policy == Policy::OnDuty),
             latency: config.services.iter().any(|s| s.policy == Policy::Latency),
             last_good: vec![None; services.len()],
@@ -479,6 +544,8 @@ impl Core {
             round: 0,
             next_round: after(now, p.interval),
             dirty: true,
+            hold,
+            undecided,
             stats: Stats::default(),
         })
     }
@@ -489,6 +556,7 @@ impl Core {
         Core {
             settings: self.settings.clone(),
             services: self.services.clone(),
+            weights: self.weights.clone(),
             targets: self.targets.clone(),
             timers: self.timers.clone(),
             actions: self.actions.clone(),
@@ -502,6 +570,8 @@ impl Core {
             on_duty: self.on_duty,
             latency: self.latency,
             dirty: self.dirty,
+            hold: self.hold,
+            undecided: self.undecided,
             stats: self.stats,
         }
     }
@@ -547,7 +617,8 @@ impl Core {
     /// When the core next needs [`Core::handle_timeout`]: the earliest timer or round end.
     pub fn poll_timeout(&self) -> Instant {
         let next = self.timers.peek().map_or(self.next_round, |Reverse((at, ..))| *at);
-        next.min(self.next_round)
+        let next = next.min(self.next_round);
+        self.hold.map_or(next, |h| next.min(h))
     }
 
     /// The target's service name, address and transport (for logs).
@@ -562,7 +633,13 @@ impl Core {
             .iter()
             .map(|t| {
                 let key = (self.services[t.service].0.clone(), t.addr, t.transport);
-                (key, Carried { health: t.health.clone(), last_code: t.last_code, changed: t.changed })
+                let carried = Carried {
+                    health: t.health.clone(),
+                    last_code: t.last_code,
+                    changed: t.changed,
+                    drained: t.drained,
+                };
+                (key, carried)
             })
             .collect()
     }
@@ -581,8 +658,28 @@ impl Core {
                 flips: t.health.flips(),
                 changed: t.changed,
                 failure: t.failure,
+                drained: t.drained,
+                overload: t.overload.map(|o| o.percent),
+                lossy: self.settings.loss_copies > 1 && t.lossy_until.is_some(),
             })
             .collect()
+    }
+
+    /// Drains (`drained`) or undrains the servers at `ip` (and `port`, if given) of `service`
+    /// (or of every service): a drained server leaves the answers at the next publish and keeps
+    /// being probed, so it returns as soon as it is undrained if it is healthy. Returns how many
+    /// targets (server transports) it matched.
+    pub fn set_drained(&mut self, service: Option<&str>, ip: IpAddr, port: Option<u16>, drained: bool) -> usize {
+        let mut matched = 0;
+        for t in &mut self.targets {
+            let name = &self.services[t.service].0;
+            if t.addr.ip() == ip && port.is_none_or(|p| p == t.addr.port()) && service.is_none_or(|s| **name == *s) {
+                matched += 1;
+                self.dirty |= t.drained != drained;
+                t.drained = drained;
+            }
+        }
+        matched
     }
 
     fn in_flight(&self, probe: ProbeRef) -> Option<&InFlight> {
@@ -610,10 +707,17 @@ impl Core {
                     self.stats.timeouts += 1;
                     let handshaking = t.probe.as_ref().is_some_and(|p| p.phase == Phase::Handshaking);
                     let why = if handshaking { TLS_HANDSHAKE_TIMEOUT } else { "timeout" };
+                    self.saw_loss(i, now);
                     self.conclude(i, Verdict::Failed, now, why);
                 }
+                Timer::OverloadEnds => self.overload_timer(i, horizon),
                 _ => {}
             }
+        }
+        if self.hold.is_some_and(|h| now >= h) {
+            // The first round's time is up: publish what is known.
+            self.hold = None;
+            self.dirty = true;
         }
         if now >= self.next_round {
             self.round = self.round.wrapping_add(1);
@@ -635,6 +739,14 @@ impl Core {
         let timeout = self.settings.timeout;
         let retransmit = self.settings.retransmit;
         let t = &mut self.targets[i];
+        // Copies guard a server in the answers against false flaps; a server that is out (dead,
+        // most likely) gets plain retransmissions, as many datagrams as without loss.
+        let lossy =
+            t.transport == Transport::Udp && t.health.state() == State::Up && t.lossy_until.is_some_and(|u| now < u);
+        if t.lossy_until.is_some_and(|u| now >= u) {
+            t.lossy_until = None;
+        }
+        let copies = if lossy { self.settings.loss_copies.max(1) } else { 1 };
         t.seq = t.seq.wrapping_add(1);
         t.cseq = if t.cseq >= *sip::CSEQ_RANGE.end() { *sip::CSEQ_RANGE.start() } else { t.cseq + 1 };
         let id = ProbeId::new(words, t.cseq, t.method);
@@ -646,6 +758,8 @@ impl Core {
             phase: Phase::Opening,
             stream: StreamBuf::default(),
             unmatched: 0,
+            copies,
+            sent: 0,
         });
         let probe = ProbeRef { target: i, seq: t.seq };
         self.actions.push_back(Action::Open { probe, transport: t.transport, addr: t.addr });
@@ -661,8 +775,16 @@ impl Core {
         }
         self.actions.push_back(Action::Send { probe: ProbeRef { target: i, seq: t.seq } });
         self.stats.sent += 1;
-        p.backoff = p.backoff.saturating_mul(2);
-        let next = after(now, p.backoff);
+        p.sent = p.sent.saturating_add(1);
+        let next = if p.copies > 1 {
+            if p.sent >= p.copies {
+                return;
+            }
+            after(now, copy_spacing(timeout, p.copies))
+        } else {
+            p.backoff = p.backoff.saturating_mul(2);
+            after(now, p.backoff)
+        };
         // A retransmission past the timeout would never be answered in time.
         if next < after(p.started, timeout) {
             self.timers.push(Reverse((next, i, t.seq, Timer::Retransmit)));
@@ -687,9 +809,11 @@ impl Core {
                 t.template.render(&p.id, local, &mut p.request);
                 if t.transport == Transport::Udp {
                     p.phase = Phase::Sent;
+                    p.sent = 1;
                     self.actions.push_back(Action::Send { probe });
                     self.stats.sent += 1;
-                    self.timers.push(Reverse((after(now, retransmit), i, probe.seq, Timer::Retransmit)));
+                    let gap = if p.copies > 1 { copy_spacing(self.settings.timeout, p.copies) } else { retransmit };
+                    self.timers.push(Reverse((after(now, gap), i, probe.seq, Timer::Retransmit)));
                 } else {
                     p.phase = Phase::Connecting;
                 }
@@ -806,6 +930,12 @@ impl Core {
             Ok(Reply::Final { code, retry_after }) => {
                 self.stats.replies += 1;
                 self.targets[i].last_code = Some(code);
+                self.overload(i, sip::overload(bytes), now);
+                if now.duration_since(started) > self.settings.retransmit {
+                    // Answered only after the first retransmission was due: the first exchange
+                    // was probably lost.
+                    self.saw_loss(i, now);
+                }
                 if self.settings.down_codes.contains(&code) {
                     let verdict = match retry_after {
                         Some(secs) => {
@@ -846,6 +976,9 @@ impl Core {
             }
         }
         if t.health.observe(verdict, now, thresholds) {
+            if from == State::Unknown {
+                self.undecided = self.undecided.saturating_sub(1);
+            }
             t.changed = Some((now, why));
             self.dirty = true;
             self.stats.flips += 1;
@@ -857,6 +990,56 @@ impl Core {
         let latency = self.services[t.service].1 == Policy::Latency;
         self.dirty |= latency && !failed;
         self.schedule(i, now, failed);
+    }
+
+    /// Notes a sign of loss on target `i`'s path: its probes go out as copies for a while.
+    fn saw_loss(&mut self, i: usize, now: Instant) {
+        let memory = self.settings.interval.saturating_mul(LOSS_MEMORY);
+        self.targets[i].lossy_until = Some(after(now, memory));
+    }
+
+    /// Takes the overload signal of a final reply from target `i` (RFC 7339 §5.2): `oc` lowers
+    /// the server's weight for `oc-validity` (capped at `max_retry_after`); `oc = 0` or
+    /// `oc-validity = 0` ends the reduction at once; a reply without `oc` leaves the reduction
+    /// to run out; a signal older (by `oc-seq`) than the one in force is ignored.
+    fn overload(&mut self, i: usize, signal: Option<sip::OverloadSignal>, now: Instant) {
+        let Some(signal) = signal else { return };
+        let max = self.settings.max_retry_after;
+        let t = &mut self.targets[i];
+        let stale = t.overload.and_then(|o| o.seq).zip(signal.seq).is_some_and(|(last, seq)| seq < last);
+        if stale {
+            return;
+        }
+        let before = t.overload.map(|o| o.percent);
+        let validity = Duration::from_millis(signal.validity_ms).min(max);
+        t.overload = if signal.percent == 0 || validity.is_zero() {
+            None
+        } else {
+            Some(Overload { percent: signal.percent, until: after(now, validity), seq: signal.seq })
+        };
+        if let Some(o) = t.overload.filter(|_| !t.overload_timer) {
+            t.overload_timer = true;
+            self.timers.push(Reverse((o.until, i, 0, Timer::OverloadEnds)));
+        }
+        self.dirty |= before != t.overload.map(|o| o.percent);
+    }
+
+    /// Target `i`'s overload timer fired: the reduction ends if nothing renewed it, else the
+    /// timer waits for the renewed end.
+    fn overload_timer(&mut self, i: usize, horizon: Instant) {
+        let t = &mut self.targets[i];
+        t.overload_timer = false;
+        match t.overload {
+            Some(o) if o.until <= horizon => {
+                t.overload = None;
+                self.dirty = true;
+            }
+            Some(o) => {
+                t.overload_timer = true;
+                self.timers.push(Reverse((o.until, i, 0, Timer::OverloadEnds)));
+            }
+            None => {}
+        }
     }
 
     /// Schedules target `i`'s next probe. A failure of a server still in service is re-checked
@@ -878,9 +1061,16 @@ impl Core {
     fn current(&mut self) -> Publish {
         let mut up: Vec<Vec<Vec<Transport>>> = self.services.iter().map(|s| vec![Vec::new(); s.3]).collect();
         let mut rtt_us: Vec<Vec<Option<u64>>> = self.services.iter().map(|s| vec![None; s.3]).collect();
+        let mut drained: Vec<Vec<bool>> = self.services.iter().map(|s| vec![false; s.3]).collect();
+        let mut overload: Vec<Vec<u8>> = self.services.iter().map(|s| vec![0; s.3]).collect();
         for t in &self.targets {
-            if t.health.state() == State::Up {
+            if t.health.state() == State::Up && !t.drained {
                 up[t.service][t.server].push(t.transport);
+            }
+            drained[t.service][t.server] |= t.drained;
+            if let Some(o) = t.overload {
+                let slot = &mut overload[t.service][t.server];
+                *slot = (*slot).max(o.percent);
             }
             if let Some(rtt) = t.health.rtt().filter(|_| self.services[t.service].1 == Policy::Latency) {
                 let us = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX);
@@ -889,9 +1079,29 @@ impl Core {
             }
         }
         let mut latency_weights = Vec::with_capacity(self.services.len());
+        let mut weights = Vec::with_capacity(self.services.len());
         for (si, (_, policy, all_down, _)) in self.services.iter().enumerate() {
+            // An overloaded server keeps (100 - oc) percent of its weight, and at least 1: fewer
+            // clients, not none.
+            let lowered = |w: u32, server: usize| {
+                let keep = 100 - u32::from(overload[si][server].min(100));
+                if w == 0 {
+                    0
+                } else {
+                    (w.saturating_mul(keep) / 100).max(1)
+                }
+            };
             latency_weights.push(if *policy == Policy::Latency {
-                select::latency_weights(&rtt_us[si])
+                let w = select::latency_weights(&rtt_us[si]);
+                w.into_iter().enumerate().map(|(server, w)| lowered(w, server)).collect()
+            } else {
+                Vec::new()
+            });
+            // Weighted: scaled by 100 first, so a reduction keeps its precision on small weights
+            // (the rotation divides the common factor out again).
+            weights.push(if *policy == Policy::Weighted {
+                let w = self.weights[si].iter().enumerate();
+                w.map(|(server, &w)| lowered(u32::from(w).saturating_mul(100), server)).collect()
             } else {
                 Vec::new()
             });
@@ -900,16 +1110,30 @@ impl Core {
             } else if *all_down == AllDown::LastGood {
                 if let Some(good) = &self.last_good[si] {
                     up[si] = good.clone();
+                    // Last-good never brings back a server an operator drained.
+                    for (server, out) in drained[si].iter().enumerate() {
+                        if *out {
+                            up[si][server].clear();
+                        }
+                    }
                 }
             }
         }
-        Publish { health: snapshot::Health { up, latency_weights }, round: if self.on_duty { self.round } else { 0 } }
+        let health = snapshot::Health { up, latency_weights, weights };
+        Publish { health, round: if self.on_duty { self.round } else { 0 } }
     }
 
     /// What to publish, if the answers changed since the last publish.
     pub fn poll_publish(&mut self) -> Option<Publish> {
         if !self.dirty {
             return None;
+        }
+        if self.hold.is_some() {
+            if self.undecided > 0 {
+                // Still starting: keep serving the start-up answers (dirty stays set).
+                return None;
+            }
+            self.hold = None;
         }
         self.dirty = false;
         let key = self.current();

@@ -66,6 +66,8 @@ enum Behaviour {
     TlsFail(TlsFailure),
     /// TLS: the connection is accepted, the handshake never ends.
     TlsStall,
+    /// A 200 whose Via carries these RFC 7339 parameters (`;oc=50;oc-validity=500`).
+    Overloaded(&'static str),
 }
 
 /// A network event on its way to the core.
@@ -91,6 +93,10 @@ struct Sim {
     opens: Vec<ProbeRef>,
     flips: Vec<(Duration, Flip)>,
     published: Vec<(Duration, Publish)>,
+    /// Per target, the percentage of datagrams lost in each direction (UDP only).
+    loss: Vec<u64>,
+    /// The loss draws (xorshift, fixed seed).
+    dice: u64,
 }
 
 /// A config of one service with `servers` UDP servers (plus `extra` in the service table) and
@@ -148,6 +154,7 @@ impl Sim {
         let t0 = Instant::now();
         let core = Core::new(config, t0, Box::new(Seeded(0x5eed))).unwrap();
         assert_eq!(core.targets(), behaviours.len(), "one behaviour per target");
+        let n = behaviours.len();
         Sim {
             core,
             now: t0,
@@ -160,7 +167,20 @@ impl Sim {
             opens: Vec::new(),
             flips: Vec::new(),
             published: Vec::new(),
+            loss: vec![0; n],
+            dice: 0x1055,
         }
+    }
+
+    /// Whether a datagram to or from `target` is lost.
+    fn lost(&mut self, target: usize) -> bool {
+        if self.loss[target] == 0 {
+            return false;
+        }
+        self.dice ^= self.dice << 13;
+        self.dice ^= self.dice >> 7;
+        self.dice ^= self.dice << 17;
+        self.dice % 100 < self.loss[target]
     }
 
     fn at(&self) -> Duration {
@@ -196,7 +216,10 @@ impl Sim {
                     let method = self.core.targets[probe.target].method;
                     let want: &[u8] = if method == ProbeMethod::Register { b"REGISTER " } else { b"OPTIONS " };
                     assert!(request.starts_with(want), "the configured method");
-                    self.respond(probe, &request);
+                    let udp = self.core.targets[probe.target].transport == Transport::Udp;
+                    if !(udp && self.lost(probe.target)) {
+                        self.respond(probe, &request);
+                    }
                 }
                 Action::Mute { probe } => {
                     self.muted.insert(probe);
@@ -253,6 +276,13 @@ impl Sim {
                 self.deliver(rtt, probe, Delivery::Bytes(reply[..reply.len() / 2].to_vec()));
                 self.deliver(rtt, probe, Delivery::Closed);
             }
+            Behaviour::Overloaded(params) => {
+                let reply = String::from_utf8(reply_to(request, "200 OK", "")).unwrap();
+                let at = reply.find("Via: ").unwrap();
+                let end = at + reply[at..].find("\r\n").unwrap();
+                let reply = format!("{}{params}{}", &reply[..end], &reply[end..]);
+                self.deliver(rtt, probe, Delivery::Bytes(reply.into_bytes()));
+            }
         }
     }
 
@@ -273,8 +303,10 @@ impl Sim {
             self.now = self.now.max(next);
             if let Some(key) = next_delivery.filter(|(at, _)| *at <= self.now) {
                 let (probe, d) = self.deliveries.remove(&key).unwrap();
+                let udp = self.core.targets[probe.target].transport == Transport::Udp;
+                let lost = udp && matches!(d, Delivery::Bytes(_)) && self.lost(probe.target);
                 // The kernel drops what arrives for a closed or muted socket.
-                if self.open.contains(&probe) && !self.muted.contains(&probe) {
+                if self.open.contains(&probe) && !self.muted.contains(&probe) && !lost {
                     let tls = self.core.targets[probe.target].transport == Transport::Tls;
                     if tls && matches!(d, Delivery::Connected) {
                         // The driver starts the handshake at once; it takes one round trip more.
@@ -311,6 +343,13 @@ impl Sim {
     /// When `target` last flipped to `to`, after `since`.
     fn flipped(&self, target: usize, to: State, since: Duration) -> Option<Duration> {
         self.flips.iter().find(|(at, f)| f.target == target && f.to == to && *at >= since).map(|(at, _)| *at)
+    }
+
+    /// Runs until `target` flips to `to` (at most `limit` after `since`); returns how long after
+    /// `since` it did.
+    fn flipped_after(&mut self, target: usize, to: State, since: Duration, limit: Duration) -> Duration {
+        self.run_until(since + limit);
+        self.flipped(target, to, since).expect("flipped") - since
     }
 
     fn flips_of(&self, target: usize) -> usize {
@@ -640,4 +679,184 @@ fn a_reload_carries_health_of_servers_that_stay() {
     let states: Vec<State> = core.reports().iter().map(|r| r.state).collect();
     assert_eq!(states, vec![State::Down, State::Up, State::Unknown], "kept by address, new one unknown");
     assert!(core.reports()[1].changed.is_some_and(|(_, why)| why == "a final reply"));
+}
+
+/// Start-up without a stampede: with `start = "unknown"` nothing health-based is published until
+/// every server has its first verdict, so the first server to answer never gets every client.
+#[test]
+fn the_first_publish_waits_for_every_first_verdict() {
+    let probe = "interval_ms = 1000\ntimeout_ms = 150\nretransmit_ms = 40\nrise = 2\nfall = 2";
+    let c = config(probe, &[("127.0.0.21", "\"udp\""), ("127.0.0.22", "\"udp\""), ("127.0.0.23", "\"udp\"")], "");
+    let mut sim = Sim::new(&c, vec![ok(), Behaviour::Late(ms(30)), Behaviour::Silent]);
+    sim.run_until(ms(3000));
+    let (first_at, first) = sim.published.first().expect("published").clone();
+    let decided = sim.flips.iter().map(|(at, _)| *at).max().unwrap();
+    assert_eq!(sim.flips.len(), 3, "three first verdicts: {:?}", sim.flips);
+    assert_eq!(first_at, decided, "published at the last first verdict, not before");
+    assert_eq!(first.health.up[0], vec![vec![Transport::Udp], vec![Transport::Udp], vec![]]);
+    assert!(first_at <= ms(1000 + 150) + TIMER_SLACK, "within one round and a timeout: {first_at:?}");
+}
+
+/// A server that never gets its first verdict (here: no randomness for its probe) holds the
+/// first publish only until the first round's timeout has passed.
+#[test]
+fn the_start_up_hold_ends_after_one_round_and_a_timeout() {
+    let probe = "interval_ms = 1000\ntimeout_ms = 150\nretransmit_ms = 40\nrise = 2\nfall = 2";
+    let c = config(probe, &[("127.0.0.21", "\"udp\""), ("127.0.0.22", "\"udp\""), ("127.0.0.23", "\"udp\"")], "");
+    let mut sim = Sim::new(&c, vec![ok(), ok(), ok()]);
+    // The jitter draw and two probes get randomness; the third target's probe does not.
+    sim.core = Core::new(&c, sim.t0, Box::new(Failing { left: 3, inner: Seeded(3) })).unwrap();
+    sim.run_until(ms(3000));
+    let (first_at, first) = sim.published.first().expect("published").clone();
+    assert_eq!(first_at, ms(1000 + 150) + TIMER_SLACK, "held until the deadline");
+    assert_eq!(first.health.up[0].iter().filter(|t| !t.is_empty()).count(), 2);
+    // A reload that carries health publishes at once: the hold is for a fresh start only.
+    let carried = sim.core.carry();
+    let mut core = Core::carrying(&c, sim.now, Box::new(Seeded(9)), &carried).unwrap();
+    assert!(core.poll_publish().is_some(), "carried health publishes at once");
+}
+
+/// RFC 7339: `oc=50` halves a weighted server's weight for as long as its replies carry it
+/// (until its `oc-validity` runs out), and `oc-validity=0` ends it at once.
+#[test]
+fn overload_lowers_the_weight_for_its_validity() {
+    let c = config(FAST, &[("127.0.0.21", "\"udp\""), ("127.0.0.22", "\"udp\"")], "policy = \"weighted\"");
+    let mut sim = Sim::new(&c, vec![ok(), Behaviour::Overloaded(";oc=50;oc-validity=500;oc-seq=100.5")]);
+    sim.run_until(ms(1000));
+    let weights = |sim: &Sim| sim.published.last().unwrap().1.health.weights[0].clone();
+    assert_eq!(weights(&sim), vec![1000, 500], "half the configured weight (10 each)");
+    assert_eq!(sim.core.reports()[1].overload, Some(50));
+    // The server stops sending oc: the reduction holds for its validity after the last reply
+    // that carried it, then ends and the answers are republished.
+    sim.behaviours[1] = ok();
+    let stopped = sim.at();
+    sim.run_until(stopped + ms(200 + 500 + 10));
+    assert_eq!(weights(&sim), vec![1000, 1000], "full share after the validity");
+    let ended = sim.published.last().unwrap().0 - stopped;
+    // The last reply with oc came at most one interval before the switch.
+    assert!(ended >= ms(500 - 200) && ended <= ms(500) + HOP * 2 + TIMER_SLACK, "ended after {ended:?}");
+    // An older oc-seq is ignored; oc-validity=0 ends the reduction at once.
+    sim.behaviours[1] = Behaviour::Overloaded(";oc=80;oc-validity=60000;oc-seq=200");
+    sim.run_until(sim.at() + ms(250));
+    assert_eq!(weights(&sim), vec![1000, 200]);
+    sim.behaviours[1] = Behaviour::Overloaded(";oc=10;oc-seq=150");
+    sim.run_until(sim.at() + ms(250));
+    assert_eq!(weights(&sim), vec![1000, 200], "an older signal changes nothing");
+    sim.behaviours[1] = Behaviour::Overloaded(";oc=80;oc-validity=0;oc-seq=300");
+    sim.run_until(sim.at() + ms(250));
+    assert_eq!(weights(&sim), vec![1000, 1000], "oc-validity=0 ends it");
+    assert_eq!(sim.core.reports()[1].overload, None);
+}
+
+#[test]
+fn overload_lowers_latency_weights_and_never_reaches_zero() {
+    let c = config(FAST, &[("127.0.0.21", "\"udp\""), ("127.0.0.22", "\"udp\"")], "policy = \"latency\"");
+    let mut sim = Sim::new(&c, vec![ok(), Behaviour::Overloaded(";oc=100;oc-validity=5000")]);
+    sim.run_until(ms(1000));
+    let last = &sim.published.last().unwrap().1.health;
+    assert_eq!(last.latency_weights[0], vec![select::FASTEST_WEIGHT, 1], "oc=100: the least share, not none");
+    assert!(last.weights[0].is_empty(), "weights are for weighted services");
+}
+
+/// An operator's drain takes a server out of the next publish, its probes go on, and undrain
+/// brings it back at once; a reload keeps the drain.
+#[test]
+fn a_drained_server_leaves_at_once_and_is_still_probed() {
+    let c = config(FAST, &[("127.0.0.21", "\"udp\", \"tcp\""), ("127.0.0.22", "\"udp\"")], "");
+    let mut sim = Sim::new(&c, vec![ok(), ok(), ok()]);
+    sim.run_until(ms(1000));
+    assert_eq!(sim.core.set_drained(None, "127.0.0.21".parse().unwrap(), Some(5061), true), 0, "wrong port");
+    assert_eq!(sim.core.set_drained(Some("other.test"), "127.0.0.21".parse().unwrap(), None, true), 0);
+    assert_eq!(sim.core.set_drained(Some("sip.example.test"), "127.0.0.21".parse().unwrap(), Some(5060), true), 2);
+    let publish = sim.core.poll_publish().expect("published at once");
+    assert_eq!(publish.health.up[0], vec![vec![], vec![Transport::Udp]]);
+    let opens = sim.opens.iter().filter(|p| p.target == 0).count();
+    sim.run_until(ms(3000));
+    assert!(sim.opens.iter().filter(|p| p.target == 0).count() >= opens + 9, "still probed");
+    assert!(sim.core.reports()[0].drained && sim.state(0) == State::Up);
+    let carried = sim.core.carry();
+    let mut reloaded = Core::carrying(&c, sim.now, Box::new(Seeded(5)), &carried).unwrap();
+    assert_eq!(
+        reloaded.poll_publish().unwrap().health.up[0][0],
+        Vec::<Transport>::new(),
+        "the drain survives a reload"
+    );
+    assert_eq!(sim.core.set_drained(None, "127.0.0.21".parse().unwrap(), None, false), 2);
+    let publish = sim.core.poll_publish().expect("published at once");
+    assert_eq!(publish.health.up[0], vec![vec![Transport::Udp, Transport::Tcp], vec![Transport::Udp]]);
+}
+
+/// Runs one UDP server at `loss` percent per direction for `hours` simulated hours under
+/// `probe` settings; returns its false flaps (times it was taken out).
+fn flaps_under_loss(probe: &str, loss: u64, hours: u64) -> usize {
+    let c = config(probe, &[("127.0.0.21", "\"udp\"")], "");
+    let mut sim = Sim::new(&c, vec![ok()]);
+    sim.run_until(ms(2000));
+    assert_eq!(sim.state(0), State::Up);
+    sim.loss[0] = loss;
+    let from = sim.at();
+    sim.run_until(from + Duration::from_secs(3600 * hours));
+    sim.flips.iter().filter(|(at, f)| *at >= from && f.to == State::Down).count()
+}
+
+/// Loss-proof detection. At 30 % loss per direction (51 % of exchanges lost), three datagrams
+/// per probe and fall = 2 flap about once a minute (the model: 0.51^3 squared per round); with
+/// copies on lossy paths the model gives 0.005 flaps an hour. The simulated network loses each
+/// datagram independently, as an nftables `numgen random` rule does.
+#[test]
+fn thirty_percent_loss_per_direction_does_not_flap() {
+    let defaults = "interval_ms = 1000\ntimeout_ms = 150\nretransmit_ms = 40\nrise = 2\nfall = 2";
+    let old = flaps_under_loss(&format!("{defaults}\nloss_copies = 1"), 30, 1);
+    assert!(old >= 20, "retransmissions alone flap about 63 times an hour: {old}");
+    let old_flaps_per_hour = old;
+    let now = flaps_under_loss(defaults, 30, 10);
+    eprintln!("30 % loss per direction: {old_flaps_per_hour} flaps in 1 h without copies, {now} in 10 h with");
+    assert_eq!(now, 0, "no flap in 10 simulated hours at 30 % loss per direction");
+}
+
+/// Copies on a lossy path do not slow the removal of a dead server: a blackhole is out after the
+/// next probe's timeout and the immediate re-check's, as on a clean path.
+#[test]
+fn a_blackhole_on_a_lossy_path_is_out_as_fast_as_on_a_clean_one() {
+    let defaults = "interval_ms = 1000\ntimeout_ms = 150\nretransmit_ms = 40\nrise = 2\nfall = 2";
+    let c = config(defaults, &[("127.0.0.21", "\"udp\"")], "");
+    let mut worst = Duration::ZERO;
+    let mut total = Duration::ZERO;
+    let trials = 20u32;
+    let mut sim = Sim::new(&c, vec![ok()]);
+    sim.loss[0] = 30;
+    sim.run_until(ms(60_000));
+    for k in 0..trials {
+        sim.behaviours[0] = ok();
+        sim.loss[0] = 30;
+        let start = sim.at() + ms(5000 + 53 * u64::from(k)); // phases spread over one interval
+        sim.run_until(start);
+        assert!(sim.core.reports()[0].lossy, "copies are on at 30 % loss");
+        if sim.state(0) != State::Up {
+            sim.run_until(start + ms(3000));
+            continue;
+        }
+        sim.behaviours[0] = Behaviour::Silent;
+        let out = sim.flipped_after(0, State::Down, start, ms(3000));
+        worst = worst.max(out);
+        total += out;
+    }
+    let mean = total / trials;
+    eprintln!("blackhole at 30 % loss: out after {mean:?} on average, {worst:?} at worst");
+    assert!(worst <= ms(1000 + 2 * 150) + TIMER_SLACK * 2, "bounded by interval + 2 timeouts: {worst:?}");
+    assert!(mean < ms(1000), "out within a second on average: {mean:?}");
+}
+
+/// The trade-off table in tuning.md: false flaps per hour against loss per direction, with and
+/// without copies, on the simulated network. Not a check (the two tests above are); run with
+/// `cargo test --lib loss_table -- --ignored --nocapture`.
+#[test]
+#[ignore = "prints the loss table for tuning.md (about a minute)"]
+fn loss_table() {
+    let defaults = "interval_ms = 1000\ntimeout_ms = 150\nretransmit_ms = 40\nrise = 2\nfall = 2";
+    for loss in [10, 20, 30, 40, 50] {
+        let old = flaps_under_loss(&format!("{defaults}\nloss_copies = 1"), loss, 2);
+        let new = flaps_under_loss(defaults, loss, 20);
+        eprintln!("loss {loss} % per direction: loss_copies = 1: {old} flaps in 2 h; loss_copies = 10: {new} in 20 h");
+    }
 }

@@ -20,8 +20,9 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -154,9 +155,48 @@ impl ProbeView {
     }
 }
 
+/// An operator's drain or undrain of the servers at one address (`dnlb drain`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrainRequest {
+    /// Only this service's servers; `None`: every service's.
+    pub service: Option<String>,
+    /// The servers' address.
+    pub ip: IpAddr,
+    /// Only servers on this port; `None`: any port.
+    pub port: Option<u16>,
+    /// Drain (`true`) or undrain.
+    pub drained: bool,
+}
+
+/// A drain request and where its answer (the number of server transports it matched) goes.
+type Command = (DrainRequest, SyncSender<usize>);
+
+/// How long [`ProbeControl::drain`] waits for the prober to apply and publish a drain.
+const COMMAND_WAIT: Duration = Duration::from_secs(2);
+
+/// A handle that asks a running prober for drains (the control thread holds one).
+#[derive(Clone)]
+pub struct ProbeControl {
+    commands: SyncSender<Command>,
+    waker: Arc<mio::Waker>,
+}
+
+impl ProbeControl {
+    /// Applies `request` and returns once the answers that follow from it are published: how
+    /// many server transports it matched (0: no such server).
+    pub fn drain(&self, request: DrainRequest) -> io::Result<usize> {
+        let (tx, rx) = sync_channel(1);
+        self.commands.try_send((request, tx)).map_err(|_| io::Error::other("the prober is busy; try again"))?;
+        self.waker.wake()?;
+        rx.recv_timeout(COMMAND_WAIT).map_err(|_| io::Error::other("the prober did not answer within 2 s"))
+    }
+}
+
 /// A running prober.
 pub struct Prober {
     stop: Arc<AtomicBool>,
+    /// Drain requests for the loop.
+    commands: SyncSender<Command>,
     /// Wakes the loop at once when `stop` is set (a reload waits for the old prober).
     waker: Arc<mio::Waker>,
     thread: Option<JoinHandle<io::Result<Carry>>>,
@@ -205,7 +245,9 @@ impl Prober {
                 tls::server_name(&config.services.get(si)?.servers.get(vi)?.tls_name)
             })
             .collect();
+        let (commands, inbox) = sync_channel(16);
         let mut driver = Driver {
+            inbox,
             tls_configs,
             tls_names,
             tls_errors: Vec::new(),
@@ -233,7 +275,12 @@ impl Prober {
             driver.run(&s)?;
             Ok(driver.core.carry())
         })?;
-        Ok(Prober { stop, waker, thread: Some(thread), status, started, stall_limit })
+        Ok(Prober { stop, commands, waker, thread: Some(thread), status, started, stall_limit })
+    }
+
+    /// A handle for drains, usable from another thread.
+    pub fn control(&self) -> ProbeControl {
+        ProbeControl { commands: self.commands.clone(), waker: self.waker.clone() }
     }
 
     /// The exported counters.
@@ -338,7 +385,7 @@ pub fn initial_health(config: &Config) -> Health {
         (false, _) | (true, StartState::Up) => Health::all_up(config),
         (true, StartState::Unknown | StartState::Down) => Health {
             up: config.services.iter().map(|s| vec![Vec::new(); s.servers.len()]).collect(),
-            latency_weights: Vec::new(),
+            ..Health::default()
         },
     }
 }
@@ -372,6 +419,8 @@ fn token(probe: ProbeRef) -> Token {
 }
 
 struct Driver {
+    /// Drain requests from [`ProbeControl`].
+    inbox: Receiver<Command>,
     core: Core,
     /// Per service, the TLS client configuration of its TLS probes.
     tls_configs: Vec<Option<Arc<rustls::ClientConfig>>>,
@@ -407,6 +456,7 @@ impl Driver {
             }
             let beat = u64::try_from(now.duration_since(self.started).as_millis()).unwrap_or(u64::MAX);
             self.status.heartbeat_ms.store(beat, Ordering::Relaxed);
+            self.commands(now);
             self.core.handle_timeout(now);
             self.apply_actions(now);
             self.after_pass(now);
@@ -437,6 +487,29 @@ impl Driver {
             self.after_pass(now);
         }
         Ok(())
+    }
+
+    /// Applies the drain requests waiting, publishes what follows from them, then answers them:
+    /// whoever asked sees the new answers as soon as the answer arrives.
+    fn commands(&mut self, now: Instant) {
+        let mut answered = Vec::new();
+        while let Ok((r, reply)) = self.inbox.try_recv() {
+            let matched = self.core.set_drained(r.service.as_deref(), r.ip, r.port, r.drained);
+            let port = r.port.map_or(String::new(), |p| format!(":{p}"));
+            let verb = if r.drained { "drained" } else { "undrained" };
+            eprintln!("dnlb: probe: {verb} {}{port} ({matched} server transport(s))", r.ip);
+            answered.push((reply, matched));
+        }
+        if answered.is_empty() {
+            return;
+        }
+        // Reports at once too, so `dnlb status` right after shows the drain.
+        self.next_report = now;
+        self.after_pass(now);
+        for (reply, matched) in answered {
+            // The asker may have given up waiting; the drain is applied either way.
+            let _answered = reply.try_send(matched);
+        }
     }
 
     /// Publishes, logs flips, exports counters and, once per interval, the per-server reports.

@@ -71,7 +71,13 @@ pub fn request(id: &ProbeId, target: SocketAddr, transport: Transport, local: So
     let uri = format!("{scheme}:{host}{uri_param}");
     let aor = format!("<{scheme}:dnlb-probe@{host}>");
     let mut headers: Vec<Header> = vec![
-        headers::Via::new(format!("SIP/2.0/{via_transport} {local_host};branch={};rport", id.branch)).into(),
+        // `oc` and `oc-algo` say that dnlb takes RFC 7339 overload control: a server may then
+        // put its `oc` reduction in its replies' Via.
+        headers::Via::new(format!(
+            "SIP/2.0/{via_transport} {local_host};branch={};rport;oc;oc-algo=\"loss\"",
+            id.branch
+        ))
+        .into(),
         headers::MaxForwards::new("70").into(),
         headers::From::new(format!("{aor};tag={}", id.from_tag)).into(),
         headers::To::new(aor.clone()).into(),
@@ -258,6 +264,89 @@ pub fn check_reply(bytes: &[u8], id: &ProbeId) -> Result<Reply, Mismatch> {
         _ => None,
     });
     Ok(Reply::Final { code, retry_after })
+}
+
+/// The longest `oc-validity` taken, whatever the server sent (an hour); the prober also caps it
+/// at `probe.max_retry_after_s`.
+pub const MAX_OC_VALIDITY_MS: u64 = 3_600_000;
+/// The `oc-validity` RFC 7339 §5.2 gives a reply that carries `oc` without one.
+pub const DEFAULT_OC_VALIDITY_MS: u64 = 2_000;
+
+/// The RFC 7339 overload control parameters of a reply's top Via, read and bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverloadSignal {
+    /// `oc`: the percentage (0 to 100) by which the server asks senders to cut their load.
+    pub percent: u8,
+    /// `oc-validity` in milliseconds (the default when absent), at most [`MAX_OC_VALIDITY_MS`];
+    /// 0 ends overload control at once.
+    pub validity_ms: u64,
+    /// `oc-seq` in microseconds (a timestamp with an optional fraction), saturated; orders the
+    /// server's signals, so an older one arriving late is ignored.
+    pub seq: Option<u64>,
+}
+
+/// The overload control signal in a SIP reply's topmost Via (RFC 7339 §5.2), if it has one that
+/// asks for the `loss` algorithm (the only one RFC 7339 defines, and the default). Reads the
+/// header lines only, bounded by [`MAX_MESSAGE`] and [`MAX_HEADERS`]; an `oc` that is not a
+/// number from 0 to 100 is no signal.
+pub fn overload(bytes: &[u8]) -> Option<OverloadSignal> {
+    let bytes = &bytes[..bytes.len().min(MAX_MESSAGE)];
+    let head_end = find(bytes, b"\r\n\r\n", 0).unwrap_or(bytes.len());
+    let via = bytes[..head_end].split(|&b| b == b'\n').skip(1).take(MAX_HEADERS).find_map(|line| {
+        let colon = line.iter().position(|&b| b == b':')?;
+        let name = line[..colon].trim_ascii();
+        (name.eq_ignore_ascii_case(b"via") || name.eq_ignore_ascii_case(b"v")).then(|| &line[colon + 1..])
+    })?;
+    // The top Via is the first value of the first Via line: up to its first comma outside quotes.
+    let mut quoted = false;
+    let end = via
+        .iter()
+        .position(|&b| {
+            quoted ^= b == b'"';
+            b == b',' && !quoted
+        })
+        .unwrap_or(via.len());
+    let top = &via[..end];
+    let (mut percent, mut validity_ms, mut seq, mut loss) = (None, DEFAULT_OC_VALIDITY_MS, None, true);
+    for param in top.split(|&b| b == b';').skip(1) {
+        let (name, value) = match param.iter().position(|&b| b == b'=') {
+            Some(eq) => (param[..eq].trim_ascii(), param[eq + 1..].trim_ascii()),
+            None => (param.trim_ascii(), &b""[..]),
+        };
+        let value = value.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")).unwrap_or(value);
+        if name.eq_ignore_ascii_case(b"oc") {
+            percent = decimal(value).filter(|&p| p <= 100).map(|p| p as u8);
+        } else if name.eq_ignore_ascii_case(b"oc-validity") {
+            validity_ms = decimal(value)?.min(MAX_OC_VALIDITY_MS);
+        } else if name.eq_ignore_ascii_case(b"oc-seq") {
+            seq = oc_seq(value);
+        } else if name.eq_ignore_ascii_case(b"oc-algo") {
+            loss = value.split(|&b| b == b',').any(|a| a.trim_ascii().eq_ignore_ascii_case(b"loss"));
+        }
+    }
+    let percent = percent.filter(|_| loss)?;
+    Some(OverloadSignal { percent, validity_ms, seq })
+}
+
+/// A run of ASCII digits as a number, saturated; `None` if empty or not all digits.
+fn decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(digits.iter().fold(0u64, |n, d| n.saturating_mul(10).saturating_add(u64::from(d - b'0'))))
+}
+
+/// An `oc-seq` (`1282321615.782`) in microseconds, saturated; fraction digits past six ignored.
+fn oc_seq(value: &[u8]) -> Option<u64> {
+    let (whole, fraction) = match value.iter().position(|&b| b == b'.') {
+        Some(dot) => (&value[..dot], &value[dot + 1..]),
+        None => (value, &b""[..]),
+    };
+    let whole = decimal(whole)?;
+    let fraction = &fraction[..fraction.len().min(6)];
+    let micros =
+        if fraction.is_empty() { 0 } else { decimal(fraction)?.saturating_mul(10u64.pow(6 - fraction.len() as u32)) };
+    Some(whole.saturating_mul(1_000_000).saturating_add(micros))
 }
 
 /// A Retry-After delta-seconds value (RFC 3261 §20.33: digits only), saturated at `u64::MAX`
@@ -463,6 +552,45 @@ mod tests {
         assert_eq!(check_reply(&huge, &id()), Err(Mismatch::TooLarge), "more than 256 header lines");
         let big = [reply_to(&req(), "200 OK", "").as_slice(), &[b' '; MAX_MESSAGE]].concat();
         assert_eq!(check_reply(&big, &id()), Err(Mismatch::TooLarge));
+    }
+
+    #[test]
+    fn overload_signals_are_read_from_the_top_via_and_bounded() {
+        let with_via = |via: &str| format!("SIP/2.0 200 OK\r\nVia: {via}\r\nCall-ID: x\r\n\r\n").into_bytes();
+        let sig = |percent, validity_ms, seq| Some(OverloadSignal { percent, validity_ms, seq });
+        for (via, want) in [
+            (
+                "SIP/2.0/UDP h;branch=z9hG4bKx;oc=50;oc-validity=3000;oc-seq=1282321615.782",
+                sig(50, 3000, Some(1_282_321_615_782_000)),
+            ),
+            ("SIP/2.0/UDP h;oc=20", sig(20, DEFAULT_OC_VALIDITY_MS, None)),
+            ("SIP/2.0/UDP h;oc=20;oc-algo=\"loss,rate\"", sig(20, DEFAULT_OC_VALIDITY_MS, None)),
+            ("SIP/2.0/UDP h; OC = 100 ;oc-validity=0", sig(100, 0, None)),
+            ("SIP/2.0/UDP h;oc=30;oc-validity=99999999999999999999999", sig(30, MAX_OC_VALIDITY_MS, None)),
+            (
+                "SIP/2.0/UDP h;oc=30;oc-seq=99999999999999999999.1234567",
+                sig(30, DEFAULT_OC_VALIDITY_MS, Some(u64::MAX)),
+            ),
+            ("SIP/2.0/UDP h;oc=101", None),
+            ("SIP/2.0/UDP h;oc=-5", None),
+            ("SIP/2.0/UDP h;oc", None),
+            ("SIP/2.0/UDP h;oc=18446744073709551616", None),
+            ("SIP/2.0/UDP h;oc=50;oc-algo=\"rate\"", None),
+            ("SIP/2.0/UDP h;oc=50;oc-validity=soon", None),
+            ("SIP/2.0/UDP h;branch=z9hG4bKx", None),
+            ("SIP/2.0/UDP a;branch=z9hG4bKx, SIP/2.0/UDP b;oc=50", None),
+        ] {
+            assert_eq!(overload(&with_via(via)), want, "{via}");
+        }
+        let lower = b"SIP/2.0 200 OK\r\nv: SIP/2.0/UDP h;oc=10\r\nVia: SIP/2.0/UDP i;oc=90\r\n\r\n";
+        assert_eq!(
+            overload(lower),
+            sig(10, DEFAULT_OC_VALIDITY_MS, None),
+            "the compact form; the first Via is the top"
+        );
+        assert_eq!(overload(b"SIP/2.0 200 OK\r\n\r\nVia: SIP/2.0/UDP h;oc=10\r\n"), None, "the body is no header");
+        assert_eq!(overload(&reply_to(&req(), "200 OK", "")), None, "our own Via offers oc without a value");
+        assert!(check_reply(&reply_to(&req(), "200 OK", ""), &id()).is_ok(), "rsip takes our Via's oc parameters");
     }
 
     #[test]

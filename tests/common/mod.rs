@@ -184,13 +184,16 @@ pub fn have(tool: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// Waits until the prober has a verdict for every server (no state is Unknown any more), so a
-/// test's later observations come from probes, not from the start-up snapshot.
+/// Waits until the prober has a verdict for every server (no state is Unknown any more) and has
+/// published answers from health, so a test's later observations come from probes, not from the
+/// start-up snapshot. (The prober exports its reports before it publishes, and with
+/// `start = "unknown"` it publishes once every server has its first verdict.)
 pub fn settle(prober: &dnlb::probe::Prober, limit: Duration) {
     let start = std::time::Instant::now();
     loop {
         let servers = prober.status().servers.lock().unwrap().clone();
-        if !servers.is_empty() && servers.iter().all(|s| s.state != dnlb::probe::health::State::Unknown) {
+        let published = prober.status().publishes.load(std::sync::atomic::Ordering::Acquire) > 0;
+        if published && !servers.is_empty() && servers.iter().all(|s| s.state != dnlb::probe::health::State::Unknown) {
             return;
         }
         assert!(start.elapsed() < limit, "prober gave no verdict for every server within {limit:?}: {servers:?}");

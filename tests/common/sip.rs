@@ -24,6 +24,8 @@ pub enum Mode {
     Forge { count: usize, then_answer: bool },
     /// The true 200, but sent from another port (a source forgery).
     WrongSource,
+    /// A 200 whose top Via carries these RFC 7339 parameters (`;oc=50;oc-validity=1000`).
+    Overloaded(String),
 }
 
 /// A running responder.
@@ -132,6 +134,12 @@ impl SipResponder {
                         if then_answer {
                             send(&reply(&request, "200 OK", ""));
                         }
+                    }
+                    Mode::Overloaded(params) => {
+                        let reply = reply(&request, "200 OK", "");
+                        let via = reply.find("Via:").or_else(|| reply.find("via:")).unwrap_or(0);
+                        let end = via + reply[via..].find("\r\n").unwrap_or(0);
+                        send(&format!("{}{params}{}", &reply[..end], &reply[end..]));
                     }
                     Mode::WrongSource => {
                         let _sent = other.send_to(reply(&request, "200 OK", "").as_bytes(), from);

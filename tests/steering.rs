@@ -1,0 +1,255 @@
+//! Steering a farm against the real binary and in-process SIP responders on 127.0.0.x: start-up
+//! without a stampede, RFC 7339 overload signals, and an operator's drain and undrain.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::sip::{common_port, Mode, SipResponder};
+use common::*;
+use hickory_proto::op::Message;
+use hickory_proto::rr::{RData, RecordType};
+
+/// One dnlb process with its own runtime directory, ended by its PID on drop.
+struct Instance {
+    child: Child,
+    dir: PathBuf,
+    config: PathBuf,
+    dns: SocketAddr,
+    started: Instant,
+}
+
+impl Instance {
+    /// Starts dnlb for a farm of `ips` on `sip_port` with the given `[probe]` and service lines.
+    fn start(ips: &[&str], sip_port: u16, probe: &str, service: &str) -> Instance {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("dnlb-steering-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut text = format!(
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\nworkers = 1\npin_workers = false\nruntime_dir = \"{}\"\n\
+             [probe]\n{probe}\n[[service]]\nname = \"sip.example.test\"\n{service}\n",
+            dir.join("run").display()
+        );
+        for ip in ips {
+            text.push_str(&format!("[[service.server]]\naddress = \"{ip}\"\nport = {sip_port}\n"));
+        }
+        let config = dir.join("dnlb.toml");
+        std::fs::write(&config, text).unwrap();
+        let started = Instant::now();
+        let child = Command::new(env!("CARGO_BIN_EXE_dnlb"))
+            .args(["--config", config.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap())
+            .spawn()
+            .unwrap();
+        Instance { child, dir, config, dns: SocketAddr::from(([127, 0, 0, 1], port)), started }
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--config", self.config.to_str().unwrap()]);
+        Command::new(env!("CARGO_BIN_EXE_dnlb")).args(&all).output().unwrap()
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
+    }
+
+    /// The A answer now, in answer order.
+    fn addresses(&self) -> Vec<IpAddr> {
+        let raw = udp_raw(self.dns, &query("sip.example.test.", RecordType::A, 5, None), Duration::from_secs(1));
+        raw.and_then(|r| Message::from_vec(&r).ok()).map(|m| a_records(&m)).unwrap_or_default()
+    }
+
+    /// Polls the A answer every 10 ms until `want` holds; panics after `limit`.
+    fn wait(&self, what: &str, limit: Duration, want: impl Fn(&[IpAddr]) -> bool) -> Duration {
+        let start = Instant::now();
+        loop {
+            if want(&self.addresses()) {
+                return start.elapsed();
+            }
+            assert!(start.elapsed() < limit, "{what}: not within {limit:?}: {:?}\n{}", self.addresses(), self.stderr());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        terminate(&mut self.child);
+        let _removed = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn a_records(m: &Message) -> Vec<IpAddr> {
+    m.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(IpAddr::V4(a.0)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn responders(ips: &[&str], modes: Vec<Mode>) -> (u16, Vec<SipResponder>) {
+    let port = common_port(ips);
+    let r = ips.iter().zip(modes).map(|(ip, m)| SipResponder::start(SocketAddr::new(ip.parse().unwrap(), port), m));
+    (port, r.collect())
+}
+
+/// Sends `batch` A queries at once from one socket and returns the answers that came back
+/// within `wait` (each as its list of addresses).
+fn burst(client: &UdpSocket, dns: SocketAddr, batch: u16, first_id: u16, wait: Duration) -> Vec<Vec<IpAddr>> {
+    for k in 0..batch {
+        let id = first_id.wrapping_add(k);
+        // A full socket buffer drops a query; the answers counted are what came back.
+        let _sent = client.send_to(&query("sip.example.test.", RecordType::A, id, None), dns);
+    }
+    let mut out = Vec::new();
+    let deadline = Instant::now() + wait;
+    let mut buf = [0u8; 1500];
+    while out.len() < usize::from(batch) && Instant::now() < deadline {
+        if let Ok((n, _)) = client.recv_from(&mut buf) {
+            if let Ok(m) = Message::from_vec(&buf[..n]) {
+                out.push(a_records(&m));
+            }
+        }
+    }
+    out
+}
+
+/// Start-up without a stampede: three healthy servers answering 0, 20 and 60 ms late; during
+/// dnlb's first two seconds, 50 A queries every 10 ms never get one server alone (before the
+/// fix, the first server to answer had every client for about half a second).
+#[test]
+fn start_up_never_answers_one_server_while_three_are_healthy() {
+    let ips = ["127.0.0.161", "127.0.0.162", "127.0.0.163"];
+    let modes =
+        vec![Mode::Reply(200, None), Mode::Late(Duration::from_millis(20)), Mode::Late(Duration::from_millis(60))];
+    let (sip_port, _responders) = responders(&ips, modes);
+    let d = Instance::start(&ips, sip_port, "start = \"unknown\"", "");
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.set_read_timeout(Some(Duration::from_millis(2))).unwrap();
+    let mut sizes: BTreeMap<usize, u64> = BTreeMap::new();
+    let mut id = 0u16;
+    while d.started.elapsed() < Duration::from_secs(2) {
+        let tick = Instant::now();
+        for answer in burst(&client, d.dns, 50, id, Duration::from_millis(8)) {
+            *sizes.entry(answer.len()).or_default() += 1;
+            assert_ne!(answer.len(), 1, "one server alone at {:?} after start: {answer:?}", d.started.elapsed());
+        }
+        id = id.wrapping_add(50);
+        std::thread::sleep(Duration::from_millis(10).saturating_sub(tick.elapsed()));
+    }
+    println!("answer sizes in the first two seconds: {sizes:?}");
+    let answered: u64 = sizes.values().sum();
+    assert!(answered >= 1000, "the window was observed: {answered} answers\n{}", d.stderr());
+    // Health-based answers arrived inside the window, all three in them.
+    let stderr = d.stderr();
+    assert_eq!(stderr.matches("server up").count(), 3, "{stderr}");
+    assert_eq!(stderr.matches("from=\"unknown\"").count(), 3, "{stderr}");
+    assert_eq!(d.addresses().len(), 3);
+}
+
+/// RFC 7339: a server whose replies carry `oc=50` gets half the share of the others in a
+/// weighted service (counted by first A record over 100,000 answers), `dnlb status` shows it,
+/// and its full share comes back once its `oc-validity` has run out.
+#[test]
+fn an_overloaded_server_gets_half_the_share_until_its_validity_runs_out() {
+    let ips = ["127.0.0.164", "127.0.0.165", "127.0.0.166"];
+    let oc = Mode::Overloaded(";oc=50;oc-validity=1500".into());
+    let (sip_port, farm) = responders(&ips, vec![Mode::Reply(200, None), oc, Mode::Reply(200, None)]);
+    let probe = "interval_ms = 200\ntimeout_ms = 100\nretransmit_ms = 30\nrise = 1\nfall = 2";
+    let d = Instance::start(&ips, sip_port, probe, "policy = \"weighted\"");
+    d.wait("all three up", Duration::from_secs(10), |a| a.len() == 3);
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
+    let shares = |total: u64| -> BTreeMap<IpAddr, u64> {
+        let mut first: BTreeMap<IpAddr, u64> = BTreeMap::new();
+        let (mut counted, mut id, start) = (0u64, 0u16, Instant::now());
+        while counted < total {
+            assert!(start.elapsed() < Duration::from_secs(120), "bounded: {counted} answers in 120 s");
+            for answer in burst(&client, d.dns, 100, id, Duration::from_millis(200)) {
+                if let Some(ip) = answer.first() {
+                    *first.entry(*ip).or_default() += 1;
+                    counted += 1;
+                }
+            }
+            id = id.wrapping_add(100);
+        }
+        first
+    };
+    let loaded: IpAddr = ips[1].parse().unwrap();
+    d.wait("the overload published", Duration::from_secs(5), |_| {
+        let s = shares(500);
+        s.get(&loaded).copied().unwrap_or(0) * 100 < 500 * 27
+    });
+    let s = shares(100_000);
+    let others = (s.values().sum::<u64>() - s[&loaded]) as f64 / 2.0;
+    let ratio = s[&loaded] as f64 / others;
+    println!("first-record counts with oc=50: {s:?}; overloaded / others = {ratio:.3}");
+    assert!((ratio - 0.5).abs() <= 0.025, "half the share of the others within 5 %: {ratio:.3}");
+    let status = String::from_utf8_lossy(&d.cli(&["status"]).stdout).into_owned();
+    assert!(status.lines().any(|l| l.contains("127.0.0.165") && l.contains("oc=50%")), "{status}");
+    // The server stops signalling: the reduction runs out 1.5 s after the last reply with oc.
+    farm[1].set(Mode::Reply(200, None));
+    let stopped = Instant::now();
+    loop {
+        let s = shares(3_000);
+        let ratio = s[&loaded] as f64 / ((s.values().sum::<u64>() - s[&loaded]) as f64 / 2.0);
+        if (ratio - 1.0).abs() <= 0.05 {
+            break;
+        }
+        assert!(stopped.elapsed() < Duration::from_secs(5), "full share not back: {s:?}");
+    }
+    let back = stopped.elapsed();
+    println!("full share back {back:?} after the last oc (validity 1.5 s)");
+    assert!(back >= Duration::from_millis(1500 - 200), "not before the validity ran out: {back:?}");
+    let s = shares(100_000);
+    let ratio = s[&loaded] as f64 / ((s.values().sum::<u64>() - s[&loaded]) as f64 / 2.0);
+    assert!((ratio - 1.0).abs() <= 0.05, "the full share again: {s:?}");
+}
+
+/// An operator's drain: the server leaves the answers as soon as `dnlb drain` returns, `dnlb
+/// status` shows it drained, its probes go on, a reload keeps the drain, and `dnlb undrain`
+/// brings it back at once.
+#[test]
+fn a_drained_server_leaves_at_once_is_still_probed_and_returns_at_once() {
+    let ips = ["127.0.0.167", "127.0.0.168", "127.0.0.169"];
+    let (sip_port, farm) = responders(&ips, vec![Mode::Reply(200, None); 3]);
+    let probe = "interval_ms = 200\ntimeout_ms = 100\nretransmit_ms = 30\nrise = 2\nfall = 2";
+    let d = Instance::start(&ips, sip_port, probe, "");
+    d.wait("all three up", Duration::from_secs(10), |a| a.len() == 3);
+    let drained: IpAddr = ips[1].parse().unwrap();
+    let out = d.cli(&["drain", &format!("{}:{sip_port}", ips[1]), "--service", "sip.example.test"]);
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    // At once: the very next answers, with no wait.
+    for _ in 0..20 {
+        let a = d.addresses();
+        assert!(a.len() == 2 && !a.contains(&drained), "drained server still answered: {a:?}");
+    }
+    let status = String::from_utf8_lossy(&d.cli(&["status"]).stdout).into_owned();
+    assert!(status.lines().any(|l| l.contains(ips[1]) && l.contains("drained")), "{status}");
+    let probes = farm[1].requests.load(Ordering::Relaxed);
+    std::thread::sleep(Duration::from_secs(1));
+    let more = farm[1].requests.load(Ordering::Relaxed) - probes;
+    assert!(more >= 3, "probes go on while drained: {more} in 1 s at a 200 ms interval");
+    let reloaded = d.cli(&["reload"]);
+    assert!(reloaded.status.success(), "{}", String::from_utf8_lossy(&reloaded.stdout));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!d.addresses().contains(&drained), "the drain survives a reload");
+    let unknown = d.cli(&["drain", "127.0.0.99"]);
+    assert!(!unknown.status.success(), "an unknown server is refused");
+    assert!(String::from_utf8_lossy(&unknown.stdout).contains("no server 127.0.0.99"));
+    let out = d.cli(&["undrain", ips[1]]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    for _ in 0..20 {
+        let a = d.addresses();
+        assert!(a.len() == 3 && a.contains(&drained), "undrained server not back at once: {a:?}");
+    }
+}
