@@ -29,8 +29,9 @@ enum Hostile {
     /// Its handshake flight, one byte every 5 ms.
     Trickle,
     /// A certificate message padded to 64 KB with 10,000 one-byte "intermediates" (the prober
-    /// checks none with `tls_verify = false`), then 20,000 TLS 1.3 NewSessionTickets: rustls
-    /// copies the whole stored chain for every ticket it reads.
+    /// checks none with `tls_verify = false`), then records packed with NewSessionTickets
+    /// (about 900 a record; the prober offered no resumption, so a conforming server sends
+    /// none): rustls copies the whole stored chain for every ticket it reads.
     TicketFlood,
     /// The same tickets behind an ordinary one-certificate chain.
     PlainTickets,
@@ -85,7 +86,8 @@ impl HostileServer {
             .with_no_client_auth()
             .with_single_cert(chain, key)
             .unwrap();
-        config.send_tls13_tickets = if matches!(how, Hostile::TicketFlood | Hostile::PlainTickets) { 20_000 } else { 0 };
+        config.send_tls13_tickets = 0;
+        config.enable_secret_extraction = true;
         let config = Arc::new(config);
         let listener = TcpListener::bind((ip, 5061)).unwrap_or_else(|e| panic!("bind {ip}:5061: {e}"));
         listener.set_nonblocking(true).unwrap();
@@ -197,7 +199,10 @@ fn serve(
         match how {
             Hostile::Trickle => {}
             Hostile::TicketFlood | Hostile::PlainTickets => {
-                let _flushed = flush(&mut conn, &mut stream, written);
+                if !flush(&mut conn, &mut stream, written) {
+                    return;
+                }
+                tickets(conn, &mut stream, written, &live);
             }
             Hostile::KeyUpdates => {
                 let mut n = 0u64;
@@ -244,6 +249,38 @@ fn serve(
             Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
             Err(_) => return,
         }
+    }
+}
+
+/// Records packed with minimal TLS 1.3 NewSessionTickets, encrypted with the connection's own
+/// keys (rustls would send none: the client offered no resumption), as fast as they are taken.
+fn tickets(conn: rustls::ServerConnection, stream: &mut TcpStream, written: &AtomicU64, live: &dyn Fn() -> bool) {
+    use rustls::crypto::cipher::{OutboundChunks, OutboundPlainMessage};
+    use rustls::{ConnectionTrafficSecrets as S, ContentType, ProtocolVersion, SupportedCipherSuite};
+    let Some(SupportedCipherSuite::Tls13(suite)) = conn.negotiated_cipher_suite() else { return };
+    let Ok(secrets) = conn.dangerous_extract_secrets() else { return };
+    let (mut seq, (S::Aes128Gcm { key, iv } | S::Aes256Gcm { key, iv } | S::Chacha20Poly1305 { key, iv })) =
+        secrets.tx
+    else {
+        return;
+    };
+    let mut encrypter = suite.aead_alg.encrypter(key, iv);
+    // type 4, length 14: lifetime 1 s, age_add 0, empty nonce, a one-byte ticket, no extensions.
+    let ticket = [4u8, 0, 0, 14, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, 7, 0, 0];
+    let payload: Vec<u8> = ticket.iter().copied().cycle().take(ticket.len() * 900).collect();
+    while live() {
+        let message = OutboundPlainMessage {
+            typ: ContentType::Handshake,
+            version: ProtocolVersion::TLSv1_2,
+            payload: OutboundChunks::Single(&payload),
+        };
+        let Ok(record) = encrypter.encrypt(message, seq) else { return };
+        seq += 1;
+        let record = record.encode();
+        if stream.write_all(&record).is_err() {
+            return;
+        }
+        written.fetch_add(record.len() as u64, Ordering::Relaxed);
     }
 }
 
