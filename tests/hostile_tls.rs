@@ -215,7 +215,7 @@ fn serve(
                 let mut n = 0u64;
                 while live() {
                     n += 1;
-                    let sent = if n % 30 == 0 {
+                    let sent = if n.is_multiple_of(30) {
                         conn.writer().write_all(b"x").is_ok()
                     } else {
                         conn.refresh_traffic_keys().is_ok()
@@ -466,7 +466,8 @@ fn scenario(how: Hostile, hostile_ip: &str, neighbour_ip: &str) -> String {
 fn hostile_tls_servers_cannot_spin_stall_or_blind_the_prober() {
     let mut lines = Vec::new();
     for (k, how) in ALL.into_iter().enumerate() {
-        if std::env::var("ONLY").is_ok_and(|o| o != format!("{how:?}")) {
+        // `HOSTILE_TLS_ONLY=KeyUpdates` runs one scenario.
+        if std::env::var("HOSTILE_TLS_ONLY").is_ok_and(|o| o != format!("{how:?}")) {
             continue;
         }
         let hostile_ip = format!("127.0.0.{}", 161 + k);

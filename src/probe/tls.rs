@@ -2,7 +2,7 @@
 //! moves one probe's [`ClientConnection`] over its non-blocking TCP stream.
 //!
 //! ```text
-//!  mio event ─► step(): write_tls (flush) ─► read_tls (one read) ─► process_new_packets
+//!  mio event ─► step(): write_tls (flush) ─► read_tls (≤ 4 KiB) ─► process_new_packets
 //!                      ─► write_tls (handshake replies) ─► reader(): plaintext into the buffer
 //!               returns: secured now? · plaintext bytes · how the connection ended, if it did
 //!  driver ─► core: Event::Secured · Event::Stream(plaintext) · Event::TlsFailed / Closed
@@ -12,7 +12,10 @@
 //! TCP stream's, so its bounded framing applies unchanged. What a peer can make rustls hold is
 //! bounded by rustls itself (a handshake message at most 64 KiB, at most 16 KiB of received
 //! plaintext buffered before `read_tls` refuses more), and the driver drains the plaintext on
-//! every step. Session resumption is off: every probe verifies the certificate in full, as a
+//! every step. What a peer can make rustls *do* is bounded here: a step reads at most
+//! [`STEP_READ`] bytes, a certificate chain is at most [`MAX_CHAIN_CERTIFICATES`] and
+//! [`MAX_CHAIN_BYTES`] (rustls copies it for every session ticket), and a connection may read
+//! at most [`MAX_IDLE_BYTES`] after the handshake beyond the reply's plaintext. Session resumption is off: every probe verifies the certificate in full, as a
 //! phone's first handshake would, so an expired or replaced certificate fails the next probe.
 
 use std::io::{self, Read, Write};
