@@ -47,9 +47,12 @@ enum Hostile {
     CloseNotifyThenJunk,
     /// Half-closes (FIN, no close_notify) after the handshake and keeps the connection.
     HalfClose,
+    /// Answers the ClientHello with full-size records of one handshake message that claims to
+    /// be 16 MiB long, as fast as the connection takes them.
+    HugeMessage,
 }
 
-const ALL: [Hostile; 8] = [
+const ALL: [Hostile; 9] = [
     Hostile::Trickle,
     Hostile::TicketFlood,
     Hostile::PlainTickets,
@@ -58,6 +61,7 @@ const ALL: [Hostile; 8] = [
     Hostile::TinyRecords,
     Hostile::CloseNotifyThenJunk,
     Hostile::HalfClose,
+    Hostile::HugeMessage,
 ];
 
 /// How long any hostile connection may run, whatever happens.
@@ -178,6 +182,24 @@ fn serve(
     stream.set_write_timeout(Some(Duration::from_millis(200))).unwrap();
     let live = || !stop.load(Ordering::Relaxed) && started.elapsed() < HOSTILE_LIMIT;
     let Ok(mut conn) = rustls::ServerConnection::new(config) else { return };
+    if how == Hostile::HugeMessage {
+        let mut hello = [0u8; 1024];
+        if stream.read(&mut hello).is_err() {
+            return;
+        }
+        // A ServerHello header claiming 2^24 - 1 bytes, then records of its "body".
+        let mut record = vec![0x16, 3, 3, 0x40, 0x00, 2, 0xff, 0xff, 0xff];
+        record.resize(5 + 0x4000, 0x41);
+        let mut body = vec![0x16, 3, 3, 0x40, 0x00];
+        body.resize(5 + 0x4000, 0x41);
+        if stream.write_all(&record).is_err() {
+            return;
+        }
+        while live() && stream.write_all(&body).is_ok() {
+            written.fetch_add(body.len() as u64, Ordering::Relaxed);
+        }
+        return;
+    }
     if how == Hostile::Trickle {
         // Read the ClientHello, then hand back the reply a byte at a time.
         while conn.wants_read() && !conn.wants_write() && live() {
@@ -204,7 +226,7 @@ fn serve(
             }
         }
         match how {
-            Hostile::Trickle => {}
+            Hostile::Trickle | Hostile::HugeMessage => {}
             Hostile::TicketFlood | Hostile::PlainTickets | Hostile::LargestChainTickets => {
                 if !flush(&mut conn, &mut stream, written) {
                     return;
@@ -470,7 +492,8 @@ fn hostile_tls_servers_cannot_spin_stall_or_blind_the_prober() {
         if std::env::var("HOSTILE_TLS_ONLY").is_ok_and(|o| o != format!("{how:?}")) {
             continue;
         }
-        let hostile_ip = format!("127.0.0.{}", 161 + k);
+        // 127.0.0.161-168 (a scenario's servers are gone before the next one starts).
+        let hostile_ip = format!("127.0.0.{}", 161 + k % 8);
         lines.push(scenario(how, &hostile_ip, "127.0.0.169"));
     }
     println!("{}", lines.join("\n"));
