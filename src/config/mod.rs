@@ -251,6 +251,46 @@ address = "127.0.0.1"
     }
 
     #[test]
+    fn a_tls_ca_file_that_is_not_a_small_regular_file_is_refused_at_once() {
+        let dir = std::env::temp_dir().join(format!("dnlb-config-ca-odd-{}", std::process::id()));
+        let _stale = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("folder.pem")).unwrap();
+        let fifo = std::process::Command::new("mkfifo").arg(dir.join("fifo.pem")).status();
+        assert!(fifo.is_ok_and(|s| s.success()), "mkfifo");
+        // Sparse: 64 MiB that take no disk.
+        std::fs::File::create(dir.join("huge.pem")).unwrap().set_len(64 << 20).unwrap();
+        std::fs::write(dir.join("binary.pem"), (0..=255u8).cycle().take(4096).collect::<Vec<u8>>()).unwrap();
+        std::os::unix::fs::symlink(dir.join("loop-b.pem"), dir.join("loop-a.pem")).unwrap();
+        std::os::unix::fs::symlink(dir.join("loop-a.pem"), dir.join("loop-b.pem")).unwrap();
+        let cases = [
+            ("folder.pem", "not a regular file"),
+            ("fifo.pem", "not a regular file"),
+            ("/dev/zero", "not a regular file"),
+            ("huge.pem", "larger than"),
+            ("binary.pem", "holds no certificate"),
+            ("loop-a.pem", "loop-a.pem"),
+        ];
+        for (file, says) in cases {
+            let text = MINIMAL.replace(
+                "name = \"SIP.Example.Test.\"",
+                &format!("name = \"sip.example.test\"\ntls_ca_file = \"{file}\""),
+            );
+            // A FIFO without a writer blocks an ordinary open for good: the load must not wait.
+            let (tx, rx) = std::sync::mpsc::channel();
+            let base = dir.clone();
+            std::thread::spawn(move || {
+                let _sent = tx.send(Config::parse_in(&text, &base));
+            });
+            let result = rx.recv_timeout(std::time::Duration::from_secs(5));
+            let p = result.unwrap_or_else(|_| panic!("{file}: the load blocked")).unwrap_err();
+            assert_eq!(p[0].field, "service[0].tls_ca_file", "{file}: {p:?}");
+            assert!(p[0].message.contains(says), "{file}: {}", p[0].message);
+            assert!(p[0].message.contains("name a PEM file"), "{file}: {}", p[0].message);
+        }
+        let _cleanup = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn a_user_name_is_checked_for_shape_only() {
         let ok = MINIMAL.replace("listen = [", "user = \"dnlb\"\nlisten = [");
         assert_eq!(Config::parse(&ok).unwrap().server.user.as_deref(), Some("dnlb"));

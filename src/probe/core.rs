@@ -139,7 +139,7 @@ pub enum Event<'a> {
     /// TLS: the handshake completed and the certificate passed the service's check; the
     /// request may go out (bytes after this are decrypted [`Event::Stream`]s).
     Secured,
-    /// TLS: the handshake failed, or the certificate was refused.
+    /// TLS: the handshake failed, the certificate was refused, or the server broke TLS after.
     TlsFailed(TlsFailure),
     /// A UDP datagram.
     Datagram(&'a [u8]),
@@ -174,6 +174,12 @@ pub enum TlsFailure {
     Closed,
     /// Any other protocol failure: not TLS at all, no common version or cipher suite.
     Handshake,
+    /// The server broke the TLS protocol after the handshake (a bad record, too many
+    /// KeyUpdates without data between them).
+    Protocol,
+    /// The server sent more TLS records without reply bytes in them than a reply comes with
+    /// (a flood of KeyUpdates, session tickets or empty records).
+    Idle,
 }
 
 impl TlsFailure {
@@ -188,6 +194,8 @@ impl TlsFailure {
             TlsFailure::Alert => "TLS: alert from the server",
             TlsFailure::Closed => "TLS: connection closed during the handshake",
             TlsFailure::Handshake => "TLS: handshake failed",
+            TlsFailure::Protocol => "TLS: protocol error after the handshake",
+            TlsFailure::Idle => "TLS: too many records without a reply",
         }
     }
 }

@@ -40,6 +40,10 @@ use crate::snapshot::{Health, Snapshot, SnapshotHandle};
 
 /// Reads of one socket per pass before the loop moves on (fairness under a flood).
 pub const READ_BUDGET: usize = 64;
+/// The longest one TLS socket is served in one pass before the loop moves on: a step's work
+/// depends on what the records ask of rustls (a KeyUpdate costs a key derivation), not only on
+/// their bytes, so the read budget alone does not bound a pass's time.
+pub const TLS_PASS_BUDGET: Duration = Duration::from_millis(2);
 /// The longest the loop sleeps, so its heartbeat advances even when nothing is due.
 const MAX_WAIT: Duration = Duration::from_millis(100);
 /// How long [`Prober::shutdown`] waits for the thread before giving up on it (a working loop
@@ -397,7 +401,7 @@ enum Socket {
     Tcp {
         stream: TcpStream,
         connected: bool,
-        tls: Option<Box<rustls::ClientConnection>>,
+        tls: Option<Box<tls::Session>>,
     },
 }
 
@@ -427,8 +431,9 @@ struct Driver {
     /// Per target, the name its certificate is checked against (`None` for a name rustls cannot
     /// take; validation refuses those for TLS servers).
     tls_names: Vec<Option<rustls::pki_types::ServerName<'static>>>,
-    /// Per target, rustls's words for its last TLS failure, logged with the failure's reason.
-    tls_errors: Vec<Option<String>>,
+    /// Per target, its last TLS failure's reason and rustls's words for it, logged with the
+    /// failure when that reason is the one the failure changed to.
+    tls_errors: Vec<Option<(&'static str, String)>>,
     poll: Poll,
     /// Per target, the socket of its probe in flight.
     sockets: Vec<Option<Slot>>,
@@ -540,7 +545,9 @@ impl Driver {
                 let transport = transport_name(transport);
                 match (change.failure, detail) {
                     (Some(why), detail) => {
-                        let reason = detail.map_or_else(|| why.to_string(), |d| format!("{why} ({d})"));
+                        // A detail left by an earlier failure with another reason is not this one's.
+                        let detail = detail.filter(|(reason, _)| *reason == why);
+                        let reason = detail.map_or_else(|| why.to_string(), |(_, d)| format!("{why} ({d})"));
                         tracing::warn!(%service, server = %addr, transport, %reason, "probe failing");
                     }
                     (None, _) => tracing::info!(%service, server = %addr, transport, "probes succeed again"),
@@ -642,7 +649,7 @@ impl Driver {
                     let (Some(config), Some(name)) = (config, name) else {
                         return Err(io::Error::other("no TLS configuration for this server"));
                     };
-                    Some(Box::new(rustls::ClientConnection::new(config, name).map_err(io::Error::other)?))
+                    Some(Box::new(tls::Session::new(config, name).map_err(io::Error::other)?))
                 } else {
                     None
                 };
@@ -747,10 +754,14 @@ impl Driver {
 }
 
 impl Driver {
-    /// Moves target `i`'s TLS connection on, within the read budget: the handshake, then the
-    /// decrypted reply bytes into the core as a TCP stream's.
+    /// Moves target `i`'s TLS connection on, within the read budget and [`TLS_PASS_BUDGET`]: the
+    /// handshake, then the decrypted reply bytes into the core as a TCP stream's.
     fn service_tls(&mut self, i: usize, probe: ProbeRef, now: Instant) {
+        let began = Instant::now();
         for _ in 0..READ_BUDGET {
+            if began.elapsed() > TLS_PASS_BUDGET {
+                break;
+            }
             let mut buf = std::mem::take(&mut self.buf);
             let step = match self.slot(probe) {
                 Some(Slot {
@@ -773,7 +784,7 @@ impl Driver {
             match step.end {
                 Some(tls::End::Failed(failure, detail)) => {
                     if let Some(slot) = self.tls_errors.get_mut(i) {
-                        *slot = Some(detail);
+                        *slot = Some((failure.reason(), detail));
                     }
                     self.core.handle(probe, Event::TlsFailed(failure), now);
                 }
