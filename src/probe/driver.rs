@@ -502,7 +502,7 @@ impl Driver {
             let matched = self.core.set_drained(r.service.as_deref(), r.ip, r.port, r.drained);
             let port = r.port.map_or(String::new(), |p| format!(":{p}"));
             let verb = if r.drained { "drained" } else { "undrained" };
-            eprintln!("dnlb: probe: {verb} {}{port} ({matched} server transport(s))", r.ip);
+            tracing::info!(server = %format_args!("{}{port}", r.ip), matched, "{verb} by the operator");
             answered.push((reply, matched));
         }
         if answered.is_empty() {
