@@ -26,7 +26,7 @@ pub struct HostsProblem {
 /// Reads and parses the hosts file at `path`; every problem as `PATH:LINE: message` (or why the
 /// file could not be read, and the fix).
 pub fn load(path: &Path) -> Result<Vec<HostEntry>, Vec<String>> {
-    let text = std::fs::read_to_string(path)
+    let text = crate::files::read_text(path)
         .map_err(|e| vec![format!("cannot read {}: {e}: fix the path or remove [hosts]", path.display())])?;
     parse(&text).map_err(|problems| {
         problems.into_iter().map(|p| format!("{}:{}: {}", path.display(), p.line, p.message)).collect()

@@ -24,12 +24,14 @@
 //! - [`server`]: starting and stopping threads.
 //! - [`prefix`]: address prefixes (who the relay serves, who rate limiting spares).
 //! - [`metrics`]: per-worker counters.
+//! - [`files`]: reading operator files (config, hosts, CA) bounded and without blocking.
 //! - [`logging`]: log lines (text, journal, JSON) and rate limiting for repeatable ones.
 
 pub mod config;
 pub mod control;
 pub mod dns;
 pub mod edge;
+pub mod files;
 pub mod hosts;
 pub mod io;
 pub mod logging;

@@ -68,7 +68,7 @@ fn render_problems(path: &str, problems: &[ConfigProblem]) -> String {
 impl Config {
     /// Reads and validates a file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
+        let text = crate::files::read_text(path)
             .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
         let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         Config::parse_in(&text, base)

@@ -548,30 +548,12 @@ fn endpoints(port: u16, tls_port: u16, transports: &[Transport]) -> Vec<u16> {
 pub const MAX_CA_FILE: u64 = 4 << 20;
 
 /// The DER certificates of a PEM file; an error if it cannot be read or holds none that a
-/// trust store would take. Opened without blocking (a FIFO with no writer would hold the load,
-/// and with it a reload, for good), and only a regular file of at most [`MAX_CA_FILE`] bytes
-/// is read (`/dev/zero` or a runaway file would be read into memory without end).
+/// trust store would take. Read as [`crate::files::read_bounded`] reads: without blocking, only a
+/// regular file of at most [`MAX_CA_FILE`] bytes.
 fn read_certificates(path: &Path) -> Result<Vec<Vec<u8>>, String> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::CertificateDer;
-    let file =
-        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).map_err(|e| e.to_string())?;
-    let meta = file.metadata().map_err(|e| e.to_string())?;
-    if !meta.is_file() {
-        return Err("is not a regular file (a folder, FIFO, socket or device)".into());
-    }
-    if meta.len() > MAX_CA_FILE {
-        return Err(format!("is larger than {} MiB ({} bytes)", MAX_CA_FILE >> 20, meta.len()));
-    }
-    let mut text = Vec::new();
-    // The file may grow after the size was taken: never more than the limit is read.
-    file.take(MAX_CA_FILE + 1).read_to_end(&mut text).map_err(|e| e.to_string())?;
-    if text.len() as u64 > MAX_CA_FILE {
-        return Err(format!("is larger than {} MiB", MAX_CA_FILE >> 20));
-    }
+    let text = crate::files::read_bounded(path, MAX_CA_FILE).map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(&text) {
