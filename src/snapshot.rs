@@ -8,7 +8,7 @@
 //! Everything a worker reads is in one `Snapshot`, swapped in one store, so a reply can never mix
 //! two health states.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -18,9 +18,9 @@ use arc_swap::{ArcSwap, Guard};
 use hickory_proto::rr::{Name, Record};
 
 use crate::config::{AllDown, Config, Policy, ServiceConfig, Transport};
-use crate::dns::answer::Template;
+use crate::dns::answer::{Ring, Template, Window};
 use crate::dns::encode::{self, EncodeError};
-use crate::dns::query::rcode;
+use crate::dns::query::{flag, rcode};
 use crate::dns::{rtype, wire_name};
 use crate::select;
 
@@ -51,24 +51,79 @@ impl Hasher for NameHasher {
     }
 }
 
-/// The answers of one (name, type): distinct templates and the cycle a worker walks through them.
+/// How a managed (name, type) is answered.
 #[derive(Debug)]
-pub struct Rotation {
-    /// Index of this rotation's counter in a worker's rotation state.
-    slot: usize,
-    /// The distinct templates.
-    templates: Box<[Template]>,
-    /// The cycle of template indices (round-robin: 0..n; weighted: the smooth weighted order).
-    order: Box<[u32]>,
+enum Entry {
+    /// The same reply whatever the health (SRV targets' addresses, hosts-file names).
+    Fixed(Template),
+    /// From health: the index of its [`Answers`] in each view of a snapshot.
+    Health(usize),
 }
 
 /// Everything dnlb answers for one managed name.
 #[derive(Debug)]
 struct NameAnswers {
     /// Per record type; a handful at most, so a linear scan.
-    by_type: Vec<(u16, Rotation)>,
+    by_type: Vec<(u16, Entry)>,
     /// NOERROR with an empty answer, for every other type.
     nodata: Template,
+}
+
+/// The health-dependent answer of one (name, type).
+#[derive(Debug, Clone)]
+enum Answers {
+    /// One reply for every query: NAPTR, an empty set, an all-down SERVFAIL or NODATA.
+    Fixed(Template),
+    /// Templates a worker cycles through: the SRV set of a farm too large for one message, in
+    /// chunks of [`SRV_CHUNK`] servers.
+    Cycle {
+        /// Index of this answer's counter in a worker's rotation state.
+        slot: usize,
+        /// The templates, in turn.
+        templates: Box<[Template]>,
+    },
+    /// Windows of `len` records of an address ring, starting at successive positions.
+    Ring {
+        /// Index of this answer's counter in a worker's rotation state.
+        slot: usize,
+        /// The healthy addresses, each encoded once.
+        ring: Ring,
+        /// Records per window (the reply carries as many of them as fit).
+        len: usize,
+        /// The cycle of starting positions; `None`: every position in turn (round robin).
+        starts: Option<Box<[u32]>>,
+    },
+}
+
+/// The most SRV records (with their glue) one template holds: larger sets are cut into chunks a
+/// worker rotates through, so the whole farm is reached and no message exceeds 64 KiB.
+pub const SRV_CHUNK: usize = 64;
+
+/// What a snapshot's names and their fixed answers are, from the configuration alone: built once
+/// per configuration and shared by every snapshot built from it, so a health flip re-encodes only
+/// the answers that health changes.
+#[derive(Debug)]
+pub struct Layout {
+    names: HashMap<Box<[u8]>, NameAnswers, BuildHasherDefault<NameHasher>>,
+    /// Per service, its names and where its health-dependent answers start.
+    services: Vec<ServiceLayout>,
+    /// Health-dependent answers per view.
+    dynamic: usize,
+    /// The answer to ANY over UDP for every managed name: one synthesized HINFO (RFC 8482), so
+    /// ANY cannot be used to amplify. Its owner is a pointer to the question, so one template
+    /// serves every name.
+    any_udp: Template,
+}
+
+/// The names of one service, parsed once.
+#[derive(Debug)]
+struct ServiceLayout {
+    /// The service name.
+    owner: Name,
+    /// Per configured transport (in NAPTR order), its SRV name.
+    srv: Vec<(Transport, Name)>,
+    /// Per server, its SRV target (its `host`).
+    targets: Vec<Name>,
 }
 
 /// Health of each configured server per transport, as the snapshot builder reads it.
@@ -99,11 +154,10 @@ pub struct Snapshot {
     pub built_at: Instant,
     /// Number of rotation counters a worker needs.
     pub rotation_slots: usize,
-    /// The answer to ANY over UDP for every managed name: one synthesized HINFO (RFC 8482), so
-    /// ANY cannot be used to amplify. Its owner is a pointer to the question, so one template
-    /// serves every name.
-    any_udp: Template,
-    names: HashMap<Box<[u8]>, NameAnswers, BuildHasherDefault<NameHasher>>,
+    /// The names, shared with every snapshot of the same configuration.
+    layout: Arc<Layout>,
+    /// The health-dependent answers, `layout.dynamic` of them.
+    answers: Box<[Answers]>,
 }
 
 /// What the snapshot says about a question.
@@ -111,217 +165,225 @@ pub struct Snapshot {
 pub enum Lookup<'s> {
     /// A managed name: answer with this template.
     Answer(&'s Template),
+    /// A managed name's address set: answer with as many of these records as fit.
+    Window(Window<'s>),
     /// Not a name dnlb manages: the relay's (for now REFUSED).
     NotManaged,
+}
+
+/// Takes the next step of a cycle of `n` (at least 1) from a worker's counter.
+#[inline]
+fn step(counter: Option<&mut u32>, n: usize) -> usize {
+    let Some(counter) = counter.filter(|_| n > 1) else { return 0 };
+    let i = (*counter as usize).min(n - 1);
+    *counter = if i + 1 >= n { 0 } else { i as u32 + 1 };
+    i
 }
 
 impl Snapshot {
     /// A snapshot that manages no names.
     pub fn empty() -> Snapshot {
+        let layout = Layout {
+            names: HashMap::default(),
+            services: Vec::new(),
+            dynamic: 0,
+            any_udp: Template::empty(true, rcode::NOERROR),
+        };
         Snapshot {
             generation: 0,
             built_at: Instant::now(),
             rotation_slots: 0,
-            any_udp: Template::empty(true, rcode::NOERROR),
-            names: HashMap::default(),
+            layout: Arc::new(layout),
+            answers: Box::new([]),
         }
     }
 
     /// Builds every answer for `config` given `health`. `round` is the probe round (on-duty).
     pub fn build(config: &Config, health: &Health, round: u64, generation: u64) -> Result<Snapshot, EncodeError> {
-        let mut b = Builder { names: HashMap::default(), slots: 0 };
-        for (i, service) in config.services.iter().enumerate() {
-            b.service(service, health, i, round)?;
+        Snapshot::build_with(&Arc::new(Layout::new(config)?), config, health, round, generation)
+    }
+
+    /// Builds the health-dependent answers for `config` given `health` on `layout`, which must
+    /// have been made from the same configuration (a layout of another one is made afresh).
+    pub fn build_with(
+        layout: &Arc<Layout>,
+        config: &Config,
+        health: &Health,
+        round: u64,
+        generation: u64,
+    ) -> Result<Snapshot, EncodeError> {
+        if !layout.fits(config) {
+            return Snapshot::build(config, health, round, generation);
         }
-        // Hosts-file names come after the SIP names, which win a clash (`add` keeps the first).
-        b.hosts(&config.hosts, config.hosts_ttl)?;
-        let any_owner = encode::name("any.invalid")?;
-        let any_udp =
-            encode::template(&any_owner, rtype::ANY, vec![encode::rfc8482_record(&any_owner, ANY_TTL)], vec![])?;
-        Ok(Snapshot { generation, built_at: Instant::now(), rotation_slots: b.slots, any_udp, names: b.names })
+        let mut b = Builder { answers: Vec::with_capacity(layout.dynamic), slots: 0 };
+        for (i, (service, names)) in config.services.iter().zip(&layout.services).enumerate() {
+            b.service(service, names, health, i, round)?;
+        }
+        Ok(Snapshot {
+            generation,
+            built_at: Instant::now(),
+            rotation_slots: b.slots,
+            layout: layout.clone(),
+            answers: b.answers.into(),
+        })
+    }
+
+    /// Bytes the health-dependent answers hold (diagnostics and benches).
+    pub fn answer_bytes(&self) -> usize {
+        let template = |t: &Template| t.body.len() + std::mem::size_of::<Template>();
+        self.answers
+            .iter()
+            .map(|a| match a {
+                Answers::Fixed(t) => template(t),
+                Answers::Cycle { templates, .. } => templates.iter().map(template).sum(),
+                Answers::Ring { ring, starts, .. } => ring.size() + starts.as_ref().map_or(0, |s| s.len() * 4),
+            })
+            .sum()
     }
 
     /// Looks up a lower-case wire name and type. `rotation` is the worker's counter array,
     /// at least `rotation_slots` long; `udp` says whether the reply goes over UDP.
     #[inline]
     pub fn lookup(&self, name: &[u8], qtype: u16, udp: bool, rotation: &mut [u32]) -> Lookup<'_> {
-        let Some(entry) = self.names.get(name) else {
+        let Some(entry) = self.layout.names.get(name) else {
             return Lookup::NotManaged;
         };
         // RFC 8482: ANY over UDP gets the synthesized HINFO (nothing to amplify with); over TCP,
         // where the source is proven, one RRset, the A set, the useful one for a SIP name.
         if qtype == rtype::ANY && udp {
-            return Lookup::Answer(&self.any_udp);
+            return Lookup::Answer(&self.layout.any_udp);
         }
         let wanted = if qtype == rtype::ANY { rtype::A } else { qtype };
-        let Some((_, rot)) = entry.by_type.iter().find(|(t, _)| *t == wanted) else {
+        let Some((_, found)) = entry.by_type.iter().find(|(t, _)| *t == wanted) else {
             return Lookup::Answer(&entry.nodata);
         };
-        let n = rot.order.len();
-        if n <= 1 {
-            return Lookup::Answer(&rot.templates[0]);
+        let index = match found {
+            Entry::Fixed(t) => return Lookup::Answer(t),
+            Entry::Health(i) => *i,
+        };
+        match self.answers.get(index) {
+            None => Lookup::Answer(&entry.nodata),
+            Some(Answers::Fixed(t)) => Lookup::Answer(t),
+            Some(Answers::Cycle { slot, templates }) => {
+                Lookup::Answer(&templates[step(rotation.get_mut(*slot), templates.len())])
+            }
+            Some(Answers::Ring { slot, ring, len, starts }) => {
+                let start = match starts {
+                    None => step(rotation.get_mut(*slot), ring.count()),
+                    Some(order) => order[step(rotation.get_mut(*slot), order.len())] as usize,
+                };
+                Lookup::Window(ring.window(start, *len))
+            }
         }
-        let counter = &mut rotation[rot.slot];
-        let i = (*counter as usize).min(n - 1);
-        *counter = if i + 1 >= n { 0 } else { i as u32 + 1 };
-        Lookup::Answer(&rot.templates[rot.order[i] as usize])
     }
 
     /// The managed names, lower-case wire format (for tests and diagnostics).
     pub fn names(&self) -> impl Iterator<Item = &[u8]> {
-        self.names.keys().map(|k| &k[..])
+        self.layout.names.keys().map(|k| &k[..])
     }
 }
 
-struct Builder {
-    names: HashMap<Box<[u8]>, NameAnswers, BuildHasherDefault<NameHasher>>,
-    slots: usize,
-}
-
-impl Builder {
-    fn add(&mut self, owner: &Name, qtype: u16, templates: Vec<Template>) -> Result<(), EncodeError> {
-        let order = (0..templates.len() as u32).collect();
-        self.add_rotation(owner, qtype, templates, order)
+impl Layout {
+    /// The names of `config` and their fixed answers; the health-dependent ones get an index.
+    pub fn new(config: &Config) -> Result<Layout, EncodeError> {
+        let mut layout = Layout {
+            names: HashMap::default(),
+            services: Vec::with_capacity(config.services.len()),
+            dynamic: 0,
+            any_udp: Template::empty(true, rcode::NOERROR),
+        };
+        for service in &config.services {
+            layout.service(service)?;
+        }
+        // Hosts-file names come after the SIP names, which win a clash (`add` keeps the first).
+        layout.hosts(&config.hosts, config.hosts_ttl)?;
+        let any_owner = encode::name("any.invalid")?;
+        layout.any_udp =
+            encode::template(&any_owner, rtype::ANY, vec![encode::rfc8482_record(&any_owner, ANY_TTL)], vec![])?;
+        Ok(layout)
     }
 
-    fn add_rotation(
-        &mut self,
-        owner: &Name,
-        qtype: u16,
-        templates: Vec<Template>,
-        order: Vec<u32>,
-    ) -> Result<(), EncodeError> {
+    /// Whether `config` has the shape this layout was made for (the same services and SRV
+    /// names), so its health-dependent answers line up.
+    fn fits(&self, config: &Config) -> bool {
+        config.services.len() == self.services.len()
+            && config.services.iter().zip(&self.services).all(|(s, l)| {
+                Transport::ALL.iter().filter(|t| s.servers.iter().any(|v| v.transports.contains(t))).count()
+                    == l.srv.len()
+            })
+    }
+
+    fn add(&mut self, owner: &Name, qtype: u16, entry: Entry) -> Result<(), EncodeError> {
         let key: Box<[u8]> = wire_name(&owner.to_ascii()).into();
-        let entry = match self.names.entry(key) {
+        let name = match self.names.entry(key) {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(NameAnswers { by_type: Vec::new(), nodata: encode::template(owner, 0, vec![], vec![])? })
+                v.insert(NameAnswers { by_type: Vec::new(), nodata: Template::empty(true, rcode::NOERROR) })
             }
         };
         // A name configured twice (a host name equal to a service name) keeps its first answers.
-        if entry.by_type.iter().all(|(t, _)| *t != qtype) {
-            let slot = self.slots;
-            self.slots += 1;
-            entry.by_type.push((qtype, Rotation { slot, templates: templates.into(), order: order.into() }));
+        if name.by_type.iter().all(|(t, _)| *t != qtype) {
+            name.by_type.push((qtype, entry));
         }
         Ok(())
     }
 
-    fn service(
-        &mut self,
-        service: &ServiceConfig,
-        health: &Health,
-        index: usize,
-        round: u64,
-    ) -> Result<(), EncodeError> {
+    /// A health-dependent answer for `(owner, qtype)`: the next index.
+    fn add_health(&mut self, owner: &Name, qtype: u16) -> Result<(), EncodeError> {
+        let index = self.dynamic;
+        self.dynamic += 1;
+        self.add(owner, qtype, Entry::Health(index))
+    }
+
+    fn service(&mut self, service: &ServiceConfig) -> Result<(), EncodeError> {
         let owner = encode::name(&service.name)?;
-        let ttl = service.ttl;
-        let up = health.up.get(index).map(Vec::as_slice).unwrap_or(&[]);
-        let latency_weights = health.latency_weights.get(index).map(Vec::as_slice).unwrap_or(&[]);
-        let healthy = |i: usize| up.get(i).is_some_and(|t| !t.is_empty());
-        let any_up = (0..service.servers.len()).any(healthy);
-        // The all-down policy: last-good arrives here as the prober's substitute up-list, so
-        // what is left to decide is serving everything, SERVFAIL or NODATA.
-        let fallback = |any: bool| -> Option<Template> {
-            match (any, service.all_down) {
-                (true, _) | (false, AllDown::ServeAll | AllDown::LastGood) => None,
-                (false, AllDown::Servfail) => Some(Template::empty(false, rcode::SERVFAIL)),
-                (false, AllDown::Nodata) => Some(Template::empty(true, rcode::NOERROR)),
-            }
-        };
-        let serving: Vec<usize> = (0..service.servers.len()).filter(|&i| !any_up || healthy(i)).collect();
-
-        for (qtype, v6) in [(rtype::A, false), (rtype::AAAA, true)] {
-            if let Some(t) = fallback(any_up) {
-                self.add(&owner, qtype, vec![t])?;
+        // The order here is the order in which `Builder::service` pushes the answers.
+        self.add_health(&owner, rtype::A)?;
+        self.add_health(&owner, rtype::AAAA)?;
+        let mut srv = Vec::new();
+        for transport in Transport::ALL {
+            if !service.servers.iter().any(|s| s.transports.contains(&transport)) {
                 continue;
             }
-            let mut addrs: Vec<IpAddr> = Vec::new();
-            let mut weights: Vec<u32> = Vec::new();
-            for &i in &serving {
-                let s = &service.servers[i];
-                if s.address.is_ipv6() == v6 && !addrs.contains(&s.address) {
-                    addrs.push(s.address);
-                    weights.push(match service.policy {
-                        Policy::Latency => latency_weights.get(i).copied().unwrap_or(select::FASTEST_WEIGHT),
-                        _ => u32::from(s.weight),
-                    });
-                }
-            }
-            let rotation = select::rotations(&addrs, &weights, service.policy, service.answers, round);
-            let mut templates = Vec::new();
-            for set in &rotation.answers {
-                let records = set.iter().map(|a| encode::address_record(&owner, ttl, *a)).collect();
-                templates.push(encode::template(&owner, qtype, records, vec![])?);
-            }
-            let order = rotation.order.iter().map(|&i| i as u32).collect();
-            self.add_rotation(&owner, qtype, templates, order)?;
+            let srv_owner = encode::name(&format!("{}.{}", srv_label(transport), service.name))?;
+            self.add_health(&srv_owner, rtype::SRV)?;
+            srv.push((transport, srv_owner));
         }
-
-        // Per transport SRV sets, from the servers healthy on that transport.
-        let mut naptrs = Vec::new();
-        for (order, transport) in (0u16..).zip(Transport::ALL) {
-            let configured: Vec<_> =
-                service.servers.iter().enumerate().filter(|(_, s)| s.transports.contains(&transport)).collect();
-            if configured.is_empty() {
-                continue;
-            }
-            let up_here = |i: usize| up.get(i).is_some_and(|t| t.contains(&transport));
-            let any = configured.iter().any(|(i, _)| up_here(*i));
-            let members: Vec<_> = configured.iter().filter(|(i, _)| !any || up_here(*i)).map(|(_, s)| *s).collect();
-            let (label, naptr_service) = match transport {
-                Transport::Udp => ("_sip._udp", "SIP+D2U"),
-                Transport::Tcp => ("_sip._tcp", "SIP+D2T"),
-                Transport::Tls => ("_sips._tcp", "SIPS+D2T"),
-            };
-            let srv_owner = encode::name(&format!("{label}.{}", service.name))?;
-            naptrs.push(encode::naptr_record(&owner, ttl, 50 + 20 * order, naptr_service, &srv_owner));
-            if let Some(t) = fallback(any) {
-                self.add(&srv_owner, rtype::SRV, vec![t])?;
-                continue;
-            }
-            let mut answers = Vec::new();
-            let mut additionals: Vec<Record> = Vec::new();
-            for s in &members {
-                let target = encode::name(&s.host)?;
-                answers.push(encode::srv_record(&srv_owner, ttl, s.priority, s.weight, s.port, &target));
-                let glue = encode::address_record(&target, ttl, s.address);
-                if !additionals.contains(&glue) {
-                    additionals.push(glue);
-                }
-            }
-            self.add(&srv_owner, rtype::SRV, vec![encode::template(&srv_owner, rtype::SRV, answers, additionals)?])?;
-        }
-        let naptr = match fallback(any_up) {
-            Some(t) => t,
-            None => encode::template(&owner, rtype::NAPTR, naptrs, vec![])?,
-        };
-        self.add(&owner, rtype::NAPTR, vec![naptr])?;
+        self.add_health(&owner, rtype::NAPTR)?;
+        let targets = service.servers.iter().map(|s| encode::name(&s.host)).collect::<Result<_, _>>()?;
+        self.services.push(ServiceLayout { owner, srv, targets });
 
         // Each SRV target answers A/AAAA with its own address(es).
-        let mut hosts: Vec<(&str, Vec<IpAddr>)> = Vec::new();
+        let mut hosts: HashMap<&str, Vec<IpAddr>> = HashMap::new();
+        let mut order: Vec<&str> = Vec::new();
         for s in &service.servers {
-            match hosts.iter_mut().find(|(h, _)| *h == s.host) {
-                Some((_, addrs)) if !addrs.contains(&s.address) => addrs.push(s.address),
-                Some(_) => {}
-                None => hosts.push((&s.host, vec![s.address])),
+            let addrs = hosts.entry(&s.host).or_insert_with(|| {
+                order.push(&s.host);
+                Vec::new()
+            });
+            if !addrs.contains(&s.address) {
+                addrs.push(s.address);
             }
         }
-        for (host, addrs) in hosts {
-            self.add_addresses(host, &addrs, ttl)?;
+        for host in order {
+            self.add_addresses(host, &hosts[host], service.ttl)?;
         }
         Ok(())
     }
-}
 
-impl Builder {
     /// A and AAAA answers (one fixed template each) for a host name with these addresses.
     fn add_addresses(&mut self, name: &str, addrs: &[IpAddr], ttl: u32) -> Result<(), EncodeError> {
         let owner = encode::name(name)?;
         for (qtype, v6) in [(rtype::A, false), (rtype::AAAA, true)] {
-            let records =
-                addrs.iter().filter(|a| a.is_ipv6() == v6).map(|a| encode::address_record(&owner, ttl, *a)).collect();
-            self.add(&owner, qtype, vec![encode::template(&owner, qtype, records, vec![])?])?;
+            let mut body = Vec::new();
+            let mut count = 0u16;
+            for a in addrs.iter().filter(|a| a.is_ipv6() == v6) {
+                encode::append_address_record(&mut body, ttl, *a);
+                count = count.saturating_add(1);
+            }
+            let template =
+                Template { flags: flag::AA, counts: [count, 0, 0], required_len: body.len(), body: body.into() };
+            self.add(&owner, qtype, Entry::Fixed(template))?;
         }
         Ok(())
     }
@@ -348,8 +410,138 @@ impl Builder {
         for (address, name) in ptrs {
             let owner = encode::name(&crate::hosts::reverse_name(address))?;
             let record = encode::ptr_record(&owner, ttl, &encode::name(name)?);
-            self.add(&owner, rtype::PTR, vec![encode::template(&owner, rtype::PTR, vec![record], vec![])?])?;
+            let template = encode::template(&owner, rtype::PTR, vec![record], vec![])?;
+            self.add(&owner, rtype::PTR, Entry::Fixed(template))?;
         }
+        Ok(())
+    }
+}
+
+/// The SRV label of a transport (RFC 3263).
+fn srv_label(transport: Transport) -> &'static str {
+    match transport {
+        Transport::Udp => "_sip._udp",
+        Transport::Tcp => "_sip._tcp",
+        Transport::Tls => "_sips._tcp",
+    }
+}
+
+/// Builds the health-dependent answers, in the order [`Layout::service`] numbered them.
+struct Builder {
+    answers: Vec<Answers>,
+    slots: usize,
+}
+
+impl Builder {
+    fn slot(&mut self) -> usize {
+        self.slots += 1;
+        self.slots - 1
+    }
+
+    fn service(
+        &mut self,
+        service: &ServiceConfig,
+        names: &ServiceLayout,
+        health: &Health,
+        index: usize,
+        round: u64,
+    ) -> Result<(), EncodeError> {
+        let owner = &names.owner;
+        let ttl = service.ttl;
+        let up = health.up.get(index).map(Vec::as_slice).unwrap_or(&[]);
+        let latency_weights = health.latency_weights.get(index).map(Vec::as_slice).unwrap_or(&[]);
+        let healthy = |i: usize| up.get(i).is_some_and(|t| !t.is_empty());
+        let any_up = (0..service.servers.len()).any(healthy);
+        // The all-down policy: last-good arrives here as the prober's substitute up-list, so
+        // what is left to decide is serving everything, SERVFAIL or NODATA.
+        let fallback = |any: bool| -> Option<Template> {
+            match (any, service.all_down) {
+                (true, _) | (false, AllDown::ServeAll | AllDown::LastGood) => None,
+                (false, AllDown::Servfail) => Some(Template::empty(false, rcode::SERVFAIL)),
+                (false, AllDown::Nodata) => Some(Template::empty(true, rcode::NOERROR)),
+            }
+        };
+        let serving: Vec<usize> = (0..service.servers.len()).filter(|&i| !any_up || healthy(i)).collect();
+
+        for v6 in [false, true] {
+            if let Some(t) = fallback(any_up) {
+                self.answers.push(Answers::Fixed(t));
+                continue;
+            }
+            let mut seen: HashSet<IpAddr> = HashSet::with_capacity(serving.len());
+            let mut records: Vec<u8> = Vec::new();
+            let mut weights: Vec<u32> = Vec::new();
+            for &i in &serving {
+                let s = &service.servers[i];
+                if s.address.is_ipv6() == v6 && seen.insert(s.address) {
+                    encode::append_address_record(&mut records, ttl, s.address);
+                    weights.push(match service.policy {
+                        Policy::Latency => latency_weights.get(i).copied().unwrap_or(select::FASTEST_WEIGHT),
+                        _ => u32::from(s.weight),
+                    });
+                }
+            }
+            let k = weights.len();
+            let record_len = if v6 { encode::AAAA_RECORD_LEN } else { encode::A_RECORD_LEN };
+            let answer = match Ring::new(&records, record_len, k).filter(|_| k > 0) {
+                None => Answers::Fixed(Template::empty(true, rcode::NOERROR)),
+                Some(ring) => {
+                    let rotation = select::rotation(k, &weights, service.policy, service.answers, round);
+                    let starts = match rotation.starts {
+                        select::Starts::Each(_) => None,
+                        select::Starts::Order(order) => Some(order.into()),
+                    };
+                    Answers::Ring { slot: self.slot(), ring, len: rotation.len, starts }
+                }
+            };
+            self.answers.push(answer);
+        }
+
+        // Per transport SRV sets, from the servers healthy on that transport.
+        let mut naptrs = Vec::new();
+        for (transport, srv_owner) in &names.srv {
+            let transport = *transport;
+            let order = Transport::ALL.iter().position(|t| *t == transport).unwrap_or(0) as u16;
+            let configured: Vec<_> =
+                service.servers.iter().enumerate().filter(|(_, s)| s.transports.contains(&transport)).collect();
+            let up_here = |i: usize| up.get(i).is_some_and(|t| t.contains(&transport));
+            let any = configured.iter().any(|(i, _)| up_here(*i));
+            let members: Vec<_> = configured.iter().filter(|(i, _)| !any || up_here(*i)).copied().collect();
+            let naptr_service = match transport {
+                Transport::Udp => "SIP+D2U",
+                Transport::Tcp => "SIP+D2T",
+                Transport::Tls => "SIPS+D2T",
+            };
+            naptrs.push(encode::naptr_record(owner, ttl, 50 + 20 * order, naptr_service, srv_owner));
+            if let Some(t) = fallback(any) {
+                self.answers.push(Answers::Fixed(t));
+                continue;
+            }
+            let mut templates = Vec::with_capacity(members.len().div_ceil(SRV_CHUNK));
+            for chunk in members.chunks(SRV_CHUNK) {
+                let mut answers = Vec::new();
+                let mut additionals: Vec<Record> = Vec::new();
+                for (j, &(i, s)) in chunk.iter().enumerate() {
+                    let target = &names.targets[i];
+                    answers.push(encode::srv_record(srv_owner, ttl, s.priority, s.weight, s.port, target));
+                    // One glue record per (host, address), whatever the ports.
+                    if !chunk[..j].iter().any(|(_, o)| o.host == s.host && o.address == s.address) {
+                        additionals.push(encode::address_record(target, ttl, s.address));
+                    }
+                }
+                templates.push(encode::template(srv_owner, rtype::SRV, answers, additionals)?);
+            }
+            let answer = match templates.len() {
+                0 => Answers::Fixed(Template::empty(true, rcode::NOERROR)),
+                1 => Answers::Fixed(templates.remove(0)),
+                _ => Answers::Cycle { slot: self.slot(), templates: templates.into() },
+            };
+            self.answers.push(answer);
+        }
+        self.answers.push(Answers::Fixed(match fallback(any_up) {
+            Some(t) => t,
+            None => encode::template(owner, rtype::NAPTR, naptrs, vec![])?,
+        }));
         Ok(())
     }
 }
@@ -415,8 +607,8 @@ transports = ["tls"]
         let mut rot = vec![0; snap.rotation_slots];
         let first =
             |snap: &Snapshot, rot: &mut [u32]| match snap.lookup(&wire_name("sip.example.test"), rtype::A, true, rot) {
-                Lookup::Answer(t) => t.body.clone(),
-                Lookup::NotManaged => panic!("managed"),
+                Lookup::Window(w) => w.records.to_vec(),
+                other => panic!("an address window: {other:?}"),
             };
         let a = first(&snap, &mut rot);
         let b = first(&snap, &mut rot);
@@ -426,7 +618,7 @@ transports = ["tls"]
         assert!(matches!(snap.lookup(&wire_name("other.test"), rtype::A, true, &mut rot), Lookup::NotManaged));
         match snap.lookup(&wire_name("sip.example.test"), 16, true, &mut rot) {
             Lookup::Answer(t) => assert_eq!(t.counts, [0, 0, 0]),
-            Lookup::NotManaged => panic!("managed"),
+            other => panic!("NODATA: {other:?}"),
         }
     }
 }

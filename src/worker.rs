@@ -7,7 +7,7 @@
 //!  bytes ─► query::parse ─┬─ Drop ────────────────────────────────► (no reply, counted)
 //!                         ├─ NotImplemented / FormatError ─────────► header-only NOTIMP / FORMERR
 //!                         └─ Query ─┬─ EDNS version > 0 ───────────► BADVERS
-//!                                   ├─ snapshot: managed name ─────► template copy + patch
+//!                                   ├─ snapshot: managed name ─────► template or window copy + patch
 //!                                   └─ not managed ────────────────► the relay (REFUSED without one)
 //!  UDP reply ─► rate limit (if [rrl]): send · slip (TC=1, question only) · drop
 //! ```
@@ -204,12 +204,12 @@ impl Responder {
         } else {
             Lookup::NotManaged
         };
-        let template = match lookup {
-            Lookup::Answer(t) => t,
+        let (written, flags) = match lookup {
+            Lookup::Answer(t) => (answer::write_reply(packet, &query, t, transport, out), t.flags),
+            Lookup::Window(w) => (answer::write_window(packet, &query, w, transport, out), 0),
             Lookup::NotManaged => return self.unmanaged(packet, &query, client, transport, out),
         };
-        let written = answer::write_reply(packet, &query, template, transport, out);
-        self.count_reply(template.flags, written.truncated);
+        self.count_reply(flags, written.truncated);
         Answer::Reply(written.len)
     }
 

@@ -32,7 +32,7 @@ use super::core::{
     Action, Carried, Core, CoreError, Entropy, Event, OsEntropy, ProbeRef, ServerReport, Stats, TargetKey,
 };
 use crate::config::{Config, StartState, Transport};
-use crate::snapshot::{Health, Snapshot, SnapshotHandle};
+use crate::snapshot::{Health, Layout, Snapshot, SnapshotHandle};
 
 /// Reads of one socket per pass before the loop moves on (fairness under a flood).
 pub const READ_BUDGET: usize = 64;
@@ -207,6 +207,7 @@ impl Prober {
             started,
             next_report: started,
             config,
+            layout: None,
         };
         driver.sockets.resize_with(driver.core.targets(), || None);
         let s = stop.clone();
@@ -366,6 +367,9 @@ struct Driver {
     started: Instant,
     next_report: Instant,
     config: Config,
+    /// The names and fixed answers of `config`, made at the first publish and kept, so a flip
+    /// re-encodes only what health changes.
+    layout: Option<Arc<Layout>>,
 }
 
 impl Driver {
@@ -442,7 +446,18 @@ impl Driver {
         }
         while let Some(p) = self.core.poll_publish() {
             self.generation += 1;
-            match Snapshot::build(&self.config, &p.health, p.round, self.generation) {
+            let layout = match &self.layout {
+                Some(l) => l.clone(),
+                None => match Layout::new(&self.config) {
+                    Ok(l) => self.layout.insert(Arc::new(l)).clone(),
+                    Err(e) => {
+                        eprintln!("dnlb: prober: cannot build answers: {e}");
+                        self.core.publish_failed();
+                        break;
+                    }
+                },
+            };
+            match Snapshot::build_with(&layout, &self.config, &p.health, p.round, self.generation) {
                 Ok(snapshot) => self.snapshots.publish(snapshot),
                 Err(e) => {
                     eprintln!("dnlb: prober: cannot build answers: {e}");
