@@ -23,6 +23,7 @@ use crate::dns::encode::{self, EncodeError};
 use crate::dns::query::{flag, rcode};
 use crate::dns::{rtype, wire_name};
 use crate::select;
+use crate::sites::{SiteId, Steering, NO_SITE};
 
 /// The TTL of the RFC 8482 answer to ANY: it changes never, so clients may keep it an hour.
 const ANY_TTL: u32 = 3600;
@@ -72,15 +73,16 @@ struct NameAnswers {
 /// The health-dependent answer of one (name, type).
 #[derive(Debug, Clone)]
 enum Answers {
-    /// One reply for every query: NAPTR, an empty set, an all-down SERVFAIL or NODATA.
-    Fixed(Template),
+    /// One reply for every query: NAPTR, an SRV set, an empty set, an all-down SERVFAIL or
+    /// NODATA (shared by the views that answer alike).
+    Fixed(Arc<Template>),
     /// Templates a worker cycles through: the SRV set of a farm too large for one message, in
     /// chunks of [`SRV_CHUNK`] servers.
     Cycle {
         /// Index of this answer's counter in a worker's rotation state.
         slot: usize,
-        /// The templates, in turn.
-        templates: Box<[Template]>,
+        /// The templates, in turn (shared by the views that answer alike).
+        templates: Arc<[Template]>,
     },
     /// Windows of `len` records of an address ring, starting at successive positions.
     Ring {
@@ -109,6 +111,8 @@ pub struct Layout {
     services: Vec<ServiceLayout>,
     /// Health-dependent answers per view.
     dynamic: usize,
+    /// Which view each client gets (`[[sites]]`).
+    steering: Steering,
     /// The answer to ANY over UDP for every managed name: one synthesized HINFO (RFC 8482), so
     /// ANY cannot be used to amplify. Its owner is a pointer to the question, so one template
     /// serves every name.
@@ -124,6 +128,8 @@ struct ServiceLayout {
     srv: Vec<(Transport, Name)>,
     /// Per server, its SRV target (its `host`).
     targets: Vec<Name>,
+    /// Per server, its site ([`NO_SITE`] without one).
+    sites: Vec<SiteId>,
 }
 
 /// Health of each configured server per transport, as the snapshot builder reads it.
@@ -156,7 +162,7 @@ pub struct Snapshot {
     pub rotation_slots: usize,
     /// The names, shared with every snapshot of the same configuration.
     layout: Arc<Layout>,
-    /// The health-dependent answers, `layout.dynamic` of them.
+    /// The health-dependent answers: `layout.dynamic` per view, view after view.
     answers: Box<[Answers]>,
 }
 
@@ -187,6 +193,7 @@ impl Snapshot {
             names: HashMap::default(),
             services: Vec::new(),
             dynamic: 0,
+            steering: Steering::default(),
             any_udp: Template::empty(true, rcode::NOERROR),
         };
         Snapshot {
@@ -215,9 +222,15 @@ impl Snapshot {
         if !layout.fits(config) {
             return Snapshot::build(config, health, round, generation);
         }
-        let mut b = Builder { answers: Vec::with_capacity(layout.dynamic), slots: 0 };
-        for (i, (service, names)) in config.services.iter().zip(&layout.services).enumerate() {
-            b.service(service, names, health, i, round)?;
+        let views = layout.steering.views();
+        let mut b =
+            Builder { answers: Vec::with_capacity(layout.dynamic * views), keys: Vec::new(), dynamic: None, slots: 0 };
+        for view in 0..views {
+            let prefer = layout.steering.prefer(view);
+            for (i, (service, names)) in config.services.iter().zip(&layout.services).enumerate() {
+                b.service(service, names, health, i, round, prefer)?;
+            }
+            b.dynamic = Some(b.answers.len());
         }
         Ok(Snapshot {
             generation,
@@ -233,7 +246,10 @@ impl Snapshot {
         let template = |t: &Template| t.body.len() + std::mem::size_of::<Template>();
         self.answers
             .iter()
-            .map(|a| match a {
+            .enumerate()
+            .map(|(i, a)| match a {
+                // A view that answers as view 0 shares its encoding: count it once.
+                _ if i >= self.layout.dynamic && self.shared(i) => 0,
                 Answers::Fixed(t) => template(t),
                 Answers::Cycle { templates, .. } => templates.iter().map(template).sum(),
                 Answers::Ring { ring, starts, .. } => ring.size() + starts.as_ref().map_or(0, |s| s.len() * 4),
@@ -241,10 +257,41 @@ impl Snapshot {
             .sum()
     }
 
-    /// Looks up a lower-case wire name and type. `rotation` is the worker's counter array,
-    /// at least `rotation_slots` long; `udp` says whether the reply goes over UDP.
+    /// Whether answer `i` (of a view after 0) shares its memory with view 0's.
+    fn shared(&self, i: usize) -> bool {
+        let base = &self.answers[i % self.layout.dynamic.max(1)];
+        match (&self.answers[i], base) {
+            (Answers::Fixed(a), Answers::Fixed(b)) => Arc::ptr_eq(a, b),
+            (Answers::Cycle { templates: a, .. }, Answers::Cycle { templates: b, .. }) => Arc::ptr_eq(a, b),
+            (Answers::Ring { ring: a, .. }, Answers::Ring { ring: b, .. }) => a.shares(b),
+            _ => false,
+        }
+    }
+
+    /// Whether answers depend on the client's address (`[[sites]]`): only then does a worker
+    /// read the source address for [`Snapshot::lookup`].
     #[inline]
-    pub fn lookup(&self, name: &[u8], qtype: u16, udp: bool, rotation: &mut [u32]) -> Lookup<'_> {
+    pub fn steers(&self) -> bool {
+        self.layout.steering.is_active()
+    }
+
+    /// The view a client gets (0 when nothing is steered).
+    pub fn view(&self, client: IpAddr) -> usize {
+        self.layout.steering.view(client)
+    }
+
+    /// Looks up a lower-case wire name and type for `client` (read only when [`Snapshot::steers`]).
+    /// `rotation` is the worker's counter array, at least `rotation_slots` long; `udp` says
+    /// whether the reply goes over UDP.
+    #[inline]
+    pub fn lookup(
+        &self,
+        name: &[u8],
+        qtype: u16,
+        udp: bool,
+        client: Option<IpAddr>,
+        rotation: &mut [u32],
+    ) -> Lookup<'_> {
         let Some(entry) = self.layout.names.get(name) else {
             return Lookup::NotManaged;
         };
@@ -260,6 +307,10 @@ impl Snapshot {
         let index = match found {
             Entry::Fixed(t) => return Lookup::Answer(t),
             Entry::Health(i) => *i,
+        };
+        let index = match client {
+            Some(ip) if self.steers() => self.layout.steering.view(ip) * self.layout.dynamic + index,
+            _ => index,
         };
         match self.answers.get(index) {
             None => Lookup::Answer(&entry.nodata),
@@ -290,6 +341,7 @@ impl Layout {
             names: HashMap::default(),
             services: Vec::with_capacity(config.services.len()),
             dynamic: 0,
+            steering: Steering::new(config),
             any_udp: Template::empty(true, rcode::NOERROR),
         };
         for service in &config.services {
@@ -351,7 +403,12 @@ impl Layout {
         }
         self.add_health(&owner, rtype::NAPTR)?;
         let targets = service.servers.iter().map(|s| encode::name(&s.host)).collect::<Result<_, _>>()?;
-        self.services.push(ServiceLayout { owner, srv, targets });
+        let sites = service
+            .servers
+            .iter()
+            .map(|s| s.site.as_deref().and_then(|n| self.steering.site(n)).unwrap_or(NO_SITE))
+            .collect();
+        self.services.push(ServiceLayout { owner, srv, targets, sites });
 
         // Each SRV target answers A/AAAA with its own address(es).
         let mut hosts: HashMap<&str, Vec<IpAddr>> = HashMap::new();
@@ -426,11 +483,20 @@ fn srv_label(transport: Transport) -> &'static str {
     }
 }
 
-/// Builds the health-dependent answers, in the order [`Layout::service`] numbered them.
+/// Builds the health-dependent answers, view after view, each in the order [`Layout::service`]
+/// numbered them.
 struct Builder {
     answers: Vec<Answers>,
+    /// Per answer of view 0, the servers it was made from: a later view that picks the same
+    /// servers shares view 0's answer instead of encoding its own.
+    keys: Vec<Vec<usize>>,
+    /// Answers per view, once view 0 is built.
+    dynamic: Option<usize>,
     slots: usize,
 }
+
+/// The key of an answer that is the same in every view (an all-down reply, NAPTR).
+const SAME_IN_EVERY_VIEW: Vec<usize> = Vec::new();
 
 impl Builder {
     fn slot(&mut self) -> usize {
@@ -438,6 +504,41 @@ impl Builder {
         self.slots - 1
     }
 
+    /// Pushes the answer made from the servers `key`: made by `make`, unless this is a later
+    /// view and view 0's answer at the same place was made from the same servers (then shared).
+    fn push(
+        &mut self,
+        key: Vec<usize>,
+        make: impl FnOnce(&mut Builder) -> Result<Answers, EncodeError>,
+    ) -> Result<(), EncodeError> {
+        match self.dynamic.filter(|&d| d > 0) {
+            Some(dynamic) => {
+                let base = self.answers.len() % dynamic;
+                let answer = if self.keys.get(base) == Some(&key) { self.answers[base].clone() } else { make(self)? };
+                self.answers.push(answer);
+            }
+            None => {
+                let answer = make(self)?;
+                self.answers.push(answer);
+                self.keys.push(key);
+            }
+        }
+        Ok(())
+    }
+
+    /// The servers (indices) a view preferring `prefer` answers with, of those `eligible`: the
+    /// eligible ones of the first preferred site that has any, else all eligible ones.
+    fn steer(names: &ServiceLayout, prefer: &[SiteId], n: usize, eligible: impl Fn(usize) -> bool) -> Vec<usize> {
+        for site in prefer {
+            let here: Vec<usize> = (0..n).filter(|&i| names.sites[i] == *site && eligible(i)).collect();
+            if !here.is_empty() {
+                return here;
+            }
+        }
+        (0..n).filter(|&i| eligible(i)).collect()
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn service(
         &mut self,
         service: &ServiceConfig,
@@ -445,13 +546,15 @@ impl Builder {
         health: &Health,
         index: usize,
         round: u64,
+        prefer: &[SiteId],
     ) -> Result<(), EncodeError> {
         let owner = &names.owner;
         let ttl = service.ttl;
+        let n = service.servers.len();
         let up = health.up.get(index).map(Vec::as_slice).unwrap_or(&[]);
         let latency_weights = health.latency_weights.get(index).map(Vec::as_slice).unwrap_or(&[]);
         let healthy = |i: usize| up.get(i).is_some_and(|t| !t.is_empty());
-        let any_up = (0..service.servers.len()).any(healthy);
+        let any_up = (0..n).any(healthy);
         // The all-down policy: last-good arrives here as the prober's substitute up-list, so
         // what is left to decide is serving everything, SERVFAIL or NODATA.
         let fallback = |any: bool| -> Option<Template> {
@@ -461,40 +564,46 @@ impl Builder {
                 (false, AllDown::Nodata) => Some(Template::empty(true, rcode::NOERROR)),
             }
         };
-        let serving: Vec<usize> = (0..service.servers.len()).filter(|&i| !any_up || healthy(i)).collect();
 
         for v6 in [false, true] {
             if let Some(t) = fallback(any_up) {
-                self.answers.push(Answers::Fixed(t));
+                self.push(SAME_IN_EVERY_VIEW, |_| Ok(Answers::Fixed(Arc::new(t))))?;
                 continue;
             }
-            let mut seen: HashSet<IpAddr> = HashSet::with_capacity(serving.len());
-            let mut records: Vec<u8> = Vec::new();
-            let mut weights: Vec<u32> = Vec::new();
-            for &i in &serving {
-                let s = &service.servers[i];
-                if s.address.is_ipv6() == v6 && seen.insert(s.address) {
-                    encode::append_address_record(&mut records, ttl, s.address);
-                    weights.push(match service.policy {
-                        Policy::Latency => latency_weights.get(i).copied().unwrap_or(select::FASTEST_WEIGHT),
-                        _ => u32::from(s.weight),
-                    });
-                }
-            }
-            let k = weights.len();
-            let record_len = if v6 { encode::AAAA_RECORD_LEN } else { encode::A_RECORD_LEN };
-            let answer = match Ring::new(&records, record_len, k).filter(|_| k > 0) {
-                None => Answers::Fixed(Template::empty(true, rcode::NOERROR)),
-                Some(ring) => {
-                    let rotation = select::rotation(k, &weights, service.policy, service.answers, round);
-                    let starts = match rotation.starts {
-                        select::Starts::Each(_) => None,
-                        select::Starts::Order(order) => Some(order.into()),
-                    };
-                    Answers::Ring { slot: self.slot(), ring, len: rotation.len, starts }
-                }
+            let family = |i: usize| service.servers[i].address.is_ipv6() == v6;
+            let serving = if any_up {
+                Builder::steer(names, prefer, n, |i| healthy(i) && family(i))
+            } else {
+                (0..n).filter(|&i| family(i)).collect()
             };
-            self.answers.push(answer);
+            self.push(serving.clone(), |b| {
+                let mut seen: HashSet<IpAddr> = HashSet::with_capacity(serving.len());
+                let mut records: Vec<u8> = Vec::new();
+                let mut weights: Vec<u32> = Vec::new();
+                for &i in &serving {
+                    let s = &service.servers[i];
+                    if seen.insert(s.address) {
+                        encode::append_address_record(&mut records, ttl, s.address);
+                        weights.push(match service.policy {
+                            Policy::Latency => latency_weights.get(i).copied().unwrap_or(select::FASTEST_WEIGHT),
+                            _ => u32::from(s.weight),
+                        });
+                    }
+                }
+                let k = weights.len();
+                let record_len = if v6 { encode::AAAA_RECORD_LEN } else { encode::A_RECORD_LEN };
+                Ok(match Ring::new(&records, record_len, k).filter(|_| k > 0) {
+                    None => Answers::Fixed(Arc::new(Template::empty(true, rcode::NOERROR))),
+                    Some(ring) => {
+                        let rotation = select::rotation(k, &weights, service.policy, service.answers, round);
+                        let starts = match rotation.starts {
+                            select::Starts::Each(_) => None,
+                            select::Starts::Order(order) => Some(order.into()),
+                        };
+                        Answers::Ring { slot: b.slot(), ring, len: rotation.len, starts }
+                    }
+                })
+            })?;
         }
 
         // Per transport SRV sets, from the servers healthy on that transport.
@@ -502,11 +611,11 @@ impl Builder {
         for (transport, srv_owner) in &names.srv {
             let transport = *transport;
             let order = Transport::ALL.iter().position(|t| *t == transport).unwrap_or(0) as u16;
-            let configured: Vec<_> =
-                service.servers.iter().enumerate().filter(|(_, s)| s.transports.contains(&transport)).collect();
+            let configured = |i: usize| service.servers[i].transports.contains(&transport);
             let up_here = |i: usize| up.get(i).is_some_and(|t| t.contains(&transport));
-            let any = configured.iter().any(|(i, _)| up_here(*i));
-            let members: Vec<_> = configured.iter().filter(|(i, _)| !any || up_here(*i)).copied().collect();
+            let chosen = Builder::steer(names, prefer, n, |i| configured(i) && up_here(i));
+            let any = !chosen.is_empty();
+            let members: Vec<usize> = if any { chosen } else { (0..n).filter(|&i| configured(i)).collect() };
             let naptr_service = match transport {
                 Transport::Udp => "SIP+D2U",
                 Transport::Tcp => "SIP+D2T",
@@ -514,35 +623,40 @@ impl Builder {
             };
             naptrs.push(encode::naptr_record(owner, ttl, 50 + 20 * order, naptr_service, srv_owner));
             if let Some(t) = fallback(any) {
-                self.answers.push(Answers::Fixed(t));
+                self.push(SAME_IN_EVERY_VIEW, |_| Ok(Answers::Fixed(Arc::new(t))))?;
                 continue;
             }
-            let mut templates = Vec::with_capacity(members.len().div_ceil(SRV_CHUNK));
-            for chunk in members.chunks(SRV_CHUNK) {
-                let mut answers = Vec::new();
-                let mut additionals: Vec<Record> = Vec::new();
-                for (j, &(i, s)) in chunk.iter().enumerate() {
-                    let target = &names.targets[i];
-                    answers.push(encode::srv_record(srv_owner, ttl, s.priority, s.weight, s.port, target));
-                    // One glue record per (host, address), whatever the ports.
-                    if !chunk[..j].iter().any(|(_, o)| o.host == s.host && o.address == s.address) {
-                        additionals.push(encode::address_record(target, ttl, s.address));
+            self.push(members.clone(), |b| {
+                let mut templates = Vec::with_capacity(members.len().div_ceil(SRV_CHUNK));
+                for chunk in members.chunks(SRV_CHUNK) {
+                    let mut answers = Vec::new();
+                    let mut additionals: Vec<Record> = Vec::new();
+                    for (j, &i) in chunk.iter().enumerate() {
+                        let s = &service.servers[i];
+                        let target = &names.targets[i];
+                        answers.push(encode::srv_record(srv_owner, ttl, s.priority, s.weight, s.port, target));
+                        // One glue record per (host, address), whatever the ports.
+                        let same =
+                            |&o: &usize| service.servers[o].host == s.host && service.servers[o].address == s.address;
+                        if !chunk[..j].iter().any(same) {
+                            additionals.push(encode::address_record(target, ttl, s.address));
+                        }
                     }
+                    templates.push(encode::template(srv_owner, rtype::SRV, answers, additionals)?);
                 }
-                templates.push(encode::template(srv_owner, rtype::SRV, answers, additionals)?);
-            }
-            let answer = match templates.len() {
-                0 => Answers::Fixed(Template::empty(true, rcode::NOERROR)),
-                1 => Answers::Fixed(templates.remove(0)),
-                _ => Answers::Cycle { slot: self.slot(), templates: templates.into() },
-            };
-            self.answers.push(answer);
+                Ok(match templates.len() {
+                    0 => Answers::Fixed(Arc::new(Template::empty(true, rcode::NOERROR))),
+                    1 => Answers::Fixed(Arc::new(templates.remove(0))),
+                    _ => Answers::Cycle { slot: b.slot(), templates: templates.into() },
+                })
+            })?;
         }
-        self.answers.push(Answers::Fixed(match fallback(any_up) {
+        // NAPTR names every configured transport whatever the health: the same in every view.
+        let naptr = match fallback(any_up) {
             Some(t) => t,
             None => encode::template(owner, rtype::NAPTR, naptrs, vec![])?,
-        }));
-        Ok(())
+        };
+        self.push(SAME_IN_EVERY_VIEW, |_| Ok(Answers::Fixed(Arc::new(naptr))))
     }
 }
 
@@ -605,20 +719,113 @@ transports = ["tls"]
         names.sort();
         assert_eq!(names.len(), 7, "{names:?}");
         let mut rot = vec![0; snap.rotation_slots];
-        let first =
-            |snap: &Snapshot, rot: &mut [u32]| match snap.lookup(&wire_name("sip.example.test"), rtype::A, true, rot) {
-                Lookup::Window(w) => w.records.to_vec(),
-                other => panic!("an address window: {other:?}"),
-            };
+        let first = |snap: &Snapshot, rot: &mut [u32]| match snap.lookup(
+            &wire_name("sip.example.test"),
+            rtype::A,
+            true,
+            None,
+            rot,
+        ) {
+            Lookup::Window(w) => w.records.to_vec(),
+            other => panic!("an address window: {other:?}"),
+        };
         let a = first(&snap, &mut rot);
         let b = first(&snap, &mut rot);
         let c = first(&snap, &mut rot);
         assert_ne!(a, b, "round robin rotates");
         assert_eq!(a, c, "two servers, so the third answer is the first again");
-        assert!(matches!(snap.lookup(&wire_name("other.test"), rtype::A, true, &mut rot), Lookup::NotManaged));
-        match snap.lookup(&wire_name("sip.example.test"), 16, true, &mut rot) {
+        assert!(matches!(snap.lookup(&wire_name("other.test"), rtype::A, true, None, &mut rot), Lookup::NotManaged));
+        match snap.lookup(&wire_name("sip.example.test"), 16, true, None, &mut rot) {
             Lookup::Answer(t) => assert_eq!(t.counts, [0, 0, 0]),
             other => panic!("NODATA: {other:?}"),
         }
+    }
+
+    const SITES: &str = r#"
+[server]
+listen = ["127.0.0.1:5353"]
+[[service]]
+name = "sip.example.test"
+[[service.server]]
+address = "192.0.2.1"
+site = "east"
+transports = ["udp", "tcp"]
+[[service.server]]
+address = "192.0.2.2"
+site = "east"
+[[service.server]]
+address = "192.0.2.3"
+site = "west"
+transports = ["udp", "tcp"]
+[[sites]]
+clients = ["10.0.0.0/8"]
+prefer = ["east", "west"]
+[[sites]]
+clients = ["10.9.0.0/16"]
+prefer = ["west"]
+"#;
+
+    /// The addresses (A) or SRV targets' glue (SRV) of one answer to `client`.
+    fn answer(snap: &Snapshot, name: &str, qtype: u16, client: &str) -> Vec<u8> {
+        let mut rot = vec![0; snap.rotation_slots];
+        let client = Some(client.parse().unwrap());
+        match snap.lookup(&wire_name(name), qtype, false, client, &mut rot) {
+            // The last octet of each address record.
+            Lookup::Window(w) => w.records.chunks(w.record_len).map(|r| r[r.len() - 1]).collect(),
+            Lookup::Answer(t) => {
+                let mut lasts: Vec<u8> =
+                    t.body.windows(4).filter(|w| w[0] == 192 && w[1] == 0 && w[2] == 2).map(|w| w[3]).collect();
+                lasts.sort_unstable();
+                lasts
+            }
+            Lookup::NotManaged => panic!("managed"),
+        }
+    }
+
+    #[test]
+    fn sites_steer_each_client_to_its_first_healthy_site() {
+        let config = Config::parse(SITES).unwrap();
+        let mut health = Health::all_up(&config);
+        let snap = Snapshot::build(&config, &health, 0, 1).unwrap();
+        let a = |snap: &Snapshot, client: &str| {
+            let mut got = answer(snap, "sip.example.test", rtype::A, client);
+            got.sort_unstable();
+            got
+        };
+        assert_eq!(a(&snap, "10.1.2.3"), vec![1, 2], "east first");
+        assert_eq!(a(&snap, "10.9.2.3"), vec![3], "the longer prefix prefers west");
+        assert_eq!(a(&snap, "192.0.2.200"), vec![1, 2, 3], "no match: every healthy server");
+        assert_eq!(answer(&snap, "_sip._tcp.sip.example.test", rtype::SRV, "10.1.2.3"), vec![1]);
+        assert_eq!(answer(&snap, "_sip._tcp.sip.example.test", rtype::SRV, "10.9.0.1"), vec![3]);
+        assert_eq!(answer(&snap, "_sip._tcp.sip.example.test", rtype::SRV, "203.0.113.1"), vec![1, 3]);
+
+        // East's TCP server fails over TCP only: TCP clients of east move to west; UDP stays.
+        health.up[0][0] = vec![Transport::Udp];
+        let snap = Snapshot::build(&config, &health, 0, 2).unwrap();
+        assert_eq!(answer(&snap, "_sip._tcp.sip.example.test", rtype::SRV, "10.1.2.3"), vec![3]);
+        assert_eq!(a(&snap, "10.1.2.3"), vec![1, 2]);
+
+        // All of east down: its clients get west.
+        health.up[0][0].clear();
+        health.up[0][1].clear();
+        let snap = Snapshot::build(&config, &health, 0, 3).unwrap();
+        assert_eq!(a(&snap, "10.1.2.3"), vec![3]);
+        // West down too, and no other site left: the all-down policy (serve-all).
+        health.up[0][2].clear();
+        let snap = Snapshot::build(&config, &health, 0, 4).unwrap();
+        assert_eq!(a(&snap, "10.9.2.3"), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn views_that_answer_alike_share_their_encoding() {
+        let config = Config::parse(SITES).unwrap();
+        let mut health = Health::all_up(&config);
+        // East down: view "east, west" answers with west alone, as view "west" does; view 0
+        // answers with west too (the only healthy server), so all three share one ring.
+        health.up[0][0].clear();
+        health.up[0][1].clear();
+        let snap = Snapshot::build(&config, &health, 0, 1).unwrap();
+        let one_view = Snapshot::build(&Config { sites: Vec::new(), ..config.clone() }, &health, 0, 1).unwrap();
+        assert_eq!(snap.answer_bytes(), one_view.answer_bytes(), "three views, one encoding");
     }
 }

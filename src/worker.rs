@@ -76,13 +76,15 @@ pub enum Client<'a> {
     },
     /// Unknown (benchmarks, fuzzing): the relay is not used.
     Unknown,
+    /// A known address with no connection to answer on (diagnostics: `dnlb explain --client`).
+    Address(SocketAddr),
 }
 
 impl Client<'_> {
     fn addr(&self) -> Option<SocketAddr> {
         match self {
             Client::Udp(p) => p.socket_addr(),
-            Client::Tcp { peer, .. } => Some(*peer),
+            Client::Tcp { peer, .. } | Client::Address(peer) => Some(*peer),
             Client::Unknown => None,
         }
     }
@@ -200,7 +202,9 @@ impl Responder {
         }
         let lookup = if query.qclass == CLASS_IN {
             let udp = matches!(transport, Transport::Udp { .. });
-            self.current.lookup(&self.name[..query.name_len], query.qtype, udp, &mut self.rotation)
+            // The source address is decoded only when answers depend on it ([[sites]]).
+            let source = if self.current.steers() { client.addr().map(|a| a.ip()) } else { None };
+            self.current.lookup(&self.name[..query.name_len], query.qtype, udp, source, &mut self.rotation)
         } else {
             Lookup::NotManaged
         };

@@ -83,7 +83,70 @@ impl Validator<'_> {
         let relay = raw.relay.map(|r| self.relay(r));
         let rrl = raw.rrl.map(|r| self.rrl(r));
         let metrics = raw.metrics.and_then(|m| self.metrics(m));
-        Config { server, probe, services, hosts, hosts_ttl, relay, rrl, metrics }
+        let sites = self.sites(raw.sites, &services);
+        Config { server, probe, services, hosts, hosts_ttl, relay, rrl, metrics, sites }
+    }
+
+    /// `[[sites]]`: every preferred site must be some server's, and a prefix is listed once.
+    fn sites(&mut self, raw: Vec<RawSites>, services: &[ServiceConfig]) -> Vec<SiteRule> {
+        let known: HashSet<&str> = services.iter().flat_map(|s| &s.servers).filter_map(|v| v.site.as_deref()).collect();
+        let mut seen: Vec<(Prefix, usize)> = Vec::new();
+        let mut rules = Vec::with_capacity(raw.len());
+        for (i, r) in raw.into_iter().enumerate() {
+            let mut clients = Vec::new();
+            if r.clients.get_ref().is_empty() {
+                self.fail(
+                    r.clients.span(),
+                    &format!("sites[{i}].clients"),
+                    "is empty: list client prefixes such as \"10.1.0.0/16\"",
+                );
+            }
+            for (j, p) in r.clients.get_ref().iter().enumerate() {
+                let field = format!("sites[{i}].clients[{j}]");
+                match Prefix::parse(p.get_ref()) {
+                    Ok(prefix) => {
+                        let prefix = prefix.masked();
+                        match seen.iter().find(|(q, _)| *q == prefix) {
+                            Some((_, k)) => self.fail(
+                                p.span(),
+                                &field,
+                                format!("{} is listed twice (also in sites[{k}]): keep it in one entry", p.get_ref()),
+                            ),
+                            None => seen.push((prefix, i)),
+                        }
+                        clients.push(prefix);
+                    }
+                    Err(why) => self.fail(p.span(), &field, format!("{why}: write a prefix such as \"10.1.0.0/16\"")),
+                }
+            }
+            let mut prefer: Vec<String> = Vec::new();
+            if r.prefer.get_ref().is_empty() {
+                self.fail(
+                    r.prefer.span(),
+                    &format!("sites[{i}].prefer"),
+                    "is empty: list site names, most preferred first",
+                );
+            }
+            for (j, site) in r.prefer.get_ref().iter().enumerate() {
+                let field = format!("sites[{i}].prefer[{j}]");
+                let name = site.get_ref().clone();
+                if !known.contains(name.as_str()) {
+                    let mut names: Vec<&str> = known.iter().copied().collect();
+                    names.sort_unstable();
+                    let hint = if names.is_empty() {
+                        "no server has a `site`: set `site` on the servers of each [[service.server]]".to_string()
+                    } else {
+                        format!("the sites are {}: correct the name or set `site` on its servers", names.join(", "))
+                    };
+                    self.fail(site.span(), &field, format!("`{name}` is not any server's site; {hint}"));
+                } else if prefer.contains(&name) {
+                    self.fail(site.span(), &field, format!("`{name}` is listed twice: list each site once"));
+                }
+                prefer.push(name);
+            }
+            rules.push(SiteRule { clients, prefer });
+        }
+        rules
     }
 
     fn metrics(&mut self, raw: RawMetrics) -> Option<MetricsConfig> {
@@ -449,7 +512,11 @@ impl Validator<'_> {
                 );
             }
             let probe_method = s.probe_method.or(raw.probe_method).unwrap_or(probe.method);
-            servers.push(SipServer { address, port, transports, priority, weight, host, probe_method });
+            let site = s.site.as_ref().map(|v| v.get_ref().trim().to_string());
+            if let (Some(v), Some("")) = (&s.site, site.as_deref()) {
+                self.fail(v.span(), &sf("site"), "is empty: name the site, such as \"east\", or leave `site` out");
+            }
+            servers.push(SipServer { address, port, transports, priority, weight, host, probe_method, site });
         }
         ServiceConfig { name, policy: raw.policy, answers, ttl, all_down: raw.all_down, servers }
     }

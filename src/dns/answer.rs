@@ -21,6 +21,8 @@
 //!  reply    [ header'| question | r2 r3 ... (as many as fit) | OPT? ]
 //! ```
 
+use std::sync::Arc;
+
 use super::query::{flag, rcode, Query, HEADER_LEN};
 
 /// Size of the OPT record dnlb appends: root name, type, class, TTL, empty RDATA.
@@ -53,8 +55,8 @@ impl Template {
 /// the set: one ring serves every rotation position.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ring {
-    /// The records, twice.
-    bytes: Box<[u8]>,
+    /// The records, twice; shared by the views that answer with the same servers.
+    bytes: Arc<[u8]>,
     /// Bytes per record.
     record_len: usize,
     /// Records in one copy.
@@ -79,6 +81,11 @@ impl Ring {
         self.count
     }
 
+    /// Whether two rings share one encoding.
+    pub fn shares(&self, other: &Ring) -> bool {
+        Arc::ptr_eq(&self.bytes, &other.bytes)
+    }
+
     /// Bytes of memory the ring holds.
     pub fn size(&self) -> usize {
         self.bytes.len()
@@ -88,9 +95,11 @@ impl Ring {
     #[inline]
     pub fn window(&self, start: usize, n: usize) -> Window<'_> {
         let n = n.min(self.count);
-        let start = if self.count == 0 { 0 } else { start % self.count };
+        // Callers step `start` through 0..count; reduce only what is out of range (no division
+        // on the hot path).
+        let start = if start < self.count { start } else { start.checked_rem(self.count).unwrap_or(0) };
         let at = start * self.record_len;
-        Window { records: &self.bytes[at..at + n * self.record_len], record_len: self.record_len }
+        Window { records: &self.bytes[at..at + n * self.record_len], record_len: self.record_len, count: n }
     }
 }
 
@@ -101,13 +110,8 @@ pub struct Window<'r> {
     pub records: &'r [u8],
     /// Bytes per record.
     pub record_len: usize,
-}
-
-impl Window<'_> {
     /// Records in the window.
-    pub fn count(&self) -> usize {
-        self.records.len() / self.record_len.max(1)
-    }
+    pub count: usize,
 }
 
 /// Where a reply goes, which bounds its size.
@@ -194,12 +198,14 @@ pub fn write_window(packet: &[u8], query: &Query, window: Window<'_>, transport:
     let opt = if query.edns.is_some() { OPT_LEN } else { 0 };
     let q_end = query.question_end;
     let room = limit.saturating_sub(q_end + opt);
-    let fits = (room / window.record_len.max(1)).min(window.count()).min(u16::MAX as usize);
+    // Usually the whole window fits: no division then.
+    let fits = if window.records.len() <= room { window.count } else { room / window.record_len.max(1) };
+    let fits = fits.min(window.count).min(u16::MAX as usize);
     let mut flags = (query.flags & (flag::RD | flag::CD)) | flag::QR | flag::AA;
-    if fits == 0 && window.count() > 0 {
+    if fits == 0 && window.count > 0 {
         flags |= flag::TC;
     }
-    let body = &window.records[..fits * window.record_len];
+    let body = window.records.get(..fits * window.record_len).unwrap_or_default();
     out[..q_end].copy_from_slice(&packet[..q_end]);
     put16(out, 2, flags);
     out[4..12].copy_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]);
@@ -354,7 +360,7 @@ mod tests {
         let w = ring.window(8, 4);
         let firsts: Vec<u8> = w.records.chunks(16).map(|r| r[0]).collect();
         assert_eq!(firsts, vec![8, 9, 0, 1], "wraps through the second copy");
-        assert_eq!(ring.window(13, 20).count(), 10, "start and length reduced to the ring");
+        assert_eq!(ring.window(13, 20).count, 10, "start and length reduced to the ring");
 
         let p = query_packet(None);
         let mut name = [0; MAX_NAME_LEN];
