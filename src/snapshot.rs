@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::{ArcSwap, Guard};
-use hickory_proto::rr::{Name, Record};
+use hickory_proto::rr::Name;
 
 use crate::config::{AllDown, Config, Policy, ServiceConfig, Transport};
 use crate::dns::answer::{Ring, Template, Window};
@@ -124,10 +124,10 @@ pub struct Layout {
 struct ServiceLayout {
     /// The service name.
     owner: Name,
-    /// Per configured transport (in NAPTR order), its SRV name.
-    srv: Vec<(Transport, Name)>,
-    /// Per server, its SRV target (its `host`).
-    targets: Vec<Name>,
+    /// Per configured transport (in NAPTR order), its SRV name, parsed and in wire format.
+    srv: Vec<(Transport, Name, Box<[u8]>)>,
+    /// Per server, its SRV target (its `host`) in wire format.
+    targets: Vec<Box<[u8]>>,
     /// Per server, its site ([`NO_SITE`] without one).
     sites: Vec<SiteId>,
 }
@@ -399,10 +399,11 @@ impl Layout {
             }
             let srv_owner = encode::name(&format!("{}.{}", srv_label(transport), service.name))?;
             self.add_health(&srv_owner, rtype::SRV)?;
-            srv.push((transport, srv_owner));
+            let wire = wire_name(&srv_owner.to_ascii()).into();
+            srv.push((transport, srv_owner, wire));
         }
         self.add_health(&owner, rtype::NAPTR)?;
-        let targets = service.servers.iter().map(|s| encode::name(&s.host)).collect::<Result<_, _>>()?;
+        let targets = service.servers.iter().map(|s| wire_name(&s.host).into()).collect();
         let sites = service
             .servers
             .iter()
@@ -608,7 +609,7 @@ impl Builder {
 
         // Per transport SRV sets, from the servers healthy on that transport.
         let mut naptrs = Vec::new();
-        for (transport, srv_owner) in &names.srv {
+        for (transport, srv_owner, srv_wire) in &names.srv {
             let transport = *transport;
             let order = Transport::ALL.iter().position(|t| *t == transport).unwrap_or(0) as u16;
             let configured = |i: usize| service.servers[i].transports.contains(&transport);
@@ -629,20 +630,26 @@ impl Builder {
             self.push(members.clone(), |b| {
                 let mut templates = Vec::with_capacity(members.len().div_ceil(SRV_CHUNK));
                 for chunk in members.chunks(SRV_CHUNK) {
-                    let mut answers = Vec::new();
-                    let mut additionals: Vec<Record> = Vec::new();
-                    for (j, &i) in chunk.iter().enumerate() {
-                        let s = &service.servers[i];
-                        let target = &names.targets[i];
-                        answers.push(encode::srv_record(srv_owner, ttl, s.priority, s.weight, s.port, target));
-                        // One glue record per (host, address), whatever the ports.
-                        let same =
-                            |&o: &usize| service.servers[o].host == s.host && service.servers[o].address == s.address;
-                        if !chunk[..j].iter().any(same) {
-                            additionals.push(encode::address_record(target, ttl, s.address));
-                        }
-                    }
-                    templates.push(encode::template(srv_owner, rtype::SRV, answers, additionals)?);
+                    let records: Vec<encode::SrvMember<'_>> = chunk
+                        .iter()
+                        .enumerate()
+                        .map(|(j, &i)| {
+                            let s = &service.servers[i];
+                            // One glue record per (host, address), whatever the ports.
+                            let same = |&o: &usize| {
+                                service.servers[o].host == s.host && service.servers[o].address == s.address
+                            };
+                            encode::SrvMember {
+                                priority: s.priority,
+                                weight: s.weight,
+                                port: s.port,
+                                target: &names.targets[i],
+                                address: s.address,
+                                glue: !chunk[..j].iter().any(same),
+                            }
+                        })
+                        .collect();
+                    templates.push(encode::srv_template(srv_wire, ttl, &records));
                 }
                 Ok(match templates.len() {
                     0 => Answers::Fixed(Arc::new(Template::empty(true, rcode::NOERROR))),
