@@ -84,7 +84,7 @@ fn rebuild(c: &mut Criterion) {
             b.iter(|| {
                 flip += 1;
                 health.up[0][(flip as usize * 7) % n] =
-                    if flip % 2 == 0 { config.services[0].servers[0].transports.clone() } else { Vec::new() };
+                    if flip.is_multiple_of(2) { config.services[0].servers[0].transports.clone() } else { Vec::new() };
                 black_box(Snapshot::build_with(&layout, &config, &health, 0, flip).unwrap())
             })
         });

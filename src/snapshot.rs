@@ -539,7 +539,6 @@ impl Builder {
         (0..n).filter(|&i| eligible(i)).collect()
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn service(
         &mut self,
         service: &ServiceConfig,
