@@ -25,7 +25,25 @@ fn query_packet() -> Vec<u8> {
 }
 
 fn setup() -> (SnapshotHandle, Responder) {
-    let config = Config::parse(CONFIG).unwrap();
+    setup_with(CONFIG)
+}
+
+/// The example with its servers' `site` lines and its `[[sites]]` entries uncommented.
+fn with_sites() -> String {
+    CONFIG
+        .lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(rest) if ["site =", "[[sites]]", "clients =", "prefer ="].iter().any(|p| rest.starts_with(p)) => {
+                format!("{rest}\n")
+            }
+            _ => format!("{l}\n"),
+        })
+        .collect()
+}
+
+fn setup_with(text: &str) -> (SnapshotHandle, Responder) {
+    let config = Config::parse(text).unwrap();
+    assert!(text == CONFIG || !config.sites.is_empty(), "the example documents [[sites]]");
     let handle = SnapshotHandle::new(Snapshot::build(&config, &Health::all_up(&config), 0, 1).unwrap());
     let counters: CounterBlocks = (0..1).map(|_| CachePadded::new(WorkerCounters::default())).collect();
     let responder = Responder::new(handle.clone(), counters, 0);
@@ -51,6 +69,14 @@ fn benches(c: &mut Criterion) {
         p
     };
     g.bench_function("parse_lookup_patch_srv", |b| b.iter(|| responder.respond(black_box(&srv), udp, &mut out)));
+
+    // The same A query from a client that `[[sites]]` steers (10.1.0.0/16 prefers east): the
+    // source address is read and matched, and the answer comes from that client's view.
+    let (_steered_handle, mut steered) = setup_with(&with_sites());
+    let client = dnlb::worker::Client::Address("10.1.2.3:5060".parse().unwrap());
+    g.bench_function("parse_lookup_patch_sites", |b| {
+        b.iter(|| steered.respond_from(black_box(&packet), client, udp, &mut out))
+    });
 
     let mut refused = packet.clone();
     refused[13] = b'X';

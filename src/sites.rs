@@ -15,7 +15,7 @@ use std::hash::BuildHasherDefault;
 use std::net::IpAddr;
 
 use crate::config::{Config, SiteRule};
-use crate::prefix::{mask4, mask6, Prefix};
+use crate::prefix::Prefix;
 use crate::snapshot::NameHasher;
 
 /// A site's number: its index in [`Steering::site_names`].
@@ -33,7 +33,8 @@ pub struct Steering {
     site_names: Vec<String>,
     /// The distinct preference lists; view `v` (from 1) prefers `lists[v - 1]`.
     lists: Vec<Vec<SiteId>>,
-    /// IPv4 prefixes per length, longest first: the masked network to its view.
+    /// IPv4 prefixes per length, longest first: the network's prefix bits (shifted down, so the
+    /// hash sees them in its low bits) to its view.
     v4: Table<u32>,
     /// IPv6 prefixes per length, longest first.
     v6: Table<u128>,
@@ -59,8 +60,8 @@ impl Steering {
             for p in &rule.clients {
                 let p = p.masked();
                 match p.network {
-                    IpAddr::V4(n) => insert(&mut steering.v4, p.len, u32::from(n), view),
-                    IpAddr::V6(n) => insert(&mut steering.v6, p.len, u128::from(n), view),
+                    IpAddr::V4(n) => insert(&mut steering.v4, p.len, bits4(u32::from(n), p.len), view),
+                    IpAddr::V6(n) => insert(&mut steering.v6, p.len, bits6(u128::from(n), p.len), view),
                 }
             }
         }
@@ -99,11 +100,23 @@ impl Steering {
             v4 => v4,
         };
         let found = match client {
-            IpAddr::V4(a) => self.v4.iter().find_map(|(len, t)| t.get(&(u32::from(a) & mask4(*len)))),
-            IpAddr::V6(a) => self.v6.iter().find_map(|(len, t)| t.get(&(u128::from(a) & mask6(*len)))),
+            IpAddr::V4(a) => self.v4.iter().find_map(|(len, t)| t.get(&bits4(u32::from(a), *len))),
+            IpAddr::V6(a) => self.v6.iter().find_map(|(len, t)| t.get(&bits6(u128::from(a), *len))),
         };
         found.map_or(0, |v| usize::from(*v))
     }
+}
+
+/// The first `len` bits of an IPv4 address, shifted down.
+#[inline]
+fn bits4(addr: u32, len: u8) -> u32 {
+    addr.checked_shr(32 - u32::from(len.min(32))).unwrap_or(0)
+}
+
+/// The first `len` bits of an IPv6 address, shifted down.
+#[inline]
+fn bits6(addr: u128, len: u8) -> u128 {
+    addr.checked_shr(128 - u32::from(len.min(128))).unwrap_or(0)
 }
 
 fn insert<K: std::hash::Hash + Eq>(table: &mut Table<K>, len: u8, network: K, view: u16) {
@@ -180,6 +193,18 @@ prefer = ["east", "west"]
         assert_eq!(v("2001:db9::1"), 0);
         assert_eq!(rule_for(&c.sites, "10.9.0.1".parse().unwrap()).map(|(i, _)| i), Some(1));
         assert!(!Steering::new(&config("")).is_active());
+    }
+
+    #[test]
+    fn a_zero_length_prefix_catches_every_other_client() {
+        let s = Steering::new(&config(
+            "[[sites]]\nclients = [\"0.0.0.0/0\", \"::/0\"]\nprefer = [\"west\"]\n[[sites]]\nclients = [\"10.0.0.0/8\"]\nprefer = [\"east\"]\n",
+        ));
+        let west = s.site("west").unwrap();
+        let east = s.site("east").unwrap();
+        assert_eq!(s.prefer(s.view("192.0.2.1".parse().unwrap())), &[west]);
+        assert_eq!(s.prefer(s.view("2001:db8::1".parse().unwrap())), &[west]);
+        assert_eq!(s.prefer(s.view("10.255.0.1".parse().unwrap())), &[east]);
     }
 
     #[test]

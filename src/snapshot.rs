@@ -46,6 +46,25 @@ impl Hasher for NameHasher {
         }
     }
 
+    /// A site prefix (IPv4) in one step rather than byte by byte.
+    #[inline]
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    #[inline]
+    fn write_u64(&mut self, n: u64) {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(K);
+    }
+
+    /// A site prefix (IPv6) in two steps.
+    #[inline]
+    fn write_u128(&mut self, n: u128) {
+        self.write_u64(n as u64);
+        self.write_u64((n >> 64) as u64);
+    }
+
     #[inline]
     fn finish(&self) -> u64 {
         self.0
