@@ -41,5 +41,6 @@ pub mod probe;
 pub mod relay;
 pub mod select;
 pub mod server;
+pub mod sites;
 pub mod snapshot;
 pub mod worker;

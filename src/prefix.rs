@@ -33,6 +33,15 @@ impl Prefix {
         Ok(Prefix { network, len })
     }
 
+    /// The same prefix with the host bits cleared (`10.1.2.3/16` is `10.1.0.0/16`).
+    pub fn masked(self) -> Prefix {
+        let network = match self.network {
+            IpAddr::V4(n) => IpAddr::V4((u32::from(n) & mask4(self.len)).into()),
+            IpAddr::V6(n) => IpAddr::V6((u128::from(n) & mask6(self.len)).into()),
+        };
+        Prefix { network, len: self.len }
+    }
+
     /// Whether `addr` lies in this prefix (an IPv4-mapped IPv6 address counts as IPv4).
     pub fn contains(&self, addr: IpAddr) -> bool {
         let addr = match addr {
@@ -50,6 +59,24 @@ impl Prefix {
             }
             _ => false,
         }
+    }
+}
+
+/// The IPv4 netmask of a prefix length (0 to 32).
+pub fn mask4(len: u8) -> u32 {
+    if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(len.min(32)))
+    }
+}
+
+/// The IPv6 netmask of a prefix length (0 to 128).
+pub fn mask6(len: u8) -> u128 {
+    if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - u32::from(len.min(128)))
     }
 }
 

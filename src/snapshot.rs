@@ -8,21 +8,22 @@
 //! Everything a worker reads is in one `Snapshot`, swapped in one store, so a reply can never mix
 //! two health states.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::{ArcSwap, Guard};
-use hickory_proto::rr::{Name, Record};
+use hickory_proto::rr::Name;
 
 use crate::config::{AllDown, Config, Policy, ServiceConfig, Transport};
-use crate::dns::answer::Template;
+use crate::dns::answer::{Ring, Template, Window};
 use crate::dns::encode::{self, EncodeError};
-use crate::dns::query::rcode;
+use crate::dns::query::{flag, rcode};
 use crate::dns::{rtype, wire_name};
 use crate::select;
+use crate::sites::{SiteId, Steering, NO_SITE};
 
 /// The TTL of the RFC 8482 answer to ANY: it changes never, so clients may keep it an hour.
 const ANY_TTL: u32 = 3600;
@@ -45,30 +46,109 @@ impl Hasher for NameHasher {
         }
     }
 
+    /// A site prefix (IPv4) in one step rather than byte by byte.
+    #[inline]
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    #[inline]
+    fn write_u64(&mut self, n: u64) {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(K);
+    }
+
+    /// A site prefix (IPv6) in two steps.
+    #[inline]
+    fn write_u128(&mut self, n: u128) {
+        self.write_u64(n as u64);
+        self.write_u64((n >> 64) as u64);
+    }
+
     #[inline]
     fn finish(&self) -> u64 {
         self.0
     }
 }
 
-/// The answers of one (name, type): distinct templates and the cycle a worker walks through them.
+/// How a managed (name, type) is answered.
 #[derive(Debug)]
-pub struct Rotation {
-    /// Index of this rotation's counter in a worker's rotation state.
-    slot: usize,
-    /// The distinct templates.
-    templates: Box<[Template]>,
-    /// The cycle of template indices (round-robin: 0..n; weighted: the smooth weighted order).
-    order: Box<[u32]>,
+enum Entry {
+    /// The same reply whatever the health (SRV targets' addresses, hosts-file names).
+    Fixed(Template),
+    /// From health: the index of its [`Answers`] in each view of a snapshot.
+    Health(usize),
 }
 
 /// Everything dnlb answers for one managed name.
 #[derive(Debug)]
 struct NameAnswers {
     /// Per record type; a handful at most, so a linear scan.
-    by_type: Vec<(u16, Rotation)>,
+    by_type: Vec<(u16, Entry)>,
     /// NOERROR with an empty answer, for every other type.
     nodata: Template,
+}
+
+/// The health-dependent answer of one (name, type).
+#[derive(Debug, Clone)]
+enum Answers {
+    /// One reply for every query: NAPTR, an SRV set, an empty set, an all-down SERVFAIL or
+    /// NODATA (shared by the views that answer alike).
+    Fixed(Arc<Template>),
+    /// Templates a worker cycles through: the SRV set of a farm too large for one message, in
+    /// chunks of [`SRV_CHUNK`] servers.
+    Cycle {
+        /// Index of this answer's counter in a worker's rotation state.
+        slot: usize,
+        /// The templates, in turn (shared by the views that answer alike).
+        templates: Arc<[Template]>,
+    },
+    /// Windows of `len` records of an address ring, starting at successive positions.
+    Ring {
+        /// Index of this answer's counter in a worker's rotation state.
+        slot: usize,
+        /// The healthy addresses, each encoded once.
+        ring: Ring,
+        /// Records per window (the reply carries as many of them as fit).
+        len: usize,
+        /// The cycle of starting positions; `None`: every position in turn (round robin).
+        starts: Option<Box<[u32]>>,
+    },
+}
+
+/// The most SRV records (with their glue) one template holds: larger sets are cut into chunks a
+/// worker rotates through, so the whole farm is reached and no message exceeds 64 KiB.
+pub const SRV_CHUNK: usize = 64;
+
+/// What a snapshot's names and their fixed answers are, from the configuration alone: built once
+/// per configuration and shared by every snapshot built from it, so a health flip re-encodes only
+/// the answers that health changes.
+#[derive(Debug)]
+pub struct Layout {
+    names: HashMap<Box<[u8]>, NameAnswers, BuildHasherDefault<NameHasher>>,
+    /// Per service, its names and where its health-dependent answers start.
+    services: Vec<ServiceLayout>,
+    /// Health-dependent answers per view.
+    dynamic: usize,
+    /// Which view each client gets (`[[sites]]`).
+    steering: Steering,
+    /// The answer to ANY over UDP for every managed name: one synthesized HINFO (RFC 8482), so
+    /// ANY cannot be used to amplify. Its owner is a pointer to the question, so one template
+    /// serves every name.
+    any_udp: Template,
+}
+
+/// The names of one service, parsed once.
+#[derive(Debug)]
+struct ServiceLayout {
+    /// The service name.
+    owner: Name,
+    /// Per configured transport (in NAPTR order), its SRV name, parsed and in wire format.
+    srv: Vec<(Transport, Name, Box<[u8]>)>,
+    /// Per server, its SRV target (its `host`) in wire format.
+    targets: Vec<Box<[u8]>>,
+    /// Per server, its site ([`NO_SITE`] without one).
+    sites: Vec<SiteId>,
 }
 
 /// Health of each configured server per transport, as the snapshot builder reads it.
@@ -103,11 +183,10 @@ pub struct Snapshot {
     pub built_at: Instant,
     /// Number of rotation counters a worker needs.
     pub rotation_slots: usize,
-    /// The answer to ANY over UDP for every managed name: one synthesized HINFO (RFC 8482), so
-    /// ANY cannot be used to amplify. Its owner is a pointer to the question, so one template
-    /// serves every name.
-    any_udp: Template,
-    names: HashMap<Box<[u8]>, NameAnswers, BuildHasherDefault<NameHasher>>,
+    /// The names, shared with every snapshot of the same configuration.
+    layout: Arc<Layout>,
+    /// The health-dependent answers: `layout.dynamic` per view, view after view.
+    answers: Box<[Answers]>,
 }
 
 /// What the snapshot says about a question.
@@ -115,219 +194,277 @@ pub struct Snapshot {
 pub enum Lookup<'s> {
     /// A managed name: answer with this template.
     Answer(&'s Template),
+    /// A managed name's address set: answer with as many of these records as fit.
+    Window(Window<'s>),
     /// Not a name dnlb manages: the relay's (for now REFUSED).
     NotManaged,
+}
+
+/// Takes the next step of a cycle of `n` (at least 1) from a worker's counter.
+#[inline]
+fn step(counter: Option<&mut u32>, n: usize) -> usize {
+    let Some(counter) = counter.filter(|_| n > 1) else { return 0 };
+    let i = (*counter as usize).min(n - 1);
+    *counter = if i + 1 >= n { 0 } else { i as u32 + 1 };
+    i
 }
 
 impl Snapshot {
     /// A snapshot that manages no names.
     pub fn empty() -> Snapshot {
+        let layout = Layout {
+            names: HashMap::default(),
+            services: Vec::new(),
+            dynamic: 0,
+            steering: Steering::default(),
+            any_udp: Template::empty(true, rcode::NOERROR),
+        };
         Snapshot {
             generation: 0,
             built_at: Instant::now(),
             rotation_slots: 0,
-            any_udp: Template::empty(true, rcode::NOERROR),
-            names: HashMap::default(),
+            layout: Arc::new(layout),
+            answers: Box::new([]),
         }
     }
 
     /// Builds every answer for `config` given `health`. `round` is the probe round (on-duty).
     pub fn build(config: &Config, health: &Health, round: u64, generation: u64) -> Result<Snapshot, EncodeError> {
-        let mut b = Builder { names: HashMap::default(), slots: 0 };
-        for (i, service) in config.services.iter().enumerate() {
-            b.service(service, health, i, round)?;
-        }
-        // Hosts-file names come after the SIP names, which win a clash (`add` keeps the first).
-        b.hosts(&config.hosts, config.hosts_ttl)?;
-        let any_owner = encode::name("any.invalid")?;
-        let any_udp =
-            encode::template(&any_owner, rtype::ANY, vec![encode::rfc8482_record(&any_owner, ANY_TTL)], vec![])?;
-        Ok(Snapshot { generation, built_at: Instant::now(), rotation_slots: b.slots, any_udp, names: b.names })
+        Snapshot::build_with(&Arc::new(Layout::new(config)?), config, health, round, generation)
     }
 
-    /// Looks up a lower-case wire name and type. `rotation` is the worker's counter array,
-    /// at least `rotation_slots` long; `udp` says whether the reply goes over UDP.
+    /// Builds the health-dependent answers for `config` given `health` on `layout`, which must
+    /// have been made from the same configuration (a layout of another one is made afresh).
+    pub fn build_with(
+        layout: &Arc<Layout>,
+        config: &Config,
+        health: &Health,
+        round: u64,
+        generation: u64,
+    ) -> Result<Snapshot, EncodeError> {
+        if !layout.fits(config) {
+            return Snapshot::build(config, health, round, generation);
+        }
+        let views = layout.steering.views();
+        let mut b =
+            Builder { answers: Vec::with_capacity(layout.dynamic * views), keys: Vec::new(), dynamic: None, slots: 0 };
+        for view in 0..views {
+            let prefer = layout.steering.prefer(view);
+            for (i, (service, names)) in config.services.iter().zip(&layout.services).enumerate() {
+                b.service(service, names, health, i, round, prefer)?;
+            }
+            b.dynamic = Some(b.answers.len());
+        }
+        Ok(Snapshot {
+            generation,
+            built_at: Instant::now(),
+            rotation_slots: b.slots,
+            layout: layout.clone(),
+            answers: b.answers.into(),
+        })
+    }
+
+    /// Bytes the health-dependent answers hold (diagnostics and benches).
+    pub fn answer_bytes(&self) -> usize {
+        let template = |t: &Template| t.body.len() + std::mem::size_of::<Template>();
+        self.answers
+            .iter()
+            .enumerate()
+            .map(|(i, a)| match a {
+                // A view that answers as view 0 shares its encoding: count it once.
+                _ if i >= self.layout.dynamic && self.shared(i) => 0,
+                Answers::Fixed(t) => template(t),
+                Answers::Cycle { templates, .. } => templates.iter().map(template).sum(),
+                Answers::Ring { ring, starts, .. } => ring.size() + starts.as_ref().map_or(0, |s| s.len() * 4),
+            })
+            .sum()
+    }
+
+    /// Whether answer `i` (of a view after 0) shares its memory with view 0's.
+    fn shared(&self, i: usize) -> bool {
+        let base = &self.answers[i % self.layout.dynamic.max(1)];
+        match (&self.answers[i], base) {
+            (Answers::Fixed(a), Answers::Fixed(b)) => Arc::ptr_eq(a, b),
+            (Answers::Cycle { templates: a, .. }, Answers::Cycle { templates: b, .. }) => Arc::ptr_eq(a, b),
+            (Answers::Ring { ring: a, .. }, Answers::Ring { ring: b, .. }) => a.shares(b),
+            _ => false,
+        }
+    }
+
+    /// Whether answers depend on the client's address (`[[sites]]`): only then does a worker
+    /// read the source address for [`Snapshot::lookup`].
     #[inline]
-    pub fn lookup(&self, name: &[u8], qtype: u16, udp: bool, rotation: &mut [u32]) -> Lookup<'_> {
-        let Some(entry) = self.names.get(name) else {
+    pub fn steers(&self) -> bool {
+        self.layout.steering.is_active()
+    }
+
+    /// The view a client gets (0 when nothing is steered).
+    pub fn view(&self, client: IpAddr) -> usize {
+        self.layout.steering.view(client)
+    }
+
+    /// Looks up a lower-case wire name and type for `client` (read only when [`Snapshot::steers`]).
+    /// `rotation` is the worker's counter array, at least `rotation_slots` long; `udp` says
+    /// whether the reply goes over UDP.
+    #[inline]
+    pub fn lookup(
+        &self,
+        name: &[u8],
+        qtype: u16,
+        udp: bool,
+        client: Option<IpAddr>,
+        rotation: &mut [u32],
+    ) -> Lookup<'_> {
+        let Some(entry) = self.layout.names.get(name) else {
             return Lookup::NotManaged;
         };
         // RFC 8482: ANY over UDP gets the synthesized HINFO (nothing to amplify with); over TCP,
         // where the source is proven, one RRset, the A set, the useful one for a SIP name.
         if qtype == rtype::ANY && udp {
-            return Lookup::Answer(&self.any_udp);
+            return Lookup::Answer(&self.layout.any_udp);
         }
         let wanted = if qtype == rtype::ANY { rtype::A } else { qtype };
-        let Some((_, rot)) = entry.by_type.iter().find(|(t, _)| *t == wanted) else {
+        let Some((_, found)) = entry.by_type.iter().find(|(t, _)| *t == wanted) else {
             return Lookup::Answer(&entry.nodata);
         };
-        let n = rot.order.len();
-        if n <= 1 {
-            return Lookup::Answer(&rot.templates[0]);
+        let index = match found {
+            Entry::Fixed(t) => return Lookup::Answer(t),
+            Entry::Health(i) => *i,
+        };
+        let index = match client {
+            Some(ip) if self.steers() => self.layout.steering.view(ip) * self.layout.dynamic + index,
+            _ => index,
+        };
+        match self.answers.get(index) {
+            None => Lookup::Answer(&entry.nodata),
+            Some(Answers::Fixed(t)) => Lookup::Answer(t),
+            Some(Answers::Cycle { slot, templates }) => {
+                Lookup::Answer(&templates[step(rotation.get_mut(*slot), templates.len())])
+            }
+            Some(Answers::Ring { slot, ring, len, starts }) => {
+                let start = match starts {
+                    None => step(rotation.get_mut(*slot), ring.count()),
+                    Some(order) => order[step(rotation.get_mut(*slot), order.len())] as usize,
+                };
+                Lookup::Window(ring.window(start, *len))
+            }
         }
-        let counter = &mut rotation[rot.slot];
-        let i = (*counter as usize).min(n - 1);
-        *counter = if i + 1 >= n { 0 } else { i as u32 + 1 };
-        Lookup::Answer(&rot.templates[rot.order[i] as usize])
     }
 
     /// The managed names, lower-case wire format (for tests and diagnostics).
     pub fn names(&self) -> impl Iterator<Item = &[u8]> {
-        self.names.keys().map(|k| &k[..])
+        self.layout.names.keys().map(|k| &k[..])
     }
 }
 
-struct Builder {
-    names: HashMap<Box<[u8]>, NameAnswers, BuildHasherDefault<NameHasher>>,
-    slots: usize,
-}
-
-impl Builder {
-    fn add(&mut self, owner: &Name, qtype: u16, templates: Vec<Template>) -> Result<(), EncodeError> {
-        let order = (0..templates.len() as u32).collect();
-        self.add_rotation(owner, qtype, templates, order)
+impl Layout {
+    /// The names of `config` and their fixed answers; the health-dependent ones get an index.
+    pub fn new(config: &Config) -> Result<Layout, EncodeError> {
+        let mut layout = Layout {
+            names: HashMap::default(),
+            services: Vec::with_capacity(config.services.len()),
+            dynamic: 0,
+            steering: Steering::new(config),
+            any_udp: Template::empty(true, rcode::NOERROR),
+        };
+        for service in &config.services {
+            layout.service(service)?;
+        }
+        // Hosts-file names come after the SIP names, which win a clash (`add` keeps the first).
+        layout.hosts(&config.hosts, config.hosts_ttl)?;
+        let any_owner = encode::name("any.invalid")?;
+        layout.any_udp =
+            encode::template(&any_owner, rtype::ANY, vec![encode::rfc8482_record(&any_owner, ANY_TTL)], vec![])?;
+        Ok(layout)
     }
 
-    fn add_rotation(
-        &mut self,
-        owner: &Name,
-        qtype: u16,
-        templates: Vec<Template>,
-        order: Vec<u32>,
-    ) -> Result<(), EncodeError> {
+    /// Whether `config` has the shape this layout was made for (the same services and SRV
+    /// names), so its health-dependent answers line up.
+    fn fits(&self, config: &Config) -> bool {
+        config.services.len() == self.services.len()
+            && config.services.iter().zip(&self.services).all(|(s, l)| {
+                Transport::ALL.iter().filter(|t| s.servers.iter().any(|v| v.transports.contains(t))).count()
+                    == l.srv.len()
+            })
+    }
+
+    fn add(&mut self, owner: &Name, qtype: u16, entry: Entry) -> Result<(), EncodeError> {
         let key: Box<[u8]> = wire_name(&owner.to_ascii()).into();
-        let entry = match self.names.entry(key) {
+        let name = match self.names.entry(key) {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(NameAnswers { by_type: Vec::new(), nodata: encode::template(owner, 0, vec![], vec![])? })
+                v.insert(NameAnswers { by_type: Vec::new(), nodata: Template::empty(true, rcode::NOERROR) })
             }
         };
         // A name configured twice (a host name equal to a service name) keeps its first answers.
-        if entry.by_type.iter().all(|(t, _)| *t != qtype) {
-            let slot = self.slots;
-            self.slots += 1;
-            entry.by_type.push((qtype, Rotation { slot, templates: templates.into(), order: order.into() }));
+        if name.by_type.iter().all(|(t, _)| *t != qtype) {
+            name.by_type.push((qtype, entry));
         }
         Ok(())
     }
 
-    fn service(
-        &mut self,
-        service: &ServiceConfig,
-        health: &Health,
-        index: usize,
-        round: u64,
-    ) -> Result<(), EncodeError> {
+    /// A health-dependent answer for `(owner, qtype)`: the next index.
+    fn add_health(&mut self, owner: &Name, qtype: u16) -> Result<(), EncodeError> {
+        let index = self.dynamic;
+        self.dynamic += 1;
+        self.add(owner, qtype, Entry::Health(index))
+    }
+
+    fn service(&mut self, service: &ServiceConfig) -> Result<(), EncodeError> {
         let owner = encode::name(&service.name)?;
-        let ttl = service.ttl;
-        let up = health.up.get(index).map(Vec::as_slice).unwrap_or(&[]);
-        let latency_weights = health.latency_weights.get(index).map(Vec::as_slice).unwrap_or(&[]);
-        let server_weights = health.weights.get(index).map(Vec::as_slice).unwrap_or(&[]);
-        let healthy = |i: usize| up.get(i).is_some_and(|t| !t.is_empty());
-        let any_up = (0..service.servers.len()).any(healthy);
-        // The all-down policy: last-good arrives here as the prober's substitute up-list, so
-        // what is left to decide is serving everything, SERVFAIL or NODATA.
-        let fallback = |any: bool| -> Option<Template> {
-            match (any, service.all_down) {
-                (true, _) | (false, AllDown::ServeAll | AllDown::LastGood) => None,
-                (false, AllDown::Servfail) => Some(Template::empty(false, rcode::SERVFAIL)),
-                (false, AllDown::Nodata) => Some(Template::empty(true, rcode::NOERROR)),
-            }
-        };
-        let serving: Vec<usize> = (0..service.servers.len()).filter(|&i| !any_up || healthy(i)).collect();
-
-        for (qtype, v6) in [(rtype::A, false), (rtype::AAAA, true)] {
-            if let Some(t) = fallback(any_up) {
-                self.add(&owner, qtype, vec![t])?;
+        // The order here is the order in which `Builder::service` pushes the answers.
+        self.add_health(&owner, rtype::A)?;
+        self.add_health(&owner, rtype::AAAA)?;
+        let mut srv = Vec::new();
+        for transport in Transport::ALL {
+            if !service.servers.iter().any(|s| s.transports.contains(&transport)) {
                 continue;
             }
-            let mut addrs: Vec<IpAddr> = Vec::new();
-            let mut weights: Vec<u32> = Vec::new();
-            for &i in &serving {
-                let s = &service.servers[i];
-                if s.address.is_ipv6() == v6 && !addrs.contains(&s.address) {
-                    addrs.push(s.address);
-                    weights.push(match service.policy {
-                        Policy::Latency => latency_weights.get(i).copied().unwrap_or(select::FASTEST_WEIGHT),
-                        Policy::Weighted => server_weights.get(i).copied().unwrap_or(u32::from(s.weight)),
-                        _ => u32::from(s.weight),
-                    });
-                }
-            }
-            let rotation = select::rotations(&addrs, &weights, service.policy, service.answers, round);
-            let mut templates = Vec::new();
-            for set in &rotation.answers {
-                let records = set.iter().map(|a| encode::address_record(&owner, ttl, *a)).collect();
-                templates.push(encode::template(&owner, qtype, records, vec![])?);
-            }
-            let order = rotation.order.iter().map(|&i| i as u32).collect();
-            self.add_rotation(&owner, qtype, templates, order)?;
+            let srv_owner = encode::name(&format!("{}.{}", srv_label(transport), service.name))?;
+            self.add_health(&srv_owner, rtype::SRV)?;
+            let wire = wire_name(&srv_owner.to_ascii()).into();
+            srv.push((transport, srv_owner, wire));
         }
-
-        // Per transport SRV sets, from the servers healthy on that transport.
-        let mut naptrs = Vec::new();
-        for (order, transport) in (0u16..).zip(Transport::ALL) {
-            let configured: Vec<_> =
-                service.servers.iter().enumerate().filter(|(_, s)| s.transports.contains(&transport)).collect();
-            if configured.is_empty() {
-                continue;
-            }
-            let up_here = |i: usize| up.get(i).is_some_and(|t| t.contains(&transport));
-            let any = configured.iter().any(|(i, _)| up_here(*i));
-            let members: Vec<_> = configured.iter().filter(|(i, _)| !any || up_here(*i)).map(|(_, s)| *s).collect();
-            let (label, naptr_service) = match transport {
-                Transport::Udp => ("_sip._udp", "SIP+D2U"),
-                Transport::Tcp => ("_sip._tcp", "SIP+D2T"),
-                Transport::Tls => ("_sips._tcp", "SIPS+D2T"),
-            };
-            let srv_owner = encode::name(&format!("{label}.{}", service.name))?;
-            naptrs.push(encode::naptr_record(&owner, ttl, 50 + 20 * order, naptr_service, &srv_owner));
-            if let Some(t) = fallback(any) {
-                self.add(&srv_owner, rtype::SRV, vec![t])?;
-                continue;
-            }
-            let mut answers = Vec::new();
-            let mut additionals: Vec<Record> = Vec::new();
-            for s in &members {
-                let target = encode::name(&s.host)?;
-                answers.push(encode::srv_record(&srv_owner, ttl, s.priority, s.weight, s.port_for(transport), &target));
-                let glue = encode::address_record(&target, ttl, s.address);
-                if !additionals.contains(&glue) {
-                    additionals.push(glue);
-                }
-            }
-            self.add(&srv_owner, rtype::SRV, vec![encode::template(&srv_owner, rtype::SRV, answers, additionals)?])?;
-        }
-        let naptr = match fallback(any_up) {
-            Some(t) => t,
-            None => encode::template(&owner, rtype::NAPTR, naptrs, vec![])?,
-        };
-        self.add(&owner, rtype::NAPTR, vec![naptr])?;
+        self.add_health(&owner, rtype::NAPTR)?;
+        let targets = service.servers.iter().map(|s| wire_name(&s.host).into()).collect();
+        let sites = service
+            .servers
+            .iter()
+            .map(|s| s.site.as_deref().and_then(|n| self.steering.site(n)).unwrap_or(NO_SITE))
+            .collect();
+        self.services.push(ServiceLayout { owner, srv, targets, sites });
 
         // Each SRV target answers A/AAAA with its own address(es).
-        let mut hosts: Vec<(&str, Vec<IpAddr>)> = Vec::new();
+        let mut hosts: HashMap<&str, Vec<IpAddr>> = HashMap::new();
+        let mut order: Vec<&str> = Vec::new();
         for s in &service.servers {
-            match hosts.iter_mut().find(|(h, _)| *h == s.host) {
-                Some((_, addrs)) if !addrs.contains(&s.address) => addrs.push(s.address),
-                Some(_) => {}
-                None => hosts.push((&s.host, vec![s.address])),
+            let addrs = hosts.entry(&s.host).or_insert_with(|| {
+                order.push(&s.host);
+                Vec::new()
+            });
+            if !addrs.contains(&s.address) {
+                addrs.push(s.address);
             }
         }
-        for (host, addrs) in hosts {
-            self.add_addresses(host, &addrs, ttl)?;
+        for host in order {
+            self.add_addresses(host, &hosts[host], service.ttl)?;
         }
         Ok(())
     }
-}
 
-impl Builder {
     /// A and AAAA answers (one fixed template each) for a host name with these addresses.
     fn add_addresses(&mut self, name: &str, addrs: &[IpAddr], ttl: u32) -> Result<(), EncodeError> {
         let owner = encode::name(name)?;
         for (qtype, v6) in [(rtype::A, false), (rtype::AAAA, true)] {
-            let records =
-                addrs.iter().filter(|a| a.is_ipv6() == v6).map(|a| encode::address_record(&owner, ttl, *a)).collect();
-            self.add(&owner, qtype, vec![encode::template(&owner, qtype, records, vec![])?])?;
+            let mut body = Vec::new();
+            let mut count = 0u16;
+            for a in addrs.iter().filter(|a| a.is_ipv6() == v6) {
+                encode::append_address_record(&mut body, ttl, *a);
+                count = count.saturating_add(1);
+            }
+            let template =
+                Template { flags: flag::AA, counts: [count, 0, 0], required_len: body.len(), body: body.into() };
+            self.add(&owner, qtype, Entry::Fixed(template))?;
         }
         Ok(())
     }
@@ -354,9 +491,203 @@ impl Builder {
         for (address, name) in ptrs {
             let owner = encode::name(&crate::hosts::reverse_name(address))?;
             let record = encode::ptr_record(&owner, ttl, &encode::name(name)?);
-            self.add(&owner, rtype::PTR, vec![encode::template(&owner, rtype::PTR, vec![record], vec![])?])?;
+            let template = encode::template(&owner, rtype::PTR, vec![record], vec![])?;
+            self.add(&owner, rtype::PTR, Entry::Fixed(template))?;
         }
         Ok(())
+    }
+}
+
+/// The SRV label of a transport (RFC 3263).
+fn srv_label(transport: Transport) -> &'static str {
+    match transport {
+        Transport::Udp => "_sip._udp",
+        Transport::Tcp => "_sip._tcp",
+        Transport::Tls => "_sips._tcp",
+    }
+}
+
+/// Builds the health-dependent answers, view after view, each in the order [`Layout::service`]
+/// numbered them.
+struct Builder {
+    answers: Vec<Answers>,
+    /// Per answer of view 0, the servers it was made from: a later view that picks the same
+    /// servers shares view 0's answer instead of encoding its own.
+    keys: Vec<Vec<usize>>,
+    /// Answers per view, once view 0 is built.
+    dynamic: Option<usize>,
+    slots: usize,
+}
+
+/// The key of an answer that is the same in every view (an all-down reply, NAPTR).
+const SAME_IN_EVERY_VIEW: Vec<usize> = Vec::new();
+
+impl Builder {
+    fn slot(&mut self) -> usize {
+        self.slots += 1;
+        self.slots - 1
+    }
+
+    /// Pushes the answer made from the servers `key`: made by `make`, unless this is a later
+    /// view and view 0's answer at the same place was made from the same servers (then shared).
+    fn push(
+        &mut self,
+        key: Vec<usize>,
+        make: impl FnOnce(&mut Builder) -> Result<Answers, EncodeError>,
+    ) -> Result<(), EncodeError> {
+        match self.dynamic.filter(|&d| d > 0) {
+            Some(dynamic) => {
+                let base = self.answers.len() % dynamic;
+                let answer = if self.keys.get(base) == Some(&key) { self.answers[base].clone() } else { make(self)? };
+                self.answers.push(answer);
+            }
+            None => {
+                let answer = make(self)?;
+                self.answers.push(answer);
+                self.keys.push(key);
+            }
+        }
+        Ok(())
+    }
+
+    /// The servers (indices) a view preferring `prefer` answers with, of those `eligible`: the
+    /// eligible ones of the first preferred site that has any, else all eligible ones.
+    fn steer(names: &ServiceLayout, prefer: &[SiteId], n: usize, eligible: impl Fn(usize) -> bool) -> Vec<usize> {
+        for site in prefer {
+            let here: Vec<usize> = (0..n).filter(|&i| names.sites[i] == *site && eligible(i)).collect();
+            if !here.is_empty() {
+                return here;
+            }
+        }
+        (0..n).filter(|&i| eligible(i)).collect()
+    }
+
+    fn service(
+        &mut self,
+        service: &ServiceConfig,
+        names: &ServiceLayout,
+        health: &Health,
+        index: usize,
+        round: u64,
+        prefer: &[SiteId],
+    ) -> Result<(), EncodeError> {
+        let owner = &names.owner;
+        let ttl = service.ttl;
+        let n = service.servers.len();
+        let up = health.up.get(index).map(Vec::as_slice).unwrap_or(&[]);
+        let latency_weights = health.latency_weights.get(index).map(Vec::as_slice).unwrap_or(&[]);
+        let server_weights = health.weights.get(index).map(Vec::as_slice).unwrap_or(&[]);
+        let healthy = |i: usize| up.get(i).is_some_and(|t| !t.is_empty());
+        let any_up = (0..n).any(healthy);
+        // The all-down policy: last-good arrives here as the prober's substitute up-list, so
+        // what is left to decide is serving everything, SERVFAIL or NODATA.
+        let fallback = |any: bool| -> Option<Template> {
+            match (any, service.all_down) {
+                (true, _) | (false, AllDown::ServeAll | AllDown::LastGood) => None,
+                (false, AllDown::Servfail) => Some(Template::empty(false, rcode::SERVFAIL)),
+                (false, AllDown::Nodata) => Some(Template::empty(true, rcode::NOERROR)),
+            }
+        };
+
+        for v6 in [false, true] {
+            if let Some(t) = fallback(any_up) {
+                self.push(SAME_IN_EVERY_VIEW, |_| Ok(Answers::Fixed(Arc::new(t))))?;
+                continue;
+            }
+            let family = |i: usize| service.servers[i].address.is_ipv6() == v6;
+            let serving = if any_up {
+                Builder::steer(names, prefer, n, |i| healthy(i) && family(i))
+            } else {
+                (0..n).filter(|&i| family(i)).collect()
+            };
+            self.push(serving.clone(), |b| {
+                let mut seen: HashSet<IpAddr> = HashSet::with_capacity(serving.len());
+                let mut records: Vec<u8> = Vec::new();
+                let mut weights: Vec<u32> = Vec::new();
+                for &i in &serving {
+                    let s = &service.servers[i];
+                    if seen.insert(s.address) {
+                        encode::append_address_record(&mut records, ttl, s.address);
+                        weights.push(match service.policy {
+                            Policy::Latency => latency_weights.get(i).copied().unwrap_or(select::FASTEST_WEIGHT),
+                            Policy::Weighted => server_weights.get(i).copied().unwrap_or(u32::from(s.weight)),
+                            _ => u32::from(s.weight),
+                        });
+                    }
+                }
+                let k = weights.len();
+                let record_len = if v6 { encode::AAAA_RECORD_LEN } else { encode::A_RECORD_LEN };
+                Ok(match Ring::new(&records, record_len, k).filter(|_| k > 0) {
+                    None => Answers::Fixed(Arc::new(Template::empty(true, rcode::NOERROR))),
+                    Some(ring) => {
+                        let rotation = select::rotation(k, &weights, service.policy, service.answers, round);
+                        let starts = match rotation.starts {
+                            select::Starts::Each(_) => None,
+                            select::Starts::Order(order) => Some(order.into()),
+                        };
+                        Answers::Ring { slot: b.slot(), ring, len: rotation.len, starts }
+                    }
+                })
+            })?;
+        }
+
+        // Per transport SRV sets, from the servers healthy on that transport.
+        let mut naptrs = Vec::new();
+        for (transport, srv_owner, srv_wire) in &names.srv {
+            let transport = *transport;
+            let order = Transport::ALL.iter().position(|t| *t == transport).unwrap_or(0) as u16;
+            let configured = |i: usize| service.servers[i].transports.contains(&transport);
+            let up_here = |i: usize| up.get(i).is_some_and(|t| t.contains(&transport));
+            let chosen = Builder::steer(names, prefer, n, |i| configured(i) && up_here(i));
+            let any = !chosen.is_empty();
+            let members: Vec<usize> = if any { chosen } else { (0..n).filter(|&i| configured(i)).collect() };
+            let naptr_service = match transport {
+                Transport::Udp => "SIP+D2U",
+                Transport::Tcp => "SIP+D2T",
+                Transport::Tls => "SIPS+D2T",
+            };
+            naptrs.push(encode::naptr_record(owner, ttl, 50 + 20 * order, naptr_service, srv_owner));
+            if let Some(t) = fallback(any) {
+                self.push(SAME_IN_EVERY_VIEW, |_| Ok(Answers::Fixed(Arc::new(t))))?;
+                continue;
+            }
+            self.push(members.clone(), |b| {
+                let mut templates = Vec::with_capacity(members.len().div_ceil(SRV_CHUNK));
+                for chunk in members.chunks(SRV_CHUNK) {
+                    let records: Vec<encode::SrvMember<'_>> = chunk
+                        .iter()
+                        .enumerate()
+                        .map(|(j, &i)| {
+                            let s = &service.servers[i];
+                            // One glue record per (host, address), whatever the ports.
+                            let same = |&o: &usize| {
+                                service.servers[o].host == s.host && service.servers[o].address == s.address
+                            };
+                            encode::SrvMember {
+                                priority: s.priority,
+                                weight: s.weight,
+                                port: s.port_for(transport),
+                                target: &names.targets[i],
+                                address: s.address,
+                                glue: !chunk[..j].iter().any(same),
+                            }
+                        })
+                        .collect();
+                    templates.push(encode::srv_template(srv_wire, ttl, &records));
+                }
+                Ok(match templates.len() {
+                    0 => Answers::Fixed(Arc::new(Template::empty(true, rcode::NOERROR))),
+                    1 => Answers::Fixed(Arc::new(templates.remove(0))),
+                    _ => Answers::Cycle { slot: b.slot(), templates: templates.into() },
+                })
+            })?;
+        }
+        // NAPTR names every configured transport whatever the health: the same in every view.
+        let naptr = match fallback(any_up) {
+            Some(t) => t,
+            None => encode::template(owner, rtype::NAPTR, naptrs, vec![])?,
+        };
+        self.push(SAME_IN_EVERY_VIEW, |_| Ok(Answers::Fixed(Arc::new(naptr))))
     }
 }
 
@@ -453,20 +784,113 @@ transports = ["tls"]
         names.sort();
         assert_eq!(names.len(), 7, "{names:?}");
         let mut rot = vec![0; snap.rotation_slots];
-        let first =
-            |snap: &Snapshot, rot: &mut [u32]| match snap.lookup(&wire_name("sip.example.test"), rtype::A, true, rot) {
-                Lookup::Answer(t) => t.body.clone(),
-                Lookup::NotManaged => panic!("managed"),
-            };
+        let first = |snap: &Snapshot, rot: &mut [u32]| match snap.lookup(
+            &wire_name("sip.example.test"),
+            rtype::A,
+            true,
+            None,
+            rot,
+        ) {
+            Lookup::Window(w) => w.records.to_vec(),
+            other => panic!("an address window: {other:?}"),
+        };
         let a = first(&snap, &mut rot);
         let b = first(&snap, &mut rot);
         let c = first(&snap, &mut rot);
         assert_ne!(a, b, "round robin rotates");
         assert_eq!(a, c, "two servers, so the third answer is the first again");
-        assert!(matches!(snap.lookup(&wire_name("other.test"), rtype::A, true, &mut rot), Lookup::NotManaged));
-        match snap.lookup(&wire_name("sip.example.test"), 16, true, &mut rot) {
+        assert!(matches!(snap.lookup(&wire_name("other.test"), rtype::A, true, None, &mut rot), Lookup::NotManaged));
+        match snap.lookup(&wire_name("sip.example.test"), 16, true, None, &mut rot) {
             Lookup::Answer(t) => assert_eq!(t.counts, [0, 0, 0]),
+            other => panic!("NODATA: {other:?}"),
+        }
+    }
+
+    const SITES: &str = r#"
+[server]
+listen = ["127.0.0.1:5353"]
+[[service]]
+name = "sip.example.test"
+[[service.server]]
+address = "192.0.2.1"
+site = "east"
+transports = ["udp", "tcp"]
+[[service.server]]
+address = "192.0.2.2"
+site = "east"
+[[service.server]]
+address = "192.0.2.3"
+site = "west"
+transports = ["udp", "tcp"]
+[[sites]]
+clients = ["10.0.0.0/8"]
+prefer = ["east", "west"]
+[[sites]]
+clients = ["10.9.0.0/16"]
+prefer = ["west"]
+"#;
+
+    /// The addresses (A) or SRV targets' glue (SRV) of one answer to `client`.
+    fn answer(snap: &Snapshot, name: &str, qtype: u16, client: &str) -> Vec<u8> {
+        let mut rot = vec![0; snap.rotation_slots];
+        let client = Some(client.parse().unwrap());
+        match snap.lookup(&wire_name(name), qtype, false, client, &mut rot) {
+            // The last octet of each address record.
+            Lookup::Window(w) => w.records.chunks(w.record_len).map(|r| r[r.len() - 1]).collect(),
+            Lookup::Answer(t) => {
+                let mut lasts: Vec<u8> =
+                    t.body.windows(4).filter(|w| w[0] == 192 && w[1] == 0 && w[2] == 2).map(|w| w[3]).collect();
+                lasts.sort_unstable();
+                lasts
+            }
             Lookup::NotManaged => panic!("managed"),
         }
+    }
+
+    #[test]
+    fn sites_steer_each_client_to_its_first_healthy_site() {
+        let config = Config::parse(SITES).unwrap();
+        let mut health = Health::all_up(&config);
+        let snap = Snapshot::build(&config, &health, 0, 1).unwrap();
+        let a = |snap: &Snapshot, client: &str| {
+            let mut got = answer(snap, "sip.example.test", rtype::A, client);
+            got.sort_unstable();
+            got
+        };
+        assert_eq!(a(&snap, "10.1.2.3"), vec![1, 2], "east first");
+        assert_eq!(a(&snap, "10.9.2.3"), vec![3], "the longer prefix prefers west");
+        assert_eq!(a(&snap, "192.0.2.200"), vec![1, 2, 3], "no match: every healthy server");
+        assert_eq!(answer(&snap, "_sip._tcp.sip.example.test", rtype::SRV, "10.1.2.3"), vec![1]);
+        assert_eq!(answer(&snap, "_sip._tcp.sip.example.test", rtype::SRV, "10.9.0.1"), vec![3]);
+        assert_eq!(answer(&snap, "_sip._tcp.sip.example.test", rtype::SRV, "203.0.113.1"), vec![1, 3]);
+
+        // East's TCP server fails over TCP only: TCP clients of east move to west; UDP stays.
+        health.up[0][0] = vec![Transport::Udp];
+        let snap = Snapshot::build(&config, &health, 0, 2).unwrap();
+        assert_eq!(answer(&snap, "_sip._tcp.sip.example.test", rtype::SRV, "10.1.2.3"), vec![3]);
+        assert_eq!(a(&snap, "10.1.2.3"), vec![1, 2]);
+
+        // All of east down: its clients get west.
+        health.up[0][0].clear();
+        health.up[0][1].clear();
+        let snap = Snapshot::build(&config, &health, 0, 3).unwrap();
+        assert_eq!(a(&snap, "10.1.2.3"), vec![3]);
+        // West down too, and no other site left: the all-down policy (serve-all).
+        health.up[0][2].clear();
+        let snap = Snapshot::build(&config, &health, 0, 4).unwrap();
+        assert_eq!(a(&snap, "10.9.2.3"), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn views_that_answer_alike_share_their_encoding() {
+        let config = Config::parse(SITES).unwrap();
+        let mut health = Health::all_up(&config);
+        // East down: view "east, west" answers with west alone, as view "west" does; view 0
+        // answers with west too (the only healthy server), so all three share one ring.
+        health.up[0][0].clear();
+        health.up[0][1].clear();
+        let snap = Snapshot::build(&config, &health, 0, 1).unwrap();
+        let one_view = Snapshot::build(&Config { sites: Vec::new(), ..config.clone() }, &health, 0, 1).unwrap();
+        assert_eq!(snap.answer_bytes(), one_view.answer_bytes(), "three views, one encoding");
     }
 }

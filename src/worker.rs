@@ -7,7 +7,7 @@
 //!  bytes ─► query::parse ─┬─ Drop ────────────────────────────────► (no reply, counted)
 //!                         ├─ NotImplemented / FormatError ─────────► header-only NOTIMP / FORMERR
 //!                         └─ Query ─┬─ EDNS version > 0 ───────────► BADVERS
-//!                                   ├─ snapshot: managed name ─────► template copy + patch
+//!                                   ├─ snapshot: managed name ─────► template or window copy + patch
 //!                                   └─ not managed ────────────────► the relay (REFUSED without one)
 //!  UDP reply ─► rate limit (if [rrl]): send · slip (TC=1, question only) · drop
 //! ```
@@ -77,13 +77,15 @@ pub enum Client<'a> {
     },
     /// Unknown (benchmarks, fuzzing): the relay is not used.
     Unknown,
+    /// A known address with no connection to answer on (diagnostics: `dnlb explain --client`).
+    Address(SocketAddr),
 }
 
 impl Client<'_> {
     fn addr(&self) -> Option<SocketAddr> {
         match self {
             Client::Udp(p) => p.socket_addr(),
-            Client::Tcp { peer, .. } => Some(*peer),
+            Client::Tcp { peer, .. } | Client::Address(peer) => Some(*peer),
             Client::Unknown => None,
         }
     }
@@ -201,16 +203,18 @@ impl Responder {
         }
         let lookup = if query.qclass == CLASS_IN {
             let udp = matches!(transport, Transport::Udp { .. });
-            self.current.lookup(&self.name[..query.name_len], query.qtype, udp, &mut self.rotation)
+            // The source address is decoded only when answers depend on it ([[sites]]).
+            let source = if self.current.steers() { client.addr().map(|a| a.ip()) } else { None };
+            self.current.lookup(&self.name[..query.name_len], query.qtype, udp, source, &mut self.rotation)
         } else {
             Lookup::NotManaged
         };
-        let template = match lookup {
-            Lookup::Answer(t) => t,
+        let (written, flags) = match lookup {
+            Lookup::Answer(t) => (answer::write_reply(packet, &query, t, transport, out), t.flags),
+            Lookup::Window(w) => (answer::write_window(packet, &query, w, transport, out), 0),
             Lookup::NotManaged => return self.unmanaged(packet, &query, client, transport, out),
         };
-        let written = answer::write_reply(packet, &query, template, transport, out);
-        self.count_reply(template.flags, written.truncated);
+        self.count_reply(flags, written.truncated);
         Answer::Reply(written.len)
     }
 

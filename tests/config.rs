@@ -138,3 +138,28 @@ fn the_example_relay_section_loads_and_relay_mistakes_name_the_field() {
     let (ok, out) = check(&with("max_ttl_s = 86400\ncache_bytes = 1048576\nmax_waiters = 100"));
     assert!(ok, "{out}");
 }
+
+/// The example's sites (the servers' `site` lines and the `[[sites]]` entries), uncommented, load.
+#[test]
+fn the_example_sites_load() {
+    let example = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/dnlb.toml")).unwrap();
+    let (before, _relay) = example.split_once("# [relay]").expect("the example documents [relay]");
+    let uncommented: String = before
+        .lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(rest)
+                if rest.starts_with("site =")
+                    || rest.starts_with("[[sites]]")
+                    || rest.starts_with("clients =")
+                    || rest.starts_with("prefer =") =>
+            {
+                format!("{rest}\n")
+            }
+            _ => format!("{l}\n"),
+        })
+        .collect();
+    let c = Config::parse(&uncommented).unwrap_or_else(|p| panic!("{p:?}"));
+    assert_eq!(c.sites.len(), 2);
+    assert_eq!(c.sites[0].prefer, vec!["east".to_string(), "west".to_string()]);
+    assert_eq!(c.services[0].servers.iter().filter(|s| s.site.as_deref() == Some("east")).count(), 2);
+}

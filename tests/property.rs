@@ -106,3 +106,81 @@ proptest! {
         }
     }
 }
+
+/// A round-robin or weighted farm of `k` IPv4 servers with the `down` ones unhealthy.
+fn farm(k: usize, down: &[bool], weighted: bool) -> (Responder, Vec<std::net::IpAddr>) {
+    let policy = if weighted { "weighted" } else { "round-robin" };
+    let mut text = format!(
+        "[server]\nlisten = [\"127.0.0.1:5353\"]\n[[service]]\nname = \"sip.example.test\"\npolicy = \"{policy}\"\n"
+    );
+    for i in 0..k {
+        text.push_str(&format!("[[service.server]]\naddress = \"10.0.{}.{}\"\n", i / 200, i % 200 + 1));
+    }
+    let config = Config::parse(&text).unwrap();
+    let mut health = Health::all_up(&config);
+    for (i, up) in health.up[0].iter_mut().enumerate() {
+        if down[i] {
+            up.clear();
+        }
+    }
+    let mut healthy: Vec<std::net::IpAddr> =
+        config.services[0].servers.iter().enumerate().filter(|(i, _)| !down[*i]).map(|(_, s)| s.address).collect();
+    if healthy.is_empty() {
+        // The default all-down policy, serve-all.
+        healthy = config.services[0].servers.iter().map(|s| s.address).collect();
+    }
+    let snapshot = Snapshot::build(&config, &health, 0, 1).unwrap();
+    let counters: CounterBlocks = (0..1).map(|_| CachePadded::new(WorkerCounters::default())).collect();
+    (Responder::new(SnapshotHandle::new(snapshot), counters, 0), healthy)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Every A reply of a farm (up to 400 servers, some down) carries healthy servers only, as
+    /// many as fit the client's payload size (never TC), and one rotation puts every healthy
+    /// server first.
+    #[test]
+    fn address_windows_carry_as_many_healthy_servers_as_fit(
+        k in 1usize..400,
+        down in proptest::collection::vec(proptest::bool::weighted(0.3), 400),
+        edns in proptest::option::of(0u16..=u16::MAX),
+        tcp in any::<bool>(),
+        weighted in any::<bool>(),
+    ) {
+        let (mut r, healthy) = farm(k, &down, weighted);
+        let mut q = Message::new(7, MessageType::Query, OpCode::Query);
+        q.add_query(Query::query(Name::from_ascii("sip.example.test.").unwrap(), RecordType::A));
+        if let Some(size) = edns {
+            let mut e = Edns::new();
+            e.set_max_payload(size);
+            q.edns = Some(e);
+        }
+        let packet = q.to_vec().unwrap();
+        let q_end = 12 + "sip.example.test.".len() + 1 + 4;
+        let limit = match (tcp, edns) { (true, _) => 65_535, (false, None) => 512, (false, Some(s)) => s.clamp(512, 1232) as usize };
+        let opt = if edns.is_some() { 11 } else { 0 };
+        let fit = ((limit - q_end - opt) / 16).min(healthy.len());
+        let transport = if tcp { Transport::Tcp } else { Transport::Udp { max_payload: 1232 } };
+        let mut out = vec![0u8; 65_535];
+        let mut firsts = std::collections::BTreeSet::new();
+        for _ in 0..healthy.len() {
+            let n = r.respond(&packet, transport, &mut out);
+            prop_assert!(n <= limit);
+            let reply = Message::from_vec(&out[..n]).unwrap();
+            prop_assert!(!reply.metadata.truncation);
+            let got: Vec<std::net::IpAddr> = reply.answers.iter().map(|a| match &a.data {
+                hickory_proto::rr::RData::A(a) => std::net::IpAddr::V4(a.0),
+                other => panic!("{other:?}"),
+            }).collect();
+            prop_assert_eq!(got.len(), fit);
+            let distinct: std::collections::BTreeSet<_> = got.iter().collect();
+            prop_assert_eq!(distinct.len(), got.len(), "no server twice in one answer");
+            for a in &got {
+                prop_assert!(healthy.contains(a), "{} is not healthy", a);
+            }
+            firsts.insert(got[0]);
+        }
+        prop_assert_eq!(firsts.len(), healthy.len(), "one rotation puts every healthy server first");
+    }
+}

@@ -22,6 +22,15 @@ pub(super) struct RawConfig {
     pub(super) rrl: Option<RawRrl>,
     #[serde(default)]
     pub(super) metrics: Option<RawMetrics>,
+    #[serde(default)]
+    pub(super) sites: Vec<RawSites>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSites {
+    pub(super) clients: Spanned<Vec<Spanned<String>>>,
+    pub(super) prefer: Spanned<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -212,6 +221,8 @@ pub(super) struct RawSipServer {
     pub(super) host: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) probe_method: Option<ProbeMethod>,
+    #[serde(default)]
+    pub(super) site: Option<Spanned<String>>,
 }
 
 pub(super) fn default_true() -> bool {

@@ -99,6 +99,19 @@ pub struct Config {
     pub rrl: Option<RrlConfig>,
     /// The Prometheus endpoint; `None` (no `[metrics]` section): off.
     pub metrics: Option<MetricsConfig>,
+    /// Which sites' servers which clients prefer (`[[sites]]`); empty: every client gets every
+    /// healthy server.
+    pub sites: Vec<SiteRule>,
+}
+
+/// One `[[sites]]` entry: clients in these prefixes get the healthy servers of the first site in
+/// `prefer` that has any, then the next; the longest matching prefix over all entries wins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiteRule {
+    /// The client prefixes (the query's source address).
+    pub clients: Vec<Prefix>,
+    /// Site names, most preferred first.
+    pub prefer: Vec<String>,
 }
 
 /// The hosts file (`[hosts]`).
@@ -282,6 +295,8 @@ pub struct SipServer {
     pub tls_name: String,
     /// The probe request for this server.
     pub probe_method: ProbeMethod,
+    /// The site (data centre) it stands in, for `[[sites]]` steering; `None`: no site.
+    pub site: Option<String>,
 }
 
 impl SipServer {

@@ -2,7 +2,7 @@
 //! snapshot, its prober's reports and its configuration. Pure: time and state are passed in.
 
 use std::fmt::Write as _;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,7 +18,7 @@ use crate::metrics::{CounterBlocks, WorkerCounters};
 use crate::probe::health::State;
 use crate::probe::ServerReport;
 use crate::snapshot::{Snapshot, SnapshotHandle};
-use crate::worker::Responder;
+use crate::worker::{Client, Responder};
 
 /// What the reports are read against.
 pub struct View<'a> {
@@ -42,9 +42,9 @@ fn transport_name(t: Transport) -> &'static str {
     }
 }
 
-/// Asks the snapshot `name`/`qtype` as a client would (over TCP, so nothing is truncated) and
+/// Asks the snapshot `name`/`qtype` as `client` would (over TCP, so nothing is truncated) and
 /// decodes the reply; rotation starts at its first position.
-fn ask(snapshot: &Arc<Snapshot>, name: &str, qtype: RecordType) -> Option<Message> {
+fn ask(snapshot: &Arc<Snapshot>, name: &str, qtype: RecordType, client: Option<IpAddr>) -> Option<Message> {
     let fqdn = if name.ends_with('.') { name.to_string() } else { format!("{name}.") };
     let mut m = Message::new(1, MessageType::Query, OpCode::Query);
     m.add_query(Query::query(Name::from_ascii(&fqdn).ok()?, qtype));
@@ -52,7 +52,8 @@ fn ask(snapshot: &Arc<Snapshot>, name: &str, qtype: RecordType) -> Option<Messag
     let counters: CounterBlocks = Arc::from(vec![CachePadded::new(WorkerCounters::default())]);
     let mut r = Responder::new(SnapshotHandle::from_arc(snapshot.clone()), counters, 0);
     let mut out = vec![0u8; 65_535];
-    let n = r.respond(&packet, answer::Transport::Tcp, &mut out);
+    let from = client.map_or(Client::Unknown, |ip| Client::Address(SocketAddr::new(ip, 0)));
+    let n = r.respond_from(&packet, from, answer::Transport::Tcp, &mut out);
     Message::from_vec(&out[..n]).ok()
 }
 
@@ -73,7 +74,7 @@ pub fn status(v: &View<'_>) -> Reply {
     }
     let mut services = Vec::new();
     for s in &v.config.services {
-        let answer: Vec<String> = ask(&v.snapshot, &s.name, RecordType::A)
+        let answer: Vec<String> = ask(&v.snapshot, &s.name, RecordType::A, None)
             .map(|m| m.answers.iter().map(|r| r.data.to_string()).collect())
             .unwrap_or_default();
         let _ = writeln!(text, "\n{} ({:?}, all down: {:?}): A {}", s.name, s.policy, s.all_down, answer.join(" "));
@@ -121,6 +122,39 @@ pub fn status(v: &View<'_>) -> Reply {
     Reply { ok: true, text, json }
 }
 
+/// Which `[[sites]]` entry, if any, steered `client`'s answer for service `s`.
+fn sites_line(config: &Config, s: &crate::config::ServiceConfig, client: Option<IpAddr>) -> String {
+    if config.sites.is_empty() {
+        return "no [[sites]]: every client gets every healthy server".into();
+    }
+    let Some(ip) = client else {
+        return "(no --client given: the answer shown is for a client no [[sites]] prefix matches)".into();
+    };
+    match crate::sites::rule_for(&config.sites, ip) {
+        None => format!("client {ip} matches no [[sites]] prefix: every healthy server"),
+        Some((i, prefix)) => {
+            let rule = &config.sites[i];
+            let first = rule
+                .prefer
+                .iter()
+                .find(|site| s.servers.iter().any(|v| v.site.as_deref() == Some(site.as_str())))
+                .map_or_else(
+                    || "none of them has servers here: every healthy server".to_string(),
+                    |_| {
+                        "the healthy servers of the first of these sites that has any, else every healthy server"
+                            .to_string()
+                    },
+                );
+            format!(
+                "client {ip} matches sites[{i}] ({}/{}): prefers {}; {first}",
+                prefix.network,
+                prefix.len,
+                rule.prefer.join(" > ")
+            )
+        }
+    }
+}
+
 /// `dnlb explain NAME [TYPE] [--client IP]`: what dnlb would answer that client now, and why.
 pub fn explain(v: &View<'_>, name: &str, qtype: &str, client: Option<IpAddr>) -> Reply {
     let Ok(rtype) = qtype.to_ascii_uppercase().parse::<RecordType>() else {
@@ -132,7 +166,7 @@ pub fn explain(v: &View<'_>, name: &str, qtype: &str, client: Option<IpAddr>) ->
     };
     let lower = name.trim_end_matches('.').to_ascii_lowercase();
     let mut why: Vec<String> = Vec::new();
-    let reply = ask(&v.snapshot, &lower, rtype);
+    let reply = ask(&v.snapshot, &lower, rtype, client);
     let service = v.config.services.iter().find(|s| lower == s.name || lower.ends_with(&format!(".{}", s.name)));
     let managed = reply.as_ref().is_some_and(|m| m.metadata.authoritative);
     if let (Some(s), true) = (service, managed) {
@@ -143,6 +177,7 @@ pub fn explain(v: &View<'_>, name: &str, qtype: &str, client: Option<IpAddr>) ->
             s.policy,
             s.answers.map_or(String::new(), |n| format!(", at most {n} addresses"))
         ));
+        why.push(sites_line(v.config, s, client));
         let mut any_up = false;
         for (i, server) in s.servers.iter().enumerate() {
             let reports: Vec<&ServerReport> = v
@@ -192,6 +227,10 @@ pub fn explain(v: &View<'_>, name: &str, qtype: &str, client: Option<IpAddr>) ->
                 )
             } else {
                 format!("server {} (#{i}) in: up on {}", server.address, up.join(", "))
+            };
+            let line = match &server.site {
+                Some(site) => format!("{line} [site {site}]"),
+                None => line,
             };
             why.push(line);
         }

@@ -9,6 +9,19 @@
 //!  reply          [ header'| question | template body | OPT? ]
 //!                   ^ ID kept; flags, counts patched     ^ appended when the client sent EDNS
 //! ```
+//!
+//! An address set of a large farm is a [`Ring`] instead: its records, all of one size (their
+//! owner is the same pointer to the question), encoded once and stored twice back to back, so the
+//! `n` records from any starting position are one contiguous slice. A reply is then a copy of
+//! such a [`Window`], cut to as many whole records as fit the client's payload size:
+//!
+//! ```text
+//!  ring     [ r0 r1 r2 ... rk-1 | r0 r1 r2 ... rk-1 ]
+//!  window             [ r2 ... rk-1   r0 ]            start 2, n records
+//!  reply    [ header'| question | r2 r3 ... (as many as fit) | OPT? ]
+//! ```
+
+use std::sync::Arc;
 
 use super::query::{flag, rcode, Query, HEADER_LEN};
 
@@ -35,6 +48,70 @@ impl Template {
         let aa = if authoritative { flag::AA } else { 0 };
         Template { flags: aa | rcode as u16, counts: [0; 3], body: Box::new([]), required_len: 0 }
     }
+}
+
+/// The records of one address set (A or AAAA), each `record_len` bytes, stored twice back to
+/// back so that a window of up to `count` records from any start is one slice. Memory is linear in
+/// the set: one ring serves every rotation position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ring {
+    /// The records, twice; shared by the views that answer with the same servers.
+    bytes: Arc<[u8]>,
+    /// Bytes per record.
+    record_len: usize,
+    /// Records in one copy.
+    count: usize,
+}
+
+impl Ring {
+    /// A ring of `records`, `count` records of `record_len` bytes each, encoded back to back.
+    /// `None` when `records` is not that many records of that size.
+    pub fn new(records: &[u8], record_len: usize, count: usize) -> Option<Ring> {
+        if record_len == 0 || records.len() != record_len.checked_mul(count)? {
+            return None;
+        }
+        let mut bytes = Vec::with_capacity(records.len() * 2);
+        bytes.extend_from_slice(records);
+        bytes.extend_from_slice(records);
+        Some(Ring { bytes: bytes.into(), record_len, count })
+    }
+
+    /// Records in the ring.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Whether two rings share one encoding.
+    pub fn shares(&self, other: &Ring) -> bool {
+        Arc::ptr_eq(&self.bytes, &other.bytes)
+    }
+
+    /// Bytes of memory the ring holds.
+    pub fn size(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// The `n` records from position `start` (both reduced to the ring's size), as one slice.
+    #[inline]
+    pub fn window(&self, start: usize, n: usize) -> Window<'_> {
+        let n = n.min(self.count);
+        // Callers step `start` through 0..count; reduce only what is out of range (no division
+        // on the hot path).
+        let start = if start < self.count { start } else { start.checked_rem(self.count).unwrap_or(0) };
+        let at = start * self.record_len;
+        Window { records: &self.bytes[at..at + n * self.record_len], record_len: self.record_len, count: n }
+    }
+}
+
+/// Consecutive records of a [`Ring`]: the answer section of a reply, cut to what fits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window<'r> {
+    /// The records, whole.
+    pub records: &'r [u8],
+    /// Bytes per record.
+    pub record_len: usize,
+    /// Records in the window.
+    pub count: usize,
 }
 
 /// Where a reply goes, which bounds its size.
@@ -101,6 +178,39 @@ pub fn write_reply(packet: &[u8], query: &Query, template: &Template, transport:
     put16(out, 6, counts[0]);
     put16(out, 8, counts[1]);
     put16(out, 10, counts[2] + u16::from(opt != 0));
+    let mut len = q_end + body.len();
+    out[q_end..len].copy_from_slice(body);
+    if let Some(edns) = query.edns {
+        len += write_opt(&mut out[len..], 0, edns.dnssec_ok, transport);
+    }
+    Written { len, truncated: flags & flag::TC != 0 }
+}
+
+/// Writes the authoritative NOERROR reply to `query` whose answer section is as many records of
+/// `window` as fit the transport's limit (all of them, when they fit). A shorter set of healthy
+/// servers is a correct answer, so the reply is not truncated (TC=1) unless not even one record
+/// fits, which a limit of at least 512 bytes rules out.
+///
+/// `out` must hold at least `transport.limit(query)` bytes, capped at `out.len()`.
+#[inline]
+pub fn write_window(packet: &[u8], query: &Query, window: Window<'_>, transport: Transport, out: &mut [u8]) -> Written {
+    let limit = transport.limit(query).min(out.len());
+    let opt = if query.edns.is_some() { OPT_LEN } else { 0 };
+    let q_end = query.question_end;
+    let room = limit.saturating_sub(q_end + opt);
+    // Usually the whole window fits: no division then.
+    let fits = if window.records.len() <= room { window.count } else { room / window.record_len.max(1) };
+    let fits = fits.min(window.count).min(u16::MAX as usize);
+    let mut flags = (query.flags & (flag::RD | flag::CD)) | flag::QR | flag::AA;
+    if fits == 0 && window.count > 0 {
+        flags |= flag::TC;
+    }
+    let body = window.records.get(..fits * window.record_len).unwrap_or_default();
+    out[..q_end].copy_from_slice(&packet[..q_end]);
+    put16(out, 2, flags);
+    out[4..12].copy_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]);
+    put16(out, 6, fits as u16);
+    put16(out, 10, u16::from(opt != 0));
     let mut len = q_end + body.len();
     out[q_end..len].copy_from_slice(body);
     if let Some(edns) = query.edns {
@@ -240,6 +350,40 @@ mod tests {
         assert_eq!((w.len, w.truncated, out[7]), (p.len(), true, 0));
         let w = write_reply(&p, &q, &template(600, 600), Transport::Tcp, &mut out);
         assert_eq!((w.len, w.truncated), (p.len() + 600, false));
+    }
+
+    #[test]
+    fn ring_windows_wrap_and_cut_to_what_fits() {
+        let records: Vec<u8> = (0..10u8).flat_map(|i| [i; 16]).collect();
+        let ring = Ring::new(&records, 16, 10).unwrap();
+        assert!(Ring::new(&records[1..], 16, 10).is_none());
+        let w = ring.window(8, 4);
+        let firsts: Vec<u8> = w.records.chunks(16).map(|r| r[0]).collect();
+        assert_eq!(firsts, vec![8, 9, 0, 1], "wraps through the second copy");
+        assert_eq!(ring.window(13, 20).count, 10, "start and length reduced to the ring");
+
+        let p = query_packet(None);
+        let mut name = [0; MAX_NAME_LEN];
+        let q = parse(&p, &mut name).unwrap();
+        let mut out = [0u8; 1500];
+        let udp = Transport::Udp { max_payload: 1232 };
+        let w = write_reply_window(&p, &q, ring.window(0, 10), udp, &mut out);
+        assert_eq!((w.len, w.truncated, out[7]), (p.len() + 160, false, 10));
+        let big: Vec<u8> = (0..100u8).flat_map(|i| [i; 16]).collect();
+        let ring = Ring::new(&big, 16, 100).unwrap();
+        let w = write_reply_window(&p, &q, ring.window(5, 100), udp, &mut out);
+        let fit = (512 - p.len()) / 16;
+        assert_eq!((w.len, w.truncated, usize::from(out[7])), (p.len() + fit * 16, false, fit), "no EDNS: 512 bytes");
+        assert_eq!(out[p.len()], 5, "the window's first record first");
+        let mut out = vec![0u8; 65_535];
+        let w = write_reply_window(&p, &q, ring.window(5, 100), Transport::Tcp, &mut out);
+        assert_eq!((w.len, out[7]), (p.len() + 1600, 100));
+    }
+
+    fn write_reply_window(p: &[u8], q: &Query, w: Window<'_>, t: Transport, out: &mut [u8]) -> Written {
+        let written = write_window(p, q, w, t, out);
+        assert_eq!(u16::from_be_bytes([out[2], out[3]]) & flag::AA, flag::AA);
+        written
     }
 
     #[test]

@@ -36,7 +36,7 @@ use super::core::{
 use super::health::State;
 use super::tls;
 use crate::config::{Config, StartState, Transport};
-use crate::snapshot::{Health, Snapshot, SnapshotHandle};
+use crate::snapshot::{Health, Layout, Snapshot, SnapshotHandle};
 
 /// Reads of one socket per pass before the loop moves on (fairness under a flood).
 pub const READ_BUDGET: usize = 64;
@@ -266,6 +266,7 @@ impl Prober {
             started,
             next_report: started,
             config,
+            layout: None,
         };
         driver.sockets.resize_with(driver.core.targets(), || None);
         driver.tls_errors.resize_with(driver.core.targets(), || None);
@@ -446,6 +447,9 @@ struct Driver {
     started: Instant,
     next_report: Instant,
     config: Config,
+    /// The names and fixed answers of `config`, made at the first publish and kept, so a flip
+    /// re-encodes only what health changes.
+    layout: Option<Arc<Layout>>,
 }
 
 impl Driver {
@@ -565,7 +569,18 @@ impl Driver {
         }
         while let Some(p) = self.core.poll_publish() {
             self.generation += 1;
-            match Snapshot::build(&self.config, &p.health, p.round, self.generation) {
+            let layout = match &self.layout {
+                Some(l) => l.clone(),
+                None => match Layout::new(&self.config) {
+                    Ok(l) => self.layout.insert(Arc::new(l)).clone(),
+                    Err(e) => {
+                        eprintln!("dnlb: prober: cannot build answers: {e}");
+                        self.core.publish_failed();
+                        break;
+                    }
+                },
+            };
+            match Snapshot::build_with(&layout, &self.config, &p.health, p.round, self.generation) {
                 Ok(snapshot) => self.snapshots.publish(snapshot),
                 Err(e) => {
                     tracing::error!("prober: cannot build answers: {e}");
