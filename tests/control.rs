@@ -6,21 +6,25 @@ mod common;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::process::Dnlb;
 use common::sip::{common_port, Mode, SipResponder};
 use common::*;
 use hickory_proto::op::{Message, ResponseCode};
-use hickory_proto::rr::{RData, RecordType};
+use hickory_proto::rr::RecordType;
 
 const PROBE: &str = "interval_ms = 200\ntimeout_ms = 100\nretransmit_ms = 30\nrise = 1\nfall = 2";
 
-struct Instance {
-    child: Child,
-    dir: PathBuf,
-    config: PathBuf,
-    dns: SocketAddr,
+/// dnlb with its control socket up.
+struct Instance(Dnlb);
+
+impl std::ops::Deref for Instance {
+    type Target = Dnlb;
+    fn deref(&self) -> &Dnlb {
+        &self.0
+    }
 }
 
 impl Instance {
@@ -39,52 +43,14 @@ impl Instance {
 
     /// Runs dnlb on the prepared `config` until its control socket answers.
     fn launch(config: PathBuf) -> Instance {
-        let dir = config.parent().unwrap().to_path_buf();
-        let text = std::fs::read_to_string(&config).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_dnlb"))
-            .args(["--config", config.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap())
-            .spawn()
-            .unwrap();
-        let dns = text
-            .lines()
-            .find_map(|l| l.strip_prefix("listen = [\"").and_then(|r| r.split('"').next()))
-            .unwrap()
-            .parse()
-            .unwrap();
-        let i = Instance { child, dir, config, dns };
-        let start = Instant::now();
-        while i.cli(&["status"]).map_or(true, |o| !o.status.success()) {
-            assert!(start.elapsed() < Duration::from_secs(5), "no control socket:\n{}", i.stderr());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        i
+        let d = Dnlb::run(config);
+        d.wait_for_control();
+        Instance(d)
     }
 
-    fn cli(&self, args: &[&str]) -> std::io::Result<Output> {
-        let mut all: Vec<&str> = args.to_vec();
-        all.extend(["--config", self.config.to_str().unwrap()]);
-        Command::new(env!("CARGO_BIN_EXE_dnlb")).args(&all).output()
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
-    }
-
+    /// The test service's A answer now.
     fn addresses(&self) -> Vec<IpAddr> {
-        let raw = udp_raw(self.dns, &query("sip.example.test.", RecordType::A, 5, None), Duration::from_secs(1));
-        raw.and_then(|r| Message::from_vec(&r).ok())
-            .map(|m| {
-                m.answers
-                    .iter()
-                    .filter_map(|r| match &r.data {
-                        RData::A(a) => Some(IpAddr::V4(a.0)),
-                        _ => None,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.a("sip.example.test.")
     }
 
     fn wait(&self, limit: Duration, want: impl Fn(&[IpAddr]) -> bool) -> Duration {
@@ -96,13 +62,6 @@ impl Instance {
             assert!(start.elapsed() < limit, "not within {limit:?}: {:?}\n{}", self.addresses(), self.stderr());
             std::thread::sleep(Duration::from_millis(10));
         }
-    }
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        terminate(&mut self.child);
-        let _removed = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -319,20 +278,7 @@ fn a_watched_hosts_file_is_read_again_when_it_changes() {
         std::fs::write(&tmp, body).unwrap();
         std::fs::rename(&tmp, d.config.with_file_name("hosts")).unwrap();
     };
-    let phone = |d: &Instance| -> Vec<IpAddr> {
-        let raw = udp_raw(d.dns, &query("phone.example.test.", RecordType::A, 9, None), Duration::from_secs(1));
-        raw.and_then(|r| Message::from_vec(&r).ok())
-            .map(|m| {
-                m.answers
-                    .iter()
-                    .filter_map(|r| match &r.data {
-                        RData::A(a) => Some(IpAddr::V4(a.0)),
-                        _ => None,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let phone = |d: &Instance| d.a("phone.example.test.");
     let until = |d: &Instance, want: &str| {
         let start = Instant::now();
         while phone(d) != [ip(want)] {

@@ -7,10 +7,9 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::process::{a_records, Dnlb};
 use common::sip::{common_port, Mode, SipResponder};
 use common::*;
 use hickory_proto::op::Message;
@@ -23,44 +22,6 @@ const RISE: u64 = 2;
 
 const EAST: [&str; 2] = ["127.0.10.1", "127.0.10.2"];
 const WEST: [&str; 2] = ["127.0.11.1", "127.0.11.2"];
-
-struct Instance {
-    child: Child,
-    dir: PathBuf,
-    config: PathBuf,
-    dns: SocketAddr,
-}
-
-impl Instance {
-    fn start(text: &str, dir: PathBuf, dns: SocketAddr) -> Instance {
-        let config = dir.join("dnlb.toml");
-        std::fs::write(&config, text).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_dnlb"))
-            .args(["--config", config.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap())
-            .spawn()
-            .unwrap();
-        Instance { child, dir, config, dns }
-    }
-
-    fn cli(&self, args: &[&str]) -> Output {
-        let mut all: Vec<&str> = args.to_vec();
-        all.extend(["--config", self.config.to_str().unwrap()]);
-        Command::new(env!("CARGO_BIN_EXE_dnlb")).args(&all).output().unwrap()
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        terminate(&mut self.child);
-        let _removed = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// A client whose queries come from `source`.
 struct Client {
@@ -91,16 +52,7 @@ impl Client {
     /// The A answer's addresses, as a set.
     fn addresses(&mut self, dns: SocketAddr) -> BTreeSet<IpAddr> {
         let m = self.ask(dns, "sip.example.test.", RecordType::A);
-        m.map(|m| {
-            m.answers
-                .iter()
-                .filter_map(|r| match &r.data {
-                    RData::A(a) => Some(IpAddr::V4(a.0)),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+        m.map(|m| a_records(&m).into_iter().collect()).unwrap_or_default()
     }
 
     /// The SRV answer's targets' glue addresses, as a set.
@@ -119,7 +71,7 @@ impl Client {
     }
 
     /// Polls every 10 ms until the A answer is `want`; returns how long that took.
-    fn wait_for(&mut self, d: &Instance, want: &BTreeSet<IpAddr>, limit: Duration) -> Duration {
+    fn wait_for(&mut self, d: &Dnlb, want: &BTreeSet<IpAddr>, limit: Duration) -> Duration {
         let start = Instant::now();
         loop {
             let got = self.addresses(d.dns);
@@ -162,7 +114,7 @@ fn each_prefix_gets_its_site_and_fails_over_to_the_next() {
         "[[sites]]\nclients = [\"127.0.8.0/24\"]\nprefer = [\"east\", \"west\"]\n\
          [[sites]]\nclients = [\"127.0.9.0/24\"]\nprefer = [\"west\", \"east\"]\n",
     );
-    let d = Instance::start(&text, dir, ([127, 0, 0, 1], port).into());
+    let d = Dnlb::spawn(dir, &text);
 
     let mut in_east = Client::bind("127.0.8.5");
     let mut in_west = Client::bind("127.0.9.5");
@@ -175,11 +127,11 @@ fn each_prefix_gets_its_site_and_fails_over_to_the_next() {
     assert_eq!(in_west.srv_glue(d.dns), set(&WEST));
     assert_eq!(elsewhere.srv_glue(d.dns), set(&all));
 
-    let explain = d.cli(&["explain", "sip.example.test", "A", "--client", "127.0.8.77"]);
+    let explain = d.cli(&["explain", "sip.example.test", "A", "--client", "127.0.8.77"]).unwrap();
     let text = String::from_utf8_lossy(&explain.stdout);
     assert!(text.contains("matches sites[0] (127.0.8.0/24): prefers east > west"), "{text}");
     assert!(text.contains("127.0.10.1") && !text.contains("  sip.example.test. 1 A 127.0.11"), "{text}");
-    let explain = d.cli(&["explain", "sip.example.test", "A", "--client", "192.0.2.1"]);
+    let explain = d.cli(&["explain", "sip.example.test", "A", "--client", "192.0.2.1"]).unwrap();
     assert!(String::from_utf8_lossy(&explain.stdout).contains("matches no [[sites]] prefix"));
 
     // East goes away: its clients move to west within interval × fall + timeout (polled every

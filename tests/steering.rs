@@ -5,23 +5,25 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Output;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use common::process::{a_records, Dnlb};
 use common::sip::{common_port, Mode, SipResponder};
 use common::*;
 use hickory_proto::op::Message;
-use hickory_proto::rr::{RData, RecordType};
+use hickory_proto::rr::RecordType;
 
 /// One dnlb process with its own runtime directory, ended by its PID on drop.
-struct Instance {
-    child: Child,
-    dir: PathBuf,
-    config: PathBuf,
-    dns: SocketAddr,
-    started: Instant,
+/// dnlb on a farm of in-process responders.
+struct Instance(Dnlb);
+
+impl std::ops::Deref for Instance {
+    type Target = Dnlb;
+    fn deref(&self) -> &Dnlb {
+        &self.0
+    }
 }
 
 impl Instance {
@@ -29,7 +31,6 @@ impl Instance {
     fn start(ips: &[&str], sip_port: u16, probe: &str, service: &str) -> Instance {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("dnlb-steering-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
         let mut text = format!(
             "[server]\nlisten = [\"127.0.0.1:{port}\"]\nworkers = 1\npin_workers = false\nruntime_dir = \"{}\"\n\
              [probe]\n{probe}\n[[service]]\nname = \"sip.example.test\"\n{service}\n",
@@ -38,32 +39,17 @@ impl Instance {
         for ip in ips {
             text.push_str(&format!("[[service.server]]\naddress = \"{ip}\"\nport = {sip_port}\n"));
         }
-        let config = dir.join("dnlb.toml");
-        std::fs::write(&config, text).unwrap();
-        let started = Instant::now();
-        let child = Command::new(env!("CARGO_BIN_EXE_dnlb"))
-            .args(["--config", config.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap())
-            .spawn()
-            .unwrap();
-        Instance { child, dir, config, dns: SocketAddr::from(([127, 0, 0, 1], port)), started }
+        Instance(Dnlb::spawn(dir, &text))
     }
 
+    /// `dnlb ARGS --config CONFIG`, run.
     fn cli(&self, args: &[&str]) -> Output {
-        let mut all: Vec<&str> = args.to_vec();
-        all.extend(["--config", self.config.to_str().unwrap()]);
-        Command::new(env!("CARGO_BIN_EXE_dnlb")).args(&all).output().unwrap()
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
+        self.0.cli(args).unwrap()
     }
 
     /// The A answer now, in answer order.
     fn addresses(&self) -> Vec<IpAddr> {
-        let raw = udp_raw(self.dns, &query("sip.example.test.", RecordType::A, 5, None), Duration::from_secs(1));
-        raw.and_then(|r| Message::from_vec(&r).ok()).map(|m| a_records(&m)).unwrap_or_default()
+        self.a("sip.example.test.")
     }
 
     /// Polls the A answer every 10 ms until `want` holds; panics after `limit`.
@@ -77,23 +63,6 @@ impl Instance {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        terminate(&mut self.child);
-        let _removed = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn a_records(m: &Message) -> Vec<IpAddr> {
-    m.answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::A(a) => Some(IpAddr::V4(a.0)),
-            _ => None,
-        })
-        .collect()
 }
 
 fn responders(ips: &[&str], modes: Vec<Mode>) -> (u16, Vec<SipResponder>) {
