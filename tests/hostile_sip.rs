@@ -9,16 +9,14 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::free_port;
+use common::process::{cpu_time, Dnlb};
 use common::sip::{common_port, reply, Mode, SipResponder};
-use common::{free_port, query, udp_raw};
-use hickory_proto::op::Message;
-use hickory_proto::rr::{RData, RecordType};
 
 /// What a hostile server does with each probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -275,104 +273,10 @@ fn serve_tcp(mut stream: TcpStream, behaviour: Hostile, stop: &AtomicBool, start
     }
 }
 
-/// Total user + system CPU time of a process, from /proc.
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which is in parentheses and may hold spaces).
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0);
-    // Linux reports these in USER_HZ clock ticks, 100 a second on every architecture it runs on.
-    Duration::from_millis(ticks * 10)
-}
-
-/// A running dnlb process on a temporary config.
-struct Dnlb {
-    child: Child,
-    dns: SocketAddr,
-    log: std::path::PathBuf,
-}
-
-impl Dnlb {
-    fn start(config: &str, io: &str, env: &[(&str, &str)]) -> Dnlb {
-        let dir = std::env::temp_dir().join(format!("dnlb-hostile-{}-{}", std::process::id(), free_port()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("dnlb.toml");
-        std::fs::write(&path, config).unwrap();
-        let log = dir.join("stderr.log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dnlb"));
-        cmd.args(["--config", path.to_str().unwrap(), "--io", io]);
-        cmd.stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().expect("dnlb starts");
-        let dns = config
-            .lines()
-            .find_map(|l| l.strip_prefix("listen = [\"").and_then(|r| r.split('"').next()))
-            .unwrap()
-            .parse()
-            .unwrap();
-        Dnlb { child, dns, log }
-    }
-
-    fn addresses(&self) -> Option<Vec<IpAddr>> {
-        let raw = udp_raw(self.dns, &query("sip.example.test.", RecordType::A, 7, None), Duration::from_millis(500))?;
-        let m = Message::from_vec(&raw).ok()?;
-        Some(
-            m.answers
-                .iter()
-                .filter_map(|r| match &r.data {
-                    RData::A(a) => Some(IpAddr::V4(a.0)),
-                    _ => None,
-                })
-                .collect(),
-        )
-    }
-
-    /// Polls the answers every 5 ms until `want` holds; the time it took, or `None` after `limit`.
-    fn wait(&self, limit: Duration, want: impl Fn(&[IpAddr]) -> bool) -> Option<Duration> {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if self.addresses().is_some_and(|a| want(&a)) {
-                return Some(start.elapsed());
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        None
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM by PID; how long until it exited, and its exit code.
-    fn terminate(&mut self) -> (Duration, Option<i32>) {
-        let start = Instant::now();
-        let _sent = Command::new("kill").arg(self.child.id().to_string()).status();
-        while start.elapsed() < Duration::from_secs(5) {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return (start.elapsed(), status.code());
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let _killed = self.child.kill();
-        let _reaped = self.child.wait();
-        (start.elapsed(), None)
-    }
-}
-
-impl Drop for Dnlb {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _killed = self.child.kill();
-            let _reaped = self.child.wait();
-        }
-        if let Some(dir) = self.log.parent() {
-            let _removed = std::fs::remove_dir_all(dir);
-        }
-    }
+/// dnlb on `config` with the given I/O backend and environment.
+fn start(config: &str, io: &str, env: &[(&str, &str)]) -> Dnlb {
+    let dir = std::env::temp_dir().join(format!("dnlb-hostile-{}-{}", std::process::id(), free_port()));
+    Dnlb::spawn_with(dir, config, &["--io", io], env)
 }
 
 /// interval 200 ms, timeout 100 ms, fall 2: the neighbour must go within 200 × 2 + 100 ms.
@@ -395,25 +299,25 @@ fn scenario(behaviour: Hostile, tcp: bool, hostile_ip: &str, neighbour_ip: &str,
         SipResponder::start(SocketAddr::new(neighbour_ip.parse().unwrap(), sip_port), Mode::Reply(200, None));
     let hostile = HostileServer::start(SocketAddr::new(hostile_ip.parse().unwrap(), sip_port), tcp, behaviour);
     let transport = if tcp { "tcp" } else { "udp" };
-    let mut dnlb = Dnlb::start(&config(free_port(), sip_port, hostile_ip, transport, neighbour_ip), io, &[]);
+    let mut dnlb = start(&config(free_port(), sip_port, hostile_ip, transport, neighbour_ip), io, &[]);
     let neighbour_addr: IpAddr = neighbour_ip.parse().unwrap();
     let what = format!("{behaviour:?} over {transport} (io={io})");
     assert!(
-        dnlb.wait(Duration::from_secs(5), |a| a.contains(&neighbour_addr)).is_some(),
+        dnlb.wait_for("sip.example.test.", Duration::from_secs(5), |a| a.contains(&neighbour_addr)).is_some(),
         "{what}: the neighbour never came up\n{}",
         dnlb.stderr()
     );
     // The hostile server does its worst for a second; dnlb's CPU is measured meanwhile.
-    let cpu_before = cpu_time(dnlb.child.id());
+    let cpu_before = cpu_time(&dnlb.process_stat());
     let window = Instant::now();
     std::thread::sleep(Duration::from_secs(1));
-    let cpu = (cpu_time(dnlb.child.id()) - cpu_before).as_secs_f64() / window.elapsed().as_secs_f64();
+    let cpu = (cpu_time(&dnlb.process_stat()) - cpu_before).as_secs_f64() / window.elapsed().as_secs_f64();
     assert!(dnlb.child.try_wait().unwrap().is_none(), "{what}: dnlb died\n{}", dnlb.stderr());
     assert!(hostile.requests.load(Ordering::Relaxed) > 0, "{what}: the hostile server was never probed");
     // The neighbour dies: it must still leave the answers in time.
     neighbour.set(Mode::Silent);
-    let removed = dnlb.wait(Duration::from_secs(3), |a| !a.contains(&neighbour_addr));
-    let (stopped, code) = dnlb.terminate();
+    let removed = dnlb.wait_for("sip.example.test.", Duration::from_secs(3), |a| !a.contains(&neighbour_addr));
+    let (stopped, code) = dnlb.stop();
     let line =
         format!("{what}: cpu {:.1} %, neighbour removed after {removed:?}, SIGTERM took {stopped:?}", cpu * 100.0);
     println!("{line}");
@@ -453,7 +357,7 @@ fn a_frozen_prober_stops_dnlb_with_an_error() {
     let _a = SipResponder::start(SocketAddr::new(hostile_ip.parse().unwrap(), sip_port), Mode::Reply(200, None));
     let _b = SipResponder::start(SocketAddr::new(neighbour_ip.parse().unwrap(), sip_port), Mode::Reply(200, None));
     let text = config(free_port(), sip_port, hostile_ip, "udp", neighbour_ip);
-    let mut dnlb = Dnlb::start(&text, "portable", &[("DNLB_TEST_FREEZE_PROBER_MS", "1000")]);
+    let mut dnlb = start(&text, "portable", &[("DNLB_TEST_FREEZE_PROBER_MS", "1000")]);
     let started = Instant::now();
     let mut exited = None;
     while started.elapsed() < Duration::from_secs(6) {
@@ -473,9 +377,9 @@ fn a_frozen_prober_stops_dnlb_with_an_error() {
     // SIGTERM while frozen, before the watchdog fires: the bounded shutdown gives up on the
     // prober and dnlb still ends.
     let text = config(free_port(), sip_port, hostile_ip, "udp", neighbour_ip);
-    let mut dnlb = Dnlb::start(&text, "portable", &[("DNLB_TEST_FREEZE_PROBER_MS", "300")]);
+    let mut dnlb = start(&text, "portable", &[("DNLB_TEST_FREEZE_PROBER_MS", "300")]);
     std::thread::sleep(Duration::from_millis(600));
-    let (took, code) = dnlb.terminate();
+    let (took, code) = dnlb.stop();
     println!("SIGTERM during a freeze: exited after {took:?} with {code:?}");
     assert!(took < Duration::from_millis(1500), "SIGTERM took {took:?}\n{}", dnlb.stderr());
     assert_ne!(code, Some(0));

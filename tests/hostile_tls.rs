@@ -10,16 +10,14 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::free_port;
+use common::process::{cpu_time, Dnlb};
 use common::sip::{common_port, Mode, SipResponder};
-use common::{free_port, query, udp_raw};
-use hickory_proto::op::Message;
-use hickory_proto::rr::{RData, RecordType};
 use rcgen::{CertificateParams, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
@@ -312,114 +310,6 @@ fn tickets(conn: rustls::ServerConnection, stream: &mut TcpStream, written: &Ato
     }
 }
 
-/// User + system CPU time of one thread, or of the process for `/proc/PID`, from a stat file.
-fn cpu_of(stat: &str) -> Duration {
-    let stat = std::fs::read_to_string(stat).unwrap_or_default();
-    // Fields after the command name (which is in parentheses and may hold spaces).
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0);
-    // Linux reports these in USER_HZ clock ticks, 100 a second on every architecture it runs on.
-    Duration::from_millis(ticks * 10)
-}
-
-/// The stat file of `pid`'s thread named `dnlb-prober`.
-fn prober_stat(pid: u32) -> Option<String> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    tasks.flatten().map(|t| t.path()).find_map(|t| {
-        let name = std::fs::read_to_string(t.join("comm")).ok()?;
-        (name.trim() == "dnlb-prober").then(|| t.join("stat").display().to_string())
-    })
-}
-
-/// A running dnlb process on a temporary config.
-struct Dnlb {
-    child: Child,
-    dns: SocketAddr,
-    log: std::path::PathBuf,
-}
-
-impl Dnlb {
-    fn start(config: &str) -> Dnlb {
-        let dir = std::env::temp_dir().join(format!("dnlb-hostile-tls-{}-{}", std::process::id(), free_port()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("dnlb.toml");
-        std::fs::write(&path, config).unwrap();
-        let log = dir.join("stderr.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_dnlb"))
-            .args(["--config", path.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("dnlb starts");
-        let dns = config
-            .lines()
-            .find_map(|l| l.strip_prefix("listen = [\"").and_then(|r| r.split('"').next()))
-            .unwrap()
-            .parse()
-            .unwrap();
-        Dnlb { child, dns, log }
-    }
-
-    fn addresses(&self) -> Option<Vec<IpAddr>> {
-        let raw = udp_raw(self.dns, &query("sip.example.test.", RecordType::A, 7, None), Duration::from_millis(500))?;
-        let m = Message::from_vec(&raw).ok()?;
-        Some(
-            m.answers
-                .iter()
-                .filter_map(|r| match &r.data {
-                    RData::A(a) => Some(IpAddr::V4(a.0)),
-                    _ => None,
-                })
-                .collect(),
-        )
-    }
-
-    /// Polls the answers every 5 ms until `want` holds; the time it took, or `None` after `limit`.
-    fn wait(&self, limit: Duration, want: impl Fn(&[IpAddr]) -> bool) -> Option<Duration> {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if self.addresses().is_some_and(|a| want(&a)) {
-                return Some(start.elapsed());
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        None
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM by PID; how long until it exited, and its exit code.
-    fn terminate(&mut self) -> (Duration, Option<i32>) {
-        let start = Instant::now();
-        let _sent = Command::new("kill").arg(self.child.id().to_string()).status();
-        while start.elapsed() < Duration::from_secs(5) {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return (start.elapsed(), status.code());
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let _killed = self.child.kill();
-        let _reaped = self.child.wait();
-        (start.elapsed(), None)
-    }
-}
-
-impl Drop for Dnlb {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _killed = self.child.kill();
-            let _reaped = self.child.wait();
-        }
-        if let Some(dir) = self.log.parent() {
-            let _removed = std::fs::remove_dir_all(dir);
-        }
-    }
-}
-
 /// interval 200 ms, timeout 100 ms, fall 2: the neighbour must go within 200 × 2 + 100 ms.
 const PROBE: &str = "interval_ms = 200\ntimeout_ms = 100\nretransmit_ms = 30\nrise = 1\nfall = 2";
 const BOUND: Duration = Duration::from_millis(200 * 2 + 100);
@@ -437,29 +327,30 @@ fn scenario(how: Hostile, hostile_ip: &str, neighbour_ip: &str) -> String {
          [[service.server]]\naddress = \"{neighbour_ip}\"\nport = {sip_port}\ntransports = [\"udp\"]\n",
         free_port()
     );
-    let mut dnlb = Dnlb::start(&config);
+    let dir = std::env::temp_dir().join(format!("dnlb-hostile-tls-{}-{}", std::process::id(), free_port()));
+    let mut dnlb = Dnlb::spawn(dir, &config);
     let neighbour_addr: IpAddr = neighbour_ip.parse().unwrap();
     let what = format!("{how:?}");
     assert!(
-        dnlb.wait(Duration::from_secs(5), |a| a.contains(&neighbour_addr)).is_some(),
+        dnlb.wait_for("sip.example.test.", Duration::from_secs(5), |a| a.contains(&neighbour_addr)).is_some(),
         "{what}: the neighbour never came up\n{}",
         dnlb.stderr()
     );
     // The hostile server does its worst for a second; the prober thread's CPU is measured.
-    let stat = prober_stat(dnlb.child.id()).expect("the dnlb-prober thread");
-    let process = format!("/proc/{}/stat", dnlb.child.id());
-    let (before, process_before) = (cpu_of(&stat), cpu_of(&process));
+    let stat = dnlb.thread_stat("dnlb-prober").expect("the dnlb-prober thread");
+    let process = dnlb.process_stat();
+    let (before, process_before) = (cpu_time(&stat), cpu_time(&process));
     let window = Instant::now();
     std::thread::sleep(Duration::from_secs(1));
     let secs = window.elapsed().as_secs_f64();
-    let cpu = (cpu_of(&stat).saturating_sub(before)).as_secs_f64() / secs;
-    let process_cpu = (cpu_of(&process).saturating_sub(process_before)).as_secs_f64() / secs;
+    let cpu = (cpu_time(&stat).saturating_sub(before)).as_secs_f64() / secs;
+    let process_cpu = (cpu_time(&process).saturating_sub(process_before)).as_secs_f64() / secs;
     assert!(dnlb.child.try_wait().unwrap().is_none(), "{what}: dnlb died\n{}", dnlb.stderr());
     assert!(hostile.connections.load(Ordering::Relaxed) > 0, "{what}: the hostile server was never probed");
     // The neighbour dies: it must still leave the answers in time.
     neighbour.set(Mode::Silent);
-    let removed = dnlb.wait(Duration::from_secs(3), |a| !a.contains(&neighbour_addr));
-    let (stopped, code) = dnlb.terminate();
+    let removed = dnlb.wait_for("sip.example.test.", Duration::from_secs(3), |a| !a.contains(&neighbour_addr));
+    let (stopped, code) = dnlb.stop();
     let log = dnlb.stderr();
     let reasons: Vec<&str> = log
         .lines()
