@@ -12,9 +12,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::sip::{common_port, Mode, SipResponder};
+use common::process::a_records;
 use common::*;
 use hickory_proto::op::Message;
-use hickory_proto::rr::{RData, RecordType};
+use hickory_proto::rr::RecordType;
 
 const SERVERS: usize = 10_000;
 /// Every `HEALTHY_EVERY`-th server has a responder: 100 healthy, 9,900 dead.
@@ -53,16 +54,6 @@ impl Instance {
             .expect("VmRSS in /proc/PID/status");
         kb * 1024
     }
-}
-
-fn addresses(m: &Message) -> Vec<IpAddr> {
-    m.answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::A(a) => Some(IpAddr::V4(a.0)),
-            _ => None,
-        })
-        .collect()
 }
 
 /// One query without EDNS (512 bytes: room for 29 addresses), or `None` without a reply.
@@ -125,7 +116,7 @@ fn ten_thousand_servers_start_fast_in_little_memory_and_rotate_through_the_healt
     let start_up = started.elapsed();
     let rss_at_start = instance.rss();
     eprintln!("first answer after {start_up:?}, RSS {} MB", rss_at_start >> 20);
-    assert_eq!(addresses(&first).len(), 29, "without EDNS an answer holds as many servers as fit 512 bytes");
+    assert_eq!(a_records(&first).len(), 29, "without EDNS an answer holds as many servers as fit 512 bytes");
     assert!(!first.metadata.truncation);
     assert!(start_up < Duration::from_secs(1), "start-up took {start_up:?}");
     assert!(rss_at_start < 100 << 20, "RSS {} MB at start", rss_at_start >> 20);
@@ -136,7 +127,7 @@ fn ten_thousand_servers_start_fast_in_little_memory_and_rotate_through_the_healt
     loop {
         id = id.wrapping_add(1);
         if let Some(m) = ask(&client, dns, id) {
-            if addresses(&m).iter().all(|a| want.contains(a)) {
+            if a_records(&m).iter().all(|a| want.contains(a)) {
                 break;
             }
         }
@@ -156,7 +147,7 @@ fn ten_thousand_servers_start_fast_in_little_memory_and_rotate_through_the_healt
         asked += 1;
         id = id.wrapping_add(1);
         let m = ask(&client, dns, id).expect("an answer");
-        let got = addresses(&m);
+        let got = a_records(&m);
         assert_eq!(got.len(), 29, "as many healthy servers as fit:\n{}", instance.stderr());
         for a in &got {
             assert!(want.contains(a), "{a} is dead but was answered");
