@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::sip::{common_port, Mode, SipResponder};
 use common::process::a_records;
+use common::sip::{common_port, Mode, SipResponder};
 use common::*;
 use hickory_proto::op::Message;
 use hickory_proto::rr::RecordType;

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::process::a_records;
 use common::*;
 use hickory_proto::op::Message;
 use hickory_proto::rr::{RData, RecordType};
@@ -219,18 +220,8 @@ impl Dnlb {
 
     fn addresses(&self, name: &str) -> Vec<IpAddr> {
         let raw = udp_raw(self.dns, &query(name, RecordType::A, 9, None), Duration::from_secs(1));
-        let mut out: Vec<IpAddr> = raw
-            .and_then(|r| Message::from_vec(&r).ok())
-            .map(|m| {
-                m.answers
-                    .iter()
-                    .filter_map(|r| match &r.data {
-                        RData::A(a) => Some(IpAddr::V4(a.0)),
-                        _ => None,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut out: Vec<IpAddr> =
+            raw.and_then(|r| Message::from_vec(&r).ok()).map(|m| a_records(&m)).unwrap_or_default();
         out.sort();
         out
     }
