@@ -167,9 +167,11 @@ pub struct Health {
 }
 
 impl Health {
-    /// Every server healthy on every transport it is configured for.
+    /// Every server healthy on every transport it is configured for, but those configured
+    /// drained (`drain = true`).
     pub fn all_up(config: &Config) -> Health {
-        let up = config.services.iter().map(|s| s.servers.iter().map(|v| v.transports.clone()).collect()).collect();
+        let transports = |v: &crate::config::SipServer| if v.drain { Vec::new() } else { v.transports.clone() };
+        let up = config.services.iter().map(|s| s.servers.iter().map(transports).collect()).collect();
         Health { up, ..Health::default() }
     }
 }

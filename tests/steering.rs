@@ -222,3 +222,50 @@ fn a_drained_server_leaves_at_once_is_still_probed_and_returns_at_once() {
         assert!(a.len() == 3 && a.contains(&drained), "undrained server not back at once: {a:?}");
     }
 }
+
+/// `drain = true` in the configuration: out of the answers from the very first one (even with
+/// `start = "up"`, before any probe), still probed, shown drained; `dnlb undrain` brings it in
+/// at once, and so does a reload that removes the line.
+#[test]
+fn a_server_configured_drained_is_out_from_the_start_and_still_probed() {
+    let ips = ["127.0.0.171", "127.0.0.172"];
+    let (sip_port, farm) = responders(&ips, vec![Mode::Reply(200, None); 2]);
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("dnlb-steering-{}-{port}", std::process::id()));
+    let text = |drain: bool| {
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\nworkers = 1\npin_workers = false\nruntime_dir = \"{}\"\n\
+             [probe]\ninterval_ms = 200\ntimeout_ms = 100\nstart = \"up\"\n[[service]]\nname = \"sip.example.test\"\n\
+             [[service.server]]\naddress = \"{}\"\nport = {sip_port}\ndrain = {drain}\n\
+             [[service.server]]\naddress = \"{}\"\nport = {sip_port}\n",
+            dir.join("run").display(),
+            ips[0],
+            ips[1]
+        )
+    };
+    let d = Instance(Dnlb::spawn(dir.clone(), &text(true)));
+    let drained: IpAddr = ips[0].parse().unwrap();
+    // From the first answer on (the start state's, before any probe).
+    d.wait("the first answer", Duration::from_secs(10), |a| {
+        assert!(!a.contains(&drained), "a server configured drained was served first: {a:?}");
+        !a.is_empty()
+    });
+    let start = Instant::now();
+    let mut answers = 0;
+    while start.elapsed() < Duration::from_secs(1) {
+        let a = d.addresses();
+        assert!(!a.contains(&drained), "a server configured drained was served: {a:?}");
+        answers += usize::from(!a.is_empty());
+    }
+    assert!(answers > 10, "answers seen: {answers}\n{}", d.stderr());
+    assert!(farm[0].requests.load(Ordering::Relaxed) >= 3, "probed all the same");
+    d.wait_for_control();
+    let status = String::from_utf8_lossy(&d.cli(&["status"]).stdout).into_owned();
+    assert!(status.lines().any(|l| l.contains(ips[0]) && l.contains("drained")), "{status}");
+    assert!(d.cli(&["undrain", ips[0]]).status.success());
+    assert!(d.addresses().contains(&drained), "undrained at once");
+    assert!(d.cli(&["drain", ips[0]]).status.success());
+    std::fs::write(&d.config, text(false)).unwrap();
+    assert!(d.cli(&["reload"]).status.success());
+    assert!(d.addresses().contains(&drained), "a reload without the line undrains it");
+}

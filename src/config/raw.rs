@@ -223,6 +223,8 @@ pub(super) struct RawSipServer {
     pub(super) probe_method: Option<ProbeMethod>,
     #[serde(default)]
     pub(super) site: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) drain: bool,
 }
 
 pub(super) fn default_true() -> bool {

@@ -297,6 +297,9 @@ pub struct SipServer {
     pub probe_method: ProbeMethod,
     /// The site (data centre) it stands in, for `[[sites]]` steering; `None`: no site.
     pub site: Option<String>,
+    /// Out of the answers from the start, still probed (`drain = true`): maintenance that outlives
+    /// a restart, where `dnlb drain` lasts until the next restart.
+    pub drain: bool,
 }
 
 impl SipServer {

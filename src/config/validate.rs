@@ -529,6 +529,7 @@ impl Validator<'_> {
                 tls_name,
                 probe_method,
                 site,
+                drain: s.drain,
             });
         }
         let tls_verify = self.tls_verify(raw.tls_verify, raw.tls_ca_file, &field);

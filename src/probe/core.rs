@@ -261,6 +261,8 @@ pub struct Carried {
     last_code: Option<u16>,
     changed: Option<(Instant, &'static str)>,
     drained: bool,
+    /// The server's `drain` setting when it was carried: a reload that changes it applies it.
+    drain_configured: bool,
 }
 
 /// One server on one transport, as last seen.
@@ -384,6 +386,8 @@ struct Target {
     failure: Option<&'static str>,
     /// Taken out of the answers by an operator; still probed.
     drained: bool,
+    /// The server's `drain` setting (see [`Carried`]).
+    drain_configured: bool,
     /// The overload reduction in force.
     overload: Option<Overload>,
     /// Whether an [`Timer::OverloadEnds`] timer is pending (one at a time per target).
@@ -483,6 +487,12 @@ impl Core {
                 for &transport in &server.transports {
                     let addr = SocketAddr::new(server.address, server.port_for(transport));
                     let kept = carried.get(&(Arc::from(service.name.as_str()), addr, transport));
+                    // `drain = true` drains; a reload keeps a `dnlb drain`/`undrain` given since,
+                    // unless it changes the server's `drain` line, which then decides.
+                    let drained = match kept {
+                        Some(c) if c.drain_configured == server.drain => c.drained,
+                        _ => server.drain,
+                    };
                     targets.push(Target {
                         service: si,
                         server: vi,
@@ -498,7 +508,8 @@ impl Core {
                         last_code: kept.and_then(|c| c.last_code),
                         changed: kept.and_then(|c| c.changed),
                         failure: None,
-                        drained: kept.is_some_and(|c| c.drained),
+                        drained,
+                        drain_configured: server.drain,
                         overload: None,
                         overload_timer: false,
                         lossy_until: None,
@@ -646,6 +657,7 @@ impl Core {
                     last_code: t.last_code,
                     changed: t.changed,
                     drained: t.drained,
+                    drain_configured: t.drain_configured,
                 };
                 (key, carried)
             })

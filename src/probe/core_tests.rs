@@ -786,6 +786,42 @@ fn a_drained_server_leaves_at_once_and_is_still_probed() {
     assert_eq!(publish.health.up[0], vec![vec![Transport::Udp, Transport::Tcp], vec![Transport::Udp]]);
 }
 
+/// `drain = true` in the configuration: out of every publish from the start, still probed; a
+/// `dnlb undrain` holds over a reload that leaves the `drain` line alone, and a reload that
+/// changes the line applies it.
+#[test]
+fn a_server_configured_drained_is_never_served_and_its_line_decides_on_reload() {
+    let servers = &[("127.0.0.21", "\"udp\""), ("127.0.0.22", "\"udp\"")];
+    let drained = config(FAST, servers, "");
+    let text = |drain: bool| {
+        let mut c = drained.clone();
+        c.services[0].servers[0].drain = drain;
+        c
+    };
+    let c = text(true);
+    let mut sim = Sim::new(&c, vec![ok(), ok()]);
+    sim.run_until(ms(1000));
+    assert!(
+        !sim.published.is_empty() && sim.published.iter().all(|(_, p)| p.health.up[0][0].is_empty()),
+        "never served"
+    );
+    assert_eq!(sim.published.last().unwrap().1.health.up[0][1], vec![Transport::Udp], "its neighbour is");
+    assert!(sim.opens.iter().any(|p| p.target == 0), "still probed");
+    assert!(sim.core.reports()[0].drained && sim.state(0) == State::Up);
+    assert!(crate::snapshot::Health::all_up(&c).up[0][0].is_empty(), "nor before the first probe");
+
+    // Undrained by the operator; a reload with the same `drain = true` keeps that.
+    assert_eq!(sim.core.set_drained(None, "127.0.0.21".parse().unwrap(), None, false), 1);
+    let mut same = Core::carrying(&c, sim.now, Box::new(Seeded(5)), &sim.core.carry()).unwrap();
+    assert_eq!(same.poll_publish().unwrap().health.up[0][0], vec![Transport::Udp]);
+    // A reload that removes the line leaves it in; one that adds it back drains it again.
+    let off = text(false);
+    let mut removed = Core::carrying(&off, sim.now, Box::new(Seeded(6)), &sim.core.carry()).unwrap();
+    assert_eq!(removed.poll_publish().unwrap().health.up[0][0], vec![Transport::Udp]);
+    let mut again = Core::carrying(&c, sim.now, Box::new(Seeded(7)), &removed.carry()).unwrap();
+    assert!(again.poll_publish().unwrap().health.up[0][0].is_empty(), "the line, changed, decides");
+}
+
 /// Runs one UDP server at `loss` percent per direction for `hours` simulated hours under
 /// `probe` settings; returns its false flaps (times it was taken out).
 fn flaps_under_loss(probe: &str, loss: u64, hours: u64) -> usize {
