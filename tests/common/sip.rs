@@ -26,6 +26,9 @@ pub enum Mode {
     WrongSource,
     /// A 200 whose top Via carries these RFC 7339 parameters (`;oc=50;oc-validity=1000`).
     Overloaded(String),
+    /// A 200, on a path that loses this percentage of datagrams in each direction: each request
+    /// is lost with that chance, and so is each reply (independent draws, a fixed seed).
+    Lossy(u64),
 }
 
 /// A running responder.
@@ -100,6 +103,13 @@ impl SipResponder {
         let thread = std::thread::spawn(move || {
             let other = UdpSocket::bind(SocketAddr::new(addr.ip(), 0)).unwrap();
             let mut buf = [0u8; 4096];
+            let mut dice = 0x2545_f491_4f6c_dd1du64;
+            let mut lost = |percent: u64| {
+                dice ^= dice << 13;
+                dice ^= dice >> 7;
+                dice ^= dice << 17;
+                dice % 100 < percent
+            };
             while !s.load(Ordering::Relaxed) {
                 let Ok((n, from)) = socket.recv_from(&mut buf) else { continue };
                 r.fetch_add(1, Ordering::Relaxed);
@@ -119,6 +129,11 @@ impl SipResponder {
                     }
                     Mode::TryingOnly => send(&reply(&request, "100 Trying", "")),
                     Mode::Silent => {}
+                    Mode::Lossy(percent) => {
+                        if !lost(percent) && !lost(percent) {
+                            send(&reply(&request, "200 OK", ""));
+                        }
+                    }
                     Mode::Late(after) => {
                         std::thread::sleep(after);
                         send(&reply(&request, "200 OK", ""));
