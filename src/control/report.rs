@@ -178,6 +178,22 @@ pub fn explain(v: &View<'_>, name: &str, qtype: &str, client: Option<IpAddr>) ->
             s.answers.map_or(String::new(), |n| format!(", at most {n} addresses"))
         ));
         why.push(sites_line(v.config, s, client));
+        // The site this client's answer comes from, when a [[sites]] rule steers it: the first
+        // site it prefers with a server up and not drained.
+        let serving = |server: &crate::config::SipServer| {
+            v.reports.iter().any(|r| {
+                *r.service == *s.name
+                    && r.addr.ip() == server.address
+                    && r.addr.port() == server.port_for(r.transport)
+                    && r.state == State::Up
+                    && !r.drained
+            })
+        };
+        let chosen = client.and_then(|ip| crate::sites::rule_for(&v.config.sites, ip)).and_then(|(k, _)| {
+            v.config.sites[k].prefer.iter().find(|site| {
+                s.servers.iter().any(|server| server.site.as_deref() == Some(site.as_str()) && serving(server))
+            })
+        });
         let mut any_up = false;
         for (i, server) in s.servers.iter().enumerate() {
             let reports: Vec<&ServerReport> = v
@@ -222,6 +238,12 @@ pub fn explain(v: &View<'_>, name: &str, qtype: &str, client: Option<IpAddr>) ->
             } else if let Some(oc) = overload {
                 format!(
                     "server {} (#{i}) in: up on {}, overloaded: asks for {oc} % less load, so its weight is lowered by that much (weighted, latency)",
+                    server.address,
+                    up.join(", ")
+                )
+            } else if let Some(site) = chosen.filter(|c| server.site.as_deref() != Some(c.as_str())) {
+                format!(
+                    "server {} (#{i}) not for this client: up on {}, but this client's answer comes from site {site}",
                     server.address,
                     up.join(", ")
                 )
