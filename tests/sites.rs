@@ -133,7 +133,9 @@ fn each_prefix_gets_its_site_and_fails_over_to_the_next() {
     assert!(text.contains("127.0.10.1") && !text.contains("  sip.example.test. 1 A 127.0.11"), "{text}");
     assert!(text.contains("server 127.0.10.1 (#0) in: up on udp"), "{text}");
     assert!(
-        text.contains("server 127.0.11.1 (#2) not for this client: up on udp, but this client's answer comes from site east"),
+        text.contains(
+            "server 127.0.11.1 (#2) not for this client: up on udp, but this client's answer comes from site east"
+        ),
         "{text}"
     );
     let explain = d.cli(&["explain", "sip.example.test", "A", "--client", "192.0.2.1"]).unwrap();

