@@ -260,7 +260,7 @@ pub fn check_reply(bytes: &[u8], id: &ProbeId) -> Result<Reply, Mismatch> {
         return Ok(Reply::Provisional);
     }
     let retry_after = response.headers.iter().find_map(|h| match h {
-        Header::RetryAfter(r) => r.value().split([';', ' ', '(']).next().and_then(|s| seconds(s.trim())),
+        Header::RetryAfter(r) => r.value().split([';', ' ', '(']).next().and_then(|s| decimal(s.trim().as_bytes())),
         _ => None,
     });
     Ok(Reply::Final { code, retry_after })
@@ -328,7 +328,8 @@ pub fn overload(bytes: &[u8]) -> Option<OverloadSignal> {
     Some(OverloadSignal { percent, validity_ms, seq })
 }
 
-/// A run of ASCII digits as a number, saturated; `None` if empty or not all digits.
+/// A run of ASCII digits as a number (a Retry-After's delta-seconds, RFC 3261 §20.33; an `oc`
+/// parameter), saturated at `u64::MAX` rather than refused; `None` if empty or not all digits.
 fn decimal(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return None;
@@ -347,15 +348,6 @@ fn oc_seq(value: &[u8]) -> Option<u64> {
     let micros =
         if fraction.is_empty() { 0 } else { decimal(fraction)?.saturating_mul(10u64.pow(6 - fraction.len() as u32)) };
     Some(whole.saturating_mul(1_000_000).saturating_add(micros))
-}
-
-/// A Retry-After delta-seconds value (RFC 3261 §20.33: digits only), saturated at `u64::MAX`
-/// rather than refused when it has more digits than fit.
-fn seconds(digits: &str) -> Option<u64> {
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    Some(digits.bytes().fold(0u64, |n, d| n.saturating_mul(10).saturating_add(u64::from(d - b'0'))))
 }
 
 /// The first position of `needle` in `haystack` at or after `from`.
