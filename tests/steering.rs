@@ -52,16 +52,10 @@ impl Instance {
         self.a("sip.example.test.")
     }
 
-    /// Polls the A answer every 10 ms until `want` holds; panics after `limit`.
+    /// Polls the A answer until `want` holds; panics after `limit`.
     fn wait(&self, what: &str, limit: Duration, want: impl Fn(&[IpAddr]) -> bool) -> Duration {
-        let start = Instant::now();
-        loop {
-            if want(&self.addresses()) {
-                return start.elapsed();
-            }
-            assert!(start.elapsed() < limit, "{what}: not within {limit:?}: {:?}\n{}", self.addresses(), self.stderr());
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let context = || format!("{:?}\n{}", self.addresses(), self.stderr());
+        wait_until(what, limit, || want(&self.addresses()), context)
     }
 }
 
