@@ -44,7 +44,7 @@ fn with_sites() -> String {
 fn setup_with(text: &str) -> (SnapshotHandle, Responder) {
     let config = Config::parse(text).unwrap();
     assert!(text == CONFIG || !config.sites.is_empty(), "the example documents [[sites]]");
-    let handle = SnapshotHandle::new(Snapshot::build(&config, &Health::all_up(&config), 0, 1).unwrap());
+    let handle = SnapshotHandle::new(Snapshot::build(&config, &Health::all_up(&config), 0).unwrap());
     let counters: CounterBlocks = (0..1).map(|_| CachePadded::new(WorkerCounters::default())).collect();
     let responder = Responder::new(handle.clone(), counters, 0);
     (handle, responder)
@@ -83,7 +83,7 @@ fn benches(c: &mut Criterion) {
     refused[14] = b'Y';
     g.bench_function("parse_lookup_refused", |b| b.iter(|| responder.respond(black_box(&refused), udp, &mut out)));
 
-    g.bench_function("snapshot_load", |b| b.iter(|| black_box(handle.load().generation)));
+    g.bench_function("snapshot_load", |b| b.iter(|| black_box(handle.load().generation())));
     g.bench_function("batch_refresh", |b| b.iter(|| responder.refresh()));
     g.finish();
 }
@@ -111,11 +111,11 @@ fn rebuild(c: &mut Criterion) {
                 flip += 1;
                 health.up[0][(flip as usize * 7) % n] =
                     if flip.is_multiple_of(2) { config.services[0].servers[0].transports.clone() } else { Vec::new() };
-                black_box(Snapshot::build_with(&layout, &config, &health, 0, flip).unwrap())
+                black_box(Snapshot::build_with(&layout, &config, &health, 0).unwrap())
             })
         });
         g.bench_function(format!("start_{n}"), |b| {
-            b.iter(|| black_box(Snapshot::build(&config, &Health::all_up(&config), 0, 1).unwrap()))
+            b.iter(|| black_box(Snapshot::build(&config, &Health::all_up(&config), 0).unwrap()))
         });
     }
     g.finish();

@@ -44,7 +44,7 @@ fn table(title: &str, config: &Config) {
     let health: Health = initial_health(config);
     let all_up = Health::all_up(config);
     let snapshot =
-        Snapshot::build(config, if health.up.is_empty() { &health } else { &all_up }, 0, 1).expect("answers build");
+        Snapshot::build(config, if health.up.is_empty() { &health } else { &all_up }, 0).expect("answers build");
     let counters: CounterBlocks = Arc::from(vec![CachePadded::new(WorkerCounters::default())]);
     let mut r = Responder::new(SnapshotHandle::new(snapshot), counters, 0);
     let udp = Transport::Udp { max_payload: config.server.max_udp_payload };

@@ -32,6 +32,7 @@ pub mod control;
 pub mod dns;
 pub mod edge;
 pub mod files;
+pub mod hasher;
 pub mod hosts;
 pub mod io;
 pub mod logging;

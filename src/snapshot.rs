@@ -9,9 +9,9 @@
 //! two health states.
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use arc_swap::{ArcSwap, Guard};
@@ -22,54 +22,12 @@ use crate::dns::answer::{Ring, Template, Window};
 use crate::dns::encode::{self, EncodeError};
 use crate::dns::query::{flag, rcode};
 use crate::dns::{rtype, wire_name};
+use crate::hasher::NameHasher;
 use crate::select;
 use crate::sites::{SiteId, Steering, NO_SITE};
 
 /// The TTL of the RFC 8482 answer to ANY: it changes never, so clients may keep it an hour.
 const ANY_TTL: u32 = 3600;
-
-/// A small, fast hasher for short lower-case names (FxHash's multiply-rotate).
-#[derive(Default, Clone, Copy)]
-pub struct NameHasher(u64);
-
-impl Hasher for NameHasher {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        const K: u64 = 0x517c_c1b7_2722_0a95;
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let word = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-            self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(K);
-        }
-        for &b in chunks.remainder() {
-            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
-        }
-    }
-
-    /// A site prefix (IPv4) in one step rather than byte by byte.
-    #[inline]
-    fn write_u32(&mut self, n: u32) {
-        self.write_u64(u64::from(n));
-    }
-
-    #[inline]
-    fn write_u64(&mut self, n: u64) {
-        const K: u64 = 0x517c_c1b7_2722_0a95;
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(K);
-    }
-
-    /// A site prefix (IPv6) in two steps.
-    #[inline]
-    fn write_u128(&mut self, n: u128) {
-        self.write_u64(n as u64);
-        self.write_u64((n >> 64) as u64);
-    }
-
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
 
 /// How a managed (name, type) is answered.
 #[derive(Debug)]
@@ -176,11 +134,15 @@ impl Health {
     }
 }
 
+/// The generation of a snapshot no handle has published yet.
+const UNPUBLISHED: u64 = 0;
+
 /// An immutable set of pre-encoded answers.
 #[derive(Debug)]
 pub struct Snapshot {
-    /// Increases by one per publish; workers reset their rotation state when it changes.
-    pub generation: u64,
+    /// Stamped by the [`SnapshotHandle`] that publishes it, one more than the one before; see
+    /// [`Snapshot::generation`].
+    generation: u64,
     /// When it was built, so its age can be reported.
     pub built_at: Instant,
     /// Number of rotation counters a worker needs.
@@ -222,7 +184,7 @@ impl Snapshot {
             any_udp: Template::empty(true, rcode::NOERROR),
         };
         Snapshot {
-            generation: 0,
+            generation: UNPUBLISHED,
             built_at: Instant::now(),
             rotation_slots: 0,
             layout: Arc::new(layout),
@@ -231,8 +193,9 @@ impl Snapshot {
     }
 
     /// Builds every answer for `config` given `health`. `round` is the probe round (on-duty).
-    pub fn build(config: &Config, health: &Health, round: u64, generation: u64) -> Result<Snapshot, EncodeError> {
-        Snapshot::build_with(&Arc::new(Layout::new(config)?), config, health, round, generation)
+    /// Its generation is stamped when a [`SnapshotHandle`] publishes it.
+    pub fn build(config: &Config, health: &Health, round: u64) -> Result<Snapshot, EncodeError> {
+        Snapshot::build_with(&Arc::new(Layout::new(config)?), config, health, round)
     }
 
     /// Builds the health-dependent answers for `config` given `health` on `layout`, which must
@@ -242,10 +205,9 @@ impl Snapshot {
         config: &Config,
         health: &Health,
         round: u64,
-        generation: u64,
     ) -> Result<Snapshot, EncodeError> {
         if !layout.fits(config) {
-            return Snapshot::build(config, health, round, generation);
+            return Snapshot::build(config, health, round);
         }
         let views = layout.steering.views();
         let mut b =
@@ -258,12 +220,20 @@ impl Snapshot {
             b.dynamic = Some(b.answers.len());
         }
         Ok(Snapshot {
-            generation,
+            generation: UNPUBLISHED,
             built_at: Instant::now(),
             rotation_slots: b.slots,
             layout: layout.clone(),
             answers: b.answers.into(),
         })
+    }
+
+    /// The number its handle gave it when publishing it: one more than the snapshot it replaced
+    /// (the first published is 1; 0 until published). Workers reset their rotation state when it
+    /// changes.
+    #[inline]
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Bytes the health-dependent answers hold (diagnostics and benches).
@@ -693,35 +663,53 @@ impl Builder {
     }
 }
 
-/// The publish/read handle shared by the prober, the control thread and every worker.
+/// The publish/read handle shared by the prober, the control thread and every worker. It is
+/// the one owner of the generation count: whoever publishes, the handle stamps the snapshot.
 #[derive(Debug, Clone)]
-pub struct SnapshotHandle(Arc<ArcSwap<Snapshot>>);
+pub struct SnapshotHandle(Arc<Published>);
+
+/// What a [`SnapshotHandle`] shares: the current snapshot, and the generation last stamped.
+#[derive(Debug)]
+struct Published {
+    current: ArcSwap<Snapshot>,
+    /// Held while a snapshot is stamped and stored, so two publishers (the prober, a reload)
+    /// never give out one generation twice nor store out of order.
+    generation: Mutex<u64>,
+}
 
 impl SnapshotHandle {
-    /// A handle holding `snapshot`.
-    pub fn new(snapshot: Snapshot) -> SnapshotHandle {
-        SnapshotHandle(Arc::new(ArcSwap::from_pointee(snapshot)))
+    /// A handle holding `snapshot`, published as generation 1.
+    pub fn new(mut snapshot: Snapshot) -> SnapshotHandle {
+        snapshot.generation = 1;
+        SnapshotHandle(Arc::new(Published { current: ArcSwap::from_pointee(snapshot), generation: Mutex::new(1) }))
     }
 
-    /// A handle that serves `snapshot` (the control side asks a copy of the running one).
+    /// A handle that serves `snapshot` as it is (the control side asks a copy of the running one).
     pub fn from_arc(snapshot: Arc<Snapshot>) -> SnapshotHandle {
-        SnapshotHandle(Arc::new(ArcSwap::new(snapshot)))
+        let generation = Mutex::new(snapshot.generation);
+        SnapshotHandle(Arc::new(Published { current: ArcSwap::new(snapshot), generation }))
     }
 
     /// The snapshot now, owned (off the hot path: the control side).
     pub fn current(&self) -> Arc<Snapshot> {
-        self.0.load_full()
+        self.0.current.load_full()
     }
 
     /// The current snapshot; workers call this once per batch.
     #[inline]
     pub fn load(&self) -> Guard<Arc<Snapshot>> {
-        self.0.load()
+        self.0.current.load()
     }
 
-    /// Replaces the snapshot in one store.
-    pub fn publish(&self, snapshot: Snapshot) {
-        self.0.store(Arc::new(snapshot));
+    /// Stamps `snapshot` with the next generation and makes it current in one store; returns the
+    /// generation.
+    pub fn publish(&self, mut snapshot: Snapshot) -> u64 {
+        // A publisher that panicked while holding the lock left the count as it was.
+        let mut last = self.0.generation.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *last += 1;
+        snapshot.generation = *last;
+        self.0.current.store(Arc::new(snapshot));
+        *last
     }
 }
 
@@ -745,43 +733,9 @@ transports = ["tls"]
 "#;
 
     #[test]
-    fn srv_answers_name_each_transports_port() {
-        let text = CONFIG
-            .replace("transports = [\"udp\", \"tcp\"]", "transports = [\"udp\", \"tcp\", \"tls\"]\ntls_port = 5071");
-        let config = Config::parse(&text).unwrap();
-        let snap = Snapshot::build(&config, &Health::all_up(&config), 0, 1).unwrap();
-        let handle = SnapshotHandle::new(snap);
-        let counters: crate::metrics::CounterBlocks =
-            Arc::from(vec![crossbeam_utils::CachePadded::new(crate::metrics::WorkerCounters::default())]);
-        let mut responder = crate::worker::Responder::new(handle, counters, 0);
-        let mut ports = |label: &str| -> Vec<u16> {
-            use hickory_proto::op::{Message, MessageType, OpCode, Query};
-            let mut q = Message::new(7, MessageType::Query, OpCode::Query);
-            let name = hickory_proto::rr::Name::from_ascii(format!("{label}.sip.example.test.")).unwrap();
-            q.add_query(Query::query(name, hickory_proto::rr::RecordType::SRV));
-            let mut out = vec![0u8; 4096];
-            let n = responder.respond(&q.to_vec().unwrap(), crate::dns::answer::Transport::Tcp, &mut out);
-            let m = Message::from_vec(&out[..n]).unwrap();
-            let mut ports: Vec<u16> = m
-                .answers
-                .iter()
-                .filter_map(|r| match &r.data {
-                    hickory_proto::rr::RData::SRV(s) => Some(s.port),
-                    _ => None,
-                })
-                .collect();
-            ports.sort();
-            ports
-        };
-        assert_eq!(ports("_sip._udp"), vec![5060, 5060]);
-        assert_eq!(ports("_sip._tcp"), vec![5060]);
-        assert_eq!(ports("_sips._tcp"), vec![5061, 5071], "::1 defaults to 5061, .11 overrides");
-    }
-
-    #[test]
     fn builds_every_name() {
         let config = Config::parse(CONFIG).unwrap();
-        let snap = Snapshot::build(&config, &Health::all_up(&config), 0, 1).unwrap();
+        let snap = Snapshot::build(&config, &Health::all_up(&config), 0).unwrap();
         let mut names: Vec<String> = snap.names().map(|n| String::from_utf8_lossy(n).into_owned()).collect();
         names.sort();
         assert_eq!(names.len(), 7, "{names:?}");
@@ -853,7 +807,7 @@ prefer = ["west"]
     fn sites_steer_each_client_to_its_first_healthy_site() {
         let config = Config::parse(SITES).unwrap();
         let mut health = Health::all_up(&config);
-        let snap = Snapshot::build(&config, &health, 0, 1).unwrap();
+        let snap = Snapshot::build(&config, &health, 0).unwrap();
         let a = |snap: &Snapshot, client: &str| {
             let mut got = answer(snap, "sip.example.test", rtype::A, client);
             got.sort_unstable();
@@ -868,18 +822,18 @@ prefer = ["west"]
 
         // East's TCP server fails over TCP only: TCP clients of east move to west; UDP stays.
         health.up[0][0] = vec![Transport::Udp];
-        let snap = Snapshot::build(&config, &health, 0, 2).unwrap();
+        let snap = Snapshot::build(&config, &health, 0).unwrap();
         assert_eq!(answer(&snap, "_sip._tcp.sip.example.test", rtype::SRV, "10.1.2.3"), vec![3]);
         assert_eq!(a(&snap, "10.1.2.3"), vec![1, 2]);
 
         // All of east down: its clients get west.
         health.up[0][0].clear();
         health.up[0][1].clear();
-        let snap = Snapshot::build(&config, &health, 0, 3).unwrap();
+        let snap = Snapshot::build(&config, &health, 0).unwrap();
         assert_eq!(a(&snap, "10.1.2.3"), vec![3]);
         // West down too, and no other site left: the all-down policy (serve-all).
         health.up[0][2].clear();
-        let snap = Snapshot::build(&config, &health, 0, 4).unwrap();
+        let snap = Snapshot::build(&config, &health, 0).unwrap();
         assert_eq!(a(&snap, "10.9.2.3"), vec![1, 2, 3]);
     }
 
@@ -891,8 +845,8 @@ prefer = ["west"]
         // answers with west too (the only healthy server), so all three share one ring.
         health.up[0][0].clear();
         health.up[0][1].clear();
-        let snap = Snapshot::build(&config, &health, 0, 1).unwrap();
-        let one_view = Snapshot::build(&Config { sites: Vec::new(), ..config.clone() }, &health, 0, 1).unwrap();
+        let snap = Snapshot::build(&config, &health, 0).unwrap();
+        let one_view = Snapshot::build(&Config { sites: Vec::new(), ..config.clone() }, &health, 0).unwrap();
         assert_eq!(snap.answer_bytes(), one_view.answer_bytes(), "three views, one encoding");
     }
 }

@@ -110,7 +110,7 @@ impl Responder {
     /// A responder that counts into `counters[block]`.
     pub fn new(snapshots: SnapshotHandle, counters: CounterBlocks, block: usize) -> Responder {
         let current = snapshots.load();
-        let generation = current.generation;
+        let generation = current.generation();
         let rotation = vec![0; current.rotation_slots];
         Responder {
             snapshots,
@@ -138,8 +138,8 @@ impl Responder {
     #[inline]
     pub fn refresh(&mut self) {
         self.current = self.snapshots.load();
-        if self.current.generation != self.generation {
-            self.generation = self.current.generation;
+        if self.current.generation() != self.generation {
+            self.generation = self.current.generation();
             self.rotation.clear();
             self.rotation.resize(self.current.rotation_slots, 0);
         }
@@ -522,5 +522,61 @@ impl Handler for Worker {
             tcp.tick(&mut TcpAnswers { responder: &mut self.responder }, now);
         }
         self.publish_counters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::snapshot::Health;
+
+    const CONFIG: &str = r#"
+[server]
+listen = ["127.0.0.1:5353"]
+[[service]]
+name = "sip.example.test"
+[[service.server]]
+address = "127.0.0.11"
+transports = ["udp", "tcp"]
+[[service.server]]
+address = "127.0.0.12"
+[[service.server]]
+address = "::1"
+transports = ["tls"]
+"#;
+
+    #[test]
+    fn srv_answers_name_each_transports_port() {
+        let text = CONFIG
+            .replace("transports = [\"udp\", \"tcp\"]", "transports = [\"udp\", \"tcp\", \"tls\"]\ntls_port = 5071");
+        let config = Config::parse(&text).unwrap();
+        let snap = Snapshot::build(&config, &Health::all_up(&config), 0).unwrap();
+        let handle = SnapshotHandle::new(snap);
+        let counters: crate::metrics::CounterBlocks =
+            Arc::from(vec![crossbeam_utils::CachePadded::new(crate::metrics::WorkerCounters::default())]);
+        let mut responder = crate::worker::Responder::new(handle, counters, 0);
+        let mut ports = |label: &str| -> Vec<u16> {
+            use hickory_proto::op::{Message, MessageType, OpCode, Query};
+            let mut q = Message::new(7, MessageType::Query, OpCode::Query);
+            let name = hickory_proto::rr::Name::from_ascii(format!("{label}.sip.example.test.")).unwrap();
+            q.add_query(Query::query(name, hickory_proto::rr::RecordType::SRV));
+            let mut out = vec![0u8; 4096];
+            let n = responder.respond(&q.to_vec().unwrap(), crate::dns::answer::Transport::Tcp, &mut out);
+            let m = Message::from_vec(&out[..n]).unwrap();
+            let mut ports: Vec<u16> = m
+                .answers
+                .iter()
+                .filter_map(|r| match &r.data {
+                    hickory_proto::rr::RData::SRV(s) => Some(s.port),
+                    _ => None,
+                })
+                .collect();
+            ports.sort();
+            ports
+        };
+        assert_eq!(ports("_sip._udp"), vec![5060, 5060]);
+        assert_eq!(ports("_sip._tcp"), vec![5060]);
+        assert_eq!(ports("_sips._tcp"), vec![5061, 5071], "::1 defaults to 5061, .11 overrides");
     }
 }

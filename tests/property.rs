@@ -41,7 +41,7 @@ const MANAGED: &[&str] = &[
 
 fn responder() -> Responder {
     let config = Config::parse(CONFIG).unwrap();
-    let snapshot = Snapshot::build(&config, &Health::all_up(&config), 0, 1).unwrap();
+    let snapshot = Snapshot::build(&config, &Health::all_up(&config), 0).unwrap();
     let counters: CounterBlocks = (0..1).map(|_| CachePadded::new(WorkerCounters::default())).collect();
     Responder::new(SnapshotHandle::new(snapshot), counters, 0)
 }
@@ -129,7 +129,7 @@ fn farm(k: usize, down: &[bool], weighted: bool) -> (Responder, Vec<std::net::Ip
         // The default all-down policy, serve-all.
         healthy = config.services[0].servers.iter().map(|s| s.address).collect();
     }
-    let snapshot = Snapshot::build(&config, &health, 0, 1).unwrap();
+    let snapshot = Snapshot::build(&config, &health, 0).unwrap();
     let counters: CounterBlocks = (0..1).map(|_| CachePadded::new(WorkerCounters::default())).collect();
     (Responder::new(SnapshotHandle::new(snapshot), counters, 0), healthy)
 }

@@ -85,7 +85,7 @@ fn every_reply_matches_one_snapshot() {
                     .collect()],
                 ..Health::default()
             };
-            t.snapshots.publish(Snapshot::build(&config, &health, g, g).unwrap());
+            t.snapshots.publish(Snapshot::build(&config, &health, g).unwrap());
             if g % 64 == 0 {
                 std::thread::sleep(Duration::from_millis(1)); // let queries interleave with publishes
             }

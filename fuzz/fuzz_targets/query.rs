@@ -28,7 +28,7 @@ fn snapshots() -> &'static SnapshotHandle {
     static HANDLE: OnceLock<SnapshotHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
         let config = Config::parse(CONFIG).expect("fuzz config");
-        SnapshotHandle::new(Snapshot::build(&config, &Health::all_up(&config), 0, 1).expect("snapshot"))
+        SnapshotHandle::new(Snapshot::build(&config, &Health::all_up(&config), 0).expect("snapshot"))
     })
 }
 

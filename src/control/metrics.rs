@@ -28,6 +28,7 @@ use mio::{Events, Interest, Poll, Token};
 use prometheus::core::Collector;
 use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
+use super::running::RunningView;
 use crate::config::Transport;
 use crate::logging::RateLimited;
 use crate::metrics::{CounterBlocks, Totals};
@@ -73,8 +74,8 @@ pub enum MetricsError {
 pub struct Sources {
     /// The workers' counter blocks, one per worker (label `worker`: the block's index).
     pub counters: CounterBlocks,
-    /// The prober, if probing is on; a reload swaps in the new one.
-    pub prober: Arc<arc_swap::ArcSwapOption<ProbeView>>,
+    /// What runs: the prober, if probing is on (a reload swaps in the new one).
+    pub running: RunningView,
     /// The answers the workers serve.
     pub snapshots: SnapshotHandle,
 }
@@ -307,13 +308,13 @@ fn route(request: &[u8]) -> Option<Route> {
 pub fn scrape(sources: &Sources) -> Result<String, MetricsError> {
     let mut m = Metrics::default();
     workers(&mut m, &sources.counters)?;
-    if let Some(p) = sources.prober.load_full() {
-        prober(&mut m, &p)?;
+    if let Some(p) = &sources.running.load().prober {
+        prober(&mut m, p)?;
     }
     let snapshot = sources.snapshots.load();
     m.gauge("dnlb_snapshot_generation", "Generation of the answers served (each probe publish adds one).")?
         .with_label_values(&[] as &[&str])
-        .set(snapshot.generation as f64);
+        .set(snapshot.generation() as f64);
     m.gauge("dnlb_snapshot_age_seconds", "Seconds since the answers served were built.")?
         .with_label_values(&[] as &[&str])
         .set(snapshot.built_at.elapsed().as_secs_f64());
@@ -573,9 +574,13 @@ fn transport_label(t: Transport) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+    use crate::control::running::Running;
     use crate::metrics::WorkerCounters;
     use crate::snapshot::Snapshot;
     use crossbeam_utils::CachePadded;
+
+    const CONFIG: &str = "[server]\nlisten = [\"127.0.0.1:5353\"]\n";
 
     #[test]
     fn every_worker_counter_reaches_the_exposition() {
@@ -587,7 +592,7 @@ mod tests {
         }
         let sources = Sources {
             counters: blocks.clone(),
-            prober: Arc::new(arc_swap::ArcSwapOption::empty()),
+            running: RunningView::new(Running::new(Arc::new(Config::parse(CONFIG).unwrap()), None)),
             snapshots: SnapshotHandle::new(Snapshot::empty()),
         };
         let text = scrape(&sources).unwrap();

@@ -65,7 +65,7 @@ fn records(m: &Message) -> Vec<String> {
 pub fn status(v: &View<'_>) -> Reply {
     let mut text = String::new();
     let age = v.now.saturating_duration_since(v.snapshot.built_at);
-    let _ = writeln!(text, "snapshot generation {} built {:.1} s ago", v.snapshot.generation, age.as_secs_f64());
+    let _ = writeln!(text, "snapshot generation {} built {:.1} s ago", v.snapshot.generation(), age.as_secs_f64());
     match v.heartbeat {
         Some(h) => {
             let _ = writeln!(text, "prober heartbeat {} ms ago", h.as_millis());
@@ -114,7 +114,7 @@ pub fn status(v: &View<'_>) -> Reply {
             .push(json!({"name": s.name, "policy": format!("{:?}", s.policy), "answer": answer, "servers": servers}));
     }
     let json = json!({
-        "generation": v.snapshot.generation,
+        "generation": v.snapshot.generation(),
         "snapshot_age_seconds": age.as_secs_f64(),
         "prober_heartbeat_age_seconds": v.heartbeat.map(|h| h.as_secs_f64()),
         "services": services,
