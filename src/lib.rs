@@ -29,6 +29,7 @@
 
 pub mod config;
 pub mod control;
+pub mod counters;
 pub mod dns;
 pub mod edge;
 pub mod files;
@@ -36,7 +37,6 @@ pub mod hasher;
 pub mod hosts;
 pub mod io;
 pub mod logging;
-pub mod metrics;
 pub mod prefix;
 pub mod probe;
 pub mod relay;

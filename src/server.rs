@@ -14,13 +14,13 @@ use std::thread::JoinHandle;
 use crossbeam_utils::CachePadded;
 
 use crate::config::{RelayConfig, ServerConfig};
-use crate::dns::answer::Transport;
+use crate::counters::{CounterBlocks, Totals, WorkerCounters};
+use crate::dns::answer::DnsTransport;
 use crate::edge::conn::Limits;
 use crate::edge::rrl::Settings as RrlSettings;
 use crate::edge::settings::{EdgeHandle, EdgeSettings};
 use crate::edge::tcp::{self, TcpSide};
 use crate::io::{self, affinity, Backend, IoError, Stop};
-use crate::metrics::{CounterBlocks, Totals, WorkerCounters};
 use crate::relay::sockets::Relay;
 use crate::relay::RelayError;
 use crate::snapshot::SnapshotHandle;
@@ -101,7 +101,7 @@ impl Server {
         let counters: CounterBlocks = (0..sockets.len()).map(|_| CachePadded::new(WorkerCounters::default())).collect();
         let stop = Arc::new(Stop::new().map_err(ServerError::Pipe)?);
         let edge = EdgeHandle::new(EdgeSettings { relay: relay.clone(), rrl: rrl.clone() });
-        let transport = Transport::Udp { max_payload: config.max_udp_payload };
+        let transport = DnsTransport::Udp { max_payload: config.max_udp_payload };
         // Each worker holds its share of the TCP connections; the kernel spreads new ones.
         let limits = Limits {
             max_connections: config.tcp_max_connections.div_ceil(sockets.len().max(1)),

@@ -86,7 +86,7 @@ pub struct Layout {
     names: HashMap<Box<[u8]>, NameAnswers, BuildHasherDefault<NameHasher>>,
     /// Per service, its names and where its health-dependent answers start.
     services: Vec<ServiceLayout>,
-    /// Health-dependent answers per view.
+    /// Serving-dependent answers per view.
     dynamic: usize,
     /// Which view each client gets (`[[sites]]`).
     steering: Steering,
@@ -109,9 +109,9 @@ struct ServiceLayout {
     sites: Vec<SiteId>,
 }
 
-/// Health of each configured server per transport, as the snapshot builder reads it.
+/// Serving of each configured server per transport, as the snapshot builder reads it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Health {
+pub struct Serving {
     /// `up[service][server]` lists the transports on which that server is healthy.
     pub up: Vec<Vec<Vec<Transport>>>,
     /// `latency_weights[service][server]`: the weight a `latency` service gives each server,
@@ -124,13 +124,13 @@ pub struct Health {
     pub weights: Vec<Vec<u32>>,
 }
 
-impl Health {
+impl Serving {
     /// Every server healthy on every transport it is configured for, but those configured
     /// drained (`drain = true`).
-    pub fn all_up(config: &Config) -> Health {
+    pub fn all_up(config: &Config) -> Serving {
         let transports = |v: &crate::config::SipServer| if v.drain { Vec::new() } else { v.transports.clone() };
         let up = config.services.iter().map(|s| s.servers.iter().map(transports).collect()).collect();
-        Health { up, ..Health::default() }
+        Serving { up, ..Serving::default() }
     }
 }
 
@@ -194,7 +194,7 @@ impl Snapshot {
 
     /// Builds every answer for `config` given `health`. `round` is the probe round (on-duty).
     /// Its generation is stamped when a [`SnapshotHandle`] publishes it.
-    pub fn build(config: &Config, health: &Health, round: u64) -> Result<Snapshot, EncodeError> {
+    pub fn build(config: &Config, health: &Serving, round: u64) -> Result<Snapshot, EncodeError> {
         Snapshot::build_with(&Arc::new(Layout::new(config)?), config, health, round)
     }
 
@@ -203,7 +203,7 @@ impl Snapshot {
     pub fn build_with(
         layout: &Arc<Layout>,
         config: &Config,
-        health: &Health,
+        health: &Serving,
         round: u64,
     ) -> Result<Snapshot, EncodeError> {
         if !layout.fits(config) {
@@ -392,7 +392,7 @@ impl Layout {
             if !service.servers.iter().any(|s| s.transports.contains(&transport)) {
                 continue;
             }
-            let srv_owner = encode::name(&format!("{}.{}", srv_label(transport), service.name))?;
+            let srv_owner = encode::name(&format!("{}.{}", transport.srv_label(), service.name))?;
             self.add_health(&srv_owner, rtype::SRV)?;
             let wire = wire_name(&srv_owner.to_ascii()).into();
             srv.push((transport, srv_owner, wire));
@@ -470,15 +470,6 @@ impl Layout {
     }
 }
 
-/// The SRV label of a transport (RFC 3263).
-fn srv_label(transport: Transport) -> &'static str {
-    match transport {
-        Transport::Udp => "_sip._udp",
-        Transport::Tcp => "_sip._tcp",
-        Transport::Tls => "_sips._tcp",
-    }
-}
-
 /// Builds the health-dependent answers, view after view, each in the order [`Layout::service`]
 /// numbered them.
 struct Builder {
@@ -538,7 +529,7 @@ impl Builder {
         &mut self,
         service: &ServiceConfig,
         names: &ServiceLayout,
-        health: &Health,
+        health: &Serving,
         index: usize,
         round: u64,
         prefer: &[SiteId],
@@ -613,12 +604,7 @@ impl Builder {
             let chosen = Builder::steer(names, prefer, n, |i| configured(i) && up_here(i));
             let any = !chosen.is_empty();
             let members: Vec<usize> = if any { chosen } else { (0..n).filter(|&i| configured(i)).collect() };
-            let naptr_service = match transport {
-                Transport::Udp => "SIP+D2U",
-                Transport::Tcp => "SIP+D2T",
-                Transport::Tls => "SIPS+D2T",
-            };
-            naptrs.push(encode::naptr_record(owner, ttl, 50 + 20 * order, naptr_service, srv_owner));
+            naptrs.push(encode::naptr_record(owner, ttl, 50 + 20 * order, transport.naptr_service(), srv_owner));
             if let Some(t) = fallback(any) {
                 self.push(SAME_IN_EVERY_VIEW, |_| Ok(Answers::Fixed(Arc::new(t))))?;
                 continue;
@@ -735,7 +721,7 @@ transports = ["tls"]
     #[test]
     fn builds_every_name() {
         let config = Config::parse(CONFIG).unwrap();
-        let snap = Snapshot::build(&config, &Health::all_up(&config), 0).unwrap();
+        let snap = Snapshot::build(&config, &Serving::all_up(&config), 0).unwrap();
         let mut names: Vec<String> = snap.names().map(|n| String::from_utf8_lossy(n).into_owned()).collect();
         names.sort();
         assert_eq!(names.len(), 7, "{names:?}");
@@ -806,7 +792,7 @@ prefer = ["west"]
     #[test]
     fn sites_steer_each_client_to_its_first_healthy_site() {
         let config = Config::parse(SITES).unwrap();
-        let mut health = Health::all_up(&config);
+        let mut health = Serving::all_up(&config);
         let snap = Snapshot::build(&config, &health, 0).unwrap();
         let a = |snap: &Snapshot, client: &str| {
             let mut got = answer(snap, "sip.example.test", rtype::A, client);
@@ -840,7 +826,7 @@ prefer = ["west"]
     #[test]
     fn views_that_answer_alike_share_their_encoding() {
         let config = Config::parse(SITES).unwrap();
-        let mut health = Health::all_up(&config);
+        let mut health = Serving::all_up(&config);
         // East down: view "east, west" answers with west alone, as view "west" does; view 0
         // answers with west too (the only healthy server), so all three share one ring.
         health.up[0][0].clear();

@@ -22,14 +22,14 @@ use std::time::Instant;
 use arc_swap::Guard;
 
 use crate::config::{RelayConfig, RrlConfig};
-use crate::dns::answer::{self, Template, Transport};
+use crate::counters::{CounterBlocks, WorkerCounters};
+use crate::dns::answer::{self, DnsTransport, Template};
 use crate::dns::query::{self, rcode, Query, Reject, MAX_NAME_LEN};
 use crate::dns::{rtype, CLASS_IN};
 use crate::edge::rrl::{Decision, Limiter};
 use crate::edge::settings::{EdgeHandle, EdgeSettings};
 use crate::edge::tcp::{Answerer, TcpSide};
 use crate::io::{DropReason, Handler, Outbox, Peer};
-use crate::metrics::{CounterBlocks, WorkerCounters};
 use crate::prefix;
 use crate::relay::engine::{Forwarded, Replies, ReplyTo};
 use crate::relay::sockets::Relay;
@@ -103,7 +103,7 @@ impl Client<'_> {
 /// and TCP alike), so this is a plain load and store, not a locked read-modify-write.
 #[inline]
 fn count(counter: &AtomicU64) {
-    crate::metrics::bump(counter);
+    crate::counters::bump(counter);
 }
 
 impl Responder {
@@ -151,14 +151,20 @@ impl Responder {
 
     /// Answers one message from an unknown client (no relay); returns the reply length.
     #[inline]
-    pub fn respond(&mut self, packet: &[u8], transport: Transport, out: &mut [u8]) -> usize {
+    pub fn respond(&mut self, packet: &[u8], transport: DnsTransport, out: &mut [u8]) -> usize {
         self.respond_from(packet, Client::Unknown, transport, out)
     }
 
     /// Answers one message; returns the reply length in `out`, 0 for no reply (dropped, or sent
     /// upstream: the answer then comes later).
     #[inline]
-    pub fn respond_from(&mut self, packet: &[u8], client: Client<'_>, transport: Transport, out: &mut [u8]) -> usize {
+    pub fn respond_from(
+        &mut self,
+        packet: &[u8],
+        client: Client<'_>,
+        transport: DnsTransport,
+        out: &mut [u8],
+    ) -> usize {
         match self.answer(packet, client, transport, out) {
             Answer::Reply(n) => n,
             Answer::Relayed | Answer::Nothing => 0,
@@ -167,7 +173,7 @@ impl Responder {
 
     /// Answers one message, saying whether the reply is in `out`, comes later or never.
     #[inline]
-    pub fn answer(&mut self, packet: &[u8], client: Client<'_>, transport: Transport, out: &mut [u8]) -> Answer {
+    pub fn answer(&mut self, packet: &[u8], client: Client<'_>, transport: DnsTransport, out: &mut [u8]) -> Answer {
         count(&self.counters().queries);
         let query = match query::parse(packet, &mut self.name) {
             Ok(q) => q,
@@ -202,7 +208,7 @@ impl Responder {
             }
         }
         let lookup = if query.qclass == CLASS_IN {
-            let udp = matches!(transport, Transport::Udp { .. });
+            let udp = matches!(transport, DnsTransport::Udp { .. });
             // The source address is decoded only when answers depend on it ([[sites]]).
             let source = if self.current.steers() { client.addr().map(|a| a.ip()) } else { None };
             self.current.lookup(&self.name[..query.name_len], query.qtype, udp, source, &mut self.rotation)
@@ -224,7 +230,7 @@ impl Responder {
         packet: &[u8],
         query: &Query,
         client: Client<'_>,
-        transport: Transport,
+        transport: DnsTransport,
         out: &mut [u8],
     ) -> Answer {
         let (Some(config), Some(relay)) = (self.relay_config.as_ref(), self.relay.as_mut()) else {
@@ -247,7 +253,7 @@ impl Responder {
         Answer::Reply(n)
     }
 
-    fn refuse(&mut self, packet: &[u8], query: &Query, transport: Transport, out: &mut [u8]) -> usize {
+    fn refuse(&mut self, packet: &[u8], query: &Query, transport: DnsTransport, out: &mut [u8]) -> usize {
         let written = answer::write_reply(packet, query, &self.refused, transport, out);
         self.count_reply(self.refused.flags, written.truncated);
         written.len
@@ -338,7 +344,7 @@ impl Answerer for TcpAnswers<'_> {
         relayed: &mut bool,
     ) -> usize {
         let client = Client::Tcp { peer, slot, generation };
-        match self.responder.answer(message, client, Transport::Tcp, out) {
+        match self.responder.answer(message, client, DnsTransport::Tcp, out) {
             Answer::Reply(n) => n,
             Answer::Relayed => {
                 *relayed = true;
@@ -355,7 +361,7 @@ pub struct Worker {
     /// The shared query logic.
     pub responder: Responder,
     /// The UDP size cap.
-    pub transport: Transport,
+    pub transport: DnsTransport,
     /// UDP response rate limiting, if configured.
     rrl: Option<Limiter>,
     /// The time of the current batch (read only when rate limiting is on).
@@ -371,7 +377,7 @@ pub struct Worker {
 impl Worker {
     /// A worker's handler around `responder` (with its relay, if any), its TCP side and its rate
     /// limiter.
-    pub fn new(responder: Responder, transport: Transport, tcp: Option<TcpSide>, rrl: Option<RrlConfig>) -> Worker {
+    pub fn new(responder: Responder, transport: DnsTransport, tcp: Option<TcpSide>, rrl: Option<RrlConfig>) -> Worker {
         let limiter = rrl.clone().map(|r| Limiter::new(r, Instant::now()));
         Worker { responder, transport, rrl: limiter, batch_now: Instant::now(), tcp, edge: None, rrl_settings: rrl }
     }
@@ -490,7 +496,7 @@ impl Handler for Worker {
 
     fn dropped(&mut self, reason: DropReason, n: u64) {
         let c = self.responder.counters();
-        crate::metrics::add(
+        crate::counters::add(
             match reason {
                 DropReason::NoBuffer => &c.drop_enobufs,
                 DropReason::NoSendSlot => &c.drop_send_slot,
@@ -529,7 +535,7 @@ impl Handler for Worker {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::snapshot::Health;
+    use crate::snapshot::Serving;
 
     const CONFIG: &str = r#"
 [server]
@@ -551,10 +557,10 @@ transports = ["tls"]
         let text = CONFIG
             .replace("transports = [\"udp\", \"tcp\"]", "transports = [\"udp\", \"tcp\", \"tls\"]\ntls_port = 5071");
         let config = Config::parse(&text).unwrap();
-        let snap = Snapshot::build(&config, &Health::all_up(&config), 0).unwrap();
+        let snap = Snapshot::build(&config, &Serving::all_up(&config), 0).unwrap();
         let handle = SnapshotHandle::new(snap);
-        let counters: crate::metrics::CounterBlocks =
-            Arc::from(vec![crossbeam_utils::CachePadded::new(crate::metrics::WorkerCounters::default())]);
+        let counters: crate::counters::CounterBlocks =
+            Arc::from(vec![crossbeam_utils::CachePadded::new(crate::counters::WorkerCounters::default())]);
         let mut responder = crate::worker::Responder::new(handle, counters, 0);
         let mut ports = |label: &str| -> Vec<u16> {
             use hickory_proto::op::{Message, MessageType, OpCode, Query};
@@ -562,7 +568,7 @@ transports = ["tls"]
             let name = hickory_proto::rr::Name::from_ascii(format!("{label}.sip.example.test.")).unwrap();
             q.add_query(Query::query(name, hickory_proto::rr::RecordType::SRV));
             let mut out = vec![0u8; 4096];
-            let n = responder.respond(&q.to_vec().unwrap(), crate::dns::answer::Transport::Tcp, &mut out);
+            let n = responder.respond(&q.to_vec().unwrap(), crate::dns::answer::DnsTransport::Tcp, &mut out);
             let m = Message::from_vec(&out[..n]).unwrap();
             let mut ports: Vec<u16> = m
                 .answers

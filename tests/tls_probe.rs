@@ -418,7 +418,7 @@ fn hostile_tls_peers_fail_probes_within_the_timeout() {
         text.push_str(&format!("[[service.server]]\naddress = \"{ip}\"\ntransports = [\"tls\"]\n"));
     }
     let config = dnlb::config::Config::parse(&text).unwrap();
-    let health = dnlb::probe::initial_health(&config);
+    let health = dnlb::probe::initial_serving(&config);
     let snapshots = dnlb::snapshot::SnapshotHandle::new(dnlb::snapshot::Snapshot::build(&config, &health, 0).unwrap());
     let prober = dnlb::probe::Prober::spawn(config, snapshots).unwrap();
     let want =

@@ -29,9 +29,8 @@ use prometheus::core::Collector;
 use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use super::running::RunningView;
-use crate::config::Transport;
+use crate::counters::{CounterBlocks, Totals};
 use crate::logging::RateLimited;
-use crate::metrics::{CounterBlocks, Totals};
 use crate::probe::health::State;
 use crate::probe::ProbeView;
 use crate::snapshot::SnapshotHandle;
@@ -546,7 +545,7 @@ fn prober(m: &mut Metrics, p: &ProbeView) -> Result<(), MetricsError> {
     };
     for r in &reports {
         let server = r.addr.to_string();
-        let l = [&*r.service, server.as_str(), transport_label(r.transport)];
+        let l = [&*r.service, server.as_str(), r.transport.name()];
         up.with_label_values(&l).set(i64::from(r.state == State::Up));
         if let Some(t) = r.rtt {
             rtt.with_label_values(&l).set(t.as_secs_f64());
@@ -562,21 +561,12 @@ fn prober(m: &mut Metrics, p: &ProbeView) -> Result<(), MetricsError> {
     Ok(())
 }
 
-/// The `transport` label's value.
-fn transport_label(t: Transport) -> &'static str {
-    match t {
-        Transport::Udp => "udp",
-        Transport::Tcp => "tcp",
-        Transport::Tls => "tls",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::Config;
     use crate::control::running::Running;
-    use crate::metrics::WorkerCounters;
+    use crate::counters::WorkerCounters;
     use crate::snapshot::Snapshot;
     use crossbeam_utils::CachePadded;
 

@@ -35,7 +35,7 @@ use super::{notify, runtime};
 use crate::config::{Config, ConfigError, HostsSource, IoMode};
 use crate::dns::encode::EncodeError;
 use crate::probe::core::OsEntropy;
-use crate::probe::{initial_health, Carry, Prober, ProberError};
+use crate::probe::{initial_serving, Carry, Prober, ProberError};
 use crate::server::{Server, ServerError};
 use crate::snapshot::{Layout, Snapshot, SnapshotHandle};
 
@@ -180,7 +180,7 @@ impl ControlPlane {
         let locks = InstanceLocks::acquire(&runtime::dir(config.server.runtime_dir.as_deref()), &config.server.listen)?;
         // The first snapshot follows the configured start state; the prober publishes from then on.
         let layout = Arc::new(Layout::new(&config)?);
-        let snapshots = SnapshotHandle::new(Snapshot::build_with(&layout, &config, &initial_health(&config), 0)?);
+        let snapshots = SnapshotHandle::new(Snapshot::build_with(&layout, &config, &initial_serving(&config), 0)?);
         let relay = config.relay.clone().map(Arc::new);
         let server = Server::start(&config.server, relay, config.rrl.clone(), snapshots.clone())?;
         let prober = spawn_prober(&config, layout, &snapshots, &Carry::new())?;
@@ -418,7 +418,7 @@ fn spawn_prober(
         let entropy = Box::new(OsEntropy::default());
         Ok(Some(Prober::spawn_on(config.clone(), layout, snapshots.clone(), entropy, carry)?))
     } else {
-        snapshots.publish(Snapshot::build_with(&layout, config, &initial_health(config), 0)?);
+        snapshots.publish(Snapshot::build_with(&layout, config, &initial_serving(config), 0)?);
         Ok(None)
     }
 }

@@ -298,8 +298,9 @@ pub struct ServerReport {
 /// What the answers are built from; the core asks for a new snapshot only when this changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Publish {
-    /// Health per service, server and transport (after the last-good substitution).
-    pub health: snapshot::Health,
+    /// Who is served per service, server and transport, with what weight (after the last-good
+    /// substitution).
+    pub serving: snapshot::Serving,
     /// The probe round (on-duty services rotate per round; 0 when none does).
     pub round: u64,
 }
@@ -1139,8 +1140,8 @@ impl Core {
                 }
             }
         }
-        let health = snapshot::Health { up, latency_weights, weights };
-        Publish { health, round: if self.on_duty { self.round } else { 0 } }
+        let serving = snapshot::Serving { up, latency_weights, weights };
+        Publish { serving, round: if self.on_duty { self.round } else { 0 } }
     }
 
     /// What to publish, if the answers changed since the last publish.

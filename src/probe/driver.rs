@@ -37,7 +37,7 @@ use super::health::State;
 use super::tls;
 use crate::config::{Config, StartState, Transport};
 use crate::dns::encode::EncodeError;
-use crate::snapshot::{Health, Layout, Snapshot, SnapshotHandle};
+use crate::snapshot::{Layout, Serving, Snapshot, SnapshotHandle};
 
 /// Reads of one socket per pass before the loop moves on (fairness under a flood).
 pub const READ_BUDGET: usize = 64;
@@ -365,12 +365,12 @@ impl Drop for Prober {
 }
 
 /// The health the first snapshot is built from, before any probe: per the start state.
-pub fn initial_health(config: &Config) -> Health {
+pub fn initial_serving(config: &Config) -> Serving {
     match (config.probe.enabled, config.probe.start) {
-        (false, _) | (true, StartState::Up) => Health::all_up(config),
-        (true, StartState::Unknown | StartState::Down) => Health {
+        (false, _) | (true, StartState::Up) => Serving::all_up(config),
+        (true, StartState::Unknown | StartState::Down) => Serving {
             up: config.services.iter().map(|s| vec![Vec::new(); s.servers.len()]).collect(),
-            ..Health::default()
+            ..Serving::default()
         },
     }
 }
@@ -509,7 +509,7 @@ impl Driver {
         while let Some(f) = self.core.poll_flip() {
             flipped = true;
             if let Some((service, addr, transport)) = self.core.describe(f.target) {
-                let transport = transport_name(transport);
+                let transport = transport.name();
                 let (from, why) = (format!("{:?}", f.from).to_lowercase(), f.why);
                 // Bounded by the probe interval per server, so never rate-limited: every flip is
                 // an event an operator may need to line up with a complaint.
@@ -525,7 +525,7 @@ impl Driver {
             flipped = true;
             let detail = self.tls_errors.get_mut(change.target).and_then(Option::take);
             if let Some((service, addr, transport)) = self.core.describe(change.target) {
-                let transport = transport_name(transport);
+                let transport = transport.name();
                 match (change.failure, detail) {
                     (Some(why), detail) => {
                         // A detail left by an earlier failure with another reason is not this one's.
@@ -547,7 +547,7 @@ impl Driver {
             self.next_report = now + self.config.probe.interval;
         }
         while let Some(p) = self.core.poll_publish() {
-            match Snapshot::build_with(&self.layout, &self.config, &p.health, p.round) {
+            match Snapshot::build_with(&self.layout, &self.config, &p.serving, p.round) {
                 Ok(snapshot) => {
                     self.snapshots.publish(snapshot);
                 }
@@ -806,12 +806,4 @@ fn freeze_forever() -> ! {
 /// The socket of `probe` in `sockets`, if it is still the one open for its target.
 fn slot_of(sockets: &mut [Option<Slot>], probe: ProbeRef) -> Option<&mut Slot> {
     sockets.get_mut(probe.target)?.as_mut().filter(|s| s.probe == probe)
-}
-
-fn transport_name(t: Transport) -> &'static str {
-    match t {
-        Transport::Udp => "udp",
-        Transport::Tcp => "tcp",
-        Transport::Tls => "tls",
-    }
 }

@@ -15,4 +15,4 @@ pub mod sip;
 pub mod tls;
 
 pub use self::core::ServerReport;
-pub use driver::{initial_health, Carry, DrainRequest, ProbeControl, ProbeStatus, ProbeView, Prober, ProberError};
+pub use driver::{initial_serving, Carry, DrainRequest, ProbeControl, ProbeStatus, ProbeView, Prober, ProberError};

@@ -31,7 +31,7 @@ use super::random::{Fill, Random};
 use super::upstream::{accept, Refusal, Sent};
 use super::RelayError;
 use crate::config::RelayConfig;
-use crate::dns::answer::{self, Template, Transport};
+use crate::dns::answer::{self, DnsTransport, Template};
 use crate::dns::query::{self, flag, rcode, Query, HEADER_LEN, TYPE_OPT};
 
 /// Clients waiting on one upstream query, at most (each holds its header and question: a few
@@ -98,7 +98,7 @@ pub enum Forwarded {
 
 /// What [`Engine::on_reply`] did with a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub enum ReplyOutcome {
     /// Accepted: the exchange is over and its socket closed.
     Taken,
     /// Refused (counted); the exchange still waits for its reply.
@@ -162,7 +162,7 @@ struct Waiter {
     /// Its header and question, as it sent them.
     head: Box<[u8]>,
     query: Query,
-    transport: Transport,
+    transport: DnsTransport,
 }
 
 /// One question in flight upstream.
@@ -287,14 +287,14 @@ pub struct Engine {
 
 /// Where a configuration's questions go: every upstream (the default list first, then each
 /// route's), the groups they form, and the route domains as wire names with their group.
-struct Layout {
+struct Routing {
     upstreams: Vec<SocketAddr>,
     groups: Vec<Vec<usize>>,
     routes: Vec<(Box<[u8]>, usize)>,
 }
 
-impl Layout {
-    fn of(config: &RelayConfig) -> Layout {
+impl Routing {
+    fn of(config: &RelayConfig) -> Routing {
         let mut upstreams: Vec<SocketAddr> = config.upstreams.clone();
         let mut groups = vec![(0..upstreams.len()).collect::<Vec<usize>>()];
         let mut routes = Vec::new();
@@ -304,7 +304,7 @@ impl Layout {
             groups.push((start..upstreams.len()).collect());
             routes.push((crate::dns::wire_name(&r.domain).into_boxed_slice(), i + 1));
         }
-        Layout { upstreams, groups, routes }
+        Routing { upstreams, groups, routes }
     }
 }
 
@@ -322,7 +322,7 @@ impl Engine {
     /// The relay logic for `config`, with random bytes from `fill`; fails if `fill` does.
     pub fn new(config: Arc<RelayConfig>, fill: Fill, now: Instant) -> Result<Engine, RelayError> {
         let random = Random::new(fill).map_err(RelayError::Random)?;
-        let Layout { upstreams, groups, routes } = Layout::of(&config);
+        let Routing { upstreams, groups, routes } = Routing::of(&config);
         let health_query = health_query(&config);
         Ok(Engine {
             health_query,
@@ -355,7 +355,7 @@ impl Engine {
     /// them (failures, 0x20). The cache starts afresh when what its answers came from changes
     /// (upstreams, routes) or its bounds do; limits and the allow list apply to new questions.
     pub fn reconfigure(&mut self, config: Arc<RelayConfig>, now: Instant) {
-        let Layout { mut upstreams, groups, routes } = Layout::of(&config);
+        let Routing { mut upstreams, groups, routes } = Routing::of(&config);
         let active = upstreams.len();
         for p in self.pending.values() {
             let addr = self.upstreams[p.upstream];
@@ -458,7 +458,7 @@ impl Engine {
         name: &[u8],
         client: SocketAddr,
         to: ReplyTo,
-        transport: Transport,
+        transport: DnsTransport,
         out: &mut [u8],
         now: Instant,
         wire: &mut dyn Wire,
@@ -530,7 +530,7 @@ impl Engine {
         }
     }
 
-    fn servfail_now(&self, packet: &[u8], query: &Query, transport: Transport, out: &mut [u8]) -> Forwarded {
+    fn servfail_now(&self, packet: &[u8], query: &Query, transport: DnsTransport, out: &mut [u8]) -> Forwarded {
         Forwarded::Answered(answer::write_reply(packet, query, &self.servfail, transport, out).len)
     }
 
@@ -600,24 +600,24 @@ impl Engine {
         out: &mut dyn Replies,
         now: Instant,
         wire: &mut dyn Wire,
-    ) -> Verdict {
+    ) -> ReplyOutcome {
         let Some(p) = self.pending.get_mut(&token) else {
             self.stats.late += 1;
-            return Verdict::Unknown;
+            return ReplyOutcome::Unknown;
         };
         match accept(data, from, &p.sent) {
             Ok(()) => {}
             Err(Refusal::Case) => {
                 self.stats.case_mismatches += 1;
                 p.case_mismatch = true;
-                return Verdict::Refused;
+                return ReplyOutcome::Refused;
             }
             Err(_) => {
                 self.stats.forged += 1;
-                return Verdict::Refused;
+                return ReplyOutcome::Refused;
             }
         }
-        let Some(mut p) = self.remove(token, wire) else { return Verdict::Unknown };
+        let Some(mut p) = self.remove(token, wire) else { return ReplyOutcome::Unknown };
         let over_tcp = p.truncated.is_some();
         if !over_tcp && data.len() > usize::from(UPSTREAM_PAYLOAD) {
             self.stats.oversize += 1;
@@ -630,22 +630,22 @@ impl Engine {
         if (flags & 0xf) as u8 == rcode::SERVFAIL {
             self.note_failure(p.upstream, now);
             self.retry_or_fail(p, now, out, wire);
-            return Verdict::Taken;
+            return ReplyOutcome::Taken;
         }
         self.state[p.upstream].failures = 0;
         self.state[p.upstream].last_failure = None;
         if p.check {
-            return Verdict::Taken;
+            return ReplyOutcome::Taken;
         }
         if flags & flag::TC != 0 && !over_tcp {
             match self.retry_over_tcp(p, data, now, wire) {
-                Ok(()) => return Verdict::Taken,
+                Ok(()) => return ReplyOutcome::Taken,
                 Err(back) => p = *back,
             }
         }
         self.cache.insert(p.key.clone(), data, now);
         self.deliver(&p, data, now, out);
-        Verdict::Taken
+        ReplyOutcome::Taken
     }
 
     /// Asks `p` again over TCP (same ID and case) after a UDP reply with TC=1.
@@ -870,7 +870,14 @@ fn advertise_payload(message: &mut [u8], question_end: usize) {
 /// client (`head`: its header and question): its ID, flags RD and CD, its question case, TTLs at
 /// most `max_ttl`, no OPT if it sent none; the question alone with TC if it does not fit.
 /// Returns the length written to `buf` (0 if `data` is shorter than the question).
-pub fn patch_raw(data: &[u8], head: &[u8], query: &Query, transport: Transport, max_ttl: u32, buf: &mut [u8]) -> usize {
+pub fn patch_raw(
+    data: &[u8],
+    head: &[u8],
+    query: &Query,
+    transport: DnsTransport,
+    max_ttl: u32,
+    buf: &mut [u8],
+) -> usize {
     let q_end = query.question_end;
     let limit = transport.limit(query).min(buf.len());
     if data.len() < q_end || head.len() < q_end || q_end < HEADER_LEN || buf.len() < q_end {
@@ -975,7 +982,7 @@ mod tests {
     }
 
     const CLIENT: &str = "127.0.0.1:40000";
-    const UDP: Transport = Transport::Udp { max_payload: 1232 };
+    const UDP: DnsTransport = DnsTransport::Udp { max_payload: 1232 };
 
     fn ask(e: &mut Engine, wire: &mut FakeWire, name: &str, id: u16, now: Instant) -> Forwarded {
         ask_from(e, wire, name, id, CLIENT, now)
@@ -1040,7 +1047,7 @@ mod tests {
         assert_eq!(ask(&mut e, &mut wire, "cached.example.test", 1, now), Forwarded::Pending);
         let (token, to, sent, _) = wire.sent[0].clone();
         let mut out = Collected::default();
-        assert_eq!(e.on_reply(token, &reply_to(&sent, 0, false), to, &mut out, now, &mut wire), Verdict::Taken);
+        assert_eq!(e.on_reply(token, &reply_to(&sent, 0, false), to, &mut out, now, &mut wire), ReplyOutcome::Taken);
         assert!(matches!(ask(&mut e, &mut wire, "cached.example.test", 2, now), Forwarded::Answered(_)));
         assert_eq!(ask(&mut e, &mut wire, "inflight.example.test", 3, now), Forwarded::Pending);
         let (token, _, sent, _) = wire.sent[1].clone();
@@ -1056,7 +1063,7 @@ mod tests {
         e.reconfigure(Arc::new(moved), now);
         // The question in flight is answered by the upstream it went to.
         let mut out = Collected::default();
-        assert_eq!(e.on_reply(token, &reply_to(&sent, 0, false), old, &mut out, now, &mut wire), Verdict::Taken);
+        assert_eq!(e.on_reply(token, &reply_to(&sent, 0, false), old, &mut out, now, &mut wire), ReplyOutcome::Taken);
         assert_eq!(out.0.len(), 1);
         // The cache is new, so the cached name is asked again, of a new upstream.
         assert_eq!(ask(&mut e, &mut wire, "cached.example.test", 5, now), Forwarded::Pending);
@@ -1101,7 +1108,7 @@ mod tests {
         assert_eq!((wire.sent.len(), e.stats.waiters_full), (1, 1), "SERVFAIL past the bound, no second query");
         let (token, to, sent, _) = wire.sent[0].clone();
         let mut out = Collected::default();
-        assert_eq!(e.on_reply(token, &reply_to(&sent, 0, false), to, &mut out, now, &mut wire), Verdict::Taken);
+        assert_eq!(e.on_reply(token, &reply_to(&sent, 0, false), to, &mut out, now, &mut wire), ReplyOutcome::Taken);
         assert_eq!(out.0.len(), WAITERS_PER_QUESTION);
         assert!(wire.open.is_empty(), "the socket is closed");
         assert_eq!(e.waiting(), 0);
@@ -1150,14 +1157,14 @@ mod tests {
             let (token, to, sent, _) = wire.sent.last().unwrap().clone();
             let mut lowered = reply_to(&sent, 0, false);
             lowered[12..].make_ascii_lowercase();
-            assert_eq!(e.on_reply(token, &lowered, to, &mut out, now, &mut wire), Verdict::Refused);
+            assert_eq!(e.on_reply(token, &lowered, to, &mut out, now, &mut wire), ReplyOutcome::Refused);
             now += Duration::from_millis(600);
             e.tick(&mut out, now, &mut wire);
             let (token, to, again, _) = wire.sent.last().unwrap().clone();
             assert_eq!(&again[12..], &sent[12..].to_ascii_lowercase()[..], "asked again in lower case");
             let mut lowered = reply_to(&again, 0, false);
             lowered[12..].make_ascii_lowercase();
-            assert_eq!(e.on_reply(token, &lowered, to, &mut out, now, &mut wire), Verdict::Taken);
+            assert_eq!(e.on_reply(token, &lowered, to, &mut out, now, &mut wire), ReplyOutcome::Taken);
             assert_eq!(out.0.len(), 1, "answered");
         }
         assert_eq!((e.stats.case_mismatches, e.stats.no_caps), (3, 1));
@@ -1180,7 +1187,7 @@ mod tests {
         let (token, to, sent, _) = wire.sent[1].clone();
         let mut lowered = reply_to(&sent, 0, false);
         lowered[12..].make_ascii_lowercase();
-        assert_eq!(e.on_reply(token, &lowered, to, &mut out, now, &mut wire), Verdict::Refused);
+        assert_eq!(e.on_reply(token, &lowered, to, &mut out, now, &mut wire), ReplyOutcome::Refused);
         now += Duration::from_millis(600);
         e.tick(&mut out, now, &mut wire);
         assert_eq!(wire.sent.len(), 2, "not asked again without 0x20");
@@ -1245,14 +1252,14 @@ mod tests {
         let good = reply_to(&sent, 0, false);
         let mut wrong_id = good.clone();
         wrong_id[1] ^= 1;
-        assert_eq!(e.on_reply(token, &wrong_id, to, &mut out, now, &mut wire), Verdict::Refused);
+        assert_eq!(e.on_reply(token, &wrong_id, to, &mut out, now, &mut wire), ReplyOutcome::Refused);
         assert_eq!(
             e.on_reply(token, &good, "192.0.2.54:53".parse().unwrap(), &mut out, now, &mut wire),
-            Verdict::Refused
+            ReplyOutcome::Refused
         );
-        assert_eq!(e.on_reply(token, &good[..5], to, &mut out, now, &mut wire), Verdict::Refused);
-        assert_eq!(e.on_reply(token, &good, to, &mut out, now, &mut wire), Verdict::Taken);
-        assert_eq!(e.on_reply(token, &good, to, &mut out, now, &mut wire), Verdict::Unknown);
+        assert_eq!(e.on_reply(token, &good[..5], to, &mut out, now, &mut wire), ReplyOutcome::Refused);
+        assert_eq!(e.on_reply(token, &good, to, &mut out, now, &mut wire), ReplyOutcome::Taken);
+        assert_eq!(e.on_reply(token, &good, to, &mut out, now, &mut wire), ReplyOutcome::Unknown);
         assert_eq!((e.stats.forged, e.stats.late, out.0.len()), (3, 1, 1));
     }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 use dnlb::config::{Config, IoMode};
 use dnlb::io::Backend;
 use dnlb::server::Server;
-use dnlb::snapshot::{Health, Snapshot, SnapshotHandle};
+use dnlb::snapshot::{Serving, Snapshot, SnapshotHandle};
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RecordType};
 
@@ -86,7 +86,7 @@ impl TestServer {
     pub fn start(text: &str, io: IoMode) -> TestServer {
         let mut config = Config::parse(text).unwrap_or_else(|p| panic!("test config invalid: {p:?}"));
         config.server.io = io;
-        let snapshot = Snapshot::build(&config, &Health::all_up(&config), 0).unwrap();
+        let snapshot = Snapshot::build(&config, &Serving::all_up(&config), 0).unwrap();
         let snapshots = SnapshotHandle::new(snapshot);
         let relay = config.relay.clone().map(std::sync::Arc::new);
         let server = Server::start(&config.server, relay, config.rrl.clone(), snapshots.clone()).unwrap();
