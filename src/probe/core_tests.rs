@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use super::*;
+use crate::select;
 
 /// 1 ms each way on the simulated network.
 const HOP: Duration = Duration::from_millis(1);
