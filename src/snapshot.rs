@@ -719,6 +719,45 @@ transports = ["tls"]
 "#;
 
     #[test]
+    fn srv_answers_name_each_transports_port() {
+        use hickory_proto::op::{Message, MessageType, OpCode, Query};
+        use hickory_proto::rr::{RData, RecordType};
+        let text = CONFIG
+            .replace("transports = [\"udp\", \"tcp\"]", "transports = [\"udp\", \"tcp\", \"tls\"]\ntls_port = 5071");
+        let config = Config::parse(&text).unwrap();
+        let snap = Snapshot::build(&config, &Serving::all_up(&config), 0).unwrap();
+        let mut rot = vec![0; snap.rotation_slots];
+        let mut ports = |label: &str| -> Vec<u16> {
+            let mut q = Message::new(7, MessageType::Query, OpCode::Query);
+            q.add_query(Query::query(Name::from_ascii(format!("{label}.sip.example.test.")).unwrap(), RecordType::SRV));
+            let packet = q.to_vec().unwrap();
+            let mut name = [0u8; crate::dns::query::MAX_NAME_LEN];
+            let query = crate::dns::query::parse(&packet, &mut name).unwrap();
+            let Lookup::Answer(t) = snap.lookup(&name[..query.name_len], rtype::SRV, false, None, &mut rot) else {
+                panic!("an SRV answer for {label}");
+            };
+            let mut out = vec![0u8; 4096];
+            let n =
+                crate::dns::answer::write_reply(&packet, &query, t, crate::dns::answer::DnsTransport::Tcp, &mut out)
+                    .len;
+            let m = Message::from_vec(&out[..n]).unwrap();
+            let mut ports: Vec<u16> = m
+                .answers
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::SRV(s) => Some(s.port),
+                    _ => None,
+                })
+                .collect();
+            ports.sort();
+            ports
+        };
+        assert_eq!(ports("_sip._udp"), vec![5060, 5060]);
+        assert_eq!(ports("_sip._tcp"), vec![5060]);
+        assert_eq!(ports("_sips._tcp"), vec![5061, 5071], "::1 defaults to 5061, .11 overrides");
+    }
+
+    #[test]
     fn builds_every_name() {
         let config = Config::parse(CONFIG).unwrap();
         let snap = Snapshot::build(&config, &Serving::all_up(&config), 0).unwrap();

@@ -38,6 +38,21 @@ macro_rules! field {
     };
 }
 
+/// A [`Fixed`] table whose presence is the key: added or removed, it keeps the running one.
+macro_rules! section {
+    ($key:literal, $field:ident) => {
+        Fixed {
+            key: $key,
+            differs: |running, fresh| running.$field.is_some() != fresh.$field.is_some(),
+            keep: |running, fresh| {
+                if running.$field.is_some() != fresh.$field.is_some() {
+                    fresh.$field = running.$field.clone();
+                }
+            },
+        }
+    };
+}
+
 /// The keys that need a restart: the sockets, threads and privileges made from them at start-up
 /// stay as they are. A reload keeps their running values and names the ones the file changed.
 pub const RESTART: &[Fixed] = &[
@@ -58,25 +73,9 @@ pub const RESTART: &[Fixed] = &[
     field!("probe.core", probe.core),
     // The relay's sockets, and its descriptor in each worker's event loop, exist from the start
     // or not at all: its keys change in place, its presence does not.
-    Fixed {
-        key: "[relay]",
-        differs: |running, fresh| running.relay.is_some() != fresh.relay.is_some(),
-        keep: |running, fresh| {
-            if running.relay.is_some() != fresh.relay.is_some() {
-                fresh.relay = running.relay.clone();
-            }
-        },
-    },
+    section!("[relay]", relay),
     // The metrics endpoint is bound once, before privileges are dropped.
-    Fixed {
-        key: "[metrics]",
-        differs: |running, fresh| running.metrics.is_some() != fresh.metrics.is_some(),
-        keep: |running, fresh| {
-            if running.metrics.is_some() != fresh.metrics.is_some() {
-                fresh.metrics = running.metrics.clone();
-            }
-        },
-    },
+    section!("[metrics]", metrics),
     Fixed {
         key: "metrics.listen",
         differs: |running, fresh| match (&running.metrics, &fresh.metrics) {
@@ -199,14 +198,8 @@ mod tests {
     use super::*;
     use crate::config::keys;
 
-    const BASE: &str = r#"
-[server]
-listen = ["127.0.0.1:5353"]
-[[service]]
-name = "sip.example.test"
-[[service.server]]
-address = "127.0.0.11"
-"#;
+    /// The least a file holds; the tests add what they change.
+    const BASE: &str = "[server]\nlisten = [\"127.0.0.1:5353\"]\n";
 
     fn config(extra: &str) -> Config {
         Config::parse(&format!("{BASE}{extra}")).unwrap()
@@ -240,11 +233,9 @@ address = "127.0.0.11"
     #[test]
     fn a_reload_names_what_needs_a_restart_and_keeps_it() {
         let running = config("");
-        let fresh = Config::parse(&format!(
-            "{}\n[metrics]\nlisten = \"127.0.0.1:9153\"\n[relay]\nupstreams = [\"127.0.0.1:53\"]\n",
-            BASE.replace("[server]\n", "[server]\nuser = \"nobody\"\nworkers = 3\n")
-        ))
-        .unwrap();
+        let fresh = config(
+            "user = \"nobody\"\nworkers = 3\n[metrics]\nlisten = \"127.0.0.1:9153\"\n[relay]\nupstreams = [\"127.0.0.1:53\"]\n",
+        );
         let plan = plan(&running, fresh);
         assert_eq!(plan.need_restart, vec!["server.workers", "server.user", "[relay]", "[metrics]"]);
         assert_eq!(plan.config.server, running.server, "the running sockets, threads and user stay");
@@ -256,13 +247,10 @@ address = "127.0.0.11"
     #[test]
     fn live_keys_apply_and_name_no_restart() {
         let running = config("[relay]\nupstreams = [\"127.0.0.1:53\"]\n[metrics]\nlisten = \"127.0.0.1:9153\"\n");
-        let fresh = Config::parse(
-            &format!(
-                "{BASE}[probe]\ninterval_ms = 500\n[relay]\nupstreams = [\"127.0.0.2:53\"]\n[rrl]\nresponses_per_second = 5\n[metrics]\nlisten = \"127.0.0.1:9153\"\n"
-            )
-            .replace("address = \"127.0.0.11\"", "address = \"127.0.0.12\""),
-        )
-        .unwrap();
+        let fresh = config(
+            "[probe]\ninterval_ms = 500\n[[service]]\nname = \"sip.example.test\"\n[[service.server]]\naddress = \"127.0.0.12\"\n\
+             [relay]\nupstreams = [\"127.0.0.2:53\"]\n[rrl]\nresponses_per_second = 5\n[metrics]\nlisten = \"127.0.0.1:9153\"\n",
+        );
         let plan = plan(&running, fresh.clone());
         assert!(plan.need_restart.is_empty(), "{:?}", plan.need_restart);
         assert_eq!(plan.config, fresh, "everything applied as written");
