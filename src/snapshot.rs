@@ -649,7 +649,7 @@ impl Builder {
     }
 }
 
-/// The publish/read handle shared by the prober, the control thread and every worker. It is
+/// The publish/read handle shared by the prober, the control plane and every worker. It is
 /// the one owner of the generation count: whoever publishes, the handle stamps the snapshot.
 #[derive(Debug, Clone)]
 pub struct SnapshotHandle(Arc<Published>);

@@ -35,7 +35,7 @@ pub fn all() -> Result<BTreeSet<String>, WalkError> {
 }
 
 /// A type in the configuration's structs that the walk cannot read (a new kind of value: teach
-/// [`Walker`] to walk it).
+/// the walker to walk it).
 #[derive(Debug, thiserror::Error)]
 #[error("walking the configuration's keys: {0}")]
 pub struct WalkError(String);

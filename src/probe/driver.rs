@@ -179,7 +179,8 @@ type Command = (DrainRequest, SyncSender<usize>);
 /// How long [`ProbeControl::drain`] waits for the prober to apply and publish a drain.
 const COMMAND_WAIT: Duration = Duration::from_secs(2);
 
-/// A handle that asks a running prober for drains (the control thread holds one).
+/// A handle that asks a running prober for drains (the control socket's thread finds it in the
+/// running view).
 #[derive(Clone)]
 pub struct ProbeControl {
     commands: SyncSender<Command>,
