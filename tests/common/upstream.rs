@@ -27,13 +27,21 @@ pub struct Nsd {
 }
 
 impl Nsd {
+    /// nsd serving [`zone`] (`relay.test`) on 127.0.0.1:`port`.
     pub fn start(port: u16) -> Nsd {
-        let dir = std::env::temp_dir().join(format!("dnlb-nsd-{}-{port}", std::process::id()));
+        Nsd::start_zone(SocketAddr::from(([127, 0, 0, 1], port)), "relay.test", &zone(), "www.relay.test.")
+    }
+
+    /// nsd serving zone `origin` (its text in `zone`) on `addr`; returns once it answers
+    /// `probe` (a name in the zone).
+    pub fn start_zone(addr: SocketAddr, origin: &str, zone: &str, probe: &str) -> Nsd {
+        let (ip, port) = (addr.ip(), addr.port());
+        let dir = std::env::temp_dir().join(format!("dnlb-nsd-{}-{ip}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("relay.test.zone"), zone()).unwrap();
+        std::fs::write(dir.join("zone"), zone).unwrap();
         let d = dir.display();
         let conf = format!(
-            "server:\n  ip-address: 127.0.0.1@{port}\n  server-count: 1\n  username: \"\"\n  chroot: \"\"\n  zonesdir: \"{d}\"\n  pidfile: \"{d}/nsd.pid\"\n  xfrdfile: \"{d}/xfrd.state\"\n  zonelistfile: \"{d}/zone.list\"\n  database: \"\"\n  logfile: \"{d}/nsd.log\"\n  verbosity: 0\nremote-control:\n  control-enable: no\nzone:\n  name: relay.test\n  zonefile: relay.test.zone\n"
+            "server:\n  ip-address: {ip}@{port}\n  server-count: 1\n  username: \"\"\n  chroot: \"\"\n  zonesdir: \"{d}\"\n  pidfile: \"{d}/nsd.pid\"\n  xfrdfile: \"{d}/xfrd.state\"\n  zonelistfile: \"{d}/zone.list\"\n  database: \"\"\n  logfile: \"{d}/nsd.log\"\n  verbosity: 0\nremote-control:\n  control-enable: no\nzone:\n  name: {origin}\n  zonefile: zone\n"
         );
         std::fs::write(dir.join("nsd.conf"), conf).unwrap();
         let nsd =
@@ -46,10 +54,9 @@ impl Nsd {
             .stderr(Stdio::null())
             .spawn()
             .expect("start nsd");
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let n = Nsd { child, dir, addr };
         let deadline = Instant::now() + Duration::from_secs(10);
-        let probe = super::query("www.relay.test.", hickory_proto::rr::RecordType::A, 1, None);
+        let probe = super::query(probe, hickory_proto::rr::RecordType::A, 1, None);
         while super::udp_raw(addr, &probe, Duration::from_millis(100)).is_none() {
             assert!(Instant::now() < deadline, "nsd did not answer within 10 s");
         }
@@ -196,6 +203,10 @@ pub struct Hostile {
     /// Query names (as received) in arrival order.
     pub names: Arc<std::sync::Mutex<Vec<String>>>,
     release: Arc<AtomicBool>,
+    /// While set, UDP queries are counted and not answered (a silent upstream).
+    mute: Arc<AtomicBool>,
+    /// While set, UDP queries are answered SERVFAIL.
+    servfail: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -251,6 +262,8 @@ impl Hostile {
         listener.set_nonblocking(true).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let release = Arc::new(AtomicBool::new(false));
+        let mute = Arc::new(AtomicBool::new(false));
+        let servfail = Arc::new(AtomicBool::new(false));
         let queries = Arc::new(AtomicU64::new(0));
         let tcp_queries = Arc::new(AtomicU64::new(0));
         let ports = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -264,6 +277,7 @@ impl Hostile {
                 ports.clone(),
                 names.clone(),
             );
+            let (mute, failing) = (mute.clone(), servfail.clone());
             std::thread::spawn(move || {
                 let mut held: Vec<(Vec<u8>, SocketAddr)> = Vec::new();
                 let mut buf = [0u8; 4096];
@@ -282,7 +296,11 @@ impl Hostile {
                     ports.lock().unwrap().push(from.port());
                     let name = question_name(query);
                     names.lock().unwrap().push(name.clone());
-                    let Some(reply) = scripted_reply(query, &script, false) else { continue };
+                    if mute.load(Ordering::Relaxed) {
+                        continue;
+                    }
+                    let now_failing = Script { servfail: script.servfail || failing.load(Ordering::Relaxed), ..script };
+                    let Some(reply) = scripted_reply(query, &now_failing, false) else { continue };
                     let lower = name.to_ascii_lowercase();
                     if script.hold.is_some_and(|h| lower.contains(h)) && !release.load(Ordering::Relaxed) {
                         held.push((reply, from));
@@ -320,7 +338,29 @@ impl Hostile {
                 }
             })
         };
-        Hostile { addr, socket, queries, tcp_queries, ports, names, release, stop, threads: vec![udp, tcp] }
+        Hostile {
+            addr,
+            socket,
+            queries,
+            tcp_queries,
+            ports,
+            names,
+            release,
+            mute,
+            servfail,
+            stop,
+            threads: vec![udp, tcp],
+        }
+    }
+
+    /// From now on, answers no UDP query (`true`) or answers them again.
+    pub fn set_mute(&self, on: bool) {
+        self.mute.store(on, Ordering::Relaxed);
+    }
+
+    /// From now on, answers every UDP query SERVFAIL (`true`) or as scripted again.
+    pub fn set_servfail(&self, on: bool) {
+        self.servfail.store(on, Ordering::Relaxed);
     }
 
     /// Sends every held reply, and answers at once from now on.
