@@ -10,7 +10,9 @@
 #   perf/relay_miss.sh                          3 rounds, 5 s per run, shapes 10k 30k saturation
 #   ROUNDS=1 SECONDS_PER_RUN=3 perf/relay_miss.sh
 #   SERVERS="dnlb-uring unbound" SHAPES="10000" perf/relay_miss.sh
-#   DNLB_BIN=/tmp/old-dnlb perf/relay_miss.sh   another build of dnlb (before/after)
+#   DNLB_BIN=/tmp/new-dnlb perf/relay_miss.sh   another build of dnlb
+#   BEFORE_BIN=/tmp/old-dnlb SERVERS="dnlb-uring before-uring" perf/relay_miss.sh
+#                                               two builds side by side (before/after)
 #   STALE=false perf/relay_miss.sh              dnlb with serve-stale and prefetch off
 #
 # Every query name is unique within a run (m<shape><n>.miss.test, more names than the run can
@@ -31,6 +33,7 @@ CLIENTS=${CLIENTS:-4}
 OUTSTANDING=${OUTSTANDING:-200}
 STALE=${STALE:-true}
 DNLB_BIN=${DNLB_BIN:-target/release/dnlb}
+BEFORE_BIN=${BEFORE_BIN:-}
 NSD_BIN=${NSD_BIN:-$(command -v nsd || echo /usr/sbin/nsd)}
 UNBOUND_BIN=${UNBOUND_BIN:-$(command -v unbound || echo /usr/sbin/unbound)}
 DNSDIST_BIN=${DNSDIST_BIN:-$(command -v dnsdist || echo /usr/bin/dnsdist)}
@@ -110,10 +113,12 @@ enabled = false
 [relay]
 upstreams = ["$UPSTREAM_IP:$PORT"]
 EOF
-    if [ "$STALE" = false ]; then printf 'serve_stale = false\nprefetch = false\n'; fi
+    if [ "$STALE" = false ] && [ "${2:-}" != before ]; then printf 'serve_stale = false\nprefetch = false\n'; fi
 }
 dnlb_conf uring > "$work/dnlb-uring.toml"
 dnlb_conf portable > "$work/dnlb-portable.toml"
+dnlb_conf uring before > "$work/before-uring.toml"
+dnlb_conf portable before > "$work/before-portable.toml"
 cat > "$work/unbound.conf" <<EOF
 server:
     interface: $RELAY_IP@$PORT
@@ -167,6 +172,7 @@ start_server() {
     case $1 in
         dnlb-hit | dnlb-uring) taskset -c "$SERVER_CPUS" "$DNLB_BIN" --config "$work/dnlb-uring.toml" 2>"$work/$1.log" & ;;
         dnlb-portable) taskset -c "$SERVER_CPUS" "$DNLB_BIN" --config "$work/dnlb-portable.toml" 2>"$work/$1.log" & ;;
+        before-uring | before-portable) taskset -c "$SERVER_CPUS" "$BEFORE_BIN" --config "$work/$1.toml" 2>"$work/$1.log" & ;;
         unbound) taskset -c "$SERVER_CPUS" "$UNBOUND_BIN" -d -c "$work/unbound.conf" 2>"$work/unbound.log" & ;;
         dnsdist) taskset -c "$SERVER_CPUS" "$DNSDIST_BIN" --supervised --disable-syslog -C "$work/dnsdist.conf" >"$work/dnsdist.log" 2>&1 & ;;
     esac
@@ -226,13 +232,15 @@ awk -v shapes="$SHAPES" -v servers="$SERVERS" '
                 m[sv[j]] = median(cpu[k]); printf "%-10s %-13s %10.0f %10.2f\n", sh[i], sv[j], median(qps[k]), m[sv[j]]
             }
             line = sprintf("%-10s", sh[i])
-            split("dnlb-uring dnlb-portable", ds, " ")
-            for (d = 1; d <= 2; d++) {
+            split("dnlb-uring dnlb-portable before-uring before-portable", ds, " ")
+            for (d = 1; d <= 4; d++) {
                 if (!(ds[d] in m) || m[ds[d]] <= 0) continue
                 if (m["unbound"] > 0) line = line sprintf("  %s/unbound %.3f", ds[d], m[ds[d]] / m["unbound"])
                 if (m["dnsdist"] > 0) line = line sprintf("  %s/dnsdist %.3f", ds[d], m[ds[d]] / m["dnsdist"])
                 if (m["dnlb-hit"] > 0) line = line sprintf("  %s/hit %.2f", ds[d], m[ds[d]] / m["dnlb-hit"])
             }
+            if (m["before-uring"] > 0 && m["dnlb-uring"] > 0) line = line sprintf("  uring after/before %.3f", m["dnlb-uring"] / m["before-uring"])
+            if (m["before-portable"] > 0 && m["dnlb-portable"] > 0) line = line sprintf("  portable after/before %.3f", m["dnlb-portable"] / m["before-portable"])
             print line
             delete m
         }
