@@ -13,6 +13,10 @@ pub mod query;
 pub mod rtype {
     /// IPv4 address.
     pub const A: u16 = 1;
+    /// A zone's name servers.
+    pub const NS: u16 = 2;
+    /// Start of a zone of authority.
+    pub const SOA: u16 = 6;
     /// Domain name pointer (reverse lookups).
     pub const PTR: u16 = 12;
     /// IPv6 address.
