@@ -3,6 +3,7 @@
 
 pub mod process;
 pub mod prom;
+pub mod resolver;
 pub mod sip;
 pub mod upstream;
 
