@@ -74,6 +74,10 @@ pub fn config_text(port: u16, servers: usize, extra_service: &str) -> String {
     s
 }
 
+/// Appended to [`config_text`]'s service: the service name becomes a zone apex, the protocol
+/// checks of resolver mode run against it too.
+pub const AUTHORITY: &str = "[service.authority]\nns = [\"dnlb1.example.net\"]\n";
+
 /// A running in-process server and what the test needs to talk to it.
 pub struct TestServer {
     pub server: Option<Server>,
