@@ -119,8 +119,11 @@ fn address(r: &Record) -> Option<IpAddr> {
     }
 }
 
-/// Every question and the reply it must get, with a check of the additional section.
-fn cases() -> Vec<(&'static str, RecordType, Kind, Vec<(&'static str, &'static str)>)> {
+/// A question, the reply it must get and the (owner, address) records of its additional section.
+type Case = (&'static str, RecordType, Kind, Vec<(&'static str, &'static str)>);
+
+/// Every question and the reply it must get.
+fn cases() -> Vec<Case> {
     let none = Vec::new;
     vec![
         ("sip.example.test.", RecordType::SOA, Kind::Data(1), none()),
