@@ -233,6 +233,28 @@ pub enum Lookup<'s> {
     NotManaged,
 }
 
+/// Which rule gave a question no records (`dnlb explain`), as the snapshot decided it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Negative {
+    /// The name lies under the zone apex `zone` and is no name of it: NXDOMAIN with the SOA.
+    NoSuchName {
+        /// The apex, presentation format.
+        zone: String,
+    },
+    /// The name exists only because names below it do (an empty non-terminal): NODATA.
+    EmptyNonTerminal,
+    /// The name never has records of this type; `has` lists the types it does have.
+    NoSuchType {
+        /// Its record types.
+        has: Vec<u16>,
+    },
+    /// The service has no server of this address family configured: NODATA whatever the health.
+    NoFamily,
+    /// Health: no server of this family or transport is healthy now (or none at all, under
+    /// `all_down = "nodata"`): NODATA that lasts one answer TTL.
+    Health,
+}
+
 /// Takes the next step of a cycle of `n` (at least 1) from a worker's counter.
 #[inline]
 fn step(counter: Option<&mut u32>, n: usize) -> usize {
@@ -403,6 +425,31 @@ impl Snapshot {
     /// are answered here, never relayed, whatever the class.
     pub fn in_zone(&self, name: &[u8]) -> bool {
         !self.layout.zones.is_empty() && self.layout.zone_of(name).is_some()
+    }
+
+    /// Why `client` gets no records for a lower-case wire name and type, if it gets none, as the
+    /// lookup decides it (diagnostics; `None`: records, or a name dnlb does not manage).
+    pub fn negative(&self, name: &[u8], qtype: u16, client: Option<IpAddr>) -> Option<Negative> {
+        let Some(entry) = self.layout.names.get(name) else {
+            let (at, _) = self.layout.zone_of(name)?;
+            return Some(Negative::NoSuchName { zone: encode::presentation(&name[at..]) });
+        };
+        if entry.by_type.is_empty() {
+            return Some(Negative::EmptyNonTerminal);
+        }
+        let wanted = if qtype == rtype::ANY { rtype::A } else { qtype };
+        let Some((_, found)) = entry.by_type.iter().find(|(t, _)| *t == wanted) else {
+            return Some(Negative::NoSuchType { has: entry.by_type.iter().map(|(t, _)| *t).collect() });
+        };
+        let Entry::Health(i) = found else { return None };
+        let view = client.filter(|_| self.steers()).map_or(0, |ip| self.layout.steering.view(ip));
+        match self.answers.get(view * self.layout.dynamic + i)? {
+            Answers::Fixed(t) if t.counts[0] == 0 && t.flags & 0xf == u16::from(rcode::NOERROR) => {
+                let config = self.layout.services.iter().any(|s| Arc::ptr_eq(t, &s.config_nodata));
+                Some(if config { Negative::NoFamily } else { Negative::Health })
+            }
+            _ => None,
+        }
     }
 
     /// The managed names, lower-case wire format (for tests and diagnostics).
