@@ -101,6 +101,14 @@ struct Zone {
 
 /// Index in [`Layout::negatives`] of the plain NODATA every name outside a zone gets.
 const PLAIN_NODATA: usize = 0;
+/// Index in [`Layout::negatives`] of REFUSED, the answer to a zone transfer: nothing transfers a
+/// zone dnlb serves (each instance answers from its own configuration).
+const NO_TRANSFER: usize = 1;
+
+/// The negative answers every layout starts with, at [`PLAIN_NODATA`] and [`NO_TRANSFER`].
+fn first_negatives() -> Vec<Template> {
+    vec![Template::empty(true, rcode::NOERROR), Template::empty(false, rcode::REFUSED)]
+}
 
 /// The health-dependent answer of one (name, type).
 #[derive(Debug, Clone)]
@@ -273,7 +281,7 @@ impl Snapshot {
             dynamic: 0,
             steering: Steering::default(),
             any_udp: Template::empty(true, rcode::NOERROR),
-            negatives: vec![Template::empty(true, rcode::NOERROR)],
+            negatives: first_negatives(),
             zones: HashMap::default(),
         };
         Snapshot {
@@ -382,7 +390,7 @@ impl Snapshot {
         }
         let wanted = if qtype == rtype::ANY { rtype::A } else { qtype };
         let Some((_, found)) = entry.by_type.iter().find(|(t, _)| *t == wanted) else {
-            return Lookup::Answer(self.layout.negative(entry.nodata));
+            return Lookup::Answer(self.layout.negative(self.layout.nodata(entry, qtype)));
         };
         let index = match found {
             Entry::Fixed(t) => return Lookup::Answer(t),
@@ -467,7 +475,7 @@ impl Layout {
             dynamic: 0,
             steering: Steering::new(config),
             any_udp: Template::empty(true, rcode::NOERROR),
-            negatives: vec![Template::empty(true, rcode::NOERROR)],
+            negatives: first_negatives(),
             zones: HashMap::default(),
         };
         for service in config.services.iter().filter(|s| s.authority.is_some()) {
@@ -483,6 +491,18 @@ impl Layout {
         layout.any_udp =
             encode::template(&any_owner, rtype::ANY, vec![encode::rfc8482_record(&any_owner, ANY_TTL)], vec![])?;
         Ok(layout)
+    }
+
+    /// The negative answer for a type `entry` does not have: its NODATA, but REFUSED for a zone
+    /// transfer of a name in a zone.
+    #[inline]
+    fn nodata(&self, entry: &NameAnswers, qtype: u16) -> usize {
+        let transfer = qtype == rtype::AXFR || qtype == rtype::IXFR;
+        if transfer && entry.nodata != PLAIN_NODATA {
+            NO_TRANSFER
+        } else {
+            entry.nodata
+        }
     }
 
     /// Negative answer `i`.

@@ -246,6 +246,15 @@ fn negatives_from_health_carry_the_answer_ttl_and_the_zone_is_never_relayed() {
             let m = udp_query(t.addr, &query("_sip._tcp.sip.example.test.", RecordType::SRV, 4, None));
             check(&m, "_sip._tcp.sip.example.test.", RecordType::SRV, Kind::Data(1), &format!("{io:?}"));
 
+            // No zone transfers: each instance answers from its own configuration.
+            let mut tcp = TcpStream::connect(t.addr).unwrap();
+            tcp.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            for qtype in [RecordType::AXFR, RecordType::IXFR] {
+                let m = Message::from_vec(&tcp_exchange(&mut tcp, &[query("sip.example.test.", qtype, 9, None)])[0])
+                    .unwrap();
+                assert_eq!((m.metadata.response_code, m.answers.len()), (ResponseCode::Refused, 0), "{io:?} {qtype}");
+            }
+
             // Another class for a name of the zone: REFUSED (the zone is IN), never relayed.
             let mut q = query("nonexist.sip.example.test.", RecordType::A, 5, None);
             let n = q.len();

@@ -601,6 +601,9 @@ impl Validator<'_> {
         let mut ns: Vec<String> = Vec::new();
         match &raw.ns {
             Some(list) if !list.get_ref().is_empty() => {
+                if list.get_ref().len() > MAX_NS {
+                    self.fail(list.span(), &field("ns"), format!("{} name servers is more than {MAX_NS}: a referral listing them all would not fit a small UDP reply; list at most {MAX_NS}", list.get_ref().len()));
+                }
                 for (j, n) in list.get_ref().iter().enumerate() {
                     let name = normalize_name(n.get_ref());
                     if let Err(why) = check_name(&name) {
@@ -667,6 +670,8 @@ impl Validator<'_> {
             let mut list: Vec<IpAddr> = Vec::new();
             if addrs.get_ref().is_empty() {
                 self.fail(addrs.span(), &gf, "is empty: list the name server's addresses, such as [\"192.0.2.53\"]");
+            } else if addrs.get_ref().len() > MAX_NS {
+                self.fail(addrs.span(), &gf, format!("lists more than {MAX_NS} addresses: list at most {MAX_NS}"));
             }
             for (j, a) in addrs.get_ref().iter().enumerate() {
                 match a.get_ref().parse::<IpAddr>() {
@@ -761,6 +766,9 @@ impl Validator<'_> {
         }
     }
 }
+
+/// The most name servers a zone lists, and the most addresses one of them has in `glue`.
+const MAX_NS: usize = 16;
 
 /// The (transport class, port) pairs a server listens on, for the listed-twice check: UDP and
 /// TCP share `port`, TLS has `tls_port`.

@@ -25,6 +25,10 @@ pub mod rtype {
     pub const SRV: u16 = 33;
     /// Naming authority pointer (RFC 3403).
     pub const NAPTR: u16 = 35;
+    /// Incremental zone transfer (RFC 1995).
+    pub const IXFR: u16 = 251;
+    /// Whole zone transfer (RFC 5936).
+    pub const AXFR: u16 = 252;
     /// Any type (RFC 8482: answered with one RRset).
     pub const ANY: u16 = 255;
 }
