@@ -163,6 +163,9 @@ pub struct Layout {
     /// Zone apexes (lower-case wire format); empty unless a service has an `authority`, and only
     /// then does a name nobody manages cost more than one hash.
     zones: HashMap<Box<[u8]>, Zone, BuildHasherDefault<NameHasher>>,
+    /// The wire lengths of the apexes, one bit each: a suffix of another length is no apex, so
+    /// the walk hashes only suffixes that could be one (usually none of a relayed name's).
+    zone_lengths: [u64; 4],
 }
 
 /// The names of one service, parsed once.
@@ -283,6 +286,7 @@ impl Snapshot {
             any_udp: Template::empty(true, rcode::NOERROR),
             negatives: first_negatives(),
             zones: HashMap::default(),
+            zone_lengths: [0; 4],
         };
         Snapshot {
             generation: 0,
@@ -477,6 +481,7 @@ impl Layout {
             any_udp: Template::empty(true, rcode::NOERROR),
             negatives: first_negatives(),
             zones: HashMap::default(),
+            zone_lengths: [0; 4],
         };
         for service in config.services.iter().filter(|s| s.authority.is_some()) {
             layout.zone(service);
@@ -521,8 +526,11 @@ impl Layout {
             if len == 0 {
                 return None;
             }
-            if let Some(zone) = self.zones.get(&name[at..]) {
-                return Some((at, *zone));
+            let rest = name.len() - at;
+            if self.zone_lengths[(rest >> 6) & 3] & (1 << (rest & 63)) != 0 {
+                if let Some(zone) = self.zones.get(&name[at..]) {
+                    return Some((at, *zone));
+                }
             }
             at += 1 + usize::from(len);
         }
@@ -543,7 +551,10 @@ impl Layout {
         let at = self.negatives.len();
         self.negatives.push(Layout::negative_of(service, rcode::NXDOMAIN, a.negative_ttl));
         self.negatives.push(Layout::negative_of(service, rcode::NOERROR, a.negative_ttl));
-        self.zones.insert(wire_name(&service.name).into(), Zone { nxdomain: at, nodata: at + 1 });
+        let apex = wire_name(&service.name);
+        // A validated name is at most 255 octets in wire format; the mask keeps any other in range.
+        self.zone_lengths[(apex.len() >> 6) & 3] |= 1 << (apex.len() & 63);
+        self.zones.insert(apex.into(), Zone { nxdomain: at, nodata: at + 1 });
     }
 
     /// Gives every name inside a zone the zone's NODATA, and adds the empty non-terminals
@@ -1175,5 +1186,32 @@ prefer = ["west"]
         let snap = Snapshot::build(&config, &health, 0, 1).unwrap();
         let one_view = Snapshot::build(&Config { sites: Vec::new(), ..config.clone() }, &health, 0, 1).unwrap();
         assert_eq!(snap.answer_bytes(), one_view.answer_bytes(), "three views, one encoding");
+    }
+
+    #[test]
+    fn the_apex_walk_finds_the_zone_at_a_label_boundary_only() {
+        let text = format!(
+            "{CONFIG}[service.authority]\nns = [\"dnlb1.example.net\"]\n[[service]]\nname = \"example.tesx\"\n[[service.server]]\naddress = \"127.0.0.21\"\n"
+        );
+        let config = Config::parse(&text).unwrap();
+        let snap = Snapshot::build(&config, &Health::all_up(&config), 0, 1).unwrap();
+        let mut rot = vec![0; snap.rotation_slots];
+        let rcode_of = |name: &str, rot: &mut [u32]| match snap.lookup(&wire_name(name), rtype::A, true, None, rot) {
+            Lookup::Answer(t) => Some((t.flags & 0xf) as u8),
+            Lookup::Window(_) => Some(rcode::NOERROR),
+            Lookup::NotManaged => None,
+        };
+        assert_eq!(rcode_of("a.b.sip.example.test", &mut rot), Some(rcode::NXDOMAIN));
+        assert_eq!(rcode_of("sip.example.test", &mut rot), Some(rcode::NOERROR));
+        // Same length as the apex, another name; a suffix that is not a label; the parent.
+        assert_eq!(rcode_of("sip.example.tesx", &mut rot), None);
+        assert_eq!(rcode_of("xsip.example.test", &mut rot), None);
+        assert_eq!(rcode_of("example.test", &mut rot), None);
+        assert_eq!(rcode_of("other.example.tesx", &mut rot), None, "a service without authority is no zone");
+        assert!(snap.in_zone(&wire_name("_udp.sip.example.test")) && !snap.in_zone(&wire_name("test")));
+        assert_eq!(
+            snap.negative(&wire_name("_udp.sip.example.test"), rtype::A, None),
+            Some(Negative::EmptyNonTerminal)
+        );
     }
 }
