@@ -74,13 +74,7 @@ fn ask(name: &str, qtype: RecordType) -> Message {
 }
 
 fn addresses(m: &Message) -> BTreeSet<IpAddr> {
-    m.answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::A(a) => Some(IpAddr::V4(a.0)),
-            _ => None,
-        })
-        .collect()
+    common::process::a_records(m).into_iter().collect()
 }
 
 /// The SOA in a reply's authority section, with its TTL.

@@ -207,6 +207,36 @@ pub fn settle(prober: &dnlb::probe::Prober, limit: Duration) {
     }
 }
 
+/// Starts a DNS daemon in the foreground (`BINARY -d -c CONF`: nsd and unbound alike), its
+/// output discarded, and returns once it answers `origin` SOA on `addr` (10 s at most; the
+/// message then ends with what `log` says).
+pub fn start_dns_daemon(
+    binary: &str,
+    conf: &std::path::Path,
+    addr: SocketAddr,
+    origin: &str,
+    log: impl Fn() -> String,
+) -> std::process::Child {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(binary)
+        .arg("-d")
+        .arg("-c")
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {binary}: {e}"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let probe = query(&format!("{origin}."), RecordType::SOA, 1, None);
+    while udp_raw(addr, &probe, Duration::from_millis(100)).is_none() {
+        if std::time::Instant::now() >= deadline {
+            terminate(&mut child);
+            panic!("{binary} did not answer on {addr} within 10 s: {}", log());
+        }
+    }
+    child
+}
+
 /// Ends a child process this test started: SIGTERM by its PID, then SIGKILL after 5 s.
 pub fn terminate(child: &mut std::process::Child) {
     let _sent = std::process::Command::new("kill").arg(child.id().to_string()).status();

@@ -3,8 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Child;
 
 /// Where unbound is installed, if it is.
 pub fn unbound_binary() -> Option<&'static str> {
@@ -34,21 +33,9 @@ impl Unbound {
         );
         std::fs::write(dir.join("unbound.conf"), conf).unwrap();
         let binary = unbound_binary().expect("unbound is installed");
-        let child = Command::new(binary)
-            .arg("-d")
-            .arg("-c")
-            .arg(dir.join("unbound.conf"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start unbound");
-        let u = Unbound { child, dir, addr };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let probe = super::query(&format!("{stub}."), hickory_proto::rr::RecordType::SOA, 1, None);
-        while super::udp_raw(addr, &probe, Duration::from_millis(100)).is_none() {
-            assert!(Instant::now() < deadline, "unbound did not answer within 10 s: {}", u.log());
-        }
-        u
+        let log = || std::fs::read_to_string(dir.join("unbound.log")).unwrap_or_default();
+        let child = super::start_dns_daemon(binary, &dir.join("unbound.conf"), addr, stub, log);
+        Unbound { child, dir, addr }
     }
 
     /// What unbound logged so far.

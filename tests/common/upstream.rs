@@ -3,11 +3,11 @@
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The test zone: an A record, a CNAME chain, a name with only a TXT, a TXT too big for UDP.
 pub fn zone() -> String {
@@ -47,21 +47,9 @@ impl Nsd {
         std::fs::write(dir.join("nsd.conf"), conf).unwrap();
         let nsd =
             ["/usr/sbin/nsd", "nsd"].into_iter().find(|p| std::path::Path::new(p).exists() || *p == "nsd").unwrap();
-        let child = Command::new(nsd)
-            .arg("-d")
-            .arg("-c")
-            .arg(dir.join("nsd.conf"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nsd");
-        let n = Nsd { child, dir, addr };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let probe = super::query(&format!("{origin}."), hickory_proto::rr::RecordType::SOA, 1, None);
-        while super::udp_raw(addr, &probe, Duration::from_millis(100)).is_none() {
-            assert!(Instant::now() < deadline, "nsd did not answer within 10 s");
-        }
-        n
+        let log = || std::fs::read_to_string(dir.join("nsd.log")).unwrap_or_default();
+        let child = super::start_dns_daemon(nsd, &dir.join("nsd.conf"), addr, origin, log);
+        Nsd { child, dir, addr }
     }
 }
 
