@@ -9,7 +9,7 @@ use std::net::{IpAddr, TcpStream};
 use std::time::Duration;
 
 use common::*;
-use dnlb::snapshot::{Health, Snapshot};
+use dnlb::snapshot::{Serving, Snapshot};
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::{RData, Record, RecordType};
 
@@ -33,7 +33,7 @@ ns = ["ns1.sip.example.test", "dnlb2.example.net"]
 serial = 42
 negative_ttl = {NEGATIVE_TTL}
 ns_ttl = {NS_TTL}
-glue = {{ "ns1.sip.example.test" = ["192.0.2.53", "2001:db8::53"] }}
+glue = [{{ name = "ns1.sip.example.test", addresses = ["192.0.2.53", "2001:db8::53"] }}]
 [[service.server]]
 address = "127.0.0.11"
 transports = ["udp", "tcp"]
@@ -231,12 +231,12 @@ fn negatives_from_health_carry_the_answer_ttl_and_the_zone_is_never_relayed() {
             let t = TestServer::start(&config(free_port(), hosts), io);
             // Every server of the voice service down, all_down = "nodata": NODATA from health,
             // MINIMUM the answer TTL; its AAAA (no IPv6 server) still the negative TTL's.
-            let mut health = Health::all_up(&t.config);
+            let mut health = Serving::all_up(&t.config);
             health.up[1][0].clear();
             // The zone's own farm loses its only TCP server: the TCP SRV set falls back to every
             // configured server (serve-all), still a positive answer.
             health.up[0][0] = vec![dnlb::config::Transport::Udp];
-            t.snapshots.publish(Snapshot::build(&t.config, &health, 0, 2).unwrap());
+            t.snapshots.publish(Snapshot::build(&t.config, &health, 0).unwrap());
             let m = udp_query(t.addr, &query("voice.sip.example.test.", RecordType::A, 1, None));
             check(&m, "voice.sip.example.test.", RecordType::A, Kind::NoData(VOICE_TTL), &format!("{io:?}"));
             let m = udp_query(t.addr, &query("voice.sip.example.test.", RecordType::NAPTR, 2, None));

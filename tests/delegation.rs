@@ -48,7 +48,7 @@ fn dnlb_config(sip_port: u16) -> String {
         "[server]\nlisten = [\"{DNLB}:53\"]\nworkers = 1\n\n[probe]\ninterval_ms = {INTERVAL_MS}\ntimeout_ms = {TIMEOUT_MS}\nfall = {FALL}\nrise = 2\n\n\
          [[service]]\nname = \"sip.example.test\"\n[service.authority]\nns = [\"ns1.sip.example.test\"]\n\
          hostmaster = \"hostmaster@example.test\"\nserial = {SERIAL}\nnegative_ttl = {NEGATIVE_TTL}\n\
-         glue = {{ \"ns1.sip.example.test\" = [\"{DNLB}\"] }}\n"
+         glue = [{{ name = \"ns1.sip.example.test\", addresses = [\"{DNLB}\"] }}]\n"
     );
     for ip in SIP {
         text.push_str(&format!("[[service.server]]\naddress = \"{ip}\"\nport = {sip_port}\n"));

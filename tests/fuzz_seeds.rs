@@ -30,5 +30,5 @@ fn the_query_fuzz_configuration_loads() {
     let text = &source[start..start + source[start..].find("\"#").expect("its end")];
     let config = dnlb::config::Config::parse(text).unwrap_or_else(|p| panic!("{p:?}"));
     assert!(config.services.iter().any(|s| s.authority.is_some()), "a zone is fuzzed too");
-    dnlb::snapshot::Snapshot::build(&config, &dnlb::snapshot::Health::all_up(&config), 0, 1).unwrap();
+    dnlb::snapshot::Snapshot::build(&config, &dnlb::snapshot::Serving::all_up(&config), 0).unwrap();
 }

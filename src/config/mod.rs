@@ -8,8 +8,10 @@
 //! Loading happens in two steps. Serde reads the file into the `Raw*` structs, which deny unknown
 //! fields and keep the byte span of every value that validation may reject. `validate` then checks
 //! every rule and collects *all* problems, each naming the file, line, column, field and the fix,
-//! so an operator fixes a file in one pass instead of one error per run.
+//! so an operator fixes a file in one pass instead of one error per run. [`keys`] lists every
+//! table and key the file may hold, read off the same structs.
 
+pub mod keys;
 mod raw;
 mod types;
 mod validate;
@@ -131,6 +133,17 @@ address = "127.0.0.11"
         assert_eq!(s.servers[0].transports, vec![Transport::Udp]);
         assert_eq!(s.servers[0].host, "ip-127-0-0-11.sip.example.test");
         assert_eq!(c.server.max_udp_payload, 1232);
+    }
+
+    #[test]
+    fn the_default_allow_list_is_whole() {
+        use crate::prefix::Prefix;
+        // Validation drops an entry that does not parse; every default must parse.
+        let parsed: Vec<Prefix> = DEFAULT_ALLOW.iter().filter_map(|p| Prefix::parse(p).ok()).collect();
+        assert_eq!(parsed.len(), DEFAULT_ALLOW.len());
+        let relay =
+            Config::parse(&format!("{MINIMAL}\n[relay]\nupstreams = [\"127.0.0.1:53\"]\n")).unwrap().relay.unwrap();
+        assert_eq!(relay.allow, parsed);
     }
 
     #[test]
@@ -315,7 +328,7 @@ address = "127.0.0.1"
         assert_eq!((a.serial, a.negative_ttl, a.ns_ttl), (1, 300, 3600));
         assert_eq!((a.refresh, a.retry, a.expire), (86_400, 7200, 3_600_000));
         let c = Config::parse(&zone(
-            "ns = [\"NS1.sip.example.test.\", \"dnlb2.example.net\"]\nhostmaster = \"noc@Example.NET\"\nserial = 4294967295\nglue = { \"ns1.sip.example.test\" = [\"192.0.2.53\", \"2001:db8::53\"] }",
+            "ns = [\"NS1.sip.example.test.\", \"dnlb2.example.net\"]\nhostmaster = \"noc@Example.NET\"\nserial = 4294967295\nglue = [{ name = \"ns1.sip.example.test\", addresses = [\"192.0.2.53\", \"2001:db8::53\"] }]",
             "",
         ))
         .unwrap();
@@ -339,26 +352,31 @@ address = "127.0.0.1"
             (zone("ns = []", ""), "service[0].authority.ns", "has no name servers"),
             (zone("ns = [\"ns1.sip.example.test\"]", ""), "service[0].authority.ns", "add its addresses"),
             (
-                zone("ns = [\"a.example.net\"]\nglue = { \"a.example.net\" = [\"192.0.2.1\"] }", ""),
-                "service[0].authority.glue.\"a.example.net\"",
+                zone("ns = [\"a.example.net\"]\nglue = [{ name = \"a.example.net\", addresses = [\"192.0.2.1\"] }]", ""),
+                "service[0].authority.glue[0].name",
                 "outside the zone",
             ),
             (
-                zone("ns = [\"a.example.net\"]\nglue = { \"b.sip.example.test\" = [\"192.0.2.1\"] }", ""),
-                "service[0].authority.glue.\"b.sip.example.test\"",
+                zone("ns = [\"a.example.net\"]\nglue = [{ name = \"b.sip.example.test\", addresses = [\"192.0.2.1\"] }]", ""),
+                "service[0].authority.glue[0].name",
                 "is not in ns",
             ),
             (
-                zone("ns = [\"ip-127-0-0-11.sip.example.test\"]\nglue = { \"ip-127-0-0-11.sip.example.test\" = [\"192.0.2.1\"] }", ""),
-                "service[0].authority.glue.\"ip-127-0-0-11.sip.example.test\"",
+                zone("ns = [\"ip-127-0-0-11.sip.example.test\"]\nglue = [{ name = \"ip-127-0-0-11.sip.example.test\", addresses = [\"192.0.2.1\"] }]", ""),
+                "service[0].authority.glue[0].name",
                 "already a name of the service",
             ),
             (
-                zone("ns = [\"n.sip.example.test\"]\nglue = { \"n.sip.example.test\" = [\"nonsense\"] }", ""),
-                "service[0].authority.glue.\"n.sip.example.test\"[0]",
+                zone("ns = [\"n.sip.example.test\"]\nglue = [{ name = \"n.sip.example.test\", addresses = [\"nonsense\"] }]", ""),
+                "service[0].authority.glue[0].addresses[0]",
                 "not a unicast IP address",
             ),
             (zone("ns = [\"a.example.net\", \"A.example.net\"]", ""), "service[0].authority.ns[1]", "listed twice"),
+            (
+                zone("ns = [\"n.sip.example.test\"]\nglue = [{ name = \"n.sip.example.test\", addresses = [\"192.0.2.1\"] }, { name = \"N.sip.example.test\", addresses = [\"192.0.2.2\"] }]", ""),
+                "service[0].authority.glue[1].name",
+                "glue twice",
+            ),
             (zone("ns = [\"a.example.net\"]\nhostmaster = \"john.doe@example.net\"", ""), "service[0].authority.hostmaster", "dot before the @"),
             (zone("ns = [\"a.example.net\"]\nnegative_ttl = 90000", ""), "service[0].authority.negative_ttl", "out of range"),
             (zone("ns = [\"a.example.net\"]\nretry = 0", ""), "service[0].authority.retry", "out of range"),

@@ -225,9 +225,16 @@ pub(super) struct RawAuthority {
     pub(super) negative_ttl: Spanned<u64>,
     #[serde(default = "default_ns_ttl")]
     pub(super) ns_ttl: Spanned<u64>,
-    /// In-zone name server → its addresses (the keys carry no span of their own).
     #[serde(default)]
-    pub(super) glue: std::collections::BTreeMap<String, Spanned<Vec<Spanned<String>>>>,
+    pub(super) glue: Vec<RawGlue>,
+}
+
+/// `[[service.authority.glue]]`: the addresses of a name server inside the zone.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawGlue {
+    pub(super) name: Spanned<String>,
+    pub(super) addresses: Spanned<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -652,26 +652,31 @@ impl Validator<'_> {
             .chain(servers.iter().map(|s| s.host.clone()))
             .collect();
         let mut glue: Vec<(String, Vec<IpAddr>)> = Vec::new();
-        for (key, addrs) in &raw.glue {
-            let name = normalize_name(key);
-            let gf = field(&format!("glue.\"{key}\""));
+        for (k, g) in raw.glue.iter().enumerate() {
+            let name = normalize_name(g.name.get_ref());
+            let (nf, af) = (field(&format!("glue[{k}].name")), field(&format!("glue[{k}].addresses")));
             if !ns.contains(&name) {
-                self.fail(addrs.span(), &gf, format!("`{name}` is not in ns: glue is only for the zone's own name servers; add it to ns or remove it"));
+                self.fail(g.name.span(), &nf, format!("`{name}` is not in ns: glue is only for the zone's own name servers; add it to ns or remove it"));
                 continue;
             }
             if !within(&name, zone) {
-                self.fail(addrs.span(), &gf, format!("`{name}` is outside the zone `{zone}`: resolvers find its address in its own zone, so it needs no glue here; remove it"));
+                self.fail(g.name.span(), &nf, format!("`{name}` is outside the zone `{zone}`: resolvers find its address in its own zone, so it needs no glue here; remove it"));
                 continue;
             }
             if own.contains(&name) {
-                self.fail(addrs.span(), &gf, format!("`{name}` is already a name of the service (its apex, an SRV name or a server's host): give the name server a name of its own, such as ns1.{zone}"));
+                self.fail(g.name.span(), &nf, format!("`{name}` is already a name of the service (its apex, an SRV name or a server's host): give the name server a name of its own, such as ns1.{zone}"));
                 continue;
             }
+            if glue.iter().any(|(other, _)| *other == name) {
+                self.fail(g.name.span(), &nf, format!("`{name}` has glue twice: list all its addresses in one entry"));
+                continue;
+            }
+            let addrs = &g.addresses;
             let mut list: Vec<IpAddr> = Vec::new();
             if addrs.get_ref().is_empty() {
-                self.fail(addrs.span(), &gf, "is empty: list the name server's addresses, such as [\"192.0.2.53\"]");
+                self.fail(addrs.span(), &af, "is empty: list the name server's addresses, such as [\"192.0.2.53\"]");
             } else if addrs.get_ref().len() > MAX_NS {
-                self.fail(addrs.span(), &gf, format!("lists more than {MAX_NS} addresses: list at most {MAX_NS}"));
+                self.fail(addrs.span(), &af, format!("lists more than {MAX_NS} addresses: list at most {MAX_NS}"));
             }
             for (j, a) in addrs.get_ref().iter().enumerate() {
                 match a.get_ref().parse::<IpAddr>() {
@@ -682,7 +687,7 @@ impl Validator<'_> {
                     }
                     _ => self.fail(
                         a.span(),
-                        &format!("{gf}[{j}]"),
+                        &format!("{af}[{j}]"),
                         format!("`{}` is not a unicast IP address: write one such as \"192.0.2.53\"", a.get_ref()),
                     ),
                 }
@@ -690,12 +695,12 @@ impl Validator<'_> {
             glue.push((name, list));
         }
         for n in ns.iter().filter(|n| within(n, zone) && !glue.iter().any(|(g, _)| g == *n)) {
-            let known = raw.glue.keys().any(|k| normalize_name(k) == *n);
+            let known = raw.glue.iter().any(|g| normalize_name(g.name.get_ref()) == *n);
             if !known {
                 self.fail(
                     raw.ns.as_ref().map_or(span.clone(), |l| l.span()),
                     &field("ns"),
-                    format!("`{n}` is inside the zone, so resolvers can only reach it through glue: add its addresses, e.g. glue = {{ \"{n}\" = [\"192.0.2.53\"] }}"),
+                    format!("`{n}` is inside the zone, so resolvers can only reach it through glue: add its addresses, e.g. glue = [{{ name = \"{n}\", addresses = [\"192.0.2.53\"] }}]"),
                 );
             }
         }
