@@ -586,6 +586,22 @@ impl Validator<'_> {
                 drain: s.drain,
             });
         }
+        // The SRV names and the servers' default hosts go in front of the service name: each
+        // must fit a DNS name too, or the answers could not be encoded when dnlb starts.
+        if check_name(&name).is_ok() {
+            let srv = Transport::ALL
+                .iter()
+                .filter(|t| servers.iter().any(|s| s.transports.contains(t)))
+                .map(|t| format!("{}.{name}", t.srv_label()));
+            let hosts = servers.iter().filter(|s| s.host.ends_with(name.as_str())).map(|s| s.host.clone());
+            if let Some(long) = srv.chain(hosts).filter(|n| n.len() > 253).max_by_key(String::len) {
+                self.fail(
+                    raw.name.span(),
+                    &field("name"),
+                    format!("`{name}` is too long for the names made from it: `{long}` has {} characters, more than 253: use a shorter service name (or give the servers a `host`)", long.len()),
+                );
+            }
+        }
         let tls_verify = self.tls_verify(raw.tls_verify, raw.tls_ca_file, &field);
         let authority = raw.authority.map(|a| self.authority(i, &name, a, &servers));
         ServiceConfig { name, policy: raw.policy, answers, ttl, all_down: raw.all_down, tls_verify, servers, authority }
@@ -621,7 +637,13 @@ impl Validator<'_> {
             ),
         }
         let hostmaster = match &raw.hostmaster {
-            None => format!("hostmaster.{zone}"),
+            None => {
+                let name = format!("hostmaster.{zone}");
+                if name.len() > 253 && check_name(zone).is_ok() {
+                    self.fail(span.clone(), &field("hostmaster"), format!("the default `hostmaster.{zone}` is too long ({} characters, more than 253): set hostmaster to a shorter mailbox, such as hostmaster@example.net", name.len()));
+                }
+                name
+            }
             Some(h) => {
                 let text = h.get_ref().trim();
                 // `user@example.net` is the mailbox user.example.net in an SOA.
