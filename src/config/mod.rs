@@ -422,6 +422,22 @@ address = "127.0.0.1"
                 "lies inside the zone `sip.example.test` of service[0]",
             ),
             (
+                zone(
+                    "ns = [\"eu.sip.example.test\"]\nglue = [{ name = \"eu.sip.example.test\", addresses = [\"192.0.2.53\"] }]",
+                    "[[service]]\nname = \"eu.sip.example.test\"\n[[service.server]]\naddress = \"127.0.0.21\"\n",
+                ),
+                "service[0].authority.glue[0].name",
+                "already a name of service[1]",
+            ),
+            (
+                zone(
+                    "ns = [\"ip-127-0-0-21.eu.sip.example.test\"]\nglue = [{ name = \"ip-127-0-0-21.eu.sip.example.test\", addresses = [\"192.0.2.53\"] }]",
+                    "[[service]]\nname = \"eu.sip.example.test\"\n[[service.server]]\naddress = \"127.0.0.21\"\n",
+                ),
+                "service[0].authority.glue[0].name",
+                "already a name of service[1]",
+            ),
+            (
                 zone("ns = [\"a.example.net\"]", "[relay]\nupstreams = [\"127.0.0.53:53\"]\n[[relay.route]]\ndomain = \"corp.sip.example.test\"\nupstreams = [\"127.0.0.54:53\"]\n"),
                 "relay.route[0].domain",
                 "inside the zone `sip.example.test`",

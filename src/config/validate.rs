@@ -68,6 +68,15 @@ impl Validator<'_> {
         // written, for the checks across sections.
         let zone_spans: Vec<Range<usize>> =
             raw.service.iter().map(|s| s.authority.as_ref().map_or(s.name.span(), |a| a.span())).collect();
+        // Each authority's glue names as the file writes them, with their index and place.
+        let glue_spans: Vec<Vec<(String, usize, Range<usize>)>> = raw
+            .service
+            .iter()
+            .map(|s| {
+                let glue = s.authority.as_ref().map_or(&[][..], |a| &a.get_ref().glue[..]);
+                glue.iter().enumerate().map(|(k, g)| (normalize_name(g.name.get_ref()), k, g.name.span())).collect()
+            })
+            .collect();
         let route_spans: Vec<Range<usize>> =
             raw.relay.as_ref().map(|r| r.route.iter().map(|x| x.domain.span()).collect()).unwrap_or_default();
         for (i, s) in raw.service.into_iter().enumerate() {
@@ -93,7 +102,7 @@ impl Validator<'_> {
         let rrl = raw.rrl.map(|r| self.rrl(r));
         let metrics = raw.metrics.and_then(|m| self.metrics(m));
         let sites = self.sites(raw.sites, &services);
-        self.zones(&services, &zone_spans, relay.as_ref(), &route_spans);
+        self.zones(&services, &zone_spans, &glue_spans, relay.as_ref(), &route_spans);
         Config { server, probe, services, hosts, hosts_ttl, hosts_source, relay, rrl, metrics, sites }
     }
 
@@ -101,14 +110,40 @@ impl Validator<'_> {
     /// of its own is part of that zone (answered with its SOA); with one, it would be a zone
     /// inside a zone dnlb also serves, with no delegation between them: refused. A relay route
     /// inside a zone could never be used (names in a zone are answered, never relayed): refused.
-    /// A route above a zone is fine; the zone's names stay out of it.
+    /// A route above a zone is fine; the zone's names stay out of it. A name server's glue must
+    /// not name another service's name, SRV name or server host: the glue would take its answers.
     fn zones(
         &mut self,
         services: &[ServiceConfig],
         spans: &[Range<usize>],
+        glue_spans: &[Vec<(String, usize, Range<usize>)>],
         relay: Option<&RelayConfig>,
         route_spans: &[Range<usize>],
     ) {
+        for (i, s) in services.iter().enumerate() {
+            let Some(a) = &s.authority else { continue };
+            for (name, k, span) in glue_spans.get(i).into_iter().flatten() {
+                if !a.glue.iter().any(|(g, _)| g == name) {
+                    continue;
+                }
+                let owner = services.iter().enumerate().find(|(j, o)| {
+                    *j != i
+                        && (o.name == *name
+                            || o.servers.iter().any(|v| v.host == *name)
+                            || Transport::ALL.iter().any(|t| format!("{}.{}", t.srv_label(), o.name) == *name))
+                });
+                if let Some((j, o)) = owner {
+                    self.fail(
+                        span.clone(),
+                        &format!("service[{i}].authority.glue[{k}].name"),
+                        format!(
+                            "`{name}` is already a name of service[{j}] (`{}`: its name, an SRV name or a server's host), whose answers the glue would replace: give the name server a name of its own, such as ns1.{}",
+                            o.name, s.name
+                        ),
+                    );
+                }
+            }
+        }
         for (i, s) in services.iter().enumerate() {
             let Some(outer) = services
                 .iter()
