@@ -226,6 +226,8 @@ pub enum Negative {
     /// Health: no server of this family or transport is healthy now (or none at all, under
     /// `all_down = "nodata"`): NODATA that lasts one answer TTL.
     Health,
+    /// A zone transfer (AXFR, IXFR) of a name in a zone: REFUSED, nothing transfers the zone.
+    Transfer,
 }
 
 /// Takes the next step of a cycle of `n` (at least 1) from a worker's counter.
@@ -416,6 +418,9 @@ impl Snapshot {
             let (at, _) = self.layout.zone_of(name)?;
             return Some(Negative::NoSuchName { zone: encode::presentation(&name[at..]) });
         };
+        if self.layout.nodata(entry, qtype) == NO_TRANSFER {
+            return Some(Negative::Transfer);
+        }
         if entry.by_type.is_empty() {
             return Some(Negative::EmptyNonTerminal);
         }
