@@ -360,7 +360,10 @@ address = "127.0.0.1"
             for (server, authority) in [
                 ("address = \"192.0.2.1\"\ntransports = [\"udp\", \"tls\"]", ""),
                 ("address = \"2001:db8::1\"", ""),
-                ("address = \"192.0.2.1\"\nhost = \"sbc.example.net\"", "[service.authority]\nns = [\"a.example.net\"]\n"),
+                (
+                    "address = \"192.0.2.1\"\nhost = \"sbc.example.net\"",
+                    "[service.authority]\nns = [\"a.example.net\"]\n",
+                ),
             ] {
                 let text = format!(
                     "[server]\nlisten = [\"127.0.0.1:5353\"]\n[[service]]\nname = \"{name}\"\n{authority}[[service.server]]\n{server}\n"

@@ -347,7 +347,11 @@ impl ControlPlane {
             Ok(l) => Arc::new(l),
             Err(e) => {
                 tracing::error!("reload refused, the running configuration stays: cannot build answers: {e}");
-                return Reply { ok: false, text: format!("cannot build answers: {e}\n"), json: serde_json::Value::Null };
+                return Reply {
+                    ok: false,
+                    text: format!("cannot build answers: {e}\n"),
+                    json: serde_json::Value::Null,
+                };
             }
         };
         let carry = match self.prober.take().map(Prober::stop_and_carry) {

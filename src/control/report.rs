@@ -215,7 +215,9 @@ pub fn explain(v: &View<'_>, name: &str, qtype: &str, client: Option<IpAddr>) ->
     let Some(wire) = query_name(name) else {
         return Reply {
             ok: false,
-            text: format!("`{name}` is not a name a query can carry (labels of 1 to 63 octets, at most 255 in all, ASCII)\n"),
+            text: format!(
+                "`{name}` is not a name a query can carry (labels of 1 to 63 octets, at most 255 in all, ASCII)\n"
+            ),
             json: json!(null),
         };
     };
@@ -504,14 +506,13 @@ address = "192.0.2.3"
     #[test]
     fn explain_says_what_the_wire_says_for_transfers_and_impossible_names() {
         // A zone transfer is REFUSED: no NODATA, no talk of a zone it is not in.
-        for qtype in ["AXFR"] {
-            let text = explain_text("sip.example.test", qtype, false);
-            assert!(text.starts_with(&format!("sip.example.test {qtype}: Query Refused")), "{text}");
-            assert!(text.contains("zone transfers"), "{text}");
-            assert!(!text.contains("NODATA") && !text.contains("in no zone"), "{text}");
-        }
+        let text = explain_text("sip.example.test", "AXFR", false);
+        assert!(text.starts_with("sip.example.test AXFR: Query Refused"), "{text}");
+        assert!(text.contains("zone transfers"), "{text}");
+        assert!(!text.contains("NODATA") && !text.contains("in no zone"), "{text}");
         // Names no query can carry get no verdict of the zone's.
-        for name in ["a..b.sip.example.test", "\u{fc}.sip.example.test", &format!("{}.sip.example.test", "a".repeat(64))]
+        for name in
+            ["a..b.sip.example.test", "\u{fc}.sip.example.test", &format!("{}.sip.example.test", "a".repeat(64))]
         {
             let text = explain_text(name, "A", false);
             assert!(text.contains("not a name a query can carry"), "{name}:\n{text}");
