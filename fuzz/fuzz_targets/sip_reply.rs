@@ -61,8 +61,8 @@ fn round_trip(data: &[u8]) {
     let probe = ProbeId::new(words, u32::from_le_bytes([head[4], head[5], head[6], head[7]]), method);
     let mut request = Vec::new();
     template.render(&probe, local, &mut request);
-    let echo = echo(&request, b"");
-    assert_eq!(check_reply(&echo, &probe), Ok(Reply::Final { code: 200, retry_after: None }));
+    let answer = echo(&request, b"");
+    assert_eq!(check_reply(&answer, &probe), Ok(Reply::Final { code: 200, retry_after: None }));
     // The rest of the input as parameters of the top Via (no line breaks): never a panic.
     let params: Vec<u8> = rest.iter().copied().filter(|&b| b != b'\r' && b != b'\n').take(512).collect();
     let _verdict = check_reply(&echo(&request, &params), &probe);
