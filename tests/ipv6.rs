@@ -323,6 +323,18 @@ fn several_ipv6_servers_with_sites_by_ipv6_client_prefix_naptr_and_explain() {
             EAST.iter().map(|ip| (ip6_target(ip, "sip.example.test"), sip_port)).collect();
         assert_eq!(targets, want);
         assert_eq!(in_west.srv(d.dns, udp).1, set(&WEST));
+        // An SRV target's own name answers its address.
+        let target = ip6_target(EAST[1], "sip.example.test");
+        assert_eq!(elsewhere.addresses(d.dns, &target, RecordType::AAAA), set(&[EAST[1]]));
+        // `dnlb status` shows each IPv6 server up, answered 200.
+        let status = d.cli(&["status", "--json"]).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+        let servers = json["services"][0]["servers"].as_array().unwrap().clone();
+        for ip in &all {
+            let addr = format!("[{ip}]:{sip_port}");
+            let s = servers.iter().find(|s| s["address"] == addr.as_str()).unwrap_or_else(|| panic!("{addr}: {json}"));
+            assert_eq!((s["state"].as_str(), s["last_code"].as_u64()), (Some("Up"), Some(200)), "{s}");
+        }
         assert!(in_east.addresses(d.dns, service, RecordType::A).is_empty(), "no IPv4 server, no A record");
         // NAPTR (RFC 3263) is the same for every client: SIP+D2U only (UDP servers).
         for c in [&mut in_east, &mut in_west, &mut elsewhere] {

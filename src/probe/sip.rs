@@ -534,8 +534,8 @@ fn split_unquoted(value: &[u8], sep: u8) -> impl Iterator<Item = &[u8]> {
 
 /// The value of the parameter `name` (case-insensitive) among `;`-separated `params`, trimmed
 /// (`None`: absent; a parameter without a value has an empty one).
-fn param<'a>(params: impl Iterator<Item = &'a [u8]>, name: &[u8]) -> Option<&'a [u8]> {
-    params.into_iter().find_map(|p| {
+fn param<'a>(mut params: impl Iterator<Item = &'a [u8]>, name: &[u8]) -> Option<&'a [u8]> {
+    params.find_map(|p| {
         let (n, v) = match p.iter().position(|&b| b == b'=') {
             Some(eq) => (&p[..eq], &p[eq + 1..]),
             None => (p, &b""[..]),
