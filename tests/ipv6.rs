@@ -24,6 +24,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, U
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::client::Client;
 use common::kamailio::{modules_with, Kamailio, TlsFiles};
 use common::lo::LoAddresses;
 use common::process::Dnlb;
@@ -35,7 +36,6 @@ use dnlb::probe::sip::{check_reply, frame, Frame, ProbeId, Reply, RequestTemplat
 use dnlb::probe::{initial_health, Prober};
 use dnlb::server::Server;
 use dnlb::snapshot::{Snapshot, SnapshotHandle};
-use hickory_proto::op::Message;
 use hickory_proto::rr::{RData, RecordType};
 use proptest::prelude::*;
 
@@ -50,33 +50,7 @@ fn free_port_on(ip: IpAddr) -> u16 {
     }
 }
 
-/// A DNS client whose queries leave from `source`.
-struct Client {
-    socket: UdpSocket,
-    id: u16,
-}
-
 impl Client {
-    fn bind(source: &str) -> Client {
-        let socket =
-            UdpSocket::bind((source.parse::<IpAddr>().unwrap(), 0)).unwrap_or_else(|e| panic!("bind {source}: {e}"));
-        socket.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
-        Client { socket, id: 0 }
-    }
-
-    fn ask(&mut self, dns: SocketAddr, name: &str, qtype: RecordType) -> Option<Message> {
-        self.id = self.id.wrapping_add(1);
-        self.socket.send_to(&query(name, qtype, self.id, Some(1232)), dns).ok()?;
-        let mut buf = [0u8; 4096];
-        for _ in 0..4 {
-            let (n, _) = recv_retry(&self.socket, &mut buf)?;
-            if let Some(m) = Message::from_vec(&buf[..n]).ok().filter(|m| m.metadata.id == self.id) {
-                return Some(m);
-            }
-        }
-        None
-    }
-
     /// The addresses of the A or AAAA answer for `name`.
     fn addresses(&mut self, dns: SocketAddr, name: &str, qtype: RecordType) -> BTreeSet<IpAddr> {
         let Some(m) = self.ask(dns, name, qtype) else { return BTreeSet::new() };

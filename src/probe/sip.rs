@@ -500,26 +500,30 @@ fn is_token(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
 }
 
-/// The parts of `value` between the separators `sep` that lie outside quoted strings (RFC 3261
-/// §25.1 `quoted-string`, with its backslash escapes).
+/// The first `sep` in `value` outside quoted strings (RFC 3261 §25.1 `quoted-string`, with its
+/// backslash escapes), and whether `value` ends inside a quoted string left open.
+fn find_unquoted(value: &[u8], sep: u8) -> (Option<usize>, bool) {
+    let (mut quoted, mut escaped) = (false, false);
+    for (i, &b) in value.iter().enumerate() {
+        if escaped {
+            escaped = false;
+        } else if quoted && b == b'\\' {
+            escaped = true;
+        } else if b == b'"' {
+            quoted = !quoted;
+        } else if b == sep && !quoted {
+            return (Some(i), false);
+        }
+    }
+    (None, quoted)
+}
+
+/// The parts of `value` between the separators `sep` that lie outside quoted strings.
 fn split_unquoted(value: &[u8], sep: u8) -> impl Iterator<Item = &[u8]> {
     let mut rest = Some(value);
     std::iter::from_fn(move || {
         let v = rest?;
-        let (mut quoted, mut escaped) = (false, false);
-        let end = v.iter().position(|&b| {
-            if escaped {
-                escaped = false;
-            } else if quoted && b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                quoted = !quoted;
-            } else if b == sep && !quoted {
-                return true;
-            }
-            false
-        });
-        match end {
+        match find_unquoted(v, sep).0 {
             Some(at) => {
                 rest = Some(&v[at + 1..]);
                 Some(&v[..at])
@@ -603,19 +607,7 @@ fn sent_by_ok(sent_by: &[u8]) -> bool {
 /// tag, or the value does not read so.
 fn from_tag(from: &[u8]) -> Option<&[u8]> {
     // The first `<` outside the display name's quotes opens the URI.
-    let (mut quoted, mut escaped) = (false, false);
-    let open = from.iter().position(|&b| {
-        if escaped {
-            escaped = false;
-        } else if quoted && b == b'\\' {
-            escaped = true;
-        } else if b == b'"' {
-            quoted = !quoted;
-        } else if b == b'<' && !quoted {
-            return true;
-        }
-        false
-    });
+    let (open, quoted) = find_unquoted(from, b'<');
     let params = match open {
         Some(open) => {
             let close = open + from[open..].iter().position(|&b| b == b'>')?;
