@@ -13,6 +13,8 @@
 //! - The probe request, for random IPv4 and IPv6 servers, ports, transports and identities,
 //!   against the RFC 3261 §25 grammar (with RFC 5118 / RFC 5954 IPv6 references) written here;
 //!   and kamailio on several IPv6 addresses answering 200 to every one of them.
+//! - Forged replies to IPv6 probes never count: wrong identities, the true reply from another
+//!   port or from another address.
 //! - A configuration or reload with a link-local or an IPv4-mapped server is refused, naming the
 //!   field and why.
 
@@ -985,4 +987,72 @@ fn link_local_and_ipv4_mapped_servers_are_refused_at_load_and_reload() {
     );
     drop(d);
     let _cleanup = std::fs::remove_dir_all(&dir);
+}
+
+/// Forged replies to IPv6 probes never count: a wrong identity (branch, Call-ID, tag, CSeq
+/// number, method), the true reply from another port of the server's address, or from another
+/// address on the server's port. The probe's connected socket compares the source as an address
+/// (the kernel's binary compare: `[fd00:14::45]:P` is not `[fd00:14::44]:P`), the parser the rest.
+/// Also: two spellings of one IPv6 address are one server.
+#[test]
+fn forged_and_misdirected_replies_to_ipv6_probes_never_count() {
+    let twice = "[server]\nlisten = [\"127.0.0.1:5353\"]\n[[service]]\nname = \"s.test\"\n\
+                 [[service.server]]\naddress = \"::1\"\n[[service.server]]\naddress = \"0:0:0::0:1\"\n";
+    let problems = Config::parse(twice).unwrap_err();
+    assert!(problems.iter().any(|p| p.message.contains("::1 port 5060 is listed twice")), "{problems:?}");
+
+    let ips = ["fd00:14::41", "fd00:14::42", "fd00:14::43", "fd00:14::44", "fd00:14::45"];
+    let Some(_lo) = LoAddresses::add(&ips) else { return };
+    let port = common::sip::common_port(&ips);
+    let at = |ip: &str| SocketAddr::new(ip.parse().unwrap(), port);
+    let _honest = SipResponder::start(at(ips[0]), Mode::Reply(200, None));
+    let forger = SipResponder::start(at(ips[1]), Mode::Forge { count: 5, then_answer: false });
+    let wrong_port = SipResponder::start(at(ips[2]), Mode::WrongSource);
+    // Receives on ::44, answers truly from ::45, same port.
+    let inbox = UdpSocket::bind(at(ips[3])).unwrap();
+    let outbox = UdpSocket::bind(at(ips[4])).unwrap();
+    inbox.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let misdirected = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (s, m) = (stop.clone(), misdirected.clone());
+    let other_address = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        let started = Instant::now();
+        while !s.load(std::sync::atomic::Ordering::Relaxed) && started.elapsed() < Duration::from_secs(10) {
+            let Ok((n, from)) = inbox.recv_from(&mut buf) else { continue };
+            let reply = common::sip::reply(&String::from_utf8_lossy(&buf[..n]), "200 OK", "");
+            if outbox.send_to(reply.as_bytes(), from).is_ok() {
+                m.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    });
+    let mut text = format!(
+        "[server]\nlisten = [\"[::1]:{}\"]\nworkers = 1\n[probe]\ninterval_ms = 200\ntimeout_ms = 100\n\
+         [[service]]\nname = \"sip.example.test\"\nall_down = \"nodata\"\n",
+        free_port_on("::1".parse().unwrap())
+    );
+    for ip in &ips[..4] {
+        text.push_str(&format!("[[service.server]]\naddress = \"{ip}\"\nport = {port}\n"));
+    }
+    let dns = TestServer::start(&text, dnlb::config::IoMode::Portable);
+    let prober = Prober::spawn(dns.config.clone(), dns.snapshots.clone()).unwrap();
+    let mut client = Client::bind("::1");
+    until("only the honest server", Duration::from_secs(3), || {
+        let a = client.addresses(dns.addr, "sip.example.test.", RecordType::AAAA);
+        (a != set(&ips[..1])).then(|| format!("{a:?}"))
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(client.addresses(dns.addr, "sip.example.test.", RecordType::AAAA), set(&ips[..1]));
+    let ignored = prober.status().ignored.load(std::sync::atomic::Ordering::Relaxed);
+    let (forged, wrong, elsewhere) = (
+        forger.forged.load(std::sync::atomic::Ordering::Relaxed),
+        wrong_port.forged.load(std::sync::atomic::Ordering::Relaxed),
+        misdirected.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    println!("{forged} forged, {wrong} from another port, {elsewhere} from another address: none counted; {ignored} ignored by the parser");
+    assert!(forged >= 20 && wrong >= 4 && elsewhere >= 4, "the forgers were probed");
+    assert!(ignored >= 20, "the forged identities reached the prober and were ignored: {ignored}");
+    prober.shutdown().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    other_address.join().unwrap();
 }
