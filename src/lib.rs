@@ -27,6 +27,7 @@
 //! - [`files`]: reading operator files (config, hosts, CA) bounded and without blocking.
 //! - [`logging`]: log lines (text, journal, JSON) and rate limiting for repeatable ones.
 
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod dns;
