@@ -274,7 +274,9 @@ impl DutyPlan {
 
     /// Whether server `i` is probed now.
     pub fn probing(&self, i: usize, now: Instant) -> bool {
-        self.all || self.duty.get(i).copied().unwrap_or(false) || self.leaving.get(i).copied().flatten().is_some_and(|t| now < t)
+        self.all
+            || self.duty.get(i).copied().unwrap_or(false)
+            || self.leaving.get(i).copied().flatten().is_some_and(|t| now < t)
     }
 
     /// Whether server `i` is in this instance's duty (a current prober), not only in overlap.
@@ -489,8 +491,14 @@ mod tests {
         // The separator keeps ("ab", "c") apart from ("a", "bc").
         assert_ne!(score("ab", "c"), score("a", "bc"));
         // Pinned values: a change here changes every fleet's duty; never change them.
-        assert_eq!(score("sip.example.test/127.0.0.11:5060", "edge-1"), score("sip.example.test/127.0.0.11:5060", "edge-1"));
-        assert_eq!(format!("{:016x}", score("s/1.2.3.4:5060", "a")), format!("{:016x}", mix(fnv1a(&[b"s/1.2.3.4:5060", b"a"]))));
+        assert_eq!(
+            score("sip.example.test/127.0.0.11:5060", "edge-1"),
+            score("sip.example.test/127.0.0.11:5060", "edge-1")
+        );
+        assert_eq!(
+            format!("{:016x}", score("s/1.2.3.4:5060", "a")),
+            format!("{:016x}", mix(fnv1a(&[b"s/1.2.3.4:5060", b"a"])))
+        );
         assert_eq!(mix(0), 0);
         assert_eq!(mix(1), 0x5692_161d_100b_05e5);
     }
@@ -500,7 +508,10 @@ mod tests {
         let names = ["edge-1", "edge-2", "edge-3", "edge-4", "edge-5"];
         for n in [1usize, 7, 30, 100] {
             let keys: Vec<String> = (0..n)
-                .map(|s| server_key("sip.example.test", format!("127.0.4.{}:5060", s % 250).parse().unwrap()) + &s.to_string())
+                .map(|s| {
+                    server_key("sip.example.test", format!("127.0.4.{}:5060", s % 250).parse().unwrap())
+                        + &s.to_string()
+                })
                 .collect();
             let servers: Vec<&str> = keys.iter().map(|s| s.as_str()).collect();
             for m in 1..=5 {
@@ -538,7 +549,9 @@ mod tests {
         // the servers that did not have the leaver keep their probers.
         let four = assign(&servers, &["a", "b", "c", "d"], 1);
         let three = assign(&servers, &["a", "b", "d"], 1);
-        let kept = (0..30).filter(|&s| four[s][0] != 2 && ["a", "b", "c", "d"][four[s][0]] == ["a", "b", "d"][three[s][0]]).count();
+        let kept = (0..30)
+            .filter(|&s| four[s][0] != 2 && ["a", "b", "c", "d"][four[s][0]] == ["a", "b", "d"][three[s][0]])
+            .count();
         let without_c = (0..30).filter(|&s| four[s][0] != 2).count();
         assert!(kept * 10 >= without_c * 7, "{kept} of {without_c} kept their prober");
         assert_eq!(before.len(), 30);

@@ -1,3 +1,192 @@
 //! The fleet: several dnlb instances in front of one SIP farm share probing and agree on health
-//! through etcd (`[cluster]`).
+//! through etcd (`[cluster]`). Without a `[cluster]` section none of this runs: no thread, no
+//! handle, nothing on any path.
+//!
+//! ```text
+//!  prober thread ──Report (verdict changes)──► cluster thread (etcd.rs: tokio current-thread, etcd-client) ──put──► etcd
+//!       ▲                                          │  lease keep-alive, only while the prober's heartbeat moves
+//!       │ duty, others' verdicts, drains           │  watch /dnlb/v1/<farm>/ from a revision (re-read on compaction)
+//!       └────────── ArcSwap<Published> ◄───────────┘  fleet.rs: bounded parse ─► FleetView (core.rs: duty, rules)
+//!  snapshot build = f(local verdicts for this instance's duty, the others' for the rest, drains)
+//! ```
+//!
+//! The decisions (who probes what, how verdicts combine, when a detached instance stops trusting
+//! the others) are in [`core`], without I/O and on injected time; what etcd holds is parsed and
+//! bounded in [`fleet`]; the etcd client runs on a thread of its own (`etcd`, with the `cluster`
+//! cargo feature) and talks to the prober only through a [`Handle`]: which servers to probe,
+//! the others' verdicts in, this instance's verdicts out. The workers never see any of it: they
+//! read the same snapshot as always.
+
 pub mod core;
+#[cfg(feature = "cluster")]
+pub mod etcd;
+pub mod fleet;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+
+use self::core::{LinkState, Seen};
+use self::fleet::FleetView;
+use crate::config::Transport;
+
+/// Why the fleet could not be joined. The operator's setup, or etcd's answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// Another live instance holds this instance's name.
+    #[error("cluster.name `{name}` is already live in farm `{farm}` ({holder}): give this instance another name, or stop the other one")]
+    NameTaken {
+        /// The name.
+        name: String,
+        /// The farm.
+        farm: String,
+        /// What the holder published about itself.
+        holder: String,
+    },
+    /// A credentials or TLS file could not be read.
+    #[error("{field}: cannot read {path}: {why}")]
+    File {
+        /// The configuration field that names it.
+        field: &'static str,
+        /// The path.
+        path: String,
+        /// What went wrong.
+        why: String,
+    },
+    /// The thread or its runtime could not start.
+    #[error("cannot start the cluster thread: {0}")]
+    Start(#[from] std::io::Error),
+}
+
+/// What the cluster thread publishes for the prober and for status: one immutable value,
+/// swapped whole.
+#[derive(Debug, Clone)]
+pub struct Published {
+    /// Bumped at every publish.
+    pub generation: u64,
+    /// The link to etcd.
+    pub link: LinkState,
+    /// Since when (wall clock, for status).
+    pub since: SystemTime,
+    /// The lease TTL etcd granted (0 before the first grant).
+    pub ttl: Duration,
+    /// The fleet as last read (empty before the first read).
+    pub view: FleetView,
+    /// Why the link is not attached, if it is not (the last etcd error).
+    pub problem: Option<String>,
+}
+
+/// One message from the prober to the cluster thread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    /// What this instance now sees of server `server` (the farm's flat server index): written
+    /// to etcd if it differs from what was written last.
+    Verdict {
+        /// The server.
+        server: usize,
+        /// Per transport.
+        seen: Vec<(Transport, Seen)>,
+    },
+    /// This instance stopped probing `server` (its duty moved): its verdict key is deleted.
+    Stopped {
+        /// The server.
+        server: usize,
+    },
+}
+
+/// An operator's cluster-wide drain or undrain, with where its answer goes.
+#[derive(Debug)]
+pub struct DrainOrder {
+    /// The farm's flat server indices it applies to.
+    pub servers: Vec<usize>,
+    /// Drain (`true`) or undrain.
+    pub drained: bool,
+    /// Where the outcome goes: `Ok` once etcd holds it.
+    pub reply: SyncSender<Result<(), String>>,
+}
+
+/// Counters of the cluster thread (metrics and status).
+#[derive(Debug, Default)]
+pub struct ClusterStats {
+    /// Verdict keys written (or deleted) in etcd.
+    pub verdict_writes: AtomicU64,
+    /// Times the watch was started again (compaction, cancellation, a broken stream).
+    pub watch_restarts: AtomicU64,
+    /// Keys or values under the prefix refused (too large, malformed, unknown).
+    pub refused: AtomicU64,
+    /// Attach/detach transitions.
+    pub transitions: AtomicU64,
+    /// Leases granted (1 at start; one more after each lease that expired while detached).
+    pub leases: AtomicU64,
+    /// Reports dropped because the cluster thread's queue was full (it catches up from the
+    /// prober's next report of that server).
+    pub dropped_reports: AtomicU64,
+}
+
+/// The bounded queue of reports from the prober: a full queue drops and counts, never waits.
+pub const REPORT_QUEUE: usize = 4096;
+
+/// The prober's and control's side of the cluster thread.
+#[derive(Clone)]
+pub struct Handle {
+    /// What the cluster thread last published.
+    pub published: Arc<ArcSwap<Published>>,
+    /// Its counters.
+    pub stats: Arc<ClusterStats>,
+    reports: SyncSender<Report>,
+    drains: SyncSender<DrainOrder>,
+    wake: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl std::fmt::Debug for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handle").field("generation", &self.published.load().generation).finish()
+    }
+}
+
+/// The cluster thread's side of a [`Handle`].
+pub struct Inbox {
+    /// Reports from the prober.
+    pub reports: Receiver<Report>,
+    /// Drains from the control thread.
+    pub drains: Receiver<DrainOrder>,
+}
+
+impl Handle {
+    /// A handle and its inbox; `wake` tells the cluster thread that something is queued.
+    pub fn new(initial: Published, wake: Arc<dyn Fn() + Send + Sync>) -> (Handle, Inbox) {
+        let (reports, rx) = std::sync::mpsc::sync_channel(REPORT_QUEUE);
+        let (drains, drx) = std::sync::mpsc::sync_channel(16);
+        let handle = Handle {
+            published: Arc::new(ArcSwap::from_pointee(initial)),
+            stats: Arc::new(ClusterStats::default()),
+            reports,
+            drains,
+            wake,
+        };
+        (handle, Inbox { reports: rx, drains: drx })
+    }
+
+    /// Queues a report without waiting; a full queue drops it and counts.
+    pub fn report(&self, report: Report) {
+        match self.reports.try_send(report) {
+            Ok(()) => (self.wake)(),
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.stats.dropped_reports.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Drains or undrains `servers` cluster-wide; returns once etcd holds it (at most 3 s).
+    pub fn drain(&self, servers: Vec<usize>, drained: bool) -> Result<(), String> {
+        let (reply, rx) = std::sync::mpsc::sync_channel(1);
+        self.drains
+            .try_send(DrainOrder { servers, drained, reply })
+            .map_err(|_| "the cluster thread is busy; try again".to_string())?;
+        (self.wake)();
+        rx.recv_timeout(Duration::from_secs(3)).map_err(|_| "etcd did not confirm within 3 s".to_string())?
+    }
+}
