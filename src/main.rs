@@ -247,15 +247,24 @@ fn ask(config_path: &Path, request: Request, json: bool) -> Result<()> {
 struct Running {
     config: Arc<Config>,
     prober: Option<Prober>,
+    /// The fleet's membership (`[cluster]`), kept over reloads.
+    fleet: Option<dnlb::cluster::Member>,
 }
 
 /// Starts the prober for `config` (carrying the health of servers that stay), or publishes the
 /// all-healthy answers when probing is off.
-fn start_prober(config: &Config, snapshots: &SnapshotHandle, carry: &Carry) -> Result<Option<Prober>> {
+fn start_prober(
+    config: &Config,
+    snapshots: &SnapshotHandle,
+    carry: &Carry,
+    fleet: Option<&dnlb::cluster::Member>,
+) -> Result<Option<Prober>> {
     if config.probe.enabled && !config.services.is_empty() {
         let entropy = Box::new(dnlb::probe::core::OsEntropy::default());
+        let fleet = fleet.map(|m| m.handle().clone());
         Ok(Some(
-            Prober::spawn_carrying(config.clone(), snapshots.clone(), entropy, carry).context("starting the prober")?,
+            Prober::spawn_in_fleet(config.clone(), snapshots.clone(), entropy, carry, fleet)
+                .context("starting the prober")?,
         ))
     } else {
         let generation = snapshots.load().generation + 1;
@@ -431,7 +440,7 @@ fn apply(fresh: Config, source: &str, live: &mut Live<'_>) -> Reply {
         }
         None => Carry::new(),
     };
-    match start_prober(&applied, snapshots, &carry) {
+    match start_prober(&applied, snapshots, &carry, running.fleet.as_ref()) {
         Ok(prober) => running.prober = prober,
         Err(e) => return Reply { ok: false, text: format!("{e:#}\n"), json: serde_json::Value::Null },
     }
@@ -499,7 +508,9 @@ fn run(args: RunArgs) -> Result<()> {
     let snapshots = SnapshotHandle::new(snapshot);
     let relay = config.relay.clone().map(Arc::new);
     let server = Server::start(&config.server, relay, config.rrl.clone(), snapshots.clone())?;
-    let prober = start_prober(&config, &snapshots, &Carry::new())?;
+    // The fleet (`[cluster]`) before the prober, which takes its duty from it.
+    let fleet = dnlb::cluster::join(&config)?;
+    let prober = start_prober(&config, &snapshots, &Carry::new(), fleet.as_ref())?;
     if prober.is_none() {
         tracing::info!("probing is off: every configured server counts as healthy");
     }
@@ -531,7 +542,7 @@ fn run(args: RunArgs) -> Result<()> {
         server.workers_per_address(),
         server.backend()
     );
-    let mut running = Running { config: Arc::new(config), prober };
+    let mut running = Running { config: Arc::new(config), prober, fleet };
     let shared = Arc::new(Mutex::new(Shared {
         config: running.config.clone(),
         status: running.prober.as_ref().map(|p| p.status().clone()),
@@ -642,6 +653,10 @@ fn run(args: RunArgs) -> Result<()> {
         }
         (None, Some(why)) => errors.push(why),
         (None, None) => {}
+    }
+    // Leaving revokes the lease: the others take this instance's duty now, not a TTL later.
+    if let Some(f) = running.fleet.take() {
+        f.leave();
     }
     let (totals, worker_errors) = server.shutdown();
     errors.extend(worker_errors);

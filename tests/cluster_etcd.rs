@@ -33,7 +33,7 @@ fn setup(endpoints: Vec<String>, name: &str, k: usize) -> Setup {
         },
         servers: servers(),
         config_hash: "00000000000000aa".into(),
-        alive: Box::new(|| true),
+        alive: Some(Box::new(|| true)),
     }
 }
 

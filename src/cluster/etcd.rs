@@ -54,8 +54,9 @@ pub struct Setup {
     pub servers: Vec<String>,
     /// This instance's configuration hash ([`super::core::config_hash`]).
     pub config_hash: String,
-    /// Whether the prober is alive (its heartbeat moves): the lease is kept alive only then.
-    pub alive: Box<dyn Fn() -> bool + Send>,
+    /// Whether the prober is alive; `None`: its heartbeat through the [`Handle`] moved within
+    /// half a TTL (the lease is kept alive only then, so a frozen prober's duty moves).
+    pub alive: Option<Box<dyn Fn() -> bool + Send>>,
 }
 
 /// A running cluster thread.
@@ -375,14 +376,14 @@ impl State {
         let view = self.fleet.view(&self.setup.config_hash, c.site.as_deref(), c.probers_per_server);
         let (link, _) = self.link.state();
         self.handle.stats.refused.store(self.fleet.refused(), Ordering::Relaxed);
-        self.handle.published.store(Arc::new(Published {
+        self.handle.publish(Published {
             generation: self.generation,
             link,
             since: self.since,
             ttl: self.ttl,
             view,
             problem: if link == LinkState::Attached { None } else { self.problem.clone() },
-        }));
+        });
     }
 
     /// Reports and drains while etcd is out of reach: reports are remembered (written at the
@@ -584,7 +585,11 @@ impl State {
             tokio::select! {
                 _ = tokio::time::sleep_until(next_beat) => {
                     next_beat += every;
-                    if (self.setup.alive)() {
+                    let alive = match &self.setup.alive {
+                        Some(f) => f(),
+                        None => self.handle.prober_alive((self.ttl / 2).max(Duration::from_millis(300))),
+                    };
+                    if alive {
                         if let Err(e) = call("keep-alive", keeper.keep_alive()).await {
                             return e;
                         }

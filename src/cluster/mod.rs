@@ -21,6 +21,7 @@ pub mod core;
 #[cfg(feature = "cluster")]
 pub mod etcd;
 pub mod fleet;
+pub mod prober;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
@@ -32,6 +33,74 @@ use arc_swap::ArcSwap;
 use self::core::{LinkState, Seen};
 use self::fleet::FleetView;
 use crate::config::Transport;
+
+/// A running membership of a fleet: the cluster thread. Dropping it leaves the fleet (the lease
+/// is revoked, so the others take this instance's duty at once).
+pub struct Member {
+    #[cfg(feature = "cluster")]
+    thread: etcd::ClusterThread,
+    handle: Handle,
+}
+
+impl Member {
+    /// The handle the prober and the control side use.
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    /// Leaves the fleet: the lease is revoked (at most a second), so the others take this
+    /// instance's duty at once instead of after its TTL.
+    pub fn leave(self) {
+        #[cfg(feature = "cluster")]
+        self.thread.shutdown();
+    }
+}
+
+impl std::fmt::Debug for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Member").field("handle", &self.handle).finish()
+    }
+}
+
+/// Every server of `config` as the fleet names it ([`core::server_key`]), services' servers in
+/// order: the flat server index the prober and the cluster thread share.
+pub fn server_keys(config: &crate::config::Config) -> Vec<String> {
+    config
+        .services
+        .iter()
+        .flat_map(|s| {
+            s.servers.iter().map(move |v| core::server_key(&s.name, std::net::SocketAddr::new(v.address, v.port)))
+        })
+        .collect()
+}
+
+/// Joins the fleet `config.cluster` names (`None` without a `[cluster]` section: nothing
+/// starts). Waits at most 3 s for etcd; a name another live instance holds is an error, an
+/// unreachable etcd is not (the instance runs detached and keeps trying).
+pub fn join(config: &crate::config::Config) -> Result<Option<Member>, ClusterError> {
+    let Some(c) = &config.cluster else { return Ok(None) };
+    #[cfg(feature = "cluster")]
+    {
+        let config_hash = core::config_hash(config, c.probers_per_server);
+        tracing::info!(
+            farm = %c.farm,
+            name = %c.name,
+            k = c.probers_per_server,
+            config = %config_hash,
+            "joining the fleet"
+        );
+        let setup = etcd::Setup { config: c.clone(), servers: server_keys(config), config_hash, alive: None };
+        let thread = etcd::spawn(setup)?;
+        let handle = thread.handle().clone();
+        Ok(Some(Member { thread, handle }))
+    }
+    #[cfg(not(feature = "cluster"))]
+    {
+        // Validation refuses `[cluster]` in a build without the feature.
+        let _unused = c;
+        Ok(None)
+    }
+}
 
 /// Why the fleet could not be joined. The operator's setup, or etcd's answer.
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +193,11 @@ pub struct ClusterStats {
     /// Reports dropped because the cluster thread's queue was full (it catches up from the
     /// prober's next report of that server).
     pub dropped_reports: AtomicU64,
+    /// Servers this instance is a current prober of (the prober stores it).
+    pub duty_servers: AtomicU64,
+    /// Milliseconds since the handle was made, at the prober's last pass: the lease is kept
+    /// alive only while it moves.
+    pub heartbeat_ms: AtomicU64,
 }
 
 /// The bounded queue of reports from the prober: a full queue drops and counts, never waits.
@@ -139,6 +213,9 @@ pub struct Handle {
     reports: SyncSender<Report>,
     drains: SyncSender<DrainOrder>,
     wake: Arc<dyn Fn() + Send + Sync>,
+    made: std::time::Instant,
+    /// Wakes the prober's loop (set by the prober when it starts).
+    pub prober_waker: Arc<arc_swap::ArcSwapOption<Box<dyn Fn() + Send + Sync>>>,
 }
 
 impl std::fmt::Debug for Handle {
@@ -166,8 +243,30 @@ impl Handle {
             reports,
             drains,
             wake,
+            made: std::time::Instant::now(),
+            prober_waker: Arc::new(arc_swap::ArcSwapOption::empty()),
         };
         (handle, Inbox { reports: rx, drains: drx })
+    }
+
+    /// Publishes `p` and wakes the prober to apply it.
+    pub fn publish(&self, p: Published) {
+        self.published.store(Arc::new(p));
+        if let Some(wake) = self.prober_waker.load().as_ref() {
+            wake();
+        }
+    }
+
+    /// The prober went round its loop once more.
+    pub fn beat(&self) {
+        let ms = u64::try_from(self.made.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.stats.heartbeat_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Whether the prober went round its loop within `limit`.
+    pub fn prober_alive(&self, limit: Duration) -> bool {
+        let beat = Duration::from_millis(self.stats.heartbeat_ms.load(Ordering::Relaxed));
+        self.made.elapsed().saturating_sub(beat) <= limit
     }
 
     /// Queues a report without waiting; a full queue drops it and counts.
