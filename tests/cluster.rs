@@ -148,7 +148,14 @@ fn steady_state_detection_and_one_alone() {
     std::thread::sleep(Duration::from_millis(2 * INTERVAL_MS));
     let rate = probe_rate(&farm, Duration::from_secs(12));
     eprintln!("steady: {rate:.3} probes per server per interval (k = 2, 3 instances)");
-    assert!((rate - 2.0).abs() <= 0.1, "probe load {rate:.3}, want 2 ± 5 %");
+    let links = |fleet: &[Dnlb]| -> String {
+        fleet
+            .iter()
+            .map(|d| d.stderr().lines().filter(|l| l.contains("cluster")).collect::<Vec<_>>().join("\n"))
+            .collect::<Vec<_>>()
+            .join("\n--\n")
+    };
+    assert!((rate - 2.0).abs() <= 0.1, "probe load {rate:.3}, want 2 ± 5 %; links:\n{}", links(&fleet));
 
     // A responder stops: out of every answer within interval × fall + timeout + 1 s.
     let dead = farm.responders[7].addr.ip();
@@ -181,12 +188,194 @@ fn steady_state_detection_and_one_alone() {
     assert_eq!(answer(&fleet[0]).unwrap(), all);
 }
 
+/// The servers `member` has a verdict key for (its duty), by address.
+fn duty_of(etcd: &EtcdCluster, fleet: &str, member: &str) -> BTreeSet<IpAddr> {
+    let keys =
+        etcd.ctl_any(&["get", &format!("/dnlb/v1/{fleet}/verdict/"), "--prefix", "--keys-only"]).unwrap_or_default();
+    keys.lines()
+        .filter(|k| k.ends_with(&format!("/{member}")))
+        .filter_map(|k| k.split('/').nth(6).and_then(|a| a.parse::<SocketAddr>().ok()).map(|a| a.ip()))
+        .collect()
+}
+
+/// Lines of `d`'s log that contain `what`.
+fn log_lines(d: &Dnlb, what: &str) -> usize {
+    d.stderr().lines().filter(|l| l.contains(what)).count()
+}
+
+/// k = 1: one instance is killed (SIGKILL, no goodbye); every server it probed is probed by
+/// another within the lease TTL and an interval, and no answer of a survivor ever lacks a
+/// healthy server meanwhile.
+fn kill_nine() {
+    let etcd = EtcdCluster::start("kn", &["127.0.4.7"]);
+    let farm = Farm::start(130, 12);
+    let dir = scratch("kill");
+    let mut fleet: Vec<Dnlb> = (0..3)
+        .map(|i| {
+            let d = dir.join(format!("edge-{i}"));
+            let text =
+                config(&d, &format!("127.0.4.{}:5300", 23 + i), &farm, &etcd, "kill", &format!("edge-{i}"), 1, "");
+            Dnlb::spawn(d, &text)
+        })
+        .collect();
+    let all = farm.ips();
+    for d in &fleet {
+        wait_for(Duration::from_secs(10), "every server in the answers", || answer(d).is_some_and(|a| a == all));
+    }
+    wait_for(Duration::from_secs(5), "duty of 4 each", || {
+        let duty = duty_in_etcd(&etcd, "kill");
+        duty.len() == 3 && duty.values().all(|n| *n == 4)
+    });
+    std::thread::sleep(Duration::from_millis(2 * INTERVAL_MS));
+    let orphans = duty_of(&etcd, "kill", "edge-2");
+    assert_eq!(orphans.len(), 4);
+    let watched: Vec<usize> = (0..12).filter(|&i| orphans.contains(&farm.responders[i].addr.ip())).collect();
+    fleet[2].child.kill().unwrap();
+    let killed = Instant::now();
+    let _reaped = fleet[2].child.wait();
+    let before: Vec<usize> = watched.iter().map(|&i| farm.responders[i].probes()).collect();
+    // Until every orphan is probed again, and a second more: answers of the survivors, always whole.
+    let mut taken = vec![None; watched.len()];
+    let mut answers = 0;
+    while taken.iter().any(Option::is_none) || killed.elapsed() < Duration::from_secs(3) {
+        assert!(killed.elapsed() < Duration::from_secs(6), "orphans not taken over: {taken:?}");
+        for (j, &i) in watched.iter().enumerate() {
+            if taken[j].is_none() && farm.responders[i].probes() > before[j] {
+                taken[j] = Some(killed.elapsed());
+            }
+        }
+        for d in &fleet[..2] {
+            let a = answer(d).expect("an answer");
+            assert_eq!(a, all, "a survivor lost a healthy server {:?} after the kill", killed.elapsed());
+            answers += 1;
+        }
+    }
+    let worst = taken.iter().flatten().max().copied().unwrap();
+    eprintln!("kill -9: orphans probed again after {taken:?}; {answers} answers checked, all whole");
+    // etcd expires leases on its own schedule (a check every 500 ms), so allow that on top.
+    assert!(worst <= Duration::from_millis(1000 + INTERVAL_MS + 500 + 200), "taken over after {worst:?}");
+}
+
+/// etcd fails step by step (the leader frozen, then two of three members: no quorum, then
+/// all): the instances detach, keep answering right (a server that dies meanwhile leaves),
+/// probe every server at most once each (N per server); etcd back: reattached within two
+/// TTLs, probe load back to k, and not one flap.
+fn etcd_outage() {
+    let etcd = EtcdCluster::start("eo", &["127.0.4.8", "127.0.4.9", "127.0.4.10"]);
+    let farm = Farm::start(150, 12);
+    let dir = scratch("outage");
+    let fleet: Vec<Dnlb> = (0..3)
+        .map(|i| {
+            let d = dir.join(format!("edge-{i}"));
+            let text =
+                config(&d, &format!("127.0.4.{}:5300", 26 + i), &farm, &etcd, "outage", &format!("edge-{i}"), 2, "");
+            Dnlb::spawn(d, &text)
+        })
+        .collect();
+    let all = farm.ips();
+    for d in &fleet {
+        wait_for(Duration::from_secs(10), "every server in the answers", || answer(d).is_some_and(|a| a == all));
+    }
+    wait_for(Duration::from_secs(5), "duty of 8 each", || {
+        let duty = duty_in_etcd(&etcd, "outage");
+        duty.len() == 3 && duty.values().all(|n| *n == 8)
+    });
+    std::thread::sleep(Duration::from_millis(2 * INTERVAL_MS));
+    let check = |step: &str, want: &BTreeSet<IpAddr>, for_: Duration| {
+        let start = Instant::now();
+        while start.elapsed() < for_ {
+            for (i, d) in fleet.iter().enumerate() {
+                let got = answer(d);
+                assert_eq!(got.as_ref(), Some(want), "{step}: edge-{i}'s answer changed:\n{}", d.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // Whether the last link change `d` logged is an attach (or none happened).
+    let attached = |d: &Dnlb| {
+        let log = d.stderr();
+        let last = log.lines().filter(|l| l.contains("cluster attached") || l.contains("cluster detached")).last();
+        last.is_none_or(|l| l.contains("cluster attached"))
+    };
+    // The leader frozen: the other two elect another; answers never change.
+    let leader = etcd.leader().expect("a leader");
+    etcd.freeze(leader);
+    check("the leader frozen", &all, Duration::from_secs(2));
+    for d in &fleet {
+        wait_for(Duration::from_secs(4), "attached again with a new leader", || attached(d));
+    }
+    let alone_before: Vec<usize> = fleet.iter().map(|d| log_lines(d, "probing every server")).collect();
+    // Two of three frozen: no quorum. Every instance detaches, then probes alone.
+    let other = (0..3).find(|i| *i != leader).unwrap();
+    etcd.freeze(other);
+    let cut = Instant::now();
+    for (d, before) in fleet.iter().zip(&alone_before) {
+        wait_for(Duration::from_secs(5), "detached and probing every server", || {
+            log_lines(d, "probing every server") > *before
+        });
+    }
+    eprintln!("outage: every instance probing alone {:?} after quorum was lost", cut.elapsed());
+    check("no quorum", &all, Duration::from_millis(500));
+    let rate = probe_rate(&farm, Duration::from_secs(3));
+    eprintln!("outage: {rate:.3} probes per server per interval with 3 detached instances");
+    assert!(rate <= 3.0 * 1.05, "detached probe load {rate:.3}, want at most N = 3");
+    // Everything frozen; a server dies meanwhile: it still leaves every answer.
+    let last = (0..3).find(|i| *i != leader && *i != other).unwrap();
+    etcd.freeze(last);
+    let dead = farm.responders[3].addr.ip();
+    farm.responders[3].set(Mode::Silent);
+    let mut alive = all.clone();
+    alive.remove(&dead);
+    for d in &fleet {
+        wait_for(
+            Duration::from_millis(INTERVAL_MS * FALL + TIMEOUT_MS + 1000),
+            "the dead server leaves while detached",
+            || answer(d).is_some_and(|a| a == alive),
+        );
+    }
+    check("etcd frozen, a server dead", &alive, Duration::from_secs(1));
+    // etcd back.
+    let attached_before: Vec<usize> = fleet.iter().map(|d| log_lines(d, "cluster attached")).collect();
+    for i in 0..3 {
+        etcd.thaw(i);
+    }
+    // etcd is back once it has a leader again (its own election takes a moment after the thaw).
+    etcd.wait_healthy(Duration::from_secs(5));
+    let back = Instant::now();
+    for (d, before) in fleet.iter().zip(&attached_before) {
+        wait_for(Duration::from_secs(4), "reattached", || log_lines(d, "cluster attached") > *before);
+    }
+    let reattached = back.elapsed();
+    eprintln!("outage: reattached {reattached:?} after etcd came back");
+    assert!(reattached <= Duration::from_secs(2), "reattached after {reattached:?}, want within two TTLs");
+    check("reattached", &alive, Duration::from_secs(1));
+    std::thread::sleep(Duration::from_millis(2 * INTERVAL_MS));
+    let rate = probe_rate(&farm, Duration::from_secs(4));
+    eprintln!("outage: {rate:.3} probes per server per interval after reattaching");
+    assert!((rate - 2.0).abs() <= 0.12, "probe load after the outage {rate:.3}, want 2");
+    check("shared duty again", &alive, Duration::from_millis(500));
+    // Not one flap: the only server that ever left any answer is the one that died.
+    for d in &fleet {
+        let flaps: Vec<String> = d
+            .stderr()
+            .lines()
+            .filter(|l| l.contains("server out of the answers") && !l.contains(&dead.to_string()))
+            .map(str::to_string)
+            .collect();
+        assert!(flaps.is_empty(), "flaps: {flaps:#?}");
+    }
+}
+
 #[test]
 fn fleets() {
     if !common::require(etcd_binary().is_some(), "etcd (Debian package etcd-server)") {
         return;
     }
-    let scenarios: Vec<(&str, fn())> = vec![("steady state, detection, alone", steady_state_detection_and_one_alone)];
+    let scenarios: Vec<(&str, fn())> = vec![
+        ("steady state, detection, alone", steady_state_detection_and_one_alone),
+        ("kill -9", kill_nine),
+        ("etcd outage", etcd_outage),
+    ];
     let handles: Vec<_> = scenarios.into_iter().map(|(name, f)| (name, std::thread::spawn(f))).collect();
     let mut failed = Vec::new();
     for (name, h) in handles {

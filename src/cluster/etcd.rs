@@ -2,7 +2,7 @@
 //! runtime of its own, so nothing of it ever runs on a worker or on the prober.
 //!
 //! ```text
-//!  connect (one endpoint at a time, require-leader, 1 s per call)
+//!  connect (one endpoint at a time, require-leader, 500 ms per call)
 //!   └─► lease: the one still alive, or a new grant (TTL logged as granted)
 //!   └─► members/<name> in a transaction (create if absent; someone else's: refused, naming the holder)
 //!   └─► read drain/, members/, verdict/ at one revision (paged) ─► Fleet ─► write this instance's
@@ -36,7 +36,7 @@ use crate::config::ClusterConfig;
 
 /// The deadline of every etcd call: a member cut off from its leader answers at once
 /// (require-leader); a frozen one must not hold this thread longer.
-const CALL: Duration = Duration::from_secs(1);
+const CALL: Duration = Duration::from_millis(500);
 /// Keys per page when reading the prefix.
 const PAGE: i64 = 64;
 /// The largest gRPC message read (a page of 64 values at etcd's 1.5 MiB request limit).
@@ -228,7 +228,10 @@ struct State {
     lease: Option<i64>,
     ttl: Duration,
     /// Per server: what this instance last reported (what it would write).
-    local: Vec<Option<String>>,
+    local: Vec<Option<Vec<(crate::config::Transport, super::core::Seen)>>>,
+    /// This attach's epoch (see [`super::fleet`]): set at each attach, written in the member
+    /// key before any verdict.
+    epoch: u64,
     /// Per server: what is written under the current lease.
     written: Vec<Option<String>>,
     generation: u64,
@@ -268,6 +271,7 @@ impl State {
             lease: None,
             ttl,
             local: vec![None; n],
+            epoch: 0,
             written: vec![None; n],
             generation: 0,
             problem: None,
@@ -322,7 +326,7 @@ impl State {
                 self.take_inbox_offline();
                 self.tick();
             }
-            backoff = (backoff * 2).min(self.ttl / 3).max(Duration::from_millis(100));
+            backoff = (backoff * 2).min(self.ttl / 4).max(Duration::from_millis(100));
         }
     }
 
@@ -402,7 +406,7 @@ impl State {
         match r {
             Report::Verdict { server, seen } => {
                 if let Some(slot) = self.local.get_mut(server) {
-                    *slot = Some(encode_verdict(&seen));
+                    *slot = Some(seen);
                 }
                 server
             }
@@ -470,13 +474,19 @@ impl State {
             fresh = true;
         }
         let lease = self.lease.unwrap_or_default();
+        // A new epoch at every attach: verdicts written before it (which etcd may have kept
+        // through an outage by extending every lease) count for nothing until rewritten.
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_millis() as u64);
+        self.epoch = now_ms.max(self.epoch + 1);
+        self.written.iter_mut().for_each(|w| *w = None);
         // Membership, taken in a transaction: create it if absent; if present, it must be ours.
-        let value = serde_json::json!({
-            "site": self.setup.config.site,
-            "config": self.setup.config_hash,
-            "host": holder_text(),
+        let value = serde_json::to_string(&super::fleet::MemberValue {
+            site: self.setup.config.site.clone(),
+            config: self.setup.config_hash.clone(),
+            epoch: self.epoch,
+            host: Some(holder_text()),
         })
-        .to_string();
+        .unwrap_or_default();
         let key = self.member_key.clone();
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
@@ -530,8 +540,8 @@ impl State {
         let c = &self.setup.config;
         let view = self.fleet.view(&self.setup.config_hash, c.site.as_deref(), c.probers_per_server);
         for server in 0..self.local.len() {
-            let wanted =
-                if view.duty.get(server).copied().unwrap_or(false) { self.local[server].clone() } else { None };
+            let duty = view.duty.get(server).copied().unwrap_or(false);
+            let wanted = self.local[server].as_ref().filter(|_| duty).map(|seen| encode_verdict(self.epoch, seen));
             if wanted.is_some() && wanted != self.written[server] {
                 if let Err(e) = self.write(client, server, wanted).await {
                     return e;
@@ -645,7 +655,9 @@ impl State {
                 match self.inbox.reports.try_recv() {
                     Ok(r) => {
                         let server = self.remember(r);
-                        let wanted = self.local.get(server).cloned().flatten();
+                        let epoch = self.epoch;
+                        let wanted =
+                            self.local.get(server).and_then(|l| l.as_ref().map(|seen| encode_verdict(epoch, seen)));
                         if wanted != self.written.get(server).cloned().flatten() {
                             if let Err(e) = self.write(client, server, wanted).await {
                                 return e;

@@ -12,8 +12,14 @@
 //!
 //! | key | lease | value (JSON) |
 //! | --- | --- | --- |
-//! | `members/<name>` | the member's | `{"site":"east","config":"<16 hex>"}` |
-//! | `verdict/<service>/<address:port>/<member>` | the member's | `{"udp":{"up":true,"rtt_us":900,"oc":0},"tcp":{...}}` |
+//! | `members/<name>` | the member's | `{"site":"east","config":"<16 hex>","epoch":N}` |
+//! | `verdict/<service>/<address:port>/<member>` | the member's | `{"epoch":N,"udp":{"up":true,"rtt_us":900,"oc":0},"tcp":{...}}` |
+//!
+//! The epoch is the member's (re)attach time in milliseconds since 1970: a member that comes
+//! back from a detached spell writes its member key with a new epoch first, then its verdicts.
+//! A verdict whose epoch is not its member's current one is from before the spell (etcd extends
+//! every lease when it elects a leader, so such a verdict can outlive a whole outage) and counts
+//! for nothing until it is rewritten.
 //! | `drain/<service>/<address:port>` | none: durable | `{"by":"edge-1","at":1767225600}` |
 
 use std::collections::{BTreeMap, HashMap};
@@ -54,6 +60,12 @@ pub struct MemberValue {
     pub site: Option<String>,
     /// The hash of its probe-relevant configuration ([`super::core::config_hash`]).
     pub config: String,
+    /// Its attach epoch (see the module doc).
+    #[serde(default)]
+    pub epoch: u64,
+    /// Its process and host, for a refused second instance of the name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// One transport's verdict as written.
@@ -75,11 +87,22 @@ pub struct DrainValue {
     pub at: u64,
 }
 
-/// The value of one member's verdict key: per transport, what it saw.
-pub fn encode_verdict(seen: &[(Transport, Seen)]) -> String {
-    let map: BTreeMap<&str, SeenValue> =
-        seen.iter().map(|(t, s)| (transport_name(*t), SeenValue { up: s.up, rtt_us: s.rtt_us, oc: s.oc })).collect();
-    serde_json::to_string(&map).unwrap_or_default()
+/// A verdict key's value: the writer's epoch and, per transport, what it saw.
+#[derive(Debug, Serialize, Deserialize)]
+struct VerdictValue {
+    epoch: u64,
+    #[serde(flatten)]
+    seen: BTreeMap<String, SeenValue>,
+}
+
+/// The value of one member's verdict key, written in its attach `epoch`: per transport, what
+/// it saw.
+pub fn encode_verdict(epoch: u64, seen: &[(Transport, Seen)]) -> String {
+    let seen = seen
+        .iter()
+        .map(|(t, s)| (transport_name(*t).to_string(), SeenValue { up: s.up, rtt_us: s.rtt_us, oc: s.oc }))
+        .collect();
+    serde_json::to_string(&VerdictValue { epoch, seen }).unwrap_or_default()
 }
 
 /// Why a key or value was refused.
@@ -114,6 +137,8 @@ pub struct Member {
     pub site: Option<String>,
     /// Its configuration hash.
     pub config: String,
+    /// Its attach epoch.
+    pub epoch: u64,
 }
 
 /// One server's verdict from one member, per transport.
@@ -127,8 +152,8 @@ pub struct Fleet {
     servers: Vec<String>,
     index: HashMap<String, usize>,
     members: BTreeMap<String, Member>,
-    /// Per server: member name → its verdicts.
-    verdicts: Vec<BTreeMap<String, Verdicts>>,
+    /// Per server: member name → the epoch it wrote in and its verdicts.
+    verdicts: Vec<BTreeMap<String, (u64, Verdicts)>>,
     drains: Vec<Option<DrainValue>>,
     refused: u64,
 }
@@ -230,7 +255,7 @@ impl Fleet {
                 if !self.members.contains_key(rest) && self.members.len() >= MAX_MEMBERS {
                     return Err(Refusal::TooManyMembers);
                 }
-                let member = Member { name: rest.to_string(), site: v.site, config: v.config };
+                let member = Member { name: rest.to_string(), site: v.site, config: v.config, epoch: v.epoch };
                 self.members.insert(rest.to_string(), member);
                 Ok(())
             }
@@ -240,16 +265,16 @@ impl Fleet {
                 if !self.members.contains_key(member) {
                     return Err(Refusal::NotMember);
                 }
-                let map: BTreeMap<String, SeenValue> = serde_json::from_slice(value).map_err(|_| Refusal::Malformed)?;
-                let mut seen = Vec::with_capacity(map.len());
-                for (t, v) in map {
+                let value: VerdictValue = serde_json::from_slice(value).map_err(|_| Refusal::Malformed)?;
+                let mut seen = Vec::with_capacity(value.seen.len());
+                for (t, v) in value.seen {
                     let t = transport_from(&t).ok_or(Refusal::Malformed)?;
                     if v.rtt_us > MAX_RTT_US || v.oc > 100 {
                         return Err(Refusal::Malformed);
                     }
                     seen.push((t, Seen { up: v.up, rtt_us: v.rtt_us, oc: v.oc }));
                 }
-                self.verdicts[i].insert(member.to_string(), seen);
+                self.verdicts[i].insert(member.to_string(), (value.epoch, seen));
                 Ok(())
             }
             "drain" => {
@@ -306,6 +331,7 @@ impl Fleet {
             name: self.me.clone(),
             site: my_site.map(str::to_string),
             config: my_config.to_string(),
+            epoch: 0,
         });
         members.sort_by(|a, b| a.name.cmp(&b.name));
         let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
@@ -318,9 +344,14 @@ impl Fleet {
             .iter()
             .enumerate()
             .map(|(i, p)| {
+                // Only verdicts written in their member's current epoch count.
                 p.iter()
                     .filter(|m| **m != self.me)
-                    .filter_map(|m| self.verdicts[i].get(m).map(|v| (m.clone(), v.clone())))
+                    .filter_map(|m| {
+                        let epoch = self.members.get(m)?.epoch;
+                        let (e, v) = self.verdicts[i].get(m)?;
+                        (*e == epoch).then(|| (m.clone(), v.clone()))
+                    })
                     .collect()
             })
             .collect();
@@ -355,8 +386,11 @@ mod tests {
         assert_eq!(v.duty.iter().filter(|d| **d).count(), 1);
         let theirs = v.duty.iter().position(|d| !*d).unwrap();
         let key = format!("/dnlb/v1/voice/verdict/{}/b", f.servers()[theirs]);
-        f.put(key.as_bytes(), br#"{"udp":{"up":false,"rtt_us":0,"oc":0},"tcp":{"up":true,"rtt_us":1200,"oc":50}}"#)
-            .unwrap();
+        f.put(
+            key.as_bytes(),
+            br#"{"epoch":0,"udp":{"up":false,"rtt_us":0,"oc":0},"tcp":{"up":true,"rtt_us":1200,"oc":50}}"#,
+        )
+        .unwrap();
         let v = f.view(HASH, None, 1);
         assert_eq!(
             v.remote[theirs],
@@ -370,7 +404,7 @@ mod tests {
         );
         // A verdict of the conflicting member is kept but is no current prober's.
         let other = format!("/dnlb/v1/voice/verdict/{}/c", f.servers()[theirs]);
-        f.put(other.as_bytes(), br#"{"udp":{"up":true}}"#).unwrap();
+        f.put(other.as_bytes(), br#"{"epoch":0,"udp":{"up":true}}"#).unwrap();
         assert_eq!(f.view(HASH, None, 1).remote[theirs].len(), 1);
         // b's lease ends: its member key and its verdicts go.
         assert!(f.delete(b"/dnlb/v1/voice/members/b"));
@@ -381,11 +415,20 @@ mod tests {
         assert_eq!(f.view(HASH, None, 1).drains[1], Some(DrainValue { by: "b".into(), at: 5 }));
         assert!(f.delete(b"/dnlb/v1/voice/drain/s/127.0.4.12:5060"));
         // The encoder writes what the parser reads.
-        let text = encode_verdict(&[(Transport::Udp, Seen { up: true, rtt_us: 7, oc: 3 })]);
+        let text = encode_verdict(0, &[(Transport::Udp, Seen { up: true, rtt_us: 7, oc: 3 })]);
         member(&mut f, "b", HASH);
         f.put(format!("/dnlb/v1/voice/verdict/{}/b", f.servers()[0]).as_bytes(), text.as_bytes()).unwrap();
-        assert_eq!(f.verdicts[0]["b"], vec![(Transport::Udp, Seen { up: true, rtt_us: 7, oc: 3 })]);
+        assert_eq!(f.verdicts[0]["b"], (0, vec![(Transport::Udp, Seen { up: true, rtt_us: 7, oc: 3 })]));
         assert_eq!(f.refused(), 0);
+        // b comes back from a detached spell: a new epoch, and its old verdicts count for
+        // nothing until it writes them again.
+        let epoch = format!("{{\"config\":\"{HASH}\",\"epoch\":9}}");
+        f.put(b"/dnlb/v1/voice/members/b", epoch.as_bytes()).unwrap();
+        let v = f.view(HASH, None, 2);
+        assert!(v.remote.iter().all(|r| r.is_empty()), "{:?}", v.remote);
+        let text = encode_verdict(9, &[(Transport::Udp, Seen { up: false, rtt_us: 0, oc: 0 })]);
+        f.put(format!("/dnlb/v1/voice/verdict/{}/b", f.servers()[0]).as_bytes(), text.as_bytes()).unwrap();
+        assert_eq!(f.view(HASH, None, 2).remote[0].len(), 1);
     }
 
     #[test]
@@ -401,9 +444,9 @@ mod tests {
                 Refusal::TooLarge,
             ),
             (good_key.into(), b"{\"udp\":{\"up\":tru".to_vec(), Refusal::Malformed),
-            (good_key.into(), br#"{"udp":{"up":true,"rtt_us":99999999999}}"#.to_vec(), Refusal::Malformed),
-            (good_key.into(), br#"{"udp":{"up":true,"oc":101}}"#.to_vec(), Refusal::Malformed),
-            (good_key.into(), br#"{"sctp":{"up":true}}"#.to_vec(), Refusal::Malformed),
+            (good_key.into(), br#"{"epoch":0,"udp":{"up":true,"rtt_us":99999999999}}"#.to_vec(), Refusal::Malformed),
+            (good_key.into(), br#"{"epoch":0,"udp":{"up":true,"oc":101}}"#.to_vec(), Refusal::Malformed),
+            (good_key.into(), br#"{"epoch":0,"sctp":{"up":true}}"#.to_vec(), Refusal::Malformed),
             (good_key.into(), br#"[1,2,3]"#.to_vec(), Refusal::Malformed),
             (b"/dnlb/v1/voice/verdict/s/10.9.9.9:5060/b".to_vec(), br#"{}"#.to_vec(), Refusal::UnknownServer),
             (b"/dnlb/v1/voice/verdict/s/127.0.4.11:5060/zz".to_vec(), br#"{}"#.to_vec(), Refusal::NotMember),
@@ -433,7 +476,7 @@ mod tests {
         }
         assert_eq!(f.refused(), n);
         // A good verdict overwritten by garbage is gone, not kept.
-        f.put(good_key.as_bytes(), br#"{"udp":{"up":false}}"#).unwrap();
+        f.put(good_key.as_bytes(), br#"{"epoch":0,"udp":{"up":false}}"#).unwrap();
         assert!(f.put(good_key.as_bytes(), b"garbage").is_err());
         assert!(f.verdicts[0].is_empty());
         // Members are bounded.
