@@ -13,7 +13,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::etcd::{etcd_binary, EtcdCluster};
@@ -55,18 +55,9 @@ impl Farm {
 }
 
 /// The configuration of instance `name` listening on `listen`.
-fn config(
-    dir: &PathBuf,
-    listen: &str,
-    farm: &Farm,
-    etcd: &EtcdCluster,
-    fleet: &str,
-    name: &str,
-    k: usize,
-    extra_probe: &str,
-) -> String {
+fn config(dir: &Path, listen: &str, farm: &Farm, etcd: &EtcdCluster, fleet: &str, name: &str, k: usize) -> String {
     let mut s = format!(
-        "[server]\nlisten = [\"{listen}\"]\nworkers = 1\nruntime_dir = \"{}\"\n\n[probe]\ninterval_ms = {INTERVAL_MS}\ntimeout_ms = {TIMEOUT_MS}\nretransmit_ms = 40\nrise = 2\nfall = {FALL}\n{extra_probe}\n[[service]]\nname = \"{NAME}\"\n",
+        "[server]\nlisten = [\"{listen}\"]\nworkers = 1\nruntime_dir = \"{}\"\n\n[probe]\ninterval_ms = {INTERVAL_MS}\ntimeout_ms = {TIMEOUT_MS}\nretransmit_ms = 40\nrise = 2\nfall = {FALL}\n\n[[service]]\nname = \"{NAME}\"\n",
         dir.join("run").display()
     );
     for r in &farm.responders {
@@ -131,7 +122,7 @@ fn steady_state_detection_and_one_alone() {
         .map(|i| {
             let d = dir.join(format!("edge-{i}"));
             let text =
-                config(&d, &format!("127.0.4.{}:5300", 20 + i), &farm, &etcd, "steady", &format!("edge-{i}"), 2, "");
+                config(&d, &format!("127.0.4.{}:5300", 20 + i), &farm, &etcd, "steady", &format!("edge-{i}"), 2);
             Dnlb::spawn(d, &text)
         })
         .collect();
@@ -214,7 +205,7 @@ fn kill_nine() {
         .map(|i| {
             let d = dir.join(format!("edge-{i}"));
             let text =
-                config(&d, &format!("127.0.4.{}:5300", 23 + i), &farm, &etcd, "kill", &format!("edge-{i}"), 1, "");
+                config(&d, &format!("127.0.4.{}:5300", 23 + i), &farm, &etcd, "kill", &format!("edge-{i}"), 1);
             Dnlb::spawn(d, &text)
         })
         .collect();
@@ -268,7 +259,7 @@ fn etcd_outage() {
         .map(|i| {
             let d = dir.join(format!("edge-{i}"));
             let text =
-                config(&d, &format!("127.0.4.{}:5300", 26 + i), &farm, &etcd, "outage", &format!("edge-{i}"), 2, "");
+                config(&d, &format!("127.0.4.{}:5300", 26 + i), &farm, &etcd, "outage", &format!("edge-{i}"), 2);
             Dnlb::spawn(d, &text)
         })
         .collect();
@@ -294,7 +285,7 @@ fn etcd_outage() {
     // Whether the last link change `d` logged is an attach (or none happened).
     let attached = |d: &Dnlb| {
         let log = d.stderr();
-        let last = log.lines().filter(|l| l.contains("cluster attached") || l.contains("cluster detached")).last();
+        let last = log.lines().rfind(|l| l.contains("cluster attached") || l.contains("cluster detached"));
         last.is_none_or(|l| l.contains("cluster attached"))
     };
     // The leader frozen: the other two elect another; answers never change.

@@ -19,7 +19,6 @@
 //! refuses and counts what does not fit.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::TryRecvError;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -651,20 +650,14 @@ impl State {
                 _ = tokio::time::sleep_until(deadline) => {}
             }
             // Reports and drains, whatever woke the loop.
-            loop {
-                match self.inbox.reports.try_recv() {
-                    Ok(r) => {
-                        let server = self.remember(r);
-                        let epoch = self.epoch;
-                        let wanted =
-                            self.local.get(server).and_then(|l| l.as_ref().map(|seen| encode_verdict(epoch, seen)));
-                        if wanted != self.written.get(server).cloned().flatten() {
-                            if let Err(e) = self.write(client, server, wanted).await {
-                                return e;
-                            }
-                        }
+            while let Ok(r) = self.inbox.reports.try_recv() {
+                let server = self.remember(r);
+                let epoch = self.epoch;
+                let wanted = self.local.get(server).and_then(|l| l.as_ref().map(|seen| encode_verdict(epoch, seen)));
+                if wanted != self.written.get(server).cloned().flatten() {
+                    if let Err(e) = self.write(client, server, wanted).await {
+                        return e;
                     }
-                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                 }
             }
             while let Ok(order) = self.inbox.drains.try_recv() {

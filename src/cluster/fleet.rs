@@ -339,7 +339,7 @@ impl Fleet {
         let assigned = assign(&keys, &names, k);
         let probers: Vec<Vec<String>> =
             assigned.iter().map(|p| p.iter().map(|&i| names[i].to_string()).collect()).collect();
-        let duty = probers.iter().map(|p| p.iter().any(|m| *m == self.me)).collect();
+        let duty = probers.iter().map(|p| p.contains(&self.me)).collect();
         let remote = probers
             .iter()
             .enumerate()
