@@ -376,3 +376,66 @@ fn fleets() {
     }
     assert!(failed.is_empty(), "failed: {failed:?}");
 }
+
+/// The revision etcd is at (every write moves it by one).
+fn revision(etcd: &EtcdCluster) -> u64 {
+    let out = etcd.ctl_any(&["endpoint", "status", "-w", "json"]).unwrap_or_default();
+    let at = out.find("\"revision\":").map(|i| i + "\"revision\":".len()).unwrap_or(0);
+    out[at..].chars().take_while(char::is_ascii_digit).collect::<String>().parse().unwrap_or(0)
+}
+
+/// The numbers in tuning.md: probe load for 1 to 5 instances and k = 1, 2, 3; etcd writes per
+/// flip. `cargo test --release --features cluster --test cluster -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn measurements() {
+    if !common::require(etcd_binary().is_some(), "etcd (Debian package etcd-server)") {
+        return;
+    }
+    let etcd = EtcdCluster::start("me", &["127.0.4.11"]);
+    let farm = Farm::start(170, 12);
+    let dir = scratch("measure");
+    println!("| instances | k = 1 | k = 2 | k = 3 |\n| --- | --- | --- | --- |");
+    for n in 1..=5usize {
+        let mut row = format!("| {n} |");
+        for k in 1..=3usize {
+            let tag = format!("load-{n}-{k}");
+            let fleet: Vec<Dnlb> = (0..n)
+                .map(|i| {
+                    let d = dir.join(format!("{tag}-{i}"));
+                    let text = config(&d, &format!("127.0.4.{}:5300", 30 + i), &farm, &etcd, &tag, &format!("edge-{i}"), k);
+                    Dnlb::spawn(d, &text)
+                })
+                .collect();
+            let all = farm.ips();
+            for d in &fleet {
+                wait_for(Duration::from_secs(10), "whole", || answer(d).is_some_and(|a| a == all));
+            }
+            wait_for(Duration::from_secs(5), "duty settled", || {
+                duty_in_etcd(&etcd, &tag).values().sum::<usize>() == 12 * k.min(n)
+            });
+            std::thread::sleep(Duration::from_millis(3 * INTERVAL_MS));
+            let rate = probe_rate(&farm, Duration::from_secs(6));
+            row.push_str(&format!(" {rate:.2} |"));
+            if n == 3 && k == 2 {
+                // One flip down and back: etcd writes per flip.
+                let before = revision(&etcd);
+                farm.responders[0].set(Mode::Silent);
+                for d in &fleet {
+                    wait_for(Duration::from_secs(3), "out", || answer(d).is_some_and(|a| a.len() == 11));
+                }
+                std::thread::sleep(Duration::from_millis(2 * INTERVAL_MS));
+                let down = revision(&etcd) - before;
+                farm.responders[0].set(Mode::Reply(200, None));
+                for d in &fleet {
+                    wait_for(Duration::from_secs(3), "back", || answer(d).is_some_and(|a| a.len() == 12));
+                }
+                std::thread::sleep(Duration::from_millis(2 * INTERVAL_MS));
+                let total = revision(&etcd) - before;
+                eprintln!("etcd writes for one server going down: {down}; down and back up: {total}");
+            }
+            drop(fleet);
+        }
+        println!("{row}");
+    }
+}
