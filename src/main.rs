@@ -127,6 +127,8 @@ struct Shared {
     status: Option<Arc<ProbeStatus>>,
     /// Drains go to the running prober through this (none when probing is off).
     prober: Option<ProbeControl>,
+    /// The fleet (`[cluster]`): drains go to etcd through it, status reads it.
+    fleet: Option<dnlb::cluster::Handle>,
 }
 
 /// The control socket's answers: status and explain from the shared state and the snapshot,
@@ -139,8 +141,8 @@ struct Control {
 
 impl Answer for Control {
     fn answer(&self, request: Request) -> Reply {
-        let (config, status, prober) = match self.shared.lock() {
-            Ok(s) => (s.config.clone(), s.status.clone(), s.prober.clone()),
+        let (config, status, prober, fleet) = match self.shared.lock() {
+            Ok(s) => (s.config.clone(), s.status.clone(), s.prober.clone(), s.fleet.clone()),
             Err(_) => {
                 return Reply { ok: false, text: "internal state unavailable".into(), json: serde_json::Value::Null }
             }
@@ -153,6 +155,7 @@ impl Answer for Control {
             snapshot: self.snapshots.current(),
             heartbeat,
             now: Instant::now(),
+            fleet: fleet.as_ref(),
         };
         match request {
             Request::Status => report::status(&view),
@@ -175,8 +178,14 @@ impl Answer for Control {
                     json: serde_json::Value::Null,
                 })
             }
-            Request::Drain { server, service } => drain(prober.as_ref(), &server, service, true),
-            Request::Undrain { server, service } => drain(prober.as_ref(), &server, service, false),
+            Request::Drain { server, service } => match &fleet {
+                Some(f) => drain_fleet(f, &config, &server, service, true),
+                None => drain(prober.as_ref(), &server, service, true),
+            },
+            Request::Undrain { server, service } => match &fleet {
+                Some(f) => drain_fleet(f, &config, &server, service, false),
+                None => drain(prober.as_ref(), &server, service, false),
+            },
         }
     }
 }
@@ -212,6 +221,46 @@ fn drain(prober: Option<&ProbeControl>, server: &str, service: Option<String>, d
                 ok: true,
                 text: format!("{verb} {server}: {n} server transport(s), {effect}\n"),
                 json: serde_json::json!({"server": server, "drained": drained, "matched": n}),
+            }
+        }
+        Err(e) => refuse(format!("{e}\n")),
+    }
+}
+
+/// Drains or undrains `server` cluster-wide: a drain key in etcd (no lease, so it outlives every
+/// instance) that every member obeys; answered once etcd holds it.
+fn drain_fleet(
+    fleet: &dnlb::cluster::Handle,
+    config: &Config,
+    server: &str,
+    service: Option<String>,
+    drained: bool,
+) -> Reply {
+    let refuse = |text: String| Reply { ok: false, json: serde_json::json!({"error": text.trim()}), text };
+    let Some((ip, port)) = parse_server(server) else {
+        return refuse(format!("`{server}` is not ADDRESS or ADDRESS:PORT ([ADDRESS]:PORT for IPv6)\n"));
+    };
+    let targets = dnlb::cluster::report::drain_targets(config, service.as_deref(), ip, port);
+    if targets.is_empty() {
+        return refuse(format!(
+            "no server {server}{} in the running configuration\n",
+            service.as_deref().map_or(String::new(), |s| format!(" in service {s}"))
+        ));
+    }
+    let n = targets.len();
+    match fleet.drain(targets, drained) {
+        Ok(()) => {
+            let verb = if drained { "drained" } else { "undrained" };
+            let effect = if drained {
+                "cluster-wide, out of every member's answers; still probed; kept across restarts"
+            } else {
+                "cluster-wide, back in the answers if healthy (a `drain = true` line still drains here)"
+            };
+            tracing::info!(server, servers = n, "{verb} cluster-wide by the operator");
+            Reply {
+                ok: true,
+                text: format!("{verb} {server}: {n} server(s), {effect}\n"),
+                json: serde_json::json!({"server": server, "drained": drained, "matched": n, "cluster": true}),
             }
         }
         Err(e) => refuse(format!("{e}\n")),
@@ -301,6 +350,9 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     // or not at all: its settings change in place, its presence does not.
     check(old.relay.is_some() == new.relay.is_some(), "[relay] (added or removed)");
     check(old.probe.core == new.probe.core, "probe.core");
+    // Membership (endpoints, name, farm, k, the lease) is taken once; the farm's servers and
+    // probe settings do change by reload (the member key then carries the new config hash).
+    check(old.cluster == new.cluster, "[cluster]");
     v
 }
 
@@ -429,6 +481,7 @@ fn apply(fresh: Config, source: &str, live: &mut Live<'_>) -> Reply {
         applied.relay = old.relay.clone();
     }
     applied.probe.core = old.probe.core;
+    applied.cluster = old.cluster.clone();
     if let Err(e) = Snapshot::build(&applied, &initial_health(&applied), 0, 0) {
         return Reply { ok: false, text: format!("cannot build answers: {e}\n"), json: serde_json::Value::Null };
     }
@@ -440,6 +493,18 @@ fn apply(fresh: Config, source: &str, live: &mut Live<'_>) -> Reply {
         }
         None => Carry::new(),
     };
+    if let (Some(f), Some(c)) = (&running.fleet, &applied.cluster) {
+        // The old prober is stopped, the new one not started: the membership moves to the new
+        // farm (servers, config hash) in between, so no report crosses from one to the other.
+        let k = c.probers_per_server;
+        let (servers, hash) = (dnlb::cluster::server_keys(&applied), dnlb::cluster::core::config_hash(&applied, k));
+        if servers != dnlb::cluster::server_keys(&old) || hash != dnlb::cluster::core::config_hash(&old, k) {
+            tracing::info!(config = %hash, "reload: the farm or its probing changed; the fleet sees the new configuration");
+            if let Err(e) = f.handle().reconfigure(servers, hash) {
+                tracing::warn!("reload: {e}");
+            }
+        }
+    }
     match start_prober(&applied, snapshots, &carry, running.fleet.as_ref()) {
         Ok(prober) => running.prober = prober,
         Err(e) => return Reply { ok: false, text: format!("{e:#}\n"), json: serde_json::Value::Null },
@@ -523,6 +588,7 @@ fn run(args: RunArgs) -> Result<()> {
                 counters: server.counters(),
                 prober: probe_view.clone(),
                 snapshots: snapshots.clone(),
+                fleet: fleet.as_ref().map(|f| f.handle().clone()),
             };
             let endpoint = metrics::MetricsServer::start(m.listen, sources).context("starting the metrics endpoint")?;
             tracing::info!("metrics on http://{}/metrics", endpoint.local_addr());
@@ -547,6 +613,7 @@ fn run(args: RunArgs) -> Result<()> {
         config: running.config.clone(),
         status: running.prober.as_ref().map(|p| p.status().clone()),
         prober: running.prober.as_ref().map(Prober::control),
+        fleet: running.fleet.as_ref().map(|f| f.handle().clone()),
     }));
     let (reload_tx, reload_rx): (SyncSender<SyncSender<Reply>>, Receiver<SyncSender<Reply>>) = sync_channel(1);
     let control = Control { shared: shared.clone(), snapshots: snapshots.clone(), reloads: reload_tx };

@@ -121,8 +121,7 @@ fn steady_state_detection_and_one_alone() {
     let mut fleet: Vec<Dnlb> = (0..3)
         .map(|i| {
             let d = dir.join(format!("edge-{i}"));
-            let text =
-                config(&d, &format!("127.0.4.{}:5300", 20 + i), &farm, &etcd, "steady", &format!("edge-{i}"), 2);
+            let text = config(&d, &format!("127.0.4.{}:5300", 20 + i), &farm, &etcd, "steady", &format!("edge-{i}"), 2);
             Dnlb::spawn(d, &text)
         })
         .collect();
@@ -204,8 +203,7 @@ fn kill_nine() {
     let mut fleet: Vec<Dnlb> = (0..3)
         .map(|i| {
             let d = dir.join(format!("edge-{i}"));
-            let text =
-                config(&d, &format!("127.0.4.{}:5300", 23 + i), &farm, &etcd, "kill", &format!("edge-{i}"), 1);
+            let text = config(&d, &format!("127.0.4.{}:5300", 23 + i), &farm, &etcd, "kill", &format!("edge-{i}"), 1);
             Dnlb::spawn(d, &text)
         })
         .collect();
@@ -258,8 +256,7 @@ fn etcd_outage() {
     let fleet: Vec<Dnlb> = (0..3)
         .map(|i| {
             let d = dir.join(format!("edge-{i}"));
-            let text =
-                config(&d, &format!("127.0.4.{}:5300", 26 + i), &farm, &etcd, "outage", &format!("edge-{i}"), 2);
+            let text = config(&d, &format!("127.0.4.{}:5300", 26 + i), &farm, &etcd, "outage", &format!("edge-{i}"), 2);
             Dnlb::spawn(d, &text)
         })
         .collect();
@@ -338,7 +335,16 @@ fn etcd_outage() {
     }
     let reattached = back.elapsed();
     eprintln!("outage: reattached {reattached:?} after etcd came back");
-    assert!(reattached <= Duration::from_secs(2), "reattached after {reattached:?}, want within two TTLs");
+    let links: Vec<String> = fleet
+        .iter()
+        .map(|d| d.stderr().lines().filter(|l| l.contains("cluster")).collect::<Vec<_>>().join("\n"))
+        .collect();
+    assert!(
+        reattached <= Duration::from_secs(2),
+        "reattached after {reattached:?}, want within two TTLs; etcd back at {:?}:\n{}",
+        std::time::SystemTime::now() - reattached,
+        links.join("\n--\n")
+    );
     check("reattached", &alive, Duration::from_secs(1));
     std::thread::sleep(Duration::from_millis(2 * INTERVAL_MS));
     let rate = probe_rate(&farm, Duration::from_secs(4));
@@ -357,6 +363,122 @@ fn etcd_outage() {
     }
 }
 
+/// Every instance's answers polled for `for_`: each must be `want` every time.
+fn steady(fleet: &[Dnlb], want: &BTreeSet<IpAddr>, for_: Duration, step: &str) -> usize {
+    let start = Instant::now();
+    let mut n = 0;
+    while start.elapsed() < for_ {
+        for (i, d) in fleet.iter().enumerate() {
+            assert_eq!(answer(d).as_ref(), Some(want), "{step}: edge-{i}'s answer:\n{}", d.stderr());
+            n += 1;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    n
+}
+
+/// `dnlb drain` on one instance takes the server out of every instance's answers within a
+/// second; it outlives a restart of every instance; `dnlb undrain` anywhere brings it back.
+fn drain_cluster_wide_and_durable() {
+    let etcd = EtcdCluster::start("dr", &["127.0.4.12"]);
+    let farm = Farm::start(190, 6);
+    let dir = scratch("drain");
+    let spawn = |i: usize| {
+        let d = dir.join(format!("edge-{i}"));
+        let text = config(&d, &format!("127.0.4.{}:5300", 35 + i), &farm, &etcd, "drain", &format!("edge-{i}"), 2);
+        Dnlb::spawn(d, &text)
+    };
+    let mut fleet: Vec<Dnlb> = (0..3).map(spawn).collect();
+    let all = farm.ips();
+    for d in &fleet {
+        wait_for(Duration::from_secs(10), "every server in the answers", || answer(d).is_some_and(|a| a == all));
+        d.wait_for_control();
+    }
+    let target = farm.responders[2].addr.ip();
+    let mut rest = all.clone();
+    rest.remove(&target);
+    let out = fleet[0].cli(&["drain", &target.to_string()]).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let asked = Instant::now();
+    for d in &fleet[1..] {
+        wait_for(Duration::from_secs(1).saturating_sub(asked.elapsed()), "drained everywhere within 1 s", || {
+            answer(d).is_some_and(|a| a == rest)
+        });
+    }
+    eprintln!("drain: out of the other instances' answers {:?} after `dnlb drain` returned", asked.elapsed());
+    let status = String::from_utf8_lossy(&fleet[2].cli(&["status"]).unwrap().stdout).into_owned();
+    assert!(status.contains(&format!("drained cluster-wide: {NAME}/{target}:{} by edge-0", farm.port)), "{status}");
+    // Every instance restarts: the drain is still there.
+    for d in &mut fleet {
+        d.stop();
+    }
+    drop(fleet);
+    let fleet: Vec<Dnlb> = (0..3).map(spawn).collect();
+    for d in &fleet {
+        wait_for(Duration::from_secs(10), "answers from health after the restart", || {
+            answer(d).is_some_and(|a| a == rest)
+        });
+    }
+    steady(&fleet, &rest, Duration::from_secs(1), "drained after the restart");
+    let out = fleet[1].cli(&["undrain", &target.to_string()]).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for d in &fleet {
+        wait_for(Duration::from_secs(1), "undrained everywhere", || answer(d).is_some_and(|a| a == all));
+    }
+}
+
+/// An instance with another probe configuration is reported as a conflict and shares no duty;
+/// a rolling change (each instance reloaded in turn) keeps every answer whole, and the
+/// conflict clears once all agree.
+fn config_conflict_and_rolling_reload() {
+    let etcd = EtcdCluster::start("cf", &["127.0.4.13"]);
+    let farm = Farm::start(200, 6);
+    let dir = scratch("conflict");
+    let text = |i: usize| {
+        let d = dir.join(format!("edge-{i}"));
+        config(&d, &format!("127.0.4.{}:5300", 38 + i), &farm, &etcd, "conflict", &format!("edge-{i}"), 1)
+    };
+    let changed = |t: String| t.replace("rise = 2", "rise = 3");
+    let fleet: Vec<Dnlb> = (0..3)
+        .map(|i| {
+            let t = if i == 1 { changed(text(i)) } else { text(i) };
+            Dnlb::spawn(dir.join(format!("edge-{i}")), &t)
+        })
+        .collect();
+    let all = farm.ips();
+    for d in &fleet {
+        wait_for(Duration::from_secs(10), "every server in the answers", || answer(d).is_some_and(|a| a == all));
+        d.wait_for_control();
+    }
+    let status = |d: &Dnlb| String::from_utf8_lossy(&d.cli(&["status"]).unwrap().stdout).into_owned();
+    wait_for(Duration::from_secs(3), "the conflict reported", || {
+        status(&fleet[0]).contains("conflict: edge-1 runs another configuration")
+    });
+    assert!(fleet[0].stderr().contains("members with another configuration"));
+    // edge-1 shares no duty: it probes all 6 alone; edge-0 and edge-2 split the 6.
+    wait_for(Duration::from_secs(3), "duty split by configuration", || {
+        let duty = duty_in_etcd(&etcd, "conflict");
+        duty.get("edge-1") == Some(&6) && duty.get("edge-0") == Some(&3) && duty.get("edge-2") == Some(&3)
+    });
+    // The change rolls: edge-0, then edge-2, reloaded with edge-1's settings.
+    let mut polled = 0;
+    for i in [0, 2] {
+        std::fs::write(&fleet[i].config, changed(text(i))).unwrap();
+        let out = fleet[i].cli(&["reload"]).unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        polled += steady(&fleet, &all, Duration::from_millis(1500), "rolling reload");
+    }
+    for d in &fleet {
+        wait_for(Duration::from_secs(3), "the conflict cleared", || !status(d).contains("conflict:"));
+    }
+    wait_for(Duration::from_secs(3), "duty of 2 each", || {
+        let duty = duty_in_etcd(&etcd, "conflict");
+        duty.len() == 3 && duty.values().all(|n| *n == 2)
+    });
+    polled += steady(&fleet, &all, Duration::from_millis(500), "after the change");
+    eprintln!("rolling reload: {polled} answers checked, all whole");
+}
+
 #[test]
 fn fleets() {
     if !common::require(etcd_binary().is_some(), "etcd (Debian package etcd-server)") {
@@ -366,6 +488,8 @@ fn fleets() {
         ("steady state, detection, alone", steady_state_detection_and_one_alone),
         ("kill -9", kill_nine),
         ("etcd outage", etcd_outage),
+        ("drain", drain_cluster_wide_and_durable),
+        ("configuration conflict", config_conflict_and_rolling_reload),
     ];
     let handles: Vec<_> = scenarios.into_iter().map(|(name, f)| (name, std::thread::spawn(f))).collect();
     let mut failed = Vec::new();
@@ -403,7 +527,8 @@ fn measurements() {
             let fleet: Vec<Dnlb> = (0..n)
                 .map(|i| {
                     let d = dir.join(format!("{tag}-{i}"));
-                    let text = config(&d, &format!("127.0.4.{}:5300", 30 + i), &farm, &etcd, &tag, &format!("edge-{i}"), k);
+                    let text =
+                        config(&d, &format!("127.0.4.{}:5300", 30 + i), &farm, &etcd, &tag, &format!("edge-{i}"), k);
                     Dnlb::spawn(d, &text)
                 })
                 .collect();

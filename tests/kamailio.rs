@@ -92,6 +92,7 @@ fn kamailio_death_and_restart_are_seen_in_dns() {
         counters: dns.server.as_ref().unwrap().counters(),
         prober: std::sync::Arc::new(arc_swap::ArcSwapOption::from_pointee(prober.view())),
         snapshots: dns.snapshots.clone(),
+        fleet: None,
     };
     let metrics = MetricsServer::start("127.0.0.1:0".parse().unwrap(), sources).unwrap();
     let up = |transport: &str| {

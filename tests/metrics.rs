@@ -51,6 +51,7 @@ fn start() -> Running {
         counters: dns.server.as_ref().unwrap().counters(),
         prober: std::sync::Arc::new(arc_swap::ArcSwapOption::from_pointee(prober.view())),
         snapshots: dns.snapshots.clone(),
+        fleet: None,
     };
     let metrics = MetricsServer::start(listen, sources).unwrap();
     Running { metrics, prober, dns, responders }
@@ -130,6 +131,7 @@ fn relay_counters_and_cache_gauges_reach_the_scrape() {
         counters: dns.server.as_ref().unwrap().counters(),
         prober: std::sync::Arc::new(arc_swap::ArcSwapOption::empty()),
         snapshots: dns.snapshots.clone(),
+        fleet: None,
     };
     let metrics = MetricsServer::start("127.0.0.1:0".parse().unwrap(), sources).unwrap();
     // One worker: the second query finds the first one's answer in the same cache.

@@ -195,6 +195,8 @@ enum End {
     Failed(String),
     /// The name is someone else's.
     NameTaken(ClusterError),
+    /// A reload changed the farm: join again at once with the new configuration.
+    Reconfigured,
 }
 
 fn failed(e: impl std::fmt::Display) -> End {
@@ -238,6 +240,17 @@ struct State {
     since: SystemTime,
     member_key: String,
     endpoint: usize,
+    /// The conflicting members last logged.
+    conflicts: Vec<String>,
+    /// The newest etcd revision seen while attached.
+    seen: i64,
+    /// Leases this instance held before the one in force (the newest few): a member key held
+    /// by one of them is this instance's own from before a lost lease, not another's.
+    old_leases: Vec<i64>,
+    /// Back from a detached spell: members not attached since revision `.0` have their
+    /// verdicts ignored until `.1` (one TTL: by then they have attached again or their lease
+    /// has ended).
+    distrust: Option<(i64, Instant)>,
 }
 
 impl State {
@@ -277,6 +290,10 @@ impl State {
             since: SystemTime::now(),
             member_key,
             endpoint: 0,
+            conflicts: Vec::new(),
+            seen: 0,
+            old_leases: Vec::new(),
+            distrust: None,
         }
     }
 
@@ -308,6 +325,7 @@ impl State {
                     tracing::error!(error = %e, "cannot rejoin the fleet: serving detached");
                     self.problem = Some(e.to_string());
                 }
+                End::Reconfigured => continue,
                 End::Failed(why) => {
                     if let Some(first) = self.first.take() {
                         let _told = first.try_send(First::Unreachable(why.clone()));
@@ -376,7 +394,21 @@ impl State {
     fn publish(&mut self) {
         self.generation += 1;
         let c = &self.setup.config;
-        let view = self.fleet.view(&self.setup.config_hash, c.site.as_deref(), c.probers_per_server);
+        let through = self.distrust.filter(|(_, until)| Instant::now() < *until).map_or(0, |(r, _)| r);
+        let view = self.fleet.view_since(&self.setup.config_hash, c.site.as_deref(), c.probers_per_server, through);
+        let conflicts: Vec<String> = view.conflicts.iter().map(|m| format!("{} ({})", m.name, m.config)).collect();
+        if conflicts != self.conflicts {
+            if conflicts.is_empty() {
+                tracing::info!("cluster: every member runs this configuration again");
+            } else {
+                tracing::warn!(
+                    config = %self.setup.config_hash,
+                    others = %conflicts.join(", "),
+                    "cluster: members with another configuration; no shared duty with them"
+                );
+            }
+            self.conflicts = conflicts;
+        }
         let (link, _) = self.link.state();
         self.handle.stats.refused.store(self.fleet.refused(), Ordering::Relaxed);
         self.handle.publish(Published {
@@ -389,9 +421,46 @@ impl State {
         });
     }
 
+    /// The lease in force is taken for lost; remembered, in case etcd still holds it.
+    fn forget_lease(&mut self) {
+        if let Some(id) = self.lease.take() {
+            self.old_leases.push(id);
+            if self.old_leases.len() > 8 {
+                self.old_leases.remove(0);
+            }
+        }
+    }
+
+    /// Takes a reloaded farm: the old prober's reports are dropped (their indices are the old
+    /// configuration's), the fleet starts over on the new servers. Returns the keys of this
+    /// instance's verdicts that are written now, to delete.
+    fn take_reconfigure(&mut self, r: &super::Reconfigure) -> Vec<String> {
+        while self.inbox.reports.try_recv().is_ok() {}
+        let old: Vec<String> = self
+            .written
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| w.is_some())
+            .filter_map(|(i, _)| self.fleet.servers().get(i))
+            .map(|name| format!("{}verdict/{}/{}", self.fleet.prefix(), name, self.setup.config.name))
+            .collect();
+        let n = r.servers.len();
+        self.setup.servers = r.servers.clone();
+        self.setup.config_hash = r.config_hash.clone();
+        self.fleet = Fleet::new(&self.setup.config.farm, &self.setup.config.name, r.servers.clone());
+        self.local = vec![None; n];
+        self.written = vec![None; n];
+        old
+    }
+
     /// Reports and drains while etcd is out of reach: reports are remembered (written at the
     /// next session), drains refused.
     fn take_inbox_offline(&mut self) {
+        if let Ok(r) = self.inbox.reconfigure.try_recv() {
+            let _old_keys = self.take_reconfigure(&r);
+            self.publish();
+            let _told = r.done.try_send(());
+        }
         while let Ok(r) = self.inbox.reports.try_recv() {
             self.remember(r);
         }
@@ -444,7 +513,7 @@ impl State {
             match call("lease", client.lease_time_to_live(id, None)).await {
                 Ok(r) if r.ttl() > 0 => {}
                 Ok(_) => {
-                    self.lease = None;
+                    self.forget_lease();
                 }
                 Err(e) => return e,
             }
@@ -511,13 +580,20 @@ impl State {
                         return e;
                     }
                 }
+                Some((holder_lease, _)) if self.old_leases.contains(&holder_lease) => {
+                    // This instance's own key from a lease it gave up for lost: let that lease
+                    // go (its keys with it) and take the name again at once.
+                    let _revoked = call("lease revoke", client.lease_revoke(holder_lease)).await;
+                    self.old_leases.retain(|l| *l != holder_lease);
+                    return End::Reconfigured;
+                }
                 Some((holder_lease, text)) => {
                     let mut holder: String = text.chars().take(200).collect();
                     holder = format!("held by lease {holder_lease:x}: {holder}");
                     if fresh {
                         // Ours is of no use; let it go now rather than at its TTL.
                         let _revoked = tokio::time::timeout(CALL, client.lease_revoke(lease)).await;
-                        self.lease = None;
+                        self.forget_lease();
                     }
                     return End::NameTaken(ClusterError::NameTaken {
                         name: self.setup.config.name.clone(),
@@ -536,16 +612,35 @@ impl State {
         while let Ok(r) = self.inbox.reports.try_recv() {
             self.remember(r);
         }
+        // This instance's verdicts for its duty in this epoch (taking over), in as few
+        // transactions as there are hundreds of them: one disk write each at etcd, not one per server.
         let c = &self.setup.config;
         let view = self.fleet.view(&self.setup.config_hash, c.site.as_deref(), c.probers_per_server);
+        let mut puts: Vec<(usize, String)> = Vec::new();
         for server in 0..self.local.len() {
             let duty = view.duty.get(server).copied().unwrap_or(false);
-            let wanted = self.local[server].as_ref().filter(|_| duty).map(|seen| encode_verdict(self.epoch, seen));
-            if wanted.is_some() && wanted != self.written[server] {
-                if let Err(e) = self.write(client, server, wanted).await {
-                    return e;
-                }
+            if let Some(wanted) =
+                self.local[server].as_ref().filter(|_| duty).map(|seen| encode_verdict(self.epoch, seen))
+            {
+                puts.push((server, wanted));
             }
+        }
+        for chunk in puts.chunks(TXN_OPS) {
+            let ops: Vec<TxnOp> = chunk
+                .iter()
+                .filter_map(|(server, v)| {
+                    let key =
+                        format!("{}verdict/{}/{}", self.fleet.prefix(), self.fleet.servers().get(*server)?, c.name);
+                    Some(TxnOp::put(key, v.clone(), Some(PutOptions::new().with_lease(lease))))
+                })
+                .collect();
+            if let Err(e) = call("verdicts", client.txn(Txn::new().and_then(ops))).await {
+                return e;
+            }
+            for (server, v) in chunk {
+                self.written[*server] = Some(v.clone());
+            }
+            self.handle.stats.verdict_writes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
         }
         let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1).with_progress_notify();
         let prefix = self.fleet.prefix().to_string();
@@ -567,6 +662,14 @@ impl State {
         }
         self.problem = None;
         let now = Instant::now();
+        if matches!(self.link.state().0, LinkState::Detached | LinkState::Alone) && self.seen > 0 {
+            // Back from a spell: a member whose key is not newer than this read may be cut off
+            // still (etcd extends every lease when it elects a leader, so its old verdicts may
+            // linger a TTL), so its verdicts wait a TTL: by then it has attached again (a newer
+            // key) or its lease has ended.
+            self.distrust = Some((revision, now + self.ttl + Duration::from_millis(250)));
+        }
+        self.seen = self.seen.max(revision);
         match self.link.ok(now) {
             Some(to) => self.transition(to),
             None => self.publish(),
@@ -591,6 +694,10 @@ impl State {
                 tokio::time::Instant::now() + Duration::from_secs(3600)
             };
             let deadline = tokio::time::Instant::from_std(last_answer + self.ttl * 2 / 3 + Duration::from_millis(1));
+            let distrust_ends =
+                self.distrust.map_or(tokio::time::Instant::now() + Duration::from_secs(3600), |(_, until)| {
+                    tokio::time::Instant::from_std(until)
+                });
             tokio::select! {
                 _ = tokio::time::sleep_until(next_beat) => {
                     next_beat += every;
@@ -610,7 +717,7 @@ impl State {
                         self.link.contact(last_answer);
                     }
                     Ok(Some(_)) => {
-                        self.lease = None;
+                        self.forget_lease();
                         return End::Failed("the lease expired".into());
                     }
                     Ok(None) => return End::Failed("the keep-alive stream ended".into()),
@@ -618,6 +725,9 @@ impl State {
                 },
                 message = watch.message() => match message {
                     Ok(Some(m)) => {
+                        if let Some(h) = m.header() {
+                            self.seen = self.seen.max(h.revision());
+                        }
                         if m.canceled() {
                             self.handle.stats.watch_restarts.fetch_add(1, Ordering::Relaxed);
                             let why = if m.compact_revision() > 0 { "compacted" } else { "cancelled" };
@@ -630,7 +740,7 @@ impl State {
                             let changed = if kv.version() == 0 {
                                 self.fleet.delete(kv.key())
                             } else {
-                                self.fleet.put(kv.key(), kv.value()).is_ok()
+                                self.fleet.put_at(kv.key(), kv.value(), kv.mod_revision()).is_ok()
                             };
                             dirty |= changed;
                         }
@@ -647,6 +757,10 @@ impl State {
                 },
                 _ = self.notify.notified() => {}
                 _ = tokio::time::sleep_until(publish_at) => {}
+                _ = tokio::time::sleep_until(distrust_ends) => {
+                    self.distrust = None;
+                    dirty = true;
+                }
                 _ = tokio::time::sleep_until(deadline) => {}
             }
             // Reports and drains, whatever woke the loop.
@@ -663,6 +777,18 @@ impl State {
             while let Ok(order) = self.inbox.drains.try_recv() {
                 let outcome = self.drain(client, &order).await;
                 let _told = order.reply.try_send(outcome);
+            }
+            if let Ok(r) = self.inbox.reconfigure.try_recv() {
+                let old = self.take_reconfigure(&r);
+                for key in old {
+                    // Best effort: a key left behind goes with the lease, and counts for no
+                    // one meanwhile (it names a server of the old farm or an old epoch).
+                    let _deleted = tokio::time::timeout(CALL, client.delete(key, None)).await;
+                }
+                self.publish();
+                let _told = r.done.try_send(());
+                tracing::info!(config = %self.setup.config_hash, "cluster: rejoining with the reloaded configuration");
+                return End::Reconfigured;
             }
             if dirty && Instant::now() >= last_publish + PUBLISH_EVERY {
                 self.publish();
@@ -696,7 +822,7 @@ impl State {
                     revision = page.header().map_or(0, |h| h.revision());
                 }
                 for kv in page.kvs() {
-                    let _refused = self.fleet.put(kv.key(), kv.value());
+                    let _refused = self.fleet.put_at(kv.key(), kv.value(), kv.mod_revision());
                 }
                 match page.kvs().last() {
                     Some(last) if page.more() => {

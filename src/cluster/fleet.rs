@@ -139,6 +139,8 @@ pub struct Member {
     pub config: String,
     /// Its attach epoch.
     pub epoch: u64,
+    /// The etcd revision its key was last written at (when it last attached).
+    pub revision: i64,
 }
 
 /// One server's verdict from one member, per transport.
@@ -229,7 +231,13 @@ impl Fleet {
     /// stays only if the refusal is about the value (a broken write leaves the last good one
     /// out: it is removed, so garbage can never keep a server down).
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), Refusal> {
-        let r = self.put_inner(key, value);
+        self.put_at(key, value, 0)
+    }
+
+    /// [`Fleet::put`] of a key etcd last modified at `revision` (a member key's revision says
+    /// when its member last attached; see [`Fleet::view`]).
+    pub fn put_at(&mut self, key: &[u8], value: &[u8], revision: i64) -> Result<(), Refusal> {
+        let r = self.put_inner(key, value, revision);
         if r.is_err() {
             self.refused = self.refused.saturating_add(1);
             let _gone = self.delete(key);
@@ -237,7 +245,7 @@ impl Fleet {
         r
     }
 
-    fn put_inner(&mut self, key: &[u8], value: &[u8]) -> Result<(), Refusal> {
+    fn put_inner(&mut self, key: &[u8], value: &[u8], revision: i64) -> Result<(), Refusal> {
         let (kind, rest) = self.split(key)?;
         if value.len() > MAX_VALUE {
             return Err(Refusal::TooLarge);
@@ -255,7 +263,8 @@ impl Fleet {
                 if !self.members.contains_key(rest) && self.members.len() >= MAX_MEMBERS {
                     return Err(Refusal::TooManyMembers);
                 }
-                let member = Member { name: rest.to_string(), site: v.site, config: v.config, epoch: v.epoch };
+                let member =
+                    Member { name: rest.to_string(), site: v.site, config: v.config, epoch: v.epoch, revision };
                 self.members.insert(rest.to_string(), member);
                 Ok(())
             }
@@ -315,6 +324,14 @@ impl Fleet {
     /// `my_config`, with `k` probers per server. This instance counts as a member whether or
     /// not its own key was read back yet.
     pub fn view(&self, my_config: &str, my_site: Option<&str>, k: usize) -> FleetView {
+        self.view_since(my_config, my_site, k, 0)
+    }
+
+    /// [`Fleet::view`] by an instance just back from a detached spell that began after etcd
+    /// revision `distrust_through`: members whose key is no newer than that have not attached
+    /// since (they may be cut off still, their verdicts kept by etcd's lease extension), so
+    /// their verdicts do not count yet. Duty is computed from every member as usual.
+    pub fn view_since(&self, my_config: &str, my_site: Option<&str>, k: usize, distrust_through: i64) -> FleetView {
         let mut members: Vec<Member> = Vec::new();
         let mut conflicts = Vec::new();
         for m in self.members.values() {
@@ -332,6 +349,7 @@ impl Fleet {
             site: my_site.map(str::to_string),
             config: my_config.to_string(),
             epoch: 0,
+            revision: 0,
         });
         members.sort_by(|a, b| a.name.cmp(&b.name));
         let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
@@ -348,9 +366,10 @@ impl Fleet {
                 p.iter()
                     .filter(|m| **m != self.me)
                     .filter_map(|m| {
-                        let epoch = self.members.get(m)?.epoch;
+                        let member = self.members.get(m)?;
                         let (e, v) = self.verdicts[i].get(m)?;
-                        (*e == epoch).then(|| (m.clone(), v.clone()))
+                        (*e == member.epoch && (distrust_through == 0 || member.revision > distrust_through))
+                            .then(|| (m.clone(), v.clone()))
                     })
                     .collect()
             })
@@ -429,6 +448,14 @@ mod tests {
         let text = encode_verdict(9, &[(Transport::Udp, Seen { up: false, rtt_us: 0, oc: 0 })]);
         f.put(format!("/dnlb/v1/voice/verdict/{}/b", f.servers()[0]).as_bytes(), text.as_bytes()).unwrap();
         assert_eq!(f.view(HASH, None, 2).remote[0].len(), 1);
+        // Back from a spell of its own that began after revision 40: b's key (revision 30) is
+        // older, so b may not have attached since; its verdicts wait. Duty does not change.
+        f.put_at(b"/dnlb/v1/voice/members/b", epoch.as_bytes(), 30).unwrap();
+        let wary = f.view_since(HASH, None, 2, 40);
+        assert!(wary.remote[0].is_empty());
+        assert_eq!(wary.probers, f.view(HASH, None, 2).probers);
+        f.put_at(b"/dnlb/v1/voice/members/b", epoch.as_bytes(), 41).unwrap();
+        assert_eq!(f.view_since(HASH, None, 2, 40).remote[0].len(), 1);
     }
 
     #[test]

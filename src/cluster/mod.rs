@@ -22,6 +22,7 @@ pub mod core;
 pub mod etcd;
 pub mod fleet;
 pub mod prober;
+pub mod report;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
@@ -212,6 +213,7 @@ pub struct Handle {
     pub stats: Arc<ClusterStats>,
     reports: SyncSender<Report>,
     drains: SyncSender<DrainOrder>,
+    reconfigure: SyncSender<Reconfigure>,
     wake: Arc<dyn Fn() + Send + Sync>,
     made: std::time::Instant,
     /// Wakes the prober's loop (set by the prober when it starts).
@@ -230,6 +232,21 @@ pub struct Inbox {
     pub reports: Receiver<Report>,
     /// Drains from the control thread.
     pub drains: Receiver<DrainOrder>,
+    /// A reloaded configuration's farm.
+    pub reconfigure: Receiver<Reconfigure>,
+}
+
+/// A reload changed the farm's servers or its probe settings: the member key is written with
+/// the new configuration hash, the fleet read again over the new servers, and this instance's
+/// old verdict keys deleted.
+#[derive(Debug)]
+pub struct Reconfigure {
+    /// The servers' keys ([`server_keys`]).
+    pub servers: Vec<String>,
+    /// The new configuration hash.
+    pub config_hash: String,
+    /// Told once the old verdicts are deleted and the reports of the old prober dropped.
+    pub done: SyncSender<()>,
 }
 
 impl Handle {
@@ -237,16 +254,18 @@ impl Handle {
     pub fn new(initial: Published, wake: Arc<dyn Fn() + Send + Sync>) -> (Handle, Inbox) {
         let (reports, rx) = std::sync::mpsc::sync_channel(REPORT_QUEUE);
         let (drains, drx) = std::sync::mpsc::sync_channel(16);
+        let (reconfigure, rrx) = std::sync::mpsc::sync_channel(1);
         let handle = Handle {
             published: Arc::new(ArcSwap::from_pointee(initial)),
             stats: Arc::new(ClusterStats::default()),
             reports,
             drains,
+            reconfigure,
             wake,
             made: std::time::Instant::now(),
             prober_waker: Arc::new(arc_swap::ArcSwapOption::empty()),
         };
-        (handle, Inbox { reports: rx, drains: drx })
+        (handle, Inbox { reports: rx, drains: drx, reconfigure: rrx })
     }
 
     /// Publishes `p` and wakes the prober to apply it.
@@ -277,6 +296,18 @@ impl Handle {
                 self.stats.dropped_reports.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Moves the membership to a reloaded configuration (its servers and hash); call it with
+    /// the old prober stopped and before the new one starts. Waits at most 2 s.
+    pub fn reconfigure(&self, servers: Vec<String>, config_hash: String) -> Result<(), String> {
+        let (done, rx) = std::sync::mpsc::sync_channel(1);
+        self.reconfigure
+            .try_send(Reconfigure { servers, config_hash, done })
+            .map_err(|_| "a reconfiguration is already under way".to_string())?;
+        (self.wake)();
+        rx.recv_timeout(Duration::from_secs(2))
+            .map_err(|_| "the cluster thread did not take the new farm within 2 s".into())
     }
 
     /// Drains or undrains `servers` cluster-wide; returns once etcd holds it (at most 3 s).

@@ -76,7 +76,11 @@ impl FleetLink {
             let n = self.targets_of.len();
             let whole = view.duty.len() == n && view.remote.len() == n && view.drains.len() == n;
             let duty = (shared && whole).then_some(view.duty.as_slice());
-            core.set_clustered(shared && whole);
+            if !(shared && whole) {
+                // Detached past a TTL (or not yet attached): the others' verdicts stop counting
+                // before anything of this view is applied.
+                core.set_clustered(false);
+            }
             let spread = published.link == LinkState::Alone;
             let changes = self.plan.update(duty, now, spread);
             let duty_servers = self.plan.duty_count() as u64;
@@ -102,6 +106,11 @@ impl FleetLink {
                         core.set_fleet(t, counts, &remote, drained);
                     }
                 }
+            }
+            // Last: the others' verdicts count only once they are this view's, never a view
+            // from before a detached spell.
+            if shared && whole {
+                core.set_clustered(true);
             }
         }
         if self.plan.next_expiry().is_some_and(|t| now >= t) {
@@ -140,5 +149,63 @@ impl FleetLink {
     /// overlap's end.
     pub fn next_wake(&self, now: Instant) -> Duration {
         self.plan.next_expiry().map_or(Duration::MAX, |t| t.saturating_duration_since(now))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::cluster::fleet::FleetView;
+    use crate::cluster::Published;
+    use crate::probe::core::OsEntropy;
+
+    fn published(generation: u64, link: LinkState, remote_up: bool) -> Published {
+        let seen = vec![(Transport::Udp, Seen { up: remote_up, rtt_us: 0, oc: 0 })];
+        Published {
+            generation,
+            link,
+            since: SystemTime::now(),
+            ttl: Duration::from_secs(1),
+            view: FleetView {
+                members: Vec::new(),
+                conflicts: Vec::new(),
+                probers: vec![vec!["b".into()]],
+                duty: vec![false],
+                remote: if remote_up { vec![vec![("b".into(), seen)]] } else { vec![Vec::new()] },
+                drains: vec![None],
+            },
+            problem: None,
+        }
+    }
+
+    /// Back from a detached spell, the others' verdicts of before it never count, not even for
+    /// one pass: the new view's verdicts are in place before they start to count.
+    #[test]
+    fn a_view_from_before_a_spell_never_decides() {
+        let text = "[server]\nlisten = [\"127.0.0.1:5353\"]\n[[service]]\nname = \"s.test\"\n[[service.server]]\naddress = \"127.0.4.99\"\n";
+        let config = Config::parse(text).unwrap();
+        let now = Instant::now();
+        let mut core = Core::new(&config, now, Box::new(OsEntropy::default())).unwrap();
+        let (handle, _inbox) = Handle::new(published(1, LinkState::Attached, false), Arc::new(|| {}));
+        let mut link = FleetLink::new(handle.clone(), &config, &mut core);
+        link.step(&mut core, now);
+        // Alone: the published view still holds b's verdict from before the spell (up).
+        handle.publish(published(2, LinkState::Alone, true));
+        link.step(&mut core, now);
+        // Attached again; b has not written since (its verdict is not in the new view).
+        handle.publish(published(3, LinkState::Attached, false));
+        link.step(&mut core, now);
+        let mut flips = Vec::new();
+        while let Some(f) = core.poll_flip() {
+            flips.push(f);
+        }
+        assert!(flips.is_empty(), "flipped on a stale verdict: {flips:?}");
+        // The same view with b's fresh verdict decides at once.
+        handle.publish(published(4, LinkState::Attached, true));
+        link.step(&mut core, now);
+        assert_eq!(core.poll_flip().map(|f| f.to), Some(crate::probe::health::State::Up));
     }
 }

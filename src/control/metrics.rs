@@ -77,6 +77,8 @@ pub struct Sources {
     pub prober: Arc<arc_swap::ArcSwapOption<ProbeView>>,
     /// The answers the workers serve.
     pub snapshots: SnapshotHandle,
+    /// The fleet (`[cluster]`), if this instance is in one.
+    pub fleet: Option<crate::cluster::Handle>,
 }
 
 /// A running metrics endpoint.
@@ -307,6 +309,9 @@ fn route(request: &[u8]) -> Option<Route> {
 pub fn scrape(sources: &Sources) -> Result<String, MetricsError> {
     let mut m = Metrics::default();
     workers(&mut m, &sources.counters)?;
+    if let Some(f) = &sources.fleet {
+        fleet(&mut m, f)?;
+    }
     if let Some(p) = sources.prober.load_full() {
         prober(&mut m, &p)?;
     }
@@ -495,6 +500,58 @@ fn workers(m: &mut Metrics, blocks: &CounterBlocks) -> Result<(), MetricsError> 
     Ok(())
 }
 
+/// The fleet (`[cluster]`): members, the link to etcd, duty, writes, restarts, refusals.
+fn fleet(m: &mut Metrics, f: &crate::cluster::Handle) -> Result<(), MetricsError> {
+    let p = f.published.load();
+    let s = &f.stats;
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let none: &[&str] = &[];
+    let attached = i64::from(p.link == crate::cluster::core::LinkState::Attached);
+    for (name, help, v) in [
+        (
+            "dnlb_cluster_members",
+            "Live members of the farm with this instance's configuration, itself included.",
+            int(p.view.members.len() as u64),
+        ),
+        (
+            "dnlb_cluster_conflicts",
+            "Live members of the farm with another configuration (no shared duty).",
+            int(p.view.conflicts.len() as u64),
+        ),
+        ("dnlb_cluster_attached", "1 while the lease is alive and the prefix watched, else 0 (detached).", attached),
+        (
+            "dnlb_cluster_duty_servers",
+            "Servers this instance probes as one of their current probers.",
+            int(get(&s.duty_servers)),
+        ),
+    ] {
+        m.int_gauge(name, help, &[])?.with_label_values(none).set(v);
+    }
+    for (name, help, v) in [
+        ("dnlb_cluster_verdict_writes_total", "Verdict keys written or deleted in etcd.", get(&s.verdict_writes)),
+        (
+            "dnlb_cluster_watch_restarts_total",
+            "Times the watch of the prefix was started again.",
+            get(&s.watch_restarts),
+        ),
+        (
+            "dnlb_cluster_refused_total",
+            "Keys or values under the prefix refused (too large, malformed, unknown).",
+            get(&s.refused),
+        ),
+        ("dnlb_cluster_transitions_total", "Attach/detach transitions.", get(&s.transitions)),
+        ("dnlb_cluster_leases_total", "etcd leases granted to this instance.", get(&s.leases)),
+        (
+            "dnlb_cluster_dropped_reports_total",
+            "Verdict reports dropped: the cluster thread's queue was full.",
+            get(&s.dropped_reports),
+        ),
+    ] {
+        m.counter(name, help, &[])?.with_label_values(none).inc_by(v);
+    }
+    Ok(())
+}
+
 /// The prober: its totals, its heartbeat, and per service, server and transport its verdict.
 fn prober(m: &mut Metrics, p: &ProbeView) -> Result<(), MetricsError> {
     let s = p.status();
@@ -589,6 +646,7 @@ mod tests {
             counters: blocks.clone(),
             prober: Arc::new(arc_swap::ArcSwapOption::empty()),
             snapshots: SnapshotHandle::new(Snapshot::empty()),
+            fleet: None,
         };
         let text = scrape(&sources).unwrap();
         for (i, (name, _)) in fields.iter().enumerate() {
