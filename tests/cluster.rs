@@ -479,6 +479,67 @@ fn config_conflict_and_rolling_reload() {
     eprintln!("rolling reload: {polled} answers checked, all whole");
 }
 
+/// A hostile or broken writer under the prefix (garbage, oversized values, a verdict in the
+/// name of an instance that is not a member, a key per half millisecond): refused and counted,
+/// answers unaffected, the instance's CPU bounded.
+fn hostile_etcd() {
+    let etcd = EtcdCluster::start("ho", &["127.0.4.14"]);
+    let farm = Farm::start(210, 4);
+    let dir = scratch("hostile");
+    let fleet: Vec<Dnlb> = (0..2)
+        .map(|i| {
+            let d = dir.join(format!("edge-{i}"));
+            let text =
+                config(&d, &format!("127.0.4.{}:5300", 41 + i), &farm, &etcd, "hostile", &format!("edge-{i}"), 1);
+            Dnlb::spawn(d, &text)
+        })
+        .collect();
+    let all = farm.ips();
+    for d in &fleet {
+        wait_for(Duration::from_secs(10), "every server in the answers", || answer(d).is_some_and(|a| a == all));
+        d.wait_for_control();
+    }
+    let server = format!("{NAME}/{}:{}", farm.responders[0].addr.ip(), farm.port);
+    let ctl = |args: &[&str]| etcd.ctl_any(args).expect("etcdctl");
+    ctl(&["put", "/dnlb/v1/hostile/members/ghost", "{\"config\":\"zz\"}"]);
+    ctl(&["put", &format!("/dnlb/v1/hostile/verdict/{server}/ghost"), "{\"epoch\":0,\"udp\":{\"up\":false}}"]);
+    ctl(&["put", &format!("/dnlb/v1/hostile/verdict/{server}/edge-1"), &"x".repeat(120_000)]);
+    ctl(&["put", "/dnlb/v1/hostile/drain/elsewhere", "{\"by\":\"x\",\"at\":1}"]);
+    let cpu_before: Vec<Duration> = fleet.iter().map(|d| common::process::cpu_time(&d.process_stat())).collect();
+    let flood = Instant::now();
+    for round in 0..10 {
+        let script: String =
+            (0..100).map(|i| format!("put /dnlb/v1/hostile/verdict/x/{round}-{i} garbage\n")).collect();
+        let mut child = std::process::Command::new("etcdctl")
+            .args(["--endpoints", &etcd.endpoints()[0], "txn"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(format!("\n{script}\n\n").as_bytes()).unwrap();
+        child.wait().unwrap();
+        for d in &fleet {
+            assert_eq!(answer(d).as_ref(), Some(&all), "answers changed under the flood");
+        }
+    }
+    let wall = flood.elapsed();
+    let refused = |d: &Dnlb| -> u64 {
+        let out = d.cli(&["status", "--json"]).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["cluster"]["refused"].as_u64().unwrap_or(0)
+    };
+    for d in &fleet {
+        wait_for(Duration::from_secs(3), "the flood refused and counted", || refused(d) >= 1000);
+    }
+    steady(&fleet, &all, Duration::from_millis(500), "after the flood");
+    for (d, before) in fleet.iter().zip(cpu_before) {
+        let cpu = common::process::cpu_time(&d.process_stat()) - before;
+        eprintln!("hostile: 1,000 garbage keys in {wall:?}: {cpu:?} of the instance's CPU, {} refused", refused(d));
+        assert!(cpu < wall / 2, "an instance spent {cpu:?} of CPU in {wall:?}");
+    }
+}
+
 #[test]
 fn fleets() {
     if !common::require(etcd_binary().is_some(), "etcd (Debian package etcd-server)") {
@@ -490,6 +551,7 @@ fn fleets() {
         ("etcd outage", etcd_outage),
         ("drain", drain_cluster_wide_and_durable),
         ("configuration conflict", config_conflict_and_rolling_reload),
+        ("hostile etcd", hostile_etcd),
     ];
     let handles: Vec<_> = scenarios.into_iter().map(|(name, f)| (name, std::thread::spawn(f))).collect();
     let mut failed = Vec::new();
