@@ -434,9 +434,19 @@ fn config_conflict_and_rolling_reload() {
     let etcd = EtcdCluster::start("cf", &["127.0.4.13"]);
     let farm = Farm::start(200, 6);
     let dir = scratch("conflict");
+    let metrics: SocketAddr = "127.0.4.38:9153".parse().unwrap();
     let text = |i: usize| {
         let d = dir.join(format!("edge-{i}"));
-        config(&d, &format!("127.0.4.{}:5300", 38 + i), &farm, &etcd, "conflict", &format!("edge-{i}"), 1)
+        let t = config(&d, &format!("127.0.4.{}:5300", 38 + i), &farm, &etcd, "conflict", &format!("edge-{i}"), 1);
+        if i == 0 {
+            format!("{t}\n[metrics]\nlisten = \"{metrics}\"\n")
+        } else {
+            t
+        }
+    };
+    let gauge = |name: &str| {
+        let (_, parsed) = common::prom::scrape(metrics);
+        common::prom::sum(&parsed, name, &[])
     };
     let changed = |t: String| t.replace("rise = 2", "rise = 3");
     let fleet: Vec<Dnlb> = (0..3)
@@ -460,6 +470,14 @@ fn config_conflict_and_rolling_reload() {
         let duty = duty_in_etcd(&etcd, "conflict");
         duty.get("edge-1") == Some(&6) && duty.get("edge-0") == Some(&3) && duty.get("edge-2") == Some(&3)
     });
+    let (text_before, _) = common::prom::scrape(metrics);
+    common::prom::promtool_check(&text_before);
+    assert_eq!(
+        (gauge("dnlb_cluster_members"), gauge("dnlb_cluster_conflicts"), gauge("dnlb_cluster_attached")),
+        (2.0, 1.0, 1.0)
+    );
+    assert_eq!(gauge("dnlb_cluster_duty_servers"), 3.0);
+    assert!(gauge("dnlb_cluster_verdict_writes_total") >= 3.0);
     // The change rolls: edge-0, then edge-2, reloaded with edge-1's settings.
     let mut polled = 0;
     for i in [0, 2] {
@@ -476,6 +494,8 @@ fn config_conflict_and_rolling_reload() {
         duty.len() == 3 && duty.values().all(|n| *n == 2)
     });
     polled += steady(&fleet, &all, Duration::from_millis(500), "after the change");
+    assert_eq!((gauge("dnlb_cluster_members"), gauge("dnlb_cluster_conflicts")), (3.0, 0.0));
+    assert_eq!(gauge("dnlb_cluster_duty_servers"), 2.0);
     eprintln!("rolling reload: {polled} answers checked, all whole");
 }
 
