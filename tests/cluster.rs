@@ -70,6 +70,26 @@ fn config(dir: &Path, listen: &str, farm: &Farm, etcd: &EtcdCluster, fleet: &str
     s
 }
 
+/// `n` instances `edge-0`.. of fleet `fleet`, listening on 127.0.4.`first_ip`.. port 5300,
+/// started and waited for until each answers with every server.
+fn start_fleet(n: usize, first_ip: usize, farm: &Farm, etcd: &EtcdCluster, fleet: &str, k: usize) -> Vec<Dnlb> {
+    let dir = scratch(fleet);
+    let started: Vec<Dnlb> = (0..n)
+        .map(|i| {
+            let d = dir.join(format!("edge-{i}"));
+            let text =
+                config(&d, &format!("127.0.4.{}:5300", first_ip + i), farm, etcd, fleet, &format!("edge-{i}"), k);
+            Dnlb::spawn(d, &text)
+        })
+        .collect();
+    let all = farm.ips();
+    for d in &started {
+        wait_for(Duration::from_secs(10), "every server in the answers", || answer(d).is_some_and(|a| a == all));
+        d.wait_for_control();
+    }
+    started
+}
+
 fn scratch(tag: &str) -> PathBuf {
     std::env::temp_dir().join(format!("dnlb-cluster-{tag}-{}", std::process::id()))
 }
@@ -117,18 +137,8 @@ fn probe_rate(farm: &Farm, window: Duration) -> f64 {
 fn steady_state_detection_and_one_alone() {
     let etcd = EtcdCluster::start("st", &["127.0.4.4", "127.0.4.5", "127.0.4.6"]);
     let farm = Farm::start(100, 30);
-    let dir = scratch("steady");
-    let mut fleet: Vec<Dnlb> = (0..3)
-        .map(|i| {
-            let d = dir.join(format!("edge-{i}"));
-            let text = config(&d, &format!("127.0.4.{}:5300", 20 + i), &farm, &etcd, "steady", &format!("edge-{i}"), 2);
-            Dnlb::spawn(d, &text)
-        })
-        .collect();
+    let mut fleet = start_fleet(3, 20, &farm, &etcd, "steady", 2);
     let all = farm.ips();
-    for d in &fleet {
-        wait_for(Duration::from_secs(10), "every server in the answers", || answer(d).is_some_and(|a| a == all));
-    }
     // Duty settles once every member has read the others (and written its verdicts).
     wait_for(Duration::from_secs(5), "duty of 20 each in etcd", || {
         let duty = duty_in_etcd(&etcd, "steady");
@@ -199,18 +209,8 @@ fn log_lines(d: &Dnlb, what: &str) -> usize {
 fn kill_nine() {
     let etcd = EtcdCluster::start("kn", &["127.0.4.7"]);
     let farm = Farm::start(130, 12);
-    let dir = scratch("kill");
-    let mut fleet: Vec<Dnlb> = (0..3)
-        .map(|i| {
-            let d = dir.join(format!("edge-{i}"));
-            let text = config(&d, &format!("127.0.4.{}:5300", 23 + i), &farm, &etcd, "kill", &format!("edge-{i}"), 1);
-            Dnlb::spawn(d, &text)
-        })
-        .collect();
+    let mut fleet = start_fleet(3, 23, &farm, &etcd, "kill", 1);
     let all = farm.ips();
-    for d in &fleet {
-        wait_for(Duration::from_secs(10), "every server in the answers", || answer(d).is_some_and(|a| a == all));
-    }
     wait_for(Duration::from_secs(5), "duty of 4 each", || {
         let duty = duty_in_etcd(&etcd, "kill");
         duty.len() == 3 && duty.values().all(|n| *n == 4)
@@ -252,18 +252,8 @@ fn kill_nine() {
 fn etcd_outage() {
     let etcd = EtcdCluster::start("eo", &["127.0.4.8", "127.0.4.9", "127.0.4.10"]);
     let farm = Farm::start(150, 12);
-    let dir = scratch("outage");
-    let fleet: Vec<Dnlb> = (0..3)
-        .map(|i| {
-            let d = dir.join(format!("edge-{i}"));
-            let text = config(&d, &format!("127.0.4.{}:5300", 26 + i), &farm, &etcd, "outage", &format!("edge-{i}"), 2);
-            Dnlb::spawn(d, &text)
-        })
-        .collect();
+    let fleet = start_fleet(3, 26, &farm, &etcd, "outage", 2);
     let all = farm.ips();
-    for d in &fleet {
-        wait_for(Duration::from_secs(10), "every server in the answers", || answer(d).is_some_and(|a| a == all));
-    }
     wait_for(Duration::from_secs(5), "duty of 8 each", || {
         let duty = duty_in_etcd(&etcd, "outage");
         duty.len() == 3 && duty.values().all(|n| *n == 8)
@@ -505,20 +495,8 @@ fn config_conflict_and_rolling_reload() {
 fn hostile_etcd() {
     let etcd = EtcdCluster::start("ho", &["127.0.4.14"]);
     let farm = Farm::start(210, 4);
-    let dir = scratch("hostile");
-    let fleet: Vec<Dnlb> = (0..2)
-        .map(|i| {
-            let d = dir.join(format!("edge-{i}"));
-            let text =
-                config(&d, &format!("127.0.4.{}:5300", 41 + i), &farm, &etcd, "hostile", &format!("edge-{i}"), 1);
-            Dnlb::spawn(d, &text)
-        })
-        .collect();
+    let fleet = start_fleet(2, 41, &farm, &etcd, "hostile", 1);
     let all = farm.ips();
-    for d in &fleet {
-        wait_for(Duration::from_secs(10), "every server in the answers", || answer(d).is_some_and(|a| a == all));
-        d.wait_for_control();
-    }
     let server = format!("{NAME}/{}:{}", farm.responders[0].addr.ip(), farm.port);
     let ctl = |args: &[&str]| etcd.ctl_any(args).expect("etcdctl");
     ctl(&["put", "/dnlb/v1/hostile/members/ghost", "{\"config\":\"zz\"}"]);
@@ -528,17 +506,9 @@ fn hostile_etcd() {
     let cpu_before: Vec<Duration> = fleet.iter().map(|d| common::process::cpu_time(&d.process_stat())).collect();
     let flood = Instant::now();
     for round in 0..10 {
-        let script: String =
-            (0..100).map(|i| format!("put /dnlb/v1/hostile/verdict/x/{round}-{i} garbage\n")).collect();
-        let mut child = std::process::Command::new("etcdctl")
-            .args(["--endpoints", &etcd.endpoints()[0], "txn"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(format!("\n{script}\n\n").as_bytes()).unwrap();
-        child.wait().unwrap();
+        let puts: Vec<(String, String)> =
+            (0..100).map(|i| (format!("/dnlb/v1/hostile/verdict/x/{round}-{i}"), "garbage".to_string())).collect();
+        etcd.put_all(&puts);
         for d in &fleet {
             assert_eq!(answer(d).as_ref(), Some(&all), "answers changed under the flood");
         }

@@ -140,19 +140,9 @@ fn a_hostile_writer_under_the_prefix_is_refused_and_counted() {
     let flood_start = Instant::now();
     let cpu_before = cluster_cpu();
     for round in 0..20 {
-        let mut script = String::new();
-        for i in 0..100 {
-            script.push_str(&format!("put /dnlb/v1/voice/zz/{round}-{i} garbage\n"));
-        }
-        let mut child = std::process::Command::new("etcdctl")
-            .args(["--endpoints", &etcd.endpoints()[0], "txn"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(format!("\n{script}\n\n").as_bytes()).unwrap();
-        child.wait().unwrap();
+        let puts: Vec<(String, String)> =
+            (0..100).map(|i| (format!("/dnlb/v1/voice/zz/{round}-{i}"), "garbage".to_string())).collect();
+        etcd.put_all(&puts);
     }
     wait(Duration::from_secs(3), "the flood counted", || refused() >= 5 + 2000);
     let cpu = cluster_cpu() - cpu_before;

@@ -132,7 +132,8 @@ pub fn spawn(setup: Setup) -> Result<ClusterThread, ClusterError> {
     let stop = Arc::new(AtomicBool::new(false));
     let (first_tx, first_rx) = std::sync::mpsc::sync_channel(1);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let mut state = State::new(setup, handle.clone(), inbox, notify.clone(), stop.clone(), auth, tls, first_tx);
+    let wiring = Wiring { notify: notify.clone(), stop: stop.clone(), auth, tls, first: first_tx };
+    let mut state = State::new(setup, handle.clone(), inbox, wiring);
     let thread = std::thread::Builder::new().name("dnlb-cluster".into()).spawn(move || {
         runtime.block_on(state.run());
     })?;
@@ -253,18 +254,19 @@ struct State {
     distrust: Option<(i64, Instant)>,
 }
 
+/// What connects the thread to the rest of the process: its wake-up, its stop flag, the
+/// credentials read at start, and where the first attempt's outcome goes.
+struct Wiring {
+    notify: Arc<Notify>,
+    stop: Arc<AtomicBool>,
+    auth: Option<(String, String)>,
+    tls: Option<etcd_client::TlsOptions>,
+    first: std::sync::mpsc::SyncSender<First>,
+}
+
 impl State {
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        setup: Setup,
-        handle: Handle,
-        inbox: Inbox,
-        notify: Arc<Notify>,
-        stop: Arc<AtomicBool>,
-        auth: Option<(String, String)>,
-        tls: Option<etcd_client::TlsOptions>,
-        first: std::sync::mpsc::SyncSender<First>,
-    ) -> State {
+    fn new(setup: Setup, handle: Handle, inbox: Inbox, wiring: Wiring) -> State {
+        let Wiring { notify, stop, auth, tls, first } = wiring;
         let n = setup.servers.len();
         let fleet = Fleet::new(&setup.config.farm, &setup.config.name, setup.servers.clone());
         let member_key = format!("{}members/{}", fleet.prefix(), setup.config.name);

@@ -123,6 +123,21 @@ impl EtcdCluster {
         self.ctl(&ep, args)
     }
 
+    /// Writes every `(key, value)` of `puts` in one `etcdctl txn` against the first member.
+    pub fn put_all(&self, puts: &[(String, String)]) {
+        use std::io::Write;
+        let script: String = puts.iter().map(|(k, v)| format!("put {k} {v}\n")).collect();
+        let mut child = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &self.members[0].client, "txn"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("etcdctl runs");
+        child.stdin.take().unwrap().write_all(format!("\n{script}\n\n").as_bytes()).unwrap();
+        assert!(child.wait().unwrap().success(), "etcdctl txn failed");
+    }
+
     /// The index of the current leader (as the first running member reports it).
     pub fn leader(&self) -> Option<usize> {
         for (i, m) in self.members.iter().enumerate() {
