@@ -14,6 +14,7 @@ use common::upstream::{Behaviour, FakeUpstream};
 use common::*;
 use dnlb::config::{Config, IoMode};
 use dnlb::control::metrics::{MetricsServer, Sources, MAX_REQUEST};
+use dnlb::control::running::{Running as RunningState, RunningView};
 use dnlb::probe::Prober;
 use hickory_proto::rr::RecordType;
 
@@ -49,9 +50,8 @@ fn start() -> Running {
     let listen = dns.config.metrics.as_ref().expect("[metrics] configured").listen;
     let sources = Sources {
         counters: dns.server.as_ref().unwrap().counters(),
-        prober: std::sync::Arc::new(arc_swap::ArcSwapOption::from_pointee(prober.view())),
+        running: RunningView::new(RunningState::new(std::sync::Arc::new(dns.config.clone()), Some(&prober))),
         snapshots: dns.snapshots.clone(),
-        fleet: None,
     };
     let metrics = MetricsServer::start(listen, sources).unwrap();
     Running { metrics, prober, dns, responders }
@@ -129,9 +129,8 @@ fn relay_counters_and_cache_gauges_reach_the_scrape() {
     let dns = TestServer::start(&text, IoMode::Portable);
     let sources = Sources {
         counters: dns.server.as_ref().unwrap().counters(),
-        prober: std::sync::Arc::new(arc_swap::ArcSwapOption::empty()),
+        running: RunningView::new(RunningState::new(std::sync::Arc::new(dns.config.clone()), None)),
         snapshots: dns.snapshots.clone(),
-        fleet: None,
     };
     let metrics = MetricsServer::start("127.0.0.1:0".parse().unwrap(), sources).unwrap();
     // One worker: the second query finds the first one's answer in the same cache.

@@ -8,8 +8,10 @@
 //! Loading happens in two steps. Serde reads the file into the `Raw*` structs, which deny unknown
 //! fields and keep the byte span of every value that validation may reject. `validate` then checks
 //! every rule and collects *all* problems, each naming the file, line, column, field and the fix,
-//! so an operator fixes a file in one pass instead of one error per run.
+//! so an operator fixes a file in one pass instead of one error per run. [`keys`] lists every
+//! table and key the file may hold, read off the same structs.
 
+pub mod keys;
 mod raw;
 mod types;
 mod validate;
@@ -194,6 +196,17 @@ address = "127.0.0.11"
         let c = Config::parse(&tls).unwrap().cluster.unwrap();
         assert!(c.tls.is_some_and(|t| t.ca_file.is_some() && t.identity.is_none()));
         assert_eq!(c.auth.map(|(u, _)| u), Some("dnlb".to_string()));
+    }
+
+    #[test]
+    fn the_default_allow_list_is_whole() {
+        use crate::prefix::Prefix;
+        // Validation drops an entry that does not parse; every default must parse.
+        let parsed: Vec<Prefix> = DEFAULT_ALLOW.iter().filter_map(|p| Prefix::parse(p).ok()).collect();
+        assert_eq!(parsed.len(), DEFAULT_ALLOW.len());
+        let relay =
+            Config::parse(&format!("{MINIMAL}\n[relay]\nupstreams = [\"127.0.0.1:53\"]\n")).unwrap().relay.unwrap();
+        assert_eq!(relay.allow, parsed);
     }
 
     #[test]

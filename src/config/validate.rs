@@ -155,6 +155,9 @@ impl Validator<'_> {
 
     /// `[cluster]`: endpoints, names, k, the lease TTL, credentials only from files.
     fn cluster(&mut self, raw: RawCluster) -> Option<ClusterConfig> {
+        if let Some(p) = &raw.password {
+            self.fail(p.span(), "cluster.password", "a password is never written in the configuration: put it in a file readable by dnlb only and name it in password_file");
+        }
         if !cfg!(feature = "cluster") {
             self.fail(
                 raw.farm.span(),
@@ -240,9 +243,6 @@ impl Validator<'_> {
             }
             s.get_ref().clone()
         });
-        if let Some(p) = &raw.password {
-            self.fail(p.span(), "cluster.password", "a password is never written in the configuration: put it in a file readable by dnlb only and name it in password_file");
-        }
         let path = |s: &Spanned<String>| self.base.join(s.get_ref());
         let auth = match (&raw.user, &raw.password_file) {
             (Some(u), Some(f)) => Some((u.get_ref().clone(), path(f))),

@@ -12,9 +12,9 @@ use hickory_proto::rr::{Name, RecordType};
 use serde_json::json;
 
 use super::socket::Reply;
-use crate::config::{AllDown, Config, Transport};
+use crate::config::{AllDown, Config};
+use crate::counters::{CounterBlocks, WorkerCounters};
 use crate::dns::answer;
-use crate::metrics::{CounterBlocks, WorkerCounters};
 use crate::probe::health::State;
 use crate::probe::ServerReport;
 use crate::snapshot::{Snapshot, SnapshotHandle};
@@ -41,14 +41,6 @@ fn answered(r: &ServerReport) -> State {
     r.fleet.map_or(r.state, |(state, _)| state)
 }
 
-fn transport_name(t: Transport) -> &'static str {
-    match t {
-        Transport::Udp => "udp",
-        Transport::Tcp => "tcp",
-        Transport::Tls => "tls",
-    }
-}
-
 /// Asks the snapshot `name`/`qtype` as `client` would (over TCP, so nothing is truncated) and
 /// decodes the reply; rotation starts at its first position.
 fn ask(snapshot: &Arc<Snapshot>, name: &str, qtype: RecordType, client: Option<IpAddr>) -> Option<Message> {
@@ -60,7 +52,7 @@ fn ask(snapshot: &Arc<Snapshot>, name: &str, qtype: RecordType, client: Option<I
     let mut r = Responder::new(SnapshotHandle::from_arc(snapshot.clone()), counters, 0);
     let mut out = vec![0u8; 65_535];
     let from = client.map_or(Client::Unknown, |ip| Client::Address(SocketAddr::new(ip, 0)));
-    let n = r.respond_from(&packet, from, answer::Transport::Tcp, &mut out);
+    let n = r.respond_from(&packet, from, answer::DnsTransport::Tcp, &mut out);
     Message::from_vec(&out[..n]).ok()
 }
 
@@ -72,7 +64,7 @@ fn records(m: &Message) -> Vec<String> {
 pub fn status(v: &View<'_>) -> Reply {
     let mut text = String::new();
     let age = v.now.saturating_duration_since(v.snapshot.built_at);
-    let _ = writeln!(text, "snapshot generation {} built {:.1} s ago", v.snapshot.generation, age.as_secs_f64());
+    let _ = writeln!(text, "snapshot generation {} built {:.1} s ago", v.snapshot.generation(), age.as_secs_f64());
     match v.heartbeat {
         Some(h) => {
             let _ = writeln!(text, "prober heartbeat {} ms ago", h.as_millis());
@@ -108,7 +100,7 @@ pub fn status(v: &View<'_>) -> Reply {
                 text,
                 "  {:<24} {:<4} {:<16} {:>10} {:>10} {:>5}  {}{}",
                 r.addr.to_string(),
-                transport_name(r.transport),
+                r.transport.name(),
                 state,
                 since.map_or("-".into(), |s| format!("{s:.1} s")),
                 rtt.map_or("-".into(), |ms| format!("{ms:.2} ms")),
@@ -118,7 +110,7 @@ pub fn status(v: &View<'_>) -> Reply {
                 r.failure.filter(|f| Some(*f) != why).map_or(String::new(), |f| format!("; failing: {f}"))
             );
             servers.push(json!({
-                "address": r.addr.to_string(), "transport": transport_name(r.transport),
+                "address": r.addr.to_string(), "transport": r.transport.name(),
                 "state": format!("{:?}", answered(r)), "own_state": format!("{:?}", r.state),
                 "probed_here": r.fleet.is_none_or(|(_, probing)| probing), "since_seconds": since, "why": why,
                 "rtt_ms": rtt, "last_code": r.last_code, "flips": r.flips, "failure": r.failure,
@@ -133,7 +125,7 @@ pub fn status(v: &View<'_>) -> Reply {
         text.push_str(t);
     }
     let json = json!({
-        "generation": v.snapshot.generation,
+        "generation": v.snapshot.generation(),
         "snapshot_age_seconds": age.as_secs_f64(),
         "prober_heartbeat_age_seconds": v.heartbeat.map(|h| h.as_secs_f64()),
         "services": services,
@@ -230,7 +222,7 @@ pub fn explain(v: &View<'_>, name: &str, qtype: &str, client: Option<IpAddr>) ->
                 })
                 .collect();
             let up: Vec<&str> =
-                reports.iter().filter(|r| answered(r) == State::Up).map(|r| transport_name(r.transport)).collect();
+                reports.iter().filter(|r| answered(r) == State::Up).map(|r| r.transport.name()).collect();
             let fleet_drain = fleet.as_ref().and_then(|p| p.view.drains.get(first_flat + i).cloned().flatten());
             let drained = reports.iter().any(|r| r.drained) || fleet_drain.is_some();
             any_up |= (!up.is_empty() && !drained) || v.reports.is_empty();
@@ -251,7 +243,7 @@ pub fn explain(v: &View<'_>, name: &str, qtype: &str, client: Option<IpAddr>) ->
                         });
                         format!(
                             "{} {:?}{}{}{}",
-                            transport_name(r.transport),
+                            r.transport.name(),
                             r.state,
                             since.unwrap_or_default(),
                             r.last_code.map_or(String::new(), |c| format!(", last code {c}")),
