@@ -175,6 +175,10 @@ fn steady_state_detection_and_one_alone() {
     assert!(spread <= Duration::from_millis(INTERVAL_MS) + Duration::from_millis(100), "spread {spread:?}");
     let sets: Vec<_> = fleet.iter().map(|d| answer(d).unwrap()).collect();
     assert!(sets.iter().all(|s| *s == sets[0]), "{sets:?}");
+    // `dnlb explain` says whose verdicts decided.
+    let explain = String::from_utf8_lossy(&fleet[0].cli(&["explain", NAME]).unwrap().stdout).into_owned();
+    let line = explain.lines().find(|l| l.contains(&format!("server {dead} "))).unwrap_or_default().to_string();
+    assert!(line.contains("fleet: probed by") && line.contains("every prober says down: out"), "{explain}");
     farm.responders[7].set(Mode::Reply(200, None));
 
     // Two instances stop: the last one probes everything, once per interval.
@@ -398,6 +402,18 @@ fn drain_cluster_wide_and_durable() {
     eprintln!("drain: out of the other instances' answers {:?} after `dnlb drain` returned", asked.elapsed());
     let status = String::from_utf8_lossy(&fleet[2].cli(&["status"]).unwrap().stdout).into_owned();
     assert!(status.contains(&format!("drained cluster-wide: {NAME}/{target}:{} by edge-0", farm.port)), "{status}");
+    // A second instance named edge-0 (on its own address) is refused at start, naming the holder.
+    let twin_dir = dir.join("twin");
+    let twin_text = config(&twin_dir, "127.0.4.44:5300", &farm, &etcd, "drain", "edge-0", 2);
+    let mut twin = Dnlb::spawn(twin_dir, &twin_text);
+    let mut exit = None;
+    wait_for(Duration::from_secs(8), "the second edge-0 to exit", || {
+        exit = twin.child.try_wait().unwrap();
+        exit.is_some()
+    });
+    assert!(exit.is_some_and(|e| !e.success()), "a second edge-0 ran");
+    let said = twin.stderr();
+    assert!(said.contains("cluster.name `edge-0` is already live in farm `drain`") && said.contains("pid "), "{said}");
     // Every instance restarts: the drain is still there.
     for d in &mut fleet {
         d.stop();
