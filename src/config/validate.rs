@@ -2,7 +2,7 @@
 //! so an operator fixes a file in one pass instead of one error per run.
 
 use std::collections::HashSet;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
@@ -13,6 +13,7 @@ use super::raw::*;
 use super::types::*;
 use super::ConfigProblem;
 use crate::prefix::Prefix;
+use crate::probe::sip::{RequestError, RequestTemplate};
 
 /// Serde says "unknown field `x`, expected ..." or "missing field `x`"; lift the field name out.
 pub(super) fn split_serde_message(message: &str) -> (String, String) {
@@ -655,25 +656,14 @@ impl Validator<'_> {
         let mut listed: HashSet<(IpAddr, u16)> = HashSet::new();
         for (j, s) in raw.server.into_inner().into_iter().enumerate() {
             let sf = |f: &str| format!("service[{i}].server[{j}].{f}");
-            let address = match s.address.get_ref().parse::<IpAddr>() {
-                Ok(a) if a.is_unspecified() || a.is_multicast() => {
-                    self.fail(
-                        s.address.span(),
-                        &sf("address"),
-                        format!("{a} cannot be a SIP server: use a unicast address"),
-                    );
-                    a
-                }
-                Ok(a) => a,
-                Err(_) => {
-                    self.fail(
-                        s.address.span(),
-                        &sf("address"),
-                        format!("`{}` is not an IP address: write one such as \"192.0.2.10\" or \"2001:db8::10\" (no port; use `port`)", s.address.get_ref()),
-                    );
-                    IpAddr::from([0, 0, 0, 0])
+            let parsed = match server_address(s.address.get_ref()) {
+                Ok(a) => Some(a),
+                Err(message) => {
+                    self.fail(s.address.span(), &sf("address"), message);
+                    None
                 }
             };
+            let address = parsed.unwrap_or(IpAddr::from([0, 0, 0, 0]));
             let transports = s.transports.get_ref().clone();
             if transports.is_empty() {
                 self.fail(
@@ -717,6 +707,19 @@ impl Validator<'_> {
                 );
             }
             let probe_method = s.probe_method.or(raw.probe_method).unwrap_or(probe.method);
+            // What the prober will send, built by the prober's own builder: a server it cannot
+            // address (link-local, IPv4-mapped, not unicast) is refused here, with why, so no
+            // configuration loads, or reloads, whose probes could not go out.
+            let unbuildable = parsed.and_then(|a| {
+                transports.iter().find_map(|&t| {
+                    let target = SocketAddr::new(a, if t == Transport::Tls { tls_port } else { port });
+                    RequestTemplate::new(probe_method, target, t).err()
+                })
+            });
+            if let Some(e) = unbuildable {
+                let f = if e == RequestError::PortZero { sf("port") } else { sf("address") };
+                self.fail(s.address.span(), &f, e.to_string());
+            }
             let site = s.site.as_ref().map(|v| v.get_ref().trim().to_string());
             if let (Some(v), Some("")) = (&s.site, site.as_deref()) {
                 self.fail(v.span(), &sf("site"), "is empty: name the site, such as \"east\", or leave `site` out");
@@ -986,6 +989,27 @@ fn check_name(name: &str) -> Result<(), &'static str> {
         }
     }
     Ok(())
+}
+
+/// A server's `address`: an IP address, without a zone. A zone (`fe80::1%eth0`) is refused with
+/// why: an AAAA or SRV answer cannot carry it to a phone.
+fn server_address(text: &str) -> Result<IpAddr, String> {
+    if let Ok(a) = text.parse::<IpAddr>() {
+        return Ok(a);
+    }
+    if let Some((base, zone)) = text.split_once('%') {
+        if let Ok(v6) = base.parse::<Ipv6Addr>() {
+            if v6.is_unicast_link_local() {
+                return Err(format!("`{text}`: {}", RequestError::LinkLocal(v6)));
+            }
+            return Err(format!(
+                "`{text}` carries a zone (`%{zone}`), which an AAAA or SRV answer cannot carry to a phone: write \"{base}\""
+            ));
+        }
+    }
+    Err(format!(
+        "`{text}` is not an IP address: write one such as \"192.0.2.10\" or \"2001:db8::10\" (no port; use `port`)"
+    ))
 }
 
 /// The SRV target name of a server without an explicit `host`: derived from its address so that a

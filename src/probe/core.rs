@@ -58,6 +58,19 @@ pub enum CoreError {
     /// does not start.
     #[error("the system's random source failed: {0}")]
     Entropy(String),
+    /// A server's probe request cannot be built. Validation refuses such a configuration with
+    /// the same reason, so this is a configuration that skipped validation: its fault.
+    #[error("service `{service}`, server {addr} ({transport:?}): {error}")]
+    Request {
+        /// The service's name.
+        service: String,
+        /// The server's address and the transport's port.
+        addr: SocketAddr,
+        /// The transport.
+        transport: Transport,
+        /// Why the request cannot be built.
+        error: sip::RequestError,
+    },
 }
 
 /// A source of random 64-bit words for probe identities and schedule jitter.
@@ -523,6 +536,9 @@ impl Core {
                         Some(c) if c.drain_configured == server.drain => c.drained,
                         _ => server.drain,
                     };
+                    let template = RequestTemplate::new(server.probe_method, addr, transport).map_err(|error| {
+                        CoreError::Request { service: service.name.clone(), addr, transport, error }
+                    })?;
                     targets.push(Target {
                         service: si,
                         server: vi,
@@ -530,7 +546,7 @@ impl Core {
                         addr,
                         method: server.probe_method,
                         health: kept.map_or_else(|| Health::new(start), |c| c.health.clone()),
-                        template: RequestTemplate::new(server.probe_method, addr, transport),
+                        template,
                         probe: None,
                         seq: 0,
                         cseq: *sip::CSEQ_RANGE.start(),

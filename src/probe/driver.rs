@@ -638,7 +638,6 @@ impl Driver {
 
     /// Opens a fresh socket for `probe`; returns its local address.
     fn open(&mut self, probe: ProbeRef, transport: Transport, addr: SocketAddr) -> io::Result<SocketAddr> {
-        let any: SocketAddr = if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
         let (socket, local) = match transport {
             Transport::Udp => {
                 // Created non-blocking in one call and connected without an explicit bind (the
@@ -650,7 +649,12 @@ impl Driver {
                     Some(socket2::Protocol::UDP),
                 )?;
                 socket.connect(&addr.into())?;
-                let local = socket.local_addr()?.as_socket().unwrap_or(any);
+                // The Via sent-by is this address: a socket without one fails the probe rather
+                // than send a made-up `0.0.0.0:0`.
+                let local = socket
+                    .local_addr()?
+                    .as_socket()
+                    .ok_or_else(|| io::Error::other("the probe socket has no IP address"))?;
                 let mut s = UdpSocket::from_std(socket.into());
                 self.poll.registry().register(&mut s, token(probe), Interest::READABLE)?;
                 (Socket::Udp(s), local)
