@@ -226,6 +226,8 @@ pub enum Negative {
     /// Health: no server of this family or transport is healthy now (or none at all, under
     /// `all_down = "nodata"`): NODATA that lasts one answer TTL.
     Health,
+    /// A zone transfer (AXFR, IXFR) of a name in a zone: REFUSED, nothing transfers the zone.
+    Transfer,
 }
 
 /// Takes the next step of a cycle of `n` (at least 1) from a worker's counter.
@@ -358,8 +360,9 @@ impl Snapshot {
             return self.unknown(name);
         };
         // RFC 8482: ANY over UDP gets the synthesized HINFO (nothing to amplify with); over TCP,
-        // where the source is proven, one RRset, the A set, the useful one for a SIP name.
-        if qtype == rtype::ANY && udp {
+        // where the source is proven, one RRset, the A set, the useful one for a SIP name. A name
+        // with no records at all (an empty non-terminal) gets its NODATA: no HINFO to stand for.
+        if qtype == rtype::ANY && udp && !entry.by_type.is_empty() {
             return Lookup::Answer(&self.layout.any_udp);
         }
         let wanted = if qtype == rtype::ANY { rtype::A } else { qtype };
@@ -416,6 +419,9 @@ impl Snapshot {
             let (at, _) = self.layout.zone_of(name)?;
             return Some(Negative::NoSuchName { zone: encode::presentation(&name[at..]) });
         };
+        if self.layout.nodata(entry, qtype) == NO_TRANSFER {
+            return Some(Negative::Transfer);
+        }
         if entry.by_type.is_empty() {
             return Some(Negative::EmptyNonTerminal);
         }
@@ -1201,5 +1207,27 @@ prefer = ["west"]
             snap.negative(&wire_name("_udp.sip.example.test"), rtype::A, None),
             Some(Negative::EmptyNonTerminal)
         );
+    }
+
+    #[test]
+    fn any_over_udp_at_an_empty_non_terminal_is_nodata_not_a_synthesized_hinfo() {
+        // RFC 8482's HINFO stands for records a name has; an empty non-terminal has none, and a
+        // resolver would cache the made-up HINFO for an hour.
+        let text = format!("{CONFIG}[service.authority]\nns = [\"dnlb1.example.net\"]\n");
+        let config = Config::parse(&text).unwrap();
+        let snap = Snapshot::build(&config, &Serving::all_up(&config), 0).unwrap();
+        let mut rot = vec![0; snap.rotation_slots];
+        for udp in [true, false] {
+            match snap.lookup(&wire_name("_udp.sip.example.test"), rtype::ANY, udp, None, &mut rot) {
+                Lookup::Answer(t) => {
+                    assert_eq!((t.counts, t.flags & 0xf), ([0, 1, 0], 0), "udp {udp}: NODATA with the SOA")
+                }
+                other => panic!("udp {udp}: {other:?}"),
+            }
+        }
+        match snap.lookup(&wire_name("sip.example.test"), rtype::ANY, true, None, &mut rot) {
+            Lookup::Answer(t) => assert_eq!(t.counts, [1, 0, 0], "a name with records: the HINFO"),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -263,6 +263,41 @@ fn started_as_root_every_thread_becomes_the_user_and_still_answers() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A reload whose new prober cannot start (here no thread can be made, as when a unit's
+/// TasksMax is reached) must not leave dnlb answering on frozen health with no prober and no
+/// word in the log: it says why and stops with an error, so the supervisor restarts it, as it
+/// does when the prober stalls.
+#[test]
+fn a_reload_whose_prober_cannot_start_stops_with_an_error() {
+    let root = nix::unistd::geteuid().is_root();
+    if !require(root, "running as root (to limit the tasks of server.user)") || !require(have("prlimit"), "prlimit") {
+        return;
+    }
+    let dir = scratch("no-prober");
+    let port = free_port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let config = write_config(&dir, port, "user = \"nobody\"\n");
+    // Root makes every thread at start (the limit does not bind it); as nobody, allowed one
+    // task, dnlb can make no thread at all.
+    let mut cmd = Command::new("prlimit");
+    cmd.args(["--nproc=1:1", "--", env!("CARGO_BIN_EXE_dnlb"), "--config", config.to_str().unwrap()]);
+    cmd.args(["--io", "portable"]).stdout(Stdio::null());
+    cmd.stderr(std::fs::File::create(dir.join("dnlb.log")).unwrap());
+    cmd.env_remove("NOTIFY_SOCKET").env_remove("WATCHDOG_USEC").env_remove("WATCHDOG_PID");
+    let mut child = cmd.spawn().unwrap();
+    wait_until_answering(&mut child, addr, &dir.join("dnlb.log"));
+    let hup = Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap();
+    assert!(hup.success());
+    let code = wait_exit(&mut child, Duration::from_secs(5));
+    let log = std::fs::read_to_string(dir.join("dnlb.log")).unwrap();
+    if code.is_none() {
+        terminate(&mut child);
+    }
+    assert!(code.is_some_and(|c| c != 0), "still serving with no prober (exit {code:?}):\n{log}");
+    assert!(log.contains("the prober for the new configuration could not start"), "{log}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// Runs dnlb on a fresh port until it answers and its log has the first server verdict (the
 /// test server 127.0.0.11 has no SIP listener), then stops it; its log.
 fn log_of_a_run(name: &str, args: &[&str], journal: bool) -> String {

@@ -69,6 +69,15 @@ impl Validator<'_> {
         // written, for the checks across sections.
         let zone_spans: Vec<Range<usize>> =
             raw.service.iter().map(|s| s.authority.as_ref().map_or(s.name.span(), |a| a.span())).collect();
+        // Each authority's glue names as the file writes them, with their index and place.
+        let glue_spans: Vec<Vec<(String, usize, Range<usize>)>> = raw
+            .service
+            .iter()
+            .map(|s| {
+                let glue = s.authority.as_ref().map_or(&[][..], |a| &a.get_ref().glue[..]);
+                glue.iter().enumerate().map(|(k, g)| (normalize_name(g.name.get_ref()), k, g.name.span())).collect()
+            })
+            .collect();
         let route_spans: Vec<Range<usize>> =
             raw.relay.as_ref().map(|r| r.route.iter().map(|x| x.domain.span()).collect()).unwrap_or_default();
         for (i, s) in raw.service.into_iter().enumerate() {
@@ -95,7 +104,7 @@ impl Validator<'_> {
         let metrics = raw.metrics.and_then(|m| self.metrics(m));
         let sites = self.sites(raw.sites, &services);
         let cluster = raw.cluster.and_then(|c| self.cluster(c));
-        self.zones(&services, &zone_spans, relay.as_ref(), &route_spans);
+        self.zones(&services, &zone_spans, &glue_spans, relay.as_ref(), &route_spans);
         Config { server, probe, services, hosts, hosts_ttl, hosts_source, relay, rrl, metrics, sites, cluster }
     }
 
@@ -103,14 +112,40 @@ impl Validator<'_> {
     /// of its own is part of that zone (answered with its SOA); with one, it would be a zone
     /// inside a zone dnlb also serves, with no delegation between them: refused. A relay route
     /// inside a zone could never be used (names in a zone are answered, never relayed): refused.
-    /// A route above a zone is fine; the zone's names stay out of it.
+    /// A route above a zone is fine; the zone's names stay out of it. A name server's glue must
+    /// not name another service's name, SRV name or server host: the glue would take its answers.
     fn zones(
         &mut self,
         services: &[ServiceConfig],
         spans: &[Range<usize>],
+        glue_spans: &[Vec<(String, usize, Range<usize>)>],
         relay: Option<&RelayConfig>,
         route_spans: &[Range<usize>],
     ) {
+        for (i, s) in services.iter().enumerate() {
+            let Some(a) = &s.authority else { continue };
+            for (name, k, span) in glue_spans.get(i).into_iter().flatten() {
+                if !a.glue.iter().any(|(g, _)| g == name) {
+                    continue;
+                }
+                let owner = services.iter().enumerate().find(|(j, o)| {
+                    *j != i
+                        && (o.name == *name
+                            || o.servers.iter().any(|v| v.host == *name)
+                            || Transport::ALL.iter().any(|t| format!("{}.{}", t.srv_label(), o.name) == *name))
+                });
+                if let Some((j, o)) = owner {
+                    self.fail(
+                        span.clone(),
+                        &format!("service[{i}].authority.glue[{k}].name"),
+                        format!(
+                            "`{name}` is already a name of service[{j}] (`{}`: its name, an SRV name or a server's host), whose answers the glue would replace: give the name server a name of its own, such as ns1.{}",
+                            o.name, s.name
+                        ),
+                    );
+                }
+            }
+        }
         for (i, s) in services.iter().enumerate() {
             let Some(outer) = services
                 .iter()
@@ -738,6 +773,22 @@ impl Validator<'_> {
                 drain: s.drain,
             });
         }
+        // The SRV names and the servers' default hosts go in front of the service name: each
+        // must fit a DNS name too, or the answers could not be encoded when dnlb starts.
+        if check_name(&name).is_ok() {
+            let srv = Transport::ALL
+                .iter()
+                .filter(|t| servers.iter().any(|s| s.transports.contains(t)))
+                .map(|t| format!("{}.{name}", t.srv_label()));
+            let hosts = servers.iter().filter(|s| s.host.ends_with(name.as_str())).map(|s| s.host.clone());
+            if let Some(long) = srv.chain(hosts).filter(|n| n.len() > 253).max_by_key(String::len) {
+                self.fail(
+                    raw.name.span(),
+                    &field("name"),
+                    format!("`{name}` is too long for the names made from it: `{long}` has {} characters, more than 253: use a shorter service name (or give the servers a `host`)", long.len()),
+                );
+            }
+        }
         let tls_verify = self.tls_verify(raw.tls_verify, raw.tls_ca_file, &field);
         let authority = raw.authority.map(|a| self.authority(i, &name, a, &servers));
         ServiceConfig { name, policy: raw.policy, answers, ttl, all_down: raw.all_down, tls_verify, servers, authority }
@@ -773,7 +824,13 @@ impl Validator<'_> {
             ),
         }
         let hostmaster = match &raw.hostmaster {
-            None => format!("hostmaster.{zone}"),
+            None => {
+                let name = format!("hostmaster.{zone}");
+                if name.len() > 253 && check_name(zone).is_ok() {
+                    self.fail(span.clone(), &field("hostmaster"), format!("the default `hostmaster.{zone}` is too long ({} characters, more than 253): set hostmaster to a shorter mailbox, such as hostmaster@example.net", name.len()));
+                }
+                name
+            }
             Some(h) => {
                 let text = h.get_ref().trim();
                 // `user@example.net` is the mailbox user.example.net in an SOA.

@@ -162,6 +162,9 @@ pub struct ControlPlane {
     signals: Signals,
     reloads: Receiver<SyncSender<Reply>>,
     hosts_watch: HostsWatch,
+    /// Why the instance must stop: a reload stopped the prober and no prober could start again,
+    /// so the answers would stay frozen on the last health.
+    failed: Option<String>,
     /// Dropped (stopped) with the plane.
     _metrics: Option<MetricsServer>,
     _control: ControlSocket,
@@ -238,6 +241,7 @@ impl ControlPlane {
             signals,
             reloads,
             hosts_watch,
+            failed: None,
             _metrics: metrics,
             _control: control,
             _locks: locks,
@@ -256,7 +260,7 @@ impl ControlPlane {
         let mut watchdog = Watchdog::new(notify::watchdog_interval());
         let mut stalled = None;
         while !self.signals.stop.load(Ordering::Relaxed) && !self.server.worker_died() {
-            if let Some(why) = self.prober.as_ref().and_then(stall) {
+            if let Some(why) = self.prober.as_ref().and_then(stall).or_else(|| self.failed.take()) {
                 tracing::error!("{why}: answers would be frozen; stopping so a supervisor restarts dnlb");
                 stalled = Some(why);
                 break;
@@ -350,7 +354,12 @@ impl ControlPlane {
         let layout = match Layout::new(&applied) {
             Ok(l) => Arc::new(l),
             Err(e) => {
-                return Reply { ok: false, text: format!("cannot build answers: {e}\n"), json: serde_json::Value::Null }
+                tracing::error!("reload refused, the running configuration stays: cannot build answers: {e}");
+                return Reply {
+                    ok: false,
+                    text: format!("cannot build answers: {e}\n"),
+                    json: serde_json::Value::Null,
+                };
             }
         };
         let carry = match self.prober.take().map(Prober::stop_and_carry) {
@@ -361,6 +370,7 @@ impl ControlPlane {
             }
             None => Carry::new(),
         };
+        let mut moved = false;
         if let (Some(f), Some(c)) = (&self.fleet, &applied.cluster) {
             // The old prober is stopped, the new one not started: the membership moves to the
             // new farm (servers, config hash) in between, so no report crosses from one to the
@@ -372,6 +382,7 @@ impl ControlPlane {
                 || hash != crate::cluster::core::config_hash(&self.config, k)
             {
                 tracing::info!(config = %hash, "reload: the farm or its probing changed; the fleet sees the new configuration");
+                moved = true;
                 if let Err(e) = f.handle().reconfigure(servers, hash) {
                     tracing::warn!("reload: {e}");
                 }
@@ -379,7 +390,12 @@ impl ControlPlane {
         }
         match spawn_prober(&applied, layout, &self.snapshots, &carry, self.fleet.as_ref()) {
             Ok(prober) => self.prober = prober,
-            Err(e) => return Reply { ok: false, text: format!("{e}\n"), json: serde_json::Value::Null },
+            Err(e) => {
+                let why = format!("the prober for the new configuration could not start ({e})");
+                tracing::error!("reload refused, the running configuration stays: {why}");
+                self.restart_prober(&carry, moved);
+                return Reply { ok: false, text: format!("{why}\n"), json: serde_json::Value::Null };
+            }
         }
         if let Some(p) = &self.prober {
             await_first_publish(p);
@@ -399,6 +415,32 @@ impl ControlPlane {
                 if restart.is_empty() { String::new() } else { format!("; need a restart: {}", restart.join(", ")) }
             ),
             json: serde_json::json!({"services": services, "kept": kept, "need_restart": need_restart}),
+        }
+    }
+
+    /// After a reload stopped the prober and the new one could not start: starts one again on
+    /// the running configuration with the health `carry` brought over, or, when that fails too,
+    /// marks the instance failed so that [`ControlPlane::serve`] stops it (no prober would ever
+    /// move the answers again). `moved` says whether the fleet's membership was moved to the
+    /// refused configuration's farm (it moves back).
+    fn restart_prober(&mut self, carry: &Carry, moved: bool) {
+        if let (Some(f), Some(c), true) = (&self.fleet, &self.config.cluster, moved) {
+            // Back to the running configuration's farm, which the restarted prober serves.
+            let k = c.probers_per_server;
+            let hash = crate::cluster::core::config_hash(&self.config, k);
+            if let Err(e) = f.handle().reconfigure(crate::cluster::server_keys(&self.config), hash) {
+                tracing::warn!("reload: {e}");
+            }
+        }
+        let restarted = Layout::new(&self.config).map_err(PlaneError::from).and_then(|layout| {
+            spawn_prober(&self.config, Arc::new(layout), &self.snapshots, carry, self.fleet.as_ref())
+        });
+        match restarted {
+            Ok(prober) => {
+                self.prober = prober;
+                self.view.publish(Running::new(self.config.clone(), self.prober.as_ref()));
+            }
+            Err(e) => self.failed = Some(format!("no prober could start again on the running configuration ({e})")),
         }
     }
 
