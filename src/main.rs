@@ -18,6 +18,7 @@ use dnlb::control::privilege::{self, Outcome};
 use dnlb::control::report::{self, View};
 use dnlb::control::socket::{self, Answer, ControlSocket, Reply, Request};
 use dnlb::control::{metrics, notify, runtime};
+use dnlb::hosts::Hosts;
 use dnlb::logging::{self, Format as LogFormat};
 use dnlb::probe::{initial_health, Carry, DrainRequest, ProbeControl, ProbeStatus, ProbeView, Prober};
 use dnlb::server::Server;
@@ -299,7 +300,9 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
 /// policies, the hosts file, the relay's settings and rate limiting. Servers that stay keep their
 /// health; an invalid file changes nothing.
 fn reload(path: &Path, live: &mut Live<'_>) -> Reply {
-    match Config::load(path) {
+    let owned = path.to_path_buf();
+    let Some(loaded) = loaded_aside(live, move || Config::load(&owned)) else { return abandoned() };
+    match loaded {
         Ok(fresh) => apply(fresh, &path.display().to_string(), live),
         Err(e) => {
             tracing::error!("reload refused, the running configuration stays:\n{e}");
@@ -311,16 +314,61 @@ fn reload(path: &Path, live: &mut Live<'_>) -> Reply {
 /// Re-reads the hosts file only (`hosts.watch` saw it change): the running configuration with
 /// the file's new names. A file that does not parse changes nothing.
 fn reload_hosts(source: &HostsSource, live: &mut Live<'_>) -> Reply {
-    match dnlb::hosts::load(&source.path) {
-        Ok(entries) => {
+    tracing::info!("hosts file {} changed: reading it", source.path.display());
+    let (path, ttl) = (source.path.clone(), live.running.config.hosts_ttl);
+    let Some(loaded) = loaded_aside(live, move || Hosts::load(&path, ttl)) else { return abandoned() };
+    match loaded {
+        Ok(hosts) => {
             let mut fresh = (*live.running.config).clone();
-            fresh.hosts = entries;
+            fresh.hosts = Arc::new(hosts);
             apply(fresh, &source.path.display().to_string(), live)
         }
-        Err(problems) => {
-            let text = problems.join("\n");
-            tracing::error!("hosts file change refused, the running names stay:\n{text}");
-            Reply { ok: false, text, json: serde_json::Value::Null }
+        Err(e) => {
+            // One line however many lines are bad: the report names the first few.
+            tracing::error!("hosts file change refused, the running names stay: {e}");
+            Reply { ok: false, text: format!("{e}\n"), json: serde_json::json!({"error": e.to_string()}) }
+        }
+    }
+}
+
+/// The reply to a reload that a stop overtook.
+fn abandoned() -> Reply {
+    let text = "the reload was abandoned: dnlb is stopping, or could not start a thread to read the files\n";
+    Reply { ok: false, text: text.into(), json: serde_json::json!({"error": text.trim()}) }
+}
+
+/// Runs `load` (a configuration or a hosts file: a file of a million names takes a second or
+/// more) on a thread of its own while this one goes on feeding the service manager's watchdog
+/// and watching for SIGTERM; `None` if a stop came first (the load is left to the exiting
+/// process) or no thread could be started.
+fn loaded_aside<T: Send + 'static>(live: &Live<'_>, load: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    let (tx, rx) = sync_channel(1);
+    let spawned = std::thread::Builder::new().name("dnlb-load".into()).spawn(move || {
+        // The receiver is gone only when dnlb is stopping: the result is not wanted then.
+        let _sent = tx.send(load());
+    });
+    if let Err(e) = spawned {
+        tracing::error!("cannot start a thread to read the files: {e}");
+        return None;
+    }
+    let every = notify::watchdog_interval();
+    let mut fed = Instant::now();
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(value) => return Some(value),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return None,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if live.stop.load(Ordering::Relaxed) {
+            return None;
+        }
+        // Fed on the main loop's terms: only while every worker runs and the prober progresses.
+        let working = !live.server.worker_died() && live.running.prober.as_ref().is_none_or(|p| !p.stalled());
+        if let Some(every) = every.filter(|&e| working && fed.elapsed() >= e) {
+            fed = Instant::now();
+            if let Err(e) = notify::watchdog() {
+                tracing::debug!("{e} (every {every:?})");
+            }
         }
     }
 }
@@ -401,12 +449,14 @@ struct Live<'a> {
     snapshots: &'a SnapshotHandle,
     shared: &'a Mutex<Shared>,
     view: &'a ArcSwapOption<ProbeView>,
+    /// Set by SIGINT and SIGTERM: a load in progress is abandoned for it.
+    stop: &'a AtomicBool,
 }
 
 /// Puts `fresh` (read from `source`) in place of the running configuration, as far as it can
 /// change without a restart.
 fn apply(fresh: Config, source: &str, live: &mut Live<'_>) -> Reply {
-    let Live { server, running, snapshots, shared, view } = live;
+    let Live { server, running, snapshots, shared, view, .. } = live;
     let old = running.config.clone();
     let fixed = needs_restart(&old, &fresh);
     if !fixed.is_empty() {
@@ -612,6 +662,7 @@ fn run(args: RunArgs) -> Result<()> {
                 snapshots: &snapshots,
                 shared: &shared,
                 view: &probe_view,
+                stop: &stop,
             };
             let reply = notified_reload(&serving, || match &trigger {
                 Trigger::Hosts(source) => reload_hosts(source, &mut live),

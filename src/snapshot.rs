@@ -22,6 +22,7 @@ use crate::dns::answer::{Ring, Template, Window};
 use crate::dns::encode::{self, EncodeError};
 use crate::dns::query::{flag, rcode};
 use crate::dns::{rtype, wire_name};
+use crate::hosts::Hosts;
 use crate::select;
 use crate::sites::{SiteId, Steering, NO_SITE};
 
@@ -74,7 +75,7 @@ impl Hasher for NameHasher {
 /// How a managed (name, type) is answered.
 #[derive(Debug)]
 enum Entry {
-    /// The same reply whatever the health (SRV targets' addresses, hosts-file names).
+    /// The same reply whatever the health (SRV targets' addresses).
     Fixed(Template),
     /// From health: the index of its [`Answers`] in each view of a snapshot.
     Health(usize),
@@ -132,6 +133,9 @@ pub struct Layout {
     dynamic: usize,
     /// Which view each client gets (`[[sites]]`).
     steering: Steering,
+    /// The hosts-file names, encoded when the file was read and shared with the configuration:
+    /// looked up after the SIP names, which win a clash.
+    hosts: Arc<Hosts>,
     /// The answer to ANY over UDP for every managed name: one synthesized HINFO (RFC 8482), so
     /// ANY cannot be used to amplify. Its owner is a pointer to the question, so one template
     /// serves every name.
@@ -219,6 +223,7 @@ impl Snapshot {
             services: Vec::new(),
             dynamic: 0,
             steering: Steering::default(),
+            hosts: Arc::default(),
             any_udp: Template::empty(true, rcode::NOERROR),
         };
         Snapshot {
@@ -317,17 +322,27 @@ impl Snapshot {
         client: Option<IpAddr>,
         rotation: &mut [u32],
     ) -> Lookup<'_> {
-        let Some(entry) = self.layout.names.get(name) else {
-            return Lookup::NotManaged;
-        };
         // RFC 8482: ANY over UDP gets the synthesized HINFO (nothing to amplify with); over TCP,
         // where the source is proven, one RRset, the A set, the useful one for a SIP name.
-        if qtype == rtype::ANY && udp {
+        let any_udp = qtype == rtype::ANY && udp;
+        let wanted = if qtype == rtype::ANY { rtype::A } else { qtype };
+        let Some(entry) = self.layout.names.get(name) else {
+            return match self.layout.hosts.lookup(name, wanted) {
+                None => Lookup::NotManaged,
+                Some(_) if any_udp => Lookup::Answer(&self.layout.any_udp),
+                Some(records) => Lookup::Window(records),
+            };
+        };
+        if any_udp {
             return Lookup::Answer(&self.layout.any_udp);
         }
-        let wanted = if qtype == rtype::ANY { rtype::A } else { qtype };
         let Some((_, found)) = entry.by_type.iter().find(|(t, _)| *t == wanted) else {
-            return Lookup::Answer(&entry.nodata);
+            // A type the SIP name does not have may still be the hosts file's (its A for an SRV
+            // owner, say): the SIP name wins a clash only for the types it answers.
+            return match self.layout.hosts.lookup(name, wanted) {
+                Some(records) if records.count > 0 => Lookup::Window(records),
+                _ => Lookup::Answer(&entry.nodata),
+            };
         };
         let index = match found {
             Entry::Fixed(t) => return Lookup::Answer(t),
@@ -353,7 +368,7 @@ impl Snapshot {
         }
     }
 
-    /// The managed names, lower-case wire format (for tests and diagnostics).
+    /// The managed names but the hosts file's, lower-case wire format (for tests and diagnostics).
     pub fn names(&self) -> impl Iterator<Item = &[u8]> {
         self.layout.names.keys().map(|k| &k[..])
     }
@@ -367,13 +382,14 @@ impl Layout {
             services: Vec::with_capacity(config.services.len()),
             dynamic: 0,
             steering: Steering::new(config),
+            // Parsed and encoded when the file was read: nothing per name here, so neither the
+            // prober nor a reload redoes that work.
+            hosts: config.hosts.clone(),
             any_udp: Template::empty(true, rcode::NOERROR),
         };
         for service in &config.services {
             layout.service(service)?;
         }
-        // Hosts-file names come after the SIP names, which win a clash (`add` keeps the first).
-        layout.hosts(&config.hosts, config.hosts_ttl)?;
         let any_owner = encode::name("any.invalid")?;
         layout.any_udp =
             encode::template(&any_owner, rtype::ANY, vec![encode::rfc8482_record(&any_owner, ANY_TTL)], vec![])?;
@@ -383,7 +399,8 @@ impl Layout {
     /// Whether `config` has the shape this layout was made for (the same services and SRV
     /// names), so its health-dependent answers line up.
     fn fits(&self, config: &Config) -> bool {
-        config.services.len() == self.services.len()
+        Arc::ptr_eq(&self.hosts, &config.hosts)
+            && config.services.len() == self.services.len()
             && config.services.iter().zip(&self.services).all(|(s, l)| {
                 Transport::ALL.iter().filter(|t| s.servers.iter().any(|v| v.transports.contains(t))).count()
                     == l.srv.len()
@@ -467,34 +484,6 @@ impl Layout {
             let template =
                 Template { flags: flag::AA, counts: [count, 0, 0], required_len: body.len(), body: body.into() };
             self.add(&owner, qtype, Entry::Fixed(template))?;
-        }
-        Ok(())
-    }
-
-    /// A, AAAA for every hosts-file name and PTR for every address (to its first name).
-    fn hosts(&mut self, entries: &[crate::hosts::HostEntry], ttl: u32) -> Result<(), EncodeError> {
-        let mut by_name: Vec<(&str, Vec<IpAddr>)> = Vec::new();
-        let mut ptrs: Vec<(IpAddr, &str)> = Vec::new();
-        for e in entries {
-            for name in &e.names {
-                match by_name.iter_mut().find(|(n, _)| n == name) {
-                    Some((_, addrs)) if !addrs.contains(&e.address) => addrs.push(e.address),
-                    Some(_) => {}
-                    None => by_name.push((name, vec![e.address])),
-                }
-            }
-            if !ptrs.iter().any(|(a, _)| *a == e.address) {
-                ptrs.push((e.address, &e.names[0]));
-            }
-        }
-        for (name, addrs) in by_name {
-            self.add_addresses(name, &addrs, ttl)?;
-        }
-        for (address, name) in ptrs {
-            let owner = encode::name(&crate::hosts::reverse_name(address))?;
-            let record = encode::ptr_record(&owner, ttl, &encode::name(name)?);
-            let template = encode::template(&owner, rtype::PTR, vec![record], vec![])?;
-            self.add(&owner, rtype::PTR, Entry::Fixed(template))?;
         }
         Ok(())
     }

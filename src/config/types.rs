@@ -87,8 +87,9 @@ pub struct Config {
     pub probe: ProbeConfig,
     /// The SIP service names dnlb answers itself.
     pub services: Vec<ServiceConfig>,
-    /// Local names from the hosts file, answered like the SIP names (A, AAAA, PTR).
-    pub hosts: Vec<crate::hosts::HostEntry>,
+    /// Local names from the hosts file, answered like the SIP names (A, AAAA, PTR): parsed and
+    /// encoded once when the file is read, shared by every snapshot of this configuration.
+    pub hosts: std::sync::Arc<crate::hosts::Hosts>,
     /// TTL of the hosts-file answers, in seconds.
     pub hosts_ttl: u32,
     /// Where `hosts` came from (`None`: no `[hosts]` section).

@@ -81,7 +81,7 @@ impl Validator<'_> {
                 let (entries, ttl, source) = self.hosts(h);
                 (entries, ttl, Some(source))
             }
-            None => (Vec::new(), 60, None),
+            None => (Default::default(), 60, None),
         };
         let relay = raw.relay.map(|r| self.relay(r));
         let rrl = raw.rrl.map(|r| self.rrl(r));
@@ -307,16 +307,15 @@ impl Validator<'_> {
         out
     }
 
-    fn hosts(&mut self, raw: RawHosts) -> (Vec<crate::hosts::HostEntry>, u32, HostsSource) {
+    fn hosts(&mut self, raw: RawHosts) -> (std::sync::Arc<crate::hosts::Hosts>, u32, HostsSource) {
         let ttl = self.ranged(&raw.ttl, "hosts.ttl", 0, 86_400, " s") as u32;
         let path = self.base.join(raw.file.get_ref());
-        let entries = crate::hosts::load(&path).unwrap_or_else(|problems| {
-            for p in problems {
-                self.fail(raw.file.span(), "hosts.file", p);
-            }
-            Vec::new()
+        // One problem however many lines are bad: the report names the first few and counts the rest.
+        let hosts = crate::hosts::Hosts::load(&path, ttl).unwrap_or_else(|e| {
+            self.fail(raw.file.span(), "hosts.file", e.to_string());
+            Default::default()
         });
-        (entries, ttl, HostsSource { path, watch: raw.watch })
+        (std::sync::Arc::new(hosts), ttl, HostsSource { path, watch: raw.watch })
     }
 
     fn server(&mut self, raw: RawServerSection) -> ServerConfig {
