@@ -563,7 +563,7 @@ fn run(args: RunArgs) -> Result<()> {
                 prober: probe_view.clone(),
                 snapshots: snapshots.clone(),
             };
-            let endpoint = metrics::MetricsServer::start(m.listen, sources).context("starting the metrics endpoint")?;
+            let endpoint = metrics::MetricsServer::start_with(m, sources).context("starting the metrics endpoint")?;
             tracing::info!("metrics on http://{}/metrics", endpoint.local_addr());
             Some(endpoint)
         }

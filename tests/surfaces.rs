@@ -8,8 +8,12 @@
 
 mod common;
 
-use std::net::IpAddr;
+use std::io::{BufRead, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::process::Dnlb;
@@ -218,4 +222,207 @@ fn a_file_of_bad_lines_is_refused_with_a_bounded_report() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && text.len() < 4096 && text.contains("1999990 more"), "{}", tail(&text));
+}
+
+/// A client that holds a connection without finishing its request.
+enum Hold {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Hold {
+    fn connect(to: &Target) -> Option<Hold> {
+        match to {
+            Target::Tcp(addr) => TcpStream::connect_timeout(addr, Duration::from_secs(1)).ok().map(Hold::Tcp),
+            Target::Unix(path) => UnixStream::connect(path).ok().map(Hold::Unix),
+        }
+    }
+
+    /// Sends one more byte of a request that never ends; `false` once the server closed it.
+    fn drip(&mut self, byte: u8) -> bool {
+        match self {
+            Hold::Tcp(s) => s.write_all(&[byte]).is_ok(),
+            Hold::Unix(s) => s.write_all(&[byte]).is_ok(),
+        }
+    }
+
+    /// Whether the server has closed it (without blocking).
+    fn closed(&mut self) -> bool {
+        let mut buf = [0u8; 64];
+        let read = match self {
+            Hold::Tcp(s) => s.set_nonblocking(true).and_then(|()| s.read(&mut buf)),
+            Hold::Unix(s) => s.set_nonblocking(true).and_then(|()| s.read(&mut buf)),
+        };
+        !matches!(read, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+}
+
+/// Where the attack goes.
+#[derive(Clone)]
+enum Target {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+/// `idle` silent clients and `slow` slowloris clients (a byte every 100 ms, never a whole
+/// request) against `to`, each reconnecting as soon as it is closed, until `stop`; counts the
+/// reconnections. Bounded: the connections it holds, and it ends with the test.
+fn attack(to: Target, idle: usize, slow: usize, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        let open = |n: usize| (0..n).filter_map(|_| Hold::connect(&to)).collect::<Vec<_>>();
+        let (mut silent, mut dripping) = (open(idle), open(slow));
+        let mut reconnected = 0;
+        // A header that never ends: "GET /metrics HTTP/1.1\r\nX: aaaa..." or `{"cmd": "status"     ...`.
+        let body: &[u8] = match to {
+            Target::Tcp(_) => b"GET /metrics HTTP/1.1\r\nX-Slow: ",
+            Target::Unix(_) => b"{\"cmd\": \"status\"",
+        };
+        let mut step = 0usize;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+            let byte = body.get(step).copied().unwrap_or(b' ');
+            step += 1;
+            for c in dripping.iter_mut() {
+                if !c.drip(byte) {
+                    if let Some(fresh) = Hold::connect(&to) {
+                        *c = fresh;
+                        reconnected += 1;
+                    }
+                }
+            }
+            for c in silent.iter_mut() {
+                if c.closed() {
+                    if let Some(fresh) = Hold::connect(&to) {
+                        *c = fresh;
+                        reconnected += 1;
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        reconnected
+    })
+}
+
+/// One scrape on a fresh connection: its time, or a panic naming what went wrong.
+fn timed_scrape(addr: SocketAddr) -> Duration {
+    let start = Instant::now();
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect to the metrics endpoint");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    let mut reply = Vec::new();
+    let _read = s.read_to_end(&mut reply);
+    let took = start.elapsed();
+    let text = String::from_utf8_lossy(&reply);
+    assert!(
+        text.starts_with("HTTP/1.1 200 OK") && text.contains("dnlb_build_info"),
+        "no scrape after {took:?}: {text:.200}"
+    );
+    took
+}
+
+/// One `status` request on the control socket (what `dnlb status` sends): its time.
+fn timed_status(path: &Path) -> Duration {
+    let start = Instant::now();
+    let mut s = UnixStream::connect(path).expect("connect to the control socket");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"{\"cmd\":\"status\"}\n").unwrap();
+    let mut reply = String::new();
+    let _read = std::io::BufReader::new(&s).read_line(&mut reply);
+    let took = start.elapsed();
+    assert!(reply.contains("\"ok\":true") && reply.contains("generation"), "no status after {took:?}: {reply:.200}");
+    took
+}
+
+/// The median of five timings of `f`.
+fn median(mut f: impl FnMut() -> Duration) -> (Duration, Vec<Duration>) {
+    let mut all: Vec<Duration> = (0..5).map(|_| f()).collect();
+    let shown = all.clone();
+    all.sort();
+    (all[2], shown)
+}
+
+/// A configuration with metrics on 127.0.3.2:`metrics` (and `extra` lines in `[metrics]`).
+fn listeners_config(port: u16, metrics: u16, dir: &Path, extra: &str) -> String {
+    format!(
+        "[server]\nlisten = [\"127.0.3.1:{port}\"]\nworkers = 1\npin_workers = false\nruntime_dir = \"{}\"\n\
+         [probe]\nenabled = false\n[metrics]\nlisten = \"127.0.3.2:{metrics}\"\n{extra}\
+         [[service]]\nname = \"sip.example.test\"\n[[service.server]]\naddress = \"127.0.3.11\"\n",
+        dir.join("run").display()
+    )
+}
+
+/// 100 idle and 100 slowloris clients on each listener (reconnecting when closed): a scrape and
+/// a status request are still answered within 200 ms (they waited seconds behind each one); the
+/// slowloris clients are closed by the read deadline; past the connection bound, the clients that
+/// made progress least recently make room.
+#[test]
+fn the_listeners_answer_under_idle_and_slowloris_clients() {
+    let dir = scratch("listeners");
+    let (port, metrics_port) = (free_port(), free_port());
+    let d = Dnlb::spawn(dir.clone(), &listeners_config(port, metrics_port, &dir, ""));
+    d.wait_for_control();
+    let metrics = SocketAddr::from(([127, 0, 3, 2], metrics_port));
+    let control = dir.join("run").join(format!("127.0.3.1-{port}.sock"));
+    assert!(control.exists(), "{}", control.display());
+    let stop = Arc::new(AtomicBool::new(false));
+    let attackers = [
+        attack(Target::Tcp(metrics), 100, 100, stop.clone()),
+        attack(Target::Unix(control.clone()), 100, 100, stop.clone()),
+    ];
+    // Every attacker connected and dripping.
+    std::thread::sleep(Duration::from_millis(500));
+    let (scrape, scrapes) = median(|| timed_scrape(metrics));
+    let (status, statuses) = median(|| timed_status(&control));
+    let cli = Instant::now();
+    let out = d.cli(&["status"]).unwrap();
+    let cli = cli.elapsed();
+    eprintln!(
+        "under 100 idle + 100 slowloris clients each: scrapes {scrapes:?}, status {statuses:?}, `dnlb status` {cli:?}"
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(scrape < Duration::from_millis(200), "a scrape took {scrape:?} (median of {scrapes:?})");
+    assert!(status < Duration::from_millis(200), "a status took {status:?} (median of {statuses:?})");
+
+    // Past the bound (256): 300 more silent clients; the new ones take the places of the ones
+    // that made progress least recently, and a scrape still gets in.
+    let crowd: Vec<TcpStream> = (0..300).filter_map(|_| TcpStream::connect(metrics).ok()).collect();
+    let unix_crowd: Vec<UnixStream> = (0..300).filter_map(|_| UnixStream::connect(&control).ok()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let (scrape, scrapes) = median(|| timed_scrape(metrics));
+    let (status, statuses) = median(|| timed_status(&control));
+    eprintln!("and 300 more silent clients each: scrapes {scrapes:?}, status {statuses:?}");
+    assert!(scrape < Duration::from_millis(200), "a scrape took {scrape:?} past the connection bound");
+    assert!(status < Duration::from_millis(200), "a status took {status:?} past the connection bound");
+    drop((crowd, unix_crowd));
+
+    // The read deadline (2 s) closed slowloris clients: they had to reconnect.
+    std::thread::sleep(Duration::from_millis(2500));
+    stop.store(true, Ordering::Relaxed);
+    let reconnected: Vec<usize> = attackers.into_iter().map(|a| a.join().unwrap()).collect();
+    assert!(reconnected.iter().all(|&n| n >= 100), "clients closed by the deadlines: {reconnected:?}");
+    assert!(alive(d.child.id()), "{}", tail(&d.stderr()));
+}
+
+/// `[metrics] allow`: a client outside the prefixes is closed at once; one inside is served.
+#[test]
+fn metrics_allow_lists_client_prefixes() {
+    let dir = scratch("allow");
+    let (port, metrics_port) = (free_port(), free_port());
+    let d = Dnlb::spawn(dir.clone(), &listeners_config(port, metrics_port, &dir, "allow = [\"127.0.3.0/24\"]\n"));
+    d.wait_for_control();
+    let metrics = SocketAddr::from(([127, 0, 3, 2], metrics_port));
+    let from = |source: [u8; 4]| {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.bind(&SocketAddr::from((source, 0)).into()).unwrap();
+        s.connect(&metrics.into()).unwrap();
+        let mut s: TcpStream = s.into();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _sent = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n");
+        let mut reply = Vec::new();
+        let _read = s.read_to_end(&mut reply);
+        String::from_utf8_lossy(&reply).into_owned()
+    };
+    assert!(from([127, 0, 3, 5]).starts_with("HTTP/1.1 200 OK"), "a client inside allow");
+    assert_eq!(from([127, 0, 0, 1]), "", "a client outside allow got an answer");
 }

@@ -129,6 +129,12 @@ pub struct HostsSource {
 pub struct MetricsConfig {
     /// The HTTP address `GET /metrics` is served on, e.g. `127.0.0.1:9153`.
     pub listen: SocketAddr,
+    /// The client prefixes served (`metrics.allow`); empty: every client. Others are closed at
+    /// once.
+    pub allow: Vec<Prefix>,
+    /// Connections held at once (`metrics.max_connections`); past it, the one that made progress
+    /// least recently is closed for the new one.
+    pub max_connections: usize,
 }
 
 /// The upstream relay for every name dnlb does not manage.

@@ -10,6 +10,7 @@
 //! - [`notify`]: READY, RELOADING and WATCHDOG for a service manager (`sd_notify`).
 
 pub mod instance;
+pub mod listener;
 pub mod metrics;
 pub mod notify;
 pub mod privilege;
