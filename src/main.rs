@@ -16,8 +16,9 @@ use dnlb::config::{Config, HostsSource, IoMode};
 use dnlb::control::instance::InstanceLocks;
 use dnlb::control::privilege::{self, Outcome};
 use dnlb::control::report::{self, View};
+use dnlb::control::runtime::{self, RuntimeDir};
 use dnlb::control::socket::{self, Answer, ControlSocket, Reply, Request};
-use dnlb::control::{metrics, notify, runtime};
+use dnlb::control::{metrics, notify};
 use dnlb::hosts::Hosts;
 use dnlb::logging::{self, Format as LogFormat};
 use dnlb::probe::{initial_health, Carry, DrainRequest, ProbeControl, ProbeStatus, ProbeView, Prober};
@@ -227,7 +228,7 @@ fn heartbeat_age(status: &ProbeStatus) -> Duration {
 /// The control socket path of the instance `config` describes.
 fn control_path(config: &Config) -> Result<PathBuf> {
     let first = *config.server.listen.first().context("the configuration has no listen address")?;
-    Ok(runtime::control_socket(&runtime::dir(config.server.runtime_dir.as_deref()), first))
+    Ok(runtime::control_socket(&runtime::dir(config.server.runtime_dir.as_deref())?, first))
 }
 
 fn ask(config_path: &Path, request: Request, json: bool) -> Result<()> {
@@ -543,7 +544,13 @@ fn run(args: RunArgs) -> Result<()> {
     let target = config.server.user.as_deref().map(privilege::resolve).transpose()?;
     // One instance per listen address: SO_REUSEPORT would let a second dnlb bind silently and
     // split the clients between two configurations. Held until run() returns.
-    let locks = InstanceLocks::acquire(&runtime::dir(config.server.runtime_dir.as_deref()), &config.server.listen)?;
+    // Checked before anything is made in it (ours or root's, no one else's to write); what dnlb
+    // makes there is given to server.user before it drops to it.
+    let runtime_dir = RuntimeDir::prepare(
+        &runtime::dir(config.server.runtime_dir.as_deref())?,
+        target.as_ref().map(privilege::Target::ids),
+    )?;
+    let locks = InstanceLocks::acquire(&runtime_dir, &config.server.listen)?;
     // The first snapshot follows the configured start state; the prober publishes from then on.
     let snapshot = Snapshot::build(&config, &initial_health(&config), 0, 1).context("building answers")?;
     let snapshots = SnapshotHandle::new(snapshot);
@@ -589,7 +596,7 @@ fn run(args: RunArgs) -> Result<()> {
     }));
     let (reload_tx, reload_rx): (SyncSender<SyncSender<Reply>>, Receiver<SyncSender<Reply>>) = sync_channel(1);
     let control = Control { shared: shared.clone(), snapshots: snapshots.clone(), reloads: reload_tx };
-    let _control = ControlSocket::start(&control_path, control)?;
+    let _control = ControlSocket::start(&runtime_dir, &control_path, control)?;
     // Every socket is bound (the prober's, the control socket) while still root; from here on,
     // the user's.
     if let Some(target) = &target {

@@ -426,3 +426,124 @@ fn metrics_allow_lists_client_prefixes() {
     assert!(from([127, 0, 3, 5]).starts_with("HTTP/1.1 200 OK"), "a client inside allow");
     assert_eq!(from([127, 0, 0, 1]), "", "a client outside allow got an answer");
 }
+
+/// Runs dnlb on `config` (as `user`, with `env`) for at most 5 s: its exit code (`None`: it was
+/// still running and was stopped) and its log.
+fn run_briefly(config: &Path, user: Option<&nix::unistd::User>, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    use std::os::unix::process::CommandExt;
+    let log = config.with_extension("log");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_dnlb"));
+    cmd.args(["--config", config.to_str().unwrap(), "--io", "portable"]);
+    cmd.stdout(std::process::Stdio::null()).stderr(std::fs::File::create(&log).unwrap());
+    cmd.env_remove("RUNTIME_DIRECTORY").env_remove("XDG_RUNTIME_DIR").env_remove("NOTIFY_SOCKET");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    if let Some(u) = user {
+        cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
+    }
+    let mut child = cmd.spawn().unwrap();
+    let start = Instant::now();
+    let code = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break status.code();
+        }
+        if start.elapsed() > Duration::from_secs(5) {
+            common::terminate(&mut child);
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (code, std::fs::read_to_string(&log).unwrap_or_default())
+}
+
+/// A configuration on 127.0.3.1:`port` with `server` lines (a runtime directory, a user).
+fn runtime_config(dir: &Path, name: &str, port: u16, server: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    let text = format!(
+        "[server]\nlisten = [\"127.0.3.1:{port}\"]\nworkers = 1\npin_workers = false\n{server}\
+         [probe]\nenabled = false\n[[service]]\nname = \"sip.example.test\"\n[[service.server]]\naddress = \"127.0.3.11\"\n"
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Runs `script` with `sh -c` as user `u` (setpriv), as another local user would.
+fn as_user(u: &nix::unistd::User, script: &str) {
+    let status = std::process::Command::new("setpriv")
+        .args(["--reuid", &u.uid.to_string(), "--regid", &u.gid.to_string(), "--clear-groups", "sh", "-c", script])
+        .status()
+        .unwrap();
+    assert!(status.success(), "as {}: {script}", u.name);
+}
+
+/// The runtime directory under attack (run as root; `nobody` is the other user): the issue's
+/// world-writable directory of nobody's with a link where the lock file goes is refused and the
+/// link's target left alone; so are a private directory of nobody's, root's directory open to
+/// others, and a link in root's own directory. A directory dnlb makes is 0700 and, with
+/// `server.user`, given with its lock file and socket to that user; without a runtime directory
+/// of its own, a user gets an error instead of a shared `/tmp` fallback.
+#[test]
+fn runtime_directories_that_others_own_or_may_write_are_refused() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !common::require(nix::unistd::geteuid().is_root(), "running as root (nobody sets up the directories)") {
+        return;
+    }
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().expect("user nobody exists");
+    let base = scratch("runtime");
+    let victim = base.join("victim");
+    std::fs::write(&victim, "precious\n").unwrap();
+    let port = free_port();
+    let lock_name = format!("127.0.3.1-{port}.lock");
+    let refused = |name: &str, runtime: &Path, says: &[&str]| {
+        let config = runtime_config(&base, name, port, &format!("runtime_dir = \"{}\"\n", runtime.display()));
+        let (code, log) = run_briefly(&config, None, &[]);
+        assert_eq!(code, Some(1), "{name}: dnlb was not refused:\n{log}");
+        for part in says {
+            assert!(log.contains(part), "{name}: the error does not say `{part}`:\n{log}");
+        }
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n", "{name}: the link's target was written");
+    };
+
+    // The issue's attack: nobody's world-writable folder in /tmp, a link where the lock goes.
+    let attack = std::env::temp_dir().join(format!("dnlb-surfaces-attack-{}", std::process::id()));
+    let _stale = std::fs::remove_dir_all(&attack);
+    as_user(&nobody, &format!("mkdir -m 777 {0} && ln -s {1} {0}/{lock_name}", attack.display(), victim.display()));
+    refused("attack", &attack, &["belongs to uid 65534 (nobody), not to root", "chown 0"]);
+    // Made private, still nobody's.
+    as_user(&nobody, &format!("chmod 700 {}", attack.display()));
+    refused("foreign", &attack, &["belongs to uid 65534 (nobody)"]);
+    std::fs::remove_dir_all(&attack).unwrap();
+
+    // Root's, but open to others; then private with a link left in it.
+    let open = base.join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::os::unix::fs::symlink(&victim, open.join(&lock_name)).unwrap();
+    refused("open", &open, &["is writable by group and others (mode 0777)", "chmod go-w"]);
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o700)).unwrap();
+    refused("link", &open, &[&format!("{lock_name} is a symbolic link")]);
+
+    // Made by dnlb for server.user: 0700, the user's, and so are the lock file and the socket.
+    let made = base.join("made").join("run");
+    let config =
+        runtime_config(&base, "made", port, &format!("runtime_dir = \"{}\"\nuser = \"nobody\"\n", made.display()));
+    let mut d = Dnlb::run(config);
+    d.wait_for_control();
+    let socket = made.join(format!("127.0.3.1-{port}.sock"));
+    for (path, mode) in [(&made, 0o700), (&made.join(&lock_name), 0o644), (&socket, 0o600)] {
+        let meta = std::fs::symlink_metadata(path).unwrap();
+        assert_eq!((meta.uid(), meta.mode() & 0o777), (nobody.uid.as_raw(), mode), "{}", path.display());
+    }
+    let (_, code) = d.stop();
+    assert_eq!(code, Some(0), "{}", tail(&d.stderr()));
+    assert!(!socket.exists(), "the socket, nobody's, was not removed at the end");
+
+    // No runtime directory of its own: a clear error, not /tmp/dnlb-UID.
+    let config = runtime_config(&base, "none", port, "");
+    let (code, log) = run_briefly(&config, Some(&nobody), &[]);
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains("no runtime directory for uid 65534") && log.contains("set server.runtime_dir"), "{log}");
+    assert!(!Path::new("/tmp/dnlb-65534").join(&lock_name).exists());
+    let _removed = std::fs::remove_dir_all(&base);
+}

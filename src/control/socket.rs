@@ -27,6 +27,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::listener::{Cut, Limits, Response, Service, Serving, DEFAULT_MAX_CONNECTIONS};
+use super::runtime::{RuntimeDir, RuntimeError};
 
 /// The longest request taken.
 const MAX_REQUEST: usize = 64 * 1024;
@@ -36,6 +37,10 @@ const REQUEST_TIME: Duration = Duration::from_secs(2);
 /// Why the control socket could not be set up or reached.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
+    /// The runtime directory refuses the socket's name (a link or a file is there, or the socket
+    /// cannot be given to `server.user`).
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
     /// Another process answers on this socket: an instance already runs for this address.
     #[error("another dnlb already answers on {0}: stop it first, or give this one another listen address")]
     InUse(PathBuf),
@@ -118,22 +123,17 @@ pub struct ControlSocket {
 }
 
 impl ControlSocket {
-    /// Binds `path` (a stale socket nobody answers on is replaced) and serves it with `answer`.
-    pub fn start(path: &Path, answer: impl Answer) -> Result<ControlSocket, ControlError> {
+    /// Binds `path` in the runtime directory `dir` (a stale socket nobody answers on is
+    /// replaced; anything else there is refused) and serves it with `answer`.
+    pub fn start(dir: &RuntimeDir, path: &Path, answer: impl Answer) -> Result<ControlSocket, ControlError> {
         if UnixStream::connect(path).is_ok() {
             return Err(ControlError::InUse(path.to_path_buf()));
         }
         let bind = |source| ControlError::Bind { path: path.to_path_buf(), source };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(bind)?;
-        }
-        match std::fs::remove_file(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(bind(e)),
-        }
+        dir.clear_socket(path)?;
         let listener = UnixListener::bind(path).map_err(bind)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind)?;
+        dir.adopt(path)?;
         listener.set_nonblocking(true).map_err(bind)?;
         let limits = Limits {
             max_connections: DEFAULT_MAX_CONNECTIONS,
