@@ -125,9 +125,10 @@ fn proc_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// A debug build does in 10 s what the release build is held to 2 s for (perf/hosts.sh and
-/// tuning.md hold the release figures); today's quadratic load took minutes at this size.
-const DEBUG_LOAD_LIMIT: Duration = Duration::from_secs(20);
+/// What a debug build gets for a million lines: about 3 s of CPU, 30 s allowed for a machine
+/// busy with other builds (perf/hosts.sh and tuning.md hold the release figures: under a
+/// second); the quadratic load this replaced took minutes at that size.
+const DEBUG_LOAD_LIMIT: Duration = Duration::from_secs(30);
 
 /// 50,000 lines at start: answered at once, and the prober's first publish (which built every
 /// hosts answer on its own thread, stalling it past the watchdog's limit) keeps its heartbeat.
@@ -137,7 +138,9 @@ fn a_50000_line_hosts_file_starts_and_the_prober_keeps_its_heartbeat() {
     std::fs::write(dir.join("hosts"), hosts_lines(50_000, "a")).unwrap();
     let d = Dnlb::spawn(dir.clone(), &hosts_config(free_port(), &dir, false, ""));
     let last = address_of(49_999);
-    let took = until(&d, "the last name answered", DEBUG_LOAD_LIMIT, || answers(&d, "h49999.a.example.test.", last));
+    // 0.7 s here; the quadratic load took tens of seconds, and the watchdog ended dnlb first.
+    let took =
+        until(&d, "the last name answered", Duration::from_secs(10), || answers(&d, "h49999.a.example.test.", last));
     eprintln!("50,000 lines: answered {took:?} after the first look");
     assert_eq!(ptr(&d, last).as_deref(), Some("h49999.a.example.test."));
     // The prober's verdict for 127.0.3.11 is published (generation 2 or later): the snapshot it
