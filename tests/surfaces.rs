@@ -355,18 +355,24 @@ fn listeners_config(port: u16, metrics: u16, dir: &Path, extra: &str) -> String 
     )
 }
 
+/// dnlb with metrics on 127.0.3.2 (`extra` lines in `[metrics]`), its control socket up: it, the
+/// metrics address and the control socket's path.
+fn start_listeners(name: &str, extra: &str) -> (Dnlb, SocketAddr, PathBuf) {
+    let dir = scratch(name);
+    let (port, metrics_port) = (free_port(), free_port());
+    let d = Dnlb::spawn(dir.clone(), &listeners_config(port, metrics_port, &dir, extra));
+    d.wait_for_control();
+    let control = dir.join("run").join(format!("127.0.3.1-{port}.sock"));
+    (d, SocketAddr::from(([127, 0, 3, 2], metrics_port)), control)
+}
+
 /// 100 idle and 100 slowloris clients on each listener (reconnecting when closed): a scrape and
 /// a status request are still answered within 200 ms (they waited seconds behind each one); the
 /// slowloris clients are closed by the read deadline; past the connection bound, the clients that
 /// made progress least recently make room.
 #[test]
 fn the_listeners_answer_under_idle_and_slowloris_clients() {
-    let dir = scratch("listeners");
-    let (port, metrics_port) = (free_port(), free_port());
-    let d = Dnlb::spawn(dir.clone(), &listeners_config(port, metrics_port, &dir, ""));
-    d.wait_for_control();
-    let metrics = SocketAddr::from(([127, 0, 3, 2], metrics_port));
-    let control = dir.join("run").join(format!("127.0.3.1-{port}.sock"));
+    let (d, metrics, control) = start_listeners("listeners", "");
     assert!(control.exists(), "{}", control.display());
     let stop = Arc::new(AtomicBool::new(false));
     let attackers = [
@@ -410,11 +416,7 @@ fn the_listeners_answer_under_idle_and_slowloris_clients() {
 /// `[metrics] allow`: a client outside the prefixes is closed at once; one inside is served.
 #[test]
 fn metrics_allow_lists_client_prefixes() {
-    let dir = scratch("allow");
-    let (port, metrics_port) = (free_port(), free_port());
-    let d = Dnlb::spawn(dir.clone(), &listeners_config(port, metrics_port, &dir, "allow = [\"127.0.3.0/24\"]\n"));
-    d.wait_for_control();
-    let metrics = SocketAddr::from(([127, 0, 3, 2], metrics_port));
+    let (_d, metrics, _) = start_listeners("allow", "allow = [\"127.0.3.0/24\"]\n");
     let from = |source: [u8; 4]| {
         let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
         s.bind(&SocketAddr::from((source, 0)).into()).unwrap();
