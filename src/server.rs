@@ -14,16 +14,16 @@ use std::thread::JoinHandle;
 use crossbeam_utils::CachePadded;
 
 use crate::config::{RelayConfig, ServerConfig};
-use crate::dns::answer::Transport;
+use crate::counters::{CounterBlocks, Totals, WorkerCounters};
+use crate::dns::answer::DnsTransport;
 use crate::edge::conn::Limits;
 use crate::edge::rrl::Settings as RrlSettings;
-use crate::edge::settings::{EdgeHandle, EdgeSettings};
-use crate::edge::tcp::{self, TcpSide};
+use crate::edge::tcp;
 use crate::io::{self, affinity, Backend, IoError, Stop};
-use crate::metrics::{CounterBlocks, Totals, WorkerCounters};
 use crate::relay::sockets::Relay;
 use crate::relay::RelayError;
 use crate::snapshot::SnapshotHandle;
+use crate::worker::settings::{SettingsHandle, WorkerSettings};
 use crate::worker::{Responder, Worker};
 
 /// Reply bytes one TCP connection may have queued for a client that does not read.
@@ -67,7 +67,7 @@ pub struct Server {
     workers: Vec<JoinHandle<std::io::Result<()>>>,
     counters: CounterBlocks,
     workers_per_address: usize,
-    edge: Arc<EdgeHandle>,
+    settings: Arc<SettingsHandle>,
 }
 
 impl Server {
@@ -100,8 +100,8 @@ impl Server {
         }
         let counters: CounterBlocks = (0..sockets.len()).map(|_| CachePadded::new(WorkerCounters::default())).collect();
         let stop = Arc::new(Stop::new().map_err(ServerError::Pipe)?);
-        let edge = EdgeHandle::new(EdgeSettings { relay: relay.clone(), rrl: rrl.clone() });
-        let transport = Transport::Udp { max_payload: config.max_udp_payload };
+        let settings = SettingsHandle::new(WorkerSettings { relay: relay.clone(), rrl: rrl.clone() });
+        let transport = DnsTransport::Udp { max_payload: config.max_udp_payload };
         // Each worker holds its share of the TCP connections; the kernel spreads new ones.
         let limits = Limits {
             max_connections: config.tcp_max_connections.div_ceil(sockets.len().max(1)),
@@ -112,18 +112,14 @@ impl Server {
         };
         let mut workers = Vec::new();
         for (block, (i, socket, listener)) in sockets.into_iter().enumerate() {
-            // Each worker's relay and TCP side are made here, so one that cannot work stops the
-            // start instead of a worker.
+            // Each worker's relay, readiness hub and TCP clients are made here, so one that
+            // cannot work stops the start instead of a worker.
             let upstream = relay.clone().map(Relay::new).transpose()?;
             let responder =
                 Responder::new(snapshots.clone(), counters.clone(), block).with_relay(relay.clone(), upstream);
-            let mut worker = Worker::new(responder, transport, None, rrl.clone());
-            worker.follow(edge.clone());
-            let listeners: Vec<_> = listener.into_iter().collect();
-            if !listeners.is_empty() || worker.relay_fd().is_some() {
-                let side = TcpSide::new(listeners, limits, worker.relay_fd()).map_err(ServerError::Thread)?;
-                worker.set_tcp(side);
-            }
+            let mut worker = Worker::new(responder, transport, rrl.clone());
+            worker.follow(settings.clone());
+            worker.listen(listener.into_iter().collect(), limits).map_err(ServerError::Thread)?;
             let stop = stop.clone();
             let core = config.pin_workers.then(|| cores.get(i % cores.len().max(1)).copied()).flatten();
             let handle = std::thread::Builder::new()
@@ -141,13 +137,13 @@ impl Server {
                 .map_err(ServerError::Thread)?;
             workers.push(handle);
         }
-        Ok(Server { backend, fallback_reason, stop, workers, counters, workers_per_address: n, edge })
+        Ok(Server { backend, fallback_reason, stop, workers, counters, workers_per_address: n, settings })
     }
 
     /// Gives every worker new relay and rate-limit settings (a reload); each applies them at its
     /// next batch or tick. A relay is changed, never added or removed (that needs a restart).
     pub fn reconfigure(&self, relay: Option<Arc<RelayConfig>>, rrl: Option<RrlSettings>) {
-        self.edge.publish(EdgeSettings { relay, rrl });
+        self.settings.publish(WorkerSettings { relay, rrl });
     }
 
     /// The backend the workers run.

@@ -292,7 +292,7 @@ pub(super) fn default_max_pending_per_prefix_percent() -> Spanned<u64> {
     spanned(25)
 }
 pub(super) fn default_metrics_max_connections() -> Spanned<u64> {
-    spanned(crate::control::listener::DEFAULT_MAX_CONNECTIONS as u64)
+    spanned(super::DEFAULT_MAX_CONNECTIONS as u64)
 }
 pub(super) fn default_slip() -> Spanned<u64> {
     spanned(2)

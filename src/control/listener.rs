@@ -33,8 +33,6 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use crate::logging::RateLimited;
 use crate::prefix::Prefix;
 
-/// The connections a listener holds at most, unless configured otherwise.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 /// How long the loop sleeps at most between looks at its deadlines and the stop flag.
 const TICK: Duration = Duration::from_millis(100);
 /// How long a replied connection is drained of what the client still sends: closing a socket

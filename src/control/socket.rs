@@ -26,8 +26,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::listener::{Cut, Limits, Response, Service, Serving, DEFAULT_MAX_CONNECTIONS};
+use super::listener::{Cut, Limits, Response, Service, Serving};
 use super::runtime::{RuntimeDir, RuntimeError};
+use crate::config::DEFAULT_MAX_CONNECTIONS;
 
 /// The longest request taken.
 const MAX_REQUEST: usize = 64 * 1024;
@@ -109,8 +110,8 @@ pub struct Reply {
     pub json: serde_json::Value,
 }
 
-/// Answers requests; the main program implements it. Shared with the threads that answer
-/// reloads and drains.
+/// Answers requests; [`super::answers::ControlAnswers`] implements it. Shared with the threads
+/// that answer reloads and drains.
 pub trait Answer: Send + Sync + 'static {
     /// Answers one request.
     fn answer(&self, request: Request) -> Reply;
