@@ -62,15 +62,19 @@ fn swap_hosts(dir: &Path, body: &str) {
     std::fs::rename(&tmp, dir.join("hosts")).unwrap();
 }
 
-/// Polls `want` every 20 ms; the time it took, or a panic naming `what` after `limit`.
+/// [`common::wait_until`] for dnlb: `want` within `limit`, failing at once if dnlb exits first,
+/// with the end of its log either way.
 fn until(d: &Dnlb, what: &str, limit: Duration, mut want: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !want() {
-        assert!(alive(d.child.id()), "dnlb exited before {what}:\n{}", tail(&d.stderr()));
-        assert!(start.elapsed() < limit, "not {what} within {limit:?}:\n{}", tail(&d.stderr()));
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    start.elapsed()
+    let pid = d.child.id();
+    common::wait_until(
+        what,
+        limit,
+        || {
+            assert!(alive(pid), "dnlb exited before {what}:\n{}", tail(&d.stderr()));
+            want()
+        },
+        || tail(&d.stderr()).to_string(),
+    )
 }
 
 /// The last 4 KiB of a log.
