@@ -344,6 +344,11 @@ impl Hosts {
         self.entries.is_empty()
     }
 
+    /// Every name of the table (forward and reverse), lower-case wire format.
+    pub fn names(&self) -> impl Iterator<Item = &[u8]> {
+        self.entries.iter().map(|e| key_of(&self.keys, e))
+    }
+
     /// The TTL its answers carry.
     pub fn ttl(&self) -> u32 {
         self.ttl

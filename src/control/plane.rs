@@ -406,6 +406,9 @@ impl ControlPlane {
             Ok(prober) => self.prober = prober,
             Err(e) => return Reply { ok: false, text: format!("{e}\n"), json: serde_json::Value::Null },
         }
+        if let Some(p) = &self.prober {
+            await_first_publish(p);
+        }
         if applied.relay != self.config.relay || applied.rrl != self.config.rrl {
             self.server.reconfigure(applied.relay.clone().map(Arc::new), applied.rrl.clone());
         }
@@ -475,6 +478,20 @@ fn spawn_prober(
     } else {
         snapshots.publish(Snapshot::build_with(&layout, config, &initial_serving(config), 0)?);
         Ok(None)
+    }
+}
+
+/// How long a reload waits for the new prober's first answers before it replies.
+const RELOAD_PUBLISH_WAIT: Duration = Duration::from_secs(1);
+
+/// Waits (at most [`RELOAD_PUBLISH_WAIT`]) until `prober` has published its first snapshot, so
+/// that `dnlb reload` returns once the answers follow the new configuration, as `dnlb drain`
+/// does. A prober that holds its first answers (every server new to it) publishes later; the
+/// reload does not wait for that hold.
+fn await_first_publish(prober: &Prober) {
+    let deadline = Instant::now() + RELOAD_PUBLISH_WAIT;
+    while prober.status().publishes.load(Ordering::Relaxed) == 0 && Instant::now() < deadline && !prober.finished() {
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
