@@ -32,6 +32,13 @@ pub struct View<'a> {
     pub heartbeat: Option<Duration>,
     /// Now.
     pub now: Instant,
+    /// The fleet (`[cluster]`), if this instance is in one.
+    pub fleet: Option<&'a crate::cluster::Handle>,
+}
+
+/// The health a report's server is answered with: in a fleet, the combined verdicts.
+fn answered(r: &ServerReport) -> State {
+    r.fleet.map_or(r.state, |(state, _)| state)
 }
 
 /// Asks the snapshot `name`/`qtype` as `client` would (over TCP, so nothing is truncated) and
@@ -75,7 +82,14 @@ pub fn status(v: &View<'_>) -> Reply {
             let since = r.changed.map(|(at, _)| v.now.saturating_duration_since(at).as_secs_f64());
             let why = r.changed.map(|(_, why)| why);
             let rtt = r.rtt.map(|d| d.as_secs_f64() * 1000.0);
-            let mut state = format!("{:?}", r.state);
+            let mut state = format!("{:?}", answered(r));
+            if let Some((effective, probing)) = r.fleet {
+                if !probing {
+                    state.push_str(",not probed here");
+                } else if effective != r.state {
+                    let _ = write!(state, ",own:{:?}", r.state);
+                }
+            }
             if r.drained {
                 state.push_str(",drained");
             }
@@ -97,7 +111,8 @@ pub fn status(v: &View<'_>) -> Reply {
             );
             servers.push(json!({
                 "address": r.addr.to_string(), "transport": r.transport.name(),
-                "state": format!("{:?}", r.state), "since_seconds": since, "why": why,
+                "state": format!("{:?}", answered(r)), "own_state": format!("{:?}", r.state),
+                "probed_here": r.fleet.is_none_or(|(_, probing)| probing), "since_seconds": since, "why": why,
                 "rtt_ms": rtt, "last_code": r.last_code, "flips": r.flips, "failure": r.failure,
                 "drained": r.drained, "overload_percent": r.overload, "loss_copies": r.lossy,
             }));
@@ -105,11 +120,16 @@ pub fn status(v: &View<'_>) -> Reply {
         services
             .push(json!({"name": s.name, "policy": format!("{:?}", s.policy), "answer": answer, "servers": servers}));
     }
+    let fleet = v.fleet.map(|h| crate::cluster::report::status(h, v.config));
+    if let Some((t, _)) = &fleet {
+        text.push_str(t);
+    }
     let json = json!({
         "generation": v.snapshot.generation(),
         "snapshot_age_seconds": age.as_secs_f64(),
         "prober_heartbeat_age_seconds": v.heartbeat.map(|h| h.as_secs_f64()),
         "services": services,
+        "cluster": fleet.map(|(_, j)| j),
     });
     Reply { ok: true, text, json }
 }
@@ -229,7 +249,7 @@ pub fn explain(v: &View<'_>, name: &str, qtype: &str, client: Option<IpAddr>) ->
                 *r.service == *s.name
                     && r.addr.ip() == server.address
                     && r.addr.port() == server.port_for(r.transport)
-                    && r.state == State::Up
+                    && answered(r) == State::Up
                     && !r.drained
             })
         };
@@ -239,6 +259,10 @@ pub fn explain(v: &View<'_>, name: &str, qtype: &str, client: Option<IpAddr>) ->
             })
         });
         let mut any_up = false;
+        let first_flat: usize =
+            v.config.services.iter().take_while(|x| x.name != s.name).map(|x| x.servers.len()).sum();
+        let fleet = v.fleet.map(|h| h.published.load_full());
+        let me = v.config.cluster.as_ref().map_or("", |c| c.name.as_str());
         for (i, server) in s.servers.iter().enumerate() {
             let reports: Vec<&ServerReport> = v
                 .reports
@@ -249,15 +273,19 @@ pub fn explain(v: &View<'_>, name: &str, qtype: &str, client: Option<IpAddr>) ->
                         && r.addr.port() == server.port_for(r.transport)
                 })
                 .collect();
-            let up: Vec<&str> = reports.iter().filter(|r| r.state == State::Up).map(|r| r.transport.name()).collect();
-            any_up |= (!up.is_empty() && !reports.iter().any(|r| r.drained)) || v.reports.is_empty();
-            let drained = reports.iter().any(|r| r.drained);
+            let up: Vec<&str> =
+                reports.iter().filter(|r| answered(r) == State::Up).map(|r| r.transport.name()).collect();
+            let fleet_drain = fleet.as_ref().and_then(|p| p.view.drains.get(first_flat + i).cloned().flatten());
+            let drained = reports.iter().any(|r| r.drained) || fleet_drain.is_some();
+            any_up |= (!up.is_empty() && !drained) || v.reports.is_empty();
             let overload = reports.iter().filter_map(|r| r.overload).max();
             let line = if v.reports.is_empty() {
                 format!("server {} in: probing is off", server.address)
             } else if drained {
                 let health = if up.is_empty() { "down".to_string() } else { format!("up on {}", up.join(", ")) };
-                format!("server {} (#{i}) out: drained by an operator (still probed: {health})", server.address)
+                let by = fleet_drain
+                    .map_or(String::new(), |d| format!(" (cluster-wide, by {} at {} unix time)", d.by, d.at));
+                format!("server {} (#{i}) out: drained by an operator{by} (still probed: {health})", server.address)
             } else if up.is_empty() {
                 let detail: Vec<String> = reports
                     .iter()
@@ -295,6 +323,17 @@ pub fn explain(v: &View<'_>, name: &str, qtype: &str, client: Option<IpAddr>) ->
             };
             let line = match &server.site {
                 Some(site) => format!("{line} [site {site}]"),
+                None => line,
+            };
+            // In a fleet: whose verdicts decided, and who disagrees.
+            let own = reports.iter().filter(|r| r.fleet.is_some_and(|(_, probing)| probing)).map(|r| r.state);
+            let own = own.fold(None, |acc: Option<bool>, st| match st {
+                State::Up => Some(true),
+                State::Down => Some(acc.unwrap_or(false)),
+                State::Unknown => acc,
+            });
+            let line = match fleet.as_ref().and_then(|p| crate::cluster::report::explain(p, me, first_flat + i, own)) {
+                Some(f) => format!("{line}; {f}"),
                 None => line,
             };
             why.push(line);
@@ -431,9 +470,11 @@ address = "192.0.2.3"
                 drained: false,
                 overload: None,
                 lossy: false,
+                fleet: None,
             })
             .collect();
-        let view = View { config: &config, reports: &reports, snapshot, heartbeat: None, now: Instant::now() };
+        let view =
+            View { config: &config, reports: &reports, snapshot, heartbeat: None, now: Instant::now(), fleet: None };
         explain(&view, name, qtype, None).text
     }
 
