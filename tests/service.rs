@@ -226,6 +226,16 @@ fn started_as_root_every_thread_becomes_the_user_and_still_answers() {
     let config = write_config(&dir, port, "user = \"nobody\"\n");
     let mut child = spawn(&config, &dir, "dnlb", &[]).spawn().unwrap();
     wait_until_answering(&mut child, addr, &dir.join("dnlb.log"));
+    // Answers start before the drop (the control socket and the metrics endpoint are bound
+    // after the workers, still as root): the ids are read once the drop is logged.
+    let log_path = dir.join("dnlb.log");
+    let read_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    common::wait_until(
+        "the drop logged",
+        Duration::from_secs(5),
+        || read_log().contains("running as user nobody"),
+        read_log,
+    );
     let tasks: Vec<PathBuf> = std::fs::read_dir(format!("/proc/{}/task", child.id()))
         .unwrap()
         .map(|e| e.unwrap().path().join("status"))

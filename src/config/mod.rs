@@ -376,6 +376,20 @@ address = "127.0.0.1"
         assert!(p[0].message.contains("is not a user name"), "{}", p[0].message);
     }
 
+    #[test]
+    fn metrics_allow_and_connection_bound_name_their_field() {
+        let ok = format!("{MINIMAL}\n[metrics]\nlisten = \"127.0.0.1:9153\"\nallow = [\"10.0.0.0/8\", \"::1\"]\n");
+        let m = Config::parse(&ok).unwrap().metrics.unwrap();
+        assert_eq!((m.allow.len(), m.max_connections), (2, 256));
+        let bad = format!(
+            "{MINIMAL}\n[metrics]\nlisten = \"127.0.0.1:9153\"\nallow = [\"10.0.0.0/33\"]\nmax_connections = 0\n"
+        );
+        let p = Config::parse(&bad).unwrap_err();
+        let fields: Vec<&str> = p.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["metrics.allow[0]", "metrics.max_connections"], "{p:?}");
+        assert!(p[0].message.contains("write a prefix such as"), "{}", p[0].message);
+    }
+
     /// `MINIMAL` with `authority` (TOML lines) as the service's `[service.authority]` and `tail`
     /// appended to the file.
     fn zone(authority: &str, tail: &str) -> String {

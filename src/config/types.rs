@@ -114,8 +114,9 @@ pub struct Config {
     pub probe: ProbeConfig,
     /// The SIP service names dnlb answers itself.
     pub services: Vec<ServiceConfig>,
-    /// Local names from the hosts file, answered like the SIP names (A, AAAA, PTR).
-    pub hosts: Vec<crate::hosts::HostEntry>,
+    /// Local names from the hosts file, answered like the SIP names (A, AAAA, PTR): parsed and
+    /// encoded once when the file is read, shared by every snapshot of this configuration.
+    pub hosts: std::sync::Arc<crate::hosts::Hosts>,
     /// TTL of the hosts-file answers, in seconds.
     pub hosts_ttl: u32,
     /// Where `hosts` came from (`None`: no `[hosts]` section).
@@ -184,11 +185,21 @@ pub struct HostsSource {
     pub watch: bool,
 }
 
+/// The connections the metrics endpoint and the control socket each hold at once, unless
+/// `metrics.max_connections` says otherwise.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+
 /// The Prometheus endpoint (`[metrics]`), served by [`crate::control::metrics`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MetricsConfig {
     /// The HTTP address `GET /metrics` is served on, e.g. `127.0.0.1:9153`.
     pub listen: SocketAddr,
+    /// The client prefixes served (`metrics.allow`); empty: every client. Others are closed at
+    /// once.
+    pub allow: Vec<Prefix>,
+    /// Connections held at once (`metrics.max_connections`); past it, the one that made progress
+    /// least recently is closed for the new one.
+    pub max_connections: usize,
 }
 
 /// The upstream relay for every name dnlb does not manage.

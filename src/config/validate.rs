@@ -97,7 +97,7 @@ impl Validator<'_> {
                 let (entries, ttl, source) = self.hosts(h);
                 (entries, ttl, Some(source))
             }
-            None => (Vec::new(), 60, None),
+            None => (Default::default(), 60, None),
         };
         let relay = raw.relay.map(|r| self.relay(r));
         let rrl = raw.rrl.map(|r| self.rrl(r));
@@ -392,6 +392,8 @@ impl Validator<'_> {
     }
 
     fn metrics(&mut self, raw: RawMetrics) -> Option<MetricsConfig> {
+        let allow = self.prefixes(&raw.allow, "metrics.allow", "127.0.0.0/8");
+        let max_connections = self.ranged(&raw.max_connections, "metrics.max_connections", 1, 65_536, "") as usize;
         match raw.listen.get_ref().parse::<SocketAddr>() {
             Ok(listen) if listen.ip().is_multicast() => {
                 self.fail(
@@ -401,7 +403,7 @@ impl Validator<'_> {
                 );
                 None
             }
-            Ok(listen) => Some(MetricsConfig { listen }),
+            Ok(listen) => Some(MetricsConfig { listen, allow, max_connections }),
             Err(_) => {
                 self.fail(
                     raw.listen.span(),
@@ -411,6 +413,22 @@ impl Validator<'_> {
                 None
             }
         }
+    }
+
+    /// A list of address prefixes (`FIELD[i]` names a bad one, with `example` as the fix).
+    fn prefixes(&mut self, list: &[Spanned<String>], field: &str, example: &str) -> Vec<Prefix> {
+        let mut out = Vec::with_capacity(list.len());
+        for (i, p) in list.iter().enumerate() {
+            match Prefix::parse(p.get_ref()) {
+                Ok(prefix) => out.push(prefix),
+                Err(why) => self.fail(
+                    p.span(),
+                    &format!("{field}[{i}]"),
+                    format!("{why}: write a prefix such as \"{example}\""),
+                ),
+            }
+        }
+        out
     }
 
     fn relay(&mut self, raw: RawRelay) -> RelayConfig {
@@ -427,22 +445,10 @@ impl Validator<'_> {
             let list = self.upstream_list(&r.upstreams, &format!("relay.route[{i}].upstreams"));
             routes.push(Route { domain, upstreams: list });
         }
-        let mut allow = Vec::new();
-        match &raw.allow {
-            None => allow.extend(DEFAULT_ALLOW.iter().filter_map(|p| Prefix::parse(p).ok())),
-            Some(list) => {
-                for (i, p) in list.get_ref().iter().enumerate() {
-                    match Prefix::parse(p.get_ref()) {
-                        Ok(prefix) => allow.push(prefix),
-                        Err(why) => self.fail(
-                            p.span(),
-                            &format!("relay.allow[{i}]"),
-                            format!("{why}: write a prefix such as \"10.0.0.0/8\""),
-                        ),
-                    }
-                }
-            }
-        }
+        let allow = match &raw.allow {
+            None => DEFAULT_ALLOW.iter().filter_map(|p| Prefix::parse(p).ok()).collect(),
+            Some(list) => self.prefixes(list.get_ref(), "relay.allow", "10.0.0.0/8"),
+        };
         let timeout = self.ranged(&raw.timeout_ms, "relay.timeout_ms", 50, 30_000, " ms");
         let health_interval =
             self.ranged(&raw.health_check_interval_ms, "relay.health_check_interval_ms", 100, 3_600_000, " ms");
@@ -497,17 +503,7 @@ impl Validator<'_> {
                 format!("{table} is not a power of two: use one such as {}", table.next_power_of_two()),
             );
         }
-        let mut exempt = Vec::new();
-        for (i, p) in raw.exempt.iter().enumerate() {
-            match Prefix::parse(p.get_ref()) {
-                Ok(prefix) => exempt.push(prefix),
-                Err(why) => self.fail(
-                    p.span(),
-                    &format!("rrl.exempt[{i}]"),
-                    format!("{why}: write a prefix such as \"100.64.0.0/10\""),
-                ),
-            }
-        }
+        let exempt = self.prefixes(&raw.exempt, "rrl.exempt", "100.64.0.0/10");
         RrlConfig {
             responses_per_second: rate,
             slip,
@@ -546,16 +542,15 @@ impl Validator<'_> {
         out
     }
 
-    fn hosts(&mut self, raw: RawHosts) -> (Vec<crate::hosts::HostEntry>, u32, HostsSource) {
+    fn hosts(&mut self, raw: RawHosts) -> (std::sync::Arc<crate::hosts::Hosts>, u32, HostsSource) {
         let ttl = self.ranged(&raw.ttl, "hosts.ttl", 0, 86_400, " s") as u32;
         let path = self.base.join(raw.file.get_ref());
-        let entries = crate::hosts::load(&path).unwrap_or_else(|problems| {
-            for p in problems {
-                self.fail(raw.file.span(), "hosts.file", p);
-            }
-            Vec::new()
+        // One problem however many lines are bad: the report names the first few and counts the rest.
+        let hosts = crate::hosts::Hosts::load(&path, ttl).unwrap_or_else(|e| {
+            self.fail(raw.file.span(), "hosts.file", e.to_string());
+            Default::default()
         });
-        (entries, ttl, HostsSource { path, watch: raw.watch })
+        (std::sync::Arc::new(hosts), ttl, HostsSource { path, watch: raw.watch })
     }
 
     fn server(&mut self, raw: RawServerSection) -> ServerConfig {

@@ -3,12 +3,14 @@
 //! and serves the main thread's loop: the watchdog, signals, reloads and the hosts-file watch.
 //!
 //! ```text
-//!  start ─► config (+ command-line overrides) ─► instance locks ─► Layout ─► first snapshot
+//!  start ─► config (+ command-line overrides) ─► runtime directory checked ─► instance locks
+//!        ─► Layout ─► first snapshot
 //!        ─► Server::start (workers) ─► prober ─► metrics endpoint ─► control socket
 //!        ─► drop to server.user ─► READY=1
 //!  serve (main thread, every 100 ms):
 //!        watchdog: workers alive, prober heartbeat fresh ─► WATCHDOG=1 (else exit 1)
-//!        SIGHUP · `dnlb reload` · hosts.watch ─► reload::plan ─► new Layout ─► stop the prober,
+//!        SIGHUP · `dnlb reload` · hosts.watch ─► files read on thread dnlb-load (the loop goes on
+//!            feeding the watchdog and watching for SIGTERM) ─► reload::plan ─► new Layout ─► stop the prober,
 //!            carry its health ─► start one on the new config ─► edge settings ─► RunningView
 //!        SIGINT / SIGTERM ─► STOPPING=1 ─► prober, workers stopped ─► locks released
 //! ```
@@ -27,13 +29,15 @@ use super::answers::ControlAnswers;
 use super::hosts_watch::HostsWatch;
 use super::instance::{InstanceLocks, LockError};
 use super::metrics::{MetricsError, MetricsServer, Sources};
+use super::notify;
 use super::privilege::{self, Outcome, PrivilegeError, Target};
 use super::reload::{self, Plan};
 use super::running::{Running, RunningView};
+use super::runtime::{self, RuntimeDir, RuntimeError};
 use super::socket::{ControlError, ControlSocket, Reply};
-use super::{notify, runtime};
 use crate::config::{Config, ConfigError, HostsSource, IoMode};
 use crate::dns::encode::EncodeError;
+use crate::hosts::Hosts;
 use crate::probe::core::OsEntropy;
 use crate::probe::{initial_serving, Carry, Prober, ProberError};
 use crate::server::{Server, ServerError};
@@ -54,7 +58,10 @@ pub enum PlaneError {
     /// `server.user` cannot be assumed (the operator's setup).
     #[error(transparent)]
     Privilege(#[from] PrivilegeError),
-    /// Another instance holds a listen address, or the runtime directory is unusable.
+    /// No runtime directory, or one that another user owns or may write.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// Another instance holds a listen address, or a lock file is unusable.
     #[error(transparent)]
     Lock(#[from] LockError),
     /// The answers could not be encoded.
@@ -109,7 +116,7 @@ impl Overrides {
 /// The control socket path of the instance `config` describes.
 pub fn control_path(config: &Config) -> Result<PathBuf, PlaneError> {
     let first = *config.server.listen.first().ok_or(PlaneError::NoListen)?;
-    Ok(runtime::control_socket(&runtime::dir(config.server.runtime_dir.as_deref()), first))
+    Ok(runtime::control_socket(&runtime::dir(config.server.runtime_dir.as_deref())?, first))
 }
 
 /// What starts a reload.
@@ -183,9 +190,15 @@ impl ControlPlane {
         // The user is looked up before anything is bound, so a typo or a start without root
         // fails before the first socket exists.
         let target = config.server.user.as_deref().map(privilege::resolve).transpose()?;
+        // Checked before anything is made in it (root's or the user's, no one else's to write);
+        // what dnlb makes there is given to server.user before the drop.
+        let runtime_dir = RuntimeDir::prepare(
+            &runtime::dir(config.server.runtime_dir.as_deref())?,
+            target.as_ref().map(Target::ids),
+        )?;
         // One instance per listen address: SO_REUSEPORT would let a second dnlb bind silently
         // and split the clients between two configurations.
-        let locks = InstanceLocks::acquire(&runtime::dir(config.server.runtime_dir.as_deref()), &config.server.listen)?;
+        let locks = InstanceLocks::acquire(&runtime_dir, &config.server.listen)?;
         // The first snapshot follows the configured start state; the prober publishes from then on.
         let layout = Arc::new(Layout::new(&config)?);
         let snapshots = SnapshotHandle::new(Snapshot::build_with(&layout, &config, &initial_serving(&config), 0)?);
@@ -203,7 +216,7 @@ impl ControlPlane {
             Some(m) => {
                 let sources =
                     Sources { counters: server.counters(), running: view.clone(), snapshots: snapshots.clone() };
-                let endpoint = MetricsServer::start(m.listen, sources)?;
+                let endpoint = MetricsServer::start_with(m, sources)?;
                 tracing::info!("metrics on http://{}/metrics", endpoint.local_addr());
                 Some(endpoint)
             }
@@ -215,7 +228,7 @@ impl ControlPlane {
         let serving = serving(&config, &server);
         let (reload_tx, reloads) = sync_channel(1);
         let answers = ControlAnswers { running: view.clone(), snapshots: snapshots.clone(), reloads: reload_tx };
-        let control = ControlSocket::start(&control_path, answers)?;
+        let control = ControlSocket::start(&runtime_dir, &control_path, answers)?;
         // Every socket is bound (the prober's, the control socket) while still root; from here
         // on, the user's.
         if let Some(target) = &target {
@@ -309,7 +322,9 @@ impl ControlPlane {
     /// Re-reads the configuration file and applies what can change in place. An invalid file
     /// changes nothing.
     fn reload_file(&mut self) -> Reply {
-        match self.overrides.load(&self.path) {
+        let (overrides, path) = (self.overrides, self.path.clone());
+        let Some(loaded) = self.loaded_aside(move || overrides.load(&path)) else { return abandoned() };
+        match loaded {
             Ok(fresh) => {
                 let source = self.path.display().to_string();
                 self.apply(fresh, &source)
@@ -324,16 +339,50 @@ impl ControlPlane {
     /// Re-reads the hosts file only (`hosts.watch` saw it change): the running configuration
     /// with the file's new names. A file that does not parse changes nothing.
     fn reload_hosts(&mut self, source: &HostsSource) -> Reply {
-        match crate::hosts::load(&source.path) {
-            Ok(entries) => {
+        tracing::info!("hosts file {} changed: reading it", source.path.display());
+        let (path, ttl) = (source.path.clone(), self.config.hosts_ttl);
+        let Some(loaded) = self.loaded_aside(move || Hosts::load(&path, ttl)) else { return abandoned() };
+        match loaded {
+            Ok(hosts) => {
                 let mut fresh = (*self.config).clone();
-                fresh.hosts = entries;
+                fresh.hosts = Arc::new(hosts);
                 self.apply(fresh, &source.path.display().to_string())
             }
-            Err(problems) => {
-                let text = problems.join("\n");
-                tracing::error!("hosts file change refused, the running names stay:\n{text}");
-                Reply { ok: false, text, json: serde_json::Value::Null }
+            Err(e) => {
+                // One line however many lines are bad: the report names the first few.
+                tracing::error!("hosts file change refused, the running names stay: {e}");
+                Reply { ok: false, text: format!("{e}\n"), json: serde_json::json!({"error": e.to_string()}) }
+            }
+        }
+    }
+
+    /// Runs `load` (a configuration or a hosts file: a million names take a second or more) on
+    /// thread `dnlb-load` while this one goes on feeding the service manager's watchdog and
+    /// watching for SIGTERM; `None` if a stop came first (the load is left to the exiting
+    /// process) or no thread could be started.
+    fn loaded_aside<T: Send + 'static>(&self, load: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let (tx, rx) = sync_channel(1);
+        let spawned = std::thread::Builder::new().name("dnlb-load".into()).spawn(move || {
+            // The receiver is gone only when dnlb is stopping: the result is not wanted then.
+            let _sent = tx.send(load());
+        });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start a thread to read the files: {e}");
+            return None;
+        }
+        let mut watchdog = Watchdog::new(notify::watchdog_interval());
+        loop {
+            match rx.recv_timeout(TICK) {
+                Ok(value) => return Some(value),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return None,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            if self.signals.stop.load(Ordering::Relaxed) {
+                return None;
+            }
+            // Fed on the loop's terms: only while every worker runs and the prober progresses.
+            if !self.server.worker_died() && self.prober.as_ref().is_none_or(|p| !p.stalled()) {
+                watchdog.ping(Instant::now());
             }
         }
     }
@@ -477,6 +526,12 @@ impl ControlPlane {
             Err(PlaneError::Stopped(errors))
         }
     }
+}
+
+/// The reply to a reload that a stop overtook.
+fn abandoned() -> Reply {
+    let text = "the reload was abandoned: dnlb is stopping, or could not start a thread to read the files\n";
+    Reply { ok: false, text: text.into(), json: serde_json::json!({"error": text.trim()}) }
 }
 
 /// Starts the prober for `config` on its `layout` (carrying the health of servers that stay),

@@ -53,6 +53,24 @@ macro_rules! section {
     };
 }
 
+/// A [`Fixed`] key of `[metrics]`: it differs only when both files have the section.
+macro_rules! metrics_field {
+    ($key:literal, $field:ident) => {
+        Fixed {
+            key: $key,
+            differs: |running, fresh| match (&running.metrics, &fresh.metrics) {
+                (Some(a), Some(b)) => a.$field != b.$field,
+                _ => false,
+            },
+            keep: |running, fresh| {
+                if let (Some(a), Some(b)) = (&running.metrics, &mut fresh.metrics) {
+                    b.$field = a.$field.clone();
+                }
+            },
+        }
+    };
+}
+
 /// A [`Fixed`] key of `[cluster]`: the membership (lease, member key, etcd client) is made once
 /// at start, so any change keeps the whole running section.
 macro_rules! cluster_field {
@@ -88,20 +106,12 @@ pub const RESTART: &[Fixed] = &[
     // The relay's sockets, and its descriptor in each worker's event loop, exist from the start
     // or not at all: its keys change in place, its presence does not.
     section!("[relay]", relay),
-    // The metrics endpoint is bound once, before privileges are dropped.
+    // The metrics endpoint is bound once, before privileges are dropped, and its serving loop
+    // made with its client list and bound.
     section!("[metrics]", metrics),
-    Fixed {
-        key: "metrics.listen",
-        differs: |running, fresh| match (&running.metrics, &fresh.metrics) {
-            (Some(a), Some(b)) => a.listen != b.listen,
-            _ => false,
-        },
-        keep: |running, fresh| {
-            if let (Some(a), Some(b)) = (&running.metrics, &mut fresh.metrics) {
-                b.listen = a.listen;
-            }
-        },
-    },
+    metrics_field!("metrics.listen", listen),
+    metrics_field!("metrics.allow", allow),
+    metrics_field!("metrics.max_connections", max_connections),
     // The fleet's membership is taken once; the farm's servers and probe settings (the config
     // hash) do change by reload, through the keys above.
     section!("[cluster]", cluster),
@@ -312,5 +322,9 @@ mod tests {
         let plan = super::plan(&running, config(""));
         assert_eq!(plan.need_restart, vec!["[metrics]"], "removing the section too");
         assert_eq!(plan.config.metrics, running.metrics, "the endpoint keeps serving");
+        let fresh = config("[metrics]\nlisten = \"127.0.0.1:9153\"\nallow = [\"10.0.0.0/8\"]\nmax_connections = 8\n");
+        let plan = super::plan(&running, fresh);
+        assert_eq!(plan.need_restart, vec!["metrics.allow", "metrics.max_connections"]);
+        assert_eq!(plan.config.metrics, running.metrics, "the running endpoint's clients and bound stay");
     }
 }
