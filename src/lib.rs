@@ -18,7 +18,8 @@
 //! - [`hasher`]: the hasher of the snapshot's names and the site prefixes.
 //! - [`config`]: TOML → validated [`config::Config`], errors that name file, line, field and fix;
 //!   every key of the file listed ([`config::keys`]).
-//! - [`hosts`]: local names from a hosts file, answered from the same snapshot.
+//! - [`hosts`]: local names from a hosts file, parsed once into a table of encoded answers that
+//!   every snapshot of a configuration shares.
 //! - [`select`]: selection policies (round-robin, on-duty, weighted, latency), pure functions.
 //! - [`sites`]: `[[sites]]`: which view (preference list of sites) a client's address gets.
 //! - [`snapshot`]: the immutable answer set and the handle that publishes it (and stamps its
@@ -33,7 +34,10 @@
 //! - [`probe`]: SIP probes, the health state machine, the answer policy, the prober thread.
 //! - [`control`]: the control plane: start, watchdog, reloads, the control socket, metrics,
 //!   runtime directory, privileges, service-manager notifications.
+//! - [`cluster`]: the fleet (`[cluster]`): instances of one farm sharing probing through etcd;
+//!   its decisions without I/O, the prober's link to it, the etcd thread (feature `cluster`).
 
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod counters;

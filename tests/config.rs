@@ -55,6 +55,14 @@ fn documented_errors() {
         (GOOD.replace("address = \"127.0.0.11\"", "address = \"127.0.0.11\"\nwieght = 5"), "FILE:9:1: wieght: unknown field `wieght`"),
         (GOOD.replace("127.0.0.11", "127.0.0.300"), "FILE:8:11: service[0].server[0].address: `127.0.0.300` is not an IP address"),
         (
+            GOOD.replace("127.0.0.11", "fe80::1%eth0"),
+            "FILE:8:11: service[0].server[0].address: `fe80::1%eth0`: fe80::1 is an IPv6 link-local address: it reaches a host only with a zone (`fe80::1%eth0`), and an AAAA or SRV answer cannot carry a zone to a phone",
+        ),
+        (
+            GOOD.replace("127.0.0.11", "::ffff:192.0.2.10"),
+            "FILE:8:11: service[0].server[0].address: ::ffff:192.0.2.10 is an IPv4-mapped IPv6 address: write the IPv4 form \"192.0.2.10\"",
+        ),
+        (
             format!("{GOOD}\n[[service.server]]\naddress = \"127.0.0.11\"\n"),
             "FILE:11:11: service[0].server[1].address: 127.0.0.11 port 5060 is listed twice in service `sip.example.test`",
         ),
@@ -65,6 +73,22 @@ fn documented_errors() {
         (GOOD.replace("5353", "0"), "FILE:2:11: server.listen[0]: port 0 is not allowed"),
         (GOOD.replace("[server]", "[server]\nworkers = 0"), "FILE:2:11: server.workers: 0 is out of range: use 1 to 1024"),
         (GOOD.replace("listen = [\"127.0.0.1:5353\"]", ""), "missing field `listen`"),
+        (
+            format!("{GOOD}[service.authority]\nhostmaster = \"noc@example.net\"\n"),
+            "FILE:9:1: service[0].authority.ns: the zone `sip.example.test` has no name servers",
+        ),
+        (
+            format!("{GOOD}[service.authority]\nns = [\"ns1.sip.example.test\"]\n"),
+            "FILE:10:6: service[0].authority.ns: `ns1.sip.example.test` is inside the zone, so resolvers can only reach it through glue",
+        ),
+        (
+            format!("{GOOD}[service.authority]\nns = [\"dnlb1.example.net\"]\n\n[[service]]\nname = \"eu.sip.example.test\"\n[service.authority]\nns = [\"dnlb1.example.net\"]\n[[service.server]]\naddress = \"127.0.0.21\"\n"),
+            "FILE:14:1: service[1].authority: `eu.sip.example.test` lies inside the zone `sip.example.test` of service[0]",
+        ),
+        (
+            format!("{GOOD}[service.authority]\nns = [\"dnlb1.example.net\"]\n\n[relay]\nupstreams = [\"127.0.0.53:53\"]\n[[relay.route]]\ndomain = \"corp.sip.example.test\"\nupstreams = [\"127.0.0.54:53\"]\n"),
+            "FILE:15:10: relay.route[0].domain: `corp.sip.example.test` is inside the zone `sip.example.test`",
+        ),
     ];
     for (text, expected) in cases {
         let (ok, out) = check(&text);
@@ -81,7 +105,11 @@ fn hosts_file_problems_name_the_file_and_line() {
     let text = format!("{GOOD}\n[hosts]\nfile = \"{}\"\n", dir.join("hosts").display());
     let (ok, out) = check(&text);
     assert!(!ok);
-    assert!(out.contains("hosts.file:") && out.contains("hosts:2: `192.0.2.300` is not an IP address"), "{out}");
+    let named = format!(
+        "hosts.file: {}: 1 bad line, the file is refused whole: line 2: `192.0.2.300` is not an IP address",
+        dir.join("hosts").display()
+    );
+    assert!(out.contains(&named), "{out}");
     let (ok, out) = check(&format!("{GOOD}\n[hosts]\nfile = \"/nonexistent/hosts\"\n"));
     assert!(!ok && out.contains("cannot read /nonexistent/hosts"), "{out}");
     let _cleanup = std::fs::remove_dir_all(&dir);

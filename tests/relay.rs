@@ -339,7 +339,7 @@ fn an_upstream_outage_is_ridden_out_on_stale_answers() {
 
 fn outage(io: dnlb::config::IoMode, host: u8) {
     let upstream = std::net::SocketAddr::from(([127, 0, 7, host], free_port()));
-    let nsd = Nsd::start_zone(upstream, "stale.test", &short_zone(), "a.stale.test.");
+    let nsd = Nsd::serve(upstream, "stale.test", &short_zone());
     let t = TestServer::start(&one_worker(free_port(), upstream, "stale_refresh_s = 2"), io);
     let cases = [
         ("a.stale.test.", ResponseCode::NoError, 1),
@@ -368,7 +368,7 @@ fn outage(io: dnlb::config::IoMode, host: u8) {
     let m = udp_query(t.addr, &query("never.stale.test.", RecordType::A, 21, None));
     assert_eq!(m.metadata.response_code, ResponseCode::ServFail, "{io:?}: never cached, nothing to serve");
     // nsd back: a fresh answer once the recheck timer (2 s) lets the next query go upstream.
-    let _nsd = Nsd::start_zone(upstream, "stale.test", &short_zone(), "a.stale.test.");
+    let _nsd = Nsd::serve(upstream, "stale.test", &short_zone());
     let back = Instant::now();
     let fresh = || ttl_seen(&udp_query(t.addr, &query("a.stale.test.", RecordType::A, 22, None))) <= 1;
     let took =
@@ -445,7 +445,7 @@ fn a_popular_name_is_prefetched_and_never_misses() {
         return;
     }
     let upstream = std::net::SocketAddr::from(([127, 0, 7, 12], free_port()));
-    let _nsd = Nsd::start_zone(upstream, "stale.test", &short_zone(), "pop.stale.test.");
+    let _nsd = Nsd::serve(upstream, "stale.test", &short_zone());
     let mut runs: Vec<_> = backends().into_iter().map(|io| (io, true)).collect();
     runs.push((dnlb::config::IoMode::Portable, false));
     let runs: Vec<_> =

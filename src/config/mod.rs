@@ -135,6 +135,69 @@ address = "127.0.0.11"
         assert_eq!(c.server.max_udp_payload, 1232);
     }
 
+    /// `[cluster]`: defaults, every mistake named with its field and fix; without the cargo
+    /// feature, the section itself is refused with the build command.
+    #[test]
+    fn cluster_settings_name_their_field() {
+        let good = format!(
+            "{MINIMAL}\n[cluster]\netcd = [\"http://127.0.0.1:2379\"]\nfarm = \"voice-east\"\nname = \"edge-1\"\n"
+        );
+        let problems = |text: &str| -> Vec<String> {
+            Config::parse(text)
+                .err()
+                .unwrap_or_default()
+                .iter()
+                .map(|p| format!("{}: {}", p.field, p.message))
+                .collect()
+        };
+        if !cfg!(feature = "cluster") {
+            let p = problems(&good);
+            assert!(p.len() == 1 && p[0].starts_with("cluster:") && p[0].contains("--features cluster"), "{p:?}");
+            return;
+        }
+        let c = Config::parse(&good).unwrap().cluster.unwrap();
+        assert_eq!((c.probers_per_server, c.lease_ttl.as_secs(), c.name.as_str()), (2, 3, "edge-1"));
+        assert!(c.auth.is_none() && c.tls.is_none());
+        let cases = [
+            (
+                "etcd = [\"http://127.0.0.1:2379\"]",
+                "etcd = [\"127.0.0.1:2379\"]",
+                "cluster.etcd[0]: `127.0.0.1:2379` is not an etcd endpoint",
+            ),
+            ("etcd = [\"http://127.0.0.1:2379\"]", "etcd = []", "cluster.etcd: is empty"),
+            ("farm = \"voice-east\"", "farm = \"voice/east\"", "cluster.farm: `voice/east` is not a farm name"),
+            ("name = \"edge-1\"", "name = \"edge 1\"", "cluster.name: `edge 1` is not an instance name"),
+            (
+                "name = \"edge-1\"",
+                "name = \"edge-1\"\nprobers_per_server = 0",
+                "cluster.probers_per_server: 0 is out of range",
+            ),
+            ("name = \"edge-1\"", "name = \"edge-1\"\nlease_ttl_s = 0", "cluster.lease_ttl_s: 0 is out of range"),
+            (
+                "name = \"edge-1\"",
+                "name = \"edge-1\"\npassword = \"s3cret\"",
+                "cluster.password: a password is never written",
+            ),
+            ("name = \"edge-1\"", "name = \"edge-1\"\nuser = \"dnlb\"", "cluster.user: needs password_file"),
+            ("name = \"edge-1\"", "name = \"edge-1\"\ncert_file = \"c.pem\"", "cluster.cert_file: needs key_file"),
+            (
+                "name = \"edge-1\"",
+                "name = \"edge-1\"\nca_file = \"ca.pem\"",
+                "cluster.etcd: TLS files are set but the endpoints are http://",
+            ),
+            ("name = \"edge-1\"", "name = \"edge-1\"\nk = 2", "unknown field `k`"),
+        ];
+        for (from, to, want) in cases {
+            let p = problems(&good.replace(from, to));
+            assert!(p.iter().any(|m| m.contains(want)), "{to}: {p:?}");
+        }
+        let tls = good.replace("http://", "https://")
+            + "ca_file = \"ca.pem\"\nuser = \"dnlb\"\npassword_file = \"etcd.pass\"\n";
+        let c = Config::parse(&tls).unwrap().cluster.unwrap();
+        assert!(c.tls.is_some_and(|t| t.ca_file.is_some() && t.identity.is_none()));
+        assert_eq!(c.auth.map(|(u, _)| u), Some("dnlb".to_string()));
+    }
+
     #[test]
     fn the_default_allow_list_is_whole() {
         use crate::prefix::Prefix;
@@ -311,5 +374,169 @@ address = "127.0.0.1"
         let p = Config::parse(&bad).unwrap_err();
         assert_eq!((p[0].line, p[0].field.as_str()), (3, "server.user"));
         assert!(p[0].message.contains("is not a user name"), "{}", p[0].message);
+    }
+
+    #[test]
+    fn metrics_allow_and_connection_bound_name_their_field() {
+        let ok = format!("{MINIMAL}\n[metrics]\nlisten = \"127.0.0.1:9153\"\nallow = [\"10.0.0.0/8\", \"::1\"]\n");
+        let m = Config::parse(&ok).unwrap().metrics.unwrap();
+        assert_eq!((m.allow.len(), m.max_connections), (2, 256));
+        let bad = format!(
+            "{MINIMAL}\n[metrics]\nlisten = \"127.0.0.1:9153\"\nallow = [\"10.0.0.0/33\"]\nmax_connections = 0\n"
+        );
+        let p = Config::parse(&bad).unwrap_err();
+        let fields: Vec<&str> = p.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["metrics.allow[0]", "metrics.max_connections"], "{p:?}");
+        assert!(p[0].message.contains("write a prefix such as"), "{}", p[0].message);
+    }
+
+    /// `MINIMAL` with `authority` (TOML lines) as the service's `[service.authority]` and `tail`
+    /// appended to the file.
+    fn zone(authority: &str, tail: &str) -> String {
+        format!("{MINIMAL}[service.authority]\n{authority}\n{tail}")
+    }
+
+    #[test]
+    fn an_authority_has_sensible_defaults() {
+        let c = Config::parse(&zone("ns = [\"dnlb1.example.net\"]", "")).unwrap();
+        let a = c.services[0].authority.as_ref().unwrap();
+        assert_eq!(a.ns, vec!["dnlb1.example.net"]);
+        assert_eq!(a.hostmaster, "hostmaster.sip.example.test");
+        assert_eq!((a.serial, a.negative_ttl, a.ns_ttl), (1, 300, 3600));
+        assert_eq!((a.refresh, a.retry, a.expire), (86_400, 7200, 3_600_000));
+        let c = Config::parse(&zone(
+            "ns = [\"NS1.sip.example.test.\", \"dnlb2.example.net\"]\nhostmaster = \"noc@Example.NET\"\nserial = 4294967295\nglue = [{ name = \"ns1.sip.example.test\", addresses = [\"192.0.2.53\", \"2001:db8::53\"] }]",
+            "",
+        ))
+        .unwrap();
+        let a = c.services[0].authority.as_ref().unwrap();
+        assert_eq!((a.hostmaster.as_str(), a.serial), ("noc.example.net", u32::MAX));
+        assert_eq!(
+            a.glue,
+            vec![(
+                "ns1.sip.example.test".to_string(),
+                vec!["192.0.2.53".parse().unwrap(), "2001:db8::53".parse().unwrap()]
+            )]
+        );
+        assert_eq!(c.zone_for("a.b.sip.example.test").map(|s| s.name.as_str()), Some("sip.example.test"));
+        assert!(c.zone_for("xsip.example.test").is_none() && c.zone_for("example.test").is_none());
+    }
+
+    #[test]
+    fn a_long_service_name_leaves_room_for_the_names_made_from_it() {
+        // `_sips._tcp.`, `ip6-<32 hex>.` and `hostmaster.` go in front of the service name; a
+        // file validation accepts must be one whose answers can be encoded, at any length.
+        let label = |n: usize| "a".repeat(n);
+        for len in (150..=253).step_by(1) {
+            let mut name = String::new();
+            while len - name.len() > 63 {
+                name.push_str(&label(62));
+                name.push('.');
+            }
+            name.push_str(&label(len - name.len()));
+            for (server, authority) in [
+                ("address = \"192.0.2.1\"\ntransports = [\"udp\", \"tls\"]", ""),
+                ("address = \"2001:db8::1\"", ""),
+                (
+                    "address = \"192.0.2.1\"\nhost = \"sbc.example.net\"",
+                    "[service.authority]\nns = [\"a.example.net\"]\n",
+                ),
+            ] {
+                let text = format!(
+                    "[server]\nlisten = [\"127.0.0.1:5353\"]\n[[service]]\nname = \"{name}\"\n{authority}[[service.server]]\n{server}\n"
+                );
+                match Config::parse(&text) {
+                    Ok(c) => {
+                        let built = crate::snapshot::Snapshot::build(&c, &crate::snapshot::Serving::all_up(&c), 0);
+                        assert!(built.is_ok(), "{len} characters, {server}: accepted but {built:?}");
+                    }
+                    Err(p) => {
+                        let fields = ["service[0].name", "service[0].authority.hostmaster"];
+                        assert!(fields.contains(&p[0].field.as_str()), "{len}: {p:?}");
+                        assert!(p[0].message.contains("too long"), "{len}: {}", p[0].message);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn authority_mistakes_name_their_field() {
+        let cases = [
+            (zone("", ""), "service[0].authority.ns", "has no name servers"),
+            (zone("ns = []", ""), "service[0].authority.ns", "has no name servers"),
+            (zone("ns = [\"ns1.sip.example.test\"]", ""), "service[0].authority.ns", "add its addresses"),
+            (
+                zone("ns = [\"a.example.net\"]\nglue = [{ name = \"a.example.net\", addresses = [\"192.0.2.1\"] }]", ""),
+                "service[0].authority.glue[0].name",
+                "outside the zone",
+            ),
+            (
+                zone("ns = [\"a.example.net\"]\nglue = [{ name = \"b.sip.example.test\", addresses = [\"192.0.2.1\"] }]", ""),
+                "service[0].authority.glue[0].name",
+                "is not in ns",
+            ),
+            (
+                zone("ns = [\"ip-127-0-0-11.sip.example.test\"]\nglue = [{ name = \"ip-127-0-0-11.sip.example.test\", addresses = [\"192.0.2.1\"] }]", ""),
+                "service[0].authority.glue[0].name",
+                "already a name of the service",
+            ),
+            (
+                zone("ns = [\"n.sip.example.test\"]\nglue = [{ name = \"n.sip.example.test\", addresses = [\"nonsense\"] }]", ""),
+                "service[0].authority.glue[0].addresses[0]",
+                "not a unicast IP address",
+            ),
+            (zone("ns = [\"a.example.net\", \"A.example.net\"]", ""), "service[0].authority.ns[1]", "listed twice"),
+            (
+                zone("ns = [\"n.sip.example.test\"]\nglue = [{ name = \"n.sip.example.test\", addresses = [\"192.0.2.1\"] }, { name = \"N.sip.example.test\", addresses = [\"192.0.2.2\"] }]", ""),
+                "service[0].authority.glue[1].name",
+                "glue twice",
+            ),
+            (zone("ns = [\"a.example.net\"]\nhostmaster = \"john.doe@example.net\"", ""), "service[0].authority.hostmaster", "dot before the @"),
+            (zone("ns = [\"a.example.net\"]\nnegative_ttl = 90000", ""), "service[0].authority.negative_ttl", "out of range"),
+            (zone("ns = [\"a.example.net\"]\nretry = 0", ""), "service[0].authority.retry", "out of range"),
+            (zone("ns = [\"a.example.net\"]\nrefesh = 60", ""), "refesh", "unknown field"),
+            (
+                zone("ns = [\"a.example.net\"]", "[[service]]\nname = \"eu.sip.example.test\"\n[service.authority]\nns = [\"a.example.net\"]\n[[service.server]]\naddress = \"127.0.0.21\"\n"),
+                "service[1].authority",
+                "lies inside the zone `sip.example.test` of service[0]",
+            ),
+            (
+                zone(
+                    "ns = [\"eu.sip.example.test\"]\nglue = [{ name = \"eu.sip.example.test\", addresses = [\"192.0.2.53\"] }]",
+                    "[[service]]\nname = \"eu.sip.example.test\"\n[[service.server]]\naddress = \"127.0.0.21\"\n",
+                ),
+                "service[0].authority.glue[0].name",
+                "already a name of service[1]",
+            ),
+            (
+                zone(
+                    "ns = [\"ip-127-0-0-21.eu.sip.example.test\"]\nglue = [{ name = \"ip-127-0-0-21.eu.sip.example.test\", addresses = [\"192.0.2.53\"] }]",
+                    "[[service]]\nname = \"eu.sip.example.test\"\n[[service.server]]\naddress = \"127.0.0.21\"\n",
+                ),
+                "service[0].authority.glue[0].name",
+                "already a name of service[1]",
+            ),
+            (
+                zone("ns = [\"a.example.net\"]", "[relay]\nupstreams = [\"127.0.0.53:53\"]\n[[relay.route]]\ndomain = \"corp.sip.example.test\"\nupstreams = [\"127.0.0.54:53\"]\n"),
+                "relay.route[0].domain",
+                "inside the zone `sip.example.test`",
+            ),
+        ];
+        for (text, field, says) in cases {
+            let p = Config::parse(&text).unwrap_err();
+            assert_eq!(p.len(), 1, "{text}: {p:?}");
+            assert_eq!(p[0].field, field, "{text}: {p:?}");
+            assert!(p[0].message.contains(says), "{text}: {}", p[0].message);
+            assert!(p[0].line > 0, "{text}: the problem has a place in the file: {p:?}");
+        }
+        // A service inside the zone without an authority of its own is part of it; a route above
+        // the zone is allowed (the zone's names stay out of it).
+        let ok = zone(
+            "ns = [\"a.example.net\"]",
+            "[[service]]\nname = \"eu.sip.example.test\"\n[[service.server]]\naddress = \"127.0.0.21\"\n[relay]\nupstreams = [\"127.0.0.53:53\"]\n[[relay.route]]\ndomain = \"example.test\"\nupstreams = [\"127.0.0.54:53\"]\n",
+        );
+        let c = Config::parse(&ok).unwrap();
+        assert_eq!(c.zone_for("eu.sip.example.test").map(|s| s.name.as_str()), Some("sip.example.test"));
     }
 }

@@ -24,6 +24,36 @@ pub(super) struct RawConfig {
     pub(super) metrics: Option<RawMetrics>,
     #[serde(default)]
     pub(super) sites: Vec<RawSites>,
+    #[serde(default)]
+    pub(super) cluster: Option<RawCluster>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCluster {
+    pub(super) etcd: Spanned<Vec<Spanned<String>>>,
+    pub(super) farm: Spanned<String>,
+    #[serde(default)]
+    pub(super) name: Option<Spanned<String>>,
+    #[serde(default = "default_probers_per_server")]
+    pub(super) probers_per_server: Spanned<u64>,
+    #[serde(default = "default_lease_ttl_s")]
+    pub(super) lease_ttl_s: Spanned<u64>,
+    #[serde(default)]
+    pub(super) site: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) user: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) password_file: Option<Spanned<String>>,
+    /// Never read: a password in the configuration is refused with a pointer to `password_file`.
+    #[serde(default)]
+    pub(super) password: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) ca_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) cert_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) key_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -37,6 +67,11 @@ pub(super) struct RawSites {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawMetrics {
     pub(super) listen: Spanned<String>,
+    /// Client prefixes served; absent: every client.
+    #[serde(default)]
+    pub(super) allow: Vec<Spanned<String>>,
+    #[serde(default = "default_metrics_max_connections")]
+    pub(super) max_connections: Spanned<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -213,6 +248,40 @@ pub(super) struct RawService {
     pub(super) tls_ca_file: Option<Spanned<String>>,
     #[serde(default = "no_servers")]
     pub(super) server: Spanned<Vec<RawSipServer>>,
+    #[serde(default)]
+    pub(super) authority: Option<Spanned<RawAuthority>>,
+}
+
+/// `[service.authority]`: the service name is a zone apex dnlb answers for authoritatively.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAuthority {
+    #[serde(default)]
+    pub(super) ns: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    pub(super) hostmaster: Option<Spanned<String>>,
+    #[serde(default = "default_serial")]
+    pub(super) serial: Spanned<u64>,
+    #[serde(default = "default_refresh")]
+    pub(super) refresh: Spanned<u64>,
+    #[serde(default = "default_retry")]
+    pub(super) retry: Spanned<u64>,
+    #[serde(default = "default_expire")]
+    pub(super) expire: Spanned<u64>,
+    #[serde(default = "default_negative_ttl")]
+    pub(super) negative_ttl: Spanned<u64>,
+    #[serde(default = "default_ns_ttl")]
+    pub(super) ns_ttl: Spanned<u64>,
+    #[serde(default)]
+    pub(super) glue: Vec<RawGlue>,
+}
+
+/// `[[service.authority.glue]]`: the addresses of a name server inside the zone.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawGlue {
+    pub(super) name: Spanned<String>,
+    pub(super) addresses: Spanned<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -239,6 +308,12 @@ pub(super) struct RawSipServer {
     pub(super) drain: bool,
 }
 
+pub(super) fn default_probers_per_server() -> Spanned<u64> {
+    Spanned::new(0..0, 2)
+}
+pub(super) fn default_lease_ttl_s() -> Spanned<u64> {
+    Spanned::new(0..0, 3)
+}
 pub(super) fn default_true() -> bool {
     true
 }
@@ -310,6 +385,9 @@ pub(super) fn default_max_pending() -> Spanned<u64> {
 pub(super) fn default_max_pending_per_prefix_percent() -> Spanned<u64> {
     spanned(25)
 }
+pub(super) fn default_metrics_max_connections() -> Spanned<u64> {
+    spanned(super::DEFAULT_MAX_CONNECTIONS as u64)
+}
 pub(super) fn default_slip() -> Spanned<u64> {
     spanned(2)
 }
@@ -348,6 +426,30 @@ pub(super) fn default_start() -> StartState {
 }
 pub(super) fn default_all_down() -> AllDown {
     AllDown::ServeAll
+}
+/// The zone's serial: constant unless the operator changes it, so the same on every instance and
+/// across restarts (nothing transfers the zone, so nothing else reads it).
+pub(super) fn default_serial() -> Spanned<u64> {
+    spanned(1)
+}
+/// RIPE-203's SOA timers (refresh a day, retry two hours, expire about six weeks): informational
+/// here, as no secondary transfers the zone.
+pub(super) fn default_refresh() -> Spanned<u64> {
+    spanned(86_400)
+}
+pub(super) fn default_retry() -> Spanned<u64> {
+    spanned(7200)
+}
+pub(super) fn default_expire() -> Spanned<u64> {
+    spanned(3_600_000)
+}
+/// How long resolvers cache a negative answer that follows from the configuration (RFC 2308).
+pub(super) fn default_negative_ttl() -> Spanned<u64> {
+    spanned(300)
+}
+/// The TTL of the zone's NS records and their glue.
+pub(super) fn default_ns_ttl() -> Spanned<u64> {
+    spanned(3600)
 }
 pub(super) fn default_policy() -> Policy {
     Policy::RoundRobin

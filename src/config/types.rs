@@ -114,8 +114,9 @@ pub struct Config {
     pub probe: ProbeConfig,
     /// The SIP service names dnlb answers itself.
     pub services: Vec<ServiceConfig>,
-    /// Local names from the hosts file, answered like the SIP names (A, AAAA, PTR).
-    pub hosts: Vec<crate::hosts::HostEntry>,
+    /// Local names from the hosts file, answered like the SIP names (A, AAAA, PTR): parsed and
+    /// encoded once when the file is read, shared by every snapshot of this configuration.
+    pub hosts: std::sync::Arc<crate::hosts::Hosts>,
     /// TTL of the hosts-file answers, in seconds.
     pub hosts_ttl: u32,
     /// Where `hosts` came from (`None`: no `[hosts]` section).
@@ -129,6 +130,40 @@ pub struct Config {
     /// Which sites' servers which clients prefer (`[[sites]]`); empty: every client gets every
     /// healthy server.
     pub sites: Vec<SiteRule>,
+    /// The fleet this instance cooperates with through etcd (`[cluster]`); `None`: alone, as
+    /// without the `cluster` feature.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]`: several instances of one farm share probing and agree on health through etcd
+/// (see [`crate::cluster`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// etcd endpoints (`http://host:port` or `https://...`).
+    pub etcd: Vec<String>,
+    /// The farm: keys under `/dnlb/v1/<farm>/`; instances of one farm cooperate.
+    pub farm: String,
+    /// This instance's name, unique in the farm (default: the host name).
+    pub name: String,
+    /// k: how many instances probe each server.
+    pub probers_per_server: usize,
+    /// The lease TTL asked for (etcd may grant more).
+    pub lease_ttl: Duration,
+    /// This instance's site, published with its membership.
+    pub site: Option<String>,
+    /// etcd user and the file its password is read from.
+    pub auth: Option<(String, std::path::PathBuf)>,
+    /// TLS to etcd: the CA file, and a client certificate and key if etcd asks for one.
+    pub tls: Option<ClusterTls>,
+}
+
+/// TLS to etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterTls {
+    /// CA certificates (PEM) etcd's certificate must chain to; `None`: the system's.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// A client certificate and its key (PEM), for etcd's `--client-cert-auth`.
+    pub identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// One `[[sites]]` entry: clients in these prefixes get the healthy servers of the first site in
@@ -150,11 +185,21 @@ pub struct HostsSource {
     pub watch: bool,
 }
 
+/// The connections the metrics endpoint and the control socket each hold at once, unless
+/// `metrics.max_connections` says otherwise.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+
 /// The Prometheus endpoint (`[metrics]`), served by [`crate::control::metrics`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MetricsConfig {
     /// The HTTP address `GET /metrics` is served on, e.g. `127.0.0.1:9153`.
     pub listen: SocketAddr,
+    /// The client prefixes served (`metrics.allow`); empty: every client. Others are closed at
+    /// once.
+    pub allow: Vec<Prefix>,
+    /// Connections held at once (`metrics.max_connections`); past it, the one that made progress
+    /// least recently is closed for the new one.
+    pub max_connections: usize,
 }
 
 /// The upstream relay for every name dnlb does not manage.
@@ -302,6 +347,52 @@ pub struct ServiceConfig {
     pub tls_verify: TlsVerify,
     /// The farm, in the order written.
     pub servers: Vec<SipServer>,
+    /// `[service.authority]`: the service name is a zone apex (SOA, NS, NXDOMAIN and NODATA with
+    /// the SOA, RFC 2308) for resolvers the zone is delegated from; `None`: answers as a resolver
+    /// sees them (no SOA, unknown names relayed or REFUSED).
+    pub authority: Option<Authority>,
+}
+
+/// The zone a service's name is the apex of (`[service.authority]`). dnlb is its only source:
+/// there are no zone transfers, so the SOA timers are informational and the serial changes only
+/// when the operator changes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authority {
+    /// The zone's name servers (lower case, no trailing dot); the first is the SOA MNAME.
+    pub ns: Vec<String>,
+    /// The SOA RNAME: the zone's contact mailbox in domain form (`hostmaster.example.net`).
+    pub hostmaster: String,
+    /// The SOA serial: the configured value, so every instance with this configuration says the
+    /// same and a restart never moves it backwards.
+    pub serial: u32,
+    /// SOA REFRESH, seconds.
+    pub refresh: u32,
+    /// SOA RETRY, seconds.
+    pub retry: u32,
+    /// SOA EXPIRE, seconds.
+    pub expire: u32,
+    /// How long resolvers cache a negative answer that follows from the configuration (a name or
+    /// type the zone never has): the SOA MINIMUM and TTL of those answers (RFC 2308 §5).
+    pub negative_ttl: u32,
+    /// TTL of the NS records and of their glue.
+    pub ns_ttl: u32,
+    /// Addresses of the name servers whose names lie inside the zone (glue), in `ns` order.
+    pub glue: Vec<(String, Vec<IpAddr>)>,
+}
+
+/// Whether `name` is `domain` or below it (both lower case, no trailing dot).
+pub fn within(name: &str, domain: &str) -> bool {
+    name.len() >= domain.len()
+        && name.ends_with(domain)
+        && (name.len() == domain.len() || name.as_bytes()[name.len() - domain.len() - 1] == b'.')
+}
+
+impl Config {
+    /// The service whose zone holds `name` (lower case, no trailing dot): the one with an
+    /// `authority` whose name is `name` or its closest enclosing domain.
+    pub fn zone_for(&self, name: &str) -> Option<&ServiceConfig> {
+        self.services.iter().filter(|s| s.authority.is_some() && within(name, &s.name)).max_by_key(|s| s.name.len())
+    }
 }
 
 /// How a TLS probe checks the server's certificate (`tls_verify`, `tls_ca_file` of a service).

@@ -2,7 +2,7 @@
 //! so an operator fixes a file in one pass instead of one error per run.
 
 use std::collections::HashSet;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
@@ -13,6 +13,7 @@ use super::raw::*;
 use super::types::*;
 use super::ConfigProblem;
 use crate::prefix::Prefix;
+use crate::probe::sip::{RequestError, RequestTemplate};
 
 /// Serde says "unknown field `x`, expected ..." or "missing field `x`"; lift the field name out.
 pub(super) fn split_serde_message(message: &str) -> (String, String) {
@@ -64,6 +65,21 @@ impl Validator<'_> {
         let probe = self.probe(raw.probe);
         let mut services = Vec::with_capacity(raw.service.len());
         let mut names = HashSet::new();
+        // Where each service's authority (else its name) and each relay route's domain were
+        // written, for the checks across sections.
+        let zone_spans: Vec<Range<usize>> =
+            raw.service.iter().map(|s| s.authority.as_ref().map_or(s.name.span(), |a| a.span())).collect();
+        // Each authority's glue names as the file writes them, with their index and place.
+        let glue_spans: Vec<Vec<(String, usize, Range<usize>)>> = raw
+            .service
+            .iter()
+            .map(|s| {
+                let glue = s.authority.as_ref().map_or(&[][..], |a| &a.get_ref().glue[..]);
+                glue.iter().enumerate().map(|(k, g)| (normalize_name(g.name.get_ref()), k, g.name.span())).collect()
+            })
+            .collect();
+        let route_spans: Vec<Range<usize>> =
+            raw.relay.as_ref().map(|r| r.route.iter().map(|x| x.domain.span()).collect()).unwrap_or_default();
         for (i, s) in raw.service.into_iter().enumerate() {
             let span = s.name.span();
             let service = self.service(i, s, &probe);
@@ -81,13 +97,88 @@ impl Validator<'_> {
                 let (entries, ttl, source) = self.hosts(h);
                 (entries, ttl, Some(source))
             }
-            None => (Vec::new(), 60, None),
+            None => (Default::default(), 60, None),
         };
         let relay = raw.relay.map(|r| self.relay(r));
         let rrl = raw.rrl.map(|r| self.rrl(r));
         let metrics = raw.metrics.and_then(|m| self.metrics(m));
         let sites = self.sites(raw.sites, &services);
-        Config { server, probe, services, hosts, hosts_ttl, hosts_source, relay, rrl, metrics, sites }
+        let cluster = raw.cluster.and_then(|c| self.cluster(c));
+        self.zones(&services, &zone_spans, &glue_spans, relay.as_ref(), &route_spans);
+        Config { server, probe, services, hosts, hosts_ttl, hosts_source, relay, rrl, metrics, sites, cluster }
+    }
+
+    /// How zones meet the rest of the file. A service inside another's zone without an authority
+    /// of its own is part of that zone (answered with its SOA); with one, it would be a zone
+    /// inside a zone dnlb also serves, with no delegation between them: refused. A relay route
+    /// inside a zone could never be used (names in a zone are answered, never relayed): refused.
+    /// A route above a zone is fine; the zone's names stay out of it. A name server's glue must
+    /// not name another service's name, SRV name or server host: the glue would take its answers.
+    fn zones(
+        &mut self,
+        services: &[ServiceConfig],
+        spans: &[Range<usize>],
+        glue_spans: &[Vec<(String, usize, Range<usize>)>],
+        relay: Option<&RelayConfig>,
+        route_spans: &[Range<usize>],
+    ) {
+        for (i, s) in services.iter().enumerate() {
+            let Some(a) = &s.authority else { continue };
+            for (name, k, span) in glue_spans.get(i).into_iter().flatten() {
+                if !a.glue.iter().any(|(g, _)| g == name) {
+                    continue;
+                }
+                let owner = services.iter().enumerate().find(|(j, o)| {
+                    *j != i
+                        && (o.name == *name
+                            || o.servers.iter().any(|v| v.host == *name)
+                            || Transport::ALL.iter().any(|t| format!("{}.{}", t.srv_label(), o.name) == *name))
+                });
+                if let Some((j, o)) = owner {
+                    self.fail(
+                        span.clone(),
+                        &format!("service[{i}].authority.glue[{k}].name"),
+                        format!(
+                            "`{name}` is already a name of service[{j}] (`{}`: its name, an SRV name or a server's host), whose answers the glue would replace: give the name server a name of its own, such as ns1.{}",
+                            o.name, s.name
+                        ),
+                    );
+                }
+            }
+        }
+        for (i, s) in services.iter().enumerate() {
+            let Some(outer) = services
+                .iter()
+                .enumerate()
+                .filter(|(j, o)| *j != i && o.authority.is_some() && within(&s.name, &o.name))
+                .max_by_key(|(_, o)| o.name.len())
+            else {
+                continue;
+            };
+            if s.authority.is_some() {
+                self.fail(
+                    spans[i].clone(),
+                    &format!("service[{i}].authority"),
+                    format!(
+                        "`{}` lies inside the zone `{}` of service[{}], and dnlb does not delegate between its own zones: remove this authority to make the service part of that zone, or serve it under a name outside it",
+                        s.name, outer.1.name, outer.0
+                    ),
+                );
+            }
+        }
+        let Some(relay) = relay else { return };
+        for (k, route) in relay.routes.iter().enumerate() {
+            if let Some(zone) = services.iter().find(|s| s.authority.is_some() && within(&route.domain, &s.name)) {
+                self.fail(
+                    route_spans.get(k).cloned().unwrap_or(0..0),
+                    &format!("relay.route[{k}].domain"),
+                    format!(
+                        "`{}` is inside the zone `{}` that dnlb serves itself: its names are answered (NXDOMAIN when unknown), never relayed; remove the route",
+                        route.domain, zone.name
+                    ),
+                );
+            }
+        }
     }
 
     /// `[[sites]]`: every preferred site must be some server's, and a prefix is listed once.
@@ -152,7 +243,157 @@ impl Validator<'_> {
         rules
     }
 
+    /// `[cluster]`: endpoints, names, k, the lease TTL, credentials only from files.
+    fn cluster(&mut self, raw: RawCluster) -> Option<ClusterConfig> {
+        if let Some(p) = &raw.password {
+            self.fail(p.span(), "cluster.password", "a password is never written in the configuration: put it in a file readable by dnlb only and name it in password_file");
+        }
+        if !cfg!(feature = "cluster") {
+            self.fail(
+                raw.farm.span(),
+                "cluster",
+                "this dnlb was built without the `cluster` feature: build it with `cargo build --release --features cluster` (needs protoc), or remove [cluster]",
+            );
+            return None;
+        }
+        let mut etcd = Vec::new();
+        if raw.etcd.get_ref().is_empty() {
+            self.fail(
+                raw.etcd.span(),
+                "cluster.etcd",
+                "is empty: list etcd endpoints such as \"http://127.0.0.1:2379\"",
+            );
+        }
+        let mut https = false;
+        for (i, e) in raw.etcd.get_ref().iter().enumerate() {
+            let text = e.get_ref().trim().to_string();
+            let rest = text.strip_prefix("http://").or_else(|| text.strip_prefix("https://"));
+            https |= text.starts_with("https://");
+            match rest {
+                Some(hp)
+                    if !hp.is_empty()
+                        && !hp.contains('/')
+                        && hp
+                            .rsplit_once(':')
+                            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0)) =>
+                {
+                    etcd.push(text)
+                }
+                _ => self.fail(
+                    e.span(),
+                    &format!("cluster.etcd[{i}]"),
+                    format!("`{text}` is not an etcd endpoint: write \"http://HOST:PORT\" or \"https://HOST:PORT\""),
+                ),
+            }
+        }
+        let schemes = etcd.iter().filter(|e| e.starts_with("https://")).count();
+        if schemes != 0 && schemes != etcd.len() {
+            self.fail(raw.etcd.span(), "cluster.etcd", "mixes http:// and https://: use one scheme for every endpoint");
+        }
+        let farm = raw.farm.get_ref().clone();
+        if !crate::cluster::fleet::valid_name(&farm) {
+            self.fail(
+                raw.farm.span(),
+                "cluster.farm",
+                format!("`{farm}` is not a farm name: use 1 to 63 letters, digits, `.`, `_` or `-`"),
+            );
+        }
+        let name = match &raw.name {
+            Some(n) => {
+                if !crate::cluster::fleet::valid_name(n.get_ref()) {
+                    self.fail(
+                        n.span(),
+                        "cluster.name",
+                        format!(
+                            "`{}` is not an instance name: use 1 to 63 letters, digits, `.`, `_` or `-`",
+                            n.get_ref()
+                        ),
+                    );
+                }
+                n.get_ref().clone()
+            }
+            None => {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
+                if !crate::cluster::fleet::valid_name(&host) {
+                    self.fail(raw.farm.span(), "cluster.name", format!("is not set and the host name `{host}` cannot be one: set name = \"edge-1\" (1 to 63 letters, digits, `.`, `_` or `-`)"));
+                }
+                host
+            }
+        };
+        let k = self.ranged(&raw.probers_per_server, "cluster.probers_per_server", 1, 16, "") as usize;
+        let ttl =
+            self.ranged(&raw.lease_ttl_s, "cluster.lease_ttl_s", 1, 60, " seconds (etcd leases are whole seconds)");
+        let site = raw.site.as_ref().map(|s| {
+            if !crate::cluster::fleet::valid_name(s.get_ref()) {
+                self.fail(
+                    s.span(),
+                    "cluster.site",
+                    format!("`{}` is not a site name: use 1 to 63 letters, digits, `.`, `_` or `-`", s.get_ref()),
+                );
+            }
+            s.get_ref().clone()
+        });
+        let path = |s: &Spanned<String>| self.base.join(s.get_ref());
+        let auth = match (&raw.user, &raw.password_file) {
+            (Some(u), Some(f)) => Some((u.get_ref().clone(), path(f))),
+            (Some(u), None) => {
+                self.fail(
+                    u.span(),
+                    "cluster.user",
+                    "needs password_file = \"/etc/dnlb/etcd.pass\" (a file holding the password)",
+                );
+                None
+            }
+            (None, Some(f)) => {
+                self.fail(
+                    f.span(),
+                    "cluster.password_file",
+                    "needs user = \"...\" (the etcd user the password is for)",
+                );
+                None
+            }
+            (None, None) => None,
+        };
+        let identity = match (&raw.cert_file, &raw.key_file) {
+            (Some(c), Some(k)) => Some((path(c), path(k))),
+            (Some(c), None) => {
+                self.fail(c.span(), "cluster.cert_file", "needs key_file (the client certificate's private key)");
+                None
+            }
+            (None, Some(k)) => {
+                self.fail(k.span(), "cluster.key_file", "needs cert_file (the client certificate of this key)");
+                None
+            }
+            (None, None) => None,
+        };
+        let ca_file = raw.ca_file.as_ref().map(path);
+        let tls = if https {
+            Some(ClusterTls { ca_file, identity })
+        } else {
+            if let Some(s) = raw.ca_file.as_ref().or(raw.cert_file.as_ref()) {
+                self.fail(
+                    s.span(),
+                    "cluster.etcd",
+                    "TLS files are set but the endpoints are http://: write https:// endpoints",
+                );
+            }
+            None
+        };
+        Some(ClusterConfig {
+            etcd,
+            farm,
+            name,
+            probers_per_server: k,
+            lease_ttl: Duration::from_secs(ttl),
+            site,
+            auth,
+            tls,
+        })
+    }
+
     fn metrics(&mut self, raw: RawMetrics) -> Option<MetricsConfig> {
+        let allow = self.prefixes(&raw.allow, "metrics.allow", "127.0.0.0/8");
+        let max_connections = self.ranged(&raw.max_connections, "metrics.max_connections", 1, 65_536, "") as usize;
         match raw.listen.get_ref().parse::<SocketAddr>() {
             Ok(listen) if listen.ip().is_multicast() => {
                 self.fail(
@@ -162,7 +403,7 @@ impl Validator<'_> {
                 );
                 None
             }
-            Ok(listen) => Some(MetricsConfig { listen }),
+            Ok(listen) => Some(MetricsConfig { listen, allow, max_connections }),
             Err(_) => {
                 self.fail(
                     raw.listen.span(),
@@ -172,6 +413,22 @@ impl Validator<'_> {
                 None
             }
         }
+    }
+
+    /// A list of address prefixes (`FIELD[i]` names a bad one, with `example` as the fix).
+    fn prefixes(&mut self, list: &[Spanned<String>], field: &str, example: &str) -> Vec<Prefix> {
+        let mut out = Vec::with_capacity(list.len());
+        for (i, p) in list.iter().enumerate() {
+            match Prefix::parse(p.get_ref()) {
+                Ok(prefix) => out.push(prefix),
+                Err(why) => self.fail(
+                    p.span(),
+                    &format!("{field}[{i}]"),
+                    format!("{why}: write a prefix such as \"{example}\""),
+                ),
+            }
+        }
+        out
     }
 
     fn relay(&mut self, raw: RawRelay) -> RelayConfig {
@@ -188,22 +445,10 @@ impl Validator<'_> {
             let list = self.upstream_list(&r.upstreams, &format!("relay.route[{i}].upstreams"));
             routes.push(Route { domain, upstreams: list });
         }
-        let mut allow = Vec::new();
-        match &raw.allow {
-            None => allow.extend(DEFAULT_ALLOW.iter().filter_map(|p| Prefix::parse(p).ok())),
-            Some(list) => {
-                for (i, p) in list.get_ref().iter().enumerate() {
-                    match Prefix::parse(p.get_ref()) {
-                        Ok(prefix) => allow.push(prefix),
-                        Err(why) => self.fail(
-                            p.span(),
-                            &format!("relay.allow[{i}]"),
-                            format!("{why}: write a prefix such as \"10.0.0.0/8\""),
-                        ),
-                    }
-                }
-            }
-        }
+        let allow = match &raw.allow {
+            None => DEFAULT_ALLOW.iter().filter_map(|p| Prefix::parse(p).ok()).collect(),
+            Some(list) => self.prefixes(list.get_ref(), "relay.allow", "10.0.0.0/8"),
+        };
         let timeout = self.ranged(&raw.timeout_ms, "relay.timeout_ms", 50, 30_000, " ms");
         let health_interval =
             self.ranged(&raw.health_check_interval_ms, "relay.health_check_interval_ms", 100, 3_600_000, " ms");
@@ -272,17 +517,7 @@ impl Validator<'_> {
                 format!("{table} is not a power of two: use one such as {}", table.next_power_of_two()),
             );
         }
-        let mut exempt = Vec::new();
-        for (i, p) in raw.exempt.iter().enumerate() {
-            match Prefix::parse(p.get_ref()) {
-                Ok(prefix) => exempt.push(prefix),
-                Err(why) => self.fail(
-                    p.span(),
-                    &format!("rrl.exempt[{i}]"),
-                    format!("{why}: write a prefix such as \"100.64.0.0/10\""),
-                ),
-            }
-        }
+        let exempt = self.prefixes(&raw.exempt, "rrl.exempt", "100.64.0.0/10");
         RrlConfig {
             responses_per_second: rate,
             slip,
@@ -321,16 +556,15 @@ impl Validator<'_> {
         out
     }
 
-    fn hosts(&mut self, raw: RawHosts) -> (Vec<crate::hosts::HostEntry>, u32, HostsSource) {
+    fn hosts(&mut self, raw: RawHosts) -> (std::sync::Arc<crate::hosts::Hosts>, u32, HostsSource) {
         let ttl = self.ranged(&raw.ttl, "hosts.ttl", 0, 86_400, " s") as u32;
         let path = self.base.join(raw.file.get_ref());
-        let entries = crate::hosts::load(&path).unwrap_or_else(|problems| {
-            for p in problems {
-                self.fail(raw.file.span(), "hosts.file", p);
-            }
-            Vec::new()
+        // One problem however many lines are bad: the report names the first few and counts the rest.
+        let hosts = crate::hosts::Hosts::load(&path, ttl).unwrap_or_else(|e| {
+            self.fail(raw.file.span(), "hosts.file", e.to_string());
+            Default::default()
         });
-        (entries, ttl, HostsSource { path, watch: raw.watch })
+        (std::sync::Arc::new(hosts), ttl, HostsSource { path, watch: raw.watch })
     }
 
     fn server(&mut self, raw: RawServerSection) -> ServerConfig {
@@ -466,25 +700,14 @@ impl Validator<'_> {
         let mut listed: HashSet<(IpAddr, u16)> = HashSet::new();
         for (j, s) in raw.server.into_inner().into_iter().enumerate() {
             let sf = |f: &str| format!("service[{i}].server[{j}].{f}");
-            let address = match s.address.get_ref().parse::<IpAddr>() {
-                Ok(a) if a.is_unspecified() || a.is_multicast() => {
-                    self.fail(
-                        s.address.span(),
-                        &sf("address"),
-                        format!("{a} cannot be a SIP server: use a unicast address"),
-                    );
-                    a
-                }
-                Ok(a) => a,
-                Err(_) => {
-                    self.fail(
-                        s.address.span(),
-                        &sf("address"),
-                        format!("`{}` is not an IP address: write one such as \"192.0.2.10\" or \"2001:db8::10\" (no port; use `port`)", s.address.get_ref()),
-                    );
-                    IpAddr::from([0, 0, 0, 0])
+            let parsed = match server_address(s.address.get_ref()) {
+                Ok(a) => Some(a),
+                Err(message) => {
+                    self.fail(s.address.span(), &sf("address"), message);
+                    None
                 }
             };
+            let address = parsed.unwrap_or(IpAddr::from([0, 0, 0, 0]));
             let transports = s.transports.get_ref().clone();
             if transports.is_empty() {
                 self.fail(
@@ -528,6 +751,19 @@ impl Validator<'_> {
                 );
             }
             let probe_method = s.probe_method.or(raw.probe_method).unwrap_or(probe.method);
+            // What the prober will send, built by the prober's own builder: a server it cannot
+            // address (link-local, IPv4-mapped, not unicast) is refused here, with why, so no
+            // configuration loads, or reloads, whose probes could not go out.
+            let unbuildable = parsed.and_then(|a| {
+                transports.iter().find_map(|&t| {
+                    let target = SocketAddr::new(a, if t == Transport::Tls { tls_port } else { port });
+                    RequestTemplate::new(probe_method, target, t).err()
+                })
+            });
+            if let Some(e) = unbuildable {
+                let f = if e == RequestError::PortZero { sf("port") } else { sf("address") };
+                self.fail(s.address.span(), &f, e.to_string());
+            }
             let site = s.site.as_ref().map(|v| v.get_ref().trim().to_string());
             if let (Some(v), Some("")) = (&s.site, site.as_deref()) {
                 self.fail(v.span(), &sf("site"), "is empty: name the site, such as \"east\", or leave `site` out");
@@ -546,8 +782,148 @@ impl Validator<'_> {
                 drain: s.drain,
             });
         }
+        // The SRV names and the servers' default hosts go in front of the service name: each
+        // must fit a DNS name too, or the answers could not be encoded when dnlb starts.
+        if check_name(&name).is_ok() {
+            let srv = Transport::ALL
+                .iter()
+                .filter(|t| servers.iter().any(|s| s.transports.contains(t)))
+                .map(|t| format!("{}.{name}", t.srv_label()));
+            let hosts = servers.iter().filter(|s| s.host.ends_with(name.as_str())).map(|s| s.host.clone());
+            if let Some(long) = srv.chain(hosts).filter(|n| n.len() > 253).max_by_key(String::len) {
+                self.fail(
+                    raw.name.span(),
+                    &field("name"),
+                    format!("`{name}` is too long for the names made from it: `{long}` has {} characters, more than 253: use a shorter service name (or give the servers a `host`)", long.len()),
+                );
+            }
+        }
         let tls_verify = self.tls_verify(raw.tls_verify, raw.tls_ca_file, &field);
-        ServiceConfig { name, policy: raw.policy, answers, ttl, all_down: raw.all_down, tls_verify, servers }
+        let authority = raw.authority.map(|a| self.authority(i, &name, a, &servers));
+        ServiceConfig { name, policy: raw.policy, answers, ttl, all_down: raw.all_down, tls_verify, servers, authority }
+    }
+
+    /// `[service.authority]` of service `i`, named `zone`: at least one NS; an NS name inside the
+    /// zone needs its addresses in `glue` (the zone is the only place a resolver can learn them);
+    /// glue only for such names.
+    fn authority(&mut self, i: usize, zone: &str, raw: Spanned<RawAuthority>, servers: &[SipServer]) -> Authority {
+        let field = |f: &str| format!("service[{i}].authority.{f}");
+        let span = raw.span();
+        let raw = raw.into_inner();
+        let mut ns: Vec<String> = Vec::new();
+        match &raw.ns {
+            Some(list) if !list.get_ref().is_empty() => {
+                if list.get_ref().len() > MAX_NS {
+                    self.fail(list.span(), &field("ns"), format!("{} name servers is more than {MAX_NS}: a referral listing them all would not fit a small UDP reply; list at most {MAX_NS}", list.get_ref().len()));
+                }
+                for (j, n) in list.get_ref().iter().enumerate() {
+                    let name = normalize_name(n.get_ref());
+                    if let Err(why) = check_name(&name) {
+                        self.fail(n.span(), &field(&format!("ns[{j}]")), format!("`{}` {why}", n.get_ref()));
+                    } else if ns.contains(&name) {
+                        self.fail(n.span(), &field(&format!("ns[{j}]")), format!("`{name}` is listed twice: list each name server once"));
+                    }
+                    ns.push(name);
+                }
+            }
+            other => self.fail(
+                other.as_ref().map_or(span.clone(), |l| l.span()),
+                &field("ns"),
+                format!("the zone `{zone}` has no name servers: list the names the parent zone delegates it to, such as ns = [\"ns1.{zone}\"] (with its address in glue) or ns = [\"dnlb1.example.net\"]"),
+            ),
+        }
+        let hostmaster = match &raw.hostmaster {
+            None => {
+                let name = format!("hostmaster.{zone}");
+                if name.len() > 253 && check_name(zone).is_ok() {
+                    self.fail(span.clone(), &field("hostmaster"), format!("the default `hostmaster.{zone}` is too long ({} characters, more than 253): set hostmaster to a shorter mailbox, such as hostmaster@example.net", name.len()));
+                }
+                name
+            }
+            Some(h) => {
+                let text = h.get_ref().trim();
+                // `user@example.net` is the mailbox user.example.net in an SOA.
+                let (domain_form, dotted_user) = match text.split_once('@') {
+                    Some((user, domain)) => (format!("{user}.{domain}"), user.contains('.')),
+                    None => (text.to_string(), false),
+                };
+                let name = normalize_name(&domain_form);
+                if dotted_user {
+                    self.fail(h.span(), &field("hostmaster"), format!("`{text}` has a dot before the @, which an SOA cannot say without escapes: use a mailbox such as hostmaster@{zone}"));
+                } else if let Err(why) = check_name(&name) {
+                    self.fail(h.span(), &field("hostmaster"), format!("`{text}` {why}"));
+                }
+                name
+            }
+        };
+        let serial = self.ranged(&raw.serial, &field("serial"), 0, u64::from(u32::MAX), "") as u32;
+        // RFC 2181 §8: time values are at most 2^31 - 1.
+        let max = u64::from(i32::MAX as u32);
+        let refresh = self.ranged(&raw.refresh, &field("refresh"), 1, max, " s") as u32;
+        let retry = self.ranged(&raw.retry, &field("retry"), 1, max, " s") as u32;
+        let expire = self.ranged(&raw.expire, &field("expire"), 1, max, " s") as u32;
+        let negative_ttl = self.ranged(&raw.negative_ttl, &field("negative_ttl"), 0, 86_400, " s") as u32;
+        let ns_ttl = self.ranged(&raw.ns_ttl, &field("ns_ttl"), 0, 604_800, " s") as u32;
+        // The zone's own names an NS name inside it must not take over.
+        let own: HashSet<String> = std::iter::once(zone.to_string())
+            .chain(Transport::ALL.iter().map(|t| format!("{}.{zone}", t.srv_label())))
+            .chain(servers.iter().map(|s| s.host.clone()))
+            .collect();
+        let mut glue: Vec<(String, Vec<IpAddr>)> = Vec::new();
+        for (k, g) in raw.glue.iter().enumerate() {
+            let name = normalize_name(g.name.get_ref());
+            let (nf, af) = (field(&format!("glue[{k}].name")), field(&format!("glue[{k}].addresses")));
+            if !ns.contains(&name) {
+                self.fail(g.name.span(), &nf, format!("`{name}` is not in ns: glue is only for the zone's own name servers; add it to ns or remove it"));
+                continue;
+            }
+            if !within(&name, zone) {
+                self.fail(g.name.span(), &nf, format!("`{name}` is outside the zone `{zone}`: resolvers find its address in its own zone, so it needs no glue here; remove it"));
+                continue;
+            }
+            if own.contains(&name) {
+                self.fail(g.name.span(), &nf, format!("`{name}` is already a name of the service (its apex, an SRV name or a server's host): give the name server a name of its own, such as ns1.{zone}"));
+                continue;
+            }
+            if glue.iter().any(|(other, _)| *other == name) {
+                self.fail(g.name.span(), &nf, format!("`{name}` has glue twice: list all its addresses in one entry"));
+                continue;
+            }
+            let addrs = &g.addresses;
+            let mut list: Vec<IpAddr> = Vec::new();
+            if addrs.get_ref().is_empty() {
+                self.fail(addrs.span(), &af, "is empty: list the name server's addresses, such as [\"192.0.2.53\"]");
+            } else if addrs.get_ref().len() > MAX_NS {
+                self.fail(addrs.span(), &af, format!("lists more than {MAX_NS} addresses: list at most {MAX_NS}"));
+            }
+            for (j, a) in addrs.get_ref().iter().enumerate() {
+                match a.get_ref().parse::<IpAddr>() {
+                    Ok(ip) if !ip.is_unspecified() && !ip.is_multicast() => {
+                        if !list.contains(&ip) {
+                            list.push(ip);
+                        }
+                    }
+                    _ => self.fail(
+                        a.span(),
+                        &format!("{af}[{j}]"),
+                        format!("`{}` is not a unicast IP address: write one such as \"192.0.2.53\"", a.get_ref()),
+                    ),
+                }
+            }
+            glue.push((name, list));
+        }
+        for n in ns.iter().filter(|n| within(n, zone) && !glue.iter().any(|(g, _)| g == *n)) {
+            let known = raw.glue.iter().any(|g| normalize_name(g.name.get_ref()) == *n);
+            if !known {
+                self.fail(
+                    raw.ns.as_ref().map_or(span.clone(), |l| l.span()),
+                    &field("ns"),
+                    format!("`{n}` is inside the zone, so resolvers can only reach it through glue: add its addresses, e.g. glue = [{{ name = \"{n}\", addresses = [\"192.0.2.53\"] }}]"),
+                );
+            }
+        }
+        glue.sort_by_key(|(g, _)| ns.iter().position(|n| n == g));
+        Authority { ns, hostmaster, serial, refresh, retry, expire, negative_ttl, ns_ttl, glue }
     }
 
     /// A server's UDP/TCP port and TLS port. `port` serves UDP and TCP (5060 by default);
@@ -614,6 +990,9 @@ impl Validator<'_> {
     }
 }
 
+/// The most name servers a zone lists, and the most addresses one of them has in `glue`.
+const MAX_NS: usize = 16;
+
 /// The (transport class, port) pairs a server listens on, for the listed-twice check: UDP and
 /// TCP share `port`, TLS has `tls_port`.
 fn endpoints(port: u16, tls_port: u16, transports: &[Transport]) -> Vec<u16> {
@@ -676,6 +1055,27 @@ fn check_name(name: &str) -> Result<(), &'static str> {
         }
     }
     Ok(())
+}
+
+/// A server's `address`: an IP address, without a zone. A zone (`fe80::1%eth0`) is refused with
+/// why: an AAAA or SRV answer cannot carry it to a phone.
+fn server_address(text: &str) -> Result<IpAddr, String> {
+    if let Ok(a) = text.parse::<IpAddr>() {
+        return Ok(a);
+    }
+    if let Some((base, zone)) = text.split_once('%') {
+        if let Ok(v6) = base.parse::<Ipv6Addr>() {
+            if v6.is_unicast_link_local() {
+                return Err(format!("`{text}`: {}", RequestError::LinkLocal(v6)));
+            }
+            return Err(format!(
+                "`{text}` carries a zone (`%{zone}`), which an AAAA or SRV answer cannot carry to a phone: write \"{base}\""
+            ));
+        }
+    }
+    Err(format!(
+        "`{text}` is not an IP address: write one such as \"192.0.2.10\" or \"2001:db8::10\" (no port; use `port`)"
+    ))
 }
 
 /// The SRV target name of a server without an explicit `host`: derived from its address so that a

@@ -5,46 +5,39 @@
 //!  prober  ── ProbeStatus atomics + report mutex ────┼─► scrape(): a fresh prometheus::Registry
 //!  SnapshotHandle::load() (generation, built_at) ────┘     filled from loads ─► text format 0.0.4
 //!
-//!  mio accept ─► one connection at a time: read ≤ MAX_REQUEST bytes within REQUEST_TIME
-//!            ─► httparse ─► 200 (GET /metrics) · 404 · 405 · 400 ─► close
+//!  listener::Serving (many clients at once, each ≤ MAX_REQUEST bytes, REQUEST_TIME to send its
+//!  request, REQUEST_TIME to take the reply; `allow`; max_connections, the least recently
+//!  progressing closed for a new one) ─► httparse ─► 200 (GET /metrics) · 404 · 405 · 400 · 431
 //! ```
 //!
 //! A scrape costs the workers nothing: it only loads the atomics they already keep and locks the
 //! prober's report list, which the prober refreshes once per interval. The exposition is written
 //! by the `prometheus` crate's text encoder (format 0.0.4, what `promtool check metrics` reads);
-//! requests are parsed by `httparse`. Connections are served one at a time, each bounded in
-//! size and time, so a client that sends garbage or nothing delays the next scrape by at most
-//! [`REQUEST_TIME`] and can never make the endpoint grow or stop.
+//! requests are parsed by `httparse`. The connections are served by [`super::listener`], so a
+//! client that sends garbage, nothing, or a byte now and then delays no other client's scrape and
+//! can never make the endpoint grow or stop.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use mio::net::TcpListener;
-use mio::{Events, Interest, Poll, Token};
 use prometheus::core::Collector;
 use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
+use super::listener::{Cut, Limits, Response, Service, Serving};
 use super::running::RunningView;
+use crate::config::{MetricsConfig, DEFAULT_MAX_CONNECTIONS};
 use crate::counters::{CounterBlocks, Totals};
-use crate::logging::RateLimited;
 use crate::probe::health::State;
 use crate::probe::ProbeView;
 use crate::snapshot::SnapshotHandle;
 
 /// The most request bytes read (request line and headers); a longer request gets 431.
 pub const MAX_REQUEST: usize = 8 * 1024;
-/// How long one connection may take to send its request and receive the reply.
+/// How long a client may take to send its request whole, and again to take its reply.
 pub const REQUEST_TIME: Duration = Duration::from_secs(2);
-/// How often the accept loop looks at the stop flag.
-const STOP_CHECK: Duration = Duration::from_millis(100);
-/// How long a closed connection is drained of what the client still sends.
-const LINGER: Duration = Duration::from_millis(200);
-/// The most bytes drained from a closed connection.
-const MAX_DRAIN: usize = 64 * 1024;
 /// The most headers a request may carry.
 const MAX_HEADERS: usize = 32;
 
@@ -81,25 +74,33 @@ pub struct Sources {
 
 /// A running metrics endpoint.
 pub struct MetricsServer {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    serving: Serving,
     addr: SocketAddr,
 }
 
 impl MetricsServer {
-    /// Binds `listen` and starts thread `dnlb-metrics`; fails before the thread starts if the
-    /// address cannot be bound.
+    /// Binds `listen` and starts thread `dnlb-metrics` with the default bounds and no `allow`
+    /// list; fails before the thread starts if the address cannot be bound.
     pub fn start(listen: SocketAddr, sources: Sources) -> Result<MetricsServer, MetricsError> {
-        let mut listener = TcpListener::bind(listen).map_err(|reason| MetricsError::Bind { addr: listen, reason })?;
+        let config = MetricsConfig { listen, allow: Vec::new(), max_connections: DEFAULT_MAX_CONNECTIONS };
+        MetricsServer::start_with(&config, sources)
+    }
+
+    /// Binds `config.listen` and starts thread `dnlb-metrics` serving the clients `config.allow`
+    /// lets in, `config.max_connections` at once.
+    pub fn start_with(config: &MetricsConfig, sources: Sources) -> Result<MetricsServer, MetricsError> {
+        let listen = config.listen;
+        let listener = TcpListener::bind(listen).map_err(|reason| MetricsError::Bind { addr: listen, reason })?;
         let addr = listener.local_addr()?;
-        let poll = Poll::new()?;
-        poll.registry().register(&mut listener, Token(0), Interest::READABLE)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("dnlb-metrics".into())
-            .spawn(move || serve(poll, listener, &sources, &s))?;
-        Ok(MetricsServer { stop, thread: Some(thread), addr })
+        let limits = Limits {
+            max_connections: config.max_connections,
+            max_request: MAX_REQUEST,
+            read_time: REQUEST_TIME,
+            write_time: REQUEST_TIME,
+            allow: config.allow.clone(),
+        };
+        let serving = Serving::start("dnlb-metrics", listener, Http { sources }, limits)?;
+        Ok(MetricsServer { serving, addr })
     }
 
     /// The address the endpoint listens on (the configured one, with the port the kernel chose
@@ -108,81 +109,30 @@ impl MetricsServer {
         self.addr
     }
 
-    /// Stops the thread and waits for it (it sees the flag within [`STOP_CHECK`], or after the
-    /// connection it is serving, at most [`REQUEST_TIME`]).
-    pub fn shutdown(mut self) {
-        self.stop_and_join();
-    }
-
-    fn stop_and_join(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            if t.join().is_err() {
-                tracing::error!("metrics: the endpoint's thread panicked");
-            }
-        }
+    /// Stops the thread and waits for it.
+    pub fn shutdown(self) {
+        self.serving.shutdown();
     }
 }
 
-impl Drop for MetricsServer {
-    fn drop(&mut self) {
-        self.stop_and_join();
-    }
+/// HTTP/1.1, one `GET /metrics` per connection.
+struct Http {
+    sources: Sources,
 }
 
-/// The accept loop: serves one connection at a time until `stop`.
-fn serve(mut poll: Poll, listener: TcpListener, sources: &Sources, stop: &AtomicBool) {
-    let mut events = Events::with_capacity(8);
-    let mut last_error = RateLimited::new(Duration::from_secs(60));
-    while !stop.load(Ordering::Acquire) {
-        if let Err(e) = poll.poll(&mut events, Some(STOP_CHECK)) {
-            if e.kind() != io::ErrorKind::Interrupted {
-                log_rarely(&mut last_error, &format!("poll: {e}"));
-                std::thread::sleep(STOP_CHECK);
-            }
-            continue;
-        }
-        if events.is_empty() {
-            continue;
-        }
-        // Edge-triggered: take every connection waiting before polling again.
-        loop {
-            match listener.accept() {
-                Ok((stream, _peer)) => {
-                    if let Err(e) = answer(stream, sources) {
-                        // A client that went away or was too slow: nothing to report per request.
-                        if !matches!(
-                            e.kind(),
-                            io::ErrorKind::WouldBlock
-                                | io::ErrorKind::TimedOut
-                                | io::ErrorKind::BrokenPipe
-                                | io::ErrorKind::ConnectionReset
-                                | io::ErrorKind::UnexpectedEof
-                        ) {
-                            log_rarely(&mut last_error, &format!("a request failed: {e}"));
-                        }
-                    }
-                    if stop.load(Ordering::Acquire) {
-                        return;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    // EMFILE and kin: the connection stays queued; wait instead of spinning.
-                    log_rarely(&mut last_error, &format!("accept: {e}"));
-                    std::thread::sleep(STOP_CHECK);
-                    break;
-                }
-            }
-        }
+impl Service for Http {
+    fn whole(&self, request: &[u8]) -> bool {
+        route(request).is_some()
     }
-}
 
-/// Logs at most once a minute, with the count of those held back.
-fn log_rarely(limit: &mut RateLimited, what: &str) {
-    if let Some(held) = limit.check(Instant::now()) {
-        tracing::warn!(held, "metrics: {what}");
+    fn answer(&self, request: &[u8], cut: Cut) -> Option<Response> {
+        let route = match (route(request), cut) {
+            (Some(route), _) => route,
+            (None, Cut::Full) => Route::TooLarge,
+            // The client went away before its request was whole: no one to answer.
+            (None, _) => return None,
+        };
+        Some(Response::Now(reply(route, &self.sources)))
     }
 }
 
@@ -204,83 +154,33 @@ enum Route {
     TooLarge,
 }
 
-/// Reads one request within [`REQUEST_TIME`] and [`MAX_REQUEST`] bytes, and answers it.
-fn answer(stream: mio::net::TcpStream, sources: &Sources) -> io::Result<()> {
-    // The accepted socket is non-blocking (mio); this connection is served blocking, with
-    // timeouts, so it cannot hold the thread longer than REQUEST_TIME.
-    let fd: std::os::fd::OwnedFd = stream.into();
-    let mut stream = std::net::TcpStream::from(fd);
-    stream.set_nonblocking(false)?;
-    let deadline = Instant::now() + REQUEST_TIME;
-    let mut buf = [0u8; MAX_REQUEST];
-    let mut len = 0;
-    let route = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::ErrorKind::TimedOut.into());
-        }
-        stream.set_read_timeout(Some(left))?;
-        let Some(free) = buf.get_mut(len..).filter(|b| !b.is_empty()) else { break Route::TooLarge };
-        let n = stream.read(free)?;
-        if n == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        len += n;
-        if let Some(route) = route(&buf[..len]) {
-            break route;
-        }
-    };
-    stream.set_write_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))))?;
+/// The whole reply to a request for `route`.
+fn reply(route: Route, sources: &Sources) -> Vec<u8> {
     let (status, content_type, body) = match route {
         Route::Metrics { .. } => match scrape(sources) {
-            Ok(text) => ("200 OK", TextEncoder::new().format_type().to_string(), Some(text)),
+            Ok(text) => ("200 OK", TextEncoder::new().format_type().to_string(), text),
             Err(e) => {
                 tracing::error!("metrics: {e}");
-                ("500 Internal Server Error", "text/plain".to_string(), Some(format!("{e}\n")))
+                ("500 Internal Server Error", "text/plain".to_string(), format!("{e}\n"))
             }
         },
-        Route::NotFound => ("404 Not Found", "text/plain".to_string(), Some("try /metrics\n".to_string())),
-        Route::MethodNotAllowed => ("405 Method Not Allowed", "text/plain".to_string(), Some("use GET\n".to_string())),
-        Route::BadRequest => ("400 Bad Request", "text/plain".to_string(), Some("not an HTTP request\n".to_string())),
+        Route::NotFound => ("404 Not Found", "text/plain".to_string(), "try /metrics\n".to_string()),
+        Route::MethodNotAllowed => ("405 Method Not Allowed", "text/plain".to_string(), "use GET\n".to_string()),
+        Route::BadRequest => ("400 Bad Request", "text/plain".to_string(), "not an HTTP request\n".to_string()),
         Route::TooLarge => {
-            ("431 Request Header Fields Too Large", "text/plain".to_string(), Some("request too large\n".to_string()))
+            ("431 Request Header Fields Too Large", "text/plain".to_string(), "request too large\n".to_string())
         }
     };
-    let body = body.unwrap_or_default();
     // HEAD gets the length a GET would, and no body.
-    let head = format!(
+    let mut out = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
-    );
-    stream.write_all(head.as_bytes())?;
+    )
+    .into_bytes();
     if route != (Route::Metrics { body: false }) {
-        stream.write_all(body.as_bytes())?;
+        out.extend_from_slice(body.as_bytes());
     }
-    stream.flush()?;
-    linger(stream, deadline)
-}
-
-/// Closes our side, then reads and discards what the client still sends (a request we did not
-/// read whole) until it closes too, a little while at most: closing a socket with unread input
-/// sends a reset, which can destroy the reply before the client reads it.
-fn linger(mut stream: std::net::TcpStream, deadline: Instant) -> io::Result<()> {
-    stream.shutdown(std::net::Shutdown::Write)?;
-    let until = deadline.min(Instant::now() + LINGER);
-    let mut sink = [0u8; 4096];
-    let mut drained = 0;
-    while drained < MAX_DRAIN {
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        stream.set_read_timeout(Some(left))?;
-        match stream.read(&mut sink) {
-            Ok(0) => break,
-            Ok(n) => drained += n,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
+    out
 }
 
 /// Where a request goes, or `None` while its headers are incomplete.
@@ -307,7 +207,11 @@ fn route(request: &[u8]) -> Option<Route> {
 pub fn scrape(sources: &Sources) -> Result<String, MetricsError> {
     let mut m = Metrics::default();
     workers(&mut m, &sources.counters)?;
-    if let Some(p) = &sources.running.load().prober {
+    let running = sources.running.load();
+    if let Some(f) = &running.fleet {
+        fleet(&mut m, f)?;
+    }
+    if let Some(p) = &running.prober {
         prober(&mut m, p)?;
     }
     let snapshot = sources.snapshots.load();
@@ -497,6 +401,58 @@ fn workers(m: &mut Metrics, blocks: &CounterBlocks) -> Result<(), MetricsError> 
     Ok(())
 }
 
+/// The fleet (`[cluster]`): members, the link to etcd, duty, writes, restarts, refusals.
+fn fleet(m: &mut Metrics, f: &crate::cluster::Handle) -> Result<(), MetricsError> {
+    let p = f.published.load();
+    let s = &f.stats;
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let none: &[&str] = &[];
+    let attached = i64::from(p.link == crate::cluster::core::LinkState::Attached);
+    for (name, help, v) in [
+        (
+            "dnlb_cluster_members",
+            "Live members of the farm with this instance's configuration, itself included.",
+            int(p.view.members.len() as u64),
+        ),
+        (
+            "dnlb_cluster_conflicts",
+            "Live members of the farm with another configuration (no shared duty).",
+            int(p.view.conflicts.len() as u64),
+        ),
+        ("dnlb_cluster_attached", "1 while the lease is alive and the prefix watched, else 0 (detached).", attached),
+        (
+            "dnlb_cluster_duty_servers",
+            "Servers this instance probes as one of their current probers.",
+            int(get(&s.duty_servers)),
+        ),
+    ] {
+        m.int_gauge(name, help, &[])?.with_label_values(none).set(v);
+    }
+    for (name, help, v) in [
+        ("dnlb_cluster_verdict_writes_total", "Verdict keys written or deleted in etcd.", get(&s.verdict_writes)),
+        (
+            "dnlb_cluster_watch_restarts_total",
+            "Times the watch of the prefix was started again.",
+            get(&s.watch_restarts),
+        ),
+        (
+            "dnlb_cluster_refused_total",
+            "Keys or values under the prefix refused (too large, malformed, unknown).",
+            get(&s.refused),
+        ),
+        ("dnlb_cluster_transitions_total", "Attach/detach transitions.", get(&s.transitions)),
+        ("dnlb_cluster_leases_total", "etcd leases granted to this instance.", get(&s.leases)),
+        (
+            "dnlb_cluster_dropped_reports_total",
+            "Verdict reports dropped: the cluster thread's queue was full.",
+            get(&s.dropped_reports),
+        ),
+    ] {
+        m.counter(name, help, &[])?.with_label_values(none).inc_by(v);
+    }
+    Ok(())
+}
+
 /// The prober: its totals, its heartbeat, and per service, server and transport its verdict.
 fn prober(m: &mut Metrics, p: &ProbeView) -> Result<(), MetricsError> {
     let s = p.status();
@@ -571,6 +527,7 @@ mod tests {
     use crate::counters::WorkerCounters;
     use crate::snapshot::Snapshot;
     use crossbeam_utils::CachePadded;
+    use std::sync::Arc;
 
     const CONFIG: &str = "[server]\nlisten = [\"127.0.0.1:5353\"]\n";
 

@@ -24,6 +24,7 @@
 pub mod answers;
 pub mod hosts_watch;
 pub mod instance;
+pub mod listener;
 pub mod metrics;
 pub mod notify;
 pub mod plane;

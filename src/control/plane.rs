@@ -3,12 +3,14 @@
 //! and serves the main thread's loop: the watchdog, signals, reloads and the hosts-file watch.
 //!
 //! ```text
-//!  start ─► config (+ command-line overrides) ─► instance locks ─► Layout ─► first snapshot
+//!  start ─► config (+ command-line overrides) ─► runtime directory checked ─► instance locks
+//!        ─► Layout ─► first snapshot
 //!        ─► Server::start (workers) ─► prober ─► metrics endpoint ─► control socket
 //!        ─► drop to server.user ─► READY=1
 //!  serve (main thread, every 100 ms):
 //!        watchdog: workers alive, prober heartbeat fresh ─► WATCHDOG=1 (else exit 1)
-//!        SIGHUP · `dnlb reload` · hosts.watch ─► reload::plan ─► new Layout ─► stop the prober,
+//!        SIGHUP · `dnlb reload` · hosts.watch ─► files read on thread dnlb-load (the loop goes on
+//!            feeding the watchdog and watching for SIGTERM) ─► reload::plan ─► new Layout ─► stop the prober,
 //!            carry its health ─► start one on the new config ─► edge settings ─► RunningView
 //!        SIGINT / SIGTERM ─► STOPPING=1 ─► prober, workers stopped ─► locks released
 //! ```
@@ -27,13 +29,15 @@ use super::answers::ControlAnswers;
 use super::hosts_watch::HostsWatch;
 use super::instance::{InstanceLocks, LockError};
 use super::metrics::{MetricsError, MetricsServer, Sources};
+use super::notify;
 use super::privilege::{self, Outcome, PrivilegeError, Target};
 use super::reload::{self, Plan};
 use super::running::{Running, RunningView};
+use super::runtime::{self, RuntimeDir, RuntimeError};
 use super::socket::{ControlError, ControlSocket, Reply};
-use super::{notify, runtime};
 use crate::config::{Config, ConfigError, HostsSource, IoMode};
 use crate::dns::encode::EncodeError;
+use crate::hosts::Hosts;
 use crate::probe::core::OsEntropy;
 use crate::probe::{initial_serving, Carry, Prober, ProberError};
 use crate::server::{Server, ServerError};
@@ -54,7 +58,10 @@ pub enum PlaneError {
     /// `server.user` cannot be assumed (the operator's setup).
     #[error(transparent)]
     Privilege(#[from] PrivilegeError),
-    /// Another instance holds a listen address, or the runtime directory is unusable.
+    /// No runtime directory, or one that another user owns or may write.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// Another instance holds a listen address, or a lock file is unusable.
     #[error(transparent)]
     Lock(#[from] LockError),
     /// The answers could not be encoded.
@@ -63,6 +70,9 @@ pub enum PlaneError {
     /// The workers or their sockets could not start.
     #[error(transparent)]
     Server(#[from] ServerError),
+    /// The fleet (`[cluster]`) could not be joined.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     /// The prober could not start.
     #[error("starting the prober: {0}")]
     Prober(#[from] ProberError),
@@ -106,7 +116,7 @@ impl Overrides {
 /// The control socket path of the instance `config` describes.
 pub fn control_path(config: &Config) -> Result<PathBuf, PlaneError> {
     let first = *config.server.listen.first().ok_or(PlaneError::NoListen)?;
-    Ok(runtime::control_socket(&runtime::dir(config.server.runtime_dir.as_deref()), first))
+    Ok(runtime::control_socket(&runtime::dir(config.server.runtime_dir.as_deref())?, first))
 }
 
 /// What starts a reload.
@@ -148,6 +158,8 @@ pub struct ControlPlane {
     config: Arc<Config>,
     /// The running prober; `None` when probing is off.
     prober: Option<Prober>,
+    /// The fleet's membership (`[cluster]`), kept over reloads; `None` alone.
+    fleet: Option<crate::cluster::Member>,
     server: Server,
     snapshots: SnapshotHandle,
     /// The read view published after every change of `config` or `prober`.
@@ -157,6 +169,9 @@ pub struct ControlPlane {
     signals: Signals,
     reloads: Receiver<SyncSender<Reply>>,
     hosts_watch: HostsWatch,
+    /// Why the instance must stop: a reload stopped the prober and no prober could start again,
+    /// so the answers would stay frozen on the last health.
+    failed: Option<String>,
     /// Dropped (stopped) with the plane.
     _metrics: Option<MetricsServer>,
     _control: ControlSocket,
@@ -175,25 +190,33 @@ impl ControlPlane {
         // The user is looked up before anything is bound, so a typo or a start without root
         // fails before the first socket exists.
         let target = config.server.user.as_deref().map(privilege::resolve).transpose()?;
+        // Checked before anything is made in it (root's or the user's, no one else's to write);
+        // what dnlb makes there is given to server.user before the drop.
+        let runtime_dir = RuntimeDir::prepare(
+            &runtime::dir(config.server.runtime_dir.as_deref())?,
+            target.as_ref().map(Target::ids),
+        )?;
         // One instance per listen address: SO_REUSEPORT would let a second dnlb bind silently
         // and split the clients between two configurations.
-        let locks = InstanceLocks::acquire(&runtime::dir(config.server.runtime_dir.as_deref()), &config.server.listen)?;
+        let locks = InstanceLocks::acquire(&runtime_dir, &config.server.listen)?;
         // The first snapshot follows the configured start state; the prober publishes from then on.
         let layout = Arc::new(Layout::new(&config)?);
         let snapshots = SnapshotHandle::new(Snapshot::build_with(&layout, &config, &initial_serving(&config), 0)?);
         let relay = config.relay.clone().map(Arc::new);
         let server = Server::start(&config.server, relay, config.rrl.clone(), snapshots.clone())?;
-        let prober = spawn_prober(&config, layout, &snapshots, &Carry::new())?;
+        // The fleet (`[cluster]`) before the prober, which takes its duty from it.
+        let fleet = crate::cluster::join(&config)?;
+        let prober = spawn_prober(&config, layout, &snapshots, &Carry::new(), fleet.as_ref())?;
         if prober.is_none() {
             tracing::info!("probing is off: every configured server counts as healthy");
         }
         let config = Arc::new(config);
-        let view = RunningView::new(Running::new(config.clone(), prober.as_ref()));
+        let view = RunningView::new(Running::new(config.clone(), prober.as_ref()).in_fleet(fleet.as_ref()));
         let metrics = match &config.metrics {
             Some(m) => {
                 let sources =
                     Sources { counters: server.counters(), running: view.clone(), snapshots: snapshots.clone() };
-                let endpoint = MetricsServer::start(m.listen, sources)?;
+                let endpoint = MetricsServer::start_with(m, sources)?;
                 tracing::info!("metrics on http://{}/metrics", endpoint.local_addr());
                 Some(endpoint)
             }
@@ -205,7 +228,7 @@ impl ControlPlane {
         let serving = serving(&config, &server);
         let (reload_tx, reloads) = sync_channel(1);
         let answers = ControlAnswers { running: view.clone(), snapshots: snapshots.clone(), reloads: reload_tx };
-        let control = ControlSocket::start(&control_path, answers)?;
+        let control = ControlSocket::start(&runtime_dir, &control_path, answers)?;
         // Every socket is bound (the prober's, the control socket) while still root; from here
         // on, the user's.
         if let Some(target) = &target {
@@ -223,6 +246,7 @@ impl ControlPlane {
             overrides,
             config,
             prober,
+            fleet,
             server,
             snapshots,
             view,
@@ -230,6 +254,7 @@ impl ControlPlane {
             signals,
             reloads,
             hosts_watch,
+            failed: None,
             _metrics: metrics,
             _control: control,
             _locks: locks,
@@ -248,7 +273,7 @@ impl ControlPlane {
         let mut watchdog = Watchdog::new(notify::watchdog_interval());
         let mut stalled = None;
         while !self.signals.stop.load(Ordering::Relaxed) && !self.server.worker_died() {
-            if let Some(why) = self.prober.as_ref().and_then(stall) {
+            if let Some(why) = self.prober.as_ref().and_then(stall).or_else(|| self.failed.take()) {
                 tracing::error!("{why}: answers would be frozen; stopping so a supervisor restarts dnlb");
                 stalled = Some(why);
                 break;
@@ -297,7 +322,9 @@ impl ControlPlane {
     /// Re-reads the configuration file and applies what can change in place. An invalid file
     /// changes nothing.
     fn reload_file(&mut self) -> Reply {
-        match self.overrides.load(&self.path) {
+        let (overrides, path) = (self.overrides, self.path.clone());
+        let Some(loaded) = self.loaded_aside(move || overrides.load(&path)) else { return abandoned() };
+        match loaded {
             Ok(fresh) => {
                 let source = self.path.display().to_string();
                 self.apply(fresh, &source)
@@ -312,16 +339,50 @@ impl ControlPlane {
     /// Re-reads the hosts file only (`hosts.watch` saw it change): the running configuration
     /// with the file's new names. A file that does not parse changes nothing.
     fn reload_hosts(&mut self, source: &HostsSource) -> Reply {
-        match crate::hosts::load(&source.path) {
-            Ok(entries) => {
+        tracing::info!("hosts file {} changed: reading it", source.path.display());
+        let (path, ttl) = (source.path.clone(), self.config.hosts_ttl);
+        let Some(loaded) = self.loaded_aside(move || Hosts::load(&path, ttl)) else { return abandoned() };
+        match loaded {
+            Ok(hosts) => {
                 let mut fresh = (*self.config).clone();
-                fresh.hosts = entries;
+                fresh.hosts = Arc::new(hosts);
                 self.apply(fresh, &source.path.display().to_string())
             }
-            Err(problems) => {
-                let text = problems.join("\n");
-                tracing::error!("hosts file change refused, the running names stay:\n{text}");
-                Reply { ok: false, text, json: serde_json::Value::Null }
+            Err(e) => {
+                // One line however many lines are bad: the report names the first few.
+                tracing::error!("hosts file change refused, the running names stay: {e}");
+                Reply { ok: false, text: format!("{e}\n"), json: serde_json::json!({"error": e.to_string()}) }
+            }
+        }
+    }
+
+    /// Runs `load` (a configuration or a hosts file: a million names take a second or more) on
+    /// thread `dnlb-load` while this one goes on feeding the service manager's watchdog and
+    /// watching for SIGTERM; `None` if a stop came first (the load is left to the exiting
+    /// process) or no thread could be started.
+    fn loaded_aside<T: Send + 'static>(&self, load: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let (tx, rx) = sync_channel(1);
+        let spawned = std::thread::Builder::new().name("dnlb-load".into()).spawn(move || {
+            // The receiver is gone only when dnlb is stopping: the result is not wanted then.
+            let _sent = tx.send(load());
+        });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start a thread to read the files: {e}");
+            return None;
+        }
+        let mut watchdog = Watchdog::new(notify::watchdog_interval());
+        loop {
+            match rx.recv_timeout(TICK) {
+                Ok(value) => return Some(value),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return None,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            if self.signals.stop.load(Ordering::Relaxed) {
+                return None;
+            }
+            // Fed on the loop's terms: only while every worker runs and the prober progresses.
+            if !self.server.worker_died() && self.prober.as_ref().is_none_or(|p| !p.stalled()) {
+                watchdog.ping(Instant::now());
             }
         }
     }
@@ -342,7 +403,12 @@ impl ControlPlane {
         let layout = match Layout::new(&applied) {
             Ok(l) => Arc::new(l),
             Err(e) => {
-                return Reply { ok: false, text: format!("cannot build answers: {e}\n"), json: serde_json::Value::Null }
+                tracing::error!("reload refused, the running configuration stays: cannot build answers: {e}");
+                return Reply {
+                    ok: false,
+                    text: format!("cannot build answers: {e}\n"),
+                    json: serde_json::Value::Null,
+                };
             }
         };
         let carry = match self.prober.take().map(Prober::stop_and_carry) {
@@ -353,9 +419,32 @@ impl ControlPlane {
             }
             None => Carry::new(),
         };
-        match spawn_prober(&applied, layout, &self.snapshots, &carry) {
+        let mut moved = false;
+        if let (Some(f), Some(c)) = (&self.fleet, &applied.cluster) {
+            // The old prober is stopped, the new one not started: the membership moves to the
+            // new farm (servers, config hash) in between, so no report crosses from one to the
+            // other.
+            let k = c.probers_per_server;
+            let (servers, hash) =
+                (crate::cluster::server_keys(&applied), crate::cluster::core::config_hash(&applied, k));
+            if servers != crate::cluster::server_keys(&self.config)
+                || hash != crate::cluster::core::config_hash(&self.config, k)
+            {
+                tracing::info!(config = %hash, "reload: the farm or its probing changed; the fleet sees the new configuration");
+                moved = true;
+                if let Err(e) = f.handle().reconfigure(servers, hash) {
+                    tracing::warn!("reload: {e}");
+                }
+            }
+        }
+        match spawn_prober(&applied, layout, &self.snapshots, &carry, self.fleet.as_ref()) {
             Ok(prober) => self.prober = prober,
-            Err(e) => return Reply { ok: false, text: format!("{e}\n"), json: serde_json::Value::Null },
+            Err(e) => {
+                let why = format!("the prober for the new configuration could not start ({e})");
+                tracing::error!("reload refused, the running configuration stays: {why}");
+                self.restart_prober(&carry, moved);
+                return Reply { ok: false, text: format!("{why}\n"), json: serde_json::Value::Null };
+            }
         }
         if let Some(p) = &self.prober {
             await_first_publish(p);
@@ -364,7 +453,7 @@ impl ControlPlane {
             self.server.reconfigure(applied.relay.clone().map(Arc::new), applied.rrl.clone());
         }
         self.config = Arc::new(applied);
-        self.view.publish(Running::new(self.config.clone(), self.prober.as_ref()));
+        self.view.publish(Running::new(self.config.clone(), self.prober.as_ref()).in_fleet(self.fleet.as_ref()));
         let services = self.config.services.len();
         let kept = kept(&self.config, &carry);
         tracing::info!("reloaded {source}: {services} service(s), health kept for {kept} server transport(s)");
@@ -375,6 +464,32 @@ impl ControlPlane {
                 if restart.is_empty() { String::new() } else { format!("; need a restart: {}", restart.join(", ")) }
             ),
             json: serde_json::json!({"services": services, "kept": kept, "need_restart": need_restart}),
+        }
+    }
+
+    /// After a reload stopped the prober and the new one could not start: starts one again on
+    /// the running configuration with the health `carry` brought over, or, when that fails too,
+    /// marks the instance failed so that [`ControlPlane::serve`] stops it (no prober would ever
+    /// move the answers again). `moved` says whether the fleet's membership was moved to the
+    /// refused configuration's farm (it moves back).
+    fn restart_prober(&mut self, carry: &Carry, moved: bool) {
+        if let (Some(f), Some(c), true) = (&self.fleet, &self.config.cluster, moved) {
+            // Back to the running configuration's farm, which the restarted prober serves.
+            let k = c.probers_per_server;
+            let hash = crate::cluster::core::config_hash(&self.config, k);
+            if let Err(e) = f.handle().reconfigure(crate::cluster::server_keys(&self.config), hash) {
+                tracing::warn!("reload: {e}");
+            }
+        }
+        let restarted = Layout::new(&self.config).map_err(PlaneError::from).and_then(|layout| {
+            spawn_prober(&self.config, Arc::new(layout), &self.snapshots, carry, self.fleet.as_ref())
+        });
+        match restarted {
+            Ok(prober) => {
+                self.prober = prober;
+                self.view.publish(Running::new(self.config.clone(), self.prober.as_ref()));
+            }
+            Err(e) => self.failed = Some(format!("no prober could start again on the running configuration ({e})")),
         }
     }
 
@@ -394,6 +509,10 @@ impl ControlPlane {
             }
         }
         errors.splice(0..0, stalled);
+        // Leaving revokes the lease: the others take this instance's duty now, not a TTL later.
+        if let Some(f) = self.fleet.take() {
+            f.leave();
+        }
         let ControlPlane { server, _metrics, _control, _locks, .. } = self;
         let (totals, worker_errors) = server.shutdown();
         errors.extend(worker_errors);
@@ -409,6 +528,12 @@ impl ControlPlane {
     }
 }
 
+/// The reply to a reload that a stop overtook.
+fn abandoned() -> Reply {
+    let text = "the reload was abandoned: dnlb is stopping, or could not start a thread to read the files\n";
+    Reply { ok: false, text: text.into(), json: serde_json::json!({"error": text.trim()}) }
+}
+
 /// Starts the prober for `config` on its `layout` (carrying the health of servers that stay),
 /// or publishes the all-healthy answers when probing is off.
 fn spawn_prober(
@@ -416,10 +541,12 @@ fn spawn_prober(
     layout: Arc<Layout>,
     snapshots: &SnapshotHandle,
     carry: &Carry,
+    fleet: Option<&crate::cluster::Member>,
 ) -> Result<Option<Prober>, PlaneError> {
     if config.probe.enabled && !config.services.is_empty() {
         let entropy = Box::new(OsEntropy::default());
-        Ok(Some(Prober::spawn_on(config.clone(), layout, snapshots.clone(), entropy, carry)?))
+        let fleet = fleet.map(|m| m.handle().clone());
+        Ok(Some(Prober::spawn_in_fleet(config.clone(), layout, snapshots.clone(), entropy, carry, fleet)?))
     } else {
         snapshots.publish(Snapshot::build_with(&layout, config, &initial_serving(config), 0)?);
         Ok(None)

@@ -53,6 +53,38 @@ macro_rules! section {
     };
 }
 
+/// A [`Fixed`] key of `[metrics]`: it differs only when both files have the section.
+macro_rules! metrics_field {
+    ($key:literal, $field:ident) => {
+        Fixed {
+            key: $key,
+            differs: |running, fresh| match (&running.metrics, &fresh.metrics) {
+                (Some(a), Some(b)) => a.$field != b.$field,
+                _ => false,
+            },
+            keep: |running, fresh| {
+                if let (Some(a), Some(b)) = (&running.metrics, &mut fresh.metrics) {
+                    b.$field = a.$field.clone();
+                }
+            },
+        }
+    };
+}
+
+/// A [`Fixed`] key of `[cluster]`: the membership (lease, member key, etcd client) is made once
+/// at start, so any change keeps the whole running section.
+macro_rules! cluster_field {
+    ($key:literal, $field:ident) => {
+        Fixed {
+            key: $key,
+            differs: |running, fresh| {
+                running.cluster.as_ref().map(|c| &c.$field) != fresh.cluster.as_ref().map(|c| &c.$field)
+            },
+            keep: |running, fresh| fresh.cluster = running.cluster.clone(),
+        }
+    };
+}
+
 /// The keys that need a restart: the sockets, threads and privileges made from them at start-up
 /// stay as they are. A reload keeps their running values and names the ones the file changed.
 pub const RESTART: &[Fixed] = &[
@@ -74,20 +106,26 @@ pub const RESTART: &[Fixed] = &[
     // The relay's sockets, and its descriptor in each worker's event loop, exist from the start
     // or not at all: its keys change in place, its presence does not.
     section!("[relay]", relay),
-    // The metrics endpoint is bound once, before privileges are dropped.
+    // The metrics endpoint is bound once, before privileges are dropped, and its serving loop
+    // made with its client list and bound.
     section!("[metrics]", metrics),
-    Fixed {
-        key: "metrics.listen",
-        differs: |running, fresh| match (&running.metrics, &fresh.metrics) {
-            (Some(a), Some(b)) => a.listen != b.listen,
-            _ => false,
-        },
-        keep: |running, fresh| {
-            if let (Some(a), Some(b)) = (&running.metrics, &mut fresh.metrics) {
-                b.listen = a.listen;
-            }
-        },
-    },
+    metrics_field!("metrics.listen", listen),
+    metrics_field!("metrics.allow", allow),
+    metrics_field!("metrics.max_connections", max_connections),
+    // The fleet's membership is taken once; the farm's servers and probe settings (the config
+    // hash) do change by reload, through the keys above.
+    section!("[cluster]", cluster),
+    cluster_field!("cluster.etcd", etcd),
+    cluster_field!("cluster.farm", farm),
+    cluster_field!("cluster.name", name),
+    cluster_field!("cluster.probers_per_server", probers_per_server),
+    cluster_field!("cluster.lease_ttl_s", lease_ttl),
+    cluster_field!("cluster.site", site),
+    cluster_field!("cluster.user", auth),
+    cluster_field!("cluster.password_file", auth),
+    cluster_field!("cluster.ca_file", tls),
+    cluster_field!("cluster.cert_file", tls),
+    cluster_field!("cluster.key_file", tls),
 ];
 
 /// The keys a reload applies: services and their servers, probing (a new prober starts, carrying
@@ -128,6 +166,19 @@ pub const LIVE: &[&str] = &[
     "service.server.probe_method",
     "service.server.site",
     "service.server.drain",
+    // A zone's answers are part of the layout a reload builds afresh.
+    "[service.authority]",
+    "service.authority.ns",
+    "service.authority.hostmaster",
+    "service.authority.serial",
+    "service.authority.refresh",
+    "service.authority.retry",
+    "service.authority.expire",
+    "service.authority.negative_ttl",
+    "service.authority.ns_ttl",
+    "[[service.authority.glue]]",
+    "service.authority.glue.name",
+    "service.authority.glue.addresses",
     "[hosts]",
     "hosts.file",
     "hosts.ttl",
@@ -166,7 +217,7 @@ pub const LIVE: &[&str] = &[
 ];
 
 /// Keys that validation refuses in any file, so no reload ever carries them.
-pub const REFUSED: &[&str] = &["relay.sockets_per_worker"];
+pub const REFUSED: &[&str] = &["relay.sockets_per_worker", "cluster.password"];
 
 /// What a reload does with a freshly read configuration.
 #[derive(Debug)]
@@ -230,7 +281,13 @@ mod tests {
     fn refused_keys_are_refused() {
         for key in REFUSED {
             let (table, leaf) = key.split_once('.').unwrap();
-            let text = format!("{BASE}[{table}]\nupstreams = [\"127.0.0.1:53\"]\n{leaf} = 4\n");
+            // The least of each table that validation accepts, then the refused key.
+            let least = match table {
+                "cluster" => "etcd = [\"http://127.0.0.1:2379\"]\nfarm = \"f\"\nname = \"n\"",
+                _ => "upstreams = [\"127.0.0.1:53\"]",
+            };
+            let value = if table == "cluster" { "\"secret\"" } else { "4" };
+            let text = format!("{BASE}[{table}]\n{least}\n{leaf} = {value}\n");
             let problems = Config::parse(&text).unwrap_err();
             assert!(problems.iter().any(|p| p.field == *key), "{key}: {problems:?}");
         }
@@ -271,5 +328,9 @@ mod tests {
         let plan = super::plan(&running, config(""));
         assert_eq!(plan.need_restart, vec!["[metrics]"], "removing the section too");
         assert_eq!(plan.config.metrics, running.metrics, "the endpoint keeps serving");
+        let fresh = config("[metrics]\nlisten = \"127.0.0.1:9153\"\nallow = [\"10.0.0.0/8\"]\nmax_connections = 8\n");
+        let plan = super::plan(&running, fresh);
+        assert_eq!(plan.need_restart, vec!["metrics.allow", "metrics.max_connections"]);
+        assert_eq!(plan.config.metrics, running.metrics, "the running endpoint's clients and bound stay");
     }
 }

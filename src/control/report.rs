@@ -8,16 +8,16 @@ use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
-use hickory_proto::rr::{Name, RecordType};
+use hickory_proto::rr::{Name, RData, RecordType};
 use serde_json::json;
 
 use super::socket::Reply;
-use crate::config::{AllDown, Config};
+use crate::config::{within, AllDown, Config, ServiceConfig};
 use crate::counters::{CounterBlocks, WorkerCounters};
 use crate::dns::answer;
 use crate::probe::health::State;
 use crate::probe::ServerReport;
-use crate::snapshot::{Snapshot, SnapshotHandle};
+use crate::snapshot::{Negative, Snapshot, SnapshotHandle};
 use crate::worker::{Client, Responder};
 
 /// What the reports are read against.
@@ -32,6 +32,13 @@ pub struct View<'a> {
     pub heartbeat: Option<Duration>,
     /// Now.
     pub now: Instant,
+    /// The fleet (`[cluster]`), if this instance is in one.
+    pub fleet: Option<&'a crate::cluster::Handle>,
+}
+
+/// The health a report's server is answered with: in a fleet, the combined verdicts.
+fn answered(r: &ServerReport) -> State {
+    r.fleet.map_or(r.state, |(state, _)| state)
 }
 
 /// Asks the snapshot `name`/`qtype` as `client` would (over TCP, so nothing is truncated) and
@@ -47,6 +54,20 @@ fn ask(snapshot: &Arc<Snapshot>, name: &str, qtype: RecordType, client: Option<I
     let from = client.map_or(Client::Unknown, |ip| Client::Address(SocketAddr::new(ip, 0)));
     let n = r.respond_from(&packet, from, answer::DnsTransport::Tcp, &mut out);
     Message::from_vec(&out[..n]).ok()
+}
+
+/// `name` in lower-case wire format as a query carries it, or `None` when no query can: an
+/// empty label, a label over 63 octets, more than 255 octets, a character outside ASCII.
+fn query_name(name: &str) -> Option<Vec<u8>> {
+    let fqdn = if name.ends_with('.') { name.to_string() } else { format!("{name}.") };
+    let parsed = Name::from_ascii(&fqdn).ok().filter(|_| name.is_ascii())?;
+    let mut wire = Vec::with_capacity(parsed.len() + 1);
+    for label in parsed.iter() {
+        wire.push(u8::try_from(label.len()).ok().filter(|&n| (1..=63).contains(&n))?);
+        wire.extend(label.iter().map(u8::to_ascii_lowercase));
+    }
+    wire.push(0);
+    (wire.len() <= crate::dns::query::MAX_NAME_LEN).then_some(wire)
 }
 
 fn records(m: &Message) -> Vec<String> {
@@ -75,7 +96,14 @@ pub fn status(v: &View<'_>) -> Reply {
             let since = r.changed.map(|(at, _)| v.now.saturating_duration_since(at).as_secs_f64());
             let why = r.changed.map(|(_, why)| why);
             let rtt = r.rtt.map(|d| d.as_secs_f64() * 1000.0);
-            let mut state = format!("{:?}", r.state);
+            let mut state = format!("{:?}", answered(r));
+            if let Some((effective, probing)) = r.fleet {
+                if !probing {
+                    state.push_str(",not probed here");
+                } else if effective != r.state {
+                    let _ = write!(state, ",own:{:?}", r.state);
+                }
+            }
             if r.drained {
                 state.push_str(",drained");
             }
@@ -97,7 +125,8 @@ pub fn status(v: &View<'_>) -> Reply {
             );
             servers.push(json!({
                 "address": r.addr.to_string(), "transport": r.transport.name(),
-                "state": format!("{:?}", r.state), "since_seconds": since, "why": why,
+                "state": format!("{:?}", answered(r)), "own_state": format!("{:?}", r.state),
+                "probed_here": r.fleet.is_none_or(|(_, probing)| probing), "since_seconds": since, "why": why,
                 "rtt_ms": rtt, "last_code": r.last_code, "flips": r.flips, "failure": r.failure,
                 "drained": r.drained, "overload_percent": r.overload, "loss_copies": r.lossy,
             }));
@@ -105,11 +134,16 @@ pub fn status(v: &View<'_>) -> Reply {
         services
             .push(json!({"name": s.name, "policy": format!("{:?}", s.policy), "answer": answer, "servers": servers}));
     }
+    let fleet = v.fleet.map(|h| crate::cluster::report::status(h, v.config));
+    if let Some((t, _)) = &fleet {
+        text.push_str(t);
+    }
     let json = json!({
         "generation": v.snapshot.generation(),
         "snapshot_age_seconds": age.as_secs_f64(),
         "prober_heartbeat_age_seconds": v.heartbeat.map(|h| h.as_secs_f64()),
         "services": services,
+        "cluster": fleet.map(|(_, j)| j),
     });
     Reply { ok: true, text, json }
 }
@@ -147,6 +181,46 @@ fn sites_line(config: &Config, s: &crate::config::ServiceConfig, client: Option<
     }
 }
 
+/// The rule of the configuration that gave `name`/`rtype` no records.
+fn negative_line(n: &Negative, name: &str, rtype: RecordType, service: Option<&ServiceConfig>) -> String {
+    match n {
+        Negative::NoSuchName { zone } => {
+            format!("`{name}` lies in the zone `{zone}` and is no name of it: NXDOMAIN (RFC 2308), for every type")
+        }
+        Negative::EmptyNonTerminal => format!(
+            "`{name}` is an empty non-terminal of its zone: names below it exist, it has no records of its own: NODATA"
+        ),
+        Negative::NoSuchType { has } => {
+            let has: Vec<String> = has.iter().map(|t| RecordType::from(*t).to_string()).collect();
+            format!("`{name}` has no {rtype} records, only {}: NODATA", has.join(", "))
+        }
+        Negative::NoFamily => format!(
+            "no server of service `{}` has an {} address: NODATA whatever the health",
+            service.map_or(name, |s| s.name.as_str()),
+            if rtype == RecordType::AAAA { "IPv6" } else { "IPv4" }
+        ),
+        Negative::Health => "no server of this kind is healthy now: NODATA".into(),
+        Negative::Transfer => format!(
+            "`{name}` is a name of a zone dnlb serves, and zone transfers ({rtype}) are refused: each instance answers from its own configuration, nothing transfers the zone"
+        ),
+    }
+}
+
+/// What the reply to a negative says to a resolver's cache.
+fn soa_line(m: &Message, zone: Option<&ServiceConfig>) -> String {
+    let soa = m.authorities.iter().find_map(|r| match &r.data {
+        RData::SOA(s) => Some(s.minimum),
+        _ => None,
+    });
+    match (soa, zone) {
+        (Some(minimum), Some(z)) => format!(
+            "the reply carries the SOA of zone `{}` (MINIMUM {minimum} s): resolvers cache this negative answer for {minimum} s",
+            z.name
+        ),
+        _ => "no SOA (the name is in no zone: [service.authority] makes a service a zone apex): resolvers do not cache this negative answer (RFC 2308 §5)".into(),
+    }
+}
+
 /// `dnlb explain NAME [TYPE] [--client IP]`: what dnlb would answer that client now, and why.
 pub fn explain(v: &View<'_>, name: &str, qtype: &str, client: Option<IpAddr>) -> Reply {
     let Ok(rtype) = qtype.to_ascii_uppercase().parse::<RecordType>() else {
@@ -156,12 +230,38 @@ pub fn explain(v: &View<'_>, name: &str, qtype: &str, client: Option<IpAddr>) ->
             json: json!(null),
         };
     };
+    // The name as a query carries it (escapes read, limits checked); one no query can carry
+    // has no answer to explain.
+    let Some(wire) = query_name(name) else {
+        return Reply {
+            ok: false,
+            text: format!(
+                "`{name}` is not a name a query can carry (labels of 1 to 63 octets, at most 255 in all, ASCII)\n"
+            ),
+            json: json!(null),
+        };
+    };
     let lower = name.trim_end_matches('.').to_ascii_lowercase();
     let mut why: Vec<String> = Vec::new();
     let reply = ask(&v.snapshot, &lower, rtype, client);
-    let service = v.config.services.iter().find(|s| lower == s.name || lower.ends_with(&format!(".{}", s.name)));
+    // The closest enclosing service: a service inside another's zone explains its own names.
+    let service = v.config.services.iter().filter(|s| within(&lower, &s.name)).max_by_key(|s| s.name.len());
     let managed = reply.as_ref().is_some_and(|m| m.metadata.authoritative);
-    if let (Some(s), true) = (service, managed) {
+    let negative = v.snapshot.negative(&wire, u16::from(rtype), client);
+    let zone = v.config.zone_for(&lower);
+    // A rule of the configuration alone says it all; health-derived negatives keep the server
+    // lines below, which are their reason.
+    let by_config = negative.as_ref().filter(|n| !matches!(n, Negative::Health));
+    if let Some(n) = by_config {
+        why.push(negative_line(n, &lower, rtype, service));
+    } else if let (Some(z), true, true) =
+        (zone, lower == zone.map_or("", |z| z.name.as_str()), matches!(rtype, RecordType::SOA | RecordType::NS))
+    {
+        why.push(format!(
+            "`{lower}` is the apex of the zone of service `{}`: its {rtype} records come from [service.authority]",
+            z.name
+        ));
+    } else if let (Some(s), true) = (service, managed) {
         why.push(format!(
             "`{}` is the SIP service `{}`: answered from health (policy {:?}{})",
             lower,
@@ -177,7 +277,7 @@ pub fn explain(v: &View<'_>, name: &str, qtype: &str, client: Option<IpAddr>) ->
                 *r.service == *s.name
                     && r.addr.ip() == server.address
                     && r.addr.port() == server.port_for(r.transport)
-                    && r.state == State::Up
+                    && answered(r) == State::Up
                     && !r.drained
             })
         };
@@ -187,6 +287,10 @@ pub fn explain(v: &View<'_>, name: &str, qtype: &str, client: Option<IpAddr>) ->
             })
         });
         let mut any_up = false;
+        let first_flat: usize =
+            v.config.services.iter().take_while(|x| x.name != s.name).map(|x| x.servers.len()).sum();
+        let fleet = v.fleet.map(|h| h.published.load_full());
+        let me = v.config.cluster.as_ref().map_or("", |c| c.name.as_str());
         for (i, server) in s.servers.iter().enumerate() {
             let reports: Vec<&ServerReport> = v
                 .reports
@@ -197,15 +301,19 @@ pub fn explain(v: &View<'_>, name: &str, qtype: &str, client: Option<IpAddr>) ->
                         && r.addr.port() == server.port_for(r.transport)
                 })
                 .collect();
-            let up: Vec<&str> = reports.iter().filter(|r| r.state == State::Up).map(|r| r.transport.name()).collect();
-            any_up |= (!up.is_empty() && !reports.iter().any(|r| r.drained)) || v.reports.is_empty();
-            let drained = reports.iter().any(|r| r.drained);
+            let up: Vec<&str> =
+                reports.iter().filter(|r| answered(r) == State::Up).map(|r| r.transport.name()).collect();
+            let fleet_drain = fleet.as_ref().and_then(|p| p.view.drains.get(first_flat + i).cloned().flatten());
+            let drained = reports.iter().any(|r| r.drained) || fleet_drain.is_some();
+            any_up |= (!up.is_empty() && !drained) || v.reports.is_empty();
             let overload = reports.iter().filter_map(|r| r.overload).max();
             let line = if v.reports.is_empty() {
                 format!("server {} in: probing is off", server.address)
             } else if drained {
                 let health = if up.is_empty() { "down".to_string() } else { format!("up on {}", up.join(", ")) };
-                format!("server {} (#{i}) out: drained by an operator (still probed: {health})", server.address)
+                let by = fleet_drain
+                    .map_or(String::new(), |d| format!(" (cluster-wide, by {} at {} unix time)", d.by, d.at));
+                format!("server {} (#{i}) out: drained by an operator{by} (still probed: {health})", server.address)
             } else if up.is_empty() {
                 let detail: Vec<String> = reports
                     .iter()
@@ -245,6 +353,17 @@ pub fn explain(v: &View<'_>, name: &str, qtype: &str, client: Option<IpAddr>) ->
                 Some(site) => format!("{line} [site {site}]"),
                 None => line,
             };
+            // In a fleet: whose verdicts decided, and who disagrees.
+            let own = reports.iter().filter(|r| r.fleet.is_some_and(|(_, probing)| probing)).map(|r| r.state);
+            let own = own.fold(None, |acc: Option<bool>, st| match st {
+                State::Up => Some(true),
+                State::Down => Some(acc.unwrap_or(false)),
+                State::Unknown => acc,
+            });
+            let line = match fleet.as_ref().and_then(|p| crate::cluster::report::explain(p, me, first_flat + i, own)) {
+                Some(f) => format!("{line}; {f}"),
+                None => line,
+            };
             why.push(line);
         }
         if !any_up {
@@ -261,11 +380,16 @@ pub fn explain(v: &View<'_>, name: &str, qtype: &str, client: Option<IpAddr>) ->
                 }
             });
         }
+        if any_up && negative == Some(Negative::Health) {
+            why.push(format!("no server of this kind is healthy now: NODATA, for one answer TTL ({} s)", s.ttl));
+        }
         if rtype == RecordType::ANY {
             why.push("ANY over UDP gets RFC 8482's HINFO; this shows the TCP answer".into());
         }
     } else if managed {
-        why.push(format!("`{lower}` is a name from the hosts file (or a server's SRV target): answered locally"));
+        why.push(format!(
+            "`{lower}` is a name from the hosts file, a server's SRV target or a zone's name server: answered locally"
+        ));
     } else if let Some(relay) = &v.config.relay {
         let allowed = client.is_none_or(|ip| crate::prefix::allowed(&relay.allow, ip));
         if !allowed {
@@ -300,6 +424,11 @@ pub fn explain(v: &View<'_>, name: &str, qtype: &str, client: Option<IpAddr>) ->
             )
         });
     }
+    if let (Some(n), Some(m)) = (&negative, &reply) {
+        if *n != Negative::Transfer {
+            why.push(soa_line(m, zone));
+        }
+    }
     let answer = reply.as_ref().map(records).unwrap_or_default();
     let rcode = reply.as_ref().map(|m| m.metadata.response_code.to_string()).unwrap_or_else(|| "no reply".into());
     let mut text = format!("{lower} {rtype}: {rcode}\n");
@@ -314,5 +443,121 @@ pub fn explain(v: &View<'_>, name: &str, qtype: &str, client: Option<IpAddr>) ->
         ok: true,
         text,
         json: json!({"name": lower, "type": rtype.to_string(), "rcode": rcode, "answer": answer, "why": why}),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::Serving;
+
+    const ZONE: &str = r#"
+[server]
+listen = ["127.0.0.1:5353"]
+[[service]]
+name = "sip.example.test"
+[service.authority]
+ns = ["ns1.sip.example.test"]
+negative_ttl = 120
+glue = [{ name = "ns1.sip.example.test", addresses = ["192.0.2.53"] }]
+[[service.server]]
+address = "192.0.2.1"
+[[service]]
+name = "voice.sip.example.test"
+ttl = 7
+all_down = "nodata"
+[[service.server]]
+address = "192.0.2.2"
+[[service]]
+name = "plain.example.net"
+[[service.server]]
+address = "192.0.2.3"
+"#;
+
+    /// `dnlb explain`'s text for `name`/`qtype` with the voice service down when `voice_down`.
+    fn explain_text(name: &str, qtype: &str, voice_down: bool) -> String {
+        let config = Config::parse(ZONE).unwrap();
+        let mut health = Serving::all_up(&config);
+        if voice_down {
+            health.up[1][0].clear();
+        }
+        let snapshot = Arc::new(Snapshot::build(&config, &health, 0).unwrap());
+        // What the prober reports: every server up, but the voice server when it is down.
+        let reports: Vec<ServerReport> = config
+            .services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| ServerReport {
+                service: s.name.as_str().into(),
+                addr: SocketAddr::new(s.servers[0].address, s.servers[0].port),
+                transport: crate::config::Transport::Udp,
+                state: if voice_down && i == 1 { State::Down } else { State::Up },
+                rtt: None,
+                last_code: None,
+                flips: 0,
+                changed: None,
+                failure: None,
+                drained: false,
+                overload: None,
+                lossy: false,
+                fleet: None,
+            })
+            .collect();
+        let view =
+            View { config: &config, reports: &reports, snapshot, heartbeat: None, now: Instant::now(), fleet: None };
+        explain(&view, name, qtype, None).text
+    }
+
+    #[test]
+    fn explain_names_the_rule_behind_every_negative_answer() {
+        let cases = [
+            (
+                "nonexist.sip.example.test",
+                "A",
+                false,
+                "Non-Existent Domain",
+                "lies in the zone `sip.example.test` and is no name of it",
+            ),
+            ("_udp.sip.example.test", "A", false, "No Error", "empty non-terminal"),
+            ("sip.example.test", "TXT", false, "No Error", "has no TXT records, only A, AAAA, NAPTR, SOA, NS"),
+            (
+                "sip.example.test",
+                "AAAA",
+                false,
+                "No Error",
+                "no server of service `sip.example.test` has an IPv6 address",
+            ),
+            ("voice.sip.example.test", "A", true, "No Error", "all-down policy nodata"),
+            ("sip.example.test", "SOA", false, "No Error", "apex of the zone of service `sip.example.test`"),
+            ("plain.example.net", "AAAA", false, "No Error", "no SOA (the name is in no zone"),
+        ];
+        for (name, qtype, down, rcode, says) in cases {
+            let text = explain_text(name, qtype, down);
+            assert!(text.starts_with(&format!("{name} {qtype}: {rcode}")), "{name} {qtype}:\n{text}");
+            assert!(text.contains(says), "{name} {qtype}: `{says}` missing:\n{text}");
+        }
+        // The cache lifetime each negative tells a resolver: the negative TTL for the
+        // configuration's, the answer TTL for health's.
+        assert!(explain_text("nonexist.sip.example.test", "A", false).contains("(MINIMUM 120 s)"));
+        assert!(explain_text("voice.sip.example.test", "A", true).contains("(MINIMUM 7 s)"));
+        assert!(explain_text("voice.sip.example.test", "AAAA", true).contains("(MINIMUM 120 s)"));
+        assert!(!explain_text("sip.example.test", "A", false).contains("SOA"), "a positive answer says nothing of it");
+    }
+
+    #[test]
+    fn explain_says_what_the_wire_says_for_transfers_and_impossible_names() {
+        // A zone transfer is REFUSED: no NODATA, no talk of a zone it is not in.
+        let text = explain_text("sip.example.test", "AXFR", false);
+        assert!(text.starts_with("sip.example.test AXFR: Query Refused"), "{text}");
+        assert!(text.contains("zone transfers"), "{text}");
+        assert!(!text.contains("NODATA") && !text.contains("in no zone"), "{text}");
+        // Names no query can carry get no verdict of the zone's.
+        for name in
+            ["a..b.sip.example.test", "\u{fc}.sip.example.test", &format!("{}.sip.example.test", "a".repeat(64))]
+        {
+            let text = explain_text(name, "A", false);
+            assert!(text.contains("not a name a query can carry"), "{name}:\n{text}");
+            assert!(!text.contains("NXDOMAIN") && !text.contains("REFUSED"), "{name}:\n{text}");
+        }
     }
 }
