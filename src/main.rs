@@ -288,6 +288,8 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
         "server.tcp_* limits",
     );
     check(a.runtime_dir == b.runtime_dir, "server.runtime_dir");
+    // The XSKs, the program and the capabilities to make them exist only at start.
+    check(a.xdp == b.xdp, "server.xdp");
     // The relay's sockets, and its descriptor in each worker's event loop, exist from the start
     // or not at all: its settings change in place, its presence does not.
     check(old.relay.is_some() == new.relay.is_some(), "[relay] (added or removed)");

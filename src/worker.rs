@@ -28,7 +28,7 @@ use crate::dns::{rtype, CLASS_IN};
 use crate::edge::rrl::{Decision, Limiter};
 use crate::edge::settings::{EdgeHandle, EdgeSettings};
 use crate::edge::tcp::{Answerer, TcpSide};
-use crate::io::{DropReason, Handler, Outbox, Peer};
+use crate::io::{DropReason, FramePath, Handler, Outbox, Peer};
 use crate::metrics::{CounterBlocks, WorkerCounters};
 use crate::prefix;
 use crate::relay::engine::{Forwarded, Replies, ReplyTo};
@@ -66,6 +66,14 @@ pub enum Answer {
 pub enum Client<'a> {
     /// A UDP datagram's sender, decoded only when needed.
     Udp(Peer<'a>),
+    /// A UDP datagram that came as a frame on an XSK (the XDP backend): its sender, and the
+    /// frame headers a later (relayed) reply goes out with.
+    Frame {
+        /// The sender.
+        peer: SocketAddr,
+        /// MACs, VLAN tag, our address and port.
+        path: &'a FramePath,
+    },
     /// A TCP connection of this worker.
     Tcp {
         /// The connection's peer.
@@ -85,7 +93,7 @@ impl Client<'_> {
     fn addr(&self) -> Option<SocketAddr> {
         match self {
             Client::Udp(p) => p.socket_addr(),
-            Client::Tcp { peer, .. } | Client::Address(peer) => Some(*peer),
+            Client::Tcp { peer, .. } | Client::Frame { peer, .. } | Client::Address(peer) => Some(*peer),
             Client::Unknown => None,
         }
     }
@@ -94,6 +102,7 @@ impl Client<'_> {
     fn reply_to(&self, addr: SocketAddr) -> ReplyTo {
         match self {
             Client::Tcp { slot, generation, .. } => ReplyTo::Tcp { slot: *slot, generation: *generation },
+            Client::Frame { peer, path } => ReplyTo::Frame { peer: *peer, path: **path },
             _ => ReplyTo::Udp(addr),
         }
     }
@@ -299,18 +308,28 @@ impl Replies for Router<'_, '_> {
             n
         };
         match to {
-            ReplyTo::Udp(peer) => {
+            ReplyTo::Udp(peer) | ReplyTo::Frame { peer, .. } => {
                 let decision = self.rrl.as_mut().map_or(Decision::Send, |l| l.decide(peer.ip(), self.now));
-                match decision {
-                    Decision::Send => self.out.push(peer, counted),
-                    Decision::Slip => {
+                let frame = match &to {
+                    ReplyTo::Frame { path, .. } => Some(path),
+                    _ => None,
+                };
+                let mut slipped = |buf: &mut [u8]| {
+                    let n = counted(buf);
+                    answer::slip(buf, n)
+                };
+                match (decision, frame) {
+                    (Decision::Send, None) => self.out.push(peer, counted),
+                    (Decision::Send, Some(path)) => self.out.push_frame(peer, path, counted),
+                    (Decision::Slip, None) => {
                         count(&counters.rrl_slipped);
-                        self.out.push(peer, |buf| {
-                            let n = counted(buf);
-                            answer::slip(buf, n)
-                        });
+                        self.out.push(peer, slipped);
                     }
-                    Decision::Drop => count(&counters.rrl_dropped),
+                    (Decision::Slip, Some(path)) => {
+                        count(&counters.rrl_slipped);
+                        self.out.push_frame(peer, path, &mut slipped);
+                    }
+                    (Decision::Drop, _) => count(&counters.rrl_dropped),
                 }
             }
             ReplyTo::Tcp { slot, generation } => {
@@ -469,19 +488,26 @@ impl Handler for Worker {
     #[inline]
     fn handle(&mut self, query: &[u8], peer: Peer<'_>, reply: &mut [u8]) -> usize {
         let n = self.responder.respond_from(query, Client::Udp(peer), self.transport, reply);
-        let Some(limiter) = self.rrl.as_mut().filter(|_| n > 0) else { return n };
-        let Some(addr) = peer.socket_addr() else { return n };
-        match limiter.decide(addr.ip(), self.batch_now) {
-            Decision::Send => n,
-            Decision::Slip => {
-                count(&self.responder.counters().rrl_slipped);
-                answer::slip(reply, n)
-            }
-            Decision::Drop => {
-                count(&self.responder.counters().rrl_dropped);
-                0
-            }
-        }
+        self.limit(n, || peer.socket_addr(), reply)
+    }
+
+    #[inline]
+    fn handle_frame(
+        &mut self,
+        query: &[u8],
+        peer: SocketAddr,
+        path: &FramePath,
+        max_payload: u16,
+        reply: &mut [u8],
+    ) -> usize {
+        // The interface's MTU may bound replies below the configured cap: an answer that does
+        // not fit then gets TC=1, as one over the cap does.
+        let transport = match self.transport {
+            Transport::Udp { max_payload: cap } => Transport::Udp { max_payload: cap.min(max_payload) },
+            Transport::Tcp => Transport::Udp { max_payload },
+        };
+        let n = self.responder.respond_from(query, Client::Frame { peer, path }, transport, reply);
+        self.limit(n, || Some(peer), reply)
     }
 
     fn io_error(&mut self, _error: io::Error) {
@@ -496,6 +522,7 @@ impl Handler for Worker {
                 DropReason::NoSendSlot => &c.drop_send_slot,
                 DropReason::Outbox => &c.drop_outbox,
                 DropReason::Oversize => &c.drop_oversize,
+                DropReason::BadFrame => &c.drop_bad_frame,
             },
             n,
         );
@@ -522,5 +549,26 @@ impl Handler for Worker {
             tcp.tick(&mut TcpAnswers { responder: &mut self.responder }, now);
         }
         self.publish_counters();
+    }
+}
+
+impl Worker {
+    /// Rate-limits a UDP reply of `n` bytes in `reply` to the client `addr` gives: sends it as
+    /// it is, cut to a slip (TC=1), or drops it (0).
+    #[inline]
+    fn limit(&mut self, n: usize, addr: impl FnOnce() -> Option<SocketAddr>, reply: &mut [u8]) -> usize {
+        let Some(limiter) = self.rrl.as_mut().filter(|_| n > 0) else { return n };
+        let Some(addr) = addr() else { return n };
+        match limiter.decide(addr.ip(), self.batch_now) {
+            Decision::Send => n,
+            Decision::Slip => {
+                count(&self.responder.counters().rrl_slipped);
+                answer::slip(reply, n)
+            }
+            Decision::Drop => {
+                count(&self.responder.counters().rrl_dropped);
+                0
+            }
+        }
     }
 }
