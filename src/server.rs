@@ -58,9 +58,10 @@ pub enum ServerError {
     /// A worker's relay could not be set up (no random source, no epoll).
     #[error(transparent)]
     Relay(#[from] RelayError),
-    /// XDP could not be set up and `server.xdp.required` is true.
+    /// XDP could not be set up and `server.xdp.required` is true. (Not a `source`: the message
+    /// carries it whole, so a chain printer does not repeat it.)
     #[error("{0} (server.xdp.required = true: not starting without XDP)")]
-    Xdp(#[from] XdpError),
+    Xdp(XdpError),
 }
 
 /// The number of workers: the configured count, or one per core this process may use.
@@ -104,7 +105,7 @@ impl Server {
                 None
             }
         });
-        let (attachment, queues) = match xdp.transpose()? {
+        let (attachment, queues) = match xdp.transpose().map_err(ServerError::Xdp)? {
             Some((a, q)) => (Some(a), q),
             None => (None, Vec::new()),
         };
