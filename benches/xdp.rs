@@ -39,8 +39,13 @@ fn worker() -> Worker {
 fn query_frame(client: &str, server: &str) -> (Vec<u8>, Path) {
     let client: SocketAddr = client.parse().unwrap();
     let server: SocketAddr = server.parse().unwrap();
-    let from_client =
-        Path { dst_mac: [2, 0, 0, 0, 0, 1], src_mac: [2, 0, 0, 0, 0, 2], vlan: None, local: client.ip(), local_port: client.port() };
+    let from_client = Path {
+        dst_mac: [2, 0, 0, 0, 0, 1],
+        src_mac: [2, 0, 0, 0, 0, 2],
+        vlan: None,
+        local: client.ip(),
+        local_port: client.port(),
+    };
     let payload = query_packet();
     let h = from_client.header_len();
     let mut f = vec![0u8; 2048 - 256];

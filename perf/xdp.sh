@@ -210,20 +210,22 @@ for round in $(seq 1 "$ROUNDS"); do
     done
 done
 
+# The median of the numbers on stdin.
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)]; else print 0 }'; }
 echo
 printf '%-10s %14s %14s %18s %10s\n' server "sent q/s" "replies/s" "server us/reply" "core busy"
+: > "$work/medians.txt"
 for server in $SERVERS; do
-    awk -v s="$server" -v d="$SECONDS_PER_RUN" '$1 == s {
-        n++; q[n] = $2/d; r[n] = $3/d; c[n] = ($3 > 0 ? $4*10000/$3 : 0); b[n] = ($6 > 0 ? 100*$5/$6 : 0)
-    } END {
-        # Medians of the rounds, each column on its own.
-        asort(q); asort(r); asort(c); asort(b); m = int((n + 1) / 2)
-        printf "%-10s %14.0f %14.0f %18.2f %9.0f%%\n", s, q[m], r[m], c[m], b[m]
-        print s, r[m], c[m] > "/dev/stderr"
-    }' "$results" 2>>"$work/medians.txt"
+    col() { awk -v s="$server" -v d="$SECONDS_PER_RUN" "\$1 == s { print $1 }" "$results" | median; }
+    sent=$(col '$2/d')
+    replies=$(col '$3/d')
+    cpu=$(col '($3 > 0 ? $4*10000/$3 : 0)')
+    busy=$(col '($6 > 0 ? 100*$5/$6 : 0)')
+    printf '%-10s %14.0f %14.0f %18.2f %9.0f%%\n' "$server" "$sent" "$replies" "$cpu" "$busy"
+    echo "$server $replies $cpu" >> "$work/medians.txt"
 done
 echo
 awk '{ r[$1] = $2; c[$1] = $3 } END {
-    if ("dnlb-xdp" in r) for (s in r) if (s != "dnlb-xdp" && r[s] > 0 && c["dnlb-xdp"] > 0)
+    if ("dnlb-xdp" in r) for (s in r) if (s != "dnlb-xdp" && r[s] > 0 && c[s] > 0)
         printf "dnlb-xdp vs %-10s replies/s x%.2f   CPU per reply x%.2f\n", s, r["dnlb-xdp"]/r[s], c["dnlb-xdp"]/c[s]
 }' "$work/medians.txt"

@@ -572,3 +572,91 @@ impl Worker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::io::encode_peer;
+    use crate::metrics::WorkerCounters;
+    use crate::snapshot::Health;
+    use crossbeam_utils::CachePadded;
+
+    const CONFIG: &str = "[server]\nlisten = [\"127.0.0.1:5353\"]\n[rrl]\nresponses_per_second = 4\nslip = 2\n\
+        [[service]]\nname = \"sip.example.test\"\n";
+
+    fn worker(max_payload: u16) -> Worker {
+        let mut text = CONFIG.to_string();
+        for i in 0..30 {
+            text.push_str(&format!(
+                "[[service.server]]\naddress = \"192.0.2.{}\"\nhost = \"s{i}.example.test\"\n",
+                i + 1
+            ));
+        }
+        let config = Config::parse(&text).unwrap();
+        let snapshots = SnapshotHandle::new(Snapshot::build(&config, &Health::all_up(&config), 0, 1).unwrap());
+        let counters: CounterBlocks = (0..1).map(|_| CachePadded::new(WorkerCounters::default())).collect();
+        let responder = Responder::new(snapshots, counters, 0);
+        Worker::new(responder, Transport::Udp { max_payload }, None, config.rrl.clone())
+    }
+
+    fn query(name: &[u8], qtype: u16, edns: Option<u16>) -> Vec<u8> {
+        let mut p = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, u8::from(edns.is_some())];
+        p.extend_from_slice(name);
+        p.extend_from_slice(&qtype.to_be_bytes());
+        p.extend_from_slice(&[0, 1]);
+        if let Some(size) = edns {
+            p.extend_from_slice(&[0, 0, 41]);
+            p.extend_from_slice(&size.to_be_bytes());
+            p.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        }
+        p
+    }
+
+    /// What a frame's client and a socket's client get from two workers of one configuration,
+    /// one query after another: the same bytes, rotation and rate limiting (slips, drops)
+    /// included; a frame's MTU bound cuts replies as the configured cap does.
+    #[test]
+    fn a_frame_is_answered_as_a_datagram_rate_limit_and_mtu_cap_alike() {
+        let peer: SocketAddr = "198.18.0.2:40000".parse().unwrap();
+        let path = FramePath {
+            dst_mac: [2, 0, 0, 0, 0, 2],
+            src_mac: [2, 0, 0, 0, 0, 1],
+            vlan: None,
+            local: "198.18.0.1".parse().unwrap(),
+            local_port: 53,
+        };
+        let mut name = [0u8; 28];
+        let len = encode_peer(peer, &mut name);
+        let a = query(b"\x03sip\x07example\x04test\x00", 1, Some(1232));
+        let srv = query(b"\x04_sip\x04_udp\x03sip\x07example\x04test\x00", 33, Some(1232));
+        // A frame path whose MTU takes 600 bytes against a socket worker capped at 600.
+        for (frame_cap, socket_cap) in [(1232u16, 1232u16), (600, 600)] {
+            let (mut by_socket, mut by_frame) = (worker(socket_cap), worker(1232));
+            by_socket.begin_batch();
+            by_frame.begin_batch();
+            let mut outcomes = Vec::new();
+            for (i, q) in [&a, &srv].iter().cycle().take(12).enumerate() {
+                let (mut x, mut y) = ([0u8; 2048], [0u8; 2048]);
+                let n = by_socket.handle(q, Peer(&name[..len]), &mut x);
+                let m = by_frame.handle_frame(q, peer, &path, frame_cap, &mut y);
+                assert_eq!(x[..n], y[..m], "query {i}, cap {frame_cap}");
+                assert!(m <= usize::from(frame_cap));
+                outcomes.push((n, n > 0 && x[2] & 0x02 != 0));
+            }
+            // The limiter ran: 4 a second, so some replies were slipped (TC=1) or dropped.
+            assert!(outcomes.iter().any(|&(n, tc)| n == 0 || tc), "{outcomes:?}");
+            if frame_cap == 600 {
+                // The SRV answer of 30 servers does not fit 600 bytes: cut, as the cap cuts it.
+                let (mut x, mut y) = ([0u8; 2048], [0u8; 2048]);
+                let (mut s, mut f) = (worker(600), worker(1232));
+                s.begin_batch();
+                f.begin_batch();
+                let n = s.handle(&srv, Peer(&name[..len]), &mut x);
+                let m = f.handle_frame(&srv, peer, &path, 600, &mut y);
+                assert_eq!(x[..n], y[..m]);
+                assert!(m <= 600 && m > 12);
+            }
+        }
+    }
+}
