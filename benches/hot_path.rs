@@ -8,10 +8,10 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use crossbeam_utils::CachePadded;
 use dnlb::config::Config;
-use dnlb::dns::answer::Transport;
+use dnlb::counters::{CounterBlocks, WorkerCounters};
+use dnlb::dns::answer::DnsTransport;
 use dnlb::dns::query::{parse, MAX_NAME_LEN};
-use dnlb::metrics::{CounterBlocks, WorkerCounters};
-use dnlb::snapshot::{Health, Layout, Snapshot, SnapshotHandle};
+use dnlb::snapshot::{Layout, Serving, Snapshot, SnapshotHandle};
 use dnlb::worker::Responder;
 
 const CONFIG: &str = include_str!("../examples/dnlb.toml");
@@ -44,7 +44,7 @@ fn with_sites() -> String {
 fn setup_with(text: &str) -> (SnapshotHandle, Responder) {
     let config = Config::parse(text).unwrap();
     assert!(text == CONFIG || !config.sites.is_empty(), "the example documents [[sites]]");
-    let handle = SnapshotHandle::new(Snapshot::build(&config, &Health::all_up(&config), 0, 1).unwrap());
+    let handle = SnapshotHandle::new(Snapshot::build(&config, &Serving::all_up(&config), 0).unwrap());
     let counters: CounterBlocks = (0..1).map(|_| CachePadded::new(WorkerCounters::default())).collect();
     let responder = Responder::new(handle.clone(), counters, 0);
     (handle, responder)
@@ -60,7 +60,7 @@ fn benches(c: &mut Criterion) {
 
     let (handle, mut responder) = setup();
     let mut out = [0u8; 2048];
-    let udp = Transport::Udp { max_payload: 1232 };
+    let udp = DnsTransport::Udp { max_payload: 1232 };
     g.bench_function("parse_lookup_patch", |b| b.iter(|| responder.respond(black_box(&packet), udp, &mut out)));
 
     let srv = {
@@ -83,7 +83,7 @@ fn benches(c: &mut Criterion) {
     refused[14] = b'Y';
     g.bench_function("parse_lookup_refused", |b| b.iter(|| responder.respond(black_box(&refused), udp, &mut out)));
 
-    g.bench_function("snapshot_load", |b| b.iter(|| black_box(handle.load().generation)));
+    g.bench_function("snapshot_load", |b| b.iter(|| black_box(handle.load().generation())));
     g.bench_function("batch_refresh", |b| b.iter(|| responder.refresh()));
     g.finish();
 }
@@ -102,7 +102,7 @@ fn rebuild(c: &mut Criterion) {
     g.sample_size(20);
     for n in [500, 2_000, 10_000] {
         let config = farm(n);
-        let mut health = Health::all_up(&config);
+        let mut health = Serving::all_up(&config);
         let layout = std::sync::Arc::new(Layout::new(&config).unwrap());
         // A flip: one server down, then up again, alternately.
         let mut flip = 0u64;
@@ -111,11 +111,11 @@ fn rebuild(c: &mut Criterion) {
                 flip += 1;
                 health.up[0][(flip as usize * 7) % n] =
                     if flip.is_multiple_of(2) { config.services[0].servers[0].transports.clone() } else { Vec::new() };
-                black_box(Snapshot::build_with(&layout, &config, &health, 0, flip).unwrap())
+                black_box(Snapshot::build_with(&layout, &config, &health, 0).unwrap())
             })
         });
         g.bench_function(format!("start_{n}"), |b| {
-            b.iter(|| black_box(Snapshot::build(&config, &Health::all_up(&config), 0, 1).unwrap()))
+            b.iter(|| black_box(Snapshot::build(&config, &Serving::all_up(&config), 0).unwrap()))
         });
     }
     g.finish();

@@ -10,11 +10,11 @@ use std::net::SocketAddr;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use crossbeam_utils::CachePadded;
 use dnlb::config::Config;
-use dnlb::dns::answer::Transport;
+use dnlb::counters::{CounterBlocks, WorkerCounters};
+use dnlb::dns::answer::DnsTransport;
 use dnlb::io::xdp::frame::{self, Path};
 use dnlb::io::{encode_peer, Handler, Peer};
-use dnlb::metrics::{CounterBlocks, WorkerCounters};
-use dnlb::snapshot::{Health, Snapshot, SnapshotHandle};
+use dnlb::snapshot::{Serving, Snapshot, SnapshotHandle};
 use dnlb::worker::{Responder, Worker};
 
 const CONFIG: &str = include_str!("../examples/dnlb.toml");
@@ -29,10 +29,10 @@ fn query_packet() -> Vec<u8> {
 
 fn worker() -> Worker {
     let config = Config::parse(CONFIG).unwrap();
-    let handle = SnapshotHandle::new(Snapshot::build(&config, &Health::all_up(&config), 0, 1).unwrap());
+    let handle = SnapshotHandle::new(Snapshot::build(&config, &Serving::all_up(&config), 0).unwrap());
     let counters: CounterBlocks = (0..1).map(|_| CachePadded::new(WorkerCounters::default())).collect();
     let responder = Responder::new(handle, counters, 0);
-    Worker::new(responder, Transport::Udp { max_payload: 1232 }, None, None)
+    Worker::new(responder, DnsTransport::Udp { max_payload: 1232 }, None)
 }
 
 /// The query as a frame from `client` to `server`, and the path a reply takes.

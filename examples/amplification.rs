@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use crossbeam_utils::CachePadded;
 use dnlb::config::Config;
-use dnlb::dns::answer::{self, Transport};
-use dnlb::metrics::{CounterBlocks, WorkerCounters};
-use dnlb::probe::initial_health;
-use dnlb::snapshot::{Health, Snapshot, SnapshotHandle};
+use dnlb::counters::{CounterBlocks, WorkerCounters};
+use dnlb::dns::answer::{self, DnsTransport};
+use dnlb::probe::initial_serving;
+use dnlb::snapshot::{Serving, Snapshot, SnapshotHandle};
 use dnlb::worker::Responder;
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RecordType};
@@ -41,13 +41,13 @@ fn farm_64() -> Config {
 }
 
 fn table(title: &str, config: &Config) {
-    let health: Health = initial_health(config);
-    let all_up = Health::all_up(config);
+    let health: Serving = initial_serving(config);
+    let all_up = Serving::all_up(config);
     let snapshot =
-        Snapshot::build(config, if health.up.is_empty() { &health } else { &all_up }, 0, 1).expect("answers build");
+        Snapshot::build(config, if health.up.is_empty() { &health } else { &all_up }, 0).expect("answers build");
     let counters: CounterBlocks = Arc::from(vec![CachePadded::new(WorkerCounters::default())]);
     let mut r = Responder::new(SnapshotHandle::new(snapshot), counters, 0);
-    let udp = Transport::Udp { max_payload: config.server.max_udp_payload };
+    let udp = DnsTransport::Udp { max_payload: config.server.max_udp_payload };
     println!("\n{title}\n");
     println!("| query | bytes | reply, no EDNS | factor | reply, EDNS 1232 | factor | slipped (RRL) | factor |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- |");

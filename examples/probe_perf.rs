@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dnlb::config::Config;
-use dnlb::probe::{initial_health, Prober};
+use dnlb::probe::{initial_serving, Prober};
 use dnlb::snapshot::{Snapshot, SnapshotHandle};
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
@@ -88,7 +88,7 @@ fn config(base: u16, n: usize, interval_ms: u64, timeout_ms: u64, fall: u32) -> 
 }
 
 fn start_prober(config: &Config) -> Prober {
-    let snapshots = SnapshotHandle::new(Snapshot::build(config, &initial_health(config), 0, 1).expect("snapshot"));
+    let snapshots = SnapshotHandle::new(Snapshot::build(config, &initial_serving(config), 0).expect("snapshot"));
     Prober::spawn(config.clone(), snapshots).expect("prober")
 }
 

@@ -19,17 +19,17 @@ use std::thread::JoinHandle;
 use crossbeam_utils::CachePadded;
 
 use crate::config::{RelayConfig, ServerConfig};
-use crate::dns::answer::Transport;
+use crate::counters::{CounterBlocks, Totals, WorkerCounters};
+use crate::dns::answer::DnsTransport;
 use crate::edge::conn::Limits;
 use crate::edge::rrl::Settings as RrlSettings;
-use crate::edge::settings::{EdgeHandle, EdgeSettings};
-use crate::edge::tcp::{self, TcpSide};
+use crate::edge::tcp;
 use crate::io::xdp::{self, XdpError};
 use crate::io::{self, affinity, Backend, IoError, Stop};
-use crate::metrics::{CounterBlocks, Totals, WorkerCounters};
 use crate::relay::sockets::Relay;
 use crate::relay::RelayError;
 use crate::snapshot::SnapshotHandle;
+use crate::worker::settings::{SettingsHandle, WorkerSettings};
 use crate::worker::{Responder, Worker};
 
 /// Reply bytes one TCP connection may have queued for a client that does not read.
@@ -64,6 +64,44 @@ pub enum ServerError {
     Xdp(XdpError),
 }
 
+/// Sets XDP up for `server.xdp`, if configured: its attachment and one queue per worker to
+/// start, or none (the reason logged once) when it cannot be set up and is not required. The
+/// capabilities the set-up needs are given up afterwards either way, before any worker thread
+/// exists, so no thread started later has them.
+fn set_up_xdp(
+    config: &ServerConfig,
+    backend: Backend,
+) -> Result<(Option<xdp::Attachment>, Vec<xdp::Queue>), ServerError> {
+    let Some(x) = &config.xdp else { return Ok((None, Vec::new())) };
+    let set = match xdp::set_up(&x.interface, &config.listen) {
+        Ok(set) => Some(set),
+        Err(e) if x.required => return Err(ServerError::Xdp(e)),
+        Err(e) => {
+            tracing::warn!(
+                "xdp on {} is not used: {e}; UDP is served on {backend} only (xdp.required = true refuses to start instead)",
+                x.interface
+            );
+            None
+        }
+    };
+    if let Err(e) = xdp::give_up_capabilities() {
+        tracing::warn!("xdp: cannot give up the capabilities its set-up needed: {e}");
+    }
+    let Some((a, queues)) = set else { return Ok((None, Vec::new())) };
+    let served: Vec<String> = a.served.iter().map(ToString::to_string).collect();
+    let mode = if queues.iter().all(|q| q.mode() == xdp::xsk::Mode::ZeroCopy) { "zero-copy" } else { "copy mode" };
+    tracing::info!(
+        "xdp on {}: {} receive queue(s), one worker each ({mode}, {} attach, MTU {}), serving UDP to {}; `ethtool -L {} combined N` sets the queue count",
+        a.interface,
+        queues.len(),
+        a.attach_mode,
+        a.mtu,
+        served.join(", "),
+        a.interface
+    );
+    Ok((Some(a), queues))
+}
+
 /// The number of workers: the configured count, or one per core this process may use.
 pub fn worker_count(configured: Option<usize>, allowed_cores: usize) -> usize {
     configured.unwrap_or(allowed_cores).max(1)
@@ -77,7 +115,7 @@ pub struct Server {
     workers: Vec<JoinHandle<std::io::Result<()>>>,
     counters: CounterBlocks,
     workers_per_address: usize,
-    edge: Arc<EdgeHandle>,
+    settings: Arc<SettingsHandle>,
     /// The backend of each counter block's worker.
     backends: Vec<Backend>,
     /// The XDP program on its interface while XDP workers run; dropped (detached) after them.
@@ -94,41 +132,7 @@ impl Server {
         snapshots: SnapshotHandle,
     ) -> Result<Server, ServerError> {
         let (backend, fallback_reason) = Backend::choose(config.io)?;
-        let xdp = config.xdp.as_ref().and_then(|x| match xdp::set_up(&x.interface, &config.listen) {
-            Ok(set) => Some(Ok(set)),
-            Err(e) if x.required => Some(Err(e)),
-            Err(e) => {
-                tracing::warn!(
-                    "xdp on {} is not used: {e}; UDP is served on {backend} only (xdp.required = true refuses to start instead)",
-                    x.interface
-                );
-                None
-            }
-        });
-        let (attachment, queues) = match xdp.transpose().map_err(ServerError::Xdp)? {
-            Some((a, q)) => (Some(a), q),
-            None => (None, Vec::new()),
-        };
-        if config.xdp.is_some() {
-            // Made before any worker thread, so every thread started from here lacks them.
-            if let Err(e) = xdp::give_up_capabilities() {
-                tracing::warn!("xdp: cannot give up the capabilities its set-up needed: {e}");
-            }
-        }
-        if let Some(a) = &attachment {
-            let served: Vec<String> = a.served.iter().map(ToString::to_string).collect();
-            let mode =
-                if queues.iter().all(|q| q.mode() == xdp::xsk::Mode::ZeroCopy) { "zero-copy" } else { "copy mode" };
-            tracing::info!(
-                "xdp on {}: {} receive queue(s), one worker each ({mode}, {} attach, MTU {}), serving UDP to {}; `ethtool -L {} combined N` sets the queue count",
-                a.interface,
-                queues.len(),
-                a.attach_mode,
-                a.mtu,
-                served.join(", "),
-                a.interface
-            );
-        }
+        let (attachment, queues) = set_up_xdp(config, backend)?;
         let cores = affinity::allowed_cores();
         let n = worker_count(config.workers, cores.len());
         if config.tcp {
@@ -150,8 +154,8 @@ impl Server {
         let blocks = sockets.len() + queues.len();
         let counters: CounterBlocks = (0..blocks).map(|_| CachePadded::new(WorkerCounters::default())).collect();
         let stop = Arc::new(Stop::new().map_err(ServerError::Pipe)?);
-        let edge = EdgeHandle::new(EdgeSettings { relay: relay.clone(), rrl: rrl.clone() });
-        let transport = Transport::Udp { max_payload: config.max_udp_payload };
+        let settings = SettingsHandle::new(WorkerSettings { relay: relay.clone(), rrl: rrl.clone() });
+        let transport = DnsTransport::Udp { max_payload: config.max_udp_payload };
         // Each worker holds its share of the TCP connections; the kernel spreads new ones.
         let limits = Limits {
             max_connections: config.tcp_max_connections.div_ceil(sockets.len().max(1)),
@@ -160,18 +164,15 @@ impl Server {
             message: config.tcp_query_timeout,
             max_queued: TCP_QUEUE_LIMIT,
         };
-        // Each worker's relay and TCP side are made here, so one that cannot work stops the start
-        // instead of a worker.
+        // Each worker's relay, readiness hub and TCP clients are made here, so one that cannot
+        // work stops the start instead of a worker.
         let make_worker = |block: usize, listeners: Vec<std::net::TcpListener>| -> Result<Worker, ServerError> {
             let upstream = relay.clone().map(Relay::new).transpose()?;
             let responder =
                 Responder::new(snapshots.clone(), counters.clone(), block).with_relay(relay.clone(), upstream);
-            let mut worker = Worker::new(responder, transport, None, rrl.clone());
-            worker.follow(edge.clone());
-            if !listeners.is_empty() || worker.relay_fd().is_some() {
-                let side = TcpSide::new(listeners, limits, worker.relay_fd()).map_err(ServerError::Thread)?;
-                worker.set_tcp(side);
-            }
+            let mut worker = Worker::new(responder, transport, rrl.clone());
+            worker.follow(settings.clone());
+            worker.listen(listeners, limits).map_err(ServerError::Thread)?;
             Ok(worker)
         };
         let mut workers = Vec::new();
@@ -198,6 +199,7 @@ impl Server {
                 .map_err(ServerError::Thread)?;
             workers.push(handle);
         }
+        // One worker per XDP queue: its relay and hub like any worker's, no TCP listener.
         for (k, mut queue) in queues.into_iter().enumerate() {
             let mut worker = make_worker(first_xdp_block + k, Vec::new())?;
             backends.push(Backend::Xdp);
@@ -227,7 +229,7 @@ impl Server {
             workers,
             counters,
             workers_per_address: n,
-            edge,
+            settings,
             backends,
             xdp: attachment,
         })
@@ -247,7 +249,7 @@ impl Server {
     /// Gives every worker new relay and rate-limit settings (a reload); each applies them at its
     /// next batch or tick. A relay is changed, never added or removed (that needs a restart).
     pub fn reconfigure(&self, relay: Option<Arc<RelayConfig>>, rrl: Option<RrlSettings>) {
-        self.edge.publish(EdgeSettings { relay, rrl });
+        self.settings.publish(WorkerSettings { relay, rrl });
     }
 
     /// The backend the workers run.

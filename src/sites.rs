@@ -15,8 +15,8 @@ use std::hash::BuildHasherDefault;
 use std::net::IpAddr;
 
 use crate::config::{Config, SiteRule};
+use crate::hasher::NameHasher;
 use crate::prefix::Prefix;
-use crate::snapshot::NameHasher;
 
 /// A site's number: its index in [`Steering::site_names`].
 pub type SiteId = u16;

@@ -9,9 +9,9 @@
 //! two health states.
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use arc_swap::{ArcSwap, Guard};
@@ -22,54 +22,12 @@ use crate::dns::answer::{Ring, Template, Window};
 use crate::dns::encode::{self, EncodeError};
 use crate::dns::query::{flag, rcode};
 use crate::dns::{rtype, wire_name};
+use crate::hasher::NameHasher;
 use crate::select;
 use crate::sites::{SiteId, Steering, NO_SITE};
 
 /// The TTL of the RFC 8482 answer to ANY: it changes never, so clients may keep it an hour.
 const ANY_TTL: u32 = 3600;
-
-/// A small, fast hasher for short lower-case names (FxHash's multiply-rotate).
-#[derive(Default, Clone, Copy)]
-pub struct NameHasher(u64);
-
-impl Hasher for NameHasher {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        const K: u64 = 0x517c_c1b7_2722_0a95;
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let word = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-            self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(K);
-        }
-        for &b in chunks.remainder() {
-            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
-        }
-    }
-
-    /// A site prefix (IPv4) in one step rather than byte by byte.
-    #[inline]
-    fn write_u32(&mut self, n: u32) {
-        self.write_u64(u64::from(n));
-    }
-
-    #[inline]
-    fn write_u64(&mut self, n: u64) {
-        const K: u64 = 0x517c_c1b7_2722_0a95;
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(K);
-    }
-
-    /// A site prefix (IPv6) in two steps.
-    #[inline]
-    fn write_u128(&mut self, n: u128) {
-        self.write_u64(n as u64);
-        self.write_u64((n >> 64) as u64);
-    }
-
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
 
 /// How a managed (name, type) is answered.
 #[derive(Debug)]
@@ -128,7 +86,7 @@ pub struct Layout {
     names: HashMap<Box<[u8]>, NameAnswers, BuildHasherDefault<NameHasher>>,
     /// Per service, its names and where its health-dependent answers start.
     services: Vec<ServiceLayout>,
-    /// Health-dependent answers per view.
+    /// Serving-dependent answers per view.
     dynamic: usize,
     /// Which view each client gets (`[[sites]]`).
     steering: Steering,
@@ -151,9 +109,9 @@ struct ServiceLayout {
     sites: Vec<SiteId>,
 }
 
-/// Health of each configured server per transport, as the snapshot builder reads it.
+/// Serving of each configured server per transport, as the snapshot builder reads it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Health {
+pub struct Serving {
     /// `up[service][server]` lists the transports on which that server is healthy.
     pub up: Vec<Vec<Vec<Transport>>>,
     /// `latency_weights[service][server]`: the weight a `latency` service gives each server,
@@ -166,21 +124,25 @@ pub struct Health {
     pub weights: Vec<Vec<u32>>,
 }
 
-impl Health {
+impl Serving {
     /// Every server healthy on every transport it is configured for, but those configured
     /// drained (`drain = true`).
-    pub fn all_up(config: &Config) -> Health {
+    pub fn all_up(config: &Config) -> Serving {
         let transports = |v: &crate::config::SipServer| if v.drain { Vec::new() } else { v.transports.clone() };
         let up = config.services.iter().map(|s| s.servers.iter().map(transports).collect()).collect();
-        Health { up, ..Health::default() }
+        Serving { up, ..Serving::default() }
     }
 }
+
+/// The generation of a snapshot no handle has published yet.
+const UNPUBLISHED: u64 = 0;
 
 /// An immutable set of pre-encoded answers.
 #[derive(Debug)]
 pub struct Snapshot {
-    /// Increases by one per publish; workers reset their rotation state when it changes.
-    pub generation: u64,
+    /// Stamped by the [`SnapshotHandle`] that publishes it, one more than the one before; see
+    /// [`Snapshot::generation`].
+    generation: u64,
     /// When it was built, so its age can be reported.
     pub built_at: Instant,
     /// Number of rotation counters a worker needs.
@@ -222,7 +184,7 @@ impl Snapshot {
             any_udp: Template::empty(true, rcode::NOERROR),
         };
         Snapshot {
-            generation: 0,
+            generation: UNPUBLISHED,
             built_at: Instant::now(),
             rotation_slots: 0,
             layout: Arc::new(layout),
@@ -231,8 +193,9 @@ impl Snapshot {
     }
 
     /// Builds every answer for `config` given `health`. `round` is the probe round (on-duty).
-    pub fn build(config: &Config, health: &Health, round: u64, generation: u64) -> Result<Snapshot, EncodeError> {
-        Snapshot::build_with(&Arc::new(Layout::new(config)?), config, health, round, generation)
+    /// Its generation is stamped when a [`SnapshotHandle`] publishes it.
+    pub fn build(config: &Config, health: &Serving, round: u64) -> Result<Snapshot, EncodeError> {
+        Snapshot::build_with(&Arc::new(Layout::new(config)?), config, health, round)
     }
 
     /// Builds the health-dependent answers for `config` given `health` on `layout`, which must
@@ -240,12 +203,11 @@ impl Snapshot {
     pub fn build_with(
         layout: &Arc<Layout>,
         config: &Config,
-        health: &Health,
+        health: &Serving,
         round: u64,
-        generation: u64,
     ) -> Result<Snapshot, EncodeError> {
         if !layout.fits(config) {
-            return Snapshot::build(config, health, round, generation);
+            return Snapshot::build(config, health, round);
         }
         let views = layout.steering.views();
         let mut b =
@@ -258,12 +220,20 @@ impl Snapshot {
             b.dynamic = Some(b.answers.len());
         }
         Ok(Snapshot {
-            generation,
+            generation: UNPUBLISHED,
             built_at: Instant::now(),
             rotation_slots: b.slots,
             layout: layout.clone(),
             answers: b.answers.into(),
         })
+    }
+
+    /// The number its handle gave it when publishing it: one more than the snapshot it replaced
+    /// (the first published is 1; 0 until published). Workers reset their rotation state when it
+    /// changes.
+    #[inline]
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Bytes the health-dependent answers hold (diagnostics and benches).
@@ -422,7 +392,7 @@ impl Layout {
             if !service.servers.iter().any(|s| s.transports.contains(&transport)) {
                 continue;
             }
-            let srv_owner = encode::name(&format!("{}.{}", srv_label(transport), service.name))?;
+            let srv_owner = encode::name(&format!("{}.{}", transport.srv_label(), service.name))?;
             self.add_health(&srv_owner, rtype::SRV)?;
             let wire = wire_name(&srv_owner.to_ascii()).into();
             srv.push((transport, srv_owner, wire));
@@ -500,15 +470,6 @@ impl Layout {
     }
 }
 
-/// The SRV label of a transport (RFC 3263).
-fn srv_label(transport: Transport) -> &'static str {
-    match transport {
-        Transport::Udp => "_sip._udp",
-        Transport::Tcp => "_sip._tcp",
-        Transport::Tls => "_sips._tcp",
-    }
-}
-
 /// Builds the health-dependent answers, view after view, each in the order [`Layout::service`]
 /// numbered them.
 struct Builder {
@@ -568,7 +529,7 @@ impl Builder {
         &mut self,
         service: &ServiceConfig,
         names: &ServiceLayout,
-        health: &Health,
+        health: &Serving,
         index: usize,
         round: u64,
         prefer: &[SiteId],
@@ -643,12 +604,7 @@ impl Builder {
             let chosen = Builder::steer(names, prefer, n, |i| configured(i) && up_here(i));
             let any = !chosen.is_empty();
             let members: Vec<usize> = if any { chosen } else { (0..n).filter(|&i| configured(i)).collect() };
-            let naptr_service = match transport {
-                Transport::Udp => "SIP+D2U",
-                Transport::Tcp => "SIP+D2T",
-                Transport::Tls => "SIPS+D2T",
-            };
-            naptrs.push(encode::naptr_record(owner, ttl, 50 + 20 * order, naptr_service, srv_owner));
+            naptrs.push(encode::naptr_record(owner, ttl, 50 + 20 * order, transport.naptr_service(), srv_owner));
             if let Some(t) = fallback(any) {
                 self.push(SAME_IN_EVERY_VIEW, |_| Ok(Answers::Fixed(Arc::new(t))))?;
                 continue;
@@ -693,35 +649,53 @@ impl Builder {
     }
 }
 
-/// The publish/read handle shared by the prober, the control thread and every worker.
+/// The publish/read handle shared by the prober, the control plane and every worker. It is
+/// the one owner of the generation count: whoever publishes, the handle stamps the snapshot.
 #[derive(Debug, Clone)]
-pub struct SnapshotHandle(Arc<ArcSwap<Snapshot>>);
+pub struct SnapshotHandle(Arc<Published>);
+
+/// What a [`SnapshotHandle`] shares: the current snapshot, and the generation last stamped.
+#[derive(Debug)]
+struct Published {
+    current: ArcSwap<Snapshot>,
+    /// Held while a snapshot is stamped and stored, so two publishers (the prober, a reload)
+    /// never give out one generation twice nor store out of order.
+    generation: Mutex<u64>,
+}
 
 impl SnapshotHandle {
-    /// A handle holding `snapshot`.
-    pub fn new(snapshot: Snapshot) -> SnapshotHandle {
-        SnapshotHandle(Arc::new(ArcSwap::from_pointee(snapshot)))
+    /// A handle holding `snapshot`, published as generation 1.
+    pub fn new(mut snapshot: Snapshot) -> SnapshotHandle {
+        snapshot.generation = 1;
+        SnapshotHandle(Arc::new(Published { current: ArcSwap::from_pointee(snapshot), generation: Mutex::new(1) }))
     }
 
-    /// A handle that serves `snapshot` (the control side asks a copy of the running one).
+    /// A handle that serves `snapshot` as it is (the control side asks a copy of the running one).
     pub fn from_arc(snapshot: Arc<Snapshot>) -> SnapshotHandle {
-        SnapshotHandle(Arc::new(ArcSwap::new(snapshot)))
+        let generation = Mutex::new(snapshot.generation);
+        SnapshotHandle(Arc::new(Published { current: ArcSwap::new(snapshot), generation }))
     }
 
     /// The snapshot now, owned (off the hot path: the control side).
     pub fn current(&self) -> Arc<Snapshot> {
-        self.0.load_full()
+        self.0.current.load_full()
     }
 
     /// The current snapshot; workers call this once per batch.
     #[inline]
     pub fn load(&self) -> Guard<Arc<Snapshot>> {
-        self.0.load()
+        self.0.current.load()
     }
 
-    /// Replaces the snapshot in one store.
-    pub fn publish(&self, snapshot: Snapshot) {
-        self.0.store(Arc::new(snapshot));
+    /// Stamps `snapshot` with the next generation and makes it current in one store; returns the
+    /// generation.
+    pub fn publish(&self, mut snapshot: Snapshot) -> u64 {
+        // A publisher that panicked while holding the lock left the count as it was.
+        let mut last = self.0.generation.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *last += 1;
+        snapshot.generation = *last;
+        self.0.current.store(Arc::new(snapshot));
+        *last
     }
 }
 
@@ -746,27 +720,32 @@ transports = ["tls"]
 
     #[test]
     fn srv_answers_name_each_transports_port() {
+        use hickory_proto::op::{Message, MessageType, OpCode, Query};
+        use hickory_proto::rr::{RData, RecordType};
         let text = CONFIG
             .replace("transports = [\"udp\", \"tcp\"]", "transports = [\"udp\", \"tcp\", \"tls\"]\ntls_port = 5071");
         let config = Config::parse(&text).unwrap();
-        let snap = Snapshot::build(&config, &Health::all_up(&config), 0, 1).unwrap();
-        let handle = SnapshotHandle::new(snap);
-        let counters: crate::metrics::CounterBlocks =
-            Arc::from(vec![crossbeam_utils::CachePadded::new(crate::metrics::WorkerCounters::default())]);
-        let mut responder = crate::worker::Responder::new(handle, counters, 0);
+        let snap = Snapshot::build(&config, &Serving::all_up(&config), 0).unwrap();
+        let mut rot = vec![0; snap.rotation_slots];
         let mut ports = |label: &str| -> Vec<u16> {
-            use hickory_proto::op::{Message, MessageType, OpCode, Query};
             let mut q = Message::new(7, MessageType::Query, OpCode::Query);
-            let name = hickory_proto::rr::Name::from_ascii(format!("{label}.sip.example.test.")).unwrap();
-            q.add_query(Query::query(name, hickory_proto::rr::RecordType::SRV));
+            q.add_query(Query::query(Name::from_ascii(format!("{label}.sip.example.test.")).unwrap(), RecordType::SRV));
+            let packet = q.to_vec().unwrap();
+            let mut name = [0u8; crate::dns::query::MAX_NAME_LEN];
+            let query = crate::dns::query::parse(&packet, &mut name).unwrap();
+            let Lookup::Answer(t) = snap.lookup(&name[..query.name_len], rtype::SRV, false, None, &mut rot) else {
+                panic!("an SRV answer for {label}");
+            };
             let mut out = vec![0u8; 4096];
-            let n = responder.respond(&q.to_vec().unwrap(), crate::dns::answer::Transport::Tcp, &mut out);
+            let n =
+                crate::dns::answer::write_reply(&packet, &query, t, crate::dns::answer::DnsTransport::Tcp, &mut out)
+                    .len;
             let m = Message::from_vec(&out[..n]).unwrap();
             let mut ports: Vec<u16> = m
                 .answers
                 .iter()
                 .filter_map(|r| match &r.data {
-                    hickory_proto::rr::RData::SRV(s) => Some(s.port),
+                    RData::SRV(s) => Some(s.port),
                     _ => None,
                 })
                 .collect();
@@ -781,7 +760,7 @@ transports = ["tls"]
     #[test]
     fn builds_every_name() {
         let config = Config::parse(CONFIG).unwrap();
-        let snap = Snapshot::build(&config, &Health::all_up(&config), 0, 1).unwrap();
+        let snap = Snapshot::build(&config, &Serving::all_up(&config), 0).unwrap();
         let mut names: Vec<String> = snap.names().map(|n| String::from_utf8_lossy(n).into_owned()).collect();
         names.sort();
         assert_eq!(names.len(), 7, "{names:?}");
@@ -852,8 +831,8 @@ prefer = ["west"]
     #[test]
     fn sites_steer_each_client_to_its_first_healthy_site() {
         let config = Config::parse(SITES).unwrap();
-        let mut health = Health::all_up(&config);
-        let snap = Snapshot::build(&config, &health, 0, 1).unwrap();
+        let mut health = Serving::all_up(&config);
+        let snap = Snapshot::build(&config, &health, 0).unwrap();
         let a = |snap: &Snapshot, client: &str| {
             let mut got = answer(snap, "sip.example.test", rtype::A, client);
             got.sort_unstable();
@@ -868,31 +847,31 @@ prefer = ["west"]
 
         // East's TCP server fails over TCP only: TCP clients of east move to west; UDP stays.
         health.up[0][0] = vec![Transport::Udp];
-        let snap = Snapshot::build(&config, &health, 0, 2).unwrap();
+        let snap = Snapshot::build(&config, &health, 0).unwrap();
         assert_eq!(answer(&snap, "_sip._tcp.sip.example.test", rtype::SRV, "10.1.2.3"), vec![3]);
         assert_eq!(a(&snap, "10.1.2.3"), vec![1, 2]);
 
         // All of east down: its clients get west.
         health.up[0][0].clear();
         health.up[0][1].clear();
-        let snap = Snapshot::build(&config, &health, 0, 3).unwrap();
+        let snap = Snapshot::build(&config, &health, 0).unwrap();
         assert_eq!(a(&snap, "10.1.2.3"), vec![3]);
         // West down too, and no other site left: the all-down policy (serve-all).
         health.up[0][2].clear();
-        let snap = Snapshot::build(&config, &health, 0, 4).unwrap();
+        let snap = Snapshot::build(&config, &health, 0).unwrap();
         assert_eq!(a(&snap, "10.9.2.3"), vec![1, 2, 3]);
     }
 
     #[test]
     fn views_that_answer_alike_share_their_encoding() {
         let config = Config::parse(SITES).unwrap();
-        let mut health = Health::all_up(&config);
+        let mut health = Serving::all_up(&config);
         // East down: view "east, west" answers with west alone, as view "west" does; view 0
         // answers with west too (the only healthy server), so all three share one ring.
         health.up[0][0].clear();
         health.up[0][1].clear();
-        let snap = Snapshot::build(&config, &health, 0, 1).unwrap();
-        let one_view = Snapshot::build(&Config { sites: Vec::new(), ..config.clone() }, &health, 0, 1).unwrap();
+        let snap = Snapshot::build(&config, &health, 0).unwrap();
+        let one_view = Snapshot::build(&Config { sites: Vec::new(), ..config.clone() }, &health, 0).unwrap();
         assert_eq!(snap.answer_bytes(), one_view.answer_bytes(), "three views, one encoding");
     }
 }

@@ -13,7 +13,7 @@
 //! ```
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -22,18 +22,24 @@ use std::time::Instant;
 use arc_swap::Guard;
 
 use crate::config::{RelayConfig, RrlConfig};
-use crate::dns::answer::{self, Template, Transport};
+use crate::counters::{CounterBlocks, WorkerCounters};
+use crate::dns::answer::{self, DnsTransport, Template};
 use crate::dns::query::{self, rcode, Query, Reject, MAX_NAME_LEN};
 use crate::dns::{rtype, CLASS_IN};
+use crate::edge::conn::Limits;
 use crate::edge::rrl::{Decision, Limiter};
-use crate::edge::settings::{EdgeHandle, EdgeSettings};
-use crate::edge::tcp::{Answerer, TcpSide};
+use crate::edge::tcp::{Answerer, TcpClients};
 use crate::io::{DropReason, FramePath, Handler, Outbox, Peer};
-use crate::metrics::{CounterBlocks, WorkerCounters};
 use crate::prefix;
 use crate::relay::engine::{Forwarded, Replies, ReplyTo};
 use crate::relay::sockets::Relay;
 use crate::snapshot::{Lookup, Snapshot, SnapshotHandle};
+
+pub mod readiness;
+pub mod settings;
+
+use readiness::Readiness;
+use settings::{SettingsHandle, WorkerSettings};
 
 /// Answers queries from the current snapshot. One per worker thread (and per TCP connection).
 pub struct Responder {
@@ -112,14 +118,14 @@ impl Client<'_> {
 /// and TCP alike), so this is a plain load and store, not a locked read-modify-write.
 #[inline]
 fn count(counter: &AtomicU64) {
-    crate::metrics::bump(counter);
+    crate::counters::bump(counter);
 }
 
 impl Responder {
     /// A responder that counts into `counters[block]`.
     pub fn new(snapshots: SnapshotHandle, counters: CounterBlocks, block: usize) -> Responder {
         let current = snapshots.load();
-        let generation = current.generation;
+        let generation = current.generation();
         let rotation = vec![0; current.rotation_slots];
         Responder {
             snapshots,
@@ -147,8 +153,8 @@ impl Responder {
     #[inline]
     pub fn refresh(&mut self) {
         self.current = self.snapshots.load();
-        if self.current.generation != self.generation {
-            self.generation = self.current.generation;
+        if self.current.generation() != self.generation {
+            self.generation = self.current.generation();
             self.rotation.clear();
             self.rotation.resize(self.current.rotation_slots, 0);
         }
@@ -160,14 +166,20 @@ impl Responder {
 
     /// Answers one message from an unknown client (no relay); returns the reply length.
     #[inline]
-    pub fn respond(&mut self, packet: &[u8], transport: Transport, out: &mut [u8]) -> usize {
+    pub fn respond(&mut self, packet: &[u8], transport: DnsTransport, out: &mut [u8]) -> usize {
         self.respond_from(packet, Client::Unknown, transport, out)
     }
 
     /// Answers one message; returns the reply length in `out`, 0 for no reply (dropped, or sent
     /// upstream: the answer then comes later).
     #[inline]
-    pub fn respond_from(&mut self, packet: &[u8], client: Client<'_>, transport: Transport, out: &mut [u8]) -> usize {
+    pub fn respond_from(
+        &mut self,
+        packet: &[u8],
+        client: Client<'_>,
+        transport: DnsTransport,
+        out: &mut [u8],
+    ) -> usize {
         match self.answer(packet, client, transport, out) {
             Answer::Reply(n) => n,
             Answer::Relayed | Answer::Nothing => 0,
@@ -176,7 +188,7 @@ impl Responder {
 
     /// Answers one message, saying whether the reply is in `out`, comes later or never.
     #[inline]
-    pub fn answer(&mut self, packet: &[u8], client: Client<'_>, transport: Transport, out: &mut [u8]) -> Answer {
+    pub fn answer(&mut self, packet: &[u8], client: Client<'_>, transport: DnsTransport, out: &mut [u8]) -> Answer {
         count(&self.counters().queries);
         let query = match query::parse(packet, &mut self.name) {
             Ok(q) => q,
@@ -211,7 +223,7 @@ impl Responder {
             }
         }
         let lookup = if query.qclass == CLASS_IN {
-            let udp = matches!(transport, Transport::Udp { .. });
+            let udp = matches!(transport, DnsTransport::Udp { .. });
             // The source address is decoded only when answers depend on it ([[sites]]).
             let source = if self.current.steers() { client.addr().map(|a| a.ip()) } else { None };
             self.current.lookup(&self.name[..query.name_len], query.qtype, udp, source, &mut self.rotation)
@@ -233,7 +245,7 @@ impl Responder {
         packet: &[u8],
         query: &Query,
         client: Client<'_>,
-        transport: Transport,
+        transport: DnsTransport,
         out: &mut [u8],
     ) -> Answer {
         let (Some(config), Some(relay)) = (self.relay_config.as_ref(), self.relay.as_mut()) else {
@@ -256,7 +268,7 @@ impl Responder {
         Answer::Reply(n)
     }
 
-    fn refuse(&mut self, packet: &[u8], query: &Query, transport: Transport, out: &mut [u8]) -> usize {
+    fn refuse(&mut self, packet: &[u8], query: &Query, transport: DnsTransport, out: &mut [u8]) -> usize {
         let written = answer::write_reply(packet, query, &self.refused, transport, out);
         self.count_reply(self.refused.flags, written.truncated);
         written.len
@@ -287,11 +299,35 @@ fn count_reply(c: &WorkerCounters, flags: u16, truncated: bool) {
     }
 }
 
+/// Rate limiting's decision for a UDP reply to `ip` (send when there is no limiter), with a
+/// slip or a drop counted.
+#[inline]
+fn rate_limit(limiter: Option<&mut Limiter>, ip: IpAddr, now: Instant, c: &WorkerCounters) -> Decision {
+    let decision = limiter.map_or(Decision::Send, |l| l.decide(ip, now));
+    match decision {
+        Decision::Send => {}
+        Decision::Slip => count(&c.rrl_slipped),
+        Decision::Drop => count(&c.rrl_dropped),
+    }
+    decision
+}
+
+/// The `n` reply bytes in `reply` as `decision` lets them go: all of them, the header and
+/// question with TC=1 (a slip), or none.
+#[inline]
+fn limited(decision: Decision, reply: &mut [u8], n: usize) -> usize {
+    match decision {
+        Decision::Send => n,
+        Decision::Slip => answer::slip(reply, n),
+        Decision::Drop => 0,
+    }
+}
+
 /// Where the relay's late answers go: UDP clients through the outbox (rate limited like direct
 /// replies), TCP clients onto their connection. Each is counted by RCODE, as direct replies are.
 struct Router<'a, 'o> {
     out: &'a mut Outbox<'o>,
-    tcp: Option<&'a mut TcpSide>,
+    tcp: Option<&'a mut TcpClients>,
     rrl: Option<&'a mut Limiter>,
     counters: &'a WorkerCounters,
     now: Instant,
@@ -308,30 +344,20 @@ impl Replies for Router<'_, '_> {
             n
         };
         match to {
-            ReplyTo::Udp(peer) | ReplyTo::Frame { peer, .. } => {
-                let decision = self.rrl.as_mut().map_or(Decision::Send, |l| l.decide(peer.ip(), self.now));
-                let frame = match &to {
-                    ReplyTo::Frame { path, .. } => Some(path),
-                    _ => None,
-                };
-                let mut slipped = |buf: &mut [u8]| {
+            ReplyTo::Udp(peer) => match rate_limit(self.rrl.as_deref_mut(), peer.ip(), self.now, counters) {
+                Decision::Drop => {}
+                decision => self.out.push(peer, |buf| {
                     let n = counted(buf);
-                    answer::slip(buf, n)
-                };
-                match (decision, frame) {
-                    (Decision::Send, None) => self.out.push(peer, counted),
-                    (Decision::Send, Some(path)) => self.out.push_frame(peer, path, counted),
-                    (Decision::Slip, None) => {
-                        count(&counters.rrl_slipped);
-                        self.out.push(peer, slipped);
-                    }
-                    (Decision::Slip, Some(path)) => {
-                        count(&counters.rrl_slipped);
-                        self.out.push_frame(peer, path, &mut slipped);
-                    }
-                    (Decision::Drop, _) => count(&counters.rrl_dropped),
-                }
-            }
+                    limited(decision, buf, n)
+                }),
+            },
+            ReplyTo::Frame { peer, path } => match rate_limit(self.rrl.as_deref_mut(), peer.ip(), self.now, counters) {
+                Decision::Drop => {}
+                decision => self.out.push_frame(peer, &path, |buf| {
+                    let n = counted(buf);
+                    limited(decision, buf, n)
+                }),
+            },
             ReplyTo::Tcp { slot, generation } => {
                 if let Some(tcp) = self.tcp.as_mut() {
                     tcp.deliver(slot, generation, &mut counted, self.now);
@@ -357,7 +383,7 @@ impl Answerer for TcpAnswers<'_> {
         relayed: &mut bool,
     ) -> usize {
         let client = Client::Tcp { peer, slot, generation };
-        match self.responder.answer(message, client, Transport::Tcp, out) {
+        match self.responder.answer(message, client, DnsTransport::Tcp, out) {
             Answer::Reply(n) => n,
             Answer::Relayed => {
                 *relayed = true;
@@ -374,48 +400,75 @@ pub struct Worker {
     /// The shared query logic.
     pub responder: Responder,
     /// The UDP size cap.
-    pub transport: Transport,
+    pub transport: DnsTransport,
     /// UDP response rate limiting, if configured.
     rrl: Option<Limiter>,
     /// The time of the current batch (read only when rate limiting is on).
     batch_now: Instant,
-    /// The TCP listeners and connections, and the epoll instance that also nests the relay's.
-    tcp: Option<TcpSide>,
+    /// The epoll instance the backend waits on for TCP and the relay (none without either).
+    readiness: Option<Readiness>,
+    /// The TCP listeners and connections, watched by `readiness`.
+    tcp: Option<TcpClients>,
     /// Where reloaded relay and rate-limit settings come from, and the generation applied.
-    edge: Option<(Arc<EdgeHandle>, u64)>,
+    settings: Option<(Arc<SettingsHandle>, u64)>,
     /// The rate-limit settings `rrl` was made with.
     rrl_settings: Option<RrlConfig>,
 }
 
 impl Worker {
-    /// A worker's handler around `responder` (with its relay, if any), its TCP side and its rate
-    /// limiter.
-    pub fn new(responder: Responder, transport: Transport, tcp: Option<TcpSide>, rrl: Option<RrlConfig>) -> Worker {
+    /// A worker's handler around `responder` (with its relay, if any) and its rate limiter; TCP
+    /// comes with [`Worker::listen`].
+    pub fn new(responder: Responder, transport: DnsTransport, rrl: Option<RrlConfig>) -> Worker {
         let limiter = rrl.clone().map(|r| Limiter::new(r, Instant::now()));
-        Worker { responder, transport, rrl: limiter, batch_now: Instant::now(), tcp, edge: None, rrl_settings: rrl }
+        Worker {
+            responder,
+            transport,
+            rrl: limiter,
+            batch_now: Instant::now(),
+            readiness: None,
+            tcp: None,
+            settings: None,
+            rrl_settings: rrl,
+        }
     }
 
-    /// Lets a reload change this worker's relay and rate-limit settings through `edge`.
-    pub fn follow(&mut self, edge: Arc<EdgeHandle>) {
-        let seen = edge.generation();
-        self.edge = Some((edge, seen));
+    /// Lets a reload change this worker's relay and rate-limit settings through `settings`.
+    pub fn follow(&mut self, settings: Arc<SettingsHandle>) {
+        let seen = settings.generation();
+        self.settings = Some((settings, seen));
+    }
+
+    /// Gives the worker its readiness hub, with the relay's epoll descriptor (if it has a
+    /// relay) nested in it, and TCP clients on `listeners` (none: no TCP). A worker with neither
+    /// a relay nor listeners needs no hub and gets none.
+    pub fn listen(&mut self, listeners: Vec<std::net::TcpListener>, limits: Limits) -> io::Result<()> {
+        let relay = self.responder.relay.as_ref().map(Relay::fd);
+        if listeners.is_empty() && relay.is_none() {
+            return Ok(());
+        }
+        let hub = Readiness::new(relay)?;
+        if !listeners.is_empty() {
+            self.tcp = Some(TcpClients::new(listeners, limits, hub.registry())?);
+        }
+        self.readiness = Some(hub);
+        Ok(())
     }
 
     /// Applies settings a reload published since the last look (one atomic load when none did).
     #[inline]
     fn pick_up_settings(&mut self) {
-        let Some((edge, seen)) = &mut self.edge else { return };
-        let generation = edge.generation();
+        let Some((handle, seen)) = &mut self.settings else { return };
+        let generation = handle.generation();
         if generation == *seen {
             return;
         }
         *seen = generation;
-        let settings = edge.load();
+        let settings = handle.load();
         self.apply(&settings, Instant::now());
     }
 
     #[cold]
-    fn apply(&mut self, settings: &EdgeSettings, now: Instant) {
+    fn apply(&mut self, settings: &WorkerSettings, now: Instant) {
         if self.rrl_settings != settings.rrl {
             // Fresh buckets: every prefix starts with a full second's burst, as at start-up.
             self.rrl = settings.rrl.clone().map(|r| Limiter::new(r, now));
@@ -430,17 +483,7 @@ impl Worker {
         }
     }
 
-    /// Gives the worker its TCP side (made with [`Worker::relay_fd`] nested in it).
-    pub fn set_tcp(&mut self, tcp: TcpSide) {
-        self.tcp = Some(tcp);
-    }
-
-    /// The relay's epoll descriptor, to nest in the TCP side's (see [`TcpSide::new`]).
-    pub fn relay_fd(&self) -> Option<BorrowedFd<'_>> {
-        self.responder.relay.as_ref().map(Relay::fd)
-    }
-
-    /// Stores the relay's and the TCP side's counters into this worker's block (done after every
+    /// Stores the relay's and the TCP clients' counters into this worker's block (done after every
     /// wake-up and tick; call once more when the worker ends).
     pub fn publish_counters(&self) {
         let c = self.responder.counters();
@@ -452,24 +495,26 @@ impl Worker {
         }
     }
 
-    /// Serves what is ready on the epoll descriptor; relayed answers go out through `out`.
+    /// Serves what is ready on the readiness hub; relayed answers go out through `out`.
     fn serve_ready(&mut self, out: &mut Outbox<'_>, now: Instant) {
-        let Some(tcp) = self.tcp.as_mut() else { return };
+        let Some(hub) = self.readiness.as_mut() else { return };
         // A few passes: answering a TCP client can make the relay's descriptor ready and back.
         for _ in 0..4 {
-            let (any, relay_ready) = tcp.poll_ready();
-            if !any {
+            let relay_ready = hub.poll();
+            if hub.ready().is_empty() && !relay_ready && !self.tcp.as_ref().is_some_and(TcpClients::has_more) {
                 break;
             }
             let r = &mut self.responder;
             if relay_ready {
                 if let Some(relay) = r.relay.as_mut() {
                     let counters = &r.counters[r.block];
-                    let mut router = Router { out, tcp: Some(&mut *tcp), rrl: self.rrl.as_mut(), counters, now };
+                    let mut router = Router { out, tcp: self.tcp.as_mut(), rrl: self.rrl.as_mut(), counters, now };
                     relay.ready(&mut router, now);
                 }
             }
-            tcp.serve_ready(&mut TcpAnswers { responder: r }, now);
+            if let Some(tcp) = self.tcp.as_mut() {
+                tcp.serve_ready(hub.ready(), hub.registry(), &mut TcpAnswers { responder: r }, now);
+            }
         }
         self.publish_counters();
     }
@@ -488,7 +533,10 @@ impl Handler for Worker {
     #[inline]
     fn handle(&mut self, query: &[u8], peer: Peer<'_>, reply: &mut [u8]) -> usize {
         let n = self.responder.respond_from(query, Client::Udp(peer), self.transport, reply);
-        self.limit(n, || peer.socket_addr(), reply)
+        let Some(limiter) = self.rrl.as_mut().filter(|_| n > 0) else { return n };
+        let Some(addr) = peer.socket_addr() else { return n };
+        let decision = rate_limit(Some(limiter), addr.ip(), self.batch_now, self.responder.counters());
+        limited(decision, reply, n)
     }
 
     #[inline]
@@ -503,11 +551,13 @@ impl Handler for Worker {
         // The interface's MTU may bound replies below the configured cap: an answer that does
         // not fit then gets TC=1, as one over the cap does.
         let transport = match self.transport {
-            Transport::Udp { max_payload: cap } => Transport::Udp { max_payload: cap.min(max_payload) },
-            Transport::Tcp => Transport::Udp { max_payload },
+            DnsTransport::Udp { max_payload: cap } => DnsTransport::Udp { max_payload: cap.min(max_payload) },
+            DnsTransport::Tcp => DnsTransport::Udp { max_payload },
         };
         let n = self.responder.respond_from(query, Client::Frame { peer, path }, transport, reply);
-        self.limit(n, || Some(peer), reply)
+        let Some(limiter) = self.rrl.as_mut().filter(|_| n > 0) else { return n };
+        let decision = rate_limit(Some(limiter), peer.ip(), self.batch_now, self.responder.counters());
+        limited(decision, reply, n)
     }
 
     fn io_error(&mut self, _error: io::Error) {
@@ -516,7 +566,7 @@ impl Handler for Worker {
 
     fn dropped(&mut self, reason: DropReason, n: u64) {
         let c = self.responder.counters();
-        crate::metrics::add(
+        crate::counters::add(
             match reason {
                 DropReason::NoBuffer => &c.drop_enobufs,
                 DropReason::NoSendSlot => &c.drop_send_slot,
@@ -529,7 +579,7 @@ impl Handler for Worker {
     }
 
     fn extra_fd(&self) -> Option<BorrowedFd<'_>> {
-        self.tcp.as_ref().map(TcpSide::fd)
+        self.readiness.as_ref().map(Readiness::fd)
     }
 
     fn extra_ready(&mut self, out: &mut Outbox<'_>) {
@@ -545,31 +595,10 @@ impl Handler for Worker {
             let mut router = Router { out, tcp: self.tcp.as_mut(), rrl: self.rrl.as_mut(), counters, now };
             relay.tick(&mut router, now);
         }
-        if let Some(tcp) = self.tcp.as_mut() {
-            tcp.tick(&mut TcpAnswers { responder: &mut self.responder }, now);
+        if let (Some(tcp), Some(hub)) = (self.tcp.as_mut(), self.readiness.as_ref()) {
+            tcp.tick(hub.registry(), &mut TcpAnswers { responder: &mut self.responder }, now);
         }
         self.publish_counters();
-    }
-}
-
-impl Worker {
-    /// Rate-limits a UDP reply of `n` bytes in `reply` to the client `addr` gives: sends it as
-    /// it is, cut to a slip (TC=1), or drops it (0).
-    #[inline]
-    fn limit(&mut self, n: usize, addr: impl FnOnce() -> Option<SocketAddr>, reply: &mut [u8]) -> usize {
-        let Some(limiter) = self.rrl.as_mut().filter(|_| n > 0) else { return n };
-        let Some(addr) = addr() else { return n };
-        match limiter.decide(addr.ip(), self.batch_now) {
-            Decision::Send => n,
-            Decision::Slip => {
-                count(&self.responder.counters().rrl_slipped);
-                answer::slip(reply, n)
-            }
-            Decision::Drop => {
-                count(&self.responder.counters().rrl_dropped);
-                0
-            }
-        }
     }
 }
 
@@ -577,9 +606,9 @@ impl Worker {
 mod tests {
     use super::*;
     use crate::config::Config;
+    use crate::counters::WorkerCounters;
     use crate::io::encode_peer;
-    use crate::metrics::WorkerCounters;
-    use crate::snapshot::Health;
+    use crate::snapshot::Serving;
     use crossbeam_utils::CachePadded;
 
     const CONFIG: &str = "[server]\nlisten = [\"127.0.0.1:5353\"]\n[rrl]\nresponses_per_second = 4\nslip = 2\n\
@@ -594,10 +623,10 @@ mod tests {
             ));
         }
         let config = Config::parse(&text).unwrap();
-        let snapshots = SnapshotHandle::new(Snapshot::build(&config, &Health::all_up(&config), 0, 1).unwrap());
+        let snapshots = SnapshotHandle::new(Snapshot::build(&config, &Serving::all_up(&config), 0).unwrap());
         let counters: CounterBlocks = (0..1).map(|_| CachePadded::new(WorkerCounters::default())).collect();
         let responder = Responder::new(snapshots, counters, 0);
-        Worker::new(responder, Transport::Udp { max_payload }, None, config.rrl.clone())
+        Worker::new(responder, DnsTransport::Udp { max_payload }, config.rrl.clone())
     }
 
     fn query(name: &[u8], qtype: u16, edns: Option<u16>) -> Vec<u8> {

@@ -212,7 +212,7 @@ fn malformed_tcp_streams_affect_only_themselves() {
 
 /// The server's totals once `done` holds (workers publish their counters after each wake-up), or
 /// as they are after a second.
-fn settled_totals(t: &TestServer, done: impl Fn(&dnlb::metrics::Totals) -> bool) -> dnlb::metrics::Totals {
+fn settled_totals(t: &TestServer, done: impl Fn(&dnlb::counters::Totals) -> bool) -> dnlb::counters::Totals {
     let start = Instant::now();
     loop {
         let totals = t.server.as_ref().unwrap().totals();

@@ -22,18 +22,6 @@ fn relay_config(upstreams: &[SocketAddr], extra: &str) -> String {
     format!("{}\n[relay]\nupstreams = [{}]\n{extra}\n", config_text(free_port(), 2, ""), list.join(", "))
 }
 
-/// Polls `done` every 5 ms until it holds or `limit` passes; returns whether it held.
-fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    done()
-}
-
 /// Reads replies on `socket` on another thread until `n` have arrived or `limit` passes; returns
 /// them by message ID.
 fn collect(socket: &UdpSocket, n: usize, limit: Duration) -> std::thread::JoinHandle<HashMap<u16, Message>> {
@@ -91,7 +79,7 @@ fn identical_questions_in_flight_share_one_upstream_query() {
         }
         let server = t.server.as_ref().unwrap();
         assert!(
-            wait_for(Duration::from_secs(3), || server.totals().relayed >= 1000),
+            poll(Duration::from_secs(3), || server.totals().relayed >= 1000).is_some(),
             "{io:?}: every query reached the relay: {}",
             server.totals()
         );
@@ -152,7 +140,7 @@ fn a_forger_who_learned_the_ports_never_gets_through() {
         let learned: HashSet<u16> = up.ports.lock().unwrap().iter().copied().collect();
         let asked = query("target.forged.test.", RecordType::A, 7777, None);
         client.send_to(&asked, t.addr).unwrap();
-        assert!(wait_for(Duration::from_secs(2), || up.count() == 65), "{io:?}: the target query went upstream");
+        assert!(poll(Duration::from_secs(2), || up.count() == 65).is_some(), "{io:?}: the target query went upstream");
         let actual = *up.ports.lock().unwrap().last().unwrap();
         let forge = |id: u16| {
             let mut f = asked.clone();
@@ -181,11 +169,12 @@ fn a_forger_who_learned_the_ports_never_gets_through() {
         // the true reply finds room there; then the upstream answers.
         let server = t.server.as_ref().unwrap();
         let mut last = u64::MAX;
-        let settled = wait_for(Duration::from_secs(10), || {
+        let settled = poll(Duration::from_secs(10), || {
             std::thread::sleep(Duration::from_millis(100));
             let now = server.totals().relay_forged;
             std::mem::replace(&mut last, now) == now
-        });
+        })
+        .is_some();
         assert!(settled && last > 0, "{io:?}: the forgeries at the live socket were read and counted: {last}");
         up.release();
         client.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
@@ -269,7 +258,7 @@ fn an_oversize_udp_reply_is_not_dropped() {
         assert!(
             // At least the UDP reply; the TCP client's question is answered from the cache, or,
             // if a loaded machine let the entry's TTL run out first, asked again (and counted).
-            wait_for(Duration::from_secs(1), || server.totals().relay_oversize >= 1),
+            poll(Duration::from_secs(1), || server.totals().relay_oversize >= 1).is_some(),
             "{io:?}: counted: {}",
             server.totals()
         );
@@ -289,7 +278,7 @@ fn a_truncated_upstream_reply_is_retried_over_tcp() {
         assert_eq!((up.count(), up.tcp_queries.load(Ordering::Relaxed)), (1, 1), "{io:?}: one UDP, one TCP");
         let server = t.server.as_ref().unwrap();
         assert!(
-            wait_for(Duration::from_secs(1), || server.totals().relay_tcp_retries == 1),
+            poll(Duration::from_secs(1), || server.totals().relay_tcp_retries == 1).is_some(),
             "{io:?}: counted: {}",
             server.totals()
         );

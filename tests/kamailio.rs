@@ -16,6 +16,7 @@ use common::prom::{scrape, sum};
 use common::*;
 use dnlb::config::IoMode;
 use dnlb::control::metrics::{MetricsServer, Sources};
+use dnlb::control::running::{Running, RunningView};
 use dnlb::probe::Prober;
 use hickory_proto::rr::{RData, RecordType};
 
@@ -90,7 +91,7 @@ fn kamailio_death_and_restart_are_seen_in_dns() {
     let prober = Prober::spawn(dns.config.clone(), dns.snapshots.clone()).unwrap();
     let sources = Sources {
         counters: dns.server.as_ref().unwrap().counters(),
-        prober: std::sync::Arc::new(arc_swap::ArcSwapOption::from_pointee(prober.view())),
+        running: RunningView::new(Running::new(std::sync::Arc::new(dns.config.clone()), Some(&prober))),
         snapshots: dns.snapshots.clone(),
     };
     let metrics = MetricsServer::start("127.0.0.1:0".parse().unwrap(), sources).unwrap();

@@ -14,6 +14,7 @@ use common::upstream::{Behaviour, FakeUpstream};
 use common::*;
 use dnlb::config::{Config, IoMode};
 use dnlb::control::metrics::{MetricsServer, Sources, MAX_REQUEST};
+use dnlb::control::running::{Running as RunningState, RunningView};
 use dnlb::probe::Prober;
 use hickory_proto::rr::RecordType;
 
@@ -49,7 +50,7 @@ fn start() -> Running {
     let listen = dns.config.metrics.as_ref().expect("[metrics] configured").listen;
     let sources = Sources {
         counters: dns.server.as_ref().unwrap().counters(),
-        prober: std::sync::Arc::new(arc_swap::ArcSwapOption::from_pointee(prober.view())),
+        running: RunningView::new(RunningState::new(std::sync::Arc::new(dns.config.clone()), Some(&prober))),
         snapshots: dns.snapshots.clone(),
     };
     let metrics = MetricsServer::start(listen, sources).unwrap();
@@ -128,7 +129,7 @@ fn relay_counters_and_cache_gauges_reach_the_scrape() {
     let dns = TestServer::start(&text, IoMode::Portable);
     let sources = Sources {
         counters: dns.server.as_ref().unwrap().counters(),
-        prober: std::sync::Arc::new(arc_swap::ArcSwapOption::empty()),
+        running: RunningView::new(RunningState::new(std::sync::Arc::new(dns.config.clone()), None)),
         snapshots: dns.snapshots.clone(),
     };
     let metrics = MetricsServer::start("127.0.0.1:0".parse().unwrap(), sources).unwrap();

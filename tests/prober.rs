@@ -59,16 +59,9 @@ impl Farm {
             .collect()
     }
 
-    /// Polls DNS every 5 ms until `want` holds; returns how long it took, or panics after `limit`.
+    /// Polls DNS until `want` holds; returns how long it took, or panics after `limit`.
     fn wait(&self, what: &str, limit: Duration, want: impl Fn(&BTreeSet<IpAddr>) -> bool) -> Duration {
-        let start = Instant::now();
-        loop {
-            if want(&self.addresses()) {
-                return start.elapsed();
-            }
-            assert!(start.elapsed() < limit, "{what}: not within {limit:?}; answers {:?}", self.addresses());
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_until(what, limit, || want(&self.addresses()), || format!("answers {:?}", self.addresses()))
     }
 
     fn status(&self) -> &dnlb::probe::ProbeStatus {
@@ -124,8 +117,17 @@ fn forged_and_late_replies_never_bring_a_server_up() {
     ];
     let f = farm(&ips, modes, FAST, "");
     f.wait("only the honest server", Duration::from_secs(3), |a| *a == set(&["127.0.0.51"]));
-    std::thread::sleep(Duration::from_millis(1000));
-    assert_eq!(f.addresses(), set(&["127.0.0.51"]));
+    // Until the prober has seen and ignored 20 forged or late replies, every answer names the
+    // honest server alone.
+    wait_until(
+        "20 forged or late replies ignored",
+        Duration::from_secs(5),
+        || {
+            assert_eq!(f.addresses(), set(&["127.0.0.51"]), "a forger or a late server got in");
+            f.status().ignored.load(Ordering::Relaxed) >= 20
+        },
+        || format!("{} ignored", f.status().ignored.load(Ordering::Relaxed)),
+    );
     let ignored = f.status().ignored.load(Ordering::Relaxed);
     println!("ignored {ignored} forged or late replies");
     assert!(ignored >= 20, "forged replies reached the prober and were ignored: {ignored}");
@@ -136,29 +138,27 @@ fn all_down_policies() {
     for (policy, expect) in [("servfail", ResponseCode::ServFail), ("nodata", ResponseCode::NoError)] {
         let ips = ["127.0.0.61", "127.0.0.62"];
         let f = farm(&ips, vec![Mode::Silent; 2], FAST, &format!("all_down = \"{policy}\""));
-        let start = Instant::now();
-        loop {
+        let answered = || {
             let m = f.answer();
-            if m.metadata.response_code == expect && m.answers.is_empty() {
-                break;
-            }
-            assert!(start.elapsed() < Duration::from_secs(3), "{policy}: got {m:?}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+            m.metadata.response_code == expect && m.answers.is_empty()
+        };
+        wait_until(policy, Duration::from_secs(3), answered, || format!("got {:?}", f.answer()));
     }
-    // serve-all (the default): every server, though none is healthy.
+    // serve-all (the default): every server, though none is healthy. (The farm is settled: both
+    // servers have their verdict, and the answers come from it.)
     let ips = ["127.0.0.63", "127.0.0.64"];
     let f = farm(&ips, vec![Mode::Silent; 2], FAST, "");
-    std::thread::sleep(Duration::from_millis(600));
+    assert!(f.status().servers.lock().unwrap().iter().all(|s| s.state == dnlb::probe::health::State::Down));
     assert_eq!(f.addresses(), set(&ips));
     // last-good: the servers healthy last, after all went down.
     let ips = ["127.0.0.65", "127.0.0.66"];
     let f = farm(&ips, vec![Mode::Reply(200, None), Mode::Silent], FAST, "all_down = \"last-good\"");
     f.wait("first up", Duration::from_secs(3), |a| *a == set(&["127.0.0.65"]));
     f.responders[0].as_ref().unwrap().set(Mode::Silent);
-    std::thread::sleep(Duration::from_millis(1000));
+    // Up, down (the silent one), then down again (the first): every server is out.
+    let flips = || f.status().flips.load(Ordering::Relaxed);
+    wait_until("the first server out", Duration::from_secs(3), || flips() >= 3, || format!("{} flips", flips()));
     assert_eq!(f.addresses(), set(&["127.0.0.65"]), "last good set kept");
-    assert!(f.status().flips.load(Ordering::Relaxed) >= 3);
 }
 
 /// Forged replies over real sockets (wrong branch, Call-ID, tag, CSeq number, method), tens of
@@ -174,16 +174,13 @@ fn forged_floods_never_bring_a_server_up() {
     modes.push(Mode::Reply(200, None));
     let f = farm(&ips, modes, probe, "all_down = \"nodata\"");
     let start = Instant::now();
-    while f.status().ignored.load(Ordering::Relaxed) < 20_000 {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "only {} forged seen",
-            f.status().ignored.load(Ordering::Relaxed)
-        );
+    let ignored = || f.status().ignored.load(Ordering::Relaxed);
+    let honest_only = || {
         let answers = f.addresses();
         assert!(answers.iter().all(|a| *a == "127.0.0.74".parse::<IpAddr>().unwrap()), "a forger got in: {answers:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        ignored() >= 20_000
+    };
+    wait_until("20,000 forged replies seen", Duration::from_secs(30), honest_only, || format!("only {}", ignored()));
     let forged: u64 = f.responders.iter().flatten().map(|r| r.forged.load(Ordering::Relaxed)).sum();
     let ignored = f.status().ignored.load(Ordering::Relaxed);
     println!("{forged} forged sent, {ignored} seen and ignored by the prober in {:?}", start.elapsed());
@@ -260,10 +257,14 @@ fn answers_survive_the_prober() {
     let heartbeat = f.status().heartbeat_ms.load(Ordering::Relaxed);
     f.prober.take().unwrap().shutdown().unwrap();
     f.responders[1].as_ref().unwrap().set(Mode::Reply(200, None));
-    std::thread::sleep(Duration::from_millis(600));
-    assert_eq!(f.addresses(), set(&["127.0.0.91"]), "last snapshot still served");
-    let age = f.dns.snapshots.load().built_at.elapsed();
-    assert!(age >= Duration::from_millis(500), "snapshot age grows: {age:?}");
+    // A running prober would bring the second server in within interval × rise + timeout
+    // (500 ms); without one, the last snapshot is served all that time and after.
+    let age = || f.dns.snapshots.load().built_at.elapsed();
+    let served = || {
+        assert_eq!(f.addresses(), set(&["127.0.0.91"]), "last snapshot still served");
+        age() >= Duration::from_millis(600)
+    };
+    wait_until("the snapshot 600 ms old", Duration::from_secs(3), served, || format!("age {:?}", age()));
     assert!(heartbeat > 0);
 }
 
@@ -278,11 +279,7 @@ fn thirty_percent_loss_each_way_is_not_taken_for_death() {
     let ips = ["127.0.0.181", "127.0.0.182"];
     let probe = "interval_ms = 200\ntimeout_ms = 100\nretransmit_ms = 30\nrise = 2\nfall = 2";
     let f = farm(&ips, vec![Mode::Lossy(30), Mode::Reply(200, None)], probe, "");
-    let start = Instant::now();
-    while f.addresses() != set(&ips) {
-        assert!(start.elapsed() < Duration::from_secs(10), "both up within 10 s: {:?}", f.addresses());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    f.wait("both up", Duration::from_secs(10), |a| *a == set(&ips));
     let before = f.status().flips.load(Ordering::Relaxed);
     let window = Instant::now();
     let mut out = 0u32;
@@ -296,12 +293,7 @@ fn thirty_percent_loss_each_way_is_not_taken_for_death() {
     assert_eq!((flips, out), (0, 0), "the lossy server was taken for dead");
     // A blackhole beside it is still seen at once.
     f.responders[1].as_ref().unwrap().set(Mode::Silent);
-    let silent = Instant::now();
-    while f.addresses().contains(&ips[1].parse().unwrap()) {
-        assert!(silent.elapsed() < Duration::from_secs(3), "the silent server stayed in");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let took = silent.elapsed();
+    let took = f.wait("the silent server out", Duration::from_secs(3), |a| !a.contains(&ips[1].parse().unwrap()));
     println!("the silent server was out after {took:?}");
     assert!(took <= Duration::from_millis(200 * 2 + 100 + 200), "out after {took:?}");
 }

@@ -2,9 +2,9 @@
 
 use crossbeam_utils::CachePadded;
 use dnlb::config::Config;
-use dnlb::dns::answer::Transport;
-use dnlb::metrics::{CounterBlocks, WorkerCounters};
-use dnlb::snapshot::{Health, Snapshot, SnapshotHandle};
+use dnlb::counters::{CounterBlocks, WorkerCounters};
+use dnlb::dns::answer::DnsTransport;
+use dnlb::snapshot::{Serving, Snapshot, SnapshotHandle};
 use dnlb::worker::Responder;
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RecordType};
@@ -41,7 +41,7 @@ const MANAGED: &[&str] = &[
 
 fn responder() -> Responder {
     let config = Config::parse(CONFIG).unwrap();
-    let snapshot = Snapshot::build(&config, &Health::all_up(&config), 0, 1).unwrap();
+    let snapshot = Snapshot::build(&config, &Serving::all_up(&config), 0).unwrap();
     let counters: CounterBlocks = (0..1).map(|_| CachePadded::new(WorkerCounters::default())).collect();
     Responder::new(SnapshotHandle::new(snapshot), counters, 0)
 }
@@ -83,7 +83,7 @@ proptest! {
         }
         let packet = q.to_vec().unwrap();
         let mut r = responder();
-        let transport = if tcp { Transport::Tcp } else { Transport::Udp { max_payload: 1232 } };
+        let transport = if tcp { DnsTransport::Tcp } else { DnsTransport::Udp { max_payload: 1232 } };
         let mut out = vec![0u8; 65_535];
         let n = r.respond(&packet, transport, &mut out);
         // OPT (41) and meta types in a question are still answered: NODATA or REFUSED.
@@ -117,7 +117,7 @@ fn farm(k: usize, down: &[bool], weighted: bool) -> (Responder, Vec<std::net::Ip
         text.push_str(&format!("[[service.server]]\naddress = \"10.0.{}.{}\"\n", i / 200, i % 200 + 1));
     }
     let config = Config::parse(&text).unwrap();
-    let mut health = Health::all_up(&config);
+    let mut health = Serving::all_up(&config);
     for (i, up) in health.up[0].iter_mut().enumerate() {
         if down[i] {
             up.clear();
@@ -129,7 +129,7 @@ fn farm(k: usize, down: &[bool], weighted: bool) -> (Responder, Vec<std::net::Ip
         // The default all-down policy, serve-all.
         healthy = config.services[0].servers.iter().map(|s| s.address).collect();
     }
-    let snapshot = Snapshot::build(&config, &health, 0, 1).unwrap();
+    let snapshot = Snapshot::build(&config, &health, 0).unwrap();
     let counters: CounterBlocks = (0..1).map(|_| CachePadded::new(WorkerCounters::default())).collect();
     (Responder::new(SnapshotHandle::new(snapshot), counters, 0), healthy)
 }
@@ -161,7 +161,7 @@ proptest! {
         let limit = match (tcp, edns) { (true, _) => 65_535, (false, None) => 512, (false, Some(s)) => s.clamp(512, 1232) as usize };
         let opt = if edns.is_some() { 11 } else { 0 };
         let fit = ((limit - q_end - opt) / 16).min(healthy.len());
-        let transport = if tcp { Transport::Tcp } else { Transport::Udp { max_payload: 1232 } };
+        let transport = if tcp { DnsTransport::Tcp } else { DnsTransport::Udp { max_payload: 1232 } };
         let mut out = vec![0u8; 65_535];
         let mut firsts = std::collections::BTreeSet::new();
         for _ in 0..healthy.len() {

@@ -280,7 +280,13 @@ fn health_checks_take_a_dead_upstream_out_before_clients_wait_on_it() {
         TestServer::start(&relay_config(free_port(), &[hole.addr, good.addr], extra), dnlb::config::IoMode::Portable);
     // Three timed-out checks (300 ms each, one every 100 ms) rest the black hole. Without the
     // checks, every other query would wait 300 ms for it (verified by removing `extra`).
-    std::thread::sleep(Duration::from_millis(1500));
+    // Each worker checks, and rests the black hole, on its own.
+    let server = t.server.as_ref().unwrap();
+    let blocks = server.counters();
+    let rested = || blocks.iter().all(|b| b.relay_timeouts.load(std::sync::atomic::Ordering::Relaxed) >= 3);
+    wait_until("three checks timed out in every worker", Duration::from_secs(5), rested, || {
+        server.totals().to_string()
+    });
     assert!(hole.queries.load(std::sync::atomic::Ordering::Relaxed) >= 3, "health checks reached the dead upstream");
     for i in 0..6u16 {
         let start = Instant::now();

@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::process::{a_records, Dnlb};
 use common::sip::{common_port, Mode, SipResponder};
@@ -70,17 +70,14 @@ impl Client {
         .unwrap_or_default()
     }
 
-    /// Polls every 10 ms until the A answer is `want`; returns how long that took.
+    /// Polls until the A answer is `want`; returns how long that took.
     fn wait_for(&mut self, d: &Dnlb, want: &BTreeSet<IpAddr>, limit: Duration) -> Duration {
-        let start = Instant::now();
-        loop {
-            let got = self.addresses(d.dns);
-            if got == *want {
-                return start.elapsed();
-            }
-            assert!(start.elapsed() < limit, "not {want:?} within {limit:?} (got {got:?}):\n{}", d.stderr());
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let mut got = BTreeSet::new();
+        let took = poll(limit, || {
+            got = self.addresses(d.dns);
+            got == *want
+        });
+        took.unwrap_or_else(|| panic!("not {want:?} within {limit:?} (got {got:?}):\n{}", d.stderr()))
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use dnlb::config::Transport;
-use dnlb::snapshot::{Health, Snapshot};
+use dnlb::snapshot::{Serving, Snapshot};
 use hickory_proto::op::Message;
 use hickory_proto::rr::{RData, RecordType};
 
@@ -77,15 +77,15 @@ fn every_reply_matches_one_snapshot() {
         for g in 2..PUBLISHES + 2 {
             config.services[0].ttl = g as u32;
             let up = healthy(g);
-            let health = Health {
+            let health = Serving {
                 up: vec![config.services[0]
                     .servers
                     .iter()
                     .map(|s| if up.contains(&s.address) && g % 16 != 0 { vec![Transport::Udp] } else { vec![] })
                     .collect()],
-                ..Health::default()
+                ..Serving::default()
             };
-            t.snapshots.publish(Snapshot::build(&config, &health, g, g).unwrap());
+            t.snapshots.publish(Snapshot::build(&config, &health, g).unwrap());
             if g % 64 == 0 {
                 std::thread::sleep(Duration::from_millis(1)); // let queries interleave with publishes
             }

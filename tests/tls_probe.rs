@@ -199,23 +199,14 @@ impl Dnlb {
         want: &[(&str, &str, Option<&str>)],
         context: &dyn Fn() -> String,
     ) -> Duration {
-        let start = Instant::now();
-        loop {
-            let states = self.states();
-            let ok = want.iter().all(|(addr, state, failure)| {
+        let mut states = Vec::new();
+        let took = poll(limit, || {
+            states = self.states();
+            want.iter().all(|(addr, state, failure)| {
                 states.iter().any(|(a, s, f)| a == addr && s == state && f.as_deref() == *failure)
-            });
-            if ok {
-                return start.elapsed();
-            }
-            assert!(
-                start.elapsed() < limit,
-                "{what}: not within {limit:?}: {states:?}\n{}\n{}",
-                self.stderr(),
-                context()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            })
+        });
+        took.unwrap_or_else(|| panic!("{what}: not within {limit:?}: {states:?}\n{}\n{}", self.stderr(), context()))
     }
 
     fn addresses(&self, name: &str) -> Vec<IpAddr> {
@@ -427,9 +418,8 @@ fn hostile_tls_peers_fail_probes_within_the_timeout() {
         text.push_str(&format!("[[service.server]]\naddress = \"{ip}\"\ntransports = [\"tls\"]\n"));
     }
     let config = dnlb::config::Config::parse(&text).unwrap();
-    let health = dnlb::probe::initial_health(&config);
-    let snapshots =
-        dnlb::snapshot::SnapshotHandle::new(dnlb::snapshot::Snapshot::build(&config, &health, 0, 1).unwrap());
+    let health = dnlb::probe::initial_serving(&config);
+    let snapshots = dnlb::snapshot::SnapshotHandle::new(dnlb::snapshot::Snapshot::build(&config, &health, 0).unwrap());
     let prober = dnlb::probe::Prober::spawn(config, snapshots).unwrap();
     let want =
         [(ips[0], "TLS: handshake timed out"), (ips[1], "TLS: handshake failed"), (ips[2], "TLS: handshake failed")];

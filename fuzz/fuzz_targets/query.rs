@@ -6,9 +6,9 @@ use std::sync::OnceLock;
 
 use crossbeam_utils::CachePadded;
 use dnlb::config::Config;
-use dnlb::dns::answer::Transport;
-use dnlb::metrics::{CounterBlocks, WorkerCounters};
-use dnlb::snapshot::{Health, Snapshot, SnapshotHandle};
+use dnlb::dns::answer::DnsTransport;
+use dnlb::counters::{CounterBlocks, WorkerCounters};
+use dnlb::snapshot::{Serving, Snapshot, SnapshotHandle};
 use dnlb::worker::Responder;
 use libfuzzer_sys::fuzz_target;
 
@@ -28,7 +28,7 @@ fn snapshots() -> &'static SnapshotHandle {
     static HANDLE: OnceLock<SnapshotHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
         let config = Config::parse(CONFIG).expect("fuzz config");
-        SnapshotHandle::new(Snapshot::build(&config, &Health::all_up(&config), 0, 1).expect("snapshot"))
+        SnapshotHandle::new(Snapshot::build(&config, &Serving::all_up(&config), 0).expect("snapshot"))
     })
 }
 
@@ -36,7 +36,7 @@ fuzz_target!(|data: &[u8]| {
     let counters: CounterBlocks = (0..1).map(|_| CachePadded::new(WorkerCounters::default())).collect();
     let mut r = Responder::new(snapshots().clone(), counters, 0);
     let mut out = vec![0u8; 65_535];
-    for (transport, limit) in [(Transport::Udp { max_payload: 1232 }, 1232), (Transport::Tcp, 65_535)] {
+    for (transport, limit) in [(DnsTransport::Udp { max_payload: 1232 }, 1232), (DnsTransport::Tcp, 65_535)] {
         let n = r.respond(data, transport, &mut out);
         assert!(n <= limit);
         if n > 0 {

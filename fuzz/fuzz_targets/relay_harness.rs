@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dnlb::config::RelayConfig;
-use dnlb::dns::answer::Transport;
+use dnlb::dns::answer::DnsTransport;
 use dnlb::dns::query::{parse, MAX_NAME_LEN};
 use dnlb::relay::engine::{Engine, Forwarded, Replies, ReplyTo, Token, Wire};
 
@@ -129,10 +129,10 @@ pub fn client_query(name: &str, id: u16, cd: bool, edns: Option<(u16, bool)>) ->
     p
 }
 
-pub const UDP: Transport = Transport::Udp { max_payload: 1232 };
+pub const UDP: DnsTransport = DnsTransport::Udp { max_payload: 1232 };
 
 /// Asks `packet` from a client; checks what comes back at once.
-pub fn ask(e: &mut Engine, wire: &mut FakeWire, packet: &[u8], transport: Transport, now: Instant) -> Forwarded {
+pub fn ask(e: &mut Engine, wire: &mut FakeWire, packet: &[u8], transport: DnsTransport, now: Instant) -> Forwarded {
     let mut lower = [0u8; MAX_NAME_LEN];
     let q = parse(packet, &mut lower).expect("the harness's queries parse");
     let mut out = [0u8; 2048];

@@ -7,7 +7,7 @@
 #[path = "relay_harness.rs"]
 mod relay_harness;
 
-use dnlb::dns::answer::Transport;
+use dnlb::dns::answer::DnsTransport;
 use dnlb::dns::query::{parse, MAX_NAME_LEN};
 use dnlb::relay::cache::fit_for_client;
 use dnlb::relay::engine::patch_raw;
@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
     let packet = &clients[usize::from(mode) % clients.len()];
     let mut lower = [0u8; MAX_NAME_LEN];
     let q = parse(packet, &mut lower).expect("the harness's queries parse");
-    let transport = if mode & 0x10 != 0 { Transport::Tcp } else { UDP };
+    let transport = if mode & 0x10 != 0 { DnsTransport::Tcp } else { UDP };
     let max_ttl = u32::from(mode) * 997;
     for size in [12, q.question_end, 512, 2048, 65_535] {
         let mut buf = vec![0u8; size];

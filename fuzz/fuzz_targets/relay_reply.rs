@@ -10,8 +10,8 @@ mod relay_harness;
 
 use std::time::{Duration, Instant};
 
-use dnlb::dns::answer::Transport;
-use dnlb::relay::engine::Verdict;
+use dnlb::dns::answer::DnsTransport;
+use dnlb::relay::engine::ReplyOutcome;
 use libfuzzer_sys::fuzz_target;
 use relay_harness::*;
 
@@ -46,7 +46,7 @@ fuzz_target!(|data: &[u8]| {
         }
         let from = if mode & 4 != 0 { "192.0.2.99:53".parse().unwrap() } else { to };
         let verdict = e.on_reply(token, &reply, from, &mut clients, t0, &mut wire);
-        if verdict == Verdict::Taken {
+        if verdict == ReplyOutcome::Taken {
             assert!(!wire.open.contains(&token), "an accepted exchange's socket is closed");
         }
         check(&e, &wire);
@@ -69,7 +69,7 @@ fuzz_target!(|data: &[u8]| {
         check(&e, &wire);
     }
     assert_eq!(e.waiting(), 0, "every client answered");
-    for transport in [UDP, Transport::Tcp] {
+    for transport in [UDP, DnsTransport::Tcp] {
         ask(&mut e, &mut wire, &client_query("WWW.example.test", 9, false, Some((512, false))), transport, t0);
     }
 });

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use dnlb::dns::answer::Transport;
+use dnlb::dns::answer::DnsTransport;
 use dnlb::dns::query::{parse, MAX_NAME_LEN};
 use dnlb::relay::cache::{Cache, CacheKey};
 use dnlb::relay::upstream::{accept, Sent};
@@ -25,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
         let mut name = [0u8; MAX_NAME_LEN];
         let query = parse(QUERY, &mut name).expect("the fixed query parses");
         let mut out = vec![0u8; 65_535];
-        for transport in [Transport::Udp { max_payload: 1232 }, Transport::Tcp] {
+        for transport in [DnsTransport::Udp { max_payload: 1232 }, DnsTransport::Tcp] {
             if let Some(n) =
                 cache.answer(key.as_bytes(), QUERY, &query, transport, &mut out, now + Duration::from_secs(1))
             {

@@ -8,8 +8,10 @@
 //! Loading happens in two steps. Serde reads the file into the `Raw*` structs, which deny unknown
 //! fields and keep the byte span of every value that validation may reject. `validate` then checks
 //! every rule and collects *all* problems, each naming the file, line, column, field and the fix,
-//! so an operator fixes a file in one pass instead of one error per run.
+//! so an operator fixes a file in one pass instead of one error per run. [`keys`] lists every
+//! table and key the file may hold, read off the same structs.
 
+pub mod keys;
 mod raw;
 mod types;
 mod validate;
@@ -131,6 +133,17 @@ address = "127.0.0.11"
         assert_eq!(s.servers[0].transports, vec![Transport::Udp]);
         assert_eq!(s.servers[0].host, "ip-127-0-0-11.sip.example.test");
         assert_eq!(c.server.max_udp_payload, 1232);
+    }
+
+    #[test]
+    fn the_default_allow_list_is_whole() {
+        use crate::prefix::Prefix;
+        // Validation drops an entry that does not parse; every default must parse.
+        let parsed: Vec<Prefix> = DEFAULT_ALLOW.iter().filter_map(|p| Prefix::parse(p).ok()).collect();
+        assert_eq!(parsed.len(), DEFAULT_ALLOW.len());
+        let relay =
+            Config::parse(&format!("{MINIMAL}\n[relay]\nupstreams = [\"127.0.0.1:53\"]\n")).unwrap().relay.unwrap();
+        assert_eq!(relay.allow, parsed);
     }
 
     #[test]

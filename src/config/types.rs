@@ -76,6 +76,33 @@ pub enum Transport {
 impl Transport {
     /// All transports, in NAPTR order preference (TLS first, as RFC 3263's example does).
     pub const ALL: [Transport; 3] = [Transport::Tls, Transport::Tcp, Transport::Udp];
+
+    /// Its name as the configuration writes it, and as logs, reports and metric labels say it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+        }
+    }
+
+    /// The labels its SRV name starts with (RFC 3263): `_sip._udp`, `_sip._tcp`, `_sips._tcp`.
+    pub fn srv_label(self) -> &'static str {
+        match self {
+            Transport::Udp => "_sip._udp",
+            Transport::Tcp => "_sip._tcp",
+            Transport::Tls => "_sips._tcp",
+        }
+    }
+
+    /// Its NAPTR service field (RFC 3263): `SIP+D2U`, `SIP+D2T`, `SIPS+D2T`.
+    pub fn naptr_service(self) -> &'static str {
+        match self {
+            Transport::Udp => "SIP+D2U",
+            Transport::Tcp => "SIP+D2T",
+            Transport::Tls => "SIPS+D2T",
+        }
+    }
 }
 
 /// A validated configuration.

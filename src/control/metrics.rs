@@ -28,9 +28,9 @@ use mio::{Events, Interest, Poll, Token};
 use prometheus::core::Collector;
 use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
-use crate::config::Transport;
+use super::running::RunningView;
+use crate::counters::{CounterBlocks, Totals};
 use crate::logging::RateLimited;
-use crate::metrics::{CounterBlocks, Totals};
 use crate::probe::health::State;
 use crate::probe::ProbeView;
 use crate::snapshot::SnapshotHandle;
@@ -73,8 +73,8 @@ pub enum MetricsError {
 pub struct Sources {
     /// The workers' counter blocks, one per worker (label `worker`: the block's index).
     pub counters: CounterBlocks,
-    /// The prober, if probing is on; a reload swaps in the new one.
-    pub prober: Arc<arc_swap::ArcSwapOption<ProbeView>>,
+    /// What runs: the prober, if probing is on (a reload swaps in the new one).
+    pub running: RunningView,
     /// The answers the workers serve.
     pub snapshots: SnapshotHandle,
 }
@@ -307,13 +307,13 @@ fn route(request: &[u8]) -> Option<Route> {
 pub fn scrape(sources: &Sources) -> Result<String, MetricsError> {
     let mut m = Metrics::default();
     workers(&mut m, &sources.counters)?;
-    if let Some(p) = sources.prober.load_full() {
-        prober(&mut m, &p)?;
+    if let Some(p) = &sources.running.load().prober {
+        prober(&mut m, p)?;
     }
     let snapshot = sources.snapshots.load();
     m.gauge("dnlb_snapshot_generation", "Generation of the answers served (each probe publish adds one).")?
         .with_label_values(&[] as &[&str])
-        .set(snapshot.generation as f64);
+        .set(snapshot.generation() as f64);
     m.gauge("dnlb_snapshot_age_seconds", "Seconds since the answers served were built.")?
         .with_label_values(&[] as &[&str])
         .set(snapshot.built_at.elapsed().as_secs_f64());
@@ -554,7 +554,7 @@ fn prober(m: &mut Metrics, p: &ProbeView) -> Result<(), MetricsError> {
     };
     for r in &reports {
         let server = r.addr.to_string();
-        let l = [&*r.service, server.as_str(), transport_label(r.transport)];
+        let l = [&*r.service, server.as_str(), r.transport.name()];
         up.with_label_values(&l).set(i64::from(r.state == State::Up));
         if let Some(t) = r.rtt {
             rtt.with_label_values(&l).set(t.as_secs_f64());
@@ -570,21 +570,16 @@ fn prober(m: &mut Metrics, p: &ProbeView) -> Result<(), MetricsError> {
     Ok(())
 }
 
-/// The `transport` label's value.
-fn transport_label(t: Transport) -> &'static str {
-    match t {
-        Transport::Udp => "udp",
-        Transport::Tcp => "tcp",
-        Transport::Tls => "tls",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::WorkerCounters;
+    use crate::config::Config;
+    use crate::control::running::Running;
+    use crate::counters::WorkerCounters;
     use crate::snapshot::Snapshot;
     use crossbeam_utils::CachePadded;
+
+    const CONFIG: &str = "[server]\nlisten = [\"127.0.0.1:5353\"]\n";
 
     #[test]
     fn every_worker_counter_reaches_the_exposition() {
@@ -596,7 +591,7 @@ mod tests {
         }
         let sources = Sources {
             counters: blocks.clone(),
-            prober: Arc::new(arc_swap::ArcSwapOption::empty()),
+            running: RunningView::new(Running::new(Arc::new(Config::parse(CONFIG).unwrap()), None)),
             snapshots: SnapshotHandle::new(Snapshot::empty()),
         };
         let text = scrape(&sources).unwrap();

@@ -12,9 +12,9 @@ use hickory_proto::rr::{Name, RecordType};
 use serde_json::json;
 
 use super::socket::Reply;
-use crate::config::{AllDown, Config, Transport};
+use crate::config::{AllDown, Config};
+use crate::counters::{CounterBlocks, WorkerCounters};
 use crate::dns::answer;
-use crate::metrics::{CounterBlocks, WorkerCounters};
 use crate::probe::health::State;
 use crate::probe::ServerReport;
 use crate::snapshot::{Snapshot, SnapshotHandle};
@@ -34,14 +34,6 @@ pub struct View<'a> {
     pub now: Instant,
 }
 
-fn transport_name(t: Transport) -> &'static str {
-    match t {
-        Transport::Udp => "udp",
-        Transport::Tcp => "tcp",
-        Transport::Tls => "tls",
-    }
-}
-
 /// Asks the snapshot `name`/`qtype` as `client` would (over TCP, so nothing is truncated) and
 /// decodes the reply; rotation starts at its first position.
 fn ask(snapshot: &Arc<Snapshot>, name: &str, qtype: RecordType, client: Option<IpAddr>) -> Option<Message> {
@@ -53,7 +45,7 @@ fn ask(snapshot: &Arc<Snapshot>, name: &str, qtype: RecordType, client: Option<I
     let mut r = Responder::new(SnapshotHandle::from_arc(snapshot.clone()), counters, 0);
     let mut out = vec![0u8; 65_535];
     let from = client.map_or(Client::Unknown, |ip| Client::Address(SocketAddr::new(ip, 0)));
-    let n = r.respond_from(&packet, from, answer::Transport::Tcp, &mut out);
+    let n = r.respond_from(&packet, from, answer::DnsTransport::Tcp, &mut out);
     Message::from_vec(&out[..n]).ok()
 }
 
@@ -65,7 +57,7 @@ fn records(m: &Message) -> Vec<String> {
 pub fn status(v: &View<'_>) -> Reply {
     let mut text = String::new();
     let age = v.now.saturating_duration_since(v.snapshot.built_at);
-    let _ = writeln!(text, "snapshot generation {} built {:.1} s ago", v.snapshot.generation, age.as_secs_f64());
+    let _ = writeln!(text, "snapshot generation {} built {:.1} s ago", v.snapshot.generation(), age.as_secs_f64());
     match v.heartbeat {
         Some(h) => {
             let _ = writeln!(text, "prober heartbeat {} ms ago", h.as_millis());
@@ -94,7 +86,7 @@ pub fn status(v: &View<'_>) -> Reply {
                 text,
                 "  {:<24} {:<4} {:<16} {:>10} {:>10} {:>5}  {}{}",
                 r.addr.to_string(),
-                transport_name(r.transport),
+                r.transport.name(),
                 state,
                 since.map_or("-".into(), |s| format!("{s:.1} s")),
                 rtt.map_or("-".into(), |ms| format!("{ms:.2} ms")),
@@ -104,7 +96,7 @@ pub fn status(v: &View<'_>) -> Reply {
                 r.failure.filter(|f| Some(*f) != why).map_or(String::new(), |f| format!("; failing: {f}"))
             );
             servers.push(json!({
-                "address": r.addr.to_string(), "transport": transport_name(r.transport),
+                "address": r.addr.to_string(), "transport": r.transport.name(),
                 "state": format!("{:?}", r.state), "since_seconds": since, "why": why,
                 "rtt_ms": rtt, "last_code": r.last_code, "flips": r.flips, "failure": r.failure,
                 "drained": r.drained, "overload_percent": r.overload, "loss_copies": r.lossy,
@@ -114,7 +106,7 @@ pub fn status(v: &View<'_>) -> Reply {
             .push(json!({"name": s.name, "policy": format!("{:?}", s.policy), "answer": answer, "servers": servers}));
     }
     let json = json!({
-        "generation": v.snapshot.generation,
+        "generation": v.snapshot.generation(),
         "snapshot_age_seconds": age.as_secs_f64(),
         "prober_heartbeat_age_seconds": v.heartbeat.map(|h| h.as_secs_f64()),
         "services": services,
@@ -205,8 +197,7 @@ pub fn explain(v: &View<'_>, name: &str, qtype: &str, client: Option<IpAddr>) ->
                         && r.addr.port() == server.port_for(r.transport)
                 })
                 .collect();
-            let up: Vec<&str> =
-                reports.iter().filter(|r| r.state == State::Up).map(|r| transport_name(r.transport)).collect();
+            let up: Vec<&str> = reports.iter().filter(|r| r.state == State::Up).map(|r| r.transport.name()).collect();
             any_up |= (!up.is_empty() && !reports.iter().any(|r| r.drained)) || v.reports.is_empty();
             let drained = reports.iter().any(|r| r.drained);
             let overload = reports.iter().filter_map(|r| r.overload).max();
@@ -224,7 +215,7 @@ pub fn explain(v: &View<'_>, name: &str, qtype: &str, client: Option<IpAddr>) ->
                         });
                         format!(
                             "{} {:?}{}{}{}",
-                            transport_name(r.transport),
+                            r.transport.name(),
                             r.state,
                             since.unwrap_or_default(),
                             r.last_code.map_or(String::new(), |c| format!(", last code {c}")),

@@ -102,7 +102,7 @@ pub struct Reply {
     pub json: serde_json::Value,
 }
 
-/// Answers requests; the main program implements it.
+/// Answers requests; [`super::answers::ControlAnswers`] implements it.
 pub trait Answer: Send + 'static {
     /// Answers one request.
     fn answer(&self, request: Request) -> Reply;

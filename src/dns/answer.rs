@@ -116,7 +116,7 @@ pub struct Window<'r> {
 
 /// Where a reply goes, which bounds its size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
+pub enum DnsTransport {
     /// UDP: at most 512 bytes, or the client's EDNS size capped by `max_payload`.
     Udp {
         /// The server's own cap (1232 by default).
@@ -126,14 +126,14 @@ pub enum Transport {
     Tcp,
 }
 
-impl Transport {
+impl DnsTransport {
     /// The largest reply this query may get over this transport.
     #[inline]
     pub fn limit(self, query: &Query) -> usize {
         match (self, query.edns) {
-            (Transport::Tcp, _) => u16::MAX as usize,
-            (Transport::Udp { .. }, None) => 512,
-            (Transport::Udp { max_payload }, Some(e)) => e.payload.min(max_payload) as usize,
+            (DnsTransport::Tcp, _) => u16::MAX as usize,
+            (DnsTransport::Udp { .. }, None) => 512,
+            (DnsTransport::Udp { max_payload }, Some(e)) => e.payload.min(max_payload) as usize,
         }
     }
 }
@@ -156,7 +156,13 @@ fn put16(out: &mut [u8], at: usize, v: u16) {
 ///
 /// `out` must hold at least `transport.limit(query)` bytes, capped at `out.len()`.
 #[inline]
-pub fn write_reply(packet: &[u8], query: &Query, template: &Template, transport: Transport, out: &mut [u8]) -> Written {
+pub fn write_reply(
+    packet: &[u8],
+    query: &Query,
+    template: &Template,
+    transport: DnsTransport,
+    out: &mut [u8],
+) -> Written {
     let limit = transport.limit(query).min(out.len());
     let opt = if query.edns.is_some() { OPT_LEN } else { 0 };
     let q_end = query.question_end;
@@ -193,7 +199,13 @@ pub fn write_reply(packet: &[u8], query: &Query, template: &Template, transport:
 ///
 /// `out` must hold at least `transport.limit(query)` bytes, capped at `out.len()`.
 #[inline]
-pub fn write_window(packet: &[u8], query: &Query, window: Window<'_>, transport: Transport, out: &mut [u8]) -> Written {
+pub fn write_window(
+    packet: &[u8],
+    query: &Query,
+    window: Window<'_>,
+    transport: DnsTransport,
+    out: &mut [u8],
+) -> Written {
     let limit = transport.limit(query).min(out.len());
     let opt = if query.edns.is_some() { OPT_LEN } else { 0 };
     let q_end = query.question_end;
@@ -221,10 +233,10 @@ pub fn write_window(packet: &[u8], query: &Query, window: Window<'_>, transport:
 
 /// Writes an OPT record advertising dnlb's own payload size.
 #[inline]
-pub fn write_opt(out: &mut [u8], extended_rcode: u8, dnssec_ok: bool, transport: Transport) -> usize {
+pub fn write_opt(out: &mut [u8], extended_rcode: u8, dnssec_ok: bool, transport: DnsTransport) -> usize {
     let payload = match transport {
-        Transport::Udp { max_payload } => max_payload,
-        Transport::Tcp => super::MAX_UDP_PAYLOAD,
+        DnsTransport::Udp { max_payload } => max_payload,
+        DnsTransport::Tcp => super::MAX_UDP_PAYLOAD,
     };
     let do_bit = if dnssec_ok { 0x80 } else { 0 };
     out[..OPT_LEN].copy_from_slice(&[0, 0, 41, 0, 0, extended_rcode, 0, do_bit, 0, 0, 0]);
@@ -234,7 +246,7 @@ pub fn write_opt(out: &mut [u8], extended_rcode: u8, dnssec_ok: bool, transport:
 
 /// Writes BADVERS (RFC 6891 §6.1.3): the question and an OPT with version 0 and extended RCODE 16.
 #[inline]
-pub fn write_badvers(packet: &[u8], query: &Query, transport: Transport, out: &mut [u8]) -> usize {
+pub fn write_badvers(packet: &[u8], query: &Query, transport: DnsTransport, out: &mut [u8]) -> usize {
     let q_end = query.question_end;
     out[..q_end].copy_from_slice(&packet[..q_end]);
     put16(out, 2, (query.flags & (flag::RD | flag::CD)) | flag::QR);
@@ -329,7 +341,7 @@ mod tests {
         let mut name = [0; MAX_NAME_LEN];
         let q = parse(&p, &mut name).unwrap();
         let mut out = [0u8; 1500];
-        let w = write_reply(&p, &q, &template(20, 10), Transport::Udp { max_payload: 1232 }, &mut out);
+        let w = write_reply(&p, &q, &template(20, 10), DnsTransport::Udp { max_payload: 1232 }, &mut out);
         assert_eq!(w, Written { len: p.len() + 20, truncated: false });
         assert_eq!(&out[..2], &[0xab, 0xcd]);
         assert_eq!(u16::from_be_bytes([out[2], out[3]]), flag::QR | flag::AA | flag::RD | flag::CD);
@@ -343,12 +355,12 @@ mod tests {
         let mut name = [0; MAX_NAME_LEN];
         let q = parse(&p, &mut name).unwrap();
         let mut out = [0u8; 1500];
-        let udp = Transport::Udp { max_payload: 1232 };
+        let udp = DnsTransport::Udp { max_payload: 1232 };
         let w = write_reply(&p, &q, &template(600, 400), udp, &mut out);
         assert_eq!((w.len, w.truncated, out[11]), (p.len() + 400, false, 0));
         let w = write_reply(&p, &q, &template(600, 600), udp, &mut out);
         assert_eq!((w.len, w.truncated, out[7]), (p.len(), true, 0));
-        let w = write_reply(&p, &q, &template(600, 600), Transport::Tcp, &mut out);
+        let w = write_reply(&p, &q, &template(600, 600), DnsTransport::Tcp, &mut out);
         assert_eq!((w.len, w.truncated), (p.len() + 600, false));
     }
 
@@ -366,7 +378,7 @@ mod tests {
         let mut name = [0; MAX_NAME_LEN];
         let q = parse(&p, &mut name).unwrap();
         let mut out = [0u8; 1500];
-        let udp = Transport::Udp { max_payload: 1232 };
+        let udp = DnsTransport::Udp { max_payload: 1232 };
         let w = write_reply_window(&p, &q, ring.window(0, 10), udp, &mut out);
         assert_eq!((w.len, w.truncated, out[7]), (p.len() + 160, false, 10));
         let big: Vec<u8> = (0..100u8).flat_map(|i| [i; 16]).collect();
@@ -376,11 +388,11 @@ mod tests {
         assert_eq!((w.len, w.truncated, usize::from(out[7])), (p.len() + fit * 16, false, fit), "no EDNS: 512 bytes");
         assert_eq!(out[p.len()], 5, "the window's first record first");
         let mut out = vec![0u8; 65_535];
-        let w = write_reply_window(&p, &q, ring.window(5, 100), Transport::Tcp, &mut out);
+        let w = write_reply_window(&p, &q, ring.window(5, 100), DnsTransport::Tcp, &mut out);
         assert_eq!((w.len, out[7]), (p.len() + 1600, 100));
     }
 
-    fn write_reply_window(p: &[u8], q: &Query, w: Window<'_>, t: Transport, out: &mut [u8]) -> Written {
+    fn write_reply_window(p: &[u8], q: &Query, w: Window<'_>, t: DnsTransport, out: &mut [u8]) -> Written {
         let written = write_window(p, q, w, t, out);
         assert_eq!(u16::from_be_bytes([out[2], out[3]]) & flag::AA, flag::AA);
         written
@@ -392,7 +404,7 @@ mod tests {
         let mut name = [0; MAX_NAME_LEN];
         let q = parse(&p, &mut name).unwrap();
         let mut out = [0u8; 1500];
-        let w = write_reply(&p, &q, &template(1000, 1000), Transport::Udp { max_payload: 1232 }, &mut out);
+        let w = write_reply(&p, &q, &template(1000, 1000), DnsTransport::Udp { max_payload: 1232 }, &mut out);
         let q_end = q.question_end;
         assert_eq!(w, Written { len: q_end + 1000 + OPT_LEN, truncated: false });
         assert_eq!(&out[w.len - OPT_LEN..w.len - 8], &[0, 0, 41]);

@@ -3,10 +3,8 @@
 //!
 //! - [`rrl`]: response rate limiting per client prefix (token buckets, slip), one table per worker;
 //! - [`conn`]: DNS-over-TCP connection state (framing, deadlines, limits, eviction), no sockets;
-//! - [`tcp`]: a worker's listeners and connections in its own epoll instance;
-//! - [`settings`]: the relay and rate-limit settings a reload swaps under running workers.
+//! - [`tcp`]: a worker's listeners and its clients' connections, watched by its readiness hub.
 
 pub mod conn;
 pub mod rrl;
-pub mod settings;
 pub mod tcp;

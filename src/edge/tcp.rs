@@ -1,15 +1,15 @@
 //! DNS over TCP in the worker's own event loop: each worker accepts on its own SO_REUSEPORT
-//! listener and serves its connections from one epoll instance (mio), which its I/O backend
-//! waits on beside the UDP socket. No thread per connection; a connection is a slab entry
-//! ([`super::conn`]) and a non-blocking socket.
+//! listener and serves its connections through its readiness hub
+//! ([`crate::worker::readiness`], one epoll instance that its I/O backend waits on beside the UDP
+//! socket). No thread per connection; a connection is a slab entry ([`super::conn`]) and a
+//! non-blocking socket.
 //!
 //! ```text
-//!  epoll (one per worker) ── listener ready ─► accept until it would block
-//!       │                                        ─► Connections::admit: per-client limit,
-//!       │                                           longest-idle eviction when full
-//!       ├── connection ready ─► read (never past one whole message per read) ─► messages out
-//!       │                       ─► the caller answers each ─► queue ─► write until it would block
-//!       └── the relay's own epoll descriptor ─► the caller's relay
+//!  hub ready tokens ── listener ─► accept until it would block
+//!       │                              ─► Connections::admit: per-client limit,
+//!       │                                 longest-idle eviction when full
+//!       └── connection ─► read (never past one whole message per read) ─► messages out
+//!                         ─► the caller answers each ─► queue ─► write until it would block
 //!  tick ─► deadlines (message, idle, write stall) ─► close; accept again after an error pause
 //! ```
 //!
@@ -18,12 +18,10 @@
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
-use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Interest, Registry, Token};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::conn::{Admit, Close, Connection, Connections, Limits};
@@ -34,11 +32,8 @@ pub const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 const READS_PER_WAKE: usize = 16;
 /// Connections accepted per listener per wake-up.
 const ACCEPTS_PER_WAKE: usize = 256;
-/// Readiness events taken per epoll_wait.
-const EVENTS: usize = 256;
-/// The token of the relay's epoll descriptor, nested in this one.
-pub const RELAY: Token = Token(usize::MAX - 1);
-/// Tokens of connections start here (below: listeners).
+/// Tokens of connections start here (below: listeners); the hub keeps the tokens near
+/// `usize::MAX` for itself.
 const CONN_BASE: usize = 1 << 20;
 
 /// Binds a worker's TCP listener: SO_REUSEPORT so every worker listens on the same address and
@@ -56,7 +51,7 @@ pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// What happened on one worker's TCP side, counted here and published into the worker's counters.
+/// What happened on one worker's TCP clients, counted here and published into the worker's counters.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct TcpStats {
     /// Connections accepted.
@@ -91,7 +86,7 @@ impl TcpStats {
 pub trait Answerer {
     /// Answers `message` from connection `slot` (generation `generation`, client `peer`); writes
     /// the reply into `out` and returns its length, or 0 for no reply now (dropped, or relayed:
-    /// then `relayed` is set, and the answer comes later through [`TcpSide::deliver`]).
+    /// then `relayed` is set, and the answer comes later through [`TcpClients::deliver`]).
     fn answer(
         &mut self,
         message: &[u8],
@@ -103,13 +98,9 @@ pub trait Answerer {
     ) -> usize;
 }
 
-/// One worker's listeners and connections, and the epoll instance that watches them (and the
-/// relay's descriptor, if there is a relay).
-pub struct TcpSide {
-    poll: Poll,
-    events: Events,
-    /// Tokens ready now, taken from `events`.
-    ready: Vec<Token>,
+/// One worker's TCP listeners and its clients' connections, watched by the worker's readiness
+/// hub.
+pub struct TcpClients {
     /// Connections left readable after their read budget.
     again: Vec<usize>,
     listeners: Vec<TcpListener>,
@@ -129,29 +120,17 @@ fn conn_token(slot: usize) -> Token {
     Token(CONN_BASE + slot)
 }
 
-impl TcpSide {
-    /// The TCP side of a worker with `listeners` (may be empty) and the relay's epoll descriptor
-    /// `relay` nested in its own.
-    pub fn new(
-        listeners: Vec<std::net::TcpListener>,
-        limits: Limits,
-        relay: Option<BorrowedFd<'_>>,
-    ) -> io::Result<TcpSide> {
-        let poll = Poll::new()?;
+impl TcpClients {
+    /// The TCP clients of a worker with `listeners`, registered with its hub's `registry`.
+    pub fn new(listeners: Vec<std::net::TcpListener>, limits: Limits, registry: &Registry) -> io::Result<TcpClients> {
         let mut ours = Vec::with_capacity(listeners.len());
         for (i, l) in listeners.into_iter().enumerate() {
             l.set_nonblocking(true)?;
             let mut l = TcpListener::from_std(l);
-            poll.registry().register(&mut l, Token(i), Interest::READABLE)?;
+            registry.register(&mut l, Token(i), Interest::READABLE)?;
             ours.push(l);
         }
-        if let Some(fd) = relay {
-            poll.registry().register(&mut SourceFd(&fd.as_raw_fd()), RELAY, Interest::READABLE)?;
-        }
-        Ok(TcpSide {
-            poll,
-            events: Events::with_capacity(EVENTS),
-            ready: Vec::with_capacity(EVENTS),
+        Ok(TcpClients {
             again: Vec::new(),
             listeners: ours,
             streams: Vec::new(),
@@ -165,47 +144,35 @@ impl TcpSide {
         })
     }
 
-    /// The epoll descriptor the worker's backend waits on.
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.poll.registry().as_fd()
-    }
-
     /// Connections open now.
     pub fn open(&self) -> usize {
         self.table.open()
     }
 
-    /// Takes what is ready now: returns whether anything is, and whether the relay's descriptor
-    /// is among it. Listeners and connections are served by [`TcpSide::serve_ready`] afterwards.
-    pub fn poll_ready(&mut self) -> (bool, bool) {
-        self.ready.clear();
-        // epoll_wait on our own valid descriptor fails only on a signal; the next wake-up or tick
-        // comes back here.
-        if self.poll.poll(&mut self.events, Some(Duration::ZERO)).is_ok() {
-            self.ready.extend(self.events.iter().map(|e| e.token()));
-        }
-        for slot in self.again.drain(..) {
-            self.ready.push(conn_token(slot));
-        }
-        (!self.ready.is_empty(), self.ready.contains(&RELAY))
+    /// Whether a connection was left readable by its read budget and waits for another pass.
+    pub fn has_more(&self) -> bool {
+        !self.again.is_empty()
     }
 
-    /// Accepts on ready listeners and serves ready connections, answering through `answerer`.
-    pub fn serve_ready(&mut self, answerer: &mut dyn Answerer, now: Instant) {
-        let ready = std::mem::take(&mut self.ready);
-        for &token in &ready {
+    /// Accepts on the listeners among `ready` (the hub's tokens) and serves the connections
+    /// among them and those left readable last time, answering through `answerer`.
+    pub fn serve_ready(&mut self, ready: &[Token], registry: &Registry, answerer: &mut dyn Answerer, now: Instant) {
+        let again = std::mem::take(&mut self.again);
+        for &token in ready {
             match token.0 {
-                i if i < self.listeners.len() => self.accept(i, now),
+                i if i < self.listeners.len() => self.accept(i, registry, now),
                 t if t >= CONN_BASE => self.serve(t - CONN_BASE, answerer, now),
                 _ => {}
             }
         }
-        self.ready = ready;
+        for slot in again {
+            self.serve(slot, answerer, now);
+        }
     }
 
     /// Accepts until the listener would block (or the per-wake budget is spent: the tick comes
     /// back for the rest).
-    fn accept(&mut self, i: usize, now: Instant) {
+    fn accept(&mut self, i: usize, registry: &Registry, now: Instant) {
         if self.accept_paused_until.is_some_and(|t| now < t) {
             return;
         }
@@ -239,7 +206,7 @@ impl TcpSide {
             // Replies go out as one write each; Nagle would hold the second of two pipelined ones.
             let _nodelay = stream.set_nodelay(true);
             let interest = Interest::READABLE | Interest::WRITABLE;
-            if self.poll.registry().register(&mut stream, conn_token(slot), interest).is_err() {
+            if registry.register(&mut stream, conn_token(slot), interest).is_err() {
                 self.stats.accept_errors += 1;
                 continue;
             }
@@ -314,7 +281,7 @@ impl TcpSide {
     }
 
     /// Closes connections past a deadline; accepts again after an error pause.
-    pub fn tick(&mut self, answerer: &mut dyn Answerer, now: Instant) {
+    pub fn tick(&mut self, registry: &Registry, answerer: &mut dyn Answerer, now: Instant) {
         let mut closing = std::mem::take(&mut self.closing);
         self.table.sweep(now, &mut closing);
         for &(slot, why) in &closing {
@@ -324,7 +291,7 @@ impl TcpSide {
         if self.accept_more || self.accept_paused_until.is_some_and(|t| now >= t) {
             self.accept_more = false;
             for i in 0..self.listeners.len() {
-                self.accept(i, now);
+                self.accept(i, registry, now);
             }
         }
         if !self.again.is_empty() {

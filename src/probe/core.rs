@@ -31,9 +31,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::health::{Health, State, Thresholds, Verdict};
+use super::policy::{AnswerPolicy, ServerNow};
 use super::sip::{self, Frame, ProbeId, Reply, RequestTemplate};
-use crate::config::{AllDown, Config, Policy, ProbeMethod, StartState, Transport};
-use crate::select;
+use crate::config::{Config, Policy, ProbeMethod, StartState, Transport};
 use crate::snapshot;
 
 /// How early a timer may fire, so the driver sleeps at least this long between batches (at
@@ -298,8 +298,9 @@ pub struct ServerReport {
 /// What the answers are built from; the core asks for a new snapshot only when this changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Publish {
-    /// Health per service, server and transport (after the last-good substitution).
-    pub health: snapshot::Health,
+    /// Who is served per service, server and transport, with what weight (after the last-good
+    /// substitution).
+    pub serving: snapshot::Serving,
     /// The probe round (on-duty services rotate per round; 0 when none does).
     pub round: u64,
 }
@@ -432,9 +433,8 @@ fn next_slot(due: Instant, interval: Duration, now: Instant) -> Instant {
 /// The prober's state machine for every target of a configuration.
 pub struct Core {
     settings: Settings,
-    services: Vec<(Arc<str>, Policy, AllDown, usize)>,
-    /// The configured weight of every server, per service.
-    weights: Vec<Vec<u16>>,
+    /// Who is served with what weight, from the targets' state (and last good).
+    policy: AnswerPolicy,
     targets: Vec<Target>,
     timers: BinaryHeap<Reverse<(Instant, usize, u64, Timer)>>,
     actions: VecDeque<Action>,
@@ -442,7 +442,6 @@ pub struct Core {
     failure_changes: VecDeque<FailureChange>,
     entropy: Box<dyn Entropy>,
     published: Option<Publish>,
-    last_good: Vec<Option<Vec<Vec<Transport>>>>,
     round: u64,
     next_round: Instant,
     on_duty: bool,
@@ -527,11 +526,7 @@ impl Core {
             t.next_due = after(now, slot * i as u32 + Duration::from_nanos(offset));
             timers.push(Reverse((t.next_due, i, 0, Timer::Send)));
         }
-        let services = config
-            .services
-            .iter()
-            .map(|s| (Arc::from(s.name.as_str()), s.policy, s.all_down, s.servers.len()))
-            .collect::<Vec<_>>();
+        let policy = AnswerPolicy::new(config);
         let undecided = targets.iter().filter(|t| t.health.state() == State::Unknown).count();
         // A fresh start (no target carried from a running prober) waits for every first
         // verdict, so the first server to answer does not get every client alone.
@@ -548,11 +543,9 @@ impl Core {
                 max_retry_after: p.max_retry_after,
                 loss_copies: p.loss_copies,
             },
-            weights: config.services.iter().map(|s| s.servers.iter().map(|v| v.weight).collect()).collect(),
-            on_duty: config.services.iter().any(|s| s.policy == Policy::OnDuty),
-            latency: config.services.iter().any(|s| s.policy == Policy::Latency),
-            last_good: vec![None; services.len()],
-            services,
+            on_duty: policy.uses_rounds(),
+            latency: policy.uses_latency(),
+            policy,
             targets,
             timers,
             actions: VecDeque::new(),
@@ -574,8 +567,7 @@ impl Core {
     pub fn fork(&self, entropy: Box<dyn Entropy>) -> Core {
         Core {
             settings: self.settings.clone(),
-            services: self.services.clone(),
-            weights: self.weights.clone(),
+            policy: self.policy.clone(),
             targets: self.targets.clone(),
             timers: self.timers.clone(),
             actions: self.actions.clone(),
@@ -583,7 +575,6 @@ impl Core {
             failure_changes: self.failure_changes.clone(),
             entropy,
             published: self.published.clone(),
-            last_good: self.last_good.clone(),
             round: self.round,
             next_round: self.next_round,
             on_duty: self.on_duty,
@@ -643,7 +634,7 @@ impl Core {
     /// The target's service name, address and transport (for logs).
     pub fn describe(&self, target: usize) -> Option<(&str, SocketAddr, Transport)> {
         let t = self.targets.get(target)?;
-        Some((&self.services[t.service].0, t.addr, t.transport))
+        Some((&self.policy.services()[t.service].name, t.addr, t.transport))
     }
 
     /// What every target would carry into a reloaded core ([`Core::carrying`]).
@@ -651,7 +642,7 @@ impl Core {
         self.targets
             .iter()
             .map(|t| {
-                let key = (self.services[t.service].0.clone(), t.addr, t.transport);
+                let key = (self.policy.services()[t.service].name.clone(), t.addr, t.transport);
                 let carried = Carried {
                     health: t.health.clone(),
                     last_code: t.last_code,
@@ -669,7 +660,7 @@ impl Core {
         self.targets
             .iter()
             .map(|t| ServerReport {
-                service: self.services[t.service].0.clone(),
+                service: self.policy.services()[t.service].name.clone(),
                 addr: t.addr,
                 transport: t.transport,
                 state: t.health.state(),
@@ -692,7 +683,7 @@ impl Core {
     pub fn set_drained(&mut self, service: Option<&str>, ip: IpAddr, port: Option<u16>, drained: bool) -> usize {
         let mut matched = 0;
         for t in &mut self.targets {
-            let name = &self.services[t.service].0;
+            let name = &self.policy.services()[t.service].name;
             if t.addr.ip() == ip && port.is_none_or(|p| p == t.addr.port()) && service.is_none_or(|s| **name == *s) {
                 matched += 1;
                 self.dirty |= t.drained != drained;
@@ -1007,7 +998,7 @@ impl Core {
             }
             self.flips.push_back(Flip { target: i, from, to: t.health.state(), why });
         }
-        let latency = self.services[t.service].1 == Policy::Latency;
+        let latency = self.policy.services()[t.service].policy == Policy::Latency;
         self.dirty |= latency && !failed;
         self.schedule(i, now, failed);
     }
@@ -1076,71 +1067,27 @@ impl Core {
         self.timers.push(Reverse((t.next_due, i, t.seq, Timer::Send)));
     }
 
-    /// The health the snapshot would be built from now, with last-good substitution and the
-    /// latency weights (quantised, so RTT jitter alone does not publish).
+    /// What the snapshot would be built from now: each server as its targets see it, through
+    /// the [`AnswerPolicy`].
     fn current(&mut self) -> Publish {
-        let mut up: Vec<Vec<Vec<Transport>>> = self.services.iter().map(|s| vec![Vec::new(); s.3]).collect();
-        let mut rtt_us: Vec<Vec<Option<u64>>> = self.services.iter().map(|s| vec![None; s.3]).collect();
-        let mut drained: Vec<Vec<bool>> = self.services.iter().map(|s| vec![false; s.3]).collect();
-        let mut overload: Vec<Vec<u8>> = self.services.iter().map(|s| vec![0; s.3]).collect();
+        let services = self.policy.services();
+        let mut now: Vec<Vec<ServerNow>> = services.iter().map(|s| vec![ServerNow::default(); s.servers()]).collect();
         for t in &self.targets {
+            let Some(server) = now.get_mut(t.service).and_then(|s| s.get_mut(t.server)) else { continue };
             if t.health.state() == State::Up && !t.drained {
-                up[t.service][t.server].push(t.transport);
+                server.up.push(t.transport);
             }
-            drained[t.service][t.server] |= t.drained;
+            server.drained |= t.drained;
             if let Some(o) = t.overload {
-                let slot = &mut overload[t.service][t.server];
-                *slot = (*slot).max(o.percent);
+                server.overload = server.overload.max(o.percent);
             }
-            if let Some(rtt) = t.health.rtt().filter(|_| self.services[t.service].1 == Policy::Latency) {
+            if let Some(rtt) = t.health.rtt().filter(|_| services[t.service].policy == Policy::Latency) {
                 let us = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX);
-                let slot = &mut rtt_us[t.service][t.server];
-                *slot = Some(slot.map_or(us, |r| r.min(us)));
+                server.rtt_us = Some(server.rtt_us.map_or(us, |r| r.min(us)));
             }
         }
-        let mut latency_weights = Vec::with_capacity(self.services.len());
-        let mut weights = Vec::with_capacity(self.services.len());
-        for (si, (_, policy, all_down, _)) in self.services.iter().enumerate() {
-            // An overloaded server keeps (100 - oc) percent of its weight, and at least 1: fewer
-            // clients, not none.
-            let lowered = |w: u32, server: usize| {
-                let keep = 100 - u32::from(overload[si][server].min(100));
-                if w == 0 {
-                    0
-                } else {
-                    (w.saturating_mul(keep) / 100).max(1)
-                }
-            };
-            latency_weights.push(if *policy == Policy::Latency {
-                let w = select::latency_weights(&rtt_us[si]);
-                w.into_iter().enumerate().map(|(server, w)| lowered(w, server)).collect()
-            } else {
-                Vec::new()
-            });
-            // Weighted: scaled by 100 first, so a reduction keeps its precision on small weights
-            // (the rotation divides the common factor out again).
-            weights.push(if *policy == Policy::Weighted {
-                let w = self.weights[si].iter().enumerate();
-                w.map(|(server, &w)| lowered(u32::from(w).saturating_mul(100), server)).collect()
-            } else {
-                Vec::new()
-            });
-            if up[si].iter().any(|t| !t.is_empty()) {
-                self.last_good[si] = Some(up[si].clone());
-            } else if *all_down == AllDown::LastGood {
-                if let Some(good) = &self.last_good[si] {
-                    up[si] = good.clone();
-                    // Last-good never brings back a server an operator drained.
-                    for (server, out) in drained[si].iter().enumerate() {
-                        if *out {
-                            up[si][server].clear();
-                        }
-                    }
-                }
-            }
-        }
-        let health = snapshot::Health { up, latency_weights, weights };
-        Publish { health, round: if self.on_duty { self.round } else { 0 } }
+        let serving = self.policy.decide(&now);
+        Publish { serving, round: if self.on_duty { self.round } else { 0 } }
     }
 
     /// What to publish, if the answers changed since the last publish.

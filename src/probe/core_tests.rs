@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use super::*;
+use crate::select;
 
 /// 1 ms each way on the simulated network.
 const HOP: Duration = Duration::from_millis(1);
@@ -563,7 +564,7 @@ fn health_is_per_transport_and_tls_probes_after_the_handshake() {
     sim.run_until(ms(1000));
     assert_eq!([sim.state(0), sim.state(1), sim.state(2)], [State::Up, State::Down, State::Up]);
     let last = &sim.published.last().unwrap().1;
-    assert_eq!(last.health.up[0][0], vec![Transport::Udp, Transport::Tls]);
+    assert_eq!(last.serving.up[0][0], vec![Transport::Udp, Transport::Tls]);
     assert_eq!(sim.core.targets[2].addr.port(), 5061, "TLS goes to its own port");
     // An accepted connection alone is no longer a verdict: a server that takes the connection
     // and then says nothing over TLS is down.
@@ -612,13 +613,13 @@ fn publishes_only_when_answers_change_and_last_good_holds() {
     let mut sim = Sim::new(&c, vec![ok(), Behaviour::Silent]);
     sim.run_until(ms(1000));
     let settled = sim.published.len();
-    assert_eq!(sim.published.last().unwrap().1.health.up[0], vec![vec![Transport::Udp], vec![]]);
+    assert_eq!(sim.published.last().unwrap().1.serving.up[0], vec![vec![Transport::Udp], vec![]]);
     sim.run_until(ms(20_000));
     assert_eq!(sim.published.len(), settled, "100 stable rounds publish nothing");
     sim.behaviours[0] = Behaviour::Silent;
     sim.run_until(ms(22_000));
     assert_eq!(sim.state(0), State::Down);
-    assert_eq!(sim.published.last().unwrap().1.health.up[0], vec![vec![Transport::Udp], vec![]], "last good set kept");
+    assert_eq!(sim.published.last().unwrap().1.serving.up[0], vec![vec![Transport::Udp], vec![]], "last good set kept");
 }
 
 #[test]
@@ -626,7 +627,7 @@ fn latency_weights_are_decided_once_here() {
     let c = config(FAST, &[("127.0.0.65", "\"udp\""), ("127.0.0.66", "\"udp\"")], "policy = \"latency\"");
     let mut sim = Sim::new(&c, vec![ok(), Behaviour::Late(ms(20))]);
     sim.run_until(ms(3000));
-    let weights = &sim.published.last().unwrap().1.health.latency_weights[0];
+    let weights = &sim.published.last().unwrap().1.serving.latency_weights[0];
     assert_eq!(weights[0], select::FASTEST_WEIGHT);
     assert!(weights[1] < 25, "a server ten times slower gets a small weight: {weights:?}");
 }
@@ -693,7 +694,7 @@ fn the_first_publish_waits_for_every_first_verdict() {
     let decided = sim.flips.iter().map(|(at, _)| *at).max().unwrap();
     assert_eq!(sim.flips.len(), 3, "three first verdicts: {:?}", sim.flips);
     assert_eq!(first_at, decided, "published at the last first verdict, not before");
-    assert_eq!(first.health.up[0], vec![vec![Transport::Udp], vec![Transport::Udp], vec![]]);
+    assert_eq!(first.serving.up[0], vec![vec![Transport::Udp], vec![Transport::Udp], vec![]]);
     assert!(first_at <= ms(1000 + 150) + TIMER_SLACK, "within one round and a timeout: {first_at:?}");
 }
 
@@ -709,7 +710,7 @@ fn the_start_up_hold_ends_after_one_round_and_a_timeout() {
     sim.run_until(ms(3000));
     let (first_at, first) = sim.published.first().expect("published").clone();
     assert_eq!(first_at, ms(1000 + 150) + TIMER_SLACK, "held until the deadline");
-    assert_eq!(first.health.up[0].iter().filter(|t| !t.is_empty()).count(), 2);
+    assert_eq!(first.serving.up[0].iter().filter(|t| !t.is_empty()).count(), 2);
     // A reload that carries health publishes at once: the hold is for a fresh start only.
     let carried = sim.core.carry();
     let mut core = Core::carrying(&c, sim.now, Box::new(Seeded(9)), &carried).unwrap();
@@ -723,7 +724,7 @@ fn overload_lowers_the_weight_for_its_validity() {
     let c = config(FAST, &[("127.0.0.21", "\"udp\""), ("127.0.0.22", "\"udp\"")], "policy = \"weighted\"");
     let mut sim = Sim::new(&c, vec![ok(), Behaviour::Overloaded(";oc=50;oc-validity=500;oc-seq=100.5")]);
     sim.run_until(ms(1000));
-    let weights = |sim: &Sim| sim.published.last().unwrap().1.health.weights[0].clone();
+    let weights = |sim: &Sim| sim.published.last().unwrap().1.serving.weights[0].clone();
     assert_eq!(weights(&sim), vec![1000, 500], "half the configured weight (10 each)");
     assert_eq!(sim.core.reports()[1].overload, Some(50));
     // The server stops sending oc: the reduction holds for its validity after the last reply
@@ -753,7 +754,7 @@ fn overload_lowers_latency_weights_and_never_reaches_zero() {
     let c = config(FAST, &[("127.0.0.21", "\"udp\""), ("127.0.0.22", "\"udp\"")], "policy = \"latency\"");
     let mut sim = Sim::new(&c, vec![ok(), Behaviour::Overloaded(";oc=100;oc-validity=5000")]);
     sim.run_until(ms(1000));
-    let last = &sim.published.last().unwrap().1.health;
+    let last = &sim.published.last().unwrap().1.serving;
     assert_eq!(last.latency_weights[0], vec![select::FASTEST_WEIGHT, 1], "oc=100: the least share, not none");
     assert!(last.weights[0].is_empty(), "weights are for weighted services");
 }
@@ -769,7 +770,7 @@ fn a_drained_server_leaves_at_once_and_is_still_probed() {
     assert_eq!(sim.core.set_drained(Some("other.test"), "127.0.0.21".parse().unwrap(), None, true), 0);
     assert_eq!(sim.core.set_drained(Some("sip.example.test"), "127.0.0.21".parse().unwrap(), Some(5060), true), 2);
     let publish = sim.core.poll_publish().expect("published at once");
-    assert_eq!(publish.health.up[0], vec![vec![], vec![Transport::Udp]]);
+    assert_eq!(publish.serving.up[0], vec![vec![], vec![Transport::Udp]]);
     let opens = sim.opens.iter().filter(|p| p.target == 0).count();
     sim.run_until(ms(3000));
     assert!(sim.opens.iter().filter(|p| p.target == 0).count() >= opens + 9, "still probed");
@@ -777,13 +778,13 @@ fn a_drained_server_leaves_at_once_and_is_still_probed() {
     let carried = sim.core.carry();
     let mut reloaded = Core::carrying(&c, sim.now, Box::new(Seeded(5)), &carried).unwrap();
     assert_eq!(
-        reloaded.poll_publish().unwrap().health.up[0][0],
+        reloaded.poll_publish().unwrap().serving.up[0][0],
         Vec::<Transport>::new(),
         "the drain survives a reload"
     );
     assert_eq!(sim.core.set_drained(None, "127.0.0.21".parse().unwrap(), None, false), 2);
     let publish = sim.core.poll_publish().expect("published at once");
-    assert_eq!(publish.health.up[0], vec![vec![Transport::Udp, Transport::Tcp], vec![Transport::Udp]]);
+    assert_eq!(publish.serving.up[0], vec![vec![Transport::Udp, Transport::Tcp], vec![Transport::Udp]]);
 }
 
 /// `drain = true` in the configuration: out of every publish from the start, still probed; a
@@ -802,24 +803,24 @@ fn a_server_configured_drained_is_never_served_and_its_line_decides_on_reload() 
     let mut sim = Sim::new(&c, vec![ok(), ok()]);
     sim.run_until(ms(1000));
     assert!(
-        !sim.published.is_empty() && sim.published.iter().all(|(_, p)| p.health.up[0][0].is_empty()),
+        !sim.published.is_empty() && sim.published.iter().all(|(_, p)| p.serving.up[0][0].is_empty()),
         "never served"
     );
-    assert_eq!(sim.published.last().unwrap().1.health.up[0][1], vec![Transport::Udp], "its neighbour is");
+    assert_eq!(sim.published.last().unwrap().1.serving.up[0][1], vec![Transport::Udp], "its neighbour is");
     assert!(sim.opens.iter().any(|p| p.target == 0), "still probed");
     assert!(sim.core.reports()[0].drained && sim.state(0) == State::Up);
-    assert!(crate::snapshot::Health::all_up(&c).up[0][0].is_empty(), "nor before the first probe");
+    assert!(crate::snapshot::Serving::all_up(&c).up[0][0].is_empty(), "nor before the first probe");
 
     // Undrained by the operator; a reload with the same `drain = true` keeps that.
     assert_eq!(sim.core.set_drained(None, "127.0.0.21".parse().unwrap(), None, false), 1);
     let mut same = Core::carrying(&c, sim.now, Box::new(Seeded(5)), &sim.core.carry()).unwrap();
-    assert_eq!(same.poll_publish().unwrap().health.up[0][0], vec![Transport::Udp]);
+    assert_eq!(same.poll_publish().unwrap().serving.up[0][0], vec![Transport::Udp]);
     // A reload that removes the line leaves it in; one that adds it back drains it again.
     let off = text(false);
     let mut removed = Core::carrying(&off, sim.now, Box::new(Seeded(6)), &sim.core.carry()).unwrap();
-    assert_eq!(removed.poll_publish().unwrap().health.up[0][0], vec![Transport::Udp]);
+    assert_eq!(removed.poll_publish().unwrap().serving.up[0][0], vec![Transport::Udp]);
     let mut again = Core::carrying(&c, sim.now, Box::new(Seeded(7)), &removed.carry()).unwrap();
-    assert!(again.poll_publish().unwrap().health.up[0][0].is_empty(), "the line, changed, decides");
+    assert!(again.poll_publish().unwrap().serving.up[0][0].is_empty(), "the line, changed, decides");
 }
 
 /// Runs one UDP server at `loss` percent per direction for `hours` simulated hours under

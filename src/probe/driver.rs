@@ -36,7 +36,8 @@ use super::core::{
 use super::health::State;
 use super::tls;
 use crate::config::{Config, StartState, Transport};
-use crate::snapshot::{Health, Layout, Snapshot, SnapshotHandle};
+use crate::dns::encode::EncodeError;
+use crate::snapshot::{Layout, Serving, Snapshot, SnapshotHandle};
 
 /// Reads of one socket per pass before the loop moves on (fairness under a flood).
 pub const READ_BUDGET: usize = 64;
@@ -59,6 +60,9 @@ pub enum ProberError {
     /// The core could not start (no randomness).
     #[error(transparent)]
     Core(#[from] CoreError),
+    /// The configuration's names and fixed answers could not be encoded.
+    #[error("cannot build answers: {0}")]
+    Answers(#[from] EncodeError),
     /// The poll instance or the thread could not be created.
     #[error("cannot start the prober: {0}")]
     Io(#[from] io::Error),
@@ -92,9 +96,6 @@ pub struct ProbeStatus {
     /// Milliseconds since the prober started, at its last loop iteration; a stalled prober
     /// stops advancing it.
     pub heartbeat_ms: AtomicU64,
-    /// How old the heartbeat was when the main thread last looked (every 100 ms), for readers
-    /// that do not hold the [`Prober`].
-    pub heartbeat_age_ms: AtomicU64,
     /// Per server and transport, refreshed once per interval and after every flip.
     pub servers: Mutex<Vec<ServerReport>>,
 }
@@ -178,7 +179,8 @@ type Command = (DrainRequest, SyncSender<usize>);
 /// How long [`ProbeControl::drain`] waits for the prober to apply and publish a drain.
 const COMMAND_WAIT: Duration = Duration::from_secs(2);
 
-/// A handle that asks a running prober for drains (the control thread holds one).
+/// A handle that asks a running prober for drains (the control socket's thread finds it in the
+/// running view).
 #[derive(Clone)]
 pub struct ProbeControl {
     commands: SyncSender<Command>,
@@ -211,24 +213,18 @@ pub struct Prober {
 
 impl Prober {
     /// Starts the prober thread for `config`, publishing through `snapshots`. Fails before any
-    /// thread starts if the random source or the poll instance is unavailable.
+    /// thread starts if the answers cannot be encoded, or the random source or the poll instance
+    /// is unavailable.
     pub fn spawn(config: Config, snapshots: SnapshotHandle) -> Result<Prober, ProberError> {
-        Prober::spawn_with(config, snapshots, Box::new(OsEntropy::default()))
+        let layout = Arc::new(Layout::new(&config)?);
+        Prober::spawn_on(config, layout, snapshots, Box::new(OsEntropy::default()), &Carry::new())
     }
 
-    /// [`Prober::spawn`] with a given random source (tests use a failing one).
-    pub fn spawn_with(
+    /// [`Prober::spawn`] on `layout` (made from `config`), with a given random source, after a
+    /// reload: servers that `carried` knows keep their health.
+    pub fn spawn_on(
         config: Config,
-        snapshots: SnapshotHandle,
-        entropy: Box<dyn Entropy>,
-    ) -> Result<Prober, ProberError> {
-        Prober::spawn_carrying(config, snapshots, entropy, &Carry::new())
-    }
-
-    /// [`Prober::spawn`] after a reload: servers that `carried` knows keep their health, and
-    /// snapshot generations go on from the one published now.
-    pub fn spawn_carrying(
-        config: Config,
+        layout: Arc<Layout>,
         snapshots: SnapshotHandle,
         entropy: Box<dyn Entropy>,
         carried: &Carry,
@@ -236,7 +232,6 @@ impl Prober {
         crate::io::raise_fd_limit();
         let started = Instant::now();
         let core = Core::carrying(&config, started, entropy, carried)?;
-        let generation = snapshots.load().generation;
         let poll = Poll::new()?;
         let waker = Arc::new(mio::Waker::new(poll.registry(), WAKE)?);
         let stop = Arc::new(AtomicBool::new(false));
@@ -262,11 +257,10 @@ impl Prober {
             buf: vec![0u8; 65_536],
             status: status.clone(),
             snapshots,
-            generation,
             started,
             next_report: started,
             config,
-            layout: None,
+            layout,
         };
         driver.sockets.resize_with(driver.core.targets(), || None);
         driver.tls_errors.resize_with(driver.core.targets(), || None);
@@ -324,9 +318,32 @@ impl Prober {
     /// Stops the thread (within [`SHUTDOWN_LIMIT`]) and returns what its servers carry into a
     /// reloaded prober.
     pub fn stop_and_carry(mut self) -> io::Result<Carry> {
+        self.stop_within_limit()
+    }
+
+    /// Asks the thread to stop without waiting for it (it is stalled: waiting would not help).
+    pub fn abandon(mut self) {
+        self.ask_to_stop();
+        self.thread.take();
+    }
+
+    /// Stops the thread and returns how it ended; gives up after [`SHUTDOWN_LIMIT`] (a thread
+    /// that does not stop is left behind and reported).
+    pub fn shutdown(mut self) -> io::Result<()> {
+        self.stop_within_limit().map(|_carry| ())
+    }
+
+    /// Sets the stop flag and wakes the loop, so it sees the flag at once.
+    fn ask_to_stop(&self) {
         self.stop.store(true, Ordering::Release);
         // A loop that cannot be woken still sees the flag within MAX_WAIT.
         let _woken = self.waker.wake();
+    }
+
+    /// Asks the thread to stop and waits for it up to [`SHUTDOWN_LIMIT`]: what it carries, or why
+    /// not. A thread that does not stop in time is detached (process exit ends it).
+    fn stop_within_limit(&mut self) -> io::Result<Carry> {
+        self.ask_to_stop();
         let deadline = Instant::now() + SHUTDOWN_LIMIT;
         while !self.finished() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(2));
@@ -337,60 +354,24 @@ impl Prober {
             None => Err(io::Error::other(format!("the prober did not stop within {SHUTDOWN_LIMIT:?}"))),
         }
     }
-
-    /// Asks the thread to stop without waiting for it (it is stalled: waiting would not help).
-    pub fn abandon(mut self) {
-        self.stop.store(true, Ordering::Release);
-        // A loop that cannot be woken still sees the flag within MAX_WAIT.
-        let _woken = self.waker.wake();
-        self.thread.take();
-    }
-
-    /// Stops the thread and returns how it ended; gives up after [`SHUTDOWN_LIMIT`] (a thread
-    /// that does not stop is left behind and reported).
-    pub fn shutdown(mut self) -> io::Result<()> {
-        self.stop.store(true, Ordering::Release);
-        // A loop that cannot be woken still sees the flag within MAX_WAIT.
-        let _woken = self.waker.wake();
-        let deadline = Instant::now() + SHUTDOWN_LIMIT;
-        while !self.finished() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        if !self.finished() {
-            // Dropping the handle detaches the thread; process exit ends it.
-            self.thread.take();
-            return Err(io::Error::other(format!("the prober did not stop within {SHUTDOWN_LIMIT:?}")));
-        }
-        match self.thread.take().map(JoinHandle::join) {
-            Some(Ok(result)) => result.map(|_carry| ()),
-            Some(Err(_)) => Err(io::Error::other("prober thread panicked")),
-            None => Ok(()),
-        }
-    }
 }
 
 impl Drop for Prober {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        // A loop that cannot be woken still sees the flag within MAX_WAIT.
-        let _woken = self.waker.wake();
-        let deadline = Instant::now() + SHUTDOWN_LIMIT;
-        while !self.finished() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        if let Some(t) = self.thread.take().filter(JoinHandle::is_finished) {
-            let _joined = t.join();
+        if self.thread.is_some() {
+            // Dropped without a stop (an error on the way): its end is no one's to report.
+            let _ended = self.stop_within_limit();
         }
     }
 }
 
 /// The health the first snapshot is built from, before any probe: per the start state.
-pub fn initial_health(config: &Config) -> Health {
+pub fn initial_serving(config: &Config) -> Serving {
     match (config.probe.enabled, config.probe.start) {
-        (false, _) | (true, StartState::Up) => Health::all_up(config),
-        (true, StartState::Unknown | StartState::Down) => Health {
+        (false, _) | (true, StartState::Up) => Serving::all_up(config),
+        (true, StartState::Unknown | StartState::Down) => Serving {
             up: config.services.iter().map(|s| vec![Vec::new(); s.servers.len()]).collect(),
-            ..Health::default()
+            ..Serving::default()
         },
     }
 }
@@ -443,13 +424,12 @@ struct Driver {
     buf: Vec<u8>,
     status: Arc<ProbeStatus>,
     snapshots: SnapshotHandle,
-    generation: u64,
     started: Instant,
     next_report: Instant,
     config: Config,
-    /// The names and fixed answers of `config`, made at the first publish and kept, so a flip
-    /// re-encodes only what health changes.
-    layout: Option<Arc<Layout>>,
+    /// The names and fixed answers of `config`, made once, so a flip re-encodes only what health
+    /// changes.
+    layout: Arc<Layout>,
 }
 
 impl Driver {
@@ -530,7 +510,7 @@ impl Driver {
         while let Some(f) = self.core.poll_flip() {
             flipped = true;
             if let Some((service, addr, transport)) = self.core.describe(f.target) {
-                let transport = transport_name(transport);
+                let transport = transport.name();
                 let (from, why) = (format!("{:?}", f.from).to_lowercase(), f.why);
                 // Bounded by the probe interval per server, so never rate-limited: every flip is
                 // an event an operator may need to line up with a complaint.
@@ -546,7 +526,7 @@ impl Driver {
             flipped = true;
             let detail = self.tls_errors.get_mut(change.target).and_then(Option::take);
             if let Some((service, addr, transport)) = self.core.describe(change.target) {
-                let transport = transport_name(transport);
+                let transport = transport.name();
                 match (change.failure, detail) {
                     (Some(why), detail) => {
                         // A detail left by an earlier failure with another reason is not this one's.
@@ -568,20 +548,10 @@ impl Driver {
             self.next_report = now + self.config.probe.interval;
         }
         while let Some(p) = self.core.poll_publish() {
-            self.generation += 1;
-            let layout = match &self.layout {
-                Some(l) => l.clone(),
-                None => match Layout::new(&self.config) {
-                    Ok(l) => self.layout.insert(Arc::new(l)).clone(),
-                    Err(e) => {
-                        eprintln!("dnlb: prober: cannot build answers: {e}");
-                        self.core.publish_failed();
-                        break;
-                    }
-                },
-            };
-            match Snapshot::build_with(&layout, &self.config, &p.health, p.round, self.generation) {
-                Ok(snapshot) => self.snapshots.publish(snapshot),
+            match Snapshot::build_with(&self.layout, &self.config, &p.serving, p.round) {
+                Ok(snapshot) => {
+                    self.snapshots.publish(snapshot);
+                }
                 Err(e) => {
                     tracing::error!("prober: cannot build answers: {e}");
                     self.core.publish_failed();
@@ -837,12 +807,4 @@ fn freeze_forever() -> ! {
 /// The socket of `probe` in `sockets`, if it is still the one open for its target.
 fn slot_of(sockets: &mut [Option<Slot>], probe: ProbeRef) -> Option<&mut Slot> {
     sockets.get_mut(probe.target)?.as_mut().filter(|s| s.probe == probe)
-}
-
-fn transport_name(t: Transport) -> &'static str {
-    match t {
-        Transport::Udp => "udp",
-        Transport::Tcp => "tcp",
-        Transport::Tls => "tls",
-    }
 }

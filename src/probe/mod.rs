@@ -5,14 +5,16 @@
 //! - [`health`]: the rise/fall state machine, no I/O, time passed in;
 //! - [`core`]: schedule, timers, retransmissions, verdicts and publish decisions, driven by
 //!   events and `now`, no I/O;
+//! - [`policy`]: who is served with what weight (overload, latency, last good), a pure rule;
 //! - [`driver`]: the thread, a mio loop that gives the core real sockets and the clock;
 //! - [`tls`]: the driver's TLS client (rustls over the probe's TCP stream), one step at a time.
 
 pub mod core;
 pub mod driver;
 pub mod health;
+pub mod policy;
 pub mod sip;
 pub mod tls;
 
 pub use self::core::ServerReport;
-pub use driver::{initial_health, Carry, DrainRequest, ProbeControl, ProbeStatus, ProbeView, Prober, ProberError};
+pub use driver::{initial_serving, Carry, DrainRequest, ProbeControl, ProbeStatus, ProbeView, Prober, ProberError};

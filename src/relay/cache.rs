@@ -22,7 +22,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::dns::answer::{write_opt, Transport};
+use crate::dns::answer::{write_opt, DnsTransport};
 use crate::dns::query::{self, flag, Query, HEADER_LEN, TYPE_OPT};
 
 /// SOA record type (negative caching reads its MINIMUM).
@@ -173,7 +173,7 @@ impl Cache {
         key: &[u8],
         packet: &[u8],
         query: &Query,
-        transport: Transport,
+        transport: DnsTransport,
         out: &mut [u8],
         now: Instant,
     ) -> Option<usize> {
@@ -230,7 +230,7 @@ struct Cacheable {
 
 /// Where the records of a reply lie: the TTL offsets (all but the OPT's)
 /// and the OPT record, if it has one. `None` if the message does not parse to its end.
-struct Layout {
+struct RecordSpans {
     ttl_fields: Vec<(u32, u32)>,
     /// (start, end) of the OPT record.
     opt: Option<(usize, usize)>,
@@ -241,7 +241,7 @@ struct Layout {
 }
 
 /// Walks a reply's question and records (owner names may be compressed; nothing is followed).
-fn layout(reply: &[u8]) -> Option<Layout> {
+fn record_spans(reply: &[u8]) -> Option<RecordSpans> {
     if reply.len() < HEADER_LEN {
         return None;
     }
@@ -271,7 +271,7 @@ fn layout(reply: &[u8]) -> Option<Layout> {
             at = r.end;
         }
     }
-    Some(Layout { ttl_fields, opt, negative_ttl, end: at })
+    Some(RecordSpans { ttl_fields, opt, negative_ttl, end: at })
 }
 
 /// Whether and for how long a reply may be cached; no TTL in it is over `max_ttl`.
@@ -284,7 +284,7 @@ fn cacheable(reply: &[u8], max_ttl: u32) -> Option<Cacheable> {
     if flags & flag::QR == 0 || flags & flag::TC != 0 || (rcode != 0 && rcode != 3) {
         return None;
     }
-    let Layout { mut ttl_fields, opt, negative_ttl, end, .. } = layout(reply)?;
+    let RecordSpans { mut ttl_fields, opt, negative_ttl, end, .. } = record_spans(reply)?;
     let an = u16::from_be_bytes([reply[6], reply[7]]);
     let ar = u16::from_be_bytes([reply[10], reply[11]]);
     for (_, ttl) in ttl_fields.iter_mut() {
@@ -313,7 +313,7 @@ fn cacheable(reply: &[u8], max_ttl: u32) -> Option<Cacheable> {
 /// when it is the last record. Returns the new length. A message that does not parse is left as
 /// it is.
 pub fn fit_for_client(msg: &mut [u8], max_ttl: u32, client_edns: bool) -> usize {
-    let Some(l) = layout(msg) else { return msg.len() };
+    let Some(l) = record_spans(msg) else { return msg.len() };
     for &(at, ttl) in &l.ttl_fields {
         let at = at as usize;
         msg[at..at + 4].copy_from_slice(&ttl.min(max_ttl).to_be_bytes());
@@ -405,7 +405,7 @@ mod tests {
             key(&name.to_ascii_lowercase()).as_bytes(),
             &packet,
             &q,
-            Transport::Udp { max_payload: 1232 },
+            DnsTransport::Udp { max_payload: 1232 },
             &mut out,
             now,
         )?;

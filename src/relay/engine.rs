@@ -24,26 +24,20 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::cache::{fit_for_client, key_bytes, Cache, CacheKey, KEY_MAX};
+use super::pool::UpstreamPool;
 use super::random::{Fill, Random};
 use super::upstream::{accept, Refusal, Sent};
 use super::RelayError;
 use crate::config::RelayConfig;
-use crate::dns::answer::{self, Template, Transport};
+use crate::dns::answer::{self, DnsTransport, Template};
 use crate::dns::query::{self, flag, rcode, Query, HEADER_LEN, TYPE_OPT};
 
 /// Clients waiting on one upstream query, at most (each holds its header and question: a few
 /// hundred bytes at worst). `max_waiters` bounds all questions of a worker together.
 pub const WAITERS_PER_QUESTION: usize = 4096;
-/// Failures in a row that take an upstream out of rotation.
-const UPSTREAM_FALL: u32 = 3;
-/// How long a failed upstream is skipped before it is tried again.
-const UPSTREAM_RETRY_AFTER: Duration = Duration::from_secs(5);
-/// Queries that timed out after a reply in another letter case, with no reply in the case sent
-/// between them, before an upstream is taken to not preserve case and queried without 0x20.
-const NO_CAPS_AFTER: u32 = 3;
 /// The UDP payload size dnlb advertises upstream in the OPT of every forwarded query that has one
 /// (DNS Flag Day 2020): larger answers come with TC=1 and are fetched over TCP, so no reply needs
 /// IP fragments, which a forger could replace without knowing the ID or the port.
@@ -106,7 +100,7 @@ pub enum Forwarded {
 
 /// What [`Engine::on_reply`] did with a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub enum ReplyOutcome {
     /// Accepted: the exchange is over and its socket closed.
     Taken,
     /// Refused (counted); the exchange still waits for its reply.
@@ -170,7 +164,7 @@ struct Waiter {
     /// Its header and question, as it sent them.
     head: Box<[u8]>,
     query: Query,
-    transport: Transport,
+    transport: DnsTransport,
 }
 
 /// One question in flight upstream.
@@ -214,65 +208,11 @@ fn client_prefix(client: SocketAddr) -> u128 {
     }
 }
 
-/// Whether wire name `name` is `domain` or lies under it (label boundaries respected).
-fn under(name: &[u8], domain: &[u8]) -> bool {
-    let mut at = 0;
-    while at < name.len() {
-        if &name[at..] == domain {
-            return true;
-        }
-        let len = name[at] as usize;
-        if len == 0 {
-            break;
-        }
-        at += 1 + len;
-    }
-    false
-}
-
-/// The index of the longest route whose domain holds `name` (a lower-case wire name).
-fn route_for(routes: &[(Box<[u8]>, usize)], name: &[u8]) -> Option<usize> {
-    routes.iter().filter(|(wire, _)| under(name, wire)).max_by_key(|(wire, _)| wire.len()).map(|(_, g)| *g)
-}
-
-/// What the engine knows of one upstream.
-#[derive(Debug, Clone, Copy)]
-struct UpstreamState {
-    /// Failures in a row (timeouts, SERVFAIL, ICMP errors).
-    failures: u32,
-    last_failure: Option<Instant>,
-    /// Whether queries to it get random letter case.
-    caps: bool,
-    /// Whether it ever sent a question back in exactly the random case it got.
-    kept_case: bool,
-    /// Timeouts after a reply in another case, with no reply in the case sent since.
-    case_failures: u32,
-}
-
-impl UpstreamState {
-    fn new() -> UpstreamState {
-        UpstreamState { failures: 0, last_failure: None, caps: true, kept_case: false, case_failures: 0 }
-    }
-}
-
 /// One worker's relay logic.
 pub struct Engine {
     config: Arc<RelayConfig>,
-    /// Every upstream, the default list first, then each route's; past `active`, upstreams a
-    /// reload removed while questions to them were in flight (in no group, never checked).
-    upstreams: Vec<SocketAddr>,
-    /// How many of `upstreams` the configuration names.
-    active: usize,
-    /// Per group (0: default; 1 + route index), the indices into `upstreams`.
-    groups: Vec<Vec<usize>>,
-    /// Route domains as wire names, with their group.
-    routes: Vec<(Box<[u8]>, usize)>,
-    /// Per group, where round-robin goes next.
-    next: Vec<usize>,
-    /// The health-check query (ID and case drawn per send) and when each upstream is next checked.
-    health_query: Option<Box<[u8]>>,
-    next_check: Vec<Instant>,
-    state: Vec<UpstreamState>,
+    /// The upstreams: which one a question goes to, what was learnt of each, health checks.
+    pool: UpstreamPool,
     pending: HashMap<Token, Pending>,
     by_key: HashMap<CacheKey, Token>,
     /// Clients waiting, all pending questions together.
@@ -286,62 +226,18 @@ pub struct Engine {
     scratch: Vec<u8>,
     /// Tokens past their deadline (reused by `tick`).
     expired: Vec<Token>,
-    /// Upstreams just found not to preserve case, for the caller to log once each.
-    lost_caps: Vec<SocketAddr>,
     servfail: Template,
     /// Counters.
     pub stats: RelayStats,
-}
-
-/// Where a configuration's questions go: every upstream (the default list first, then each
-/// route's), the groups they form, and the route domains as wire names with their group.
-struct Layout {
-    upstreams: Vec<SocketAddr>,
-    groups: Vec<Vec<usize>>,
-    routes: Vec<(Box<[u8]>, usize)>,
-}
-
-impl Layout {
-    fn of(config: &RelayConfig) -> Layout {
-        let mut upstreams: Vec<SocketAddr> = config.upstreams.clone();
-        let mut groups = vec![(0..upstreams.len()).collect::<Vec<usize>>()];
-        let mut routes = Vec::new();
-        for (i, r) in config.routes.iter().enumerate() {
-            let start = upstreams.len();
-            upstreams.extend(&r.upstreams);
-            groups.push((start..upstreams.len()).collect());
-            routes.push((crate::dns::wire_name(&r.domain).into_boxed_slice(), i + 1));
-        }
-        Layout { upstreams, groups, routes }
-    }
-}
-
-/// The health-check query, a plain `NAME A` with RD set (ID and letter case drawn per send).
-fn health_query(config: &RelayConfig) -> Option<Box<[u8]>> {
-    config.health_check.as_ref().map(|name| {
-        let mut q = vec![0, 0, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
-        q.extend_from_slice(&crate::dns::wire_name(name));
-        q.extend_from_slice(&[0, 1, 0, 1]);
-        q.into_boxed_slice()
-    })
 }
 
 impl Engine {
     /// The relay logic for `config`, with random bytes from `fill`; fails if `fill` does.
     pub fn new(config: Arc<RelayConfig>, fill: Fill, now: Instant) -> Result<Engine, RelayError> {
         let random = Random::new(fill).map_err(RelayError::Random)?;
-        let Layout { upstreams, groups, routes } = Layout::of(&config);
-        let health_query = health_query(&config);
         Ok(Engine {
-            health_query,
-            next_check: vec![now; upstreams.len()],
+            pool: UpstreamPool::new(&config, now),
             cache: Cache::new(config.cache_entries, config.cache_bytes, config.max_ttl),
-            state: vec![UpstreamState::new(); upstreams.len()],
-            next: vec![0; groups.len()],
-            active: upstreams.len(),
-            upstreams,
-            groups,
-            routes,
             pending: HashMap::new(),
             by_key: HashMap::new(),
             waiting: 0,
@@ -350,7 +246,6 @@ impl Engine {
             random,
             scratch: Vec::new(),
             expired: Vec::new(),
-            lost_caps: Vec::new(),
             servfail: Template::empty(false, rcode::SERVFAIL),
             stats: RelayStats::default(),
             config,
@@ -363,28 +258,12 @@ impl Engine {
     /// them (failures, 0x20). The cache starts afresh when what its answers came from changes
     /// (upstreams, routes) or its bounds do; limits and the allow list apply to new questions.
     pub fn reconfigure(&mut self, config: Arc<RelayConfig>, now: Instant) {
-        let Layout { mut upstreams, groups, routes } = Layout::of(&config);
-        let active = upstreams.len();
-        for p in self.pending.values() {
-            let addr = self.upstreams[p.upstream];
-            if !upstreams.contains(&addr) {
-                upstreams.push(addr);
-            }
-        }
-        let old = |a: &SocketAddr| self.upstreams.iter().position(|o| o == a);
-        let state = upstreams.iter().map(|a| old(a).map_or(UpstreamState::new(), |i| self.state[i])).collect();
-        let next_check = upstreams.iter().map(|a| old(a).map_or(now, |i| self.next_check[i])).collect();
-        for p in self.pending.values_mut() {
-            let addr = self.upstreams[p.upstream];
+        let in_flight: Vec<SocketAddr> = self.pending.values().map(|p| self.pool.addr(p.upstream)).collect();
+        self.pool.reconfigure(&config, in_flight.iter().copied(), now);
+        for (p, addr) in self.pending.values_mut().zip(in_flight) {
             let name = p.query.get(HEADER_LEN..p.question_end.saturating_sub(4)).unwrap_or_default();
-            p.group = if p.check { 0 } else { route_for(&routes, name).unwrap_or(0) };
-            // The same address may serve several groups: prefer its place in the question's own.
-            p.upstream = groups[p.group]
-                .iter()
-                .copied()
-                .find(|&i| upstreams[i] == addr)
-                .or_else(|| upstreams.iter().position(|&a| a == addr))
-                .unwrap_or(0);
+            p.group = if p.check { 0 } else { self.pool.group_for(name) };
+            p.upstream = self.pool.locate(p.group, addr);
         }
         let c = &self.config;
         if c.upstreams != config.upstreams
@@ -395,14 +274,6 @@ impl Engine {
         {
             self.cache = Cache::new(config.cache_entries, config.cache_bytes, config.max_ttl);
         }
-        self.health_query = health_query(&config);
-        self.next = vec![0; groups.len()];
-        self.state = state;
-        self.next_check = next_check;
-        self.active = active;
-        self.upstreams = upstreams;
-        self.groups = groups;
-        self.routes = routes;
         self.config = config;
     }
 
@@ -429,31 +300,7 @@ impl Engine {
     /// The upstreams found not to preserve letter case since the last call (each once per
     /// engine): a state change worth one log line, never a per-packet event.
     pub fn take_lost_caps(&mut self) -> Vec<SocketAddr> {
-        std::mem::take(&mut self.lost_caps)
-    }
-
-    /// The next upstream of `group` to use: healthy ones in turn; when all are resting, the one
-    /// that failed longest ago. Never `avoid` unless it is the only one.
-    fn choose_upstream(&mut self, group: usize, now: Instant, avoid: Option<usize>) -> usize {
-        let members = &self.groups[group];
-        let n = members.len();
-        for k in 0..n {
-            let pos = (self.next[group] + k) % n;
-            let i = members[pos];
-            let h = self.state[i];
-            let resting = h.failures >= UPSTREAM_FALL
-                && h.last_failure.is_some_and(|t| now.saturating_duration_since(t) < UPSTREAM_RETRY_AFTER);
-            if !resting && Some(i) != avoid {
-                self.next[group] = (pos + 1) % n;
-                return i;
-            }
-        }
-        members
-            .iter()
-            .copied()
-            .filter(|&i| Some(i) != avoid || n == 1)
-            .min_by_key(|&i| self.state[i].last_failure)
-            .unwrap_or(members[0])
+        self.pool.take_lost_caps()
     }
 
     /// Handles a query for a name dnlb does not manage (`name`: its lower-case wire name), from
@@ -466,7 +313,7 @@ impl Engine {
         name: &[u8],
         client: SocketAddr,
         to: ReplyTo,
-        transport: Transport,
+        transport: DnsTransport,
         out: &mut [u8],
         now: Instant,
         wire: &mut dyn Wire,
@@ -510,19 +357,19 @@ impl Engine {
         let mut forwarded = packet.to_vec();
         forwarded[HEADER_LEN..HEADER_LEN + name.len()].copy_from_slice(name);
         advertise_payload(&mut forwarded, q_end);
-        let group = route_for(&self.routes, name).unwrap_or(0);
-        let upstream = self.choose_upstream(group, now, None);
+        let group = self.pool.group_for(name);
+        let upstream = self.pool.choose(group, now, None);
         let p = Pending {
             query: forwarded.into(),
             question_end: q_end,
             key: CacheKey::new(name, query.qtype, query.qclass, dnssec_ok, checking_disabled),
             waiters: vec![waiter],
-            sent: unsent(self.upstreams[upstream]),
+            sent: unsent(self.pool.addr(upstream)),
             started: now,
             upstream,
             group,
             retried: false,
-            caps: self.state[upstream].caps,
+            caps: self.pool.caps(upstream),
             case_mismatch: false,
             truncated: None,
             check: false,
@@ -538,7 +385,7 @@ impl Engine {
         }
     }
 
-    fn servfail_now(&self, packet: &[u8], query: &Query, transport: Transport, out: &mut [u8]) -> Forwarded {
+    fn servfail_now(&self, packet: &[u8], query: &Query, transport: DnsTransport, out: &mut [u8]) -> Forwarded {
         Forwarded::Answered(answer::write_reply(packet, query, &self.servfail, transport, out).len)
     }
 
@@ -559,11 +406,11 @@ impl Engine {
         }
         let token = self.next_token;
         self.next_token += 1;
-        let to = self.upstreams[p.upstream];
+        let to = self.pool.addr(p.upstream);
         if wire.send_udp(token, to, &self.scratch).is_err() {
             wire.close(token);
             self.stats.send_errors += 1;
-            self.note_failure(p.upstream, now);
+            self.pool.failed(p.upstream, now);
             return Err(Box::new(p));
         }
         self.stats.forwarded += 1;
@@ -608,52 +455,50 @@ impl Engine {
         out: &mut dyn Replies,
         now: Instant,
         wire: &mut dyn Wire,
-    ) -> Verdict {
+    ) -> ReplyOutcome {
         let Some(p) = self.pending.get_mut(&token) else {
             self.stats.late += 1;
-            return Verdict::Unknown;
+            return ReplyOutcome::Unknown;
         };
         match accept(data, from, &p.sent) {
             Ok(()) => {}
             Err(Refusal::Case) => {
                 self.stats.case_mismatches += 1;
                 p.case_mismatch = true;
-                return Verdict::Refused;
+                return ReplyOutcome::Refused;
             }
             Err(_) => {
                 self.stats.forged += 1;
-                return Verdict::Refused;
+                return ReplyOutcome::Refused;
             }
         }
-        let Some(mut p) = self.remove(token, wire) else { return Verdict::Unknown };
+        let Some(mut p) = self.remove(token, wire) else { return ReplyOutcome::Unknown };
         let over_tcp = p.truncated.is_some();
         if !over_tcp && data.len() > usize::from(UPSTREAM_PAYLOAD) {
             self.stats.oversize += 1;
         }
         if p.caps {
-            self.state[p.upstream].kept_case = true;
-            self.state[p.upstream].case_failures = 0;
+            self.pool.keeps_case(p.upstream);
         }
         let flags = u16::from_be_bytes([data[2], data[3]]);
         if (flags & 0xf) as u8 == rcode::SERVFAIL {
-            self.note_failure(p.upstream, now);
+            self.pool.failed(p.upstream, now);
             self.retry_or_fail(p, now, out, wire);
-            return Verdict::Taken;
+            return ReplyOutcome::Taken;
         }
-        self.state[p.upstream].failures = 0;
-        self.state[p.upstream].last_failure = None;
+        self.pool.answered(p.upstream);
         if p.check {
-            return Verdict::Taken;
+            return ReplyOutcome::Taken;
         }
         if flags & flag::TC != 0 && !over_tcp {
             match self.retry_over_tcp(p, data, now, wire) {
-                Ok(()) => return Verdict::Taken,
+                Ok(()) => return ReplyOutcome::Taken,
                 Err(back) => p = *back,
             }
         }
         self.cache.insert(p.key.clone(), data, now);
         self.deliver(&p, data, now, out);
-        Verdict::Taken
+        ReplyOutcome::Taken
     }
 
     /// Asks `p` again over TCP (same ID and case) after a UDP reply with TC=1.
@@ -694,17 +539,17 @@ impl Engine {
             self.deliver(&p, &truncated, now, out);
             return;
         }
-        self.note_failure(p.upstream, now);
+        self.pool.failed(p.upstream, now);
         self.retry_or_fail(p, now, out, wire);
     }
 
     /// Once more on the next upstream of its group if it has not moved yet, else SERVFAIL.
     fn retry_or_fail(&mut self, mut p: Pending, now: Instant, out: &mut dyn Replies, wire: &mut dyn Wire) {
-        if !p.retried && !p.check && self.groups[p.group].len() > 1 {
-            let next = self.choose_upstream(p.group, now, Some(p.upstream));
+        if !p.retried && !p.check && self.pool.group_len(p.group) > 1 {
+            let next = self.pool.choose(p.group, now, Some(p.upstream));
             p.retried = true;
             p.upstream = next;
-            p.caps = self.state[next].caps;
+            p.caps = self.pool.caps(next);
             p.case_mismatch = false;
             match self.launch(p, now, wire) {
                 Ok(()) => return,
@@ -738,34 +583,24 @@ impl Engine {
         self.waiting = self.waiting.saturating_sub(p.waiters.len());
     }
 
-    fn note_failure(&mut self, upstream: usize, now: Instant) {
-        let h = &mut self.state[upstream];
-        h.failures = h.failures.saturating_add(1);
-        h.last_failure = Some(now);
-    }
-
     /// Sends the health-check query to every upstream whose turn it is. Its reply resets the
     /// upstream's failures (in `on_reply`); its timeout counts one (in `tick`); nobody waits on it.
     fn check_upstreams(&mut self, now: Instant, wire: &mut dyn Wire) {
-        for i in 0..self.active {
-            if now < self.next_check[i] {
-                continue;
-            }
-            let Some(query) = self.health_query.clone() else { return };
+        for i in 0..self.pool.active() {
+            let Some(group) = self.pool.check_due(i, now) else { continue };
+            let Some(query) = self.pool.health_query().map(Box::<[u8]>::from) else { return };
             let q_end = query.len();
-            self.next_check[i] = now.checked_add(self.config.health_check_interval).unwrap_or(now);
-            let group = self.groups.iter().position(|g| g.contains(&i)).unwrap_or(0);
             let p = Pending {
                 query: query.clone(),
                 question_end: q_end,
                 key: CacheKey::new(&query[HEADER_LEN..q_end - 4], 1, 1, false, false),
                 waiters: Vec::new(),
-                sent: unsent(self.upstreams[i]),
+                sent: unsent(self.pool.addr(i)),
                 started: now,
                 upstream: i,
                 group,
                 retried: true,
-                caps: self.state[i].caps,
+                caps: self.pool.caps(i),
                 case_mismatch: false,
                 truncated: None,
                 check: true,
@@ -802,8 +637,10 @@ impl Engine {
                 // asked once more at once, without 0x20, on a fresh socket and ID; one that did
                 // keep case is not, so a forger cannot switch 0x20 off for a question by making
                 // its true reply late.
-                let suspect = !self.state[p.upstream].kept_case;
-                self.note_case_failure(p.upstream);
+                let suspect = !self.pool.kept_case(p.upstream);
+                if self.pool.case_failed(p.upstream) {
+                    self.stats.no_caps += 1;
+                }
                 if suspect {
                     p.caps = false;
                     p.case_mismatch = false;
@@ -815,20 +652,10 @@ impl Engine {
                     continue;
                 }
             }
-            self.note_failure(p.upstream, now);
+            self.pool.failed(p.upstream, now);
             self.retry_or_fail(p, now, out, wire);
         }
         self.expired = expired;
-    }
-
-    fn note_case_failure(&mut self, upstream: usize) {
-        let h = &mut self.state[upstream];
-        h.case_failures = h.case_failures.saturating_add(1);
-        if h.caps && h.case_failures >= NO_CAPS_AFTER {
-            h.caps = false;
-            self.stats.no_caps += 1;
-            self.lost_caps.push(self.upstreams[upstream]);
-        }
     }
 }
 
@@ -878,7 +705,14 @@ fn advertise_payload(message: &mut [u8], question_end: usize) {
 /// client (`head`: its header and question): its ID, flags RD and CD, its question case, TTLs at
 /// most `max_ttl`, no OPT if it sent none; the question alone with TC if it does not fit.
 /// Returns the length written to `buf` (0 if `data` is shorter than the question).
-pub fn patch_raw(data: &[u8], head: &[u8], query: &Query, transport: Transport, max_ttl: u32, buf: &mut [u8]) -> usize {
+pub fn patch_raw(
+    data: &[u8],
+    head: &[u8],
+    query: &Query,
+    transport: DnsTransport,
+    max_ttl: u32,
+    buf: &mut [u8],
+) -> usize {
     let q_end = query.question_end;
     let limit = transport.limit(query).min(buf.len());
     if data.len() < q_end || head.len() < q_end || q_end < HEADER_LEN || buf.len() < q_end {
@@ -903,9 +737,10 @@ pub fn patch_raw(data: &[u8], head: &[u8], query: &Query, transport: Transport, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dns::wire_name;
+    use crate::relay::pool::NO_CAPS_AFTER;
     use std::collections::HashSet;
     use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
 
     /// Records what the engine asks of the network.
     #[derive(Default)]
@@ -983,7 +818,7 @@ mod tests {
     }
 
     const CLIENT: &str = "127.0.0.1:40000";
-    const UDP: Transport = Transport::Udp { max_payload: 1232 };
+    const UDP: DnsTransport = DnsTransport::Udp { max_payload: 1232 };
 
     fn ask(e: &mut Engine, wire: &mut FakeWire, name: &str, id: u16, now: Instant) -> Forwarded {
         ask_from(e, wire, name, id, CLIENT, now)
@@ -1048,7 +883,7 @@ mod tests {
         assert_eq!(ask(&mut e, &mut wire, "cached.example.test", 1, now), Forwarded::Pending);
         let (token, to, sent, _) = wire.sent[0].clone();
         let mut out = Collected::default();
-        assert_eq!(e.on_reply(token, &reply_to(&sent, 0, false), to, &mut out, now, &mut wire), Verdict::Taken);
+        assert_eq!(e.on_reply(token, &reply_to(&sent, 0, false), to, &mut out, now, &mut wire), ReplyOutcome::Taken);
         assert!(matches!(ask(&mut e, &mut wire, "cached.example.test", 2, now), Forwarded::Answered(_)));
         assert_eq!(ask(&mut e, &mut wire, "inflight.example.test", 3, now), Forwarded::Pending);
         let (token, _, sent, _) = wire.sent[1].clone();
@@ -1064,7 +899,7 @@ mod tests {
         e.reconfigure(Arc::new(moved), now);
         // The question in flight is answered by the upstream it went to.
         let mut out = Collected::default();
-        assert_eq!(e.on_reply(token, &reply_to(&sent, 0, false), old, &mut out, now, &mut wire), Verdict::Taken);
+        assert_eq!(e.on_reply(token, &reply_to(&sent, 0, false), old, &mut out, now, &mut wire), ReplyOutcome::Taken);
         assert_eq!(out.0.len(), 1);
         // The cache is new, so the cached name is asked again, of a new upstream.
         assert_eq!(ask(&mut e, &mut wire, "cached.example.test", 5, now), Forwarded::Pending);
@@ -1085,19 +920,6 @@ mod tests {
     }
 
     #[test]
-    fn routes_match_whole_labels_and_the_longest_wins() {
-        let routes: Vec<(Box<[u8]>, usize)> = vec![
-            (wire_name("corp.test").into(), 1),
-            (wire_name("eu.corp.test").into(), 2),
-            (wire_name("test").into(), 3),
-        ];
-        assert_eq!(route_for(&routes, &wire_name("www.eu.corp.test")), Some(2));
-        assert_eq!(route_for(&routes, &wire_name("corp.test")), Some(1));
-        assert_eq!(route_for(&routes, &wire_name("notcorp.test")), Some(3), "label boundaries, not string suffixes");
-        assert_eq!(route_for(&routes, &wire_name("example.org")), None);
-    }
-
-    #[test]
     fn identical_questions_share_one_query_up_to_the_bound() {
         let mut e = engine(config(&["192.0.2.53:53"]));
         let mut wire = FakeWire::default();
@@ -1109,7 +931,7 @@ mod tests {
         assert_eq!((wire.sent.len(), e.stats.waiters_full), (1, 1), "SERVFAIL past the bound, no second query");
         let (token, to, sent, _) = wire.sent[0].clone();
         let mut out = Collected::default();
-        assert_eq!(e.on_reply(token, &reply_to(&sent, 0, false), to, &mut out, now, &mut wire), Verdict::Taken);
+        assert_eq!(e.on_reply(token, &reply_to(&sent, 0, false), to, &mut out, now, &mut wire), ReplyOutcome::Taken);
         assert_eq!(out.0.len(), WAITERS_PER_QUESTION);
         assert!(wire.open.is_empty(), "the socket is closed");
         assert_eq!(e.waiting(), 0);
@@ -1158,14 +980,14 @@ mod tests {
             let (token, to, sent, _) = wire.sent.last().unwrap().clone();
             let mut lowered = reply_to(&sent, 0, false);
             lowered[12..].make_ascii_lowercase();
-            assert_eq!(e.on_reply(token, &lowered, to, &mut out, now, &mut wire), Verdict::Refused);
+            assert_eq!(e.on_reply(token, &lowered, to, &mut out, now, &mut wire), ReplyOutcome::Refused);
             now += Duration::from_millis(600);
             e.tick(&mut out, now, &mut wire);
             let (token, to, again, _) = wire.sent.last().unwrap().clone();
             assert_eq!(&again[12..], &sent[12..].to_ascii_lowercase()[..], "asked again in lower case");
             let mut lowered = reply_to(&again, 0, false);
             lowered[12..].make_ascii_lowercase();
-            assert_eq!(e.on_reply(token, &lowered, to, &mut out, now, &mut wire), Verdict::Taken);
+            assert_eq!(e.on_reply(token, &lowered, to, &mut out, now, &mut wire), ReplyOutcome::Taken);
             assert_eq!(out.0.len(), 1, "answered");
         }
         assert_eq!((e.stats.case_mismatches, e.stats.no_caps), (3, 1));
@@ -1188,7 +1010,7 @@ mod tests {
         let (token, to, sent, _) = wire.sent[1].clone();
         let mut lowered = reply_to(&sent, 0, false);
         lowered[12..].make_ascii_lowercase();
-        assert_eq!(e.on_reply(token, &lowered, to, &mut out, now, &mut wire), Verdict::Refused);
+        assert_eq!(e.on_reply(token, &lowered, to, &mut out, now, &mut wire), ReplyOutcome::Refused);
         now += Duration::from_millis(600);
         e.tick(&mut out, now, &mut wire);
         assert_eq!(wire.sent.len(), 2, "not asked again without 0x20");
@@ -1253,14 +1075,14 @@ mod tests {
         let good = reply_to(&sent, 0, false);
         let mut wrong_id = good.clone();
         wrong_id[1] ^= 1;
-        assert_eq!(e.on_reply(token, &wrong_id, to, &mut out, now, &mut wire), Verdict::Refused);
+        assert_eq!(e.on_reply(token, &wrong_id, to, &mut out, now, &mut wire), ReplyOutcome::Refused);
         assert_eq!(
             e.on_reply(token, &good, "192.0.2.54:53".parse().unwrap(), &mut out, now, &mut wire),
-            Verdict::Refused
+            ReplyOutcome::Refused
         );
-        assert_eq!(e.on_reply(token, &good[..5], to, &mut out, now, &mut wire), Verdict::Refused);
-        assert_eq!(e.on_reply(token, &good, to, &mut out, now, &mut wire), Verdict::Taken);
-        assert_eq!(e.on_reply(token, &good, to, &mut out, now, &mut wire), Verdict::Unknown);
+        assert_eq!(e.on_reply(token, &good[..5], to, &mut out, now, &mut wire), ReplyOutcome::Refused);
+        assert_eq!(e.on_reply(token, &good, to, &mut out, now, &mut wire), ReplyOutcome::Taken);
+        assert_eq!(e.on_reply(token, &good, to, &mut out, now, &mut wire), ReplyOutcome::Unknown);
         assert_eq!((e.stats.forged, e.stats.late, out.0.len()), (3, 1, 1));
     }
 

@@ -1,8 +1,9 @@
 //! The relay, for every name that is not a managed SIP name: each worker owns a
 //! [`sockets::Relay`] with its own upstream sockets, pending table and cache.
 //!
-//! - [`engine`]: one worker's relay logic without I/O (forward, dedupe, accept, retry, SERVFAIL
-//!   on timeout), driven by events and the time;
+//! - [`engine`]: one worker's relay logic without I/O (pending table, dedupe, accept, retry,
+//!   SERVFAIL on timeout, the cache), driven by events and the time;
+//! - [`pool`]: its upstreams: routes, choice, failures, 0x20 learning, health-check schedule;
 //! - [`sockets`]: its I/O: a socket per upstream exchange, in one epoll instance;
 //! - [`upstream`]: which upstream replies to accept (source, ID, exact question and case);
 //! - [`cache`]: answers kept as bytes, TTLs counting down and capped, negative caching per RFC 2308;
@@ -10,6 +11,7 @@
 
 pub mod cache;
 pub mod engine;
+pub mod pool;
 pub mod random;
 pub mod sockets;
 pub mod upstream;

@@ -34,11 +34,11 @@ use mio::net::{TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::engine::{Engine, Forwarded, RelayGauges, RelayStats, Replies, ReplyTo, Token, Verdict, Wire};
+use super::engine::{Engine, Forwarded, RelayGauges, RelayStats, Replies, ReplyOutcome, ReplyTo, Token, Wire};
 use super::random::Fill;
 use super::RelayError;
 use crate::config::RelayConfig;
-use crate::dns::answer::Transport;
+use crate::dns::answer::DnsTransport;
 use crate::dns::query::Query;
 
 /// Datagrams read from one socket per wake-up before the others get their turn.
@@ -311,7 +311,7 @@ impl Relay {
         name: &[u8],
         client: SocketAddr,
         to: ReplyTo,
-        transport: Transport,
+        transport: DnsTransport,
         out: &mut [u8],
         now: Instant,
     ) -> Forwarded {
@@ -360,7 +360,7 @@ impl Relay {
             match slot.socket.recv(&mut self.buf) {
                 Ok(n) => {
                     let data = &self.buf[..n];
-                    if self.engine.on_reply(token, data, upstream, out, now, &mut self.net) != Verdict::Refused {
+                    if self.engine.on_reply(token, data, upstream, out, now, &mut self.net) != ReplyOutcome::Refused {
                         return;
                     }
                 }
@@ -384,7 +384,7 @@ impl Relay {
             TcpProgress::Done => {
                 let Some(x) = self.net.tcp.remove(&token) else { return };
                 let verdict = self.engine.on_reply(token, &x.reply[2..], x.upstream, out, now, &mut self.net);
-                if verdict == Verdict::Refused {
+                if verdict == ReplyOutcome::Refused {
                     // One message per connection: a refused one ends the exchange as a failure.
                     self.engine.on_failure(token, out, now, &mut self.net);
                 }

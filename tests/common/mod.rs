@@ -13,7 +13,7 @@ use std::time::Duration;
 use dnlb::config::{Config, IoMode};
 use dnlb::io::Backend;
 use dnlb::server::Server;
-use dnlb::snapshot::{Health, Snapshot, SnapshotHandle};
+use dnlb::snapshot::{Serving, Snapshot, SnapshotHandle};
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RecordType};
 
@@ -86,7 +86,7 @@ impl TestServer {
     pub fn start(text: &str, io: IoMode) -> TestServer {
         let mut config = Config::parse(text).unwrap_or_else(|p| panic!("test config invalid: {p:?}"));
         config.server.io = io;
-        let snapshot = Snapshot::build(&config, &Health::all_up(&config), 0, 1).unwrap();
+        let snapshot = Snapshot::build(&config, &Serving::all_up(&config), 0).unwrap();
         let snapshots = SnapshotHandle::new(snapshot);
         let relay = config.relay.clone().map(std::sync::Arc::new);
         let server = Server::start(&config.server, relay, config.rrl.clone(), snapshots.clone()).unwrap();
@@ -183,6 +183,35 @@ pub fn have(tool: &str) -> bool {
         .arg(format!("command -v {tool}"))
         .output()
         .is_ok_and(|o| o.status.success())
+}
+
+/// How often [`poll`] looks.
+const POLL_EVERY: Duration = Duration::from_millis(5);
+
+/// Looks at `done` every few milliseconds until it holds: how long that took, or `None` once
+/// `limit` passed without it.
+pub fn poll(limit: Duration, mut done: impl FnMut() -> bool) -> Option<Duration> {
+    let start = std::time::Instant::now();
+    loop {
+        if done() {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() >= limit {
+            return None;
+        }
+        std::thread::sleep(POLL_EVERY);
+    }
+}
+
+/// [`poll`], failing the test when `limit` passes: `what` did not happen, and `context()` says
+/// what was seen instead.
+pub fn wait_until(
+    what: &str,
+    limit: Duration,
+    done: impl FnMut() -> bool,
+    context: impl FnOnce() -> String,
+) -> Duration {
+    poll(limit, done).unwrap_or_else(|| panic!("{what}: not within {limit:?}\n{}", context()))
 }
 
 /// Waits until the prober has a verdict for every server (no state is Unknown any more) and has

@@ -1,7 +1,7 @@
 //! The settings a reload changes under running workers: the relay's and rate limiting's.
 //!
 //! ```text
-//!  reload ─► EdgeHandle::publish ─► generation + 1
+//!  reload ─► SettingsHandle::publish ─► generation + 1
 //!  worker, per batch and per tick: generation moved? ─► load, apply (Relay::reconfigure, a new Limiter)
 //! ```
 //!
@@ -16,7 +16,7 @@ use crate::config::{RelayConfig, RrlConfig};
 
 /// What the workers apply in place.
 #[derive(Debug, Clone, PartialEq)]
-pub struct EdgeSettings {
+pub struct WorkerSettings {
     /// The relay's settings; a worker that started without a relay keeps none (and one that
     /// started with one keeps it: adding or removing `[relay]` needs a restart).
     pub relay: Option<Arc<RelayConfig>>,
@@ -24,17 +24,17 @@ pub struct EdgeSettings {
     pub rrl: Option<RrlConfig>,
 }
 
-/// The current [`EdgeSettings`], shared by every worker.
+/// The current [`WorkerSettings`], shared by every worker.
 #[derive(Debug)]
-pub struct EdgeHandle {
+pub struct SettingsHandle {
     generation: AtomicU64,
-    settings: ArcSwap<EdgeSettings>,
+    settings: ArcSwap<WorkerSettings>,
 }
 
-impl EdgeHandle {
-    /// A handle holding `settings`, generation 0.
-    pub fn new(settings: EdgeSettings) -> Arc<EdgeHandle> {
-        Arc::new(EdgeHandle { generation: AtomicU64::new(0), settings: ArcSwap::from_pointee(settings) })
+impl SettingsHandle {
+    /// A handle holding `settings`, generation 0; the handle stamps every later publish.
+    pub fn new(settings: WorkerSettings) -> Arc<SettingsHandle> {
+        Arc::new(SettingsHandle { generation: AtomicU64::new(0), settings: ArcSwap::from_pointee(settings) })
     }
 
     /// Increases by one per publish.
@@ -44,12 +44,12 @@ impl EdgeHandle {
     }
 
     /// The settings now.
-    pub fn load(&self) -> Arc<EdgeSettings> {
+    pub fn load(&self) -> Arc<WorkerSettings> {
         self.settings.load_full()
     }
 
     /// Makes `settings` current; each worker applies them at its next batch or tick.
-    pub fn publish(&self, settings: EdgeSettings) {
+    pub fn publish(&self, settings: WorkerSettings) {
         self.settings.store(Arc::new(settings));
         self.generation.fetch_add(1, Ordering::Release);
     }
