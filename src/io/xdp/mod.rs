@@ -454,8 +454,12 @@ pub fn serve<H: Handler>(queue: &mut Queue, handler: &mut H, stop: &Stop) -> io:
             xsk::wait(&mut fds, wait_ms.max(1));
         } else {
             handler.begin_batch();
+            xsk.prefetch(xsk.received(0).0);
             for i in 0..n {
                 let (addr, len) = xsk.received(i);
+                if i + 1 < n {
+                    xsk.prefetch(xsk.received(i + 1).0);
+                }
                 match answer(xsk, mtu, &mut scratch, handler, addr, len) {
                     Some(total) if xsk.send(addr, total as u32) => {}
                     Some(_) => {
