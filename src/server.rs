@@ -102,6 +102,27 @@ fn set_up_xdp(
     Ok((Some(a), queues))
 }
 
+/// Starts worker thread `name`, pinned to `core` if given (a failure to pin is logged, and the
+/// worker runs unpinned), running `serve`.
+fn spawn_pinned(
+    name: String,
+    core: Option<usize>,
+    serve: impl FnOnce() -> std::io::Result<()> + Send + 'static,
+) -> Result<JoinHandle<std::io::Result<()>>, ServerError> {
+    let thread = name.clone();
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            if let Some(core) = core {
+                if let Err(e) = affinity::pin_current_thread(core) {
+                    tracing::warn!("{thread}: cannot pin to core {core}: {e}; running unpinned");
+                }
+            }
+            serve()
+        })
+        .map_err(ServerError::Thread)
+}
+
 /// The number of workers: the configured count, or one per core this process may use.
 pub fn worker_count(configured: Option<usize>, allowed_cores: usize) -> usize {
     configured.unwrap_or(allowed_cores).max(1)
@@ -184,20 +205,11 @@ impl Server {
             let _fresh = counters[block].backend.set(backend.name());
             let stop = stop.clone();
             let core = config.pin_workers.then(|| cores.get(i % cores.len().max(1)).copied()).flatten();
-            let handle = std::thread::Builder::new()
-                .name(format!("dnlb-w{i}"))
-                .spawn(move || {
-                    if let Some(core) = core {
-                        if let Err(e) = affinity::pin_current_thread(core) {
-                            tracing::warn!("worker {i}: cannot pin to core {core}: {e}; running unpinned");
-                        }
-                    }
-                    let served = backend.serve(&socket, &mut worker, &stop);
-                    worker.publish_counters();
-                    served
-                })
-                .map_err(ServerError::Thread)?;
-            workers.push(handle);
+            workers.push(spawn_pinned(format!("dnlb-w{i}"), core, move || {
+                let served = backend.serve(&socket, &mut worker, &stop);
+                worker.publish_counters();
+                served
+            })?);
         }
         // One worker per XDP queue: its relay and hub like any worker's, no TCP listener.
         for (k, mut queue) in queues.into_iter().enumerate() {
@@ -207,20 +219,11 @@ impl Server {
             let stop = stop.clone();
             let q = queue.index();
             let core = config.pin_workers.then(|| cores.get(q as usize % cores.len().max(1)).copied()).flatten();
-            let handle = std::thread::Builder::new()
-                .name(format!("dnlb-x{q}"))
-                .spawn(move || {
-                    if let Some(core) = core {
-                        if let Err(e) = affinity::pin_current_thread(core) {
-                            tracing::warn!("xdp worker {q}: cannot pin to core {core}: {e}; running unpinned");
-                        }
-                    }
-                    let served = xdp::serve(&mut queue, &mut worker, &stop);
-                    worker.publish_counters();
-                    served
-                })
-                .map_err(ServerError::Thread)?;
-            workers.push(handle);
+            workers.push(spawn_pinned(format!("dnlb-x{q}"), core, move || {
+                let served = xdp::serve(&mut queue, &mut worker, &stop);
+                worker.publish_counters();
+                served
+            })?);
         }
         Ok(Server {
             backend,

@@ -24,7 +24,7 @@ fn sip_reply_seed_matches_the_fuzz_identity() {
 /// random bytes would almost never reach past the checksum checks.
 #[test]
 fn xdp_frame_seeds_are_frames_the_parser_takes() {
-    use dnlb::io::xdp::frame::{parse, write_headers, Path};
+    use dnlb::io::xdp::frame::parse;
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/xdp_frame");
     let query = common::query("sip.example.test.", hickory_proto::rr::RecordType::A, 7, Some(1232));
     for (file, client, server, vlan) in [
@@ -33,16 +33,7 @@ fn xdp_frame_seeds_are_frames_the_parser_takes() {
         ("v4-vlan.bin", "198.18.0.2:40000", "198.18.0.1:53", Some(0x0064)),
     ] {
         let client: std::net::SocketAddr = client.parse().unwrap();
-        let from_client = Path {
-            dst_mac: [2, 0, 0, 0, 0, 1],
-            src_mac: [2, 0, 0, 0, 0, 2],
-            vlan,
-            local: client.ip(),
-            local_port: client.port(),
-        };
-        let mut frame = vec![0u8; from_client.header_len() + query.len()];
-        frame[from_client.header_len()..].copy_from_slice(&query);
-        write_headers(&mut frame, &from_client, server.parse().unwrap(), query.len()).unwrap();
+        let frame = common::query_frame(client, server.parse().unwrap(), vlan, &query);
         if std::env::var_os("DNLB_WRITE_SEEDS").is_some() {
             std::fs::create_dir_all(&dir).unwrap();
             std::fs::write(dir.join(file), &frame).unwrap();

@@ -148,25 +148,18 @@ impl Instance {
         self.child.id()
     }
 
-    /// Sends `signal` by PID and waits (5 s at most) for the exit; its status code.
-    fn signal(&mut self, signal: &str) -> Option<i32> {
+    /// Sends `signal` by PID and waits (5 s at most) for the exit.
+    fn signal(&mut self, signal: &str) -> Option<std::process::ExitStatus> {
         let _sent = Command::new("kill").args([signal, &self.child.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        None
+        self.wait_exit(Duration::from_secs(5))
     }
 
-    /// Waits (10 s at most) for the process to exit on its own; its status code.
-    fn exit_code(&mut self) -> Option<i32> {
-        let deadline = Instant::now() + Duration::from_secs(10);
+    /// Waits up to `limit` for the process to exit; how it did, `None` if it still runs.
+    fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
-                return status.code();
+                return Some(status);
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -500,7 +493,8 @@ fn xdp_answers_as_the_kernel_path_does_and_leaves_nothing_behind() {
     // required) left alone while the kernel's path serves.
     let busy_required = format!("xdp = {{ interface = \"{}\", required = true }}", ns.veth);
     let mut refused = Instance::start(&ns.server, "busy", &config(5301, &busy_required, upstream.addr));
-    assert_eq!(refused.exit_code(), Some(1), "a second XDP instance started:\n{}", refused.stderr());
+    let status = refused.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "a second XDP instance started:\n{}", refused.stderr());
     let why = refused.stderr();
     for want in ["already has an XDP program", "`dnlb_xdp`", &format!("dnlb (pid {})", x.pid()), "stop that process"] {
         assert!(why.contains(want), "missing {want:?} in:\n{why}");
@@ -515,7 +509,7 @@ fn xdp_answers_as_the_kernel_path_does_and_leaves_nothing_behind() {
     drop(fallback);
 
     // SIGTERM: a clean exit, the XDP workers' counts logged, the program gone.
-    assert_eq!(x.signal("-TERM"), Some(0), "{}", x.stderr());
+    assert_eq!(x.signal("-TERM").and_then(|s| s.code()), Some(0), "{}", x.stderr());
     assert!(!ns.program_attached(), "an XDP program is still attached after SIGTERM");
     let log = x.stderr();
     let xdp_queries: u64 = log
@@ -535,31 +529,17 @@ fn xdp_answers_as_the_kernel_path_does_and_leaves_nothing_behind() {
     let mut again = Instance::start(&ns.server, "xdp2", &config(XDP_PORT, &as_nobody, upstream.addr));
     assert!(wait_for_answer(&ns.client, SocketAddr::new(v6, XDP_PORT)), "{}", again.stderr());
     assert!(ns.program_attached() && again.stderr().contains("running as user nobody"), "{}", again.stderr());
-    assert_eq!(again.signal("-KILL"), None, "SIGKILL leaves no exit code");
+    let killed = again.signal("-KILL").and_then(|s| std::os::unix::process::ExitStatusExt::signal(&s));
+    assert_eq!(killed, Some(9), "killed by SIGKILL");
     assert!(!ns.program_attached(), "an XDP program is still attached after SIGKILL");
     drop(k);
     drop(upstream);
     eprintln!("xdp end to end: {} questions per family compared, {:?}", results.len() / 2, started.elapsed());
 }
 
-/// A query frame from `client` to `server` (optionally with an 802.1Q tag), as a NIC delivers it.
+/// A query frame from `client` to `server` with `payload_len` bytes of payload.
 fn frame(client: &str, server: &str, vlan: Option<u16>, payload_len: usize) -> Vec<u8> {
-    use dnlb::io::xdp::frame::{write_headers, Path};
-    let client: SocketAddr = client.parse().unwrap();
-    let server: SocketAddr = server.parse().unwrap();
-    // A path from the client's side: its headers are the query's.
-    let path = Path {
-        dst_mac: [2, 0, 0, 0, 0, 1],
-        src_mac: [2, 0, 0, 0, 0, 2],
-        vlan,
-        local: client.ip(),
-        local_port: client.port(),
-    };
-    let h = path.header_len();
-    let mut f = vec![0x41; h + payload_len];
-    let n = write_headers(&mut f, &path, server, payload_len).unwrap();
-    f.truncate(n);
-    f
+    common::query_frame(client.parse().unwrap(), server.parse().unwrap(), vlan, &vec![0x41; payload_len])
 }
 
 #[test]

@@ -40,13 +40,32 @@ macro_rules! field {
 
 /// A [`Fixed`] table whose presence is the key: added or removed, it keeps the running one.
 macro_rules! section {
-    ($key:literal, $field:ident) => {
+    ($key:literal, $($field:ident).+) => {
         Fixed {
             key: $key,
-            differs: |running, fresh| running.$field.is_some() != fresh.$field.is_some(),
+            differs: |running, fresh| running.$($field).+.is_some() != fresh.$($field).+.is_some(),
             keep: |running, fresh| {
-                if running.$field.is_some() != fresh.$field.is_some() {
-                    fresh.$field = running.$field.clone();
+                if running.$($field).+.is_some() != fresh.$($field).+.is_some() {
+                    fresh.$($field).+ = running.$($field).+.clone();
+                }
+            },
+        }
+    };
+}
+
+/// A [`Fixed`] key inside an optional table (`server.xdp.interface`): it differs only where both
+/// files have the table (the table's presence is a key of its own).
+macro_rules! in_section {
+    ($key:literal, $($table:ident).+, $field:ident) => {
+        Fixed {
+            key: $key,
+            differs: |running, fresh| match (&running.$($table).+, &fresh.$($table).+) {
+                (Some(a), Some(b)) => a.$field != b.$field,
+                _ => false,
+            },
+            keep: |running, fresh| {
+                if let (Some(a), Some(b)) = (&running.$($table).+, &mut fresh.$($table).+) {
+                    b.$field = a.$field.clone();
                 }
             },
         }
@@ -71,57 +90,16 @@ pub const RESTART: &[Fixed] = &[
     // cannot take them back, and one that kept them must not seem to have dropped them.
     field!("server.user", server.user),
     // The XSKs, the XDP program and the capabilities to make them exist only at start.
-    Fixed {
-        key: "[server.xdp]",
-        differs: |running, fresh| running.server.xdp.is_some() != fresh.server.xdp.is_some(),
-        keep: |running, fresh| {
-            if running.server.xdp.is_some() != fresh.server.xdp.is_some() {
-                fresh.server.xdp = running.server.xdp.clone();
-            }
-        },
-    },
-    Fixed {
-        key: "server.xdp.interface",
-        differs: |running, fresh| match (&running.server.xdp, &fresh.server.xdp) {
-            (Some(a), Some(b)) => a.interface != b.interface,
-            _ => false,
-        },
-        keep: |running, fresh| {
-            if let (Some(a), Some(b)) = (&running.server.xdp, &mut fresh.server.xdp) {
-                b.interface = a.interface.clone();
-            }
-        },
-    },
-    Fixed {
-        key: "server.xdp.required",
-        differs: |running, fresh| match (&running.server.xdp, &fresh.server.xdp) {
-            (Some(a), Some(b)) => a.required != b.required,
-            _ => false,
-        },
-        keep: |running, fresh| {
-            if let (Some(a), Some(b)) = (&running.server.xdp, &mut fresh.server.xdp) {
-                b.required = a.required;
-            }
-        },
-    },
+    section!("[server.xdp]", server.xdp),
+    in_section!("server.xdp.interface", server.xdp, interface),
+    in_section!("server.xdp.required", server.xdp, required),
     field!("probe.core", probe.core),
     // The relay's sockets, and its descriptor in each worker's event loop, exist from the start
     // or not at all: its keys change in place, its presence does not.
     section!("[relay]", relay),
     // The metrics endpoint is bound once, before privileges are dropped.
     section!("[metrics]", metrics),
-    Fixed {
-        key: "metrics.listen",
-        differs: |running, fresh| match (&running.metrics, &fresh.metrics) {
-            (Some(a), Some(b)) => a.listen != b.listen,
-            _ => false,
-        },
-        keep: |running, fresh| {
-            if let (Some(a), Some(b)) = (&running.metrics, &mut fresh.metrics) {
-                b.listen = a.listen;
-            }
-        },
-    },
+    in_section!("metrics.listen", metrics, listen),
 ];
 
 /// The keys a reload applies: services and their servers, probing (a new prober starts, carrying
