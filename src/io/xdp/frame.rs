@@ -122,35 +122,43 @@ fn put16(b: &mut [u8], at: usize, v: u16) {
     b[at..at + 2].copy_from_slice(&v.to_be_bytes());
 }
 
-/// Adds `data` to a ones' complement sum (RFC 1071) of big-endian 16-bit words; an odd last byte
-/// is padded with a zero. Summing 32-bit words into 64 bits folds to the same value (2^16 ≡ 1
-/// mod 2^16 - 1) with a quarter of the additions.
+/// Adds `data` to a ones' complement sum (RFC 1071) taken in the machine's own byte order,
+/// eight bytes at a time with the carry wrapped around; an odd last byte is padded with a zero.
+/// The order does not change the sum but for a byte swap (RFC 1071 §2(B)), which [`fold`]
+/// undoes, so no byte is swapped per word. Every piece summed before the last must be of even
+/// length (addresses, headers), so the 16-bit lanes line up.
 #[inline]
 pub fn sum(data: &[u8], mut acc: u64) -> u64 {
-    let mut words = data.chunks_exact(4);
+    let mut words = data.chunks_exact(8);
     for w in &mut words {
-        acc += u64::from(u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
+        let (s, carry) = acc.overflowing_add(u64::from_ne_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]));
+        acc = s + u64::from(carry);
     }
     let rest = words.remainder();
-    let mut tail = [0u8; 4];
+    let mut tail = [0u8; 8];
     tail[..rest.len()].copy_from_slice(rest);
-    acc + u64::from(u32::from_be_bytes(tail))
+    let (s, carry) = acc.overflowing_add(u64::from_ne_bytes(tail));
+    s + u64::from(carry)
 }
 
-/// Folds a sum to 16 bits (not complemented).
+/// Folds a [`sum`] to 16 bits (not complemented), in network byte order as a number.
 #[inline]
-pub fn fold(mut acc: u64) -> u16 {
+pub fn fold(acc: u64) -> u16 {
+    let mut acc = (acc & 0xffff_ffff) + (acc >> 32);
     while acc >> 16 != 0 {
         acc = (acc & 0xffff) + (acc >> 16);
     }
-    acc as u16
+    u16::from_be(acc as u16)
 }
 
 /// The sum of the UDP pseudo-header for `src`, `dst` and a UDP length of `len` (both addresses
 /// of one family; [`Path`] guarantees that).
 #[inline]
 fn pseudo(src: IpAddr, dst: IpAddr, len: usize) -> u64 {
-    let acc = u64::from(IPPROTO_UDP) + len as u64;
+    // Zero, protocol and length (IPv4's order; IPv6 puts them as a 32-bit length and three zero
+    // bytes before the next header, which sums the same), as bytes like the rest.
+    let len = (len as u16).to_be_bytes();
+    let acc = sum(&[0, IPPROTO_UDP, len[0], len[1]], 0);
     match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => sum(&d.octets(), sum(&s.octets(), acc)),
         (IpAddr::V6(s), IpAddr::V6(d)) => sum(&d.octets(), sum(&s.octets(), acc)),
