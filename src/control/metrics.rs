@@ -589,6 +589,7 @@ mod tests {
         for (i, (_, c)) in fields.iter().enumerate() {
             c.store(7_000_001 + 10 * i as u64, Ordering::Relaxed);
         }
+        blocks[0].backend.set("xdp").unwrap();
         let sources = Sources {
             counters: blocks.clone(),
             running: RunningView::new(Running::new(Arc::new(Config::parse(CONFIG).unwrap()), None)),
@@ -599,6 +600,7 @@ mod tests {
             let value = 7_000_001 + 10 * i as u64;
             assert!(text.contains(&format!("}} {value}\n")), "{name} ({value}) is not exported:\n{text}");
         }
+        assert!(text.contains("dnlb_worker_backend{backend=\"xdp\",worker=\"0\"} 1\n"), "{text}");
     }
 
     #[test]
