@@ -11,7 +11,7 @@
 //! Modules, leaves first (`dns`, `io`, `prefix`, `files`, `logging` and `hasher` import nothing
 //! else of the crate; no two modules import each other):
 //! - [`dns`]: zero-copy query parsing, reply templates and their copy-and-patch.
-//! - [`io`]: the io_uring and recvmmsg backends; the only module with `unsafe`.
+//! - [`io`]: the io_uring, recvmmsg and AF_XDP backends; the only module with `unsafe`.
 //! - [`prefix`]: address prefixes (who the relay serves, who rate limiting spares, sites).
 //! - [`files`]: reading operator files (config, hosts, CA) bounded and without blocking.
 //! - [`logging`]: log lines (text, journal, JSON) and rate limiting for repeatable ones.

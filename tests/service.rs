@@ -112,10 +112,12 @@ fn the_unit_has_every_hardening_directive() {
         "MemoryDenyWriteExecute=yes",
         "RestrictRealtime=yes",
         "RestrictSUIDSGID=yes",
-        "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX AF_NETLINK",
+        "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX AF_NETLINK AF_XDP",
         "RuntimeDirectory=dnlb",
         "LimitNOFILE=65536",
-        "SystemCallFilter=@system-service io_uring_setup io_uring_enter io_uring_register",
+        "SystemCallFilter=@system-service io_uring_setup io_uring_enter io_uring_register bpf",
+        // server.xdp's capabilities, commented out: opt-in, never granted by default.
+        "#AmbientCapabilities=CAP_NET_BIND_SERVICE CAP_NET_RAW CAP_NET_ADMIN CAP_BPF CAP_IPC_LOCK",
     ] {
         assert!(lines.contains(&required), "dist/dnlb.service lacks the line `{required}`");
     }

@@ -178,6 +178,17 @@ pub(super) struct RawServerSection {
     pub(super) runtime_dir: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) user: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) xdp: Option<Spanned<RawXdp>>,
+}
+
+/// `[server] xdp = { interface = "eth0", required = false }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawXdp {
+    pub(super) interface: Spanned<String>,
+    #[serde(default)]
+    pub(super) required: bool,
 }
 
 #[derive(Debug, Deserialize)]

@@ -298,6 +298,18 @@ pub struct ServerConfig {
     pub runtime_dir: Option<std::path::PathBuf>,
     /// The user to become once every socket is bound (started as root); `None`: stay as started.
     pub user: Option<String>,
+    /// AF_XDP on one interface (`xdp = { interface = "eth0" }`); `None`: the kernel's path only.
+    pub xdp: Option<XdpConfig>,
+}
+
+/// `server.xdp`: the listen addresses on one interface answered from its receive queues through
+/// AF_XDP sockets ([`crate::io::xdp`]), beside the kernel's path. Changing it needs a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XdpConfig {
+    /// The interface, as `ip link` names it.
+    pub interface: String,
+    /// Refuse to start when XDP cannot be set up, instead of serving on io_uring alone.
+    pub required: bool,
 }
 
 /// SIP probing.

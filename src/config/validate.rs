@@ -616,6 +616,22 @@ impl Validator<'_> {
             }
             Some(name.clone())
         });
+        let xdp = raw.xdp.as_ref().and_then(|x| {
+            let name = x.get_ref().interface.get_ref();
+            // IFNAMSIZ is 16 with the NUL; the kernel refuses '/', ':' and whitespace in names.
+            let bad = name.is_empty()
+                || name.len() > 15
+                || name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control());
+            if bad {
+                self.fail(
+                    x.get_ref().interface.span(),
+                    "server.xdp.interface",
+                    format!("`{name}` is not an interface name: write one `ip link` lists, such as \"eth0\" (at most 15 characters, no '/', ':' or spaces)"),
+                );
+                return None;
+            }
+            Some(XdpConfig { interface: name.clone(), required: x.get_ref().required })
+        });
         ServerConfig {
             listen,
             tcp: raw.tcp,
@@ -629,6 +645,7 @@ impl Validator<'_> {
             max_udp_payload: payload as u16,
             runtime_dir: raw.runtime_dir.as_ref().map(|d| self.base.join(d.get_ref())),
             user,
+            xdp,
         }
     }
 

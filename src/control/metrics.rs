@@ -305,6 +305,11 @@ fn workers(m: &mut Metrics, blocks: &CounterBlocks) -> Result<(), MetricsError> 
         m.int_gauge("dnlb_relay_waiting_clients", "Clients waiting on upstream exchanges now.", &["worker"])?;
     let cache_entries = m.int_gauge("dnlb_relay_cache_entries", "Answers in the relay's cache now.", &["worker"])?;
     let cache_bytes = m.int_gauge("dnlb_relay_cache_bytes", "Bytes the relay's cache holds now.", &["worker"])?;
+    let backend = m.int_gauge(
+        "dnlb_worker_backend",
+        "1 for each worker, labelled with its I/O backend (uring, portable, xdp).",
+        &["worker", "backend"],
+    )?;
     let tcp_accepted = m.counter("dnlb_tcp_connections_accepted_total", "TCP connections accepted.", &["worker"])?;
     let tcp_open = m.int_gauge("dnlb_tcp_connections_open", "TCP connections open now.", &["worker"])?;
     let tcp_refused = m.counter(
@@ -322,6 +327,9 @@ fn workers(m: &mut Metrics, blocks: &CounterBlocks) -> Result<(), MetricsError> 
         let w = i.to_string();
         let w = w.as_str();
         queries.with_label_values(&[w]).inc_by(t.queries);
+        if let Some(b) = block.backend.get() {
+            backend.with_label_values(&[w, b]).set(1);
+        }
         for (qtype, v) in [
             ("address", t.qtype_address),
             ("srv", t.qtype_srv),
@@ -349,6 +357,7 @@ fn workers(m: &mut Metrics, blocks: &CounterBlocks) -> Result<(), MetricsError> 
             ("no_send_slot", t.drop_send_slot),
             ("send_buffer_full", t.drop_outbox),
             ("oversize", t.drop_oversize),
+            ("bad_frame", t.drop_bad_frame),
             ("rate_limit", t.rrl_dropped),
         ] {
             dropped.with_label_values(&[w, reason]).inc_by(v);
@@ -539,6 +548,7 @@ mod tests {
         for (i, (_, c)) in fields.iter().enumerate() {
             c.store(7_000_001 + 10 * i as u64, Ordering::Relaxed);
         }
+        blocks[0].backend.set("xdp").unwrap();
         let sources = Sources {
             counters: blocks.clone(),
             running: RunningView::new(Running::new(Arc::new(Config::parse(CONFIG).unwrap()), None)),
@@ -549,6 +559,7 @@ mod tests {
             let value = 7_000_001 + 10 * i as u64;
             assert!(text.contains(&format!("}} {value}\n")), "{name} ({value}) is not exported:\n{text}");
         }
+        assert!(text.contains("dnlb_worker_backend{backend=\"xdp\",worker=\"0\"} 1\n"), "{text}");
     }
 
     #[test]

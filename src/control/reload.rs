@@ -40,30 +40,31 @@ macro_rules! field {
 
 /// A [`Fixed`] table whose presence is the key: added or removed, it keeps the running one.
 macro_rules! section {
-    ($key:literal, $field:ident) => {
+    ($key:literal, $($field:ident).+) => {
         Fixed {
             key: $key,
-            differs: |running, fresh| running.$field.is_some() != fresh.$field.is_some(),
+            differs: |running, fresh| running.$($field).+.is_some() != fresh.$($field).+.is_some(),
             keep: |running, fresh| {
-                if running.$field.is_some() != fresh.$field.is_some() {
-                    fresh.$field = running.$field.clone();
+                if running.$($field).+.is_some() != fresh.$($field).+.is_some() {
+                    fresh.$($field).+ = running.$($field).+.clone();
                 }
             },
         }
     };
 }
 
-/// A [`Fixed`] key of `[metrics]`: it differs only when both files have the section.
-macro_rules! metrics_field {
-    ($key:literal, $field:ident) => {
+/// A [`Fixed`] key inside an optional table (`server.xdp.interface`): it differs only where both
+/// files have the table (the table's presence is a key of its own).
+macro_rules! in_section {
+    ($key:literal, $($table:ident).+, $field:ident) => {
         Fixed {
             key: $key,
-            differs: |running, fresh| match (&running.metrics, &fresh.metrics) {
+            differs: |running, fresh| match (&running.$($table).+, &fresh.$($table).+) {
                 (Some(a), Some(b)) => a.$field != b.$field,
                 _ => false,
             },
             keep: |running, fresh| {
-                if let (Some(a), Some(b)) = (&running.metrics, &mut fresh.metrics) {
+                if let (Some(a), Some(b)) = (&running.$($table).+, &mut fresh.$($table).+) {
                     b.$field = a.$field.clone();
                 }
             },
@@ -102,6 +103,10 @@ pub const RESTART: &[Fixed] = &[
     // Privileges are dropped once, after every socket is bound; a process that dropped them
     // cannot take them back, and one that kept them must not seem to have dropped them.
     field!("server.user", server.user),
+    // The XSKs, the XDP program and the capabilities to make them exist only at start.
+    section!("[server.xdp]", server.xdp),
+    in_section!("server.xdp.interface", server.xdp, interface),
+    in_section!("server.xdp.required", server.xdp, required),
     field!("probe.core", probe.core),
     // The relay's sockets, and its descriptor in each worker's event loop, exist from the start
     // or not at all: its keys change in place, its presence does not.
@@ -109,9 +114,9 @@ pub const RESTART: &[Fixed] = &[
     // The metrics endpoint is bound once, before privileges are dropped, and its serving loop
     // made with its client list and bound.
     section!("[metrics]", metrics),
-    metrics_field!("metrics.listen", listen),
-    metrics_field!("metrics.allow", allow),
-    metrics_field!("metrics.max_connections", max_connections),
+    in_section!("metrics.listen", metrics, listen),
+    in_section!("metrics.allow", metrics, allow),
+    in_section!("metrics.max_connections", metrics, max_connections),
     // The fleet's membership is taken once; the farm's servers and probe settings (the config
     // hash) do change by reload, through the keys above.
     section!("[cluster]", cluster),
@@ -317,6 +322,19 @@ mod tests {
         let plan = plan(&running, fresh.clone());
         assert!(plan.need_restart.is_empty(), "{:?}", plan.need_restart);
         assert_eq!(plan.config, fresh, "everything applied as written");
+    }
+
+    #[test]
+    fn xdp_needs_a_restart_added_removed_or_changed() {
+        let on = |iface: &str, required: bool| {
+            config(&format!("xdp = {{ interface = \"{iface}\", required = {required} }}\n"))
+        };
+        let running = on("eth0", false);
+        assert_eq!(plan(&running, config("")).need_restart, vec!["[server.xdp]"]);
+        assert_eq!(plan(&config(""), running.clone()).need_restart, vec!["[server.xdp]"]);
+        let changed = plan(&running, on("eth1", true));
+        assert_eq!(changed.need_restart, vec!["server.xdp.interface", "server.xdp.required"]);
+        assert_eq!(changed.config.server.xdp, running.server.xdp, "the running XDP set-up stays");
     }
 
     #[test]
