@@ -1103,14 +1103,23 @@ mod tests {
         }
     }
 
-    /// Asks `name`; answers the upstream query it sends (if any) with a TTL of 60; returns what
-    /// the client got at once, if anything.
+    /// Asks `name` (which must miss); answers the upstream query it sends with a TTL of 60 and
+    /// checks that the client got that answer.
     fn ask_answered(e: &mut Engine, wire: &mut FakeWire, name: &str, now: Instant) {
         assert_eq!(ask(e, wire, name, 1, now), Forwarded::Pending);
         let (token, to, sent, _) = wire.sent.last().unwrap().clone();
         let mut out = Collected::default();
         assert_eq!(e.on_reply(token, &reply_to(&sent, 0, false), to, &mut out, now, wire), ReplyOutcome::Taken);
         assert_eq!(out.0.len(), 1);
+    }
+
+    /// An engine on `config` whose cache holds `www.example.test` (TTL 60) from the time returned.
+    fn www_cached(config: RelayConfig) -> (Engine, FakeWire, Instant) {
+        let mut e = engine(config);
+        let mut wire = FakeWire::default();
+        let t0 = Instant::now();
+        ask_answered(&mut e, &mut wire, "www.example.test", t0);
+        (e, wire, t0)
     }
 
     /// The reply a client got at once, parsed: (RCODE, first answer TTL).
@@ -1134,10 +1143,7 @@ mod tests {
 
     #[test]
     fn an_upstream_that_fails_gets_the_stale_answer_served_and_is_rechecked_later() {
-        let mut e = engine(stale_config(&["192.0.2.53:53"]));
-        let mut wire = FakeWire::default();
-        let t0 = Instant::now();
-        ask_answered(&mut e, &mut wire, "www.example.test", t0);
+        let (mut e, mut wire, t0) = www_cached(stale_config(&["192.0.2.53:53"]));
         assert_eq!(asked_now(&mut e, &mut wire, "www.example.test", t0 + Duration::from_secs(10)), Some((0, 50)));
         // Expired: asked upstream again, which fails (ICMP): the client gets the stale answer.
         let t1 = t0 + Duration::from_secs(61);
@@ -1161,10 +1167,7 @@ mod tests {
 
     #[test]
     fn a_slow_upstream_gets_the_stale_answer_served_after_the_client_timer_and_still_refreshes() {
-        let mut e = engine(stale_config(&["192.0.2.53:53"]));
-        let mut wire = FakeWire::default();
-        let t0 = Instant::now();
-        ask_answered(&mut e, &mut wire, "www.example.test", t0);
+        let (mut e, mut wire, t0) = www_cached(stale_config(&["192.0.2.53:53"]));
         let t1 = t0 + Duration::from_secs(70);
         assert_eq!(asked_now(&mut e, &mut wire, "www.example.test", t1), None);
         let mut out = Collected::default();
@@ -1195,10 +1198,7 @@ mod tests {
 
     #[test]
     fn no_stale_answer_past_the_stale_maximum_nor_without_one() {
-        let mut e = engine(stale_config(&["192.0.2.53:53"]));
-        let mut wire = FakeWire::default();
-        let t0 = Instant::now();
-        ask_answered(&mut e, &mut wire, "www.example.test", t0);
+        let (mut e, mut wire, t0) = www_cached(stale_config(&["192.0.2.53:53"]));
         // Expired 100 s ago and more: SERVFAIL, however the upstream fails.
         let late = t0 + Duration::from_secs(160);
         assert_eq!(asked_now(&mut e, &mut wire, "www.example.test", late), None);
@@ -1249,10 +1249,7 @@ mod tests {
 
     #[test]
     fn stale_answers_survive_a_reload_that_keeps_the_upstreams() {
-        let mut e = engine(stale_config(&["192.0.2.53:53"]));
-        let mut wire = FakeWire::default();
-        let t0 = Instant::now();
-        ask_answered(&mut e, &mut wire, "www.example.test", t0);
+        let (mut e, mut wire, t0) = www_cached(stale_config(&["192.0.2.53:53"]));
         let mut smaller = stale_config(&["192.0.2.53:53"]);
         smaller.cache_entries = 50;
         smaller.max_ttl = 600;
