@@ -14,6 +14,7 @@
 #   BEFORE_BIN=/tmp/old-dnlb SERVERS="dnlb-uring before-uring" perf/relay_miss.sh
 #                                               two builds side by side (before/after)
 #   STALE=false perf/relay_miss.sh              dnlb with serve-stale and prefetch off
+#   TCP=true perf/relay_miss.sh                 dnlb with its TCP listeners on, as by default
 #
 # Every query name is unique within a run (m<shape><n>.miss.test, more names than the run can
 # send), so every query misses every cache and goes upstream. The relay runs on SERVER_CPUS,
@@ -32,6 +33,7 @@ LOAD_CPUS=${LOAD_CPUS:-1}
 CLIENTS=${CLIENTS:-4}
 OUTSTANDING=${OUTSTANDING:-200}
 STALE=${STALE:-true}
+TCP=${TCP:-false}
 DNLB_BIN=${DNLB_BIN:-target/release/dnlb}
 BEFORE_BIN=${BEFORE_BIN:-}
 NSD_BIN=${NSD_BIN:-$(command -v nsd || echo /usr/sbin/nsd)}
@@ -105,7 +107,7 @@ dnlb_conf() {
     cat <<EOF
 [server]
 listen = ["$RELAY_IP:$PORT"]
-tcp = false
+tcp = $TCP
 workers = 1
 io = "$1"
 [probe]
