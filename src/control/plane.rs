@@ -9,8 +9,8 @@
 //!        ─► drop to server.user ─► READY=1
 //!  serve (main thread, every 100 ms):
 //!        watchdog: workers alive, prober heartbeat fresh ─► WATCHDOG=1 (else exit 1)
-//!        SIGHUP · `dnlb reload` · hosts.watch ─► files read on thread dnlb-load (the loop goes on
-//!            feeding the watchdog and watching for SIGTERM) ─► reload::plan ─► new Layout ─► stop the prober,
+//!        SIGHUP · `dnlb reload` · hosts.watch ─► files read on thread dnlb-load, made at start
+//!            (the loop goes on feeding the watchdog and watching for SIGTERM) ─► reload::plan ─► new Layout ─► stop the prober,
 //!            carry its health ─► start one on the new config ─► edge settings ─► RunningView
 //!        SIGINT / SIGTERM ─► STOPPING=1 ─► prober, workers stopped ─► locks released
 //! ```
@@ -85,6 +85,9 @@ pub enum PlaneError {
     /// The signal handlers could not be installed.
     #[error("installing signal handlers: {0}")]
     Signals(std::io::Error),
+    /// The thread that reads files for reloads could not start.
+    #[error("starting the thread that reads files for reloads: {0}")]
+    Loader(std::io::Error),
     /// The instance ran and then failed: the prober stalled, a worker or the prober ended badly.
     #[error("{}", .0.join("; "))]
     Stopped(Vec<String>),
@@ -169,6 +172,8 @@ pub struct ControlPlane {
     signals: Signals,
     reloads: Receiver<SyncSender<Reply>>,
     hosts_watch: HostsWatch,
+    /// Thread `dnlb-load`, which reads the files of reloads and hosts changes.
+    loader: Loader,
     /// Why the instance must stop: a reload stopped the prober and no prober could start again,
     /// so the answers would stay frozen on the last health.
     failed: Option<String>,
@@ -229,6 +234,9 @@ impl ControlPlane {
         let (reload_tx, reloads) = sync_channel(1);
         let answers = ControlAnswers { running: view.clone(), snapshots: snapshots.clone(), reloads: reload_tx };
         let control = ControlSocket::start(&runtime_dir, &control_path, answers)?;
+        // Made now, while still root: a reload must not need a new thread to read its files
+        // (under a unit's TasksMax, none may be left).
+        let loader = Loader::start().map_err(PlaneError::Loader)?;
         // Every socket is bound (the prober's, the control socket) while still root; from here
         // on, the user's.
         if let Some(target) = &target {
@@ -242,6 +250,7 @@ impl ControlPlane {
         }
         let hosts_watch = HostsWatch::new(&config, Instant::now());
         Ok(ControlPlane {
+            loader,
             path: path.to_path_buf(),
             overrides,
             config,
@@ -359,15 +368,14 @@ impl ControlPlane {
     /// Runs `load` (a configuration or a hosts file: a million names take a second or more) on
     /// thread `dnlb-load` while this one goes on feeding the service manager's watchdog and
     /// watching for SIGTERM; `None` if a stop came first (the load is left to the exiting
-    /// process) or no thread could be started.
+    /// process).
     fn loaded_aside<T: Send + 'static>(&self, load: impl FnOnce() -> T + Send + 'static) -> Option<T> {
         let (tx, rx) = sync_channel(1);
-        let spawned = std::thread::Builder::new().name("dnlb-load".into()).spawn(move || {
-            // The receiver is gone only when dnlb is stopping: the result is not wanted then.
-            let _sent = tx.send(load());
-        });
-        if let Err(e) = spawned {
-            tracing::error!("cannot start a thread to read the files: {e}");
+        // The receiver is gone only when dnlb is stopping: the result is not wanted then.
+        let job: Job = Box::new(move || drop(tx.send(load())));
+        if self.loader.jobs.send(job).is_err() {
+            // Only if a load panicked, which aborts the process first in a release build.
+            tracing::error!("the thread that reads the files has ended");
             return None;
         }
         let mut watchdog = Watchdog::new(notify::watchdog_interval());
@@ -530,8 +538,29 @@ impl ControlPlane {
 
 /// The reply to a reload that a stop overtook.
 fn abandoned() -> Reply {
-    let text = "the reload was abandoned: dnlb is stopping, or could not start a thread to read the files\n";
+    let text = "the reload was abandoned: dnlb is stopping\n";
     Reply { ok: false, text: text.into(), json: serde_json::json!({"error": text.trim()}) }
+}
+
+/// A load handed to thread `dnlb-load`.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Thread `dnlb-load`: runs the loads the main loop hands it, one at a time, for as long as the
+/// plane lives (it ends when the plane and its sender are dropped).
+struct Loader {
+    jobs: SyncSender<Job>,
+}
+
+impl Loader {
+    fn start() -> std::io::Result<Loader> {
+        let (jobs, queue) = sync_channel::<Job>(1);
+        std::thread::Builder::new().name("dnlb-load".into()).spawn(move || {
+            for job in queue {
+                job();
+            }
+        })?;
+        Ok(Loader { jobs })
+    }
 }
 
 /// Starts the prober for `config` on its `layout` (carrying the health of servers that stay),
