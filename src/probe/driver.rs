@@ -483,7 +483,7 @@ impl Driver {
     fn commands(&mut self, now: Instant) {
         let mut answered = Vec::new();
         while let Ok((r, reply)) = self.inbox.try_recv() {
-            let matched = self.core.set_drained(r.service.as_deref(), r.ip, r.port, r.drained);
+            let matched = self.core.set_drained(r.service.as_deref(), r.ip, r.port, r.drained, now);
             let port = r.port.map_or(String::new(), |p| format!(":{p}"));
             let verb = if r.drained { "drained" } else { "undrained" };
             tracing::info!(server = %format_args!("{}{port}", r.ip), matched, "{verb} by the operator");

@@ -3,6 +3,7 @@
 //!
 //! - [`sip`]: the probe request and the reply checks (rsip), bounded framing; no I/O;
 //! - [`health`]: the rise/fall state machine, no I/O, time passed in;
+//! - [`history`]: each server's last changes and flap counts, no I/O, time passed in;
 //! - [`core`]: schedule, timers, retransmissions, verdicts and publish decisions, driven by
 //!   events and `now`, no I/O;
 //! - [`policy`]: who is served with what weight (overload, latency, last good), a pure rule;
@@ -12,6 +13,7 @@
 pub mod core;
 pub mod driver;
 pub mod health;
+pub mod history;
 pub mod policy;
 pub mod sip;
 pub mod tls;
