@@ -60,6 +60,9 @@ enum Cmd {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Also show each server's last changes (time, from, to, why, RTT, code, oc then).
+        #[arg(long)]
+        history: bool,
     },
     /// Show what a running instance would answer a client now, and why.
     Explain {
@@ -153,7 +156,7 @@ fn main() -> ExitCode {
         Some(Cmd::CheckConfig { path }) => Config::load(&path).map_err(anyhow::Error::from).map(|config| {
             println!("{}: ok ({} service(s))", path.display(), config.services.len());
         }),
-        Some(Cmd::Status { config, json }) => ask(&config, Request::Status, json),
+        Some(Cmd::Status { config, json, history }) => ask(&config, Request::Status { history }, json),
         Some(Cmd::Explain { name, qtype, client, config, json }) => {
             ask(&config, Request::Explain { name, qtype, client: client.map(|c| c.to_string()) }, json)
         }

@@ -21,14 +21,16 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use prometheus::core::Collector;
 use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
-use super::running::RunningView;
+use super::running::{Reloads, RunningView};
+use super::status::{self, ReloadCounts};
+use crate::config::Config;
 use crate::counters::{CounterBlocks, Totals};
 use crate::logging::RateLimited;
 use crate::probe::health::State;
@@ -307,9 +309,14 @@ fn route(request: &[u8]) -> Option<Route> {
 pub fn scrape(sources: &Sources) -> Result<String, MetricsError> {
     let mut m = Metrics::default();
     workers(&mut m, &sources.counters)?;
-    if let Some(p) = &sources.running.load().prober {
-        prober(&mut m, p)?;
+    let running = sources.running.load();
+    if let Some(p) = &running.prober {
+        prober(&mut m, p, &running.config)?;
     }
+    m.gauge("dnlb_tcp_connections_max", "The most TCP connections open at once (server.tcp_max_connections).")?
+        .with_label_values(&[] as &[&str])
+        .set(running.config.server.tcp_max_connections as f64);
+    reloads(&mut m, sources.running.reloads())?;
     let snapshot = sources.snapshots.load();
     m.gauge("dnlb_snapshot_generation", "Generation of the answers served (each probe publish adds one).")?
         .with_label_values(&[] as &[&str])
@@ -495,8 +502,28 @@ fn workers(m: &mut Metrics, blocks: &CounterBlocks) -> Result<(), MetricsError> 
     Ok(())
 }
 
+/// How the reloads went: counts by result, whether the last one worked and when the
+/// configuration in force was put in place.
+fn reloads(m: &mut Metrics, r: &Reloads) -> Result<(), MetricsError> {
+    let c = ReloadCounts::read(r);
+    let total =
+        m.counter("dnlb_reloads_total", "Reloads (SIGHUP, dnlb reload, hosts.watch), by result.", &["result"])?;
+    total.with_label_values(&["success"]).inc_by(c.succeeded);
+    total.with_label_values(&["failure"]).inc_by(c.failed);
+    m.gauge("dnlb_config_last_reload_successful", "1 if the last reload succeeded (or none was tried), else 0.")?
+        .with_label_values(&[] as &[&str])
+        .set(if c.last_ok { 1.0 } else { 0.0 });
+    m.gauge(
+        "dnlb_config_last_reload_success_timestamp_seconds",
+        "When the configuration in force was put in place (start or last successful reload), Unix time.",
+    )?
+    .with_label_values(&[] as &[&str])
+    .set(c.last_success_unix);
+    Ok(())
+}
+
 /// The prober: its totals, its heartbeat, and per service, server and transport its verdict.
-fn prober(m: &mut Metrics, p: &ProbeView) -> Result<(), MetricsError> {
+fn prober(m: &mut Metrics, p: &ProbeView, config: &Config) -> Result<(), MetricsError> {
     let s = p.status();
     let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     for (name, help, v) in [
@@ -537,12 +564,28 @@ fn prober(m: &mut Metrics, p: &ProbeView) -> Result<(), MetricsError> {
         "The RFC 7339 oc reduction the server asks for (0: none).",
         labels,
     )?;
+    let changed = m.gauge_with(
+        "dnlb_sip_server_last_change_timestamp_seconds",
+        "When the server's state last changed (up, down), Unix time (absent before its first verdict).",
+        labels,
+    )?;
+    let all_down = m.int_gauge(
+        "dnlb_service_all_down",
+        "1 while no server of the service is healthy and undrained, so its answers follow its all_down policy.",
+        &["service", "all_down"],
+    )?;
     // The report list is refreshed once per interval by the prober; clone it out so the lock is
     // held only for the copy.
     let reports = match s.servers.lock() {
         Ok(r) => r.clone(),
         Err(poisoned) => poisoned.into_inner().clone(),
     };
+    let (now, wall) = (Instant::now(), SystemTime::now());
+    for s in &config.services {
+        let mine = reports.iter().filter(|r| *r.service == *s.name);
+        let down = mine.clone().count() > 0 && mine.clone().all(|r| r.state != State::Up || r.drained);
+        all_down.with_label_values(&[s.name.as_str(), s.all_down.name()]).set(i64::from(down));
+    }
     for r in &reports {
         let server = r.addr.to_string();
         let l = [&*r.service, server.as_str(), r.transport.name()];
@@ -557,6 +600,9 @@ fn prober(m: &mut Metrics, p: &ProbeView) -> Result<(), MetricsError> {
         }
         drained.with_label_values(&l).set(i64::from(r.drained));
         overload.with_label_values(&l).set(i64::from(r.overload.unwrap_or(0)));
+        if let Some((at, _)) = r.changed {
+            changed.with_label_values(&l).set(status::unix(at, now, wall));
+        }
     }
     Ok(())
 }

@@ -14,6 +14,7 @@
 //! - [`hosts_watch`]: noticing a changed hosts file (`hosts.watch`), on injected time;
 //! - [`answers`]: what the control socket answers (status, explain, reload, drain, undrain);
 //! - [`socket`]: the control socket itself (`dnlb status`, `explain`, `reload`, `drain`, `undrain`);
+//! - [`status`]: what status shows, gathered once for the text, the JSON and the page;
 //! - [`report`]: what status and explain say, from the snapshot, the prober and the config;
 //! - [`metrics`]: the Prometheus endpoint, `GET /metrics`;
 //! - [`runtime`]: where a running instance keeps its files (control socket, instance locks);
@@ -33,3 +34,4 @@ pub mod report;
 pub mod running;
 pub mod runtime;
 pub mod socket;
+pub mod status;

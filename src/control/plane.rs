@@ -204,7 +204,12 @@ impl ControlPlane {
         }
         let serving = serving(&config, &server);
         let (reload_tx, reloads) = sync_channel(1);
-        let answers = ControlAnswers { running: view.clone(), snapshots: snapshots.clone(), reloads: reload_tx };
+        let answers = ControlAnswers {
+            running: view.clone(),
+            snapshots: snapshots.clone(),
+            counters: server.counters(),
+            reloads: reload_tx,
+        };
         let control = ControlSocket::start(&control_path, answers)?;
         // Every socket is bound (the prober's, the control socket) while still root; from here
         // on, the user's.
@@ -285,6 +290,7 @@ impl ControlPlane {
             Trigger::Hosts(source) => self.reload_hosts(source),
             Trigger::Hangup | Trigger::Asked(_) => self.reload_file(),
         };
+        self.view.reloads().record(reply.ok, std::time::SystemTime::now());
         if let Err(e) = notify::ready(&self.serving) {
             tracing::warn!("{e}");
         }

@@ -63,7 +63,11 @@ pub enum ControlError {
 #[serde(tag = "cmd", rename_all = "kebab-case")]
 pub enum Request {
     /// Every service's answers and every server's health.
-    Status,
+    Status {
+        /// Each server's last changes too.
+        #[serde(default)]
+        history: bool,
+    },
     /// What dnlb would answer `client` for `name`/`qtype` now, and why.
     Explain {
         /// The name asked.

@@ -519,7 +519,8 @@ impl Core {
                     };
                     let mut history = kept.map_or_else(|| Arc::new(History::default()), |c| c.history.clone());
                     if let Some(c) = kept.filter(|c| c.drained != drained) {
-                        let why = if drained { "drained in the configuration" } else { "undrained in the configuration" };
+                        let why =
+                            if drained { "drained in the configuration" } else { "undrained in the configuration" };
                         let change = Change {
                             at: now,
                             from: c.health.state(),

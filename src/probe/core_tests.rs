@@ -768,7 +768,10 @@ fn a_drained_server_leaves_at_once_and_is_still_probed() {
     sim.run_until(ms(1000));
     assert_eq!(sim.core.set_drained(None, "127.0.0.21".parse().unwrap(), Some(5061), true, sim.now), 0, "wrong port");
     assert_eq!(sim.core.set_drained(Some("other.test"), "127.0.0.21".parse().unwrap(), None, true, sim.now), 0);
-    assert_eq!(sim.core.set_drained(Some("sip.example.test"), "127.0.0.21".parse().unwrap(), Some(5060), true, sim.now), 2);
+    assert_eq!(
+        sim.core.set_drained(Some("sip.example.test"), "127.0.0.21".parse().unwrap(), Some(5060), true, sim.now),
+        2
+    );
     let publish = sim.core.poll_publish().expect("published at once");
     assert_eq!(publish.serving.up[0], vec![vec![], vec![Transport::Udp]]);
     let opens = sim.opens.iter().filter(|p| p.target == 0).count();

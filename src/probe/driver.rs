@@ -511,13 +511,13 @@ impl Driver {
             flipped = true;
             if let Some((service, addr, transport)) = self.core.describe(f.target) {
                 let transport = transport.name();
-                let (from, why) = (format!("{:?}", f.from).to_lowercase(), f.why);
+                let (from, why) = (f.from.name(), f.why);
                 // Bounded by the probe interval per server, so never rate-limited: every flip is
                 // an event an operator may need to line up with a complaint.
                 if f.to == State::Up {
                     tracing::info!(%service, server = %addr, transport, from, why, "server up");
                 } else {
-                    let to = format!("{:?}", f.to).to_lowercase();
+                    let to = f.to.name();
                     tracing::warn!(%service, server = %addr, transport, from, to, why, "server out of the answers");
                 }
             }
