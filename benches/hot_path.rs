@@ -28,22 +28,31 @@ fn setup() -> (SnapshotHandle, Responder) {
     setup_with(CONFIG)
 }
 
-/// The example with its servers' `site` lines and its `[[sites]]` entries uncommented.
-fn with_sites() -> String {
+/// The example with the commented-out lines that start with one of `keys` uncommented.
+fn uncomment(keys: &[&str]) -> String {
     CONFIG
         .lines()
         .map(|l| match l.strip_prefix("# ") {
-            Some(rest) if ["site =", "[[sites]]", "clients =", "prefer ="].iter().any(|p| rest.starts_with(p)) => {
-                format!("{rest}\n")
-            }
+            Some(rest) if keys.iter().any(|p| rest.starts_with(p)) => format!("{rest}\n"),
             _ => format!("{l}\n"),
         })
         .collect()
 }
 
+/// The example with its servers' `site` lines and its `[[sites]]` entries uncommented.
+fn with_sites() -> String {
+    uncomment(&["site =", "[[sites]]", "clients =", "prefer ="])
+}
+
+/// The example with its service's `[service.authority]` uncommented: the service is a zone apex.
+fn with_authority() -> String {
+    uncomment(&["[service.authority]", "ns =", "glue ="])
+}
+
 fn setup_with(text: &str) -> (SnapshotHandle, Responder) {
     let config = Config::parse(text).unwrap();
-    assert!(text == CONFIG || !config.sites.is_empty(), "the example documents [[sites]]");
+    let zoned = config.services.iter().any(|s| s.authority.is_some());
+    assert!(text == CONFIG || !config.sites.is_empty() || zoned, "the example documents [[sites]] and authority");
     let handle = SnapshotHandle::new(Snapshot::build(&config, &Serving::all_up(&config), 0).unwrap());
     let counters: CounterBlocks = (0..1).map(|_| CachePadded::new(WorkerCounters::default())).collect();
     let responder = Responder::new(handle.clone(), counters, 0);
@@ -82,6 +91,15 @@ fn benches(c: &mut Criterion) {
     refused[13] = b'X';
     refused[14] = b'Y';
     g.bench_function("parse_lookup_refused", |b| b.iter(|| responder.respond(black_box(&refused), udp, &mut out)));
+
+    // With the service a zone apex: a name under it that does not exist gets the zone's
+    // NXDOMAIN (a walk of its suffixes, then a copy); a name outside every zone pays the walk.
+    let (_zone_handle, mut zoned) = setup_with(&with_authority());
+    let mut nxdomain = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 1];
+    nxdomain.extend_from_slice(b"\x05phone\x03SiP\x07eXaMpLe\x04TeSt\x00\x00\x01\x00\x01");
+    nxdomain.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0]);
+    g.bench_function("parse_lookup_nxdomain_zone", |b| b.iter(|| zoned.respond(black_box(&nxdomain), udp, &mut out)));
+    g.bench_function("parse_lookup_refused_zone", |b| b.iter(|| zoned.respond(black_box(&refused), udp, &mut out)));
 
     g.bench_function("snapshot_load", |b| b.iter(|| black_box(handle.load().generation())));
     g.bench_function("batch_refresh", |b| b.iter(|| responder.refresh()));

@@ -17,7 +17,7 @@ use std::time::Instant;
 use arc_swap::{ArcSwap, Guard};
 use hickory_proto::rr::Name;
 
-use crate::config::{AllDown, Config, Policy, ServiceConfig, Transport};
+use crate::config::{within, AllDown, Authority, Config, Policy, ServiceConfig, Transport};
 use crate::dns::answer::{Ring, Template, Window};
 use crate::dns::encode::{self, EncodeError};
 use crate::dns::query::{flag, rcode};
@@ -43,8 +43,29 @@ enum Entry {
 struct NameAnswers {
     /// Per record type; a handful at most, so a linear scan.
     by_type: Vec<(u16, Entry)>,
-    /// NOERROR with an empty answer, for every other type.
-    nodata: Template,
+    /// For every other type: the index in [`Layout::negatives`] of its NODATA (NOERROR, no
+    /// answer; inside a zone, with the zone's SOA).
+    nodata: usize,
+}
+
+/// A zone dnlb is the authority for: where its negative answers are in [`Layout::negatives`].
+#[derive(Debug, Clone, Copy)]
+struct Zone {
+    /// NXDOMAIN with the SOA: a name under the apex that dnlb does not answer (RFC 2308 §2.1).
+    nxdomain: usize,
+    /// NODATA with the SOA (MINIMUM the negative TTL): a type a name of the zone never has.
+    nodata: usize,
+}
+
+/// Index in [`Layout::negatives`] of the plain NODATA every name outside a zone gets.
+const PLAIN_NODATA: usize = 0;
+/// Index in [`Layout::negatives`] of REFUSED, the answer to a zone transfer: nothing transfers a
+/// zone dnlb serves (each instance answers from its own configuration).
+const NO_TRANSFER: usize = 1;
+
+/// The negative answers every layout starts with, at [`PLAIN_NODATA`] and [`NO_TRANSFER`].
+fn first_negatives() -> Vec<Template> {
+    vec![Template::empty(true, rcode::NOERROR), Template::empty(false, rcode::REFUSED)]
 }
 
 /// The health-dependent answer of one (name, type).
@@ -94,6 +115,15 @@ pub struct Layout {
     /// ANY cannot be used to amplify. Its owner is a pointer to the question, so one template
     /// serves every name.
     any_udp: Template,
+    /// Negative answers, shared by the names that give them: [`PLAIN_NODATA`] first, then each
+    /// zone's (their SOA is written uncompressed, so one encoding serves any question).
+    negatives: Vec<Template>,
+    /// Zone apexes (lower-case wire format); empty unless a service has an `authority`, and only
+    /// then does a name nobody manages cost more than one hash.
+    zones: HashMap<Box<[u8]>, Zone, BuildHasherDefault<NameHasher>>,
+    /// The wire lengths of the apexes, one bit each: a suffix of another length is no apex, so
+    /// the walk hashes only suffixes that could be one (usually none of a relayed name's).
+    zone_lengths: [u64; 4],
 }
 
 /// The names of one service, parsed once.
@@ -105,6 +135,18 @@ struct ServiceLayout {
     srv: Vec<(Transport, Name, Box<[u8]>)>,
     /// Per server, its SRV target (its `host`) in wire format.
     targets: Vec<Box<[u8]>>,
+    /// Per server, whether its SRV records bring its address as an additional record: always
+    /// outside a zone; inside one, only for targets in the zone (a resolver discards any other
+    /// and finds that host through its own zone).
+    glue: Vec<bool>,
+    /// NODATA for a type the configuration gives no data (MINIMUM the zone's negative TTL).
+    config_nodata: Arc<Template>,
+    /// NODATA because of health (no healthy server of a family, `all_down = "nodata"`): MINIMUM
+    /// the answer TTL, so resolvers ask again as soon as they would for a positive answer.
+    health_nodata: Arc<Template>,
+    /// Whether the service lies in a zone: a type with no data in the configuration is then
+    /// NODATA whatever the health.
+    in_zone: bool,
     /// Per server, its site ([`NO_SITE`] without one).
     sites: Vec<SiteId>,
 }
@@ -164,6 +206,28 @@ pub enum Lookup<'s> {
     NotManaged,
 }
 
+/// Which rule gave a question no records (`dnlb explain`), as the snapshot decided it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Negative {
+    /// The name lies under the zone apex `zone` and is no name of it: NXDOMAIN with the SOA.
+    NoSuchName {
+        /// The apex, presentation format.
+        zone: String,
+    },
+    /// The name exists only because names below it do (an empty non-terminal): NODATA.
+    EmptyNonTerminal,
+    /// The name never has records of this type; `has` lists the types it does have.
+    NoSuchType {
+        /// Its record types.
+        has: Vec<u16>,
+    },
+    /// The service has no server of this address family configured: NODATA whatever the health.
+    NoFamily,
+    /// Health: no server of this family or transport is healthy now (or none at all, under
+    /// `all_down = "nodata"`): NODATA that lasts one answer TTL.
+    Health,
+}
+
 /// Takes the next step of a cycle of `n` (at least 1) from a worker's counter.
 #[inline]
 fn step(counter: Option<&mut u32>, n: usize) -> usize {
@@ -182,6 +246,9 @@ impl Snapshot {
             dynamic: 0,
             steering: Steering::default(),
             any_udp: Template::empty(true, rcode::NOERROR),
+            negatives: first_negatives(),
+            zones: HashMap::default(),
+            zone_lengths: [0; 4],
         };
         Snapshot {
             generation: UNPUBLISHED,
@@ -288,7 +355,7 @@ impl Snapshot {
         rotation: &mut [u32],
     ) -> Lookup<'_> {
         let Some(entry) = self.layout.names.get(name) else {
-            return Lookup::NotManaged;
+            return self.unknown(name);
         };
         // RFC 8482: ANY over UDP gets the synthesized HINFO (nothing to amplify with); over TCP,
         // where the source is proven, one RRset, the A set, the useful one for a SIP name.
@@ -297,7 +364,7 @@ impl Snapshot {
         }
         let wanted = if qtype == rtype::ANY { rtype::A } else { qtype };
         let Some((_, found)) = entry.by_type.iter().find(|(t, _)| *t == wanted) else {
-            return Lookup::Answer(&entry.nodata);
+            return Lookup::Answer(self.layout.negative(self.layout.nodata(entry, qtype)));
         };
         let index = match found {
             Entry::Fixed(t) => return Lookup::Answer(t),
@@ -308,7 +375,7 @@ impl Snapshot {
             _ => index,
         };
         match self.answers.get(index) {
-            None => Lookup::Answer(&entry.nodata),
+            None => Lookup::Answer(self.layout.negative(entry.nodata)),
             Some(Answers::Fixed(t)) => Lookup::Answer(t),
             Some(Answers::Cycle { slot, templates }) => {
                 Lookup::Answer(&templates[step(rotation.get_mut(*slot), templates.len())])
@@ -320,6 +387,50 @@ impl Snapshot {
                 };
                 Lookup::Window(ring.window(start, *len))
             }
+        }
+    }
+
+    /// A name with no answers of its own: NXDOMAIN with the SOA inside a zone, else not managed.
+    #[inline]
+    fn unknown(&self, name: &[u8]) -> Lookup<'_> {
+        // Without zones (a resolver's set-up) this is the only extra step for a relayed name.
+        if self.layout.zones.is_empty() {
+            return Lookup::NotManaged;
+        }
+        match self.layout.zone_of(name) {
+            Some((_, zone)) => Lookup::Answer(self.layout.negative(zone.nxdomain)),
+            None => Lookup::NotManaged,
+        }
+    }
+
+    /// Whether a lower-case wire name is a zone apex dnlb serves or lies under one: such names
+    /// are answered here, never relayed, whatever the class.
+    pub fn in_zone(&self, name: &[u8]) -> bool {
+        !self.layout.zones.is_empty() && self.layout.zone_of(name).is_some()
+    }
+
+    /// Why `client` gets no records for a lower-case wire name and type, if it gets none, as the
+    /// lookup decides it (diagnostics; `None`: records, or a name dnlb does not manage).
+    pub fn negative(&self, name: &[u8], qtype: u16, client: Option<IpAddr>) -> Option<Negative> {
+        let Some(entry) = self.layout.names.get(name) else {
+            let (at, _) = self.layout.zone_of(name)?;
+            return Some(Negative::NoSuchName { zone: encode::presentation(&name[at..]) });
+        };
+        if entry.by_type.is_empty() {
+            return Some(Negative::EmptyNonTerminal);
+        }
+        let wanted = if qtype == rtype::ANY { rtype::A } else { qtype };
+        let Some((_, found)) = entry.by_type.iter().find(|(t, _)| *t == wanted) else {
+            return Some(Negative::NoSuchType { has: entry.by_type.iter().map(|(t, _)| *t).collect() });
+        };
+        let Entry::Health(i) = found else { return None };
+        let view = client.filter(|_| self.steers()).map_or(0, |ip| self.layout.steering.view(ip));
+        match self.answers.get(view * self.layout.dynamic + i)? {
+            Answers::Fixed(t) if t.counts[0] == 0 && t.flags & 0xf == u16::from(rcode::NOERROR) => {
+                let config = self.layout.services.iter().any(|s| Arc::ptr_eq(t, &s.config_nodata));
+                Some(if config { Negative::NoFamily } else { Negative::Health })
+            }
+            _ => None,
         }
     }
 
@@ -338,16 +449,106 @@ impl Layout {
             dynamic: 0,
             steering: Steering::new(config),
             any_udp: Template::empty(true, rcode::NOERROR),
+            negatives: first_negatives(),
+            zones: HashMap::default(),
+            zone_lengths: [0; 4],
         };
+        for service in config.services.iter().filter(|s| s.authority.is_some()) {
+            layout.zone(service);
+        }
         for service in &config.services {
-            layout.service(service)?;
+            layout.service(service, config.zone_for(&service.name))?;
         }
         // Hosts-file names come after the SIP names, which win a clash (`add` keeps the first).
         layout.hosts(&config.hosts, config.hosts_ttl)?;
+        layout.close_zones();
         let any_owner = encode::name("any.invalid")?;
         layout.any_udp =
             encode::template(&any_owner, rtype::ANY, vec![encode::rfc8482_record(&any_owner, ANY_TTL)], vec![])?;
         Ok(layout)
+    }
+
+    /// The negative answer for a type `entry` does not have: its NODATA, but REFUSED for a zone
+    /// transfer of a name in a zone.
+    #[inline]
+    fn nodata(&self, entry: &NameAnswers, qtype: u16) -> usize {
+        let transfer = qtype == rtype::AXFR || qtype == rtype::IXFR;
+        if transfer && entry.nodata != PLAIN_NODATA {
+            NO_TRANSFER
+        } else {
+            entry.nodata
+        }
+    }
+
+    /// Negative answer `i`.
+    #[inline]
+    fn negative(&self, i: usize) -> &Template {
+        // Indices are made with the vector; the plain NODATA is the safe reading of any other.
+        self.negatives.get(i).unwrap_or(&self.negatives[PLAIN_NODATA])
+    }
+
+    /// The zone holding a lower-case wire name, and the offset where its apex starts in it: the
+    /// longest enclosing apex, one hash per label at most.
+    #[cold]
+    fn zone_of(&self, name: &[u8]) -> Option<(usize, Zone)> {
+        let mut at = 0;
+        while let Some(&len) = name.get(at) {
+            if len == 0 {
+                return None;
+            }
+            let rest = name.len() - at;
+            if self.zone_lengths[(rest >> 6) & 3] & (1 << (rest & 63)) != 0 {
+                if let Some(zone) = self.zones.get(&name[at..]) {
+                    return Some((at, *zone));
+                }
+            }
+            at += 1 + usize::from(len);
+        }
+        None
+    }
+
+    /// The negative answer `rcode` of the zone `service` is the apex of, MINIMUM `minimum`.
+    fn negative_of(service: &ServiceConfig, rcode: u8, minimum: u32) -> Template {
+        match &service.authority {
+            Some(a) => encode::negative_template(rcode, &SoaNames::of(service, a).soa(a, minimum)),
+            None => Template::empty(true, rcode),
+        }
+    }
+
+    /// Registers the zone whose apex is `service`'s name: its NXDOMAIN and NODATA.
+    fn zone(&mut self, service: &ServiceConfig) {
+        let Some(a) = &service.authority else { return };
+        let at = self.negatives.len();
+        self.negatives.push(Layout::negative_of(service, rcode::NXDOMAIN, a.negative_ttl));
+        self.negatives.push(Layout::negative_of(service, rcode::NOERROR, a.negative_ttl));
+        let apex = wire_name(&service.name);
+        // A validated name is at most 255 octets in wire format; the mask keeps any other in range.
+        self.zone_lengths[(apex.len() >> 6) & 3] |= 1 << (apex.len() & 63);
+        self.zones.insert(apex.into(), Zone { nxdomain: at, nodata: at + 1 });
+    }
+
+    /// Gives every name inside a zone the zone's NODATA, and adds the empty non-terminals
+    /// between a name and its apex (`_udp.sip.example.test` above `_sip._udp...`): they exist,
+    /// so they get NODATA, never NXDOMAIN (RFC 8020), or a resolver minimising its questions
+    /// (RFC 9156) would take the names below them for absent.
+    fn close_zones(&mut self) {
+        if self.zones.is_empty() {
+            return;
+        }
+        let keys: Vec<Box<[u8]>> = self.names.keys().cloned().collect();
+        for key in keys {
+            let Some((apex, zone)) = self.zone_of(&key) else { continue };
+            if let Some(name) = self.names.get_mut(&key) {
+                name.nodata = zone.nodata;
+            }
+            let mut at = 0;
+            while at < apex {
+                at += 1 + usize::from(key[at]);
+                if at < apex && !self.names.contains_key(&key[at..]) {
+                    self.names.insert(key[at..].into(), NameAnswers { by_type: Vec::new(), nodata: zone.nodata });
+                }
+            }
+        }
     }
 
     /// Whether `config` has the shape this layout was made for (the same services and SRV
@@ -360,12 +561,18 @@ impl Layout {
             })
     }
 
+    /// Makes sure `owner` is a managed name (NODATA for every type it has no entry for).
+    fn touch(&mut self, owner: &Name) {
+        let key: Box<[u8]> = wire_name(&owner.to_ascii()).into();
+        self.names.entry(key).or_insert(NameAnswers { by_type: Vec::new(), nodata: PLAIN_NODATA });
+    }
+
     fn add(&mut self, owner: &Name, qtype: u16, entry: Entry) -> Result<(), EncodeError> {
         let key: Box<[u8]> = wire_name(&owner.to_ascii()).into();
         let name = match self.names.entry(key) {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(NameAnswers { by_type: Vec::new(), nodata: Template::empty(true, rcode::NOERROR) })
+                v.insert(NameAnswers { by_type: Vec::new(), nodata: PLAIN_NODATA })
             }
         };
         // A name configured twice (a host name equal to a service name) keeps its first answers.
@@ -382,7 +589,9 @@ impl Layout {
         self.add(owner, qtype, Entry::Health(index))
     }
 
-    fn service(&mut self, service: &ServiceConfig) -> Result<(), EncodeError> {
+    /// The names of `service`, which lies in the zone of `zone` (itself when it has an
+    /// `authority`; `None`: in no zone).
+    fn service(&mut self, service: &ServiceConfig, zone: Option<&ServiceConfig>) -> Result<(), EncodeError> {
         let owner = encode::name(&service.name)?;
         // The order here is the order in which `Builder::service` pushes the answers.
         self.add_health(&owner, rtype::A)?;
@@ -404,7 +613,27 @@ impl Layout {
             .iter()
             .map(|s| s.site.as_deref().and_then(|n| self.steering.site(n)).unwrap_or(NO_SITE))
             .collect();
-        self.services.push(ServiceLayout { owner, srv, targets, sites });
+        let glue = service.servers.iter().map(|s| zone.is_none_or(|z| within(&s.host, &z.name))).collect();
+        let (config_nodata, health_nodata) = match zone.and_then(|z| z.authority.as_ref().map(|a| (z, a))) {
+            Some((z, a)) => (
+                Layout::negative_of(z, rcode::NOERROR, a.negative_ttl),
+                Layout::negative_of(z, rcode::NOERROR, service.ttl),
+            ),
+            None => (Template::empty(true, rcode::NOERROR), Template::empty(true, rcode::NOERROR)),
+        };
+        self.services.push(ServiceLayout {
+            owner: owner.clone(),
+            srv,
+            targets,
+            glue,
+            sites,
+            config_nodata: Arc::new(config_nodata),
+            health_nodata: Arc::new(health_nodata),
+            in_zone: zone.is_some(),
+        });
+        if let Some(a) = &service.authority {
+            self.apex(service, a, &owner)?;
+        }
 
         // Each SRV target answers A/AAAA with its own address(es).
         let mut hosts: HashMap<&str, Vec<IpAddr>> = HashMap::new();
@@ -424,7 +653,32 @@ impl Layout {
         Ok(())
     }
 
-    /// A and AAAA answers (one fixed template each) for a host name with these addresses.
+    /// The SOA and NS answers at a zone's apex, and the addresses of its name servers inside it.
+    fn apex(&mut self, service: &ServiceConfig, a: &Authority, owner: &Name) -> Result<(), EncodeError> {
+        let names = SoaNames::of(service, a);
+        let soa = encode::soa_record(&names.soa(a, a.negative_ttl))?;
+        let soa = encode::template(owner, rtype::SOA, vec![soa], vec![])?;
+        self.add(owner, rtype::SOA, Entry::Fixed(soa))?;
+        let mut ns = Vec::with_capacity(a.ns.len());
+        let mut glue = Vec::new();
+        for n in &a.ns {
+            let target = encode::name(n)?;
+            ns.push(encode::ns_record(owner, a.ns_ttl, &target));
+            // Glue only for names inside the zone: a resolver learns any other from its own zone.
+            for (_, addrs) in a.glue.iter().filter(|(g, _)| g == n) {
+                glue.extend(addrs.iter().map(|ip| encode::address_record(&target, a.ns_ttl, *ip)));
+            }
+        }
+        let ns = encode::template(owner, rtype::NS, ns, glue)?;
+        self.add(owner, rtype::NS, Entry::Fixed(ns))?;
+        for (name, addrs) in &a.glue {
+            self.add_addresses(name, addrs, a.ns_ttl)?;
+        }
+        Ok(())
+    }
+
+    /// A and AAAA answers (one fixed template each) for a host name with these addresses; a
+    /// family it has no address of is left to the name's NODATA.
     fn add_addresses(&mut self, name: &str, addrs: &[IpAddr], ttl: u32) -> Result<(), EncodeError> {
         let owner = encode::name(name)?;
         for (qtype, v6) in [(rtype::A, false), (rtype::AAAA, true)] {
@@ -433,6 +687,11 @@ impl Layout {
             for a in addrs.iter().filter(|a| a.is_ipv6() == v6) {
                 encode::append_address_record(&mut body, ttl, *a);
                 count = count.saturating_add(1);
+            }
+            if count == 0 {
+                // Make sure the name exists (its NODATA), without a record type of its own.
+                self.touch(&owner);
+                continue;
             }
             let template =
                 Template { flags: flag::AA, counts: [count, 0, 0], required_len: body.len(), body: body.into() };
@@ -467,6 +726,40 @@ impl Layout {
             self.add(&owner, rtype::PTR, Entry::Fixed(template))?;
         }
         Ok(())
+    }
+}
+
+/// The names a zone's SOA carries, in lower-case wire format.
+struct SoaNames {
+    /// The apex: the SOA's owner.
+    apex: Vec<u8>,
+    /// MNAME: the first name server.
+    mname: Vec<u8>,
+    /// RNAME: the hostmaster's mailbox.
+    rname: Vec<u8>,
+}
+
+impl SoaNames {
+    /// The SOA names of the zone `service` is the apex of.
+    fn of(service: &ServiceConfig, a: &Authority) -> SoaNames {
+        let apex = wire_name(&service.name);
+        // Validation insists on a name server; the apex stands in should a file get past it.
+        let mname = a.ns.first().map_or_else(|| apex.clone(), |n| wire_name(n));
+        SoaNames { apex, mname, rname: wire_name(&a.hostmaster) }
+    }
+
+    /// The SOA of `a`'s zone with MINIMUM (and TTL) `minimum`.
+    fn soa<'a>(&'a self, a: &Authority, minimum: u32) -> encode::Soa<'a> {
+        encode::Soa {
+            apex: &self.apex,
+            mname: &self.mname,
+            rname: &self.rname,
+            serial: a.serial,
+            refresh: a.refresh,
+            retry: a.retry,
+            expire: a.expire,
+            minimum,
+        }
     }
 }
 
@@ -544,20 +837,27 @@ impl Builder {
         let any_up = (0..n).any(healthy);
         // The all-down policy: last-good arrives here as the prober's substitute up-list, so
         // what is left to decide is serving everything, SERVFAIL or NODATA.
-        let fallback = |any: bool| -> Option<Template> {
+        // In a zone, NODATA because of health carries an SOA whose MINIMUM is the answer TTL.
+        let fallback = |any: bool| -> Option<Arc<Template>> {
             match (any, service.all_down) {
                 (true, _) | (false, AllDown::ServeAll | AllDown::LastGood) => None,
-                (false, AllDown::Servfail) => Some(Template::empty(false, rcode::SERVFAIL)),
-                (false, AllDown::Nodata) => Some(Template::empty(true, rcode::NOERROR)),
+                (false, AllDown::Servfail) => Some(Arc::new(Template::empty(false, rcode::SERVFAIL))),
+                (false, AllDown::Nodata) => Some(names.health_nodata.clone()),
             }
         };
 
         for v6 in [false, true] {
-            if let Some(t) = fallback(any_up) {
-                self.push(SAME_IN_EVERY_VIEW, |_| Ok(Answers::Fixed(Arc::new(t))))?;
+            let family = |i: usize| service.servers[i].address.is_ipv6() == v6;
+            let configured = (0..n).any(family);
+            if names.in_zone && !configured {
+                // The zone never has this family, whatever the health: the negative TTL's NODATA.
+                self.push(SAME_IN_EVERY_VIEW, |_| Ok(Answers::Fixed(names.config_nodata.clone())))?;
                 continue;
             }
-            let family = |i: usize| service.servers[i].address.is_ipv6() == v6;
+            if let Some(t) = fallback(any_up) {
+                self.push(SAME_IN_EVERY_VIEW, |_| Ok(Answers::Fixed(t)))?;
+                continue;
+            }
             let serving = if any_up {
                 Builder::steer(names, prefer, n, |i| healthy(i) && family(i))
             } else {
@@ -581,7 +881,8 @@ impl Builder {
                 let k = weights.len();
                 let record_len = if v6 { encode::AAAA_RECORD_LEN } else { encode::A_RECORD_LEN };
                 Ok(match Ring::new(&records, record_len, k).filter(|_| k > 0) {
-                    None => Answers::Fixed(Arc::new(Template::empty(true, rcode::NOERROR))),
+                    None if configured => Answers::Fixed(names.health_nodata.clone()),
+                    None => Answers::Fixed(names.config_nodata.clone()),
                     Some(ring) => {
                         let rotation = select::rotation(k, &weights, service.policy, service.answers, round);
                         let starts = match rotation.starts {
@@ -606,7 +907,7 @@ impl Builder {
             let members: Vec<usize> = if any { chosen } else { (0..n).filter(|&i| configured(i)).collect() };
             naptrs.push(encode::naptr_record(owner, ttl, 50 + 20 * order, transport.naptr_service(), srv_owner));
             if let Some(t) = fallback(any) {
-                self.push(SAME_IN_EVERY_VIEW, |_| Ok(Answers::Fixed(Arc::new(t))))?;
+                self.push(SAME_IN_EVERY_VIEW, |_| Ok(Answers::Fixed(t)))?;
                 continue;
             }
             self.push(members.clone(), |b| {
@@ -627,14 +928,14 @@ impl Builder {
                                 port: s.port_for(transport),
                                 target: &names.targets[i],
                                 address: s.address,
-                                glue: !chunk[..j].iter().any(same),
+                                glue: names.glue[i] && !chunk[..j].iter().any(same),
                             }
                         })
                         .collect();
                     templates.push(encode::srv_template(srv_wire, ttl, &records));
                 }
                 Ok(match templates.len() {
-                    0 => Answers::Fixed(Arc::new(Template::empty(true, rcode::NOERROR))),
+                    0 => Answers::Fixed(names.config_nodata.clone()),
                     1 => Answers::Fixed(Arc::new(templates.remove(0))),
                     _ => Answers::Cycle { slot: b.slot(), templates: templates.into() },
                 })
@@ -643,9 +944,9 @@ impl Builder {
         // NAPTR names every configured transport whatever the health: the same in every view.
         let naptr = match fallback(any_up) {
             Some(t) => t,
-            None => encode::template(owner, rtype::NAPTR, naptrs, vec![])?,
+            None => Arc::new(encode::template(owner, rtype::NAPTR, naptrs, vec![])?),
         };
-        self.push(SAME_IN_EVERY_VIEW, |_| Ok(Answers::Fixed(Arc::new(naptr))))
+        self.push(SAME_IN_EVERY_VIEW, |_| Ok(Answers::Fixed(naptr)))
     }
 }
 
@@ -873,5 +1174,32 @@ prefer = ["west"]
         let snap = Snapshot::build(&config, &health, 0).unwrap();
         let one_view = Snapshot::build(&Config { sites: Vec::new(), ..config.clone() }, &health, 0).unwrap();
         assert_eq!(snap.answer_bytes(), one_view.answer_bytes(), "three views, one encoding");
+    }
+
+    #[test]
+    fn the_apex_walk_finds_the_zone_at_a_label_boundary_only() {
+        let text = format!(
+            "{CONFIG}[service.authority]\nns = [\"dnlb1.example.net\"]\n[[service]]\nname = \"example.tesx\"\n[[service.server]]\naddress = \"127.0.0.21\"\n"
+        );
+        let config = Config::parse(&text).unwrap();
+        let snap = Snapshot::build(&config, &Serving::all_up(&config), 0).unwrap();
+        let mut rot = vec![0; snap.rotation_slots];
+        let rcode_of = |name: &str, rot: &mut [u32]| match snap.lookup(&wire_name(name), rtype::A, true, None, rot) {
+            Lookup::Answer(t) => Some((t.flags & 0xf) as u8),
+            Lookup::Window(_) => Some(rcode::NOERROR),
+            Lookup::NotManaged => None,
+        };
+        assert_eq!(rcode_of("a.b.sip.example.test", &mut rot), Some(rcode::NXDOMAIN));
+        assert_eq!(rcode_of("sip.example.test", &mut rot), Some(rcode::NOERROR));
+        // Same length as the apex, another name; a suffix that is not a label; the parent.
+        assert_eq!(rcode_of("sip.example.tesx", &mut rot), None);
+        assert_eq!(rcode_of("xsip.example.test", &mut rot), None);
+        assert_eq!(rcode_of("example.test", &mut rot), None);
+        assert_eq!(rcode_of("other.example.tesx", &mut rot), None, "a service without authority is no zone");
+        assert!(snap.in_zone(&wire_name("_udp.sip.example.test")) && !snap.in_zone(&wire_name("test")));
+        assert_eq!(
+            snap.negative(&wire_name("_udp.sip.example.test"), rtype::A, None),
+            Some(Negative::EmptyNonTerminal)
+        );
     }
 }

@@ -8,6 +8,7 @@
 //!                         ├─ NotImplemented / FormatError ─────────► header-only NOTIMP / FORMERR
 //!                         └─ Query ─┬─ EDNS version > 0 ───────────► BADVERS
 //!                                   ├─ snapshot: managed name ─────► template or window copy + patch
+//!                                   ├─ under a zone, not a name ───► NXDOMAIN + SOA (a template too)
 //!                                   └─ not managed ────────────────► the relay (REFUSED without one)
 //!  UDP reply ─► rate limit (if [rrl]): send · slip (TC=1, question only) · drop
 //! ```
@@ -218,6 +219,9 @@ impl Responder {
             // The source address is decoded only when answers depend on it ([[sites]]).
             let source = if self.current.steers() { client.addr().map(|a| a.ip()) } else { None };
             self.current.lookup(&self.name[..query.name_len], query.qtype, udp, source, &mut self.rotation)
+        } else if self.current.in_zone(&self.name[..query.name_len]) {
+            // A zone dnlb serves is class IN only; its names are never relayed, in any class.
+            return Answer::Reply(self.refuse(packet, &query, transport, out));
         } else {
             Lookup::NotManaged
         };

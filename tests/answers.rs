@@ -55,8 +55,8 @@ fn a_records_rotate_and_carry_the_probe_interval_as_ttl() {
 
 #[test]
 fn question_case_is_echoed_exactly() {
-    for io in backends() {
-        let t = TestServer::start(&config_text(free_port(), 2, ""), io);
+    for (io, zone) in backends().into_iter().flat_map(|io| [(io, ""), (io, AUTHORITY)]) {
+        let t = TestServer::start(&config_text(free_port(), 2, zone), io);
         let packet = query("SiP.eXaMpLe.TEST.", RecordType::A, 7, None);
         let reply = udp_raw(t.addr, &packet, Duration::from_secs(2)).unwrap();
         let q_end = 12 + "SiP.eXaMpLe.TEST.".len() + 1 + 4;
@@ -68,8 +68,8 @@ fn question_case_is_echoed_exactly() {
 
 #[test]
 fn srv_and_naptr_follow_rfc_3263() {
-    for io in backends() {
-        let t = TestServer::start(&config_text(free_port(), 2, ""), io);
+    for (io, zone) in backends().into_iter().flat_map(|io| [(io, ""), (io, AUTHORITY)]) {
+        let t = TestServer::start(&config_text(free_port(), 2, zone), io);
         let m = udp_query(t.addr, &query("_sip._tcp.sip.example.test.", RecordType::SRV, 1, None));
         assert_eq!(m.answers.len(), 2, "{io:?}");
         let mut srv: Vec<(u16, u16, u16, String)> = m
@@ -135,8 +135,8 @@ fn other_types_get_nodata_and_other_names_refused() {
 
 #[test]
 fn edns_opt_is_answered_and_badvers_for_version_1() {
-    for io in backends() {
-        let t = TestServer::start(&config_text(free_port(), 2, ""), io);
+    for (io, zone) in backends().into_iter().flat_map(|io| [(io, ""), (io, AUTHORITY)]) {
+        let t = TestServer::start(&config_text(free_port(), 2, zone), io);
         let m = udp_query(t.addr, &query("sip.example.test.", RecordType::A, 1, Some(4096)));
         let edns = m.edns.as_ref().expect("OPT in reply");
         assert_eq!(edns.max_payload(), 1232, "{io:?}");
@@ -156,8 +156,8 @@ fn edns_opt_is_answered_and_badvers_for_version_1() {
 
 #[test]
 fn large_answers_fit_the_payload_over_udp_and_complete_over_tcp() {
-    for io in backends() {
-        let t = TestServer::start(&config_text(free_port(), 40, ""), io);
+    for (io, zone) in backends().into_iter().flat_map(|io| [(io, ""), (io, AUTHORITY)]) {
+        let t = TestServer::start(&config_text(free_port(), 40, zone), io);
         let m = udp_query(t.addr, &query("sip.example.test.", RecordType::A, 1, None));
         // 40 A records exceed 512 bytes: as many healthy servers as fit, not TC.
         let fit = (512 - (12 + "sip.example.test.".len() + 1 + 4)) / 16;
@@ -218,8 +218,8 @@ fn hosts_file_names_are_answered_with_ptr() {
 /// the source is proven, the A set.
 #[test]
 fn any_is_minimal_over_udp() {
-    for io in backends() {
-        let t = TestServer::start(&config_text(free_port(), 3, ""), io);
+    for (io, zone) in backends().into_iter().flat_map(|io| [(io, ""), (io, AUTHORITY)]) {
+        let t = TestServer::start(&config_text(free_port(), 3, zone), io);
         let q = query("sip.example.test.", RecordType::ANY, 9, Some(1232));
         let m = udp_query(t.addr, &q);
         assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{io:?}");

@@ -65,6 +65,22 @@ fn documented_errors() {
         (GOOD.replace("5353", "0"), "FILE:2:11: server.listen[0]: port 0 is not allowed"),
         (GOOD.replace("[server]", "[server]\nworkers = 0"), "FILE:2:11: server.workers: 0 is out of range: use 1 to 1024"),
         (GOOD.replace("listen = [\"127.0.0.1:5353\"]", ""), "missing field `listen`"),
+        (
+            format!("{GOOD}[service.authority]\nhostmaster = \"noc@example.net\"\n"),
+            "FILE:9:1: service[0].authority.ns: the zone `sip.example.test` has no name servers",
+        ),
+        (
+            format!("{GOOD}[service.authority]\nns = [\"ns1.sip.example.test\"]\n"),
+            "FILE:10:6: service[0].authority.ns: `ns1.sip.example.test` is inside the zone, so resolvers can only reach it through glue",
+        ),
+        (
+            format!("{GOOD}[service.authority]\nns = [\"dnlb1.example.net\"]\n\n[[service]]\nname = \"eu.sip.example.test\"\n[service.authority]\nns = [\"dnlb1.example.net\"]\n[[service.server]]\naddress = \"127.0.0.21\"\n"),
+            "FILE:14:1: service[1].authority: `eu.sip.example.test` lies inside the zone `sip.example.test` of service[0]",
+        ),
+        (
+            format!("{GOOD}[service.authority]\nns = [\"dnlb1.example.net\"]\n\n[relay]\nupstreams = [\"127.0.0.53:53\"]\n[[relay.route]]\ndomain = \"corp.sip.example.test\"\nupstreams = [\"127.0.0.54:53\"]\n"),
+            "FILE:15:10: relay.route[0].domain: `corp.sip.example.test` is inside the zone `sip.example.test`",
+        ),
     ];
     for (text, expected) in cases {
         let (ok, out) = check(&text);

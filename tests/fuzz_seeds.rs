@@ -19,3 +19,16 @@ fn sip_reply_seed_matches_the_fuzz_identity() {
     assert_eq!(seed, reply.as_bytes());
     assert_eq!(check_reply(&seed, &id), Ok(Reply::Final { code: 200, retry_after: Some(5) }));
 }
+
+/// The query target's configuration (a plain service and a zone apex) loads: a fuzz run that
+/// could not start would find nothing.
+#[test]
+fn the_query_fuzz_configuration_loads() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/fuzz_targets/query.rs");
+    let source = std::fs::read_to_string(path).unwrap();
+    let start = source.find("r#\"").expect("a raw string") + 3;
+    let text = &source[start..start + source[start..].find("\"#").expect("its end")];
+    let config = dnlb::config::Config::parse(text).unwrap_or_else(|p| panic!("{p:?}"));
+    assert!(config.services.iter().any(|s| s.authority.is_some()), "a zone is fuzzed too");
+    dnlb::snapshot::Snapshot::build(&config, &dnlb::snapshot::Serving::all_up(&config), 0).unwrap();
+}

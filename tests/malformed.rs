@@ -1,5 +1,6 @@
 //! A table of malformed and unusual packets with the outcome RFC 1035/6891/8906 ask for, sent
-//! over real UDP to both backends; the last row is a valid query that must still be answered.
+//! over real UDP to both backends, with the service as a resolver sees it and as a zone apex
+//! (`[service.authority]`); the last row is a valid query that must still be answered.
 
 mod common;
 
@@ -102,9 +103,11 @@ fn table() -> Vec<(&'static str, Vec<u8>, Expect)> {
 
 #[test]
 fn malformed_packets_get_the_rfc_outcome() {
-    for io in backends() {
+    // As a zone apex the table's outcomes are the same: its names exist; the root and other
+    // classes are no name of the zone.
+    for (io, extra) in backends().into_iter().flat_map(|io| [(io, ""), (io, AUTHORITY)]) {
         // One server per service answer, so a valid answer carries exactly one record.
-        let t = TestServer::start(&config_text(free_port(), 1, ""), io);
+        let t = TestServer::start(&config_text(free_port(), 1, extra), io);
         let mut failures = Vec::new();
         for (what, packet, expect) in table() {
             let wait = if expect == Expect::Drop { Duration::from_millis(300) } else { Duration::from_secs(2) };
@@ -128,7 +131,7 @@ fn malformed_packets_get_the_rfc_outcome() {
                 failures.push(format!("{what}: expected {expect:?}, got {got:?}"));
             }
         }
-        assert!(failures.is_empty(), "{io:?}:\n{}", failures.join("\n"));
+        assert!(failures.is_empty(), "{io:?} {extra}:\n{}", failures.join("\n"));
         let totals = t.server.as_ref().unwrap().totals();
         assert_eq!(totals.dropped, 3, "{io:?}: {totals}");
         assert_eq!(totals.io_errors, 0);

@@ -184,3 +184,83 @@ proptest! {
         prop_assert_eq!(firsts.len(), healthy.len(), "one rotation puts every healthy server first");
     }
 }
+
+/// The property configuration with `sip.example.test` as a zone apex.
+fn zone_responder() -> Responder {
+    let text = CONFIG.replacen(
+        "name = \"sip.example.test\"\n",
+        "name = \"sip.example.test\"\n[service.authority]\nns = [\"ns1.sip.example.test\"]\nglue = [{ name = \"ns1.sip.example.test\", addresses = [\"192.0.2.53\"] }]\n",
+        1,
+    );
+    let config = Config::parse(&text).unwrap();
+    let snapshot = Snapshot::build(&config, &Serving::all_up(&config), 0).unwrap();
+    let counters: CounterBlocks = (0..1).map(|_| CachePadded::new(WorkerCounters::default())).collect();
+    Responder::new(SnapshotHandle::new(snapshot), counters, 0)
+}
+
+/// The names that exist in the zone: the configured ones and the empty non-terminals above them.
+const ZONE_NAMES: &[&str] = &[
+    "sip.example.test.",
+    "_sip._udp.sip.example.test.",
+    "_sip._tcp.sip.example.test.",
+    "_sips._tcp.sip.example.test.",
+    "_udp.sip.example.test.",
+    "_tcp.sip.example.test.",
+    "ip-127-0-0-11.sip.example.test.",
+    "ip6-20010db8000000000000000000000012.sip.example.test.",
+    "ns1.sip.example.test.",
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Any name under a zone apex, any type: AA; NXDOMAIN exactly when the name does not exist
+    /// (its suffixes that exist are not enough); every reply without an answer carries exactly the
+    /// zone's SOA, with its MINIMUM as TTL; the reply fits the transport.
+    #[test]
+    fn every_name_under_a_zone_gets_an_authoritative_answer(
+        labels in proptest::collection::vec(prop_oneof![
+            Just("_udp".to_string()), Just("_sip".to_string()), Just("ns1".to_string()),
+            Just("ip-127-0-0-11".to_string()), "[a-z0-9_][a-z0-9_-]{0,11}",
+        ], 0..4),
+        mask in any::<u64>(),
+        qtype in prop_oneof![Just(1u16), Just(2), Just(6), Just(28), Just(33), Just(35), Just(16), any::<u16>()],
+        tcp in any::<bool>(),
+        edns in proptest::option::of(0u16..=u16::MAX),
+    ) {
+        let mut name = labels.join(".");
+        name.push_str(if name.is_empty() { "sip.example.test." } else { ".sip.example.test." });
+        let exists = ZONE_NAMES.contains(&name.as_str());
+        let mut q = Message::new(9, MessageType::Query, OpCode::Query);
+        q.add_query(Query::query(Name::from_ascii(mix_case(&name, mask)).unwrap(), RecordType::from(qtype)));
+        if let Some(size) = edns {
+            let mut e = Edns::new();
+            e.set_max_payload(size);
+            q.edns = Some(e);
+        }
+        let packet = q.to_vec().unwrap();
+        let transport = if tcp { DnsTransport::Tcp } else { DnsTransport::Udp { max_payload: 1232 } };
+        let mut out = vec![0u8; 65_535];
+        let n = zone_responder().respond(&packet, transport, &mut out);
+        let limit = match (tcp, edns) { (true, _) => 65_535, (false, None) => 512, (false, Some(s)) => s.clamp(512, 1232) as usize };
+        prop_assert!((12..=limit).contains(&n));
+        let reply = Message::from_vec(&out[..n]).unwrap();
+        prop_assert!(reply.metadata.authoritative);
+        let rcode = reply.metadata.response_code;
+        prop_assert_eq!(rcode == ResponseCode::NXDomain, !exists, "{} exists: {}", name, exists);
+        if qtype == 255 && !tcp && exists {
+            return Ok(()); // RFC 8482's HINFO
+        }
+        if reply.answers.is_empty() {
+            prop_assert_eq!(reply.authorities.len(), 1, "{:?}", reply);
+            let soa = &reply.authorities[0];
+            prop_assert_eq!(soa.name.to_ascii(), "sip.example.test.");
+            match &soa.data {
+                hickory_proto::rr::RData::SOA(s) => prop_assert_eq!(s.minimum, soa.ttl),
+                other => prop_assert!(false, "not an SOA: {:?}", other),
+            }
+        } else {
+            prop_assert!(exists && reply.authorities.is_empty());
+        }
+    }
+}

@@ -1,4 +1,5 @@
-//! Fuzzes the whole query path: bytes from the network → parse → snapshot lookup → reply.
+//! Fuzzes the whole query path: bytes from the network → parse → snapshot lookup → reply, for a
+//! service as a resolver sees it and one that is a zone apex (NXDOMAIN, empty non-terminals).
 //! The reply must never exceed its limit, and anything answered must echo the ID.
 #![no_main]
 
@@ -22,6 +23,17 @@ address = "127.0.0.11"
 transports = ["udp", "tcp", "tls"]
 [[service.server]]
 address = "2001:db8::12"
+[[service]]
+name = "zone.example.test"
+[service.authority]
+ns = ["ns1.zone.example.test", "ns.example.net"]
+glue = [{ name = "ns1.zone.example.test", addresses = ["192.0.2.53"] }]
+[[service.server]]
+address = "192.0.2.1"
+host = "edge.sub.zone.example.test"
+[[service.server]]
+address = "192.0.2.2"
+host = "sbc.example.net"
 "#;
 
 fn snapshots() -> &'static SnapshotHandle {

@@ -312,4 +312,100 @@ address = "127.0.0.1"
         assert_eq!((p[0].line, p[0].field.as_str()), (3, "server.user"));
         assert!(p[0].message.contains("is not a user name"), "{}", p[0].message);
     }
+
+    /// `MINIMAL` with `authority` (TOML lines) as the service's `[service.authority]` and `tail`
+    /// appended to the file.
+    fn zone(authority: &str, tail: &str) -> String {
+        format!("{MINIMAL}[service.authority]\n{authority}\n{tail}")
+    }
+
+    #[test]
+    fn an_authority_has_sensible_defaults() {
+        let c = Config::parse(&zone("ns = [\"dnlb1.example.net\"]", "")).unwrap();
+        let a = c.services[0].authority.as_ref().unwrap();
+        assert_eq!(a.ns, vec!["dnlb1.example.net"]);
+        assert_eq!(a.hostmaster, "hostmaster.sip.example.test");
+        assert_eq!((a.serial, a.negative_ttl, a.ns_ttl), (1, 300, 3600));
+        assert_eq!((a.refresh, a.retry, a.expire), (86_400, 7200, 3_600_000));
+        let c = Config::parse(&zone(
+            "ns = [\"NS1.sip.example.test.\", \"dnlb2.example.net\"]\nhostmaster = \"noc@Example.NET\"\nserial = 4294967295\nglue = [{ name = \"ns1.sip.example.test\", addresses = [\"192.0.2.53\", \"2001:db8::53\"] }]",
+            "",
+        ))
+        .unwrap();
+        let a = c.services[0].authority.as_ref().unwrap();
+        assert_eq!((a.hostmaster.as_str(), a.serial), ("noc.example.net", u32::MAX));
+        assert_eq!(
+            a.glue,
+            vec![(
+                "ns1.sip.example.test".to_string(),
+                vec!["192.0.2.53".parse().unwrap(), "2001:db8::53".parse().unwrap()]
+            )]
+        );
+        assert_eq!(c.zone_for("a.b.sip.example.test").map(|s| s.name.as_str()), Some("sip.example.test"));
+        assert!(c.zone_for("xsip.example.test").is_none() && c.zone_for("example.test").is_none());
+    }
+
+    #[test]
+    fn authority_mistakes_name_their_field() {
+        let cases = [
+            (zone("", ""), "service[0].authority.ns", "has no name servers"),
+            (zone("ns = []", ""), "service[0].authority.ns", "has no name servers"),
+            (zone("ns = [\"ns1.sip.example.test\"]", ""), "service[0].authority.ns", "add its addresses"),
+            (
+                zone("ns = [\"a.example.net\"]\nglue = [{ name = \"a.example.net\", addresses = [\"192.0.2.1\"] }]", ""),
+                "service[0].authority.glue[0].name",
+                "outside the zone",
+            ),
+            (
+                zone("ns = [\"a.example.net\"]\nglue = [{ name = \"b.sip.example.test\", addresses = [\"192.0.2.1\"] }]", ""),
+                "service[0].authority.glue[0].name",
+                "is not in ns",
+            ),
+            (
+                zone("ns = [\"ip-127-0-0-11.sip.example.test\"]\nglue = [{ name = \"ip-127-0-0-11.sip.example.test\", addresses = [\"192.0.2.1\"] }]", ""),
+                "service[0].authority.glue[0].name",
+                "already a name of the service",
+            ),
+            (
+                zone("ns = [\"n.sip.example.test\"]\nglue = [{ name = \"n.sip.example.test\", addresses = [\"nonsense\"] }]", ""),
+                "service[0].authority.glue[0].addresses[0]",
+                "not a unicast IP address",
+            ),
+            (zone("ns = [\"a.example.net\", \"A.example.net\"]", ""), "service[0].authority.ns[1]", "listed twice"),
+            (
+                zone("ns = [\"n.sip.example.test\"]\nglue = [{ name = \"n.sip.example.test\", addresses = [\"192.0.2.1\"] }, { name = \"N.sip.example.test\", addresses = [\"192.0.2.2\"] }]", ""),
+                "service[0].authority.glue[1].name",
+                "glue twice",
+            ),
+            (zone("ns = [\"a.example.net\"]\nhostmaster = \"john.doe@example.net\"", ""), "service[0].authority.hostmaster", "dot before the @"),
+            (zone("ns = [\"a.example.net\"]\nnegative_ttl = 90000", ""), "service[0].authority.negative_ttl", "out of range"),
+            (zone("ns = [\"a.example.net\"]\nretry = 0", ""), "service[0].authority.retry", "out of range"),
+            (zone("ns = [\"a.example.net\"]\nrefesh = 60", ""), "refesh", "unknown field"),
+            (
+                zone("ns = [\"a.example.net\"]", "[[service]]\nname = \"eu.sip.example.test\"\n[service.authority]\nns = [\"a.example.net\"]\n[[service.server]]\naddress = \"127.0.0.21\"\n"),
+                "service[1].authority",
+                "lies inside the zone `sip.example.test` of service[0]",
+            ),
+            (
+                zone("ns = [\"a.example.net\"]", "[relay]\nupstreams = [\"127.0.0.53:53\"]\n[[relay.route]]\ndomain = \"corp.sip.example.test\"\nupstreams = [\"127.0.0.54:53\"]\n"),
+                "relay.route[0].domain",
+                "inside the zone `sip.example.test`",
+            ),
+        ];
+        for (text, field, says) in cases {
+            let p = Config::parse(&text).unwrap_err();
+            assert_eq!(p.len(), 1, "{text}: {p:?}");
+            assert_eq!(p[0].field, field, "{text}: {p:?}");
+            assert!(p[0].message.contains(says), "{text}: {}", p[0].message);
+            assert!(p[0].line > 0, "{text}: the problem has a place in the file: {p:?}");
+        }
+        // A service inside the zone without an authority of its own is part of it; a route above
+        // the zone is allowed (the zone's names stay out of it).
+        let ok = zone(
+            "ns = [\"a.example.net\"]",
+            "[[service]]\nname = \"eu.sip.example.test\"\n[[service.server]]\naddress = \"127.0.0.21\"\n[relay]\nupstreams = [\"127.0.0.53:53\"]\n[[relay.route]]\ndomain = \"example.test\"\nupstreams = [\"127.0.0.54:53\"]\n",
+        );
+        let c = Config::parse(&ok).unwrap();
+        assert_eq!(c.zone_for("eu.sip.example.test").map(|s| s.name.as_str()), Some("sip.example.test"));
+    }
 }

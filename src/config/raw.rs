@@ -201,6 +201,40 @@ pub(super) struct RawService {
     pub(super) tls_ca_file: Option<Spanned<String>>,
     #[serde(default = "no_servers")]
     pub(super) server: Spanned<Vec<RawSipServer>>,
+    #[serde(default)]
+    pub(super) authority: Option<Spanned<RawAuthority>>,
+}
+
+/// `[service.authority]`: the service name is a zone apex dnlb answers for authoritatively.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAuthority {
+    #[serde(default)]
+    pub(super) ns: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    pub(super) hostmaster: Option<Spanned<String>>,
+    #[serde(default = "default_serial")]
+    pub(super) serial: Spanned<u64>,
+    #[serde(default = "default_refresh")]
+    pub(super) refresh: Spanned<u64>,
+    #[serde(default = "default_retry")]
+    pub(super) retry: Spanned<u64>,
+    #[serde(default = "default_expire")]
+    pub(super) expire: Spanned<u64>,
+    #[serde(default = "default_negative_ttl")]
+    pub(super) negative_ttl: Spanned<u64>,
+    #[serde(default = "default_ns_ttl")]
+    pub(super) ns_ttl: Spanned<u64>,
+    #[serde(default)]
+    pub(super) glue: Vec<RawGlue>,
+}
+
+/// `[[service.authority.glue]]`: the addresses of a name server inside the zone.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawGlue {
+    pub(super) name: Spanned<String>,
+    pub(super) addresses: Spanned<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -324,6 +358,30 @@ pub(super) fn default_start() -> StartState {
 }
 pub(super) fn default_all_down() -> AllDown {
     AllDown::ServeAll
+}
+/// The zone's serial: constant unless the operator changes it, so the same on every instance and
+/// across restarts (nothing transfers the zone, so nothing else reads it).
+pub(super) fn default_serial() -> Spanned<u64> {
+    spanned(1)
+}
+/// RIPE-203's SOA timers (refresh a day, retry two hours, expire about six weeks): informational
+/// here, as no secondary transfers the zone.
+pub(super) fn default_refresh() -> Spanned<u64> {
+    spanned(86_400)
+}
+pub(super) fn default_retry() -> Spanned<u64> {
+    spanned(7200)
+}
+pub(super) fn default_expire() -> Spanned<u64> {
+    spanned(3_600_000)
+}
+/// How long resolvers cache a negative answer that follows from the configuration (RFC 2308).
+pub(super) fn default_negative_ttl() -> Spanned<u64> {
+    spanned(300)
+}
+/// The TTL of the zone's NS records and their glue.
+pub(super) fn default_ns_ttl() -> Spanned<u64> {
+    spanned(3600)
 }
 pub(super) fn default_policy() -> Policy {
     Policy::RoundRobin

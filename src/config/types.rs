@@ -304,6 +304,52 @@ pub struct ServiceConfig {
     pub tls_verify: TlsVerify,
     /// The farm, in the order written.
     pub servers: Vec<SipServer>,
+    /// `[service.authority]`: the service name is a zone apex (SOA, NS, NXDOMAIN and NODATA with
+    /// the SOA, RFC 2308) for resolvers the zone is delegated from; `None`: answers as a resolver
+    /// sees them (no SOA, unknown names relayed or REFUSED).
+    pub authority: Option<Authority>,
+}
+
+/// The zone a service's name is the apex of (`[service.authority]`). dnlb is its only source:
+/// there are no zone transfers, so the SOA timers are informational and the serial changes only
+/// when the operator changes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authority {
+    /// The zone's name servers (lower case, no trailing dot); the first is the SOA MNAME.
+    pub ns: Vec<String>,
+    /// The SOA RNAME: the zone's contact mailbox in domain form (`hostmaster.example.net`).
+    pub hostmaster: String,
+    /// The SOA serial: the configured value, so every instance with this configuration says the
+    /// same and a restart never moves it backwards.
+    pub serial: u32,
+    /// SOA REFRESH, seconds.
+    pub refresh: u32,
+    /// SOA RETRY, seconds.
+    pub retry: u32,
+    /// SOA EXPIRE, seconds.
+    pub expire: u32,
+    /// How long resolvers cache a negative answer that follows from the configuration (a name or
+    /// type the zone never has): the SOA MINIMUM and TTL of those answers (RFC 2308 §5).
+    pub negative_ttl: u32,
+    /// TTL of the NS records and of their glue.
+    pub ns_ttl: u32,
+    /// Addresses of the name servers whose names lie inside the zone (glue), in `ns` order.
+    pub glue: Vec<(String, Vec<IpAddr>)>,
+}
+
+/// Whether `name` is `domain` or below it (both lower case, no trailing dot).
+pub fn within(name: &str, domain: &str) -> bool {
+    name.len() >= domain.len()
+        && name.ends_with(domain)
+        && (name.len() == domain.len() || name.as_bytes()[name.len() - domain.len() - 1] == b'.')
+}
+
+impl Config {
+    /// The service whose zone holds `name` (lower case, no trailing dot): the one with an
+    /// `authority` whose name is `name` or its closest enclosing domain.
+    pub fn zone_for(&self, name: &str) -> Option<&ServiceConfig> {
+        self.services.iter().filter(|s| s.authority.is_some() && within(name, &s.name)).max_by_key(|s| s.name.len())
+    }
 }
 
 /// How a TLS probe checks the server's certificate (`tls_verify`, `tls_ca_file` of a service).

@@ -64,6 +64,12 @@ impl Validator<'_> {
         let probe = self.probe(raw.probe);
         let mut services = Vec::with_capacity(raw.service.len());
         let mut names = HashSet::new();
+        // Where each service's authority (else its name) and each relay route's domain were
+        // written, for the checks across sections.
+        let zone_spans: Vec<Range<usize>> =
+            raw.service.iter().map(|s| s.authority.as_ref().map_or(s.name.span(), |a| a.span())).collect();
+        let route_spans: Vec<Range<usize>> =
+            raw.relay.as_ref().map(|r| r.route.iter().map(|x| x.domain.span()).collect()).unwrap_or_default();
         for (i, s) in raw.service.into_iter().enumerate() {
             let span = s.name.span();
             let service = self.service(i, s, &probe);
@@ -87,7 +93,55 @@ impl Validator<'_> {
         let rrl = raw.rrl.map(|r| self.rrl(r));
         let metrics = raw.metrics.and_then(|m| self.metrics(m));
         let sites = self.sites(raw.sites, &services);
+        self.zones(&services, &zone_spans, relay.as_ref(), &route_spans);
         Config { server, probe, services, hosts, hosts_ttl, hosts_source, relay, rrl, metrics, sites }
+    }
+
+    /// How zones meet the rest of the file. A service inside another's zone without an authority
+    /// of its own is part of that zone (answered with its SOA); with one, it would be a zone
+    /// inside a zone dnlb also serves, with no delegation between them: refused. A relay route
+    /// inside a zone could never be used (names in a zone are answered, never relayed): refused.
+    /// A route above a zone is fine; the zone's names stay out of it.
+    fn zones(
+        &mut self,
+        services: &[ServiceConfig],
+        spans: &[Range<usize>],
+        relay: Option<&RelayConfig>,
+        route_spans: &[Range<usize>],
+    ) {
+        for (i, s) in services.iter().enumerate() {
+            let Some(outer) = services
+                .iter()
+                .enumerate()
+                .filter(|(j, o)| *j != i && o.authority.is_some() && within(&s.name, &o.name))
+                .max_by_key(|(_, o)| o.name.len())
+            else {
+                continue;
+            };
+            if s.authority.is_some() {
+                self.fail(
+                    spans[i].clone(),
+                    &format!("service[{i}].authority"),
+                    format!(
+                        "`{}` lies inside the zone `{}` of service[{}], and dnlb does not delegate between its own zones: remove this authority to make the service part of that zone, or serve it under a name outside it",
+                        s.name, outer.1.name, outer.0
+                    ),
+                );
+            }
+        }
+        let Some(relay) = relay else { return };
+        for (k, route) in relay.routes.iter().enumerate() {
+            if let Some(zone) = services.iter().find(|s| s.authority.is_some() && within(&route.domain, &s.name)) {
+                self.fail(
+                    route_spans.get(k).cloned().unwrap_or(0..0),
+                    &format!("relay.route[{k}].domain"),
+                    format!(
+                        "`{}` is inside the zone `{}` that dnlb serves itself: its names are answered (NXDOMAIN when unknown), never relayed; remove the route",
+                        route.domain, zone.name
+                    ),
+                );
+            }
+        }
     }
 
     /// `[[sites]]`: every preferred site must be some server's, and a prefix is listed once.
@@ -533,7 +587,125 @@ impl Validator<'_> {
             });
         }
         let tls_verify = self.tls_verify(raw.tls_verify, raw.tls_ca_file, &field);
-        ServiceConfig { name, policy: raw.policy, answers, ttl, all_down: raw.all_down, tls_verify, servers }
+        let authority = raw.authority.map(|a| self.authority(i, &name, a, &servers));
+        ServiceConfig { name, policy: raw.policy, answers, ttl, all_down: raw.all_down, tls_verify, servers, authority }
+    }
+
+    /// `[service.authority]` of service `i`, named `zone`: at least one NS; an NS name inside the
+    /// zone needs its addresses in `glue` (the zone is the only place a resolver can learn them);
+    /// glue only for such names.
+    fn authority(&mut self, i: usize, zone: &str, raw: Spanned<RawAuthority>, servers: &[SipServer]) -> Authority {
+        let field = |f: &str| format!("service[{i}].authority.{f}");
+        let span = raw.span();
+        let raw = raw.into_inner();
+        let mut ns: Vec<String> = Vec::new();
+        match &raw.ns {
+            Some(list) if !list.get_ref().is_empty() => {
+                if list.get_ref().len() > MAX_NS {
+                    self.fail(list.span(), &field("ns"), format!("{} name servers is more than {MAX_NS}: a referral listing them all would not fit a small UDP reply; list at most {MAX_NS}", list.get_ref().len()));
+                }
+                for (j, n) in list.get_ref().iter().enumerate() {
+                    let name = normalize_name(n.get_ref());
+                    if let Err(why) = check_name(&name) {
+                        self.fail(n.span(), &field(&format!("ns[{j}]")), format!("`{}` {why}", n.get_ref()));
+                    } else if ns.contains(&name) {
+                        self.fail(n.span(), &field(&format!("ns[{j}]")), format!("`{name}` is listed twice: list each name server once"));
+                    }
+                    ns.push(name);
+                }
+            }
+            other => self.fail(
+                other.as_ref().map_or(span.clone(), |l| l.span()),
+                &field("ns"),
+                format!("the zone `{zone}` has no name servers: list the names the parent zone delegates it to, such as ns = [\"ns1.{zone}\"] (with its address in glue) or ns = [\"dnlb1.example.net\"]"),
+            ),
+        }
+        let hostmaster = match &raw.hostmaster {
+            None => format!("hostmaster.{zone}"),
+            Some(h) => {
+                let text = h.get_ref().trim();
+                // `user@example.net` is the mailbox user.example.net in an SOA.
+                let (domain_form, dotted_user) = match text.split_once('@') {
+                    Some((user, domain)) => (format!("{user}.{domain}"), user.contains('.')),
+                    None => (text.to_string(), false),
+                };
+                let name = normalize_name(&domain_form);
+                if dotted_user {
+                    self.fail(h.span(), &field("hostmaster"), format!("`{text}` has a dot before the @, which an SOA cannot say without escapes: use a mailbox such as hostmaster@{zone}"));
+                } else if let Err(why) = check_name(&name) {
+                    self.fail(h.span(), &field("hostmaster"), format!("`{text}` {why}"));
+                }
+                name
+            }
+        };
+        let serial = self.ranged(&raw.serial, &field("serial"), 0, u64::from(u32::MAX), "") as u32;
+        // RFC 2181 §8: time values are at most 2^31 - 1.
+        let max = u64::from(i32::MAX as u32);
+        let refresh = self.ranged(&raw.refresh, &field("refresh"), 1, max, " s") as u32;
+        let retry = self.ranged(&raw.retry, &field("retry"), 1, max, " s") as u32;
+        let expire = self.ranged(&raw.expire, &field("expire"), 1, max, " s") as u32;
+        let negative_ttl = self.ranged(&raw.negative_ttl, &field("negative_ttl"), 0, 86_400, " s") as u32;
+        let ns_ttl = self.ranged(&raw.ns_ttl, &field("ns_ttl"), 0, 604_800, " s") as u32;
+        // The zone's own names an NS name inside it must not take over.
+        let own: HashSet<String> = std::iter::once(zone.to_string())
+            .chain(Transport::ALL.iter().map(|t| format!("{}.{zone}", t.srv_label())))
+            .chain(servers.iter().map(|s| s.host.clone()))
+            .collect();
+        let mut glue: Vec<(String, Vec<IpAddr>)> = Vec::new();
+        for (k, g) in raw.glue.iter().enumerate() {
+            let name = normalize_name(g.name.get_ref());
+            let (nf, af) = (field(&format!("glue[{k}].name")), field(&format!("glue[{k}].addresses")));
+            if !ns.contains(&name) {
+                self.fail(g.name.span(), &nf, format!("`{name}` is not in ns: glue is only for the zone's own name servers; add it to ns or remove it"));
+                continue;
+            }
+            if !within(&name, zone) {
+                self.fail(g.name.span(), &nf, format!("`{name}` is outside the zone `{zone}`: resolvers find its address in its own zone, so it needs no glue here; remove it"));
+                continue;
+            }
+            if own.contains(&name) {
+                self.fail(g.name.span(), &nf, format!("`{name}` is already a name of the service (its apex, an SRV name or a server's host): give the name server a name of its own, such as ns1.{zone}"));
+                continue;
+            }
+            if glue.iter().any(|(other, _)| *other == name) {
+                self.fail(g.name.span(), &nf, format!("`{name}` has glue twice: list all its addresses in one entry"));
+                continue;
+            }
+            let addrs = &g.addresses;
+            let mut list: Vec<IpAddr> = Vec::new();
+            if addrs.get_ref().is_empty() {
+                self.fail(addrs.span(), &af, "is empty: list the name server's addresses, such as [\"192.0.2.53\"]");
+            } else if addrs.get_ref().len() > MAX_NS {
+                self.fail(addrs.span(), &af, format!("lists more than {MAX_NS} addresses: list at most {MAX_NS}"));
+            }
+            for (j, a) in addrs.get_ref().iter().enumerate() {
+                match a.get_ref().parse::<IpAddr>() {
+                    Ok(ip) if !ip.is_unspecified() && !ip.is_multicast() => {
+                        if !list.contains(&ip) {
+                            list.push(ip);
+                        }
+                    }
+                    _ => self.fail(
+                        a.span(),
+                        &format!("{af}[{j}]"),
+                        format!("`{}` is not a unicast IP address: write one such as \"192.0.2.53\"", a.get_ref()),
+                    ),
+                }
+            }
+            glue.push((name, list));
+        }
+        for n in ns.iter().filter(|n| within(n, zone) && !glue.iter().any(|(g, _)| g == *n)) {
+            let known = raw.glue.iter().any(|g| normalize_name(g.name.get_ref()) == *n);
+            if !known {
+                self.fail(
+                    raw.ns.as_ref().map_or(span.clone(), |l| l.span()),
+                    &field("ns"),
+                    format!("`{n}` is inside the zone, so resolvers can only reach it through glue: add its addresses, e.g. glue = [{{ name = \"{n}\", addresses = [\"192.0.2.53\"] }}]"),
+                );
+            }
+        }
+        glue.sort_by_key(|(g, _)| ns.iter().position(|n| n == g));
+        Authority { ns, hostmaster, serial, refresh, retry, expire, negative_ttl, ns_ttl, glue }
     }
 
     /// A server's UDP/TCP port and TLS port. `port` serves UDP and TCP (5060 by default);
@@ -599,6 +771,9 @@ impl Validator<'_> {
         }
     }
 }
+
+/// The most name servers a zone lists, and the most addresses one of them has in `glue`.
+const MAX_NS: usize = 16;
 
 /// The (transport class, port) pairs a server listens on, for the listed-twice check: UDP and
 /// TCP share `port`, TLS has `tls_port`.

@@ -9,17 +9,17 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_utils::CachePadded;
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
-use hickory_proto::rr::{Name, RecordType};
+use hickory_proto::rr::{Name, RData, RecordType};
 use serde_json::json;
 
 use super::socket::Reply;
 use super::status::{self, ReloadCounts, Status};
-use crate::config::{AllDown, Config};
+use crate::config::{within, AllDown, Config, ServiceConfig};
 use crate::counters::{CounterBlocks, Totals, WorkerCounters};
 use crate::dns::answer;
 use crate::probe::health::State;
 use crate::probe::ServerReport;
-use crate::snapshot::{Snapshot, SnapshotHandle};
+use crate::snapshot::{Negative, Snapshot, SnapshotHandle};
 use crate::worker::{Client, Responder};
 
 /// What the reports are read against.
@@ -171,6 +171,43 @@ fn sites_line(config: &Config, s: &crate::config::ServiceConfig, client: Option<
     }
 }
 
+/// The rule of the configuration that gave `name`/`rtype` no records.
+fn negative_line(n: &Negative, name: &str, rtype: RecordType, service: Option<&ServiceConfig>) -> String {
+    match n {
+        Negative::NoSuchName { zone } => {
+            format!("`{name}` lies in the zone `{zone}` and is no name of it: NXDOMAIN (RFC 2308), for every type")
+        }
+        Negative::EmptyNonTerminal => format!(
+            "`{name}` is an empty non-terminal of its zone: names below it exist, it has no records of its own: NODATA"
+        ),
+        Negative::NoSuchType { has } => {
+            let has: Vec<String> = has.iter().map(|t| RecordType::from(*t).to_string()).collect();
+            format!("`{name}` has no {rtype} records, only {}: NODATA", has.join(", "))
+        }
+        Negative::NoFamily => format!(
+            "no server of service `{}` has an {} address: NODATA whatever the health",
+            service.map_or(name, |s| s.name.as_str()),
+            if rtype == RecordType::AAAA { "IPv6" } else { "IPv4" }
+        ),
+        Negative::Health => "no server of this kind is healthy now: NODATA".into(),
+    }
+}
+
+/// What the reply to a negative says to a resolver's cache.
+fn soa_line(m: &Message, zone: Option<&ServiceConfig>) -> String {
+    let soa = m.authorities.iter().find_map(|r| match &r.data {
+        RData::SOA(s) => Some(s.minimum),
+        _ => None,
+    });
+    match (soa, zone) {
+        (Some(minimum), Some(z)) => format!(
+            "the reply carries the SOA of zone `{}` (MINIMUM {minimum} s): resolvers cache this negative answer for {minimum} s",
+            z.name
+        ),
+        _ => "no SOA (the name is in no zone: [service.authority] makes a service a zone apex): resolvers do not cache this negative answer (RFC 2308 §5)".into(),
+    }
+}
+
 /// `dnlb explain NAME [TYPE] [--client IP]`: what dnlb would answer that client now, and why.
 pub fn explain(v: &View<'_>, name: &str, qtype: &str, client: Option<IpAddr>) -> Reply {
     let Ok(rtype) = qtype.to_ascii_uppercase().parse::<RecordType>() else {
@@ -183,9 +220,24 @@ pub fn explain(v: &View<'_>, name: &str, qtype: &str, client: Option<IpAddr>) ->
     let lower = name.trim_end_matches('.').to_ascii_lowercase();
     let mut why: Vec<String> = Vec::new();
     let reply = ask(&v.snapshot, &lower, rtype, client);
-    let service = v.config.services.iter().find(|s| lower == s.name || lower.ends_with(&format!(".{}", s.name)));
+    // The closest enclosing service: a service inside another's zone explains its own names.
+    let service = v.config.services.iter().filter(|s| within(&lower, &s.name)).max_by_key(|s| s.name.len());
     let managed = reply.as_ref().is_some_and(|m| m.metadata.authoritative);
-    if let (Some(s), true) = (service, managed) {
+    let negative = v.snapshot.negative(&crate::dns::wire_name(&lower), u16::from(rtype), client);
+    let zone = v.config.zone_for(&lower);
+    // A rule of the configuration alone says it all; health-derived negatives keep the server
+    // lines below, which are their reason.
+    let by_config = negative.as_ref().filter(|n| !matches!(n, Negative::Health));
+    if let Some(n) = by_config {
+        why.push(negative_line(n, &lower, rtype, service));
+    } else if let (Some(z), true, true) =
+        (zone, lower == zone.map_or("", |z| z.name.as_str()), matches!(rtype, RecordType::SOA | RecordType::NS))
+    {
+        why.push(format!(
+            "`{lower}` is the apex of the zone of service `{}`: its {rtype} records come from [service.authority]",
+            z.name
+        ));
+    } else if let (Some(s), true) = (service, managed) {
         why.push(format!(
             "`{}` is the SIP service `{}`: answered from health (policy {}{})",
             lower,
@@ -286,11 +338,16 @@ pub fn explain(v: &View<'_>, name: &str, qtype: &str, client: Option<IpAddr>) ->
                 }
             });
         }
+        if any_up && negative == Some(Negative::Health) {
+            why.push(format!("no server of this kind is healthy now: NODATA, for one answer TTL ({} s)", s.ttl));
+        }
         if rtype == RecordType::ANY {
             why.push("ANY over UDP gets RFC 8482's HINFO; this shows the TCP answer".into());
         }
     } else if managed {
-        why.push(format!("`{lower}` is a name from the hosts file (or a server's SRV target): answered locally"));
+        why.push(format!(
+            "`{lower}` is a name from the hosts file, a server's SRV target or a zone's name server: answered locally"
+        ));
     } else if let Some(relay) = &v.config.relay {
         let allowed = client.is_none_or(|ip| crate::prefix::allowed(&relay.allow, ip));
         if !allowed {
@@ -324,6 +381,9 @@ pub fn explain(v: &View<'_>, name: &str, qtype: &str, client: Option<IpAddr>) ->
                 rrl.responses_per_second
             )
         });
+    }
+    if let (Some(_), Some(m)) = (&negative, &reply) {
+        why.push(soa_line(m, zone));
     }
     let answer = reply.as_ref().map(records).unwrap_or_default();
     let rcode = reply
@@ -376,4 +436,111 @@ fn history_note(reports: &[&ServerReport], now: Instant) -> String {
 /// Addresses as a person lists them: `192.0.2.1:53, 192.0.2.2:53`.
 fn list(addrs: &[SocketAddr]) -> String {
     addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::Serving;
+
+    const ZONE: &str = r#"
+[server]
+listen = ["127.0.0.1:5353"]
+[[service]]
+name = "sip.example.test"
+[service.authority]
+ns = ["ns1.sip.example.test"]
+negative_ttl = 120
+glue = [{ name = "ns1.sip.example.test", addresses = ["192.0.2.53"] }]
+[[service.server]]
+address = "192.0.2.1"
+[[service]]
+name = "voice.sip.example.test"
+ttl = 7
+all_down = "nodata"
+[[service.server]]
+address = "192.0.2.2"
+[[service]]
+name = "plain.example.net"
+[[service.server]]
+address = "192.0.2.3"
+"#;
+
+    /// `dnlb explain`'s text for `name`/`qtype` with the voice service down when `voice_down`.
+    fn explain_text(name: &str, qtype: &str, voice_down: bool) -> String {
+        let config = Config::parse(ZONE).unwrap();
+        let mut health = Serving::all_up(&config);
+        if voice_down {
+            health.up[1][0].clear();
+        }
+        let snapshot = Arc::new(Snapshot::build(&config, &health, 0).unwrap());
+        // What the prober reports: every server up, but the voice server when it is down.
+        let reports: Vec<ServerReport> = config
+            .services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| ServerReport {
+                service: s.name.as_str().into(),
+                addr: SocketAddr::new(s.servers[0].address, s.servers[0].port),
+                transport: crate::config::Transport::Udp,
+                state: if voice_down && i == 1 { State::Down } else { State::Up },
+                rtt: None,
+                last_code: None,
+                flips: 0,
+                changed: None,
+                failure: None,
+                drained: false,
+                overload: None,
+                lossy: false,
+                history: Arc::default(),
+            })
+            .collect();
+        let view = View {
+            config: &config,
+            reports: &reports,
+            snapshot,
+            heartbeat: None,
+            now: Instant::now(),
+            wall: SystemTime::now(),
+            totals: None,
+            reloads: ReloadCounts::default(),
+        };
+        explain(&view, name, qtype, None).text
+    }
+
+    #[test]
+    fn explain_names_the_rule_behind_every_negative_answer() {
+        let cases = [
+            (
+                "nonexist.sip.example.test",
+                "A",
+                false,
+                "NXDOMAIN",
+                "lies in the zone `sip.example.test` and is no name of it",
+            ),
+            ("_udp.sip.example.test", "A", false, "NOERROR", "empty non-terminal"),
+            ("sip.example.test", "TXT", false, "NOERROR", "has no TXT records, only A, AAAA, NAPTR, SOA, NS"),
+            (
+                "sip.example.test",
+                "AAAA",
+                false,
+                "NOERROR",
+                "no server of service `sip.example.test` has an IPv6 address",
+            ),
+            ("voice.sip.example.test", "A", true, "NOERROR", "all-down policy nodata"),
+            ("sip.example.test", "SOA", false, "NOERROR", "apex of the zone of service `sip.example.test`"),
+            ("plain.example.net", "AAAA", false, "NOERROR", "no SOA (the name is in no zone"),
+        ];
+        for (name, qtype, down, rcode, says) in cases {
+            let text = explain_text(name, qtype, down);
+            assert!(text.starts_with(&format!("{name} {qtype}: {rcode}")), "{name} {qtype}:\n{text}");
+            assert!(text.contains(says), "{name} {qtype}: `{says}` missing:\n{text}");
+        }
+        // The cache lifetime each negative tells a resolver: the negative TTL for the
+        // configuration's, the answer TTL for health's.
+        assert!(explain_text("nonexist.sip.example.test", "A", false).contains("(MINIMUM 120 s)"));
+        assert!(explain_text("voice.sip.example.test", "A", true).contains("(MINIMUM 7 s)"));
+        assert!(explain_text("voice.sip.example.test", "AAAA", true).contains("(MINIMUM 120 s)"));
+        assert!(!explain_text("sip.example.test", "A", false).contains("SOA"), "a positive answer says nothing of it");
+    }
 }

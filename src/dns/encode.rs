@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
-use hickory_proto::rr::rdata::{HINFO, NAPTR, SRV};
+use hickory_proto::rr::rdata::{HINFO, NAPTR, SOA, SRV};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 use super::answer::Template;
@@ -157,6 +157,96 @@ pub fn srv_template(question: &[u8], ttl: u32, members: &[SrvMember<'_>]) -> Tem
 /// The synthesized HINFO of RFC 8482 §4.2 (`"RFC8482" ""`): the minimal answer to ANY.
 pub fn rfc8482_record(owner: &Name, ttl: u32) -> Record {
     Record::from_rdata(owner.clone(), ttl, RData::HINFO(HINFO::new("RFC8482".into(), String::new())))
+}
+
+/// The fields of a zone's SOA record (RFC 1035 §3.3.13), names in lower-case wire format.
+#[derive(Debug, Clone, Copy)]
+pub struct Soa<'a> {
+    /// The zone apex: the record's owner.
+    pub apex: &'a [u8],
+    /// MNAME: the zone's primary name server.
+    pub mname: &'a [u8],
+    /// RNAME: the zone's contact mailbox in domain form.
+    pub rname: &'a [u8],
+    /// SERIAL.
+    pub serial: u32,
+    /// REFRESH, seconds.
+    pub refresh: u32,
+    /// RETRY, seconds.
+    pub retry: u32,
+    /// EXPIRE, seconds.
+    pub expire: u32,
+    /// MINIMUM: how long a negative answer may be cached (RFC 2308 §4).
+    pub minimum: u32,
+}
+
+/// The SOA RR written out with no compression, TTL = MINIMUM: position-independent, so one
+/// encoding follows any question name (an NXDOMAIN serves every unknown name of a zone).
+pub fn soa_bytes(soa: &Soa<'_>) -> Vec<u8> {
+    let mut rdata = Vec::with_capacity(soa.mname.len() + soa.rname.len() + 20);
+    rdata.extend_from_slice(soa.mname);
+    rdata.extend_from_slice(soa.rname);
+    for v in [soa.serial, soa.refresh, soa.retry, soa.expire, soa.minimum] {
+        rdata.extend_from_slice(&v.to_be_bytes());
+    }
+    let mut out = Vec::with_capacity(soa.apex.len() + 10 + rdata.len());
+    out.extend_from_slice(soa.apex);
+    out.extend_from_slice(&super::rtype::SOA.to_be_bytes());
+    out.extend_from_slice(&super::CLASS_IN.to_be_bytes());
+    // RFC 2308 §3: a negative answer's SOA TTL is min(SOA TTL, MINIMUM); they are the same here.
+    out.extend_from_slice(&soa.minimum.to_be_bytes());
+    out.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+    out.extend_from_slice(&rdata);
+    out
+}
+
+/// A negative answer (RFC 2308): NXDOMAIN or NODATA (`rcode` 0), authoritative, no answer, the
+/// zone's SOA in the authority section. The SOA is required: a reply it does not fit is TC=1.
+pub fn negative_template(rcode: u8, soa: &Soa<'_>) -> Template {
+    let body = soa_bytes(soa);
+    Template { flags: flag::AA | u16::from(rcode), counts: [0, 1, 0], required_len: body.len(), body: body.into() }
+}
+
+/// The SOA record of a zone as an answer (the apex's SOA question), MINIMUM as its TTL.
+pub fn soa_record(soa: &Soa<'_>) -> Result<Record, EncodeError> {
+    let parse = |wire: &[u8]| {
+        let text = presentation(wire);
+        name(&text)
+    };
+    let clamp = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
+    let rdata = SOA::new(
+        parse(soa.mname)?,
+        parse(soa.rname)?,
+        soa.serial,
+        clamp(soa.refresh),
+        clamp(soa.retry),
+        clamp(soa.expire),
+        soa.minimum,
+    );
+    Ok(Record::from_rdata(parse(soa.apex)?, soa.minimum, RData::SOA(rdata)))
+}
+
+/// An NS record.
+pub fn ns_record(owner: &Name, ttl: u32, target: &Name) -> Record {
+    Record::from_rdata(owner.clone(), ttl, RData::NS(hickory_proto::rr::rdata::NS(target.clone())))
+}
+
+/// A lower-case wire name in presentation format (`sip.example.test`), for names dnlb made.
+pub fn presentation(wire: &[u8]) -> String {
+    let mut out = String::with_capacity(wire.len());
+    let mut at = 0;
+    while let Some(&len) = wire.get(at) {
+        if len == 0 {
+            break;
+        }
+        let label = wire.get(at + 1..at + 1 + usize::from(len)).unwrap_or_default();
+        if !out.is_empty() {
+            out.push('.');
+        }
+        out.push_str(&String::from_utf8_lossy(label));
+        at += 1 + usize::from(len);
+    }
+    out
 }
 
 /// A PTR record.

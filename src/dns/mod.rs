@@ -13,6 +13,10 @@ pub mod query;
 pub mod rtype {
     /// IPv4 address.
     pub const A: u16 = 1;
+    /// A zone's name servers.
+    pub const NS: u16 = 2;
+    /// Start of a zone of authority.
+    pub const SOA: u16 = 6;
     /// Domain name pointer (reverse lookups).
     pub const PTR: u16 = 12;
     /// IPv6 address.
@@ -21,6 +25,10 @@ pub mod rtype {
     pub const SRV: u16 = 33;
     /// Naming authority pointer (RFC 3403).
     pub const NAPTR: u16 = 35;
+    /// Incremental zone transfer (RFC 1995).
+    pub const IXFR: u16 = 251;
+    /// Whole zone transfer (RFC 5936).
+    pub const AXFR: u16 = 252;
     /// Any type (RFC 8482: answered with one RRset).
     pub const ANY: u16 = 255;
 }

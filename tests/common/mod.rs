@@ -3,6 +3,7 @@
 
 pub mod process;
 pub mod prom;
+pub mod resolver;
 pub mod sip;
 pub mod upstream;
 
@@ -72,6 +73,10 @@ pub fn config_text(port: u16, servers: usize, extra_service: &str) -> String {
     s.push_str(extra_service);
     s
 }
+
+/// Appended to [`config_text`]'s service: the service name becomes a zone apex, the protocol
+/// checks of resolver mode run against it too.
+pub const AUTHORITY: &str = "[service.authority]\nns = [\"dnlb1.example.net\"]\n";
 
 /// A running in-process server and what the test needs to talk to it.
 pub struct TestServer {
@@ -229,6 +234,36 @@ pub fn settle(prober: &dnlb::probe::Prober, limit: Duration) {
         assert!(start.elapsed() < limit, "prober gave no verdict for every server within {limit:?}: {servers:?}");
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Starts a DNS daemon in the foreground (`BINARY -d -c CONF`: nsd and unbound alike), its
+/// output discarded, and returns once it answers `origin` SOA on `addr` (10 s at most; the
+/// message then ends with what `log` says).
+pub fn start_dns_daemon(
+    binary: &str,
+    conf: &std::path::Path,
+    addr: SocketAddr,
+    origin: &str,
+    log: impl Fn() -> String,
+) -> std::process::Child {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(binary)
+        .arg("-d")
+        .arg("-c")
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {binary}: {e}"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let probe = query(&format!("{origin}."), RecordType::SOA, 1, None);
+    while udp_raw(addr, &probe, Duration::from_millis(100)).is_none() {
+        if std::time::Instant::now() >= deadline {
+            terminate(&mut child);
+            panic!("{binary} did not answer on {addr} within 10 s: {}", log());
+        }
+    }
+    child
 }
 
 /// Ends a child process this test started: SIGTERM by its PID, then SIGKILL after 5 s.

@@ -3,11 +3,11 @@
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The test zone: an A record, a CNAME chain, a name with only a TXT, a TXT too big for UDP.
 pub fn zone() -> String {
@@ -27,33 +27,29 @@ pub struct Nsd {
 }
 
 impl Nsd {
+    /// nsd on 127.0.0.1:`port` serving [`zone`] (`relay.test`).
     pub fn start(port: u16) -> Nsd {
-        let dir = std::env::temp_dir().join(format!("dnlb-nsd-{}-{port}", std::process::id()));
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        Nsd::serve(addr, "relay.test", &zone())
+    }
+
+    /// nsd on `addr` serving the zone `origin` (no trailing dot) from the zone file text `zone`,
+    /// its configuration and files in a temporary folder; returns once it answers the SOA.
+    pub fn serve(addr: SocketAddr, origin: &str, zone: &str) -> Nsd {
+        let dir = std::env::temp_dir().join(format!("dnlb-nsd-{}-{}-{}", std::process::id(), addr.ip(), addr.port()));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("relay.test.zone"), zone()).unwrap();
+        std::fs::write(dir.join("zone"), zone).unwrap();
         let d = dir.display();
+        let (ip, port) = (addr.ip(), addr.port());
         let conf = format!(
-            "server:\n  ip-address: 127.0.0.1@{port}\n  server-count: 1\n  username: \"\"\n  chroot: \"\"\n  zonesdir: \"{d}\"\n  pidfile: \"{d}/nsd.pid\"\n  xfrdfile: \"{d}/xfrd.state\"\n  zonelistfile: \"{d}/zone.list\"\n  database: \"\"\n  logfile: \"{d}/nsd.log\"\n  verbosity: 0\nremote-control:\n  control-enable: no\nzone:\n  name: relay.test\n  zonefile: relay.test.zone\n"
+            "server:\n  ip-address: {ip}@{port}\n  server-count: 1\n  username: \"\"\n  chroot: \"\"\n  zonesdir: \"{d}\"\n  pidfile: \"{d}/nsd.pid\"\n  xfrdfile: \"{d}/xfrd.state\"\n  zonelistfile: \"{d}/zone.list\"\n  database: \"\"\n  logfile: \"{d}/nsd.log\"\n  verbosity: 0\nremote-control:\n  control-enable: no\nzone:\n  name: {origin}\n  zonefile: zone\n"
         );
         std::fs::write(dir.join("nsd.conf"), conf).unwrap();
         let nsd =
             ["/usr/sbin/nsd", "nsd"].into_iter().find(|p| std::path::Path::new(p).exists() || *p == "nsd").unwrap();
-        let child = Command::new(nsd)
-            .arg("-d")
-            .arg("-c")
-            .arg(dir.join("nsd.conf"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nsd");
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let n = Nsd { child, dir, addr };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let probe = super::query("www.relay.test.", hickory_proto::rr::RecordType::A, 1, None);
-        while super::udp_raw(addr, &probe, Duration::from_millis(100)).is_none() {
-            assert!(Instant::now() < deadline, "nsd did not answer within 10 s");
-        }
-        n
+        let log = || std::fs::read_to_string(dir.join("nsd.log")).unwrap_or_default();
+        let child = super::start_dns_daemon(nsd, &dir.join("nsd.conf"), addr, origin, log);
+        Nsd { child, dir, addr }
     }
 }
 
