@@ -247,3 +247,203 @@ fn the_alert_rules_pass_their_promtool_tests() {
     assert!(test.status.success(), "promtool test rules:\n{out}");
     println!("{out}");
 }
+
+/// Runs `cmd` and returns its stdout, failing the test with its output if it fails.
+fn run(cmd: &mut std::process::Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The Debian package scripts/package builds (scripts/test runs it before the tests): lintian
+/// finds no error, it holds the binary, the unit, the configuration as a conffile, the docs,
+/// the manual page and completions, and the binary taken out of it checks the packaged
+/// configuration.
+#[test]
+fn the_debian_package_is_whole_and_its_binary_runs() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let deb =
+        std::fs::read_dir(root.join("target/debian")).into_iter().flatten().flatten().map(|e| e.path()).find(|p| {
+            p.extension().is_some_and(|e| e == "deb")
+                && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("dnlb_"))
+        });
+    let tools = have("lintian") && have("dpkg-deb");
+    if !require(tools, "lintian and dpkg-deb (Debian packages lintian, dpkg)") {
+        return;
+    }
+    let Some(deb) = deb else {
+        require(false, "target/debian/dnlb_*.deb (scripts/package builds it)");
+        return;
+    };
+    let name = deb.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(name.starts_with(&format!("dnlb_{}-", env!("CARGO_PKG_VERSION"))), "this version's package: {name}");
+
+    // lintian: no errors (warnings are printed, not fatal). It runs as root in CI, which it
+    // refuses unless told the run is unprivileged work.
+    let lintian = std::process::Command::new("lintian")
+        .args(["--fail-on", "error", "--allow-root", "--no-tag-display-limit"])
+        .arg(&deb)
+        .output()
+        .unwrap();
+    let report = format!("{}{}", String::from_utf8_lossy(&lintian.stdout), String::from_utf8_lossy(&lintian.stderr));
+    println!("lintian {name}:\n{report}");
+    assert!(lintian.status.success() && !report.lines().any(|l| l.starts_with("E: ")), "lintian errors:\n{report}");
+
+    let contents = run(std::process::Command::new("dpkg-deb").arg("--contents").arg(&deb));
+    for path in [
+        "./usr/bin/dnlb",
+        "systemd/system/dnlb.service",
+        "./etc/dnlb/dnlb.toml",
+        "./usr/share/doc/dnlb/README.md",
+        "./usr/share/doc/dnlb/copyright",
+        "./usr/share/man/man1/dnlb.1.gz",
+        "./usr/share/bash-completion/completions/dnlb",
+        "./usr/share/zsh/vendor-completions/_dnlb",
+        "./usr/share/fish/vendor_completions.d/dnlb.fish",
+        "./usr/share/dnlb/prometheus/dnlb-rules.yml",
+        "./usr/share/dnlb/grafana/dnlb.json",
+    ] {
+        assert!(contents.lines().any(|l| l.ends_with(path)), "{path} is not in the package:\n{contents}");
+    }
+    let conffiles = run(std::process::Command::new("dpkg-deb").arg("--info").arg(&deb).arg("conffiles"));
+    assert_eq!(conffiles.trim(), "/etc/dnlb/dnlb.toml", "the configuration is a conffile");
+    let control = run(std::process::Command::new("dpkg-deb").arg("--info").arg(&deb).arg("control"));
+    assert!(control.contains("Depends:") && control.contains("adduser"), "{control}");
+
+    // The binary out of the package checks the packaged configuration and prints its manual.
+    let scratch = std::env::temp_dir().join(format!("dnlb-deb-{}", std::process::id()));
+    let _stale = std::fs::remove_dir_all(&scratch);
+    run(std::process::Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&scratch));
+    let bin = scratch.join("usr/bin/dnlb");
+    let checked = run(std::process::Command::new(&bin).arg("check-config").arg(scratch.join("etc/dnlb/dnlb.toml")));
+    assert!(checked.contains(": ok ("), "{checked}");
+    let version = run(std::process::Command::new(&bin).arg("--version"));
+    assert_eq!(version.trim(), format!("dnlb {}", env!("CARGO_PKG_VERSION")));
+    let man = run(std::process::Command::new("gzip").arg("-dc").arg(scratch.join("usr/share/man/man1/dnlb.1.gz")));
+    assert_eq!(man, run(std::process::Command::new(&bin).args(["generate", "man"])), "the manual is this binary's");
+    for word in [".TH dnlb 1", "check\\-config", "status", "explain", "drain"] {
+        assert!(man.contains(word), "{word} is not in dnlb(1):\n{man}");
+    }
+    let bash = std::fs::read_to_string(scratch.join("usr/share/bash-completion/completions/dnlb")).unwrap();
+    assert!(bash.contains("check-config") && bash.contains("--history"), "bash completes subcommands and flags");
+    let _removed = std::fs::remove_dir_all(&scratch);
+}
+
+/// Headless Chromium (Debian's `chromium`) on `url`: the rendered DOM, or a screenshot into
+/// `screenshot` when given. A fresh profile each time, nothing fetched but the page.
+fn chromium(url: &str, screenshot: Option<&Path>) -> String {
+    let profile = std::env::temp_dir().join(format!("dnlb-chromium-{}-{}", std::process::id(), free_port()));
+    let mut cmd = std::process::Command::new("chromium");
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()));
+    match screenshot {
+        Some(path) => cmd.arg("--window-size=1400,820").arg(format!("--screenshot={}", path.display())),
+        None => cmd.arg("--dump-dom"),
+    };
+    let out = cmd.arg(url).output().expect("chromium runs");
+    let _removed = std::fs::remove_dir_all(&profile);
+    assert!(out.status.success(), "chromium: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The `<tr>` of `id` in a rendered DOM, if there is one.
+fn table_row<'a>(dom: &'a str, id: &str) -> Option<&'a str> {
+    let start = dom.find(&format!("<tr id=\"{id}\""))?;
+    let end = dom[start..].find("</tr>")?;
+    Some(&dom[start..start + end])
+}
+
+/// The status page in a real browser while a real kamailio is stopped and started: its row says
+/// out with the reason, then in again, with the change drawn in its timeline. A screenshot is
+/// kept in target/tmp/status-page.png; the page saved to a file renders the same without the
+/// server.
+#[test]
+fn the_status_page_in_a_browser_follows_a_kamailio_out_and_back() {
+    if !require(have("kamailio"), "kamailio (package kamailio)")
+        || !require(have("chromium"), "chromium (package chromium)")
+    {
+        return;
+    }
+    let ips = ["127.0.8.31", "127.0.8.32"];
+    let mut kamailios: Vec<common::kamailio::Kamailio> =
+        ips.iter().map(|i| common::kamailio::Kamailio::start(i)).collect();
+    let metrics: SocketAddr = SocketAddr::new(ip("127.0.8.1"), free_port());
+    let dns = free_port();
+    let mut text = format!(
+        "[server]\nlisten = [\"127.0.8.1:{dns}\"]\nworkers = 1\npin_workers = false\n[probe]\ninterval_ms = 500\ntimeout_ms = 150\nrise = 2\nfall = 2\n[metrics]\nlisten = \"{metrics}\"\n[[service]]\nname = \"sip.example.test\"\n"
+    );
+    for (i, address) in ips.iter().enumerate() {
+        let site = ["east", "west"][i];
+        text.push_str(&format!(
+            "[[service.server]]\naddress = \"{address}\"\ntransports = [\"udp\", \"tcp\"]\nsite = \"{site}\"\n"
+        ));
+    }
+    let dir = std::env::temp_dir().join(format!("dnlb-page-{}-{dns}", std::process::id()));
+    let d = Dnlb::spawn(dir.clone(), &text);
+    d.wait_for_control();
+    let url = format!("http://{metrics}/");
+    let id = |transport: &str| format!("sip.example.test/{}:5060/{transport}", ips[0]);
+    // Polls the page in the browser until `want` holds for the first server's UDP and TCP rows.
+    let watch = |what: &str, limit: Duration, want: &dyn Fn(&str, &str) -> bool| -> String {
+        let start = std::time::Instant::now();
+        loop {
+            let dom = chromium(&url, None);
+            if let (Some(udp), Some(tcp)) = (table_row(&dom, &id("udp")), table_row(&dom, &id("tcp"))) {
+                if want(udp, tcp) {
+                    return dom;
+                }
+            }
+            assert!(start.elapsed() < limit, "{what}: not within {limit:?}\n{dom}\n{}", d.stderr());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let serving =
+        |row: &str, s: &str| row.contains(&format!("data-serving=\"{s}\"")) && row.contains(&format!(">{s}</span>"));
+    let dom = watch("both kamailio in", Duration::from_secs(20), &|udp, tcp| serving(udp, "in") && serving(tcp, "in"));
+    assert!(dom.contains("<h2>sip.example.test</h2>") && dom.contains("policy round-robin"), "{dom}");
+
+    kamailios[0].stop();
+    let dom = watch("the stopped kamailio out, with why", Duration::from_secs(15), &|udp, tcp| {
+        serving(udp, "out")
+            && udp.contains("ICMP port unreachable")
+            && serving(tcp, "out")
+            && tcp.contains("connection refused")
+    });
+    let other = table_row(&dom, &format!("sip.example.test/{}:5060/udp", ips[1])).unwrap();
+    assert!(serving(other, "in"), "the other server stays in: {other}");
+    let udp = table_row(&dom, &id("udp")).unwrap();
+    assert!(udp.contains("up -&gt; down, ICMP port unreachable"), "the change in the timeline: {udp}");
+    // A screenshot of the page with the server out, kept in the test's output.
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
+    chromium(&url, Some(&shot));
+    let png = std::fs::read(&shot).unwrap();
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "a screenshot of the page: {}", shot.display());
+    println!("screenshot: {}", shot.display());
+    // The same page saved to a file renders alike, with no server behind it.
+    let (status, body) = common::prom::http(metrics, b"GET / HTTP/1.1\r\nHost: test\r\n\r\n");
+    assert_eq!(status, 200);
+    let saved = dir.join("status.html");
+    std::fs::write(&saved, &body).unwrap();
+    let from_file = chromium(&format!("file://{}", saved.display()), None);
+    assert!(table_row(&from_file, &id("udp")).is_some_and(|r| serving(r, "out")), "{from_file}");
+    let json: serde_json::Value =
+        serde_json::from_str(&common::prom::http(metrics, b"GET /status.json HTTP/1.1\r\n\r\n").1).unwrap();
+    assert_eq!(json["services"][0]["servers"][0]["serving"], "out", "{json}");
+
+    kamailios[0] = common::kamailio::Kamailio::start(ips[0]);
+    let dom = watch("the restarted kamailio back in", Duration::from_secs(15), &|udp, tcp| {
+        serving(udp, "in") && serving(tcp, "in")
+    });
+    let udp = table_row(&dom, &id("udp")).unwrap();
+    assert!(udp.contains("down -&gt; up, a final reply") && udp.contains("2 / 2"), "two flaps drawn: {udp}");
+}

@@ -1,4 +1,7 @@
-//! The Prometheus endpoint: `GET /metrics` on `[metrics] listen`, served by thread `dnlb-metrics`.
+//! The Prometheus endpoint: `GET /metrics` on `[metrics] listen`, served by thread `dnlb-metrics`,
+//! with the status page (`GET /`, [`super::page`]) and its data (`GET /status.json`, the schema of
+//! `dnlb status --json`) beside it, read from the same sources. Read-only: no request changes
+//! anything.
 //!
 //! ```text
 //!  workers ── single-writer atomics (CounterBlocks) ─┐
@@ -6,7 +9,7 @@
 //!  SnapshotHandle::load() (generation, built_at) ────┘     filled from loads ─► text format 0.0.4
 //!
 //!  mio accept ─► one connection at a time: read ≤ MAX_REQUEST bytes within REQUEST_TIME
-//!            ─► httparse ─► 200 (GET /metrics) · 404 · 405 · 400 ─► close
+//!            ─► httparse ─► 200 (GET /metrics, /, /status.json) · 404 · 405 · 400 ─► close
 //! ```
 //!
 //! A scrape costs the workers nothing: it only loads the atomics they already keep and locks the
@@ -28,8 +31,9 @@ use mio::{Events, Interest, Poll, Token};
 use prometheus::core::Collector;
 use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
+use super::report::View;
 use super::running::{Reloads, RunningView};
-use super::status::{self, ReloadCounts};
+use super::status::{self, ReloadCounts, Status};
 use crate::config::Config;
 use crate::counters::{CounterBlocks, Totals};
 use crate::logging::RateLimited;
@@ -196,6 +200,18 @@ enum Route {
         /// Whether the body is wanted (not for `HEAD`).
         body: bool,
     },
+    /// `GET /`: the status page.
+    Page {
+        /// Whether the body is wanted (not for `HEAD`).
+        body: bool,
+    },
+    /// `GET /status.json`: what `dnlb status --json` prints (`?history=1`: with histories).
+    StatusJson {
+        /// Whether the body is wanted (not for `HEAD`).
+        body: bool,
+        /// Whether each server's history is wanted.
+        history: bool,
+    },
     /// Another path.
     NotFound,
     /// Another method on `/metrics`.
@@ -241,7 +257,16 @@ fn answer(stream: mio::net::TcpStream, sources: &Sources) -> io::Result<()> {
                 ("500 Internal Server Error", "text/plain".to_string(), Some(format!("{e}\n")))
             }
         },
-        Route::NotFound => ("404 Not Found", "text/plain".to_string(), Some("try /metrics\n".to_string())),
+        Route::Page { .. } => {
+            ("200 OK", "text/html; charset=utf-8".to_string(), Some(super::page::render(&status_of(sources, true))))
+        }
+        Route::StatusJson { history, .. } => {
+            let json = serde_json::to_string_pretty(&status_of(sources, history)).unwrap_or_default();
+            ("200 OK", "application/json".to_string(), Some(json + "\n"))
+        }
+        Route::NotFound => {
+            ("404 Not Found", "text/plain".to_string(), Some("try /, /status.json or /metrics\n".to_string()))
+        }
         Route::MethodNotAllowed => ("405 Method Not Allowed", "text/plain".to_string(), Some("use GET\n".to_string())),
         Route::BadRequest => ("400 Bad Request", "text/plain".to_string(), Some("not an HTTP request\n".to_string())),
         Route::TooLarge => {
@@ -255,7 +280,10 @@ fn answer(stream: mio::net::TcpStream, sources: &Sources) -> io::Result<()> {
         body.len()
     );
     stream.write_all(head.as_bytes())?;
-    if route != (Route::Metrics { body: false }) {
+    if !matches!(
+        route,
+        Route::Metrics { body: false } | Route::Page { body: false } | Route::StatusJson { body: false, .. }
+    ) {
         stream.write_all(body.as_bytes())?;
     }
     stream.flush()?;
@@ -294,15 +322,46 @@ fn route(request: &[u8]) -> Option<Route> {
         Err(_) => Some(Route::BadRequest),
         Ok(httparse::Status::Complete(_)) => {
             // The path without a query string: Prometheus may add parameters.
-            let path = req.path.unwrap_or("").split('?').next().unwrap_or("");
+            let (path, query) = req.path.unwrap_or("").split_once('?').unwrap_or((req.path.unwrap_or(""), ""));
+            let history = query.split('&').any(|p| p == "history=1" || p == "history=true");
             Some(match (req.method.unwrap_or(""), path) {
                 ("GET", "/metrics") => Route::Metrics { body: true },
                 ("HEAD", "/metrics") => Route::Metrics { body: false },
-                (_, "/metrics") => Route::MethodNotAllowed,
+                ("GET", "/") => Route::Page { body: true },
+                ("HEAD", "/") => Route::Page { body: false },
+                ("GET", "/status.json") => Route::StatusJson { body: true, history },
+                ("HEAD", "/status.json") => Route::StatusJson { body: false, history },
+                // Read-only: nothing here changes the instance.
+                (_, "/metrics" | "/" | "/status.json") => Route::MethodNotAllowed,
                 _ => Route::NotFound,
             })
         }
     }
+}
+
+/// What the status page and `/status.json` show, read from the same sources as a scrape: the
+/// running configuration and prober, the snapshot, the workers' counters and the reloads.
+pub fn status_of(sources: &Sources, history: bool) -> Status {
+    let running = sources.running.load();
+    let reports = running
+        .prober
+        .as_ref()
+        .map(|p| match p.status().servers.lock() {
+            Ok(r) => r.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        })
+        .unwrap_or_default();
+    let view = View {
+        config: &running.config,
+        reports: &reports,
+        snapshot: sources.snapshots.current(),
+        heartbeat: running.prober.as_ref().map(ProbeView::heartbeat_age),
+        now: Instant::now(),
+        wall: SystemTime::now(),
+        totals: Some(Totals::sum(&sources.counters)),
+        reloads: ReloadCounts::read(sources.running.reloads()),
+    };
+    status::gather(&view, history)
 }
 
 /// The exposition of everything dnlb counts, in the Prometheus text format.
@@ -644,7 +703,13 @@ mod tests {
         assert_eq!(route(b"GET /metrics?x=1 HTTP/1.0\r\n\r\n"), Some(Route::Metrics { body: true }));
         assert_eq!(route(b"HEAD /metrics HTTP/1.1\r\n\r\n"), Some(Route::Metrics { body: false }));
         assert_eq!(route(b"POST /metrics HTTP/1.1\r\n\r\n"), Some(Route::MethodNotAllowed));
-        assert_eq!(route(b"GET / HTTP/1.1\r\n\r\n"), Some(Route::NotFound));
+        assert_eq!(route(b"GET / HTTP/1.1\r\n\r\n"), Some(Route::Page { body: true }));
+        assert_eq!(route(b"GET /status.json HTTP/1.1\r\n\r\n"), Some(Route::StatusJson { body: true, history: false }));
+        let with = Route::StatusJson { body: true, history: true };
+        assert_eq!(route(b"GET /status.json?x=2&history=1 HTTP/1.1\r\n\r\n"), Some(with));
+        assert_eq!(route(b"POST / HTTP/1.1\r\n\r\n"), Some(Route::MethodNotAllowed), "no write endpoints");
+        assert_eq!(route(b"PUT /status.json HTTP/1.1\r\n\r\n"), Some(Route::MethodNotAllowed));
+        assert_eq!(route(b"GET /index.html HTTP/1.1\r\n\r\n"), Some(Route::NotFound));
         assert_eq!(route(b"GET /metrics HTTP/1.1\r\nHost"), None);
         assert_eq!(route(b"\x00\xff garbage\r\n\r\n"), Some(Route::BadRequest));
     }

@@ -16,7 +16,8 @@
 //! - [`socket`]: the control socket itself (`dnlb status`, `explain`, `reload`, `drain`, `undrain`);
 //! - [`status`]: what status shows, gathered once for the text, the JSON and the page;
 //! - [`report`]: what status and explain say, from the snapshot, the prober and the config;
-//! - [`metrics`]: the Prometheus endpoint, `GET /metrics`;
+//! - [`metrics`]: the Prometheus endpoint, `GET /metrics`, and the status page and its JSON;
+//! - [`page`]: the status page's HTML, rendered from [`status::Status`];
 //! - [`runtime`]: where a running instance keeps its files (control socket, instance locks);
 //! - [`instance`]: one dnlb per listen address, by a lock file per address;
 //! - [`privilege`]: becoming `server.user` once every socket is bound;
@@ -27,6 +28,7 @@ pub mod hosts_watch;
 pub mod instance;
 pub mod metrics;
 pub mod notify;
+pub mod page;
 pub mod plane;
 pub mod privilege;
 pub mod reload;
