@@ -282,7 +282,7 @@ fn the_debian_package_is_whole_and_its_binary_runs() {
     // lintian: no errors (warnings are printed, not fatal). It runs as root in CI, which it
     // refuses unless told the run is unprivileged work.
     let lintian = std::process::Command::new("lintian")
-        .args(["--fail-on", "error", "--allow-root", "--no-tag-display-limit"])
+        .args(["--fail-on", "error", "--allow-root", "--tag-display-limit", "0"])
         .arg(&deb)
         .output()
         .unwrap();
@@ -297,6 +297,8 @@ fn the_debian_package_is_whole_and_its_binary_runs() {
         "./etc/dnlb/dnlb.toml",
         "./usr/share/doc/dnlb/README.md",
         "./usr/share/doc/dnlb/copyright",
+        "./usr/share/doc/dnlb/changelog.gz",
+        "./usr/share/doc/dnlb/changelog.Debian.gz",
         "./usr/share/man/man1/dnlb.1.gz",
         "./usr/share/bash-completion/completions/dnlb",
         "./usr/share/zsh/vendor-completions/_dnlb",
