@@ -33,7 +33,10 @@
 //! - [`probe`]: SIP probes, the health state machine, the answer policy, the prober thread.
 //! - [`control`]: the control plane: start, watchdog, reloads, the control socket, metrics,
 //!   runtime directory, privileges, service-manager notifications.
+//! - [`cluster`]: the fleet (`[cluster]`): instances of one farm sharing probing through etcd;
+//!   its decisions without I/O, the prober's link to it, the etcd thread (feature `cluster`).
 
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod counters;

@@ -55,6 +55,14 @@ fn documented_errors() {
         (GOOD.replace("address = \"127.0.0.11\"", "address = \"127.0.0.11\"\nwieght = 5"), "FILE:9:1: wieght: unknown field `wieght`"),
         (GOOD.replace("127.0.0.11", "127.0.0.300"), "FILE:8:11: service[0].server[0].address: `127.0.0.300` is not an IP address"),
         (
+            GOOD.replace("127.0.0.11", "fe80::1%eth0"),
+            "FILE:8:11: service[0].server[0].address: `fe80::1%eth0`: fe80::1 is an IPv6 link-local address: it reaches a host only with a zone (`fe80::1%eth0`), and an AAAA or SRV answer cannot carry a zone to a phone",
+        ),
+        (
+            GOOD.replace("127.0.0.11", "::ffff:192.0.2.10"),
+            "FILE:8:11: service[0].server[0].address: ::ffff:192.0.2.10 is an IPv4-mapped IPv6 address: write the IPv4 form \"192.0.2.10\"",
+        ),
+        (
             format!("{GOOD}\n[[service.server]]\naddress = \"127.0.0.11\"\n"),
             "FILE:11:11: service[0].server[1].address: 127.0.0.11 port 5060 is listed twice in service `sip.example.test`",
         ),

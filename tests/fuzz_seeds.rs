@@ -1,5 +1,6 @@
-//! The fuzz seed for the SIP reply target is a true reply to the fuzz target's probe identity;
-//! this test keeps it so (regenerate with `DNLB_WRITE_SEEDS=1 cargo test --test fuzz_seeds`).
+//! The fuzz seeds for the SIP reply target are true replies to the fuzz target's probe identity,
+//! to an IPv4 and to an IPv6 probe; this test keeps them so (regenerate with
+//! `DNLB_WRITE_SEEDS=1 cargo test --test fuzz_seeds`).
 
 use dnlb::config::{ProbeMethod, Transport};
 use dnlb::probe::sip::{check_reply, request, ProbeId, Reply};
@@ -7,17 +8,27 @@ use dnlb::probe::sip::{check_reply, request, ProbeId, Reply};
 mod common;
 
 #[test]
-fn sip_reply_seed_matches_the_fuzz_identity() {
+fn sip_reply_seeds_match_the_fuzz_identity() {
     let id = ProbeId::new([1, 2, 3, 4, 5], 7, ProbeMethod::Options);
-    let req = request(&id, "127.0.0.11:5060".parse().unwrap(), Transport::Udp, "127.0.0.1:40000".parse().unwrap());
-    let reply = common::sip::reply(std::str::from_utf8(&req).unwrap(), "200 OK", "Retry-After: 5\r\n");
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/sip_reply/ok-200.txt");
-    if std::env::var_os("DNLB_WRITE_SEEDS").is_some() {
-        std::fs::write(&path, &reply).unwrap();
+    // (seed file, server, local address, transport, what the server adds to the top Via)
+    let seeds = [
+        ("ok-200.txt", "127.0.0.11:5060", "127.0.0.1:40000", Transport::Udp, ""),
+        // As kamailio answers over IPv6: rport filled in, received without brackets (RFC 5118).
+        ("ok-200-ipv6.txt", "[2001:db8::10]:5060", "[2001:db8::1]:40000", Transport::Tcp, ";received=2001:db8::1"),
+    ];
+    for (file, target, local, transport, via) in seeds {
+        let req = request(&id, target.parse().unwrap(), transport, local.parse().unwrap()).unwrap();
+        let req = String::from_utf8(req).unwrap().replacen(";rport;", ";rport=40000;", usize::from(!via.is_empty()));
+        let req = req.replacen("oc-algo=\"loss\"\r\n", &format!("oc-algo=\"loss\"{via}\r\n"), 1);
+        let reply = common::sip::reply(&req, "200 OK", "Retry-After: 5\r\n");
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/sip_reply").join(file);
+        if std::env::var_os("DNLB_WRITE_SEEDS").is_some() {
+            std::fs::write(&path, &reply).unwrap();
+        }
+        let seed = std::fs::read(&path).expect("seed file");
+        assert_eq!(String::from_utf8_lossy(&seed), reply, "{file}");
+        assert_eq!(check_reply(&seed, &id), Ok(Reply::Final { code: 200, retry_after: Some(5) }), "{file}");
     }
-    let seed = std::fs::read(&path).expect("seed file");
-    assert_eq!(seed, reply.as_bytes());
-    assert_eq!(check_reply(&seed, &id), Ok(Reply::Final { code: 200, retry_after: Some(5) }));
 }
 
 /// The query target's configuration (a plain service and a zone apex) loads: a fuzz run that

@@ -1,4 +1,5 @@
-//! Hostile SIP servers against the real `dnlb` binary, over UDP and TCP on loopback.
+//! Hostile SIP servers against the real `dnlb` binary, over UDP and TCP on loopback, on IPv4
+//! and IPv6 targets.
 //!
 //! For each hostile behaviour a fresh dnlb probes the hostile server and an honest neighbour.
 //! While the hostile server does its worst, dnlb must stay alive with its CPU low; then the
@@ -301,7 +302,7 @@ fn scenario(behaviour: Hostile, tcp: bool, hostile_ip: &str, neighbour_ip: &str,
     let transport = if tcp { "tcp" } else { "udp" };
     let mut dnlb = start(&config(free_port(), sip_port, hostile_ip, transport, neighbour_ip), io, &[]);
     let neighbour_addr: IpAddr = neighbour_ip.parse().unwrap();
-    let what = format!("{behaviour:?} over {transport} (io={io})");
+    let what = format!("{behaviour:?} over {transport} to {hostile_ip} (io={io})");
     assert!(
         dnlb.wait_for("sip.example.test.", Duration::from_secs(5), |a| a.contains(&neighbour_addr)).is_some(),
         "{what}: the neighbour never came up\n{}",
@@ -343,6 +344,24 @@ fn hostile_tcp_servers_cannot_crash_freeze_or_blind_the_prober() {
     for (k, behaviour) in ALL.into_iter().enumerate() {
         let io = if k % 2 == 0 { "auto" } else { "portable" };
         scenario(behaviour, true, "127.0.0.111", "127.0.0.112", io);
+    }
+}
+
+/// The same hostile servers on an IPv6 target, [::1], beside an IPv4 neighbour: the prober's
+/// bounds do not depend on the address family.
+#[test]
+fn hostile_udp_servers_on_ipv6_cannot_crash_freeze_or_blind_the_prober() {
+    for (k, behaviour) in ALL.into_iter().enumerate() {
+        let io = if k % 2 == 0 { "auto" } else { "portable" };
+        scenario(behaviour, false, "::1", "127.0.1.102", io);
+    }
+}
+
+#[test]
+fn hostile_tcp_servers_on_ipv6_cannot_crash_freeze_or_blind_the_prober() {
+    for (k, behaviour) in ALL.into_iter().enumerate() {
+        let io = if k % 2 == 0 { "portable" } else { "auto" };
+        scenario(behaviour, true, "::1", "127.0.1.112", io);
     }
 }
 

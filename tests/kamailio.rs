@@ -1,5 +1,6 @@
 //! Real SIP servers: three kamailio instances (Debian's package) on 127.0.0.11-13:5060, UDP and
-//! TCP, answering OPTIONS. Killing one removes it from DNS answers within interval × fall +
+//! TCP, answering OPTIONS with 200 when it is well-formed and addressed to them
+//! (`common::kamailio`). Killing one removes it from DNS answers within interval × fall +
 //! timeout; restarting it brings it back within interval × rise + timeout (plus kamailio's own
 //! start-up). Both are measured and printed; the assertions keep generous margins. The metrics
 //! endpoint's `dnlb_sip_server_up` goes to 0 for the killed one within the same bound.
@@ -34,7 +35,8 @@ fn kamailio_death_and_restart_are_seen_in_dns() {
     for ip in IPS {
         text.push_str(&format!("[[service.server]]\naddress = \"{ip}\"\ntransports = [\"udp\", \"tcp\"]\n"));
     }
-    let mut kamailios: Vec<Kamailio> = IPS.iter().map(|ip| Kamailio::start(ip)).collect();
+    let start = |ip: &str| Kamailio::start(ip, &[format!("udp:{ip}:5060"), format!("tcp:{ip}:5060")], None);
+    let mut kamailios: Vec<Kamailio> = IPS.iter().map(|ip| start(ip)).collect();
     let dns = TestServer::start(&text, IoMode::Portable);
     let prober = Prober::spawn(dns.config.clone(), dns.snapshots.clone()).unwrap();
     let sources = Sources {
@@ -103,7 +105,7 @@ fn kamailio_death_and_restart_are_seen_in_dns() {
     }
     println!("killed kamailio shows dnlb_sip_server_up 0 after {:?} (bound {bound:?})", killed.elapsed());
 
-    kamailios[1] = Kamailio::start(IPS[1]);
+    kamailios[1] = start(IPS[1]);
     let bound = Duration::from_millis(interval * rise + timeout);
     let back = wait("restarted kamailio back", bound * 6, &all);
     println!("restarted kamailio back after {back:?} (interval x rise + timeout = {bound:?}, plus kamailio start-up)");

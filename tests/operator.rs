@@ -377,8 +377,10 @@ fn the_status_page_in_a_browser_follows_a_kamailio_out_and_back() {
         return;
     }
     let ips = ["127.0.8.31", "127.0.8.32"];
-    let mut kamailios: Vec<common::kamailio::Kamailio> =
-        ips.iter().map(|i| common::kamailio::Kamailio::start(i)).collect();
+    let kamailio = |ip: &str| {
+        common::kamailio::Kamailio::start("page", &[format!("udp:{ip}:5060"), format!("tcp:{ip}:5060")], None)
+    };
+    let mut kamailios: Vec<common::kamailio::Kamailio> = ips.iter().map(|i| kamailio(i)).collect();
     let metrics: SocketAddr = SocketAddr::new(ip("127.0.8.1"), free_port());
     let dns = free_port();
     let mut text = format!(
@@ -442,7 +444,7 @@ fn the_status_page_in_a_browser_follows_a_kamailio_out_and_back() {
         serde_json::from_str(&common::prom::http(metrics, b"GET /status.json HTTP/1.1\r\n\r\n").1).unwrap();
     assert_eq!(json["services"][0]["servers"][0]["serving"], "out", "{json}");
 
-    kamailios[0] = common::kamailio::Kamailio::start(ips[0]);
+    kamailios[0] = kamailio(ips[0]);
     let dom = watch("the restarted kamailio back in", Duration::from_secs(15), &|udp, tcp| {
         serving(udp, "in") && serving(tcp, "in")
     });

@@ -6,13 +6,13 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use common::client::Client;
 use common::process::{a_records, Dnlb};
 use common::sip::{common_port, Mode, SipResponder};
 use common::*;
-use hickory_proto::op::Message;
 use hickory_proto::rr::{RData, RecordType};
 
 const INTERVAL_MS: u64 = 200;
@@ -23,32 +23,7 @@ const RISE: u64 = 2;
 const EAST: [&str; 2] = ["127.0.10.1", "127.0.10.2"];
 const WEST: [&str; 2] = ["127.0.11.1", "127.0.11.2"];
 
-/// A client whose queries come from `source`.
-struct Client {
-    socket: UdpSocket,
-    id: u16,
-}
-
 impl Client {
-    fn bind(source: &str) -> Client {
-        let socket = UdpSocket::bind((source, 0)).unwrap_or_else(|e| panic!("bind {source}: {e}"));
-        socket.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
-        Client { socket, id: 0 }
-    }
-
-    fn ask(&mut self, dns: SocketAddr, name: &str, qtype: RecordType) -> Option<Message> {
-        self.id = self.id.wrapping_add(1);
-        self.socket.send_to(&query(name, qtype, self.id, Some(1232)), dns).ok()?;
-        let mut buf = [0u8; 4096];
-        for _ in 0..4 {
-            let (n, _) = recv_retry(&self.socket, &mut buf)?;
-            if let Some(m) = Message::from_vec(&buf[..n]).ok().filter(|m| m.metadata.id == self.id) {
-                return Some(m);
-            }
-        }
-        None
-    }
-
     /// The A answer's addresses, as a set.
     fn addresses(&mut self, dns: SocketAddr) -> BTreeSet<IpAddr> {
         let m = self.ask(dns, "sip.example.test.", RecordType::A);

@@ -9,7 +9,8 @@
 //! - the default (the system's trust store): the test CA's certificate is down, issuer not trusted;
 //! - kamailio stopped: down.
 //!
-//! Each kamailio reads PEM files as rcgen writes them: the server's certificate followed by the
+//! Each kamailio (`common::kamailio`: 200 only to a well-formed OPTIONS addressed to it) reads PEM
+//! files as rcgen writes them: the server's certificate followed by the
 //! CA's in one file, and an ECDSA P-256 key in PKCS#8 (`BEGIN PRIVATE KEY`).
 
 mod common;
@@ -23,89 +24,12 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::kamailio::{modules_with, Kamailio, TlsFiles};
 use common::process::a_records;
 use common::*;
 use hickory_proto::op::Message;
 use hickory_proto::rr::{RData, RecordType};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-
-/// Where Debian keeps kamailio's modules (the tls module comes in kamailio-tls-modules).
-const MODULE_DIRS: [&str; 2] = ["/usr/lib/x86_64-linux-gnu/kamailio/modules", "/usr/lib/kamailio/modules"];
-
-/// The folder holding kamailio's tls module, if it is installed.
-fn tls_modules() -> Option<&'static str> {
-    MODULE_DIRS.into_iter().find(|p| Path::new(p).join("tls.so").exists())
-}
-
-/// A certificate chain and its key, both PEM: the server's certificate first, then any CA's.
-struct Identity {
-    chain: String,
-    key: String,
-}
-
-/// One kamailio terminating TLS on `ip`:5061 with its tls module and answering OPTIONS, ended by
-/// its PID on drop.
-struct Kamailio {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Kamailio {
-    fn start(ip: &str, modules: &str, identity: &Identity) -> Kamailio {
-        let dir = std::env::temp_dir().join(format!("dnlb-tls-kamailio-{}-{ip}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("chain.pem"), &identity.chain).unwrap();
-        std::fs::write(dir.join("key.pem"), &identity.key).unwrap();
-        let tls = format!(
-            "[server:default]\nmethod = TLSv1.2+\nverify_certificate = no\nrequire_certificate = no\n\
-             private_key = {}\ncertificate = {}\n",
-            dir.join("key.pem").display(),
-            dir.join("chain.pem").display()
-        );
-        std::fs::write(dir.join("tls.cfg"), tls).unwrap();
-        let cfg = format!(
-            "#!KAMAILIO\ndebug=1\nlog_stderror=yes\nchildren=1\ntcp_children=1\nenable_tls=yes\n\
-             listen=tls:{ip}:5061\nmpath=\"{modules}/\"\nloadmodule \"tls.so\"\nloadmodule \"sl.so\"\n\
-             modparam(\"tls\", \"config\", \"{}\")\n\
-             request_route {{\n  if (method == \"OPTIONS\") {{ sl_send_reply(\"200\", \"OK\"); exit; }}\n  sl_send_reply(\"404\", \"Not Found\");\n}}\n",
-            dir.join("tls.cfg").display()
-        );
-        std::fs::write(dir.join("kamailio.cfg"), cfg).unwrap();
-        let child = Command::new("kamailio")
-            .arg("-f")
-            .arg(dir.join("kamailio.cfg"))
-            .arg("-P")
-            .arg(dir.join("kamailio.pid"))
-            .arg("-Y")
-            .arg(&dir)
-            .arg("-w")
-            .arg(&dir)
-            .args(["-DD", "-E"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap())
-            .spawn()
-            .expect("start kamailio");
-        Kamailio { child, dir }
-    }
-
-    /// What kamailio wrote to stderr so far (its TLS errors, for a failed assertion).
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
-    }
-
-    fn stop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            terminate(&mut self.child);
-        }
-    }
-}
-
-impl Drop for Kamailio {
-    fn drop(&mut self) {
-        self.stop();
-        let _cleanup = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// The test's CA and the certificates it issues.
 struct Pki {
@@ -124,22 +48,22 @@ impl Pki {
     }
 
     /// A certificate for `name` signed by the CA, valid from `from` to `until` (years).
-    fn issue(&self, name: &str, from: i32, until: i32) -> Identity {
+    fn issue(&self, name: &str, from: i32, until: i32) -> TlsFiles {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
         params.distinguished_name.push(DnType::CommonName, name);
         params.not_before = rcgen::date_time_ymd(from, 1, 1);
         params.not_after = rcgen::date_time_ymd(until, 1, 1);
         let cert = params.signed_by(&key, &self.ca).unwrap();
-        Identity { chain: format!("{}{}", cert.pem(), self.ca_pem), key: key.serialize_pem() }
+        TlsFiles { chain: format!("{}{}", cert.pem(), self.ca_pem), key: key.serialize_pem() }
     }
 }
 
 /// A self-signed certificate for `name`, from no CA the prober knows.
-fn self_signed(name: &str) -> Identity {
+fn self_signed(name: &str) -> TlsFiles {
     let key = KeyPair::generate().unwrap();
     let cert = CertificateParams::new(vec![name.to_string()]).unwrap().self_signed(&key).unwrap();
-    Identity { chain: cert.pem(), key: key.serialize_pem() }
+    TlsFiles { chain: cert.pem(), key: key.serialize_pem() }
 }
 
 /// The real binary with a config file and a control socket.
@@ -247,10 +171,9 @@ fn tls_probes_check_certificates_and_reach_kamailio() {
     if !require(have("kamailio"), "kamailio (package kamailio)") {
         return;
     }
-    let Some(modules) = tls_modules() else {
-        require(false, "kamailio's tls module tls.so (package kamailio-tls-modules)");
+    if !require(modules_with("tls.so").is_some(), "kamailio's tls module tls.so (package kamailio-tls-modules)") {
         return;
-    };
+    }
     let dir = std::env::temp_dir().join(format!("dnlb-tls-probe-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let pki = Pki::new();
@@ -265,8 +188,11 @@ fn tls_probes_check_certificates_and_reach_kamailio() {
         pki.issue("sip4.example.test", 2020, 2100),
         self_signed("nobody.example.test"),
     ];
-    let mut kamailios: Vec<Kamailio> =
-        ips.iter().zip(&certs).map(|(ip, identity)| Kamailio::start(ip, modules, identity)).collect();
+    let mut kamailios: Vec<Kamailio> = ips
+        .iter()
+        .zip(&certs)
+        .map(|(ip, identity)| Kamailio::start(ip, &[format!("tls:{ip}:5061")], Some(identity)))
+        .collect();
 
     let kamailio_logs = || -> String {
         ips.iter().zip(&kamailios).map(|(ip, k)| format!("kamailio on {ip}:\n{}", k.stderr())).collect()

@@ -26,8 +26,9 @@ impl Entropy for Seeded {
     }
 }
 
-/// Three prepared cores (latency, on-duty and weighted farms of UDP, TCP and TLS targets), built
-/// once at `T0`; each run forks one.
+/// Three prepared cores (latency, on-duty and weighted farms of UDP, TCP and TLS targets on IPv4
+/// and IPv6 servers), built once at `T0`; each run forks one. The last target is [::1] over UDP,
+/// so a seed's first reply (to the last probe opened) answers an IPv6 probe.
 fn prepare() -> (Instant, [Core; 3]) {
     {
         let t0 = Instant::now();
@@ -36,6 +37,7 @@ fn prepare() -> (Instant, [Core; 3]) {
                 "[server]\nlisten = [\"127.0.0.1:5353\"]\n[probe]\ninterval_ms = 200\ntimeout_ms = 100\nretransmit_ms = 5\n\
                  rise = 2\nfall = 2\nmax_retry_after_s = 86400\n[[service]]\nname = \"sip.example.test\"\npolicy = \"{policy}\"\n\
                  all_down = \"last-good\"\n[[service.server]]\naddress = \"127.0.0.11\"\ntransports = [\"udp\", \"tcp\", \"tls\"]\n\
+                 [[service.server]]\naddress = \"2001:db8::10\"\ntransports = [\"udp\", \"tcp\", \"tls\"]\n\
                  [[service.server]]\naddress = \"::1\"\ntransports = [\"udp\"]\n"
             );
             let config = Config::parse(&text).expect("the fuzz config is valid");
@@ -128,7 +130,13 @@ fuzz_target!(|data: &[u8]| {
             }
             8 => {
                 if let Some(p) = pick(&mut input, &probes) {
-                    let local = SocketAddr::from(([127, 0, 0, 1], u16::from(input.byte()) << 8 | 1));
+                    // Either family, whatever the target's: the core renders any local address.
+                    let port = u16::from(input.byte()) << 8 | 1;
+                    let local = if input.byte() & 1 == 0 {
+                        SocketAddr::from(([127, 0, 0, 1], port))
+                    } else {
+                        SocketAddr::from(([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1], port))
+                    };
                     core.handle(p, Event::Opened { local }, now);
                 }
             }
@@ -150,7 +158,7 @@ fuzz_target!(|data: &[u8]| {
             }
             10 => {
                 // An operator drains or undrains a server (or an address that is none).
-                let ip = ["127.0.0.11", "::1", "127.0.0.99"][usize::from(input.byte() % 3)].parse().unwrap();
+                let ip = ["127.0.0.11", "::1", "127.0.0.99", "2001:db8::10"][usize::from(input.byte() % 4)].parse().unwrap();
                 let port = (input.byte() & 1 == 0).then_some(5060);
                 let _matched = core.set_drained(None, ip, port, input.byte() & 1 == 0, now);
             }
@@ -159,13 +167,17 @@ fuzz_target!(|data: &[u8]| {
         // The driver's side: record what was asked, answer opens as a socket would.
         while let Some(action) = core.poll_action() {
             match action {
-                Action::Open { probe, .. } => {
+                Action::Open { probe, addr, .. } => {
                     probes.push(probe);
                     if probes.len() > 64 {
                         probes.remove(0);
                     }
                     if input.byte() & 3 != 0 {
-                        let local = SocketAddr::from(([127, 0, 0, 1], 40_000));
+                        // The socket's address has the server's family, as the kernel gives it.
+                        let local = match addr {
+                            SocketAddr::V4(_) => SocketAddr::from(([127, 0, 0, 1], 40_000)),
+                            SocketAddr::V6(_) => SocketAddr::from(([0, 0, 0, 0, 0, 0, 0, 1], 40_000)),
+                        };
                         core.handle(probe, Event::Opened { local }, now);
                     }
                 }

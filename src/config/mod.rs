@@ -135,6 +135,69 @@ address = "127.0.0.11"
         assert_eq!(c.server.max_udp_payload, 1232);
     }
 
+    /// `[cluster]`: defaults, every mistake named with its field and fix; without the cargo
+    /// feature, the section itself is refused with the build command.
+    #[test]
+    fn cluster_settings_name_their_field() {
+        let good = format!(
+            "{MINIMAL}\n[cluster]\netcd = [\"http://127.0.0.1:2379\"]\nfarm = \"voice-east\"\nname = \"edge-1\"\n"
+        );
+        let problems = |text: &str| -> Vec<String> {
+            Config::parse(text)
+                .err()
+                .unwrap_or_default()
+                .iter()
+                .map(|p| format!("{}: {}", p.field, p.message))
+                .collect()
+        };
+        if !cfg!(feature = "cluster") {
+            let p = problems(&good);
+            assert!(p.len() == 1 && p[0].starts_with("cluster:") && p[0].contains("--features cluster"), "{p:?}");
+            return;
+        }
+        let c = Config::parse(&good).unwrap().cluster.unwrap();
+        assert_eq!((c.probers_per_server, c.lease_ttl.as_secs(), c.name.as_str()), (2, 3, "edge-1"));
+        assert!(c.auth.is_none() && c.tls.is_none());
+        let cases = [
+            (
+                "etcd = [\"http://127.0.0.1:2379\"]",
+                "etcd = [\"127.0.0.1:2379\"]",
+                "cluster.etcd[0]: `127.0.0.1:2379` is not an etcd endpoint",
+            ),
+            ("etcd = [\"http://127.0.0.1:2379\"]", "etcd = []", "cluster.etcd: is empty"),
+            ("farm = \"voice-east\"", "farm = \"voice/east\"", "cluster.farm: `voice/east` is not a farm name"),
+            ("name = \"edge-1\"", "name = \"edge 1\"", "cluster.name: `edge 1` is not an instance name"),
+            (
+                "name = \"edge-1\"",
+                "name = \"edge-1\"\nprobers_per_server = 0",
+                "cluster.probers_per_server: 0 is out of range",
+            ),
+            ("name = \"edge-1\"", "name = \"edge-1\"\nlease_ttl_s = 0", "cluster.lease_ttl_s: 0 is out of range"),
+            (
+                "name = \"edge-1\"",
+                "name = \"edge-1\"\npassword = \"s3cret\"",
+                "cluster.password: a password is never written",
+            ),
+            ("name = \"edge-1\"", "name = \"edge-1\"\nuser = \"dnlb\"", "cluster.user: needs password_file"),
+            ("name = \"edge-1\"", "name = \"edge-1\"\ncert_file = \"c.pem\"", "cluster.cert_file: needs key_file"),
+            (
+                "name = \"edge-1\"",
+                "name = \"edge-1\"\nca_file = \"ca.pem\"",
+                "cluster.etcd: TLS files are set but the endpoints are http://",
+            ),
+            ("name = \"edge-1\"", "name = \"edge-1\"\nk = 2", "unknown field `k`"),
+        ];
+        for (from, to, want) in cases {
+            let p = problems(&good.replace(from, to));
+            assert!(p.iter().any(|m| m.contains(want)), "{to}: {p:?}");
+        }
+        let tls = good.replace("http://", "https://")
+            + "ca_file = \"ca.pem\"\nuser = \"dnlb\"\npassword_file = \"etcd.pass\"\n";
+        let c = Config::parse(&tls).unwrap().cluster.unwrap();
+        assert!(c.tls.is_some_and(|t| t.ca_file.is_some() && t.identity.is_none()));
+        assert_eq!(c.auth.map(|(u, _)| u), Some("dnlb".to_string()));
+    }
+
     #[test]
     fn the_default_allow_list_is_whole() {
         use crate::prefix::Prefix;

@@ -24,6 +24,36 @@ pub(super) struct RawConfig {
     pub(super) metrics: Option<RawMetrics>,
     #[serde(default)]
     pub(super) sites: Vec<RawSites>,
+    #[serde(default)]
+    pub(super) cluster: Option<RawCluster>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCluster {
+    pub(super) etcd: Spanned<Vec<Spanned<String>>>,
+    pub(super) farm: Spanned<String>,
+    #[serde(default)]
+    pub(super) name: Option<Spanned<String>>,
+    #[serde(default = "default_probers_per_server")]
+    pub(super) probers_per_server: Spanned<u64>,
+    #[serde(default = "default_lease_ttl_s")]
+    pub(super) lease_ttl_s: Spanned<u64>,
+    #[serde(default)]
+    pub(super) site: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) user: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) password_file: Option<Spanned<String>>,
+    /// Never read: a password in the configuration is refused with a pointer to `password_file`.
+    #[serde(default)]
+    pub(super) password: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) ca_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) cert_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) key_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -261,6 +291,12 @@ pub(super) struct RawSipServer {
     pub(super) drain: bool,
 }
 
+pub(super) fn default_probers_per_server() -> Spanned<u64> {
+    Spanned::new(0..0, 2)
+}
+pub(super) fn default_lease_ttl_s() -> Spanned<u64> {
+    Spanned::new(0..0, 3)
+}
 pub(super) fn default_true() -> bool {
     true
 }

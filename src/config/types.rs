@@ -153,6 +153,40 @@ pub struct Config {
     /// Which sites' servers which clients prefer (`[[sites]]`); empty: every client gets every
     /// healthy server.
     pub sites: Vec<SiteRule>,
+    /// The fleet this instance cooperates with through etcd (`[cluster]`); `None`: alone, as
+    /// without the `cluster` feature.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]`: several instances of one farm share probing and agree on health through etcd
+/// (see [`crate::cluster`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// etcd endpoints (`http://host:port` or `https://...`).
+    pub etcd: Vec<String>,
+    /// The farm: keys under `/dnlb/v1/<farm>/`; instances of one farm cooperate.
+    pub farm: String,
+    /// This instance's name, unique in the farm (default: the host name).
+    pub name: String,
+    /// k: how many instances probe each server.
+    pub probers_per_server: usize,
+    /// The lease TTL asked for (etcd may grant more).
+    pub lease_ttl: Duration,
+    /// This instance's site, published with its membership.
+    pub site: Option<String>,
+    /// etcd user and the file its password is read from.
+    pub auth: Option<(String, std::path::PathBuf)>,
+    /// TLS to etcd: the CA file, and a client certificate and key if etcd asks for one.
+    pub tls: Option<ClusterTls>,
+}
+
+/// TLS to etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterTls {
+    /// CA certificates (PEM) etcd's certificate must chain to; `None`: the system's.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// A client certificate and its key (PEM), for etcd's `--client-cert-auth`.
+    pub identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// One `[[sites]]` entry: clients in these prefixes get the healthy servers of the first site in

@@ -2,7 +2,7 @@
 //! so an operator fixes a file in one pass instead of one error per run.
 
 use std::collections::HashSet;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
@@ -13,6 +13,7 @@ use super::raw::*;
 use super::types::*;
 use super::ConfigProblem;
 use crate::prefix::Prefix;
+use crate::probe::sip::{RequestError, RequestTemplate};
 
 /// Serde says "unknown field `x`, expected ..." or "missing field `x`"; lift the field name out.
 pub(super) fn split_serde_message(message: &str) -> (String, String) {
@@ -93,8 +94,9 @@ impl Validator<'_> {
         let rrl = raw.rrl.map(|r| self.rrl(r));
         let metrics = raw.metrics.and_then(|m| self.metrics(m));
         let sites = self.sites(raw.sites, &services);
+        let cluster = raw.cluster.and_then(|c| self.cluster(c));
         self.zones(&services, &zone_spans, relay.as_ref(), &route_spans);
-        Config { server, probe, services, hosts, hosts_ttl, hosts_source, relay, rrl, metrics, sites }
+        Config { server, probe, services, hosts, hosts_ttl, hosts_source, relay, rrl, metrics, sites, cluster }
     }
 
     /// How zones meet the rest of the file. A service inside another's zone without an authority
@@ -204,6 +206,154 @@ impl Validator<'_> {
             rules.push(SiteRule { clients, prefer });
         }
         rules
+    }
+
+    /// `[cluster]`: endpoints, names, k, the lease TTL, credentials only from files.
+    fn cluster(&mut self, raw: RawCluster) -> Option<ClusterConfig> {
+        if let Some(p) = &raw.password {
+            self.fail(p.span(), "cluster.password", "a password is never written in the configuration: put it in a file readable by dnlb only and name it in password_file");
+        }
+        if !cfg!(feature = "cluster") {
+            self.fail(
+                raw.farm.span(),
+                "cluster",
+                "this dnlb was built without the `cluster` feature: build it with `cargo build --release --features cluster` (needs protoc), or remove [cluster]",
+            );
+            return None;
+        }
+        let mut etcd = Vec::new();
+        if raw.etcd.get_ref().is_empty() {
+            self.fail(
+                raw.etcd.span(),
+                "cluster.etcd",
+                "is empty: list etcd endpoints such as \"http://127.0.0.1:2379\"",
+            );
+        }
+        let mut https = false;
+        for (i, e) in raw.etcd.get_ref().iter().enumerate() {
+            let text = e.get_ref().trim().to_string();
+            let rest = text.strip_prefix("http://").or_else(|| text.strip_prefix("https://"));
+            https |= text.starts_with("https://");
+            match rest {
+                Some(hp)
+                    if !hp.is_empty()
+                        && !hp.contains('/')
+                        && hp
+                            .rsplit_once(':')
+                            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0)) =>
+                {
+                    etcd.push(text)
+                }
+                _ => self.fail(
+                    e.span(),
+                    &format!("cluster.etcd[{i}]"),
+                    format!("`{text}` is not an etcd endpoint: write \"http://HOST:PORT\" or \"https://HOST:PORT\""),
+                ),
+            }
+        }
+        let schemes = etcd.iter().filter(|e| e.starts_with("https://")).count();
+        if schemes != 0 && schemes != etcd.len() {
+            self.fail(raw.etcd.span(), "cluster.etcd", "mixes http:// and https://: use one scheme for every endpoint");
+        }
+        let farm = raw.farm.get_ref().clone();
+        if !crate::cluster::fleet::valid_name(&farm) {
+            self.fail(
+                raw.farm.span(),
+                "cluster.farm",
+                format!("`{farm}` is not a farm name: use 1 to 63 letters, digits, `.`, `_` or `-`"),
+            );
+        }
+        let name = match &raw.name {
+            Some(n) => {
+                if !crate::cluster::fleet::valid_name(n.get_ref()) {
+                    self.fail(
+                        n.span(),
+                        "cluster.name",
+                        format!(
+                            "`{}` is not an instance name: use 1 to 63 letters, digits, `.`, `_` or `-`",
+                            n.get_ref()
+                        ),
+                    );
+                }
+                n.get_ref().clone()
+            }
+            None => {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
+                if !crate::cluster::fleet::valid_name(&host) {
+                    self.fail(raw.farm.span(), "cluster.name", format!("is not set and the host name `{host}` cannot be one: set name = \"edge-1\" (1 to 63 letters, digits, `.`, `_` or `-`)"));
+                }
+                host
+            }
+        };
+        let k = self.ranged(&raw.probers_per_server, "cluster.probers_per_server", 1, 16, "") as usize;
+        let ttl =
+            self.ranged(&raw.lease_ttl_s, "cluster.lease_ttl_s", 1, 60, " seconds (etcd leases are whole seconds)");
+        let site = raw.site.as_ref().map(|s| {
+            if !crate::cluster::fleet::valid_name(s.get_ref()) {
+                self.fail(
+                    s.span(),
+                    "cluster.site",
+                    format!("`{}` is not a site name: use 1 to 63 letters, digits, `.`, `_` or `-`", s.get_ref()),
+                );
+            }
+            s.get_ref().clone()
+        });
+        let path = |s: &Spanned<String>| self.base.join(s.get_ref());
+        let auth = match (&raw.user, &raw.password_file) {
+            (Some(u), Some(f)) => Some((u.get_ref().clone(), path(f))),
+            (Some(u), None) => {
+                self.fail(
+                    u.span(),
+                    "cluster.user",
+                    "needs password_file = \"/etc/dnlb/etcd.pass\" (a file holding the password)",
+                );
+                None
+            }
+            (None, Some(f)) => {
+                self.fail(
+                    f.span(),
+                    "cluster.password_file",
+                    "needs user = \"...\" (the etcd user the password is for)",
+                );
+                None
+            }
+            (None, None) => None,
+        };
+        let identity = match (&raw.cert_file, &raw.key_file) {
+            (Some(c), Some(k)) => Some((path(c), path(k))),
+            (Some(c), None) => {
+                self.fail(c.span(), "cluster.cert_file", "needs key_file (the client certificate's private key)");
+                None
+            }
+            (None, Some(k)) => {
+                self.fail(k.span(), "cluster.key_file", "needs cert_file (the client certificate of this key)");
+                None
+            }
+            (None, None) => None,
+        };
+        let ca_file = raw.ca_file.as_ref().map(path);
+        let tls = if https {
+            Some(ClusterTls { ca_file, identity })
+        } else {
+            if let Some(s) = raw.ca_file.as_ref().or(raw.cert_file.as_ref()) {
+                self.fail(
+                    s.span(),
+                    "cluster.etcd",
+                    "TLS files are set but the endpoints are http://: write https:// endpoints",
+                );
+            }
+            None
+        };
+        Some(ClusterConfig {
+            etcd,
+            farm,
+            name,
+            probers_per_server: k,
+            lease_ttl: Duration::from_secs(ttl),
+            site,
+            auth,
+            tls,
+        })
     }
 
     fn metrics(&mut self, raw: RawMetrics) -> Option<MetricsConfig> {
@@ -506,25 +656,14 @@ impl Validator<'_> {
         let mut listed: HashSet<(IpAddr, u16)> = HashSet::new();
         for (j, s) in raw.server.into_inner().into_iter().enumerate() {
             let sf = |f: &str| format!("service[{i}].server[{j}].{f}");
-            let address = match s.address.get_ref().parse::<IpAddr>() {
-                Ok(a) if a.is_unspecified() || a.is_multicast() => {
-                    self.fail(
-                        s.address.span(),
-                        &sf("address"),
-                        format!("{a} cannot be a SIP server: use a unicast address"),
-                    );
-                    a
-                }
-                Ok(a) => a,
-                Err(_) => {
-                    self.fail(
-                        s.address.span(),
-                        &sf("address"),
-                        format!("`{}` is not an IP address: write one such as \"192.0.2.10\" or \"2001:db8::10\" (no port; use `port`)", s.address.get_ref()),
-                    );
-                    IpAddr::from([0, 0, 0, 0])
+            let parsed = match server_address(s.address.get_ref()) {
+                Ok(a) => Some(a),
+                Err(message) => {
+                    self.fail(s.address.span(), &sf("address"), message);
+                    None
                 }
             };
+            let address = parsed.unwrap_or(IpAddr::from([0, 0, 0, 0]));
             let transports = s.transports.get_ref().clone();
             if transports.is_empty() {
                 self.fail(
@@ -568,6 +707,19 @@ impl Validator<'_> {
                 );
             }
             let probe_method = s.probe_method.or(raw.probe_method).unwrap_or(probe.method);
+            // What the prober will send, built by the prober's own builder: a server it cannot
+            // address (link-local, IPv4-mapped, not unicast) is refused here, with why, so no
+            // configuration loads, or reloads, whose probes could not go out.
+            let unbuildable = parsed.and_then(|a| {
+                transports.iter().find_map(|&t| {
+                    let target = SocketAddr::new(a, if t == Transport::Tls { tls_port } else { port });
+                    RequestTemplate::new(probe_method, target, t).err()
+                })
+            });
+            if let Some(e) = unbuildable {
+                let f = if e == RequestError::PortZero { sf("port") } else { sf("address") };
+                self.fail(s.address.span(), &f, e.to_string());
+            }
             let site = s.site.as_ref().map(|v| v.get_ref().trim().to_string());
             if let (Some(v), Some("")) = (&s.site, site.as_deref()) {
                 self.fail(v.span(), &sf("site"), "is empty: name the site, such as \"east\", or leave `site` out");
@@ -837,6 +989,27 @@ fn check_name(name: &str) -> Result<(), &'static str> {
         }
     }
     Ok(())
+}
+
+/// A server's `address`: an IP address, without a zone. A zone (`fe80::1%eth0`) is refused with
+/// why: an AAAA or SRV answer cannot carry it to a phone.
+fn server_address(text: &str) -> Result<IpAddr, String> {
+    if let Ok(a) = text.parse::<IpAddr>() {
+        return Ok(a);
+    }
+    if let Some((base, zone)) = text.split_once('%') {
+        if let Ok(v6) = base.parse::<Ipv6Addr>() {
+            if v6.is_unicast_link_local() {
+                return Err(format!("`{text}`: {}", RequestError::LinkLocal(v6)));
+            }
+            return Err(format!(
+                "`{text}` carries a zone (`%{zone}`), which an AAAA or SRV answer cannot carry to a phone: write \"{base}\""
+            ));
+        }
+    }
+    Err(format!(
+        "`{text}` is not an IP address: write one such as \"192.0.2.10\" or \"2001:db8::10\" (no port; use `port`)"
+    ))
 }
 
 /// The SRV target name of a server without an explicit `host`: derived from its address so that a

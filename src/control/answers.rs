@@ -49,6 +49,7 @@ impl Answer for ControlAnswers {
             wall: SystemTime::now(),
             totals: Some(Totals::sum(&self.counters)),
             reloads: ReloadCounts::read(self.running.reloads()),
+            fleet: running.fleet.as_ref(),
         };
         match request {
             Request::Status { history } => report::status(&view, history),
@@ -57,8 +58,14 @@ impl Answer for ControlAnswers {
                 report::explain(&view, &name, &qtype, client)
             }
             Request::Reload => self.reload(),
-            Request::Drain { server, service } => drain(running.drains.as_ref(), &server, service, true),
-            Request::Undrain { server, service } => drain(running.drains.as_ref(), &server, service, false),
+            Request::Drain { server, service } => match &running.fleet {
+                Some(f) => drain_fleet(f, &running.config, &server, service, true),
+                None => drain(running.drains.as_ref(), &server, service, true),
+            },
+            Request::Undrain { server, service } => match &running.fleet {
+                Some(f) => drain_fleet(f, &running.config, &server, service, false),
+                None => drain(running.drains.as_ref(), &server, service, false),
+            },
         }
     }
 }
@@ -110,6 +117,46 @@ fn drain(prober: Option<&ProbeControl>, server: &str, service: Option<String>, d
                 ok: true,
                 text: format!("{verb} {server}: {n} server transport(s), {effect}\n"),
                 json: serde_json::json!({"server": server, "drained": drained, "matched": n}),
+            }
+        }
+        Err(e) => refuse(format!("{e}\n")),
+    }
+}
+
+/// Drains or undrains `server` cluster-wide: a drain key in etcd (no lease, so it outlives every
+/// instance) that every member obeys; answered once etcd holds it.
+fn drain_fleet(
+    fleet: &crate::cluster::Handle,
+    config: &crate::config::Config,
+    server: &str,
+    service: Option<String>,
+    drained: bool,
+) -> Reply {
+    let refuse = |text: String| Reply { ok: false, json: serde_json::json!({"error": text.trim()}), text };
+    let Some((ip, port)) = parse_server(server) else {
+        return refuse(format!("`{server}` is not ADDRESS or ADDRESS:PORT ([ADDRESS]:PORT for IPv6)\n"));
+    };
+    let targets = crate::cluster::report::drain_targets(config, service.as_deref(), ip, port);
+    if targets.is_empty() {
+        return refuse(format!(
+            "no server {server}{} in the running configuration\n",
+            service.as_deref().map_or(String::new(), |s| format!(" in service {s}"))
+        ));
+    }
+    let n = targets.len();
+    match fleet.drain(targets, drained) {
+        Ok(()) => {
+            let verb = if drained { "drained" } else { "undrained" };
+            let effect = if drained {
+                "cluster-wide, out of every member's answers; still probed; kept across restarts"
+            } else {
+                "cluster-wide, back in the answers if healthy (a `drain = true` line still drains here)"
+            };
+            tracing::info!(server, servers = n, "{verb} cluster-wide by the operator");
+            Reply {
+                ok: true,
+                text: format!("{verb} {server}: {n} server(s), {effect}\n"),
+                json: serde_json::json!({"server": server, "drained": drained, "matched": n, "cluster": true}),
             }
         }
         Err(e) => refuse(format!("{e}\n")),

@@ -360,6 +360,7 @@ pub fn status_of(sources: &Sources, history: bool) -> Status {
         wall: SystemTime::now(),
         totals: Some(Totals::sum(&sources.counters)),
         reloads: ReloadCounts::read(sources.running.reloads()),
+        fleet: running.fleet.as_ref(),
     };
     status::gather(&view, history)
 }
@@ -369,6 +370,9 @@ pub fn scrape(sources: &Sources) -> Result<String, MetricsError> {
     let mut m = Metrics::default();
     workers(&mut m, &sources.counters)?;
     let running = sources.running.load();
+    if let Some(f) = &running.fleet {
+        fleet(&mut m, f)?;
+    }
     if let Some(p) = &running.prober {
         prober(&mut m, p, &running.config)?;
     }
@@ -578,6 +582,58 @@ fn reloads(m: &mut Metrics, r: &Reloads) -> Result<(), MetricsError> {
     )?
     .with_label_values(&[] as &[&str])
     .set(c.last_success_unix);
+    Ok(())
+}
+
+/// The fleet (`[cluster]`): members, the link to etcd, duty, writes, restarts, refusals.
+fn fleet(m: &mut Metrics, f: &crate::cluster::Handle) -> Result<(), MetricsError> {
+    let p = f.published.load();
+    let s = &f.stats;
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let none: &[&str] = &[];
+    let attached = i64::from(p.link == crate::cluster::core::LinkState::Attached);
+    for (name, help, v) in [
+        (
+            "dnlb_cluster_members",
+            "Live members of the farm with this instance's configuration, itself included.",
+            int(p.view.members.len() as u64),
+        ),
+        (
+            "dnlb_cluster_conflicts",
+            "Live members of the farm with another configuration (no shared duty).",
+            int(p.view.conflicts.len() as u64),
+        ),
+        ("dnlb_cluster_attached", "1 while the lease is alive and the prefix watched, else 0 (detached).", attached),
+        (
+            "dnlb_cluster_duty_servers",
+            "Servers this instance probes as one of their current probers.",
+            int(get(&s.duty_servers)),
+        ),
+    ] {
+        m.int_gauge(name, help, &[])?.with_label_values(none).set(v);
+    }
+    for (name, help, v) in [
+        ("dnlb_cluster_verdict_writes_total", "Verdict keys written or deleted in etcd.", get(&s.verdict_writes)),
+        (
+            "dnlb_cluster_watch_restarts_total",
+            "Times the watch of the prefix was started again.",
+            get(&s.watch_restarts),
+        ),
+        (
+            "dnlb_cluster_refused_total",
+            "Keys or values under the prefix refused (too large, malformed, unknown).",
+            get(&s.refused),
+        ),
+        ("dnlb_cluster_transitions_total", "Attach/detach transitions.", get(&s.transitions)),
+        ("dnlb_cluster_leases_total", "etcd leases granted to this instance.", get(&s.leases)),
+        (
+            "dnlb_cluster_dropped_reports_total",
+            "Verdict reports dropped: the cluster thread's queue was full.",
+            get(&s.dropped_reports),
+        ),
+    ] {
+        m.counter(name, help, &[])?.with_label_values(none).inc_by(v);
+    }
     Ok(())
 }
 

@@ -266,6 +266,8 @@ mod tests {
             transport: "udp",
             site: Some("east<script>".into()),
             state,
+            own_state: state,
+            probed_here: true,
             serving,
             since_seconds: Some(75.0),
             changed_unix: Some(1_800_000_000.0),
@@ -315,6 +317,8 @@ mod tests {
             edge: None,
             relay: None,
             reloads: ReloadCounts { succeeded: 1, failed: 0, last_ok: true, last_success_unix: 0.0 },
+            cluster: None,
+            cluster_text: None,
         }
     }
 

@@ -63,6 +63,9 @@ pub enum PlaneError {
     /// The workers or their sockets could not start.
     #[error(transparent)]
     Server(#[from] ServerError),
+    /// The fleet (`[cluster]`) could not be joined.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     /// The prober could not start.
     #[error("starting the prober: {0}")]
     Prober(#[from] ProberError),
@@ -148,6 +151,8 @@ pub struct ControlPlane {
     config: Arc<Config>,
     /// The running prober; `None` when probing is off.
     prober: Option<Prober>,
+    /// The fleet's membership (`[cluster]`), kept over reloads; `None` alone.
+    fleet: Option<crate::cluster::Member>,
     server: Server,
     snapshots: SnapshotHandle,
     /// The read view published after every change of `config` or `prober`.
@@ -183,12 +188,14 @@ impl ControlPlane {
         let snapshots = SnapshotHandle::new(Snapshot::build_with(&layout, &config, &initial_serving(&config), 0)?);
         let relay = config.relay.clone().map(Arc::new);
         let server = Server::start(&config.server, relay, config.rrl.clone(), snapshots.clone())?;
-        let prober = spawn_prober(&config, layout, &snapshots, &Carry::new())?;
+        // The fleet (`[cluster]`) before the prober, which takes its duty from it.
+        let fleet = crate::cluster::join(&config)?;
+        let prober = spawn_prober(&config, layout, &snapshots, &Carry::new(), fleet.as_ref())?;
         if prober.is_none() {
             tracing::info!("probing is off: every configured server counts as healthy");
         }
         let config = Arc::new(config);
-        let view = RunningView::new(Running::new(config.clone(), prober.as_ref()));
+        let view = RunningView::new(Running::new(config.clone(), prober.as_ref()).in_fleet(fleet.as_ref()));
         let metrics = match &config.metrics {
             Some(m) => {
                 let sources =
@@ -228,6 +235,7 @@ impl ControlPlane {
             overrides,
             config,
             prober,
+            fleet,
             server,
             snapshots,
             view,
@@ -359,7 +367,23 @@ impl ControlPlane {
             }
             None => Carry::new(),
         };
-        match spawn_prober(&applied, layout, &self.snapshots, &carry) {
+        if let (Some(f), Some(c)) = (&self.fleet, &applied.cluster) {
+            // The old prober is stopped, the new one not started: the membership moves to the
+            // new farm (servers, config hash) in between, so no report crosses from one to the
+            // other.
+            let k = c.probers_per_server;
+            let (servers, hash) =
+                (crate::cluster::server_keys(&applied), crate::cluster::core::config_hash(&applied, k));
+            if servers != crate::cluster::server_keys(&self.config)
+                || hash != crate::cluster::core::config_hash(&self.config, k)
+            {
+                tracing::info!(config = %hash, "reload: the farm or its probing changed; the fleet sees the new configuration");
+                if let Err(e) = f.handle().reconfigure(servers, hash) {
+                    tracing::warn!("reload: {e}");
+                }
+            }
+        }
+        match spawn_prober(&applied, layout, &self.snapshots, &carry, self.fleet.as_ref()) {
             Ok(prober) => self.prober = prober,
             Err(e) => return Reply { ok: false, text: format!("{e}\n"), json: serde_json::Value::Null },
         }
@@ -370,7 +394,7 @@ impl ControlPlane {
             self.server.reconfigure(applied.relay.clone().map(Arc::new), applied.rrl.clone());
         }
         self.config = Arc::new(applied);
-        self.view.publish(Running::new(self.config.clone(), self.prober.as_ref()));
+        self.view.publish(Running::new(self.config.clone(), self.prober.as_ref()).in_fleet(self.fleet.as_ref()));
         let services = self.config.services.len();
         let kept = kept(&self.config, &carry);
         tracing::info!("reloaded {source}: {services} service(s), health kept for {kept} server transport(s)");
@@ -400,6 +424,10 @@ impl ControlPlane {
             }
         }
         errors.splice(0..0, stalled);
+        // Leaving revokes the lease: the others take this instance's duty now, not a TTL later.
+        if let Some(f) = self.fleet.take() {
+            f.leave();
+        }
         let ControlPlane { server, _metrics, _control, _locks, .. } = self;
         let (totals, worker_errors) = server.shutdown();
         errors.extend(worker_errors);
@@ -422,10 +450,12 @@ fn spawn_prober(
     layout: Arc<Layout>,
     snapshots: &SnapshotHandle,
     carry: &Carry,
+    fleet: Option<&crate::cluster::Member>,
 ) -> Result<Option<Prober>, PlaneError> {
     if config.probe.enabled && !config.services.is_empty() {
         let entropy = Box::new(OsEntropy::default());
-        Ok(Some(Prober::spawn_on(config.clone(), layout, snapshots.clone(), entropy, carry)?))
+        let fleet = fleet.map(|m| m.handle().clone());
+        Ok(Some(Prober::spawn_in_fleet(config.clone(), layout, snapshots.clone(), entropy, carry, fleet)?))
     } else {
         snapshots.publish(Snapshot::build_with(&layout, config, &initial_serving(config), 0)?);
         Ok(None)

@@ -53,6 +53,20 @@ macro_rules! section {
     };
 }
 
+/// A [`Fixed`] key of `[cluster]`: the membership (lease, member key, etcd client) is made once
+/// at start, so any change keeps the whole running section.
+macro_rules! cluster_field {
+    ($key:literal, $field:ident) => {
+        Fixed {
+            key: $key,
+            differs: |running, fresh| {
+                running.cluster.as_ref().map(|c| &c.$field) != fresh.cluster.as_ref().map(|c| &c.$field)
+            },
+            keep: |running, fresh| fresh.cluster = running.cluster.clone(),
+        }
+    };
+}
+
 /// The keys that need a restart: the sockets, threads and privileges made from them at start-up
 /// stay as they are. A reload keeps their running values and names the ones the file changed.
 pub const RESTART: &[Fixed] = &[
@@ -88,6 +102,20 @@ pub const RESTART: &[Fixed] = &[
             }
         },
     },
+    // The fleet's membership is taken once; the farm's servers and probe settings (the config
+    // hash) do change by reload, through the keys above.
+    section!("[cluster]", cluster),
+    cluster_field!("cluster.etcd", etcd),
+    cluster_field!("cluster.farm", farm),
+    cluster_field!("cluster.name", name),
+    cluster_field!("cluster.probers_per_server", probers_per_server),
+    cluster_field!("cluster.lease_ttl_s", lease_ttl),
+    cluster_field!("cluster.site", site),
+    cluster_field!("cluster.user", auth),
+    cluster_field!("cluster.password_file", auth),
+    cluster_field!("cluster.ca_file", tls),
+    cluster_field!("cluster.cert_file", tls),
+    cluster_field!("cluster.key_file", tls),
 ];
 
 /// The keys a reload applies: services and their servers, probing (a new prober starts, carrying
@@ -173,7 +201,7 @@ pub const LIVE: &[&str] = &[
 ];
 
 /// Keys that validation refuses in any file, so no reload ever carries them.
-pub const REFUSED: &[&str] = &["relay.sockets_per_worker"];
+pub const REFUSED: &[&str] = &["relay.sockets_per_worker", "cluster.password"];
 
 /// What a reload does with a freshly read configuration.
 #[derive(Debug)]
@@ -237,7 +265,13 @@ mod tests {
     fn refused_keys_are_refused() {
         for key in REFUSED {
             let (table, leaf) = key.split_once('.').unwrap();
-            let text = format!("{BASE}[{table}]\nupstreams = [\"127.0.0.1:53\"]\n{leaf} = 4\n");
+            // The least of each table that validation accepts, then the refused key.
+            let least = match table {
+                "cluster" => "etcd = [\"http://127.0.0.1:2379\"]\nfarm = \"f\"\nname = \"n\"",
+                _ => "upstreams = [\"127.0.0.1:53\"]",
+            };
+            let value = if table == "cluster" { "\"secret\"" } else { "4" };
+            let text = format!("{BASE}[{table}]\n{least}\n{leaf} = {value}\n");
             let problems = Config::parse(&text).unwrap_err();
             assert!(problems.iter().any(|p| p.field == *key), "{key}: {problems:?}");
         }

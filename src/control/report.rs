@@ -40,6 +40,13 @@ pub struct View<'a> {
     pub totals: Option<Totals>,
     /// How the reloads went.
     pub reloads: ReloadCounts,
+    /// The fleet (`[cluster]`), if this instance is in one.
+    pub fleet: Option<&'a crate::cluster::Handle>,
+}
+
+/// The health a report's server is answered with: in a fleet, the combined verdicts.
+pub(crate) fn answered(r: &ServerReport) -> State {
+    r.fleet.map_or(r.state, |(state, _)| state)
 }
 
 /// Asks the snapshot `name`/`qtype` as `client` would (over TCP, so nothing is truncated) and
@@ -97,6 +104,11 @@ pub fn status_text(st: &Status) -> String {
         }
         for r in &s.servers {
             let mut state = r.state.to_string();
+            if !r.probed_here {
+                state.push_str(",not probed here");
+            } else if r.own_state != r.state {
+                let _ = write!(state, ",own:{}", r.own_state);
+            }
             if r.drained {
                 state.push_str(",drained");
             }
@@ -134,6 +146,9 @@ pub fn status_text(st: &Status) -> String {
                 );
             }
         }
+    }
+    if let Some(t) = &st.cluster_text {
+        text.push_str(t);
     }
     text
 }
@@ -253,7 +268,7 @@ pub fn explain(v: &View<'_>, name: &str, qtype: &str, client: Option<IpAddr>) ->
                 *r.service == *s.name
                     && r.addr.ip() == server.address
                     && r.addr.port() == server.port_for(r.transport)
-                    && r.state == State::Up
+                    && answered(r) == State::Up
                     && !r.drained
             })
         };
@@ -263,6 +278,10 @@ pub fn explain(v: &View<'_>, name: &str, qtype: &str, client: Option<IpAddr>) ->
             })
         });
         let mut any_up = false;
+        let first_flat: usize =
+            v.config.services.iter().take_while(|x| x.name != s.name).map(|x| x.servers.len()).sum();
+        let fleet = v.fleet.map(|h| h.published.load_full());
+        let me = v.config.cluster.as_ref().map_or("", |c| c.name.as_str());
         for (i, server) in s.servers.iter().enumerate() {
             let reports: Vec<&ServerReport> = v
                 .reports
@@ -273,15 +292,19 @@ pub fn explain(v: &View<'_>, name: &str, qtype: &str, client: Option<IpAddr>) ->
                         && r.addr.port() == server.port_for(r.transport)
                 })
                 .collect();
-            let up: Vec<&str> = reports.iter().filter(|r| r.state == State::Up).map(|r| r.transport.name()).collect();
-            any_up |= (!up.is_empty() && !reports.iter().any(|r| r.drained)) || v.reports.is_empty();
-            let drained = reports.iter().any(|r| r.drained);
+            let up: Vec<&str> =
+                reports.iter().filter(|r| answered(r) == State::Up).map(|r| r.transport.name()).collect();
+            let fleet_drain = fleet.as_ref().and_then(|p| p.view.drains.get(first_flat + i).cloned().flatten());
+            let drained = reports.iter().any(|r| r.drained) || fleet_drain.is_some();
+            any_up |= (!up.is_empty() && !drained) || v.reports.is_empty();
             let overload = reports.iter().filter_map(|r| r.overload).max();
             let line = if v.reports.is_empty() {
                 format!("server {} in: probing is off", server.address)
             } else if drained {
                 let health = if up.is_empty() { "down".to_string() } else { format!("up on {}", up.join(", ")) };
-                format!("server {} (#{i}) out: drained by an operator (still probed: {health})", server.address)
+                let by = fleet_drain
+                    .map_or(String::new(), |d| format!(" (cluster-wide, by {} at {} unix time)", d.by, d.at));
+                format!("server {} (#{i}) out: drained by an operator{by} (still probed: {health})", server.address)
             } else if up.is_empty() {
                 let detail: Vec<String> = reports
                     .iter()
@@ -322,6 +345,17 @@ pub fn explain(v: &View<'_>, name: &str, qtype: &str, client: Option<IpAddr>) ->
                 None => line,
             };
             let line = format!("{line}{}", history_note(&reports, v.now));
+            // In a fleet: whose verdicts decided, and who disagrees.
+            let own = reports.iter().filter(|r| r.fleet.is_some_and(|(_, probing)| probing)).map(|r| r.state);
+            let own = own.fold(None, |acc: Option<bool>, st| match st {
+                State::Up => Some(true),
+                State::Down => Some(acc.unwrap_or(false)),
+                State::Unknown => acc,
+            });
+            let line = match fleet.as_ref().and_then(|p| crate::cluster::report::explain(p, me, first_flat + i, own)) {
+                Some(f) => format!("{line}; {f}"),
+                None => line,
+            };
             why.push(line);
         }
         if !any_up {
@@ -493,6 +527,7 @@ address = "192.0.2.3"
                 overload: None,
                 lossy: false,
                 history: Arc::default(),
+                fleet: None,
             })
             .collect();
         let view = View {
@@ -504,6 +539,7 @@ address = "192.0.2.3"
             wall: SystemTime::now(),
             totals: None,
             reloads: ReloadCounts::default(),
+            fleet: None,
         };
         explain(&view, name, qtype, None).text
     }

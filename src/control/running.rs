@@ -27,12 +27,21 @@ pub struct Running {
     pub prober: Option<ProbeView>,
     /// Drains go to the running prober through this; `None` when probing is off.
     pub drains: Option<ProbeControl>,
+    /// The fleet (`[cluster]`): status and metrics read it, drains go to etcd through it;
+    /// `None` alone.
+    pub fleet: Option<crate::cluster::Handle>,
 }
 
 impl Running {
     /// `config` as `prober` (if probing is on) serves it.
     pub fn new(config: Arc<Config>, prober: Option<&Prober>) -> Running {
-        Running { config, prober: prober.map(Prober::view), drains: prober.map(Prober::control) }
+        Running { config, prober: prober.map(Prober::view), drains: prober.map(Prober::control), fleet: None }
+    }
+
+    /// The same, for a member of `fleet`.
+    pub fn in_fleet(mut self, fleet: Option<&crate::cluster::Member>) -> Running {
+        self.fleet = fleet.map(|f| f.handle().clone());
+        self
     }
 }
 

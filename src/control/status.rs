@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use hickory_proto::rr::RecordType;
 use serde::Serialize;
 
-use super::report::{ask, View};
+use super::report::{answered, ask, View};
 use crate::config::ServiceConfig;
 use crate::counters::Totals;
 use crate::probe::health::State;
@@ -48,6 +48,11 @@ pub struct Status {
     pub relay: Option<RelaySummary>,
     /// How the reloads went.
     pub reloads: ReloadCounts,
+    /// The fleet (`[cluster]`), if this instance is in one.
+    pub cluster: Option<serde_json::Value>,
+    /// The fleet's lines of `dnlb status`.
+    #[serde(skip)]
+    pub cluster_text: Option<String>,
 }
 
 /// One service.
@@ -76,8 +81,12 @@ pub struct ServerStatus {
     pub transport: &'static str,
     /// Its `site`, if it has one.
     pub site: Option<String>,
-    /// Its health: `unknown`, `up` or `down`.
+    /// Its health as answered: `unknown`, `up` or `down` (in a fleet, the combined verdicts).
     pub state: &'static str,
+    /// Its health as this instance's own probes see it.
+    pub own_state: &'static str,
+    /// Whether this instance probes it (in a fleet, another member may).
+    pub probed_here: bool,
     /// Whether it is in the answers: `in`, `out`, or `drained`.
     pub serving: &'static str,
     /// Seconds since its health last changed.
@@ -220,7 +229,7 @@ pub fn probes(report: &ServerReport, s: &ServiceConfig, server: &crate::config::
 
 /// Whether `report`'s server is in the answers from health (up and not drained).
 fn serving(report: &ServerReport) -> &'static str {
-    match (report.drained, report.state) {
+    match (report.drained, answered(report)) {
         (true, _) => "drained",
         (false, State::Up) => "in",
         (false, _) => "out",
@@ -257,7 +266,9 @@ pub fn gather(v: &View<'_>, history: bool) -> Status {
                 address: r.addr.to_string(),
                 transport: r.transport.name(),
                 site,
-                state: r.state.name(),
+                state: answered(r).name(),
+                own_state: r.state.name(),
+                probed_here: r.fleet.is_none_or(|(_, probing)| probing),
                 serving: serving(r),
                 since_seconds: r.changed.map(|(at, _)| v.now.saturating_duration_since(at).as_secs_f64()),
                 changed_unix: r.changed.map(|(at, _)| unix(at, v.now, v.wall)),
@@ -285,6 +296,8 @@ pub fn gather(v: &View<'_>, history: bool) -> Status {
             servers,
         });
     }
+    let fleet = v.fleet.map(|h| crate::cluster::report::status(h, v.config));
+    let (cluster_text, cluster) = fleet.map_or((None, None), |(t, j)| (Some(t), Some(j)));
     let edge = v.totals.map(|t| edge(&t));
     let relay = v.totals.filter(|_| v.config.relay.is_some()).map(|t| relay(&t));
     Status {
@@ -297,6 +310,8 @@ pub fn gather(v: &View<'_>, history: bool) -> Status {
         edge,
         relay,
         reloads: v.reloads,
+        cluster,
+        cluster_text,
     }
 }
 

@@ -35,6 +35,7 @@ use super::health::{Health, State, Thresholds, Verdict};
 use super::history::{self, Change, History};
 use super::policy::{AnswerPolicy, ServerNow};
 use super::sip::{self, Frame, ProbeId, Reply, RequestTemplate};
+use crate::cluster::core::{combine, Combined, Seen};
 use crate::config::{Config, Policy, ProbeMethod, StartState, Transport};
 use crate::snapshot;
 
@@ -59,6 +60,19 @@ pub enum CoreError {
     /// does not start.
     #[error("the system's random source failed: {0}")]
     Entropy(String),
+    /// A server's probe request cannot be built. Validation refuses such a configuration with
+    /// the same reason, so this is a configuration that skipped validation: its fault.
+    #[error("service `{service}`, server {addr} ({transport:?}): {error}")]
+    Request {
+        /// The service's name.
+        service: String,
+        /// The server's address and the transport's port.
+        addr: SocketAddr,
+        /// The transport.
+        transport: Transport,
+        /// Why the request cannot be built.
+        error: sip::RequestError,
+    },
 }
 
 /// A source of random 64-bit words for probe identities and schedule jitter.
@@ -298,6 +312,9 @@ pub struct ServerReport {
     pub lossy: bool,
     /// Its last changes and flap counts (shared with the core until the next change).
     pub history: Arc<History>,
+    /// In a fleet (`[cluster]`): the health the answers use (this instance's verdict combined
+    /// with the other probers'), and whether this instance probes the server now.
+    pub fleet: Option<(State, bool)>,
 }
 
 /// What the answers are built from; the core asks for a new snapshot only when this changes.
@@ -402,6 +419,28 @@ struct Target {
     overload_timer: bool,
     /// Loss was seen on the path lately: probes go out as copies until then.
     lossy_until: Option<Instant>,
+    /// Whether this instance probes the target (always, alone; its duty, in a fleet).
+    probing: bool,
+    /// What the fleet says of the target; `None` without `[cluster]`.
+    shared: Option<Shared>,
+}
+
+/// One target's part in a fleet (see [`crate::cluster`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Shared {
+    /// This instance is one of the server's current probers: its own verdict counts.
+    counts_local: bool,
+    /// A verdict of this instance's own came since its probing last resumed (a stale one
+    /// never counts).
+    fresh: bool,
+    /// The other current probers' verdicts on this transport.
+    remote: Vec<Seen>,
+    /// Drained cluster-wide (a drain key in etcd).
+    drained: bool,
+    /// The health the answers use: the combined verdicts; kept while none is fresh.
+    effective: State,
+    /// What was last reported to the fleet.
+    reported: Option<Seen>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -481,6 +520,11 @@ pub struct Core {
     /// Targets without a first verdict yet.
     undecided: usize,
     stats: Stats,
+    /// In a fleet: whether the other probers' verdicts count (attached, or detached for less
+    /// than a lease TTL); otherwise this instance's own verdicts decide.
+    clustered: bool,
+    /// In a fleet: targets whose own verdict is to be reported (see [`Core::poll_verdict`]).
+    verdicts: VecDeque<usize>,
 }
 
 impl Core {
@@ -533,6 +577,9 @@ impl Core {
                         };
                         Arc::make_mut(&mut history).record(change);
                     }
+                    let template = RequestTemplate::new(server.probe_method, addr, transport).map_err(|error| {
+                        CoreError::Request { service: service.name.clone(), addr, transport, error }
+                    })?;
                     targets.push(Target {
                         service: si,
                         server: vi,
@@ -540,7 +587,7 @@ impl Core {
                         addr,
                         method: server.probe_method,
                         health: kept.map_or_else(|| Health::new(start), |c| c.health.clone()),
-                        template: RequestTemplate::new(server.probe_method, addr, transport),
+                        template,
                         probe: None,
                         seq: 0,
                         cseq: *sip::CSEQ_RANGE.start(),
@@ -554,6 +601,8 @@ impl Core {
                         overload: None,
                         overload_timer: false,
                         lossy_until: None,
+                        probing: true,
+                        shared: None,
                     });
                 }
             }
@@ -601,6 +650,8 @@ impl Core {
             hold,
             undecided,
             stats: Stats::default(),
+            clustered: false,
+            verdicts: VecDeque::new(),
         })
     }
 
@@ -625,6 +676,8 @@ impl Core {
             hold: self.hold,
             undecided: self.undecided,
             stats: self.stats,
+            clustered: self.clustered,
+            verdicts: self.verdicts.clone(),
         }
     }
 
@@ -716,6 +769,7 @@ impl Core {
                 overload: t.overload.map(|o| o.percent),
                 lossy: self.settings.loss_copies > 1 && t.lossy_until.is_some(),
                 history: t.history.clone(),
+                fleet: t.shared.as_ref().map(|f| (f.effective, t.probing)),
             })
             .collect()
     }
@@ -769,7 +823,7 @@ impl Core {
             let Some(t) = self.targets.get(i) else { continue };
             let current = t.seq == seq;
             match kind {
-                Timer::Send if current && t.probe.is_none() => self.start_probe(i, now),
+                Timer::Send if current && t.probe.is_none() && t.probing => self.start_probe(i, now),
                 Timer::Retransmit if current && t.probe.is_some() => self.retransmit(i, now),
                 Timer::Timeout if current && t.probe.is_some() => {
                     self.stats.timeouts += 1;
@@ -1043,7 +1097,16 @@ impl Core {
                 self.failure_changes.pop_front();
             }
         }
-        if t.health.observe(verdict, now, thresholds) {
+        let flipped = t.health.observe(verdict, now, thresholds);
+        if let Some(f) = t.shared.as_mut() {
+            f.fresh = true;
+            let latency = self.policy.services()[t.service].policy == Policy::Latency;
+            self.report(i, latency);
+            self.refresh(i, why);
+            self.schedule(i, now, failed);
+            return;
+        }
+        if flipped {
             if from == State::Unknown {
                 self.undecided = self.undecided.saturating_sub(1);
             }
@@ -1060,6 +1123,151 @@ impl Core {
         let latency = self.policy.services()[t.service].policy == Policy::Latency;
         self.dirty |= latency && !failed;
         self.schedule(i, now, failed);
+    }
+
+    /// In a fleet: this instance's own view of target `i`, if it has a fresh one.
+    pub fn local_seen(&self, i: usize) -> Option<Seen> {
+        let t = self.targets.get(i)?;
+        let f = t.shared.as_ref()?;
+        let state = t.health.state();
+        if !f.fresh || state == State::Unknown {
+            return None;
+        }
+        let rtt_us = t.health.rtt().map_or(0, |r| u32::try_from(r.as_micros()).unwrap_or(u32::MAX).min(60_000_000));
+        Some(Seen { up: state == State::Up, rtt_us, oc: t.overload.map_or(0, |o| o.percent.min(100)) })
+    }
+
+    /// Queues target `i`'s own verdict for the fleet if it changed (state or overload; for a
+    /// `latency` service also an RTT 20 % away from the one reported), or is the first since
+    /// its probing resumed.
+    fn report(&mut self, i: usize, latency: bool) {
+        let seen = self.local_seen(i);
+        let Some(f) = self.targets[i].shared.as_mut() else { return };
+        let changed = match (f.reported, seen) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(a), Some(b)) => {
+                a.up != b.up || a.oc != b.oc || (latency && a.rtt_us.abs_diff(b.rtt_us) > a.rtt_us / 5)
+            }
+        };
+        if changed {
+            f.reported = seen;
+            if self.verdicts.len() < MAX_FLIP_RECORDS {
+                self.verdicts.push_back(i);
+            }
+        }
+    }
+
+    /// The next target whose own verdict the fleet should hear ([`Core::local_seen`]).
+    pub fn poll_verdict(&mut self) -> Option<usize> {
+        self.verdicts.pop_front()
+    }
+
+    /// Joins a fleet: from now on every target's answers come from the combination of verdicts
+    /// ([`crate::cluster::core::combine`]) and its own verdicts are queued for the fleet. Until
+    /// the first [`Core::set_clustered`], this instance's own verdicts decide alone.
+    pub fn join_fleet(&mut self) {
+        for t in &mut self.targets {
+            t.shared = Some(Shared {
+                counts_local: true,
+                fresh: t.health.state() != State::Unknown,
+                remote: Vec::new(),
+                drained: false,
+                effective: t.health.state(),
+                reported: None,
+            });
+        }
+    }
+
+    /// Whether the other probers' verdicts count (the link to the fleet is up, or was less than
+    /// a lease TTL ago); when not, this instance's own verdicts decide.
+    pub fn set_clustered(&mut self, on: bool) {
+        if self.clustered == on {
+            return;
+        }
+        self.clustered = on;
+        for i in 0..self.targets.len() {
+            self.refresh(i, if on { "the fleet's verdicts" } else { "own verdicts (detached)" });
+        }
+    }
+
+    /// What the fleet says of target `i`: whether this instance is one of its current probers
+    /// (its own verdict counts), the other current probers' verdicts, and a cluster-wide drain.
+    pub fn set_fleet(&mut self, i: usize, counts_local: bool, remote: &[Seen], drained: bool) {
+        let Some(f) = self.targets.get_mut(i).and_then(|t| t.shared.as_mut()) else { return };
+        if f.counts_local == counts_local && f.remote == remote && f.drained == drained {
+            return;
+        }
+        f.counts_local = counts_local;
+        f.remote.clear();
+        f.remote.extend_from_slice(remote);
+        f.drained = drained;
+        self.dirty = true;
+        self.refresh(i, "the fleet's verdicts");
+    }
+
+    /// Starts probing target `i`, its first probe at `at` (`Some`), or stops (`None`); a probe in
+    /// flight ends as usual. Its own verdict counts again only after its next probe.
+    pub fn set_probing(&mut self, i: usize, start: Option<Instant>) {
+        let Some(t) = self.targets.get_mut(i) else { return };
+        match start {
+            Some(at) if !t.probing => {
+                t.probing = true;
+                if let Some(f) = t.shared.as_mut() {
+                    f.fresh = false;
+                    f.reported = None;
+                }
+                t.next_due = at;
+                self.timers.push(Reverse((at, i, t.seq, Timer::Send)));
+            }
+            Some(_) => {}
+            None => {
+                t.probing = false;
+                if let Some(f) = t.shared.as_mut() {
+                    f.fresh = false;
+                }
+            }
+        }
+        self.refresh(i, "duty moved");
+    }
+
+    /// Whether target `i` is probed by this instance now.
+    pub fn probing(&self, i: usize) -> bool {
+        self.targets.get(i).is_some_and(|t| t.probing)
+    }
+
+    /// Recomputes target `i`'s combined health; a change is a flip (logged, counted, published).
+    fn refresh(&mut self, i: usize, why: &'static str) {
+        let clustered = self.clustered;
+        let t = &mut self.targets[i];
+        let state = t.health.state();
+        let Some(f) = t.shared.as_mut() else { return };
+        let own = (f.fresh && state != State::Unknown).then_some(state == State::Up);
+        let combined = if clustered {
+            combine(own.filter(|_| f.counts_local).into_iter().chain(f.remote.iter().map(|s| s.up)))
+        } else {
+            combine(own)
+        };
+        let to = match combined {
+            Combined::Up => State::Up,
+            Combined::Down => State::Down,
+            Combined::Unknown => f.effective,
+        };
+        if to == f.effective {
+            return;
+        }
+        let from = f.effective;
+        f.effective = to;
+        if from == State::Unknown {
+            self.undecided = self.undecided.saturating_sub(1);
+        }
+        t.changed = Some((Instant::now(), why));
+        self.dirty = true;
+        self.stats.flips += 1;
+        if self.flips.len() >= MAX_FLIP_RECORDS {
+            self.flips.pop_front();
+        }
+        self.flips.push_back(Flip { target: i, from, to, why });
     }
 
     /// Notes a sign of loss on target `i`'s path: its probes go out as copies for a while.
@@ -1133,14 +1341,29 @@ impl Core {
         let mut now: Vec<Vec<ServerNow>> = services.iter().map(|s| vec![ServerNow::default(); s.servers()]).collect();
         for t in &self.targets {
             let Some(server) = now.get_mut(t.service).and_then(|s| s.get_mut(t.server)) else { continue };
-            if t.health.state() == State::Up && !t.drained {
+            // In a fleet: the combined health, either drain, the others' overload and RTT too.
+            let (is_up, is_drained, oc, rtt) = match &t.shared {
+                None => (t.health.state() == State::Up, t.drained, t.overload.map_or(0, |o| o.percent), t.health.rtt()),
+                Some(f) => {
+                    let own = f.fresh && (f.counts_local || !self.clustered);
+                    let mut oc = if own { t.overload.map_or(0, |o| o.percent) } else { 0 };
+                    let mut rtt = t.health.rtt().filter(|_| own);
+                    for r in f.remote.iter().filter(|r| self.clustered && r.up) {
+                        oc = oc.max(r.oc.min(100));
+                        if r.rtt_us > 0 {
+                            let d = Duration::from_micros(u64::from(r.rtt_us));
+                            rtt = Some(rtt.map_or(d, |x| x.min(d)));
+                        }
+                    }
+                    (f.effective == State::Up, t.drained || f.drained, oc, rtt)
+                }
+            };
+            if is_up && !is_drained {
                 server.up.push(t.transport);
             }
-            server.drained |= t.drained;
-            if let Some(o) = t.overload {
-                server.overload = server.overload.max(o.percent);
-            }
-            if let Some(rtt) = t.health.rtt().filter(|_| services[t.service].policy == Policy::Latency) {
+            server.drained |= is_drained;
+            server.overload = server.overload.max(oc);
+            if let Some(rtt) = rtt.filter(|_| services[t.service].policy == Policy::Latency) {
                 let us = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX);
                 server.rtt_us = Some(server.rtt_us.map_or(us, |r| r.min(us)));
             }

@@ -971,3 +971,88 @@ fn a_server_flapping_all_day_keeps_32_changes() {
     assert_eq!(h.changes().len(), history::HISTORY_LEN.min(sim.flips_of(0)));
     assert_eq!(h.flaps(sim.now).day as usize, sim.flips_of(0) - 1, "every flip but the first verdict");
 }
+
+fn seen(up: bool) -> Seen {
+    Seen { up, rtt_us: 500, oc: 0 }
+}
+
+/// In a fleet, a server only this instance sees down stays in while another prober reaches it;
+/// it leaves when every current prober says down; without fresh verdicts it keeps its health.
+#[test]
+fn in_a_fleet_a_server_leaves_only_when_every_prober_says_down() {
+    let c = config(FAST, &[("127.0.0.21", "\"udp\""), ("127.0.0.22", "\"udp\"")], "");
+    let mut sim = Sim::new(&c, vec![ok(), ok()]);
+    sim.core.join_fleet();
+    sim.run_until(ms(1000));
+    assert_eq!(sim.published.last().unwrap().1.serving.up[0], vec![vec![Transport::Udp]; 2]);
+    // Attached, k = 2: this instance and one other probe both servers.
+    sim.core.set_clustered(true);
+    sim.core.set_fleet(0, true, &[seen(true)], false);
+    sim.core.set_fleet(1, true, &[seen(true)], false);
+    // Own verdicts reported once each, not once per probe.
+    let mut reported = Vec::new();
+    while let Some(t) = sim.core.poll_verdict() {
+        reported.push(t);
+    }
+    reported.sort();
+    assert_eq!(reported, vec![0, 1]);
+    sim.run_until(ms(2000));
+    assert_eq!(sim.core.poll_verdict(), None, "no change, no report");
+    // This instance's path to server 1 breaks; the other prober still reaches it: it stays.
+    sim.behaviours[1] = Behaviour::Silent;
+    sim.run_until(ms(3000));
+    assert_eq!(sim.state(1), State::Down, "own verdict: down");
+    assert_eq!(sim.core.poll_verdict(), Some(1), "the change is reported");
+    assert_eq!(sim.core.local_seen(1).map(|s| s.up), Some(false));
+    assert_eq!(sim.published.last().unwrap().1.serving.up[0][1], vec![Transport::Udp], "still in");
+    assert!(sim.core.reports()[1].fleet == Some((State::Up, true)));
+    // The other prober agrees: out at once.
+    sim.core.set_fleet(1, true, &[seen(false)], false);
+    sim.run_until(ms(3001));
+    assert_eq!(sim.published.last().unwrap().1.serving.up[0][1], Vec::<Transport>::new());
+    // Duty moves away from this instance and the other prober's verdict vanishes (its lease
+    // ended): no fresh verdict at all, so the server keeps its health (no flap either way).
+    sim.core.set_probing(1, None);
+    sim.core.set_fleet(1, false, &[], false);
+    let flips = sim.flips_of(1);
+    sim.run_until(ms(4000));
+    assert_eq!(sim.flips_of(1), flips);
+    // A cluster-wide drain takes server 0 out at once; it is still probed.
+    sim.core.set_fleet(0, true, &[seen(true)], true);
+    assert_eq!(sim.core.poll_publish().unwrap().serving.up[0][0], Vec::<Transport>::new());
+    sim.core.set_fleet(0, true, &[seen(true)], false);
+    assert_eq!(sim.core.poll_publish().unwrap().serving.up[0][0], vec![Transport::Udp]);
+}
+
+/// A target out of this instance's duty gets no probe; taken over, its first probe goes out at
+/// the time given, and its old (stale) verdict does not count until a new one comes.
+#[test]
+fn duty_decides_what_is_probed_and_a_stale_own_verdict_never_counts() {
+    let c = config(FAST, &[("127.0.0.21", "\"udp\""), ("127.0.0.22", "\"udp\"")], "");
+    let mut sim = Sim::new(&c, vec![ok(), Behaviour::Silent]);
+    sim.core.join_fleet();
+    sim.run_until(ms(1000));
+    assert_eq!(sim.state(1), State::Down);
+    sim.core.set_clustered(true);
+    // Server 1 is someone else's (k = 1), who sees it up.
+    sim.core.set_probing(1, None);
+    sim.core.set_fleet(1, false, &[seen(true)], false);
+    let opens = sim.opens.iter().filter(|p| p.target == 1).count();
+    sim.run_until(ms(3000));
+    assert!(sim.opens.iter().filter(|p| p.target == 1).count() <= opens + 1, "no probes off duty");
+    assert_eq!(sim.published.last().unwrap().1.serving.up[0][1], vec![Transport::Udp], "its prober's verdict");
+    // The other prober dies; duty comes back here. The own verdict (down, two seconds old) is
+    // stale: the server keeps its health until this instance's first new probe says.
+    let at = sim.now + ms(50);
+    let opens = sim.opens.iter().filter(|p| p.target == 1).count();
+    sim.core.set_probing(1, Some(at));
+    sim.core.set_fleet(1, true, &[], false);
+    assert!(sim.core.probing(1));
+    assert_eq!(sim.core.poll_publish(), None, "no flap from a stale verdict");
+    sim.run_until(ms(3040));
+    assert_eq!(sim.opens.iter().filter(|p| p.target == 1).count(), opens, "not before the given time");
+    sim.run_until(ms(3060));
+    assert_eq!(sim.opens.iter().filter(|p| p.target == 1).count(), opens + 1, "at the given time");
+    sim.run_until(ms(3500));
+    assert_eq!(sim.published.last().unwrap().1.serving.up[0][1], Vec::<Transport>::new(), "its own fresh verdict");
+}

@@ -229,11 +229,34 @@ impl Prober {
         entropy: Box<dyn Entropy>,
         carried: &Carry,
     ) -> Result<Prober, ProberError> {
+        Prober::spawn_in_fleet(config, layout, snapshots, entropy, carried, None)
+    }
+
+    /// [`Prober::spawn_on`] for a member of a fleet (`[cluster]`): duty, the others' verdicts
+    /// and drains come through `fleet`, and this instance's verdicts go out through it. `None`:
+    /// alone, exactly as without `[cluster]`.
+    pub fn spawn_in_fleet(
+        config: Config,
+        layout: Arc<Layout>,
+        snapshots: SnapshotHandle,
+        entropy: Box<dyn Entropy>,
+        carried: &Carry,
+        fleet: Option<crate::cluster::Handle>,
+    ) -> Result<Prober, ProberError> {
         crate::io::raise_fd_limit();
         let started = Instant::now();
-        let core = Core::carrying(&config, started, entropy, carried)?;
+        let mut core = Core::carrying(&config, started, entropy, carried)?;
+        let fleet = fleet.map(|h| crate::cluster::prober::FleetLink::new(h, &config, &mut core));
         let poll = Poll::new()?;
         let waker = Arc::new(mio::Waker::new(poll.registry(), WAKE)?);
+        if let Some(f) = &fleet {
+            // The cluster thread wakes the loop when it publishes, so the others' verdicts
+            // apply at once rather than at the loop's next timer.
+            let w = waker.clone();
+            f.set_waker(Box::new(move || {
+                let _woken = w.wake();
+            }));
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let status = Arc::new(ProbeStatus::default());
         let stall_limit = (config.probe.interval * 3).max(MIN_STALL);
@@ -261,6 +284,7 @@ impl Prober {
             next_report: started,
             config,
             layout,
+            fleet,
         };
         driver.sockets.resize_with(driver.core.targets(), || None);
         driver.tls_errors.resize_with(driver.core.targets(), || None);
@@ -430,6 +454,8 @@ struct Driver {
     /// The names and fixed answers of `config`, made once, so a flip re-encodes only what health
     /// changes.
     layout: Arc<Layout>,
+    /// The link to the fleet (`[cluster]`); `None` alone.
+    fleet: Option<crate::cluster::prober::FleetLink>,
 }
 
 impl Driver {
@@ -503,6 +529,9 @@ impl Driver {
 
     /// Publishes, logs flips, exports counters and, once per interval, the per-server reports.
     fn after_pass(&mut self, now: Instant) {
+        if let Some(f) = self.fleet.as_mut() {
+            f.step(&mut self.core, now);
+        }
         // Counters and reports first, then the answers: whoever sees a new snapshot sees the
         // counts and the verdicts that led to it.
         self.status.store(self.core.stats());
@@ -609,7 +638,6 @@ impl Driver {
 
     /// Opens a fresh socket for `probe`; returns its local address.
     fn open(&mut self, probe: ProbeRef, transport: Transport, addr: SocketAddr) -> io::Result<SocketAddr> {
-        let any: SocketAddr = if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
         let (socket, local) = match transport {
             Transport::Udp => {
                 // Created non-blocking in one call and connected without an explicit bind (the
@@ -621,7 +649,12 @@ impl Driver {
                     Some(socket2::Protocol::UDP),
                 )?;
                 socket.connect(&addr.into())?;
-                let local = socket.local_addr()?.as_socket().unwrap_or(any);
+                // The Via sent-by is this address: a socket without one fails the probe rather
+                // than send a made-up `0.0.0.0:0`.
+                let local = socket
+                    .local_addr()?
+                    .as_socket()
+                    .ok_or_else(|| io::Error::other("the probe socket has no IP address"))?;
                 let mut s = UdpSocket::from_std(socket.into());
                 self.poll.registry().register(&mut s, token(probe), Interest::READABLE)?;
                 (Socket::Udp(s), local)

@@ -1,7 +1,8 @@
 //! SIP health probing: the heart of DN-LB. dnlb answers only with servers that just proved they
 //! are alive by answering a SIP request.
 //!
-//! - [`sip`]: the probe request and the reply checks (rsip), bounded framing; no I/O;
+//! - [`sip`]: the probe request (written from a template) and the reply checks (our own bounded
+//!   parser: rsip cannot handle IPv6 references), bounded framing; no I/O;
 //! - [`health`]: the rise/fall state machine, no I/O, time passed in;
 //! - [`history`]: each server's last changes and flap counts, no I/O, time passed in;
 //! - [`core`]: schedule, timers, retransmissions, verdicts and publish decisions, driven by

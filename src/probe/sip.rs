@@ -1,13 +1,31 @@
-//! SIP probe requests and the checks a reply must pass, built and parsed with rsip. No I/O.
+//! SIP probe requests and the checks a reply must pass, written and read by our own bounded code.
+//! No I/O.
+//!
+//! ```text
+//!  config load ─► RequestTemplate::new(method, target, transport) ─► Err: a config problem
+//!  each probe  ─► render(identity, local address) ─► request bytes ─► socket
+//!  reply bytes ─► check_reply: status line ─► header fields (unfolded) ─► top Via branch,
+//!                 Call-ID, From tag, CSeq number and method ─► Reply | Mismatch
+//! ```
+//!
+//! Why not a SIP library: rsip 0.4, which this module used before, writes an IPv6 host without
+//! its brackets (`sip:::1:5060`, not the RFC 3261 §19.1.1 / RFC 5118 `sip:[::1]:5060`), refuses
+//! the URI `sip:[::1]:5060` outright, and fails to parse a Via sent-by or a From URI that holds
+//! an IPv6 reference (`[::1]:40000`). Every probe to an IPv6 server then went out with a default
+//! request URI (`OPTIONS 127.0.0.1 SIP/2.0`) and its replies were never matched. A probe needs
+//! one fixed request and five fields of a reply, so both are done here, at the depth the probe
+//! needs: the request from a template with holes for its identity, and a reply's header fields
+//! read by a small parser that is bounded by [`MAX_MESSAGE`] and [`MAX_HEADERS`], unfolds
+//! continuation lines, knows the compact forms and reads IPv6 references, quoted strings and
+//! parameters as RFC 3261 §25 writes them.
 //!
 //! A reply counts only if it matches the request exactly: the Via branch (`z9hG4bK` + 96 random
-//! bits), Call-ID, From tag, CSeq number and method. The source address and port are checked by the
-//! socket (a connected UDP socket only receives from its peer; a TCP stream has one peer).
+//! bits), Call-ID, From tag, CSeq number and method. The source address and port are checked by
+//! the socket, as addresses, not text: a connected UDP socket only receives from its peer (the
+//! kernel compares the binary address), and a TCP stream has one peer.
 
-use std::net::SocketAddr;
-
-use rsip::headers::{self, Header};
-use rsip::prelude::{HeadersExt, ToTypedHeader, UntypedHeader};
+use std::borrow::Cow;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::config::{ProbeMethod, Transport};
 
@@ -39,10 +57,60 @@ impl ProbeId {
     }
 }
 
-fn method(m: ProbeMethod) -> rsip::Method {
+/// Why no probe request can be built for a server: the configuration's fault. Validation turns
+/// each into a problem naming the server's `address` (or `port`), so such a file never loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// An IPv6 link-local address (fe80::/10): it names a host only together with a zone (the
+    /// interface), which neither a SIP URI sent to it nor an AAAA or SRV answer given to a phone
+    /// can carry.
+    #[error(
+        "{0} is an IPv6 link-local address: it reaches a host only with a zone (`{0}%eth0`), and an AAAA or SRV answer cannot carry a zone to a phone; give the server a global or unique-local (fd00::/8) address"
+    )]
+    LinkLocal(Ipv6Addr),
+    /// An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`): the server is an IPv4 server, to be
+    /// probed over IPv4 and answered in A records.
+    #[error("{mapped} is an IPv4-mapped IPv6 address: write the IPv4 form \"{ipv4}\"")]
+    Ipv4Mapped {
+        /// The address as configured.
+        mapped: Ipv6Addr,
+        /// The IPv4 address it maps.
+        ipv4: Ipv4Addr,
+    },
+    /// The unspecified address, a multicast or a broadcast address: no one server answers there.
+    #[error("{0} cannot be a SIP server: use a unicast address")]
+    NotUnicast(IpAddr),
+    /// Port 0: nothing listens there.
+    #[error("port 0 cannot be probed: use the port the server listens on")]
+    PortZero,
+}
+
+/// Whether a probe can be addressed to `target` (see [`RequestError`]).
+pub fn check_target(target: SocketAddr) -> Result<(), RequestError> {
+    match target.ip() {
+        IpAddr::V6(v6) if v6.is_unicast_link_local() => return Err(RequestError::LinkLocal(v6)),
+        IpAddr::V6(v6) => {
+            if let Some(ipv4) = v6.to_ipv4_mapped() {
+                return Err(RequestError::Ipv4Mapped { mapped: v6, ipv4 });
+            }
+        }
+        IpAddr::V4(v4) if v4.is_broadcast() => return Err(RequestError::NotUnicast(target.ip())),
+        IpAddr::V4(_) => {}
+    }
+    if target.ip().is_unspecified() || target.ip().is_multicast() {
+        return Err(RequestError::NotUnicast(target.ip()));
+    }
+    if target.port() == 0 {
+        return Err(RequestError::PortZero);
+    }
+    Ok(())
+}
+
+/// The method's name (RFC 3261 §7.1: case-sensitive, upper case).
+fn method_name(m: ProbeMethod) -> &'static str {
     match m {
-        ProbeMethod::Options => rsip::Method::Options,
-        ProbeMethod::Register => rsip::Method::Register,
+        ProbeMethod::Options => "OPTIONS",
+        ProbeMethod::Register => "REGISTER",
     }
 }
 
@@ -55,54 +123,20 @@ fn via_transport(transport: Transport) -> &'static str {
     }
 }
 
-/// The probe request for `target` over `transport`, sent from `local`.
-///
-/// OPTIONS asks the server about itself (RFC 3261 §11). REGISTER is the paper's dummy
-/// registration: a binding query (no Contact, so nothing is registered).
-pub fn request(id: &ProbeId, target: SocketAddr, transport: Transport, local: SocketAddr) -> Vec<u8> {
-    let (scheme, uri_param) = match transport {
-        Transport::Udp => ("sip", ""),
-        Transport::Tcp => ("sip", ";transport=tcp"),
-        Transport::Tls => ("sips", ""),
-    };
-    let via_transport = via_transport(transport);
-    let host = host_port(target);
-    let local_host = host_port(local);
-    let uri = format!("{scheme}:{host}{uri_param}");
-    let aor = format!("<{scheme}:dnlb-probe@{host}>");
-    let mut headers: Vec<Header> = vec![
-        // `oc` and `oc-algo` say that dnlb takes RFC 7339 overload control: a server may then
-        // put its `oc` reduction in its replies' Via.
-        headers::Via::new(format!(
-            "SIP/2.0/{via_transport} {local_host};branch={};rport;oc;oc-algo=\"loss\"",
-            id.branch
-        ))
-        .into(),
-        headers::MaxForwards::new("70").into(),
-        headers::From::new(format!("{aor};tag={}", id.from_tag)).into(),
-        headers::To::new(aor.clone()).into(),
-        headers::CallId::new(id.call_id.clone()).into(),
-        headers::CSeq::new(format!("{} {}", id.cseq, method(id.method))).into(),
-    ];
-    if id.method == ProbeMethod::Register {
-        headers.push(headers::Expires::new("0").into());
-    } else {
-        headers.push(headers::Accept::new("application/sdp").into());
-    }
-    headers.push(headers::UserAgent::new(concat!("dnlb/", env!("CARGO_PKG_VERSION"))).into());
-    headers.push(headers::ContentLength::new("0").into());
-    let request = rsip::Request {
-        method: method(id.method),
-        uri: rsip::Uri::try_from(uri.as_str()).unwrap_or_default(),
-        version: rsip::Version::V2,
-        headers: headers.into(),
-        body: Vec::new(),
-    };
-    request.to_string().into_bytes()
+/// The probe request for `target` over `transport`, sent from `local`: the same bytes a
+/// [`RequestTemplate`] renders.
+pub fn request(
+    id: &ProbeId,
+    target: SocketAddr,
+    transport: Transport,
+    local: SocketAddr,
+) -> Result<Vec<u8>, RequestError> {
+    let mut out = Vec::new();
+    RequestTemplate::new(id.method, target, transport)?.render(id, local, &mut out);
+    Ok(out)
 }
 
-/// The first and last CSeq numbers probes use: always nine digits, so a request's layout never
-/// changes and a [`RequestTemplate`] can be patched in place.
+/// The first and last CSeq numbers probes use (the core counts up through them and wraps).
 pub const CSEQ_RANGE: std::ops::RangeInclusive<u32> = 100_000_000..=999_999_999;
 
 /// The largest SIP message a probe accepts, over UDP or TCP (headers and body together). A reply
@@ -111,96 +145,205 @@ pub const MAX_MESSAGE: usize = 64 * 1024;
 /// The most header lines a reply may carry before it is refused without a full parse.
 pub const MAX_HEADERS: usize = 256;
 
-/// The placeholder local address a template is built with, found again by its Via prefix.
-fn placeholder_local(target: SocketAddr) -> SocketAddr {
-    if target.is_ipv4() {
-        SocketAddr::from(([192, 0, 2, 1], 9))
-    } else {
-        SocketAddr::from(([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1], 9))
+/// Appends a decimal number.
+fn put_decimal(out: &mut Vec<u8>, mut n: u32) {
+    let mut digits = [0u8; 10];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// Appends an IPv6 address in the RFC 5952 text form (lower-case hex, no leading zeros, the
+/// longest run of two or more zero groups, the first of equals, as `::`), which is what the
+/// `IPv6address` rule of RFC 3261 §25.1 reads. Written by hand so a request never depends on a
+/// formatter that could fail: an IPv4-mapped address comes out in hex (`::ffff:c000:201`), also
+/// valid, though targets never are one ([`check_target`]).
+fn put_ipv6(out: &mut Vec<u8>, ip: Ipv6Addr) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let groups = ip.segments();
+    // The longest run of zero groups (at least two), as (start, length).
+    let (mut best, mut run) = ((0usize, 0usize), (0usize, 0usize));
+    for (i, &g) in groups.iter().enumerate() {
+        if g == 0 {
+            run = if run.1 == 0 { (i, 1) } else { (run.0, run.1 + 1) };
+            if run.1 > best.1 {
+                best = run;
+            }
+        } else {
+            run = (0, 0);
+        }
+    }
+    let skip = if best.1 >= 2 { best.0..best.0 + best.1 } else { 8..8 };
+    let mut i = 0;
+    while i < groups.len() {
+        if i == skip.start {
+            out.extend_from_slice(b"::");
+            i = skip.end;
+            continue;
+        }
+        if i > 0 && i != skip.end {
+            out.push(b':');
+        }
+        let g = groups[i];
+        let mut started = false;
+        for shift in [12u16, 8, 4, 0] {
+            let digit = usize::from((g >> shift) & 0xf);
+            if digit != 0 || started || shift == 0 {
+                out.push(HEX[digit]);
+                started = true;
+            }
+        }
+        i += 1;
     }
 }
 
-/// `ip:port` or `[ip]:port`, as a Via sent-by and a URI host write it.
-fn host_port(addr: SocketAddr) -> String {
+/// Appends `ip:port`, or `[ip]:port` for IPv6 (RFC 3261 §25.1 `hostport` with an
+/// `IPv6reference`, RFC 5118 §4.1), as a request URI, a Via sent-by and a From/To URI write it.
+fn put_host_port(out: &mut Vec<u8>, addr: SocketAddr) {
     match addr {
-        SocketAddr::V4(a) => format!("{}:{}", a.ip(), a.port()),
-        SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+        SocketAddr::V4(a) => {
+            let [w, x, y, z] = a.ip().octets();
+            for (i, octet) in [w, x, y, z].into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                put_decimal(out, u32::from(octet));
+            }
+        }
+        SocketAddr::V6(a) => {
+            out.push(b'[');
+            put_ipv6(out, *a.ip());
+            out.push(b']');
+        }
     }
+    out.push(b':');
+    put_decimal(out, u32::from(addr.port()));
 }
 
-/// One target's probe request, built once with rsip; each probe writes in its own local address
-/// (every probe leaves from a fresh socket) and patches in its fresh identity. Every identity
-/// field has a fixed width (hex digits, a nine-digit CSeq), so rendering is two copies and four
-/// overwrites instead of a full rsip build per probe.
+/// One target's probe request, built once when the configuration loads: the request's constant
+/// text with holes where each probe writes its local address (every probe leaves from a fresh
+/// socket) and its fresh identity. Rendering is six copies and five short writes, and takes
+/// identity fields of any length.
+///
+/// ```text
+///  OPTIONS sip:[2001:db8::10]:5060 SIP/2.0
+///  Via: SIP/2.0/UDP ①;branch=②;rport;oc;oc-algo="loss"
+///  Max-Forwards: 70
+///  From: <sip:dnlb-probe@[2001:db8::10]:5060>;tag=③
+///  To: <sip:dnlb-probe@[2001:db8::10]:5060>
+///  Call-ID: ④
+///  CSeq: ⑤ OPTIONS
+///  Accept: application/sdp                  (REGISTER: Expires: 0, and no Contact)
+///  User-Agent: dnlb/VERSION
+///  Content-Length: 0
+/// ```
 #[derive(Debug, Clone)]
 pub struct RequestTemplate {
-    bytes: Vec<u8>,
-    /// Where the Via sent-by (the local address) sits in `bytes`, and its placeholder length.
-    sent_by: (usize, usize),
-    /// Offsets of the branch, Call-ID, From tag and CSeq number in `bytes`, with their lengths;
-    /// all lie after the sent-by.
-    fields: [(usize, usize); 4],
+    /// The request without its local address and identity.
+    text: Vec<u8>,
+    /// Where in `text` the Via sent-by, the branch, the From tag, the Call-ID and the CSeq
+    /// number go, in that order (ascending offsets).
+    holes: [usize; 5],
 }
 
 impl RequestTemplate {
-    /// Builds the template for `method` to `target` over `transport`.
-    pub fn new(method: ProbeMethod, target: SocketAddr, transport: Transport) -> RequestTemplate {
-        let placeholder = ProbeId::new([u64::MAX; 5], *CSEQ_RANGE.end(), method);
-        let local = placeholder_local(target);
-        let bytes = request(&placeholder, target, transport, local);
-        let find = |needle: &str| -> (usize, usize) {
-            let n = needle.as_bytes();
-            let at = bytes.windows(n.len()).position(|w| w == n).unwrap_or(0);
-            (at, n.len())
+    /// The template for `method` to `target` over `transport`: OPTIONS asks the server about
+    /// itself (RFC 3261 §11); REGISTER is the paper's dummy registration, a binding query (no
+    /// Contact, so nothing is registered). `sips:` URIs for TLS, `;transport=tcp` for TCP.
+    pub fn new(method: ProbeMethod, target: SocketAddr, transport: Transport) -> Result<RequestTemplate, RequestError> {
+        check_target(target)?;
+        let (scheme, uri_param): (&[u8], &[u8]) = match transport {
+            Transport::Udp => (b"sip", b""),
+            Transport::Tcp => (b"sip", b";transport=tcp"),
+            Transport::Tls => (b"sips", b""),
         };
-        let via = format!("SIP/2.0/{} ", via_transport(transport));
-        let (via_at, via_len) = find(&format!("{via}{}", host_port(local)));
-        let sent_by = (via_at + via.len(), via_len - via.len());
-        let fields = [
-            find(&placeholder.branch),
-            find(&placeholder.call_id),
-            find(&format!("tag={}", placeholder.from_tag)),
-            find(&format!("{} ", placeholder.cseq)),
-        ];
-        // The tag and CSeq needles carry a prefix or suffix to make them unique; skip those.
-        let fields = [fields[0], fields[1], (fields[2].0 + 4, fields[2].1 - 4), (fields[3].0, fields[3].1 - 1)];
-        RequestTemplate { bytes, sent_by, fields }
+        let name = method_name(method).as_bytes();
+        let mut t = Vec::with_capacity(512);
+        let mut holes = [0usize; 5];
+        t.extend_from_slice(name);
+        t.push(b' ');
+        t.extend_from_slice(scheme);
+        t.push(b':');
+        put_host_port(&mut t, target);
+        t.extend_from_slice(uri_param);
+        t.extend_from_slice(b" SIP/2.0\r\nVia: SIP/2.0/");
+        t.extend_from_slice(via_transport(transport).as_bytes());
+        t.push(b' ');
+        holes[0] = t.len();
+        t.extend_from_slice(b";branch=");
+        holes[1] = t.len();
+        // `oc` and `oc-algo` say that dnlb takes RFC 7339 overload control: a server may then
+        // put its `oc` reduction in its replies' Via.
+        t.extend_from_slice(b";rport;oc;oc-algo=\"loss\"\r\nMax-Forwards: 70\r\n");
+        let aor = |t: &mut Vec<u8>| {
+            t.push(b'<');
+            t.extend_from_slice(scheme);
+            t.extend_from_slice(b":dnlb-probe@");
+            put_host_port(t, target);
+            t.push(b'>');
+        };
+        t.extend_from_slice(b"From: ");
+        aor(&mut t);
+        t.extend_from_slice(b";tag=");
+        holes[2] = t.len();
+        t.extend_from_slice(b"\r\nTo: ");
+        aor(&mut t);
+        t.extend_from_slice(b"\r\nCall-ID: ");
+        holes[3] = t.len();
+        t.extend_from_slice(b"\r\nCSeq: ");
+        holes[4] = t.len();
+        t.push(b' ');
+        t.extend_from_slice(name);
+        t.extend_from_slice(match method {
+            ProbeMethod::Register => b"\r\nExpires: 0\r\n".as_slice(),
+            ProbeMethod::Options => b"\r\nAccept: application/sdp\r\n".as_slice(),
+        });
+        t.extend_from_slice(concat!("User-Agent: dnlb/", env!("CARGO_PKG_VERSION"), "\r\n").as_bytes());
+        t.extend_from_slice(b"Content-Length: 0\r\n\r\n");
+        Ok(RequestTemplate { text: t, holes })
     }
 
     /// Writes the request for `id`, sent from `local`, into `out` (whose contents are replaced).
     pub fn render(&self, id: &ProbeId, local: SocketAddr, out: &mut Vec<u8>) {
-        let (at, len) = self.sent_by;
-        let local = host_port(local);
+        let t = &self.text;
+        let [sent_by, branch, tag, call_id, cseq] = self.holes;
         out.clear();
-        out.extend_from_slice(&self.bytes[..at]);
-        out.extend_from_slice(local.as_bytes());
-        out.extend_from_slice(&self.bytes[at + len..]);
-        let cseq = id.cseq.clamp(*CSEQ_RANGE.start(), *CSEQ_RANGE.end()).to_string();
-        let values = [id.branch.as_bytes(), id.call_id.as_bytes(), id.from_tag.as_bytes(), cseq.as_bytes()];
-        for (&(field_at, field_len), value) in self.fields.iter().zip(values) {
-            // Fields after the sent-by moved by the difference in address length.
-            let field_at = if field_at > at { field_at - len + local.len() } else { field_at };
-            if value.len() == field_len && field_at + field_len <= out.len() {
-                out[field_at..field_at + field_len].copy_from_slice(value);
-            }
-        }
+        out.extend_from_slice(&t[..sent_by]);
+        put_host_port(out, local);
+        out.extend_from_slice(&t[sent_by..branch]);
+        out.extend_from_slice(id.branch.as_bytes());
+        out.extend_from_slice(&t[branch..tag]);
+        out.extend_from_slice(id.from_tag.as_bytes());
+        out.extend_from_slice(&t[tag..call_id]);
+        out.extend_from_slice(id.call_id.as_bytes());
+        out.extend_from_slice(&t[call_id..cseq]);
+        put_decimal(out, id.cseq);
+        out.extend_from_slice(&t[cseq..]);
     }
 }
 
 /// Why a reply was not taken as an answer to the probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mismatch {
-    /// Not a SIP response at all.
+    /// Not a SIP response at all: no status line, no blank line after the headers, a header line
+    /// without a name.
     Unparsable,
     /// Over [`MAX_MESSAGE`] bytes or [`MAX_HEADERS`] header lines: refused without a parse.
     TooLarge,
-    /// Via branch differs or is missing.
+    /// The top Via's branch differs or is missing, or the top Via is malformed.
     Branch,
     /// Call-ID differs or is missing.
     CallId,
-    /// From tag differs or is missing.
+    /// From tag differs or is missing, or the From header is malformed.
     FromTag,
-    /// CSeq number or method differs.
+    /// CSeq number or method differs, or the CSeq header is malformed.
     CSeq,
 }
 
@@ -221,7 +364,6 @@ pub enum Reply {
 
 /// Checks a reply against the probe it claims to answer.
 pub fn check_reply(bytes: &[u8], id: &ProbeId) -> Result<Reply, Mismatch> {
-    // rsip expects a complete message; refuse anything that is not text-looking up front.
     if bytes.len() < 12 || !bytes.starts_with(b"SIP/2.0 ") {
         return Err(Mismatch::Unparsable);
     }
@@ -229,41 +371,269 @@ pub fn check_reply(bytes: &[u8], id: &ProbeId) -> Result<Reply, Mismatch> {
         return Err(Mismatch::TooLarge);
     }
     // A flood of forged replies must stay cheap: without our branch anywhere in the bytes, the
-    // reply cannot match, so skip the full parse.
+    // reply cannot match, so skip the parse.
     if memchr::memmem::find(bytes, id.branch.as_bytes()).is_none() {
         return Err(Mismatch::Branch);
     }
-    // Bound the parser's work by the header count too, not only by the byte count.
-    let head_end = find(bytes, b"\r\n\r\n", 0).unwrap_or(bytes.len());
-    if memchr::memchr_iter(b'\n', &bytes[..head_end]).count() > MAX_HEADERS {
+    // The header block, with the CRLF that ends its last line (RFC 3261 §7: the blank line is
+    // required, also over UDP).
+    let head = &bytes[..find(bytes, b"\r\n\r\n", 0).ok_or(Mismatch::Unparsable)? + 2];
+    if memchr::memchr_iter(b'\n', head).count() > MAX_HEADERS {
         return Err(Mismatch::TooLarge);
     }
-    let response = rsip::Response::try_from(bytes).map_err(|_| Mismatch::Unparsable)?;
-    let via = response.via_header().map_err(|_| Mismatch::Branch)?;
-    let branch_ok = via.typed().ok().and_then(|v| v.branch().map(|b| b.to_string() == id.branch)).unwrap_or(false);
-    if !branch_ok {
+    let line_end = find(head, b"\r\n", 0).ok_or(Mismatch::Unparsable)?;
+    let code = status_code(&head[..line_end]).ok_or(Mismatch::Unparsable)?;
+    // The first of each header the match needs; a later duplicate is ignored, as the top Via is
+    // the first value of the first Via.
+    let (mut via, mut call_id, mut from, mut cseq, mut retry_after) = (None, None, None, None, None);
+    for header in (Headers { rest: &head[line_end + 2..] }) {
+        let (name, value) = header?;
+        let slot = if is_header(name, b"via", b"v") {
+            &mut via
+        } else if is_header(name, b"call-id", b"i") {
+            &mut call_id
+        } else if is_header(name, b"from", b"f") {
+            &mut from
+        } else if is_header(name, b"cseq", b"") {
+            &mut cseq
+        } else if is_header(name, b"retry-after", b"") {
+            &mut retry_after
+        } else {
+            continue;
+        };
+        slot.get_or_insert(value);
+    }
+    let branch = via.as_deref().and_then(top_via_branch);
+    if branch != Some(id.branch.as_bytes()) {
         return Err(Mismatch::Branch);
     }
-    if response.call_id_header().map_err(|_| Mismatch::CallId)?.value() != id.call_id {
+    if call_id.as_deref() != Some(id.call_id.as_bytes()) {
         return Err(Mismatch::CallId);
     }
-    let tag = response.from_header().ok().and_then(|f| f.tag().ok().flatten());
-    if tag.map(|t| t.to_string()) != Some(id.from_tag.clone()) {
+    if from.as_deref().and_then(from_tag) != Some(id.from_tag.as_bytes()) {
         return Err(Mismatch::FromTag);
     }
-    let cseq = response.cseq_header().map_err(|_| Mismatch::CSeq)?;
-    if cseq.seq().ok() != Some(id.cseq) || cseq.method().ok() != Some(method(id.method)) {
+    if cseq.as_deref().and_then(parse_cseq) != Some((id.cseq, method_name(id.method).as_bytes())) {
         return Err(Mismatch::CSeq);
     }
-    let code = response.status_code().code();
     if code < 200 {
         return Ok(Reply::Provisional);
     }
-    let retry_after = response.headers.iter().find_map(|h| match h {
-        Header::RetryAfter(r) => r.value().split([';', ' ', '(']).next().and_then(|s| decimal(s.trim().as_bytes())),
-        _ => None,
+    // delta-seconds, then an optional comment and parameters (RFC 3261 §20.33).
+    let retry_after = retry_after.as_deref().and_then(|v| {
+        let end = v.iter().position(|&b| matches!(b, b';' | b'(' | b' ' | b'\t')).unwrap_or(v.len());
+        decimal(&v[..end])
     });
     Ok(Reply::Final { code, retry_after })
+}
+
+/// The code of a status line `SIP/2.0 SP 3DIGIT SP Reason-Phrase` (RFC 3261 §7.2), 100 to 699.
+fn status_code(line: &[u8]) -> Option<u16> {
+    let rest = line.strip_prefix(b"SIP/2.0 ")?;
+    let (digits, after) = rest.split_at_checked(3)?;
+    if !digits.iter().all(u8::is_ascii_digit) || !(after.is_empty() || after[0] == b' ') {
+        return None;
+    }
+    let code = digits.iter().fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
+    (100..=699).contains(&code).then_some(code)
+}
+
+/// Whether a header name is `long` or its compact form `short` (RFC 3261 §7.3.3), in any case.
+fn is_header(name: &[u8], long: &[u8], short: &[u8]) -> bool {
+    name.eq_ignore_ascii_case(long) || (!short.is_empty() && name.eq_ignore_ascii_case(short))
+}
+
+/// The header fields of a header block (each line ending in CRLF), as (name, value) with the
+/// value trimmed; continuation lines (starting with a space or tab, RFC 3261 §7.3.1) are joined
+/// to their field with one space. A line that is neither a field nor a continuation makes the
+/// message unparsable.
+struct Headers<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for Headers<'a> {
+    type Item = Result<(&'a [u8], Cow<'a, [u8]>), Mismatch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let line = self.take_line()?;
+        if line.is_empty() {
+            self.rest = &[];
+            return None;
+        }
+        let colon = line.iter().position(|&b| b == b':');
+        let name = colon.map(|c| line[..c].trim_ascii_end());
+        let Some((colon, name)) = colon.zip(name).filter(|(_, n)| !n.is_empty() && n.iter().all(|&b| is_token(b)))
+        else {
+            self.rest = &[];
+            return Some(Err(Mismatch::Unparsable));
+        };
+        let mut value = Cow::Borrowed(line[colon + 1..].trim_ascii());
+        while self.rest.first().is_some_and(|&b| b == b' ' || b == b'\t') {
+            let Some(more) = self.take_line() else { break };
+            let more = more.trim_ascii();
+            let joined = value.to_mut();
+            if !joined.is_empty() && !more.is_empty() {
+                joined.push(b' ');
+            }
+            joined.extend_from_slice(more);
+        }
+        Some(Ok((name, value)))
+    }
+}
+
+impl<'a> Headers<'a> {
+    /// The next physical line, without its CRLF.
+    fn take_line(&mut self) -> Option<&'a [u8]> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        let end = find(self.rest, b"\r\n", 0).unwrap_or(self.rest.len());
+        let line = &self.rest[..end];
+        // The last line may lack its CRLF: then nothing follows it.
+        self.rest = self.rest.get(end + 2..).unwrap_or(&[]);
+        Some(line)
+    }
+}
+
+/// A `token` character (RFC 3261 §25.1).
+fn is_token(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
+}
+
+/// The first `sep` in `value` outside quoted strings (RFC 3261 §25.1 `quoted-string`, with its
+/// backslash escapes), and whether `value` ends inside a quoted string left open.
+fn find_unquoted(value: &[u8], sep: u8) -> (Option<usize>, bool) {
+    let (mut quoted, mut escaped) = (false, false);
+    for (i, &b) in value.iter().enumerate() {
+        if escaped {
+            escaped = false;
+        } else if quoted && b == b'\\' {
+            escaped = true;
+        } else if b == b'"' {
+            quoted = !quoted;
+        } else if b == sep && !quoted {
+            return (Some(i), false);
+        }
+    }
+    (None, quoted)
+}
+
+/// The parts of `value` between the separators `sep` that lie outside quoted strings.
+fn split_unquoted(value: &[u8], sep: u8) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(value);
+    std::iter::from_fn(move || {
+        let v = rest?;
+        match find_unquoted(v, sep).0 {
+            Some(at) => {
+                rest = Some(&v[at + 1..]);
+                Some(&v[..at])
+            }
+            None => {
+                rest = None;
+                Some(v)
+            }
+        }
+    })
+}
+
+/// The value of the parameter `name` (case-insensitive) among `;`-separated `params`, trimmed
+/// (`None`: absent; a parameter without a value has an empty one).
+fn param<'a>(mut params: impl Iterator<Item = &'a [u8]>, name: &[u8]) -> Option<&'a [u8]> {
+    params.find_map(|p| {
+        let (n, v) = match p.iter().position(|&b| b == b'=') {
+            Some(eq) => (&p[..eq], &p[eq + 1..]),
+            None => (p, &b""[..]),
+        };
+        n.trim_ascii().eq_ignore_ascii_case(name).then(|| v.trim_ascii())
+    })
+}
+
+/// The branch of the top Via of a Via header's value (its first comma-separated via-parm):
+/// `SIP / 2.0 / transport LWS sent-by *( ; via-params )` (RFC 3261 §20.42), with an IPv6
+/// sent-by in brackets (RFC 5118 §4.2). `None` when the via-parm does not read so or has no
+/// branch.
+fn top_via_branch(via: &[u8]) -> Option<&[u8]> {
+    let top = split_unquoted(via, b',').next()?;
+    let mut parts = split_unquoted(top, b';');
+    let (protocol, sent_by) = sent_protocol(parts.next()?)?;
+    if !protocol || !sent_by_ok(sent_by) {
+        return None;
+    }
+    param(parts, b"branch").filter(|b| !b.is_empty())
+}
+
+/// Splits `SIP/2.0/UDP host:port` into whether the sent-protocol reads `SIP/2.0/token` (LWS
+/// allowed around the slashes) and the sent-by after it.
+fn sent_protocol(part: &[u8]) -> Option<(bool, &[u8])> {
+    let mut fields = part.splitn(3, |&b| b == b'/');
+    let (name, version, rest) = (fields.next()?.trim_ascii(), fields.next()?.trim_ascii(), fields.next()?);
+    let rest = rest.trim_ascii_start();
+    let transport_end = rest.iter().position(|&b| b == b' ' || b == b'\t')?;
+    let (transport, sent_by) = (&rest[..transport_end], rest[transport_end..].trim_ascii());
+    let ok = name.eq_ignore_ascii_case(b"SIP")
+        && version == b"2.0"
+        && !transport.is_empty()
+        && transport.iter().all(|&b| is_token(b));
+    Some((ok, sent_by))
+}
+
+/// Whether `host [ : port ]` is a sent-by: an IPv6 reference in brackets that parses as an IPv6
+/// address, or a host name or IPv4 address; then a port of one to five digits, or none.
+fn sent_by_ok(sent_by: &[u8]) -> bool {
+    let port = if let Some(inner) = sent_by.strip_prefix(b"[") {
+        let Some(close) = inner.iter().position(|&b| b == b']') else { return false };
+        let ip = std::str::from_utf8(&inner[..close]).ok().and_then(|s| s.parse::<Ipv6Addr>().ok());
+        if ip.is_none() {
+            return false;
+        }
+        &inner[close + 1..]
+    } else {
+        let colon = sent_by.iter().position(|&b| b == b':').unwrap_or(sent_by.len());
+        let host = &sent_by[..colon];
+        if host.is_empty() || !host.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
+            return false;
+        }
+        &sent_by[colon..]
+    };
+    match port.strip_prefix(b":") {
+        None => port.is_empty(),
+        Some(digits) => (1..=5).contains(&digits.len()) && digits.iter().all(u8::is_ascii_digit),
+    }
+}
+
+/// The `tag` of a From header's value: `[display-name] <URI> *( ; params )` or `URI *( ; params )`
+/// (RFC 3261 §20.20): the parameters follow the `>` of a name-addr (a `;tag=` inside the angle
+/// brackets belongs to the URI), or the first `;` of a bare addr-spec. `None` when there is no
+/// tag, or the value does not read so.
+fn from_tag(from: &[u8]) -> Option<&[u8]> {
+    // The first `<` outside the display name's quotes opens the URI.
+    let (open, quoted) = find_unquoted(from, b'<');
+    let params = match open {
+        Some(open) => {
+            let close = open + from[open..].iter().position(|&b| b == b'>')?;
+            let after = from[close + 1..].trim_ascii_start();
+            if !after.is_empty() && after[0] != b';' {
+                return None;
+            }
+            after
+        }
+        None if quoted => return None,
+        None => &from[from.iter().position(|&b| b == b';')?..],
+    };
+    // `params` starts with its first `;`: skip what lies before it (nothing).
+    param(split_unquoted(params, b';').skip(1), b"tag").filter(|t| !t.is_empty())
+}
+
+/// A CSeq value `1*DIGIT LWS Method` (RFC 3261 §20.16): the number (at most ten digits, within
+/// 32 bits) and the method.
+fn parse_cseq(value: &[u8]) -> Option<(u32, &[u8])> {
+    let split = value.iter().position(|&b| b == b' ' || b == b'\t')?;
+    let (digits, method) = (&value[..split], value[split..].trim_ascii());
+    if digits.len() > 10 || method.is_empty() || !method.iter().all(|&b| is_token(b)) {
+        return None;
+    }
+    let number = u32::try_from(decimal(digits)?).ok()?;
+    Some((number, method))
 }
 
 /// The longest `oc-validity` taken, whatever the server sent (an hour); the prober also caps it
@@ -415,188 +785,5 @@ pub fn frame(buf: &[u8], scanned: usize) -> Frame {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn id() -> ProbeId {
-        ProbeId::new([1, 2, 3, 4, 5], 7, ProbeMethod::Options)
-    }
-
-    /// A reply as a SIP server builds it: the request's Via, From, To (plus tag), Call-ID, CSeq.
-    fn reply_to(request: &[u8], status: &str, extra: &str) -> Vec<u8> {
-        let text = std::str::from_utf8(request).unwrap();
-        let mut out = format!("SIP/2.0 {status}\r\n");
-        for line in text.split("\r\n").skip(1) {
-            let lower = line.to_ascii_lowercase();
-            if ["via:", "from:", "call-id:", "cseq:"].iter().any(|h| lower.starts_with(h)) {
-                out.push_str(line);
-                out.push_str("\r\n");
-            }
-            if lower.starts_with("to:") {
-                out.push_str(&format!("{line};tag=server\r\n"));
-            }
-        }
-        out.push_str(extra);
-        out.push_str("Content-Length: 0\r\n\r\n");
-        out.into_bytes()
-    }
-
-    fn req() -> Vec<u8> {
-        request(&id(), "127.0.0.11:5060".parse().unwrap(), Transport::Udp, "127.0.0.1:40000".parse().unwrap())
-    }
-
-    #[test]
-    fn request_parses_back_with_rsip() {
-        let r = rsip::Request::try_from(req().as_slice()).unwrap();
-        assert_eq!(r.method, rsip::Method::Options);
-        assert_eq!(r.call_id_header().unwrap().value(), id().call_id);
-        assert!(id().branch.starts_with("z9hG4bK") && id().branch.len() >= 7 + 16);
-        let register = request(
-            &ProbeId::new([1, 2, 3, 4, 5], 1, ProbeMethod::Register),
-            "[::1]:5060".parse().unwrap(),
-            Transport::Tcp,
-            "[::1]:40000".parse().unwrap(),
-        );
-        let r = rsip::Request::try_from(register.as_slice()).unwrap();
-        assert_eq!(r.method, rsip::Method::Register);
-    }
-
-    #[test]
-    fn matching_replies_are_taken() {
-        assert_eq!(
-            check_reply(&reply_to(&req(), "200 OK", ""), &id()),
-            Ok(Reply::Final { code: 200, retry_after: None })
-        );
-        assert_eq!(check_reply(&reply_to(&req(), "100 Trying", ""), &id()), Ok(Reply::Provisional));
-        assert_eq!(
-            check_reply(&reply_to(&req(), "503 Service Unavailable", "Retry-After: 30 (maintenance)\r\n"), &id()),
-            Ok(Reply::Final { code: 503, retry_after: Some(30) })
-        );
-    }
-
-    #[test]
-    fn forged_replies_are_refused() {
-        let good = reply_to(&req(), "200 OK", "");
-        let text = String::from_utf8(good).unwrap();
-        let forge = |from: &str, to: &str| text.replacen(from, to, 1).into_bytes();
-        let mut other = id();
-        other.cseq = 8;
-        assert_eq!(check_reply(text.as_bytes(), &other), Err(Mismatch::CSeq));
-        assert_eq!(check_reply(&forge(&id().branch, "z9hG4bKforged"), &id()), Err(Mismatch::Branch));
-        assert_eq!(check_reply(&forge(&id().call_id, "forged@x"), &id()), Err(Mismatch::CallId));
-        assert_eq!(check_reply(&forge(&id().from_tag, "forged"), &id()), Err(Mismatch::FromTag));
-        assert_eq!(check_reply(&forge("7 OPTIONS", "7 REGISTER"), &id()), Err(Mismatch::CSeq));
-        assert_eq!(check_reply(b"garbage", &id()), Err(Mismatch::Unparsable));
-        assert_eq!(check_reply(&req(), &id()), Err(Mismatch::Unparsable), "a request is no reply");
-    }
-
-    #[test]
-    fn templates_render_exactly_what_rsip_builds() {
-        for (method, target, transport) in [
-            (ProbeMethod::Options, "127.0.0.11:5060", Transport::Udp),
-            (ProbeMethod::Register, "[2001:db8::1]:5080", Transport::Tcp),
-            (ProbeMethod::Options, "192.0.2.1:9", Transport::Tls),
-        ] {
-            let target = target.parse().unwrap();
-            let template = RequestTemplate::new(method, target, transport);
-            let mut out = Vec::new();
-            for (words, cseq, local) in [
-                ([1, 2, 3, 4, 5], 100_000_000, if target.is_ipv4() { "127.0.0.1:40000" } else { "[::1]:1" }),
-                (
-                    [u64::MAX, 0, 7, 9, 1 << 40],
-                    987_654_321,
-                    if target.is_ipv4() { "10.1.2.3:7" } else { "[fe80::1:2:3:4]:65535" },
-                ),
-            ] {
-                let id = ProbeId::new(words, cseq, method);
-                let local = local.parse().unwrap();
-                template.render(&id, local, &mut out);
-                assert_eq!(
-                    String::from_utf8_lossy(&out),
-                    String::from_utf8_lossy(&request(&id, target, transport, local))
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn tcp_framing() {
-        assert_eq!(frame(b"SIP/2.0 200 OK\r\nContent-Length: 3\r\n\r\nabc", 0), Frame::Complete(40));
-        assert_eq!(frame(b"SIP/2.0 200 OK\r\nContent-Length: 3\r\n\r\nab", 0), Frame::Incomplete { scanned: 39 });
-        assert_eq!(frame(b"SIP/2.0 200 OK\r\nl: 0\r\n", 0), Frame::Incomplete { scanned: 22 });
-        assert_eq!(frame(b"SIP/2.0 200 OK\r\nl: 0\r\n\r\n", 20), Frame::Complete(24), "the blank line may straddle");
-        assert_eq!(frame(b"SIP/2.0 200 OK\r\n\r\n", 0), Frame::Complete(18), "no Content-Length: no body");
-        assert_eq!(frame(b"SIP/2.0 200 OK\r\nContent-Length: x\r\n\r\n", 0), Frame::Malformed);
-    }
-
-    /// The lengths a hostile server can send: every one is bounded before it meets arithmetic.
-    #[test]
-    fn hostile_lengths_are_refused_not_wrapped() {
-        // 2^64 - 56: added to the header length this used to wrap to a small number.
-        let wrap = b"SIP/2.0 200 OK\r\nContent-Length: 18446744073709551560\r\n\r\n";
-        assert_eq!(frame(wrap, 0), Frame::TooLarge);
-        assert_eq!(frame(b"SIP/2.0 200 OK\r\nl: 65536\r\n\r\n", 0), Frame::TooLarge);
-        assert_eq!(frame(b"SIP/2.0 200 OK\r\nl: 99999999999999999999999999\r\n\r\n", 0), Frame::TooLarge);
-        let endless = [b"X-Pad: 0123456789\r\n".as_slice(); 4000].concat();
-        assert_eq!(frame(&endless, 0), Frame::TooLarge, "headers alone past 64 KiB");
-        let mut huge = reply_to(&req(), "200 OK", "");
-        huge.splice(20..20, b"X-Pad: 1\r\n".repeat(300));
-        assert_eq!(check_reply(&huge, &id()), Err(Mismatch::TooLarge), "more than 256 header lines");
-        let big = [reply_to(&req(), "200 OK", "").as_slice(), &[b' '; MAX_MESSAGE]].concat();
-        assert_eq!(check_reply(&big, &id()), Err(Mismatch::TooLarge));
-    }
-
-    #[test]
-    fn overload_signals_are_read_from_the_top_via_and_bounded() {
-        let with_via = |via: &str| format!("SIP/2.0 200 OK\r\nVia: {via}\r\nCall-ID: x\r\n\r\n").into_bytes();
-        let sig = |percent, validity_ms, seq| Some(OverloadSignal { percent, validity_ms, seq });
-        for (via, want) in [
-            (
-                "SIP/2.0/UDP h;branch=z9hG4bKx;oc=50;oc-validity=3000;oc-seq=1282321615.782",
-                sig(50, 3000, Some(1_282_321_615_782_000)),
-            ),
-            ("SIP/2.0/UDP h;oc=20", sig(20, DEFAULT_OC_VALIDITY_MS, None)),
-            ("SIP/2.0/UDP h;oc=20;oc-algo=\"loss,rate\"", sig(20, DEFAULT_OC_VALIDITY_MS, None)),
-            ("SIP/2.0/UDP h; OC = 100 ;oc-validity=0", sig(100, 0, None)),
-            ("SIP/2.0/UDP h;oc=30;oc-validity=99999999999999999999999", sig(30, MAX_OC_VALIDITY_MS, None)),
-            (
-                "SIP/2.0/UDP h;oc=30;oc-seq=99999999999999999999.1234567",
-                sig(30, DEFAULT_OC_VALIDITY_MS, Some(u64::MAX)),
-            ),
-            ("SIP/2.0/UDP h;oc=101", None),
-            ("SIP/2.0/UDP h;oc=-5", None),
-            ("SIP/2.0/UDP h;oc", None),
-            ("SIP/2.0/UDP h;oc=18446744073709551616", None),
-            ("SIP/2.0/UDP h;oc=50;oc-algo=\"rate\"", None),
-            ("SIP/2.0/UDP h;oc=50;oc-validity=soon", None),
-            ("SIP/2.0/UDP h;branch=z9hG4bKx", None),
-            ("SIP/2.0/UDP a;branch=z9hG4bKx, SIP/2.0/UDP b;oc=50", None),
-        ] {
-            assert_eq!(overload(&with_via(via)), want, "{via}");
-        }
-        let lower = b"SIP/2.0 200 OK\r\nv: SIP/2.0/UDP h;oc=10\r\nVia: SIP/2.0/UDP i;oc=90\r\n\r\n";
-        assert_eq!(
-            overload(lower),
-            sig(10, DEFAULT_OC_VALIDITY_MS, None),
-            "the compact form; the first Via is the top"
-        );
-        assert_eq!(overload(b"SIP/2.0 200 OK\r\n\r\nVia: SIP/2.0/UDP h;oc=10\r\n"), None, "the body is no header");
-        assert_eq!(overload(&reply_to(&req(), "200 OK", "")), None, "our own Via offers oc without a value");
-        assert!(check_reply(&reply_to(&req(), "200 OK", ""), &id()).is_ok(), "rsip takes our Via's oc parameters");
-    }
-
-    #[test]
-    fn retry_after_saturates_instead_of_overflowing() {
-        for (header, want) in [
-            ("Retry-After: 18446744073709551615\r\n", Some(u64::MAX)),
-            ("Retry-After: 18446744073709551616000\r\n", Some(u64::MAX)),
-            ("Retry-After: 1000000000000\r\n", Some(1_000_000_000_000)),
-            ("Retry-After: 5;duration=10\r\n", Some(5)),
-            ("Retry-After: -5\r\n", None),
-            ("Retry-After: soon\r\n", None),
-        ] {
-            let reply = reply_to(&req(), "503 Service Unavailable", header);
-            assert_eq!(check_reply(&reply, &id()), Ok(Reply::Final { code: 503, retry_after: want }), "{header}");
-        }
-    }
-}
+#[path = "sip_tests.rs"]
+mod tests;

@@ -1,7 +1,10 @@
 //! Helpers shared by the integration tests: a real server on a loopback port, a real DNS client.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod client;
+pub mod etcd;
 pub mod kamailio;
+pub mod lo;
 pub mod process;
 pub mod prom;
 pub mod resolver;

@@ -41,6 +41,15 @@ pub struct SipResponder {
     pub requests: Arc<AtomicU64>,
     /// Forged replies sent.
     pub forged: Arc<AtomicU64>,
+    /// Distinct probes received: distinct Via branches (the copies and retransmissions of one
+    /// probe share its branch), so probe load is counted, not datagrams.
+    pub branches: Arc<Mutex<std::collections::HashSet<String>>>,
+}
+
+/// The Via branch of a SIP request (`None` without one).
+pub fn branch_of(request: &str) -> Option<String> {
+    let at = request.find("branch=")? + "branch=".len();
+    Some(request[at..].chars().take_while(|c| !matches!(c, ';' | '\r' | '\n' | ' ' | ',')).collect())
 }
 
 fn header_lines(request: &str) -> Vec<&str> {
@@ -99,7 +108,8 @@ impl SipResponder {
         let stop = Arc::new(AtomicBool::new(false));
         let requests = Arc::new(AtomicU64::new(0));
         let forged = Arc::new(AtomicU64::new(0));
-        let (m, s, r, f) = (mode.clone(), stop.clone(), requests.clone(), forged.clone());
+        let branches = Arc::new(Mutex::new(std::collections::HashSet::new()));
+        let (m, s, r, f, b) = (mode.clone(), stop.clone(), requests.clone(), forged.clone(), branches.clone());
         let thread = std::thread::spawn(move || {
             let other = UdpSocket::bind(SocketAddr::new(addr.ip(), 0)).unwrap();
             let mut buf = [0u8; 4096];
@@ -114,6 +124,9 @@ impl SipResponder {
                 let Ok((n, from)) = socket.recv_from(&mut buf) else { continue };
                 r.fetch_add(1, Ordering::Relaxed);
                 let request = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if let Some(branch) = branch_of(&request) {
+                    b.lock().unwrap().insert(branch);
+                }
                 let mode = m.lock().unwrap().clone();
                 let send = |text: &str| {
                     let _sent = socket.send_to(text.as_bytes(), from);
@@ -163,7 +176,12 @@ impl SipResponder {
                 }
             }
         });
-        SipResponder { addr, mode, stop, thread: Some(thread), requests, forged }
+        SipResponder { addr, mode, stop, thread: Some(thread), requests, forged, branches }
+    }
+
+    /// Distinct probes received so far.
+    pub fn probes(&self) -> usize {
+        self.branches.lock().unwrap().len()
     }
 
     /// Switches the behaviour for the next requests.
