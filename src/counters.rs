@@ -23,6 +23,9 @@ macro_rules! counters {
         #[derive(Debug, Default)]
         pub struct WorkerCounters {
             $($(#[doc = $doc])+ pub $name: AtomicU64,)+
+            /// The I/O backend the worker runs ("uring", "portable", "xdp"), set once when it
+            /// starts: the metrics label its series with it.
+            pub backend: std::sync::OnceLock<&'static str>,
         }
 
         impl WorkerCounters {
@@ -110,6 +113,9 @@ counters! {
     drop_outbox,
     /// Datagrams longer than the receive buffer, dropped unanswered (both backends alike).
     drop_oversize,
+    /// Frames on an XSK the kernel would have dropped too (bad checksum or length, martian
+    /// source).
+    drop_bad_frame,
     /// Queries sent upstream, retries and health checks included.
     relay_forwarded,
     /// Relayed names answered from the cache.

@@ -11,14 +11,15 @@
 //! Modules, leaves first (`dns`, `io`, `prefix`, `files`, `logging` and `hasher` import nothing
 //! else of the crate; no two modules import each other):
 //! - [`dns`]: zero-copy query parsing, reply templates and their copy-and-patch.
-//! - [`io`]: the io_uring and recvmmsg backends; the only module with `unsafe`.
+//! - [`io`]: the io_uring, recvmmsg and AF_XDP backends; the only module with `unsafe`.
 //! - [`prefix`]: address prefixes (who the relay serves, who rate limiting spares, sites).
 //! - [`files`]: reading operator files (config, hosts, CA) bounded and without blocking.
 //! - [`logging`]: log lines (text, journal, JSON) and rate limiting for repeatable ones.
 //! - [`hasher`]: the hasher of the snapshot's names and the site prefixes.
 //! - [`config`]: TOML → validated [`config::Config`], errors that name file, line, field and fix;
 //!   every key of the file listed ([`config::keys`]).
-//! - [`hosts`]: local names from a hosts file, answered from the same snapshot.
+//! - [`hosts`]: local names from a hosts file, parsed once into a table of encoded answers that
+//!   every snapshot of a configuration shares.
 //! - [`select`]: selection policies (round-robin, on-duty, weighted, latency), pure functions.
 //! - [`sites`]: `[[sites]]`: which view (preference list of sites) a client's address gets.
 //! - [`snapshot`]: the immutable answer set and the handle that publishes it (and stamps its

@@ -23,6 +23,7 @@ use crate::dns::encode::{self, EncodeError};
 use crate::dns::query::{flag, rcode};
 use crate::dns::{rtype, wire_name};
 use crate::hasher::NameHasher;
+use crate::hosts::Hosts;
 use crate::select;
 use crate::sites::{SiteId, Steering, NO_SITE};
 
@@ -32,7 +33,7 @@ const ANY_TTL: u32 = 3600;
 /// How a managed (name, type) is answered.
 #[derive(Debug)]
 enum Entry {
-    /// The same reply whatever the health (SRV targets' addresses, hosts-file names).
+    /// The same reply whatever the health (SRV targets' addresses).
     Fixed(Template),
     /// From health: the index of its [`Answers`] in each view of a snapshot.
     Health(usize),
@@ -111,6 +112,9 @@ pub struct Layout {
     dynamic: usize,
     /// Which view each client gets (`[[sites]]`).
     steering: Steering,
+    /// The hosts-file names, encoded when the file was read and shared with the configuration:
+    /// looked up after the SIP names, which win a clash.
+    hosts: Arc<Hosts>,
     /// The answer to ANY over UDP for every managed name: one synthesized HINFO (RFC 8482), so
     /// ANY cannot be used to amplify. Its owner is a pointer to the question, so one template
     /// serves every name.
@@ -226,6 +230,8 @@ pub enum Negative {
     /// Health: no server of this family or transport is healthy now (or none at all, under
     /// `all_down = "nodata"`): NODATA that lasts one answer TTL.
     Health,
+    /// A zone transfer (AXFR, IXFR) of a name in a zone: REFUSED, nothing transfers the zone.
+    Transfer,
 }
 
 /// Takes the next step of a cycle of `n` (at least 1) from a worker's counter.
@@ -245,6 +251,7 @@ impl Snapshot {
             services: Vec::new(),
             dynamic: 0,
             steering: Steering::default(),
+            hosts: Arc::default(),
             any_udp: Template::empty(true, rcode::NOERROR),
             negatives: first_negatives(),
             zones: HashMap::default(),
@@ -354,17 +361,29 @@ impl Snapshot {
         client: Option<IpAddr>,
         rotation: &mut [u32],
     ) -> Lookup<'_> {
-        let Some(entry) = self.layout.names.get(name) else {
-            return self.unknown(name);
-        };
         // RFC 8482: ANY over UDP gets the synthesized HINFO (nothing to amplify with); over TCP,
-        // where the source is proven, one RRset, the A set, the useful one for a SIP name.
-        if qtype == rtype::ANY && udp {
+        // where the source is proven, one RRset, the A set, the useful one for a SIP name. A name
+        // with no records at all (an empty non-terminal) gets its NODATA: no HINFO to stand for.
+        let any_udp = qtype == rtype::ANY && udp;
+        let wanted = if qtype == rtype::ANY { rtype::A } else { qtype };
+        let Some(entry) = self.layout.names.get(name) else {
+            return match self.layout.hosts.lookup(name, wanted) {
+                None => self.unknown(name),
+                Some(_) if any_udp => Lookup::Answer(&self.layout.any_udp),
+                Some(records) => Lookup::Window(records),
+            };
+        };
+        if any_udp && (!entry.by_type.is_empty() || self.layout.hosts.contains(name)) {
             return Lookup::Answer(&self.layout.any_udp);
         }
-        let wanted = if qtype == rtype::ANY { rtype::A } else { qtype };
         let Some((_, found)) = entry.by_type.iter().find(|(t, _)| *t == wanted) else {
-            return Lookup::Answer(self.layout.negative(self.layout.nodata(entry, qtype)));
+            // A type the SIP name does not have may still be the hosts file's (its A for an SRV
+            // owner, or a hosts name inside a zone): the SIP name wins a clash only for the types
+            // it answers.
+            return match self.layout.hosts.lookup(name, wanted) {
+                Some(records) if records.count > 0 => Lookup::Window(records),
+                _ => Lookup::Answer(self.layout.negative(self.layout.nodata(entry, qtype))),
+            };
         };
         let index = match found {
             Entry::Fixed(t) => return Lookup::Answer(t),
@@ -412,16 +431,32 @@ impl Snapshot {
     /// Why `client` gets no records for a lower-case wire name and type, if it gets none, as the
     /// lookup decides it (diagnostics; `None`: records, or a name dnlb does not manage).
     pub fn negative(&self, name: &[u8], qtype: u16, client: Option<IpAddr>) -> Option<Negative> {
+        let wanted = if qtype == rtype::ANY { rtype::A } else { qtype };
+        // The types the hosts file gives this name records of.
+        let hosts: Vec<u16> = [rtype::A, rtype::AAAA, rtype::PTR]
+            .into_iter()
+            .filter(|&t| self.layout.hosts.lookup(name, t).is_some_and(|w| w.count > 0))
+            .collect();
         let Some(entry) = self.layout.names.get(name) else {
+            if !hosts.is_empty() {
+                return (!hosts.contains(&wanted)).then_some(Negative::NoSuchType { has: hosts });
+            }
             let (at, _) = self.layout.zone_of(name)?;
             return Some(Negative::NoSuchName { zone: encode::presentation(&name[at..]) });
         };
-        if entry.by_type.is_empty() {
+        if self.layout.nodata(entry, qtype) == NO_TRANSFER {
+            return Some(Negative::Transfer);
+        }
+        if entry.by_type.is_empty() && hosts.is_empty() {
             return Some(Negative::EmptyNonTerminal);
         }
-        let wanted = if qtype == rtype::ANY { rtype::A } else { qtype };
         let Some((_, found)) = entry.by_type.iter().find(|(t, _)| *t == wanted) else {
-            return Some(Negative::NoSuchType { has: entry.by_type.iter().map(|(t, _)| *t).collect() });
+            if hosts.contains(&wanted) {
+                return None;
+            }
+            let mut has: Vec<u16> = entry.by_type.iter().map(|(t, _)| *t).collect();
+            has.extend(hosts);
+            return Some(Negative::NoSuchType { has });
         };
         let Entry::Health(i) = found else { return None };
         let view = client.filter(|_| self.steers()).map_or(0, |ip| self.layout.steering.view(ip));
@@ -434,7 +469,7 @@ impl Snapshot {
         }
     }
 
-    /// The managed names, lower-case wire format (for tests and diagnostics).
+    /// The managed names but the hosts file's, lower-case wire format (for tests and diagnostics).
     pub fn names(&self) -> impl Iterator<Item = &[u8]> {
         self.layout.names.keys().map(|k| &k[..])
     }
@@ -448,6 +483,9 @@ impl Layout {
             services: Vec::with_capacity(config.services.len()),
             dynamic: 0,
             steering: Steering::new(config),
+            // Parsed and encoded when the file was read: nothing per name here, so neither the
+            // prober nor a reload redoes that work.
+            hosts: config.hosts.clone(),
             any_udp: Template::empty(true, rcode::NOERROR),
             negatives: first_negatives(),
             zones: HashMap::default(),
@@ -459,8 +497,6 @@ impl Layout {
         for service in &config.services {
             layout.service(service, config.zone_for(&service.name))?;
         }
-        // Hosts-file names come after the SIP names, which win a clash (`add` keeps the first).
-        layout.hosts(&config.hosts, config.hosts_ttl)?;
         layout.close_zones();
         let any_owner = encode::name("any.invalid")?;
         layout.any_udp =
@@ -535,7 +571,18 @@ impl Layout {
         if self.zones.is_empty() {
             return;
         }
-        let keys: Vec<Box<[u8]>> = self.names.keys().cloned().collect();
+        let mut keys: Vec<Box<[u8]>> = self.names.keys().cloned().collect();
+        // A hosts-file name inside a zone answers the zone's NODATA for a type it lacks, and the
+        // names between it and the apex exist (empty non-terminals): it joins the names here with
+        // no records of its own (its records stay the hosts table's, which a lookup reads next).
+        // Only with a zone configured is anything done per hosts name.
+        let hosts = self.hosts.clone();
+        for name in hosts.names() {
+            if !self.names.contains_key(name) && self.zone_of(name).is_some() {
+                self.names.insert(name.into(), NameAnswers { by_type: Vec::new(), nodata: PLAIN_NODATA });
+                keys.push(name.into());
+            }
+        }
         for key in keys {
             let Some((apex, zone)) = self.zone_of(&key) else { continue };
             if let Some(name) = self.names.get_mut(&key) {
@@ -554,7 +601,8 @@ impl Layout {
     /// Whether `config` has the shape this layout was made for (the same services and SRV
     /// names), so its health-dependent answers line up.
     fn fits(&self, config: &Config) -> bool {
-        config.services.len() == self.services.len()
+        Arc::ptr_eq(&self.hosts, &config.hosts)
+            && config.services.len() == self.services.len()
             && config.services.iter().zip(&self.services).all(|(s, l)| {
                 Transport::ALL.iter().filter(|t| s.servers.iter().any(|v| v.transports.contains(t))).count()
                     == l.srv.len()
@@ -696,34 +744,6 @@ impl Layout {
             let template =
                 Template { flags: flag::AA, counts: [count, 0, 0], required_len: body.len(), body: body.into() };
             self.add(&owner, qtype, Entry::Fixed(template))?;
-        }
-        Ok(())
-    }
-
-    /// A, AAAA for every hosts-file name and PTR for every address (to its first name).
-    fn hosts(&mut self, entries: &[crate::hosts::HostEntry], ttl: u32) -> Result<(), EncodeError> {
-        let mut by_name: Vec<(&str, Vec<IpAddr>)> = Vec::new();
-        let mut ptrs: Vec<(IpAddr, &str)> = Vec::new();
-        for e in entries {
-            for name in &e.names {
-                match by_name.iter_mut().find(|(n, _)| n == name) {
-                    Some((_, addrs)) if !addrs.contains(&e.address) => addrs.push(e.address),
-                    Some(_) => {}
-                    None => by_name.push((name, vec![e.address])),
-                }
-            }
-            if !ptrs.iter().any(|(a, _)| *a == e.address) {
-                ptrs.push((e.address, &e.names[0]));
-            }
-        }
-        for (name, addrs) in by_name {
-            self.add_addresses(name, &addrs, ttl)?;
-        }
-        for (address, name) in ptrs {
-            let owner = encode::name(&crate::hosts::reverse_name(address))?;
-            let record = encode::ptr_record(&owner, ttl, &encode::name(name)?);
-            let template = encode::template(&owner, rtype::PTR, vec![record], vec![])?;
-            self.add(&owner, rtype::PTR, Entry::Fixed(template))?;
         }
         Ok(())
     }
@@ -1201,5 +1221,48 @@ prefer = ["west"]
             snap.negative(&wire_name("_udp.sip.example.test"), rtype::A, None),
             Some(Negative::EmptyNonTerminal)
         );
+    }
+
+    #[test]
+    fn any_over_udp_at_an_empty_non_terminal_is_nodata_not_a_synthesized_hinfo() {
+        // RFC 8482's HINFO stands for records a name has; an empty non-terminal has none, and a
+        // resolver would cache the made-up HINFO for an hour.
+        let text = format!("{CONFIG}[service.authority]\nns = [\"dnlb1.example.net\"]\n");
+        let config = Config::parse(&text).unwrap();
+        let snap = Snapshot::build(&config, &Serving::all_up(&config), 0).unwrap();
+        let mut rot = vec![0; snap.rotation_slots];
+        for udp in [true, false] {
+            match snap.lookup(&wire_name("_udp.sip.example.test"), rtype::ANY, udp, None, &mut rot) {
+                Lookup::Answer(t) => {
+                    assert_eq!((t.counts, t.flags & 0xf), ([0, 1, 0], 0), "udp {udp}: NODATA with the SOA")
+                }
+                other => panic!("udp {udp}: {other:?}"),
+            }
+        }
+        match snap.lookup(&wire_name("sip.example.test"), rtype::ANY, true, None, &mut rot) {
+            Lookup::Answer(t) => assert_eq!(t.counts, [1, 0, 0], "a name with records: the HINFO"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_hosts_name_inside_a_zone_answers_as_the_zone_does() {
+        let text = format!("{CONFIG}[service.authority]\nns = [\"dnlb1.example.net\"]\n");
+        let mut config = Config::parse(&text).unwrap();
+        config.hosts = Arc::new(Hosts::parse("192.0.2.7 pbx.office.sip.example.test\n", 60).unwrap());
+        let snap = Snapshot::build(&config, &Serving::all_up(&config), 0).unwrap();
+        let mut rot = vec![0; snap.rotation_slots];
+        let pbx = wire_name("pbx.office.sip.example.test");
+        assert!(matches!(snap.lookup(&pbx, rtype::A, true, None, &mut rot), Lookup::Window(w) if w.count == 1));
+        // Another type: the zone's NODATA, with its SOA; the name above it exists (no NXDOMAIN).
+        let Lookup::Answer(t) = snap.lookup(&pbx, rtype::SRV, true, None, &mut rot) else { panic!("no NODATA") };
+        assert_eq!((t.flags & 0xf, t.counts[0], t.counts[1]), (0, 0, 1));
+        let Lookup::Answer(t) = snap.lookup(&wire_name("office.sip.example.test"), rtype::A, true, None, &mut rot)
+        else {
+            panic!("no answer for the empty non-terminal")
+        };
+        assert_eq!((t.flags & 0xf, t.counts[0]), (0, 0), "NODATA, not NXDOMAIN");
+        assert_eq!(snap.negative(&pbx, rtype::SRV, None), Some(Negative::NoSuchType { has: vec![rtype::A] }));
+        assert_eq!(snap.negative(&pbx, rtype::A, None), None);
     }
 }

@@ -30,7 +30,7 @@ use crate::dns::{rtype, CLASS_IN};
 use crate::edge::conn::Limits;
 use crate::edge::rrl::{Decision, Limiter};
 use crate::edge::tcp::{Answerer, TcpClients};
-use crate::io::{DropReason, Handler, Outbox, Peer};
+use crate::io::{DropReason, FramePath, Handler, Outbox, Peer};
 use crate::prefix;
 use crate::relay::engine::{Forwarded, Replies, ReplyTo};
 use crate::relay::sockets::Relay;
@@ -73,6 +73,14 @@ pub enum Answer {
 pub enum Client<'a> {
     /// A UDP datagram's sender, decoded only when needed.
     Udp(Peer<'a>),
+    /// A UDP datagram that came as a frame on an XSK (the XDP backend): its sender, and the
+    /// frame headers a later (relayed) reply goes out with.
+    Frame {
+        /// The sender.
+        peer: SocketAddr,
+        /// MACs, VLAN tag, our address and port.
+        path: &'a FramePath,
+    },
     /// A TCP connection of this worker.
     Tcp {
         /// The connection's peer.
@@ -92,7 +100,7 @@ impl Client<'_> {
     fn addr(&self) -> Option<SocketAddr> {
         match self {
             Client::Udp(p) => p.socket_addr(),
-            Client::Tcp { peer, .. } | Client::Address(peer) => Some(*peer),
+            Client::Tcp { peer, .. } | Client::Frame { peer, .. } | Client::Address(peer) => Some(*peer),
             Client::Unknown => None,
         }
     }
@@ -101,6 +109,7 @@ impl Client<'_> {
     fn reply_to(&self, addr: SocketAddr) -> ReplyTo {
         match self {
             Client::Tcp { slot, generation, .. } => ReplyTo::Tcp { slot: *slot, generation: *generation },
+            Client::Frame { peer, path } => ReplyTo::Frame { peer: *peer, path: **path },
             _ => ReplyTo::Udp(addr),
         }
     }
@@ -346,6 +355,13 @@ impl Replies for Router<'_, '_> {
                     limited(decision, buf, n)
                 }),
             },
+            ReplyTo::Frame { peer, path } => match rate_limit(self.rrl.as_deref_mut(), peer.ip(), self.now, counters) {
+                Decision::Drop => {}
+                decision => self.out.push_frame(peer, &path, |buf| {
+                    let n = counted(buf);
+                    limited(decision, buf, n)
+                }),
+            },
             ReplyTo::Tcp { slot, generation } => {
                 if let Some(tcp) = self.tcp.as_mut() {
                     tcp.deliver(slot, generation, &mut counted, self.now);
@@ -527,6 +543,27 @@ impl Handler for Worker {
         limited(decision, reply, n)
     }
 
+    #[inline]
+    fn handle_frame(
+        &mut self,
+        query: &[u8],
+        peer: SocketAddr,
+        path: &FramePath,
+        max_payload: u16,
+        reply: &mut [u8],
+    ) -> usize {
+        // The interface's MTU may bound replies below the configured cap: an answer that does
+        // not fit then gets TC=1, as one over the cap does.
+        let transport = match self.transport {
+            DnsTransport::Udp { max_payload: cap } => DnsTransport::Udp { max_payload: cap.min(max_payload) },
+            DnsTransport::Tcp => DnsTransport::Udp { max_payload },
+        };
+        let n = self.responder.respond_from(query, Client::Frame { peer, path }, transport, reply);
+        let Some(limiter) = self.rrl.as_mut().filter(|_| n > 0) else { return n };
+        let decision = rate_limit(Some(limiter), peer.ip(), self.batch_now, self.responder.counters());
+        limited(decision, reply, n)
+    }
+
     fn io_error(&mut self, _error: io::Error) {
         count(&self.responder.counters().io_errors);
     }
@@ -539,6 +576,7 @@ impl Handler for Worker {
                 DropReason::NoSendSlot => &c.drop_send_slot,
                 DropReason::Outbox => &c.drop_outbox,
                 DropReason::Oversize => &c.drop_oversize,
+                DropReason::BadFrame => &c.drop_bad_frame,
             },
             n,
         );
@@ -565,5 +603,93 @@ impl Handler for Worker {
             tcp.tick(hub.registry(), &mut TcpAnswers { responder: &mut self.responder }, now);
         }
         self.publish_counters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::counters::WorkerCounters;
+    use crate::io::encode_peer;
+    use crate::snapshot::Serving;
+    use crossbeam_utils::CachePadded;
+
+    const CONFIG: &str = "[server]\nlisten = [\"127.0.0.1:5353\"]\n[rrl]\nresponses_per_second = 4\nslip = 2\n\
+        [[service]]\nname = \"sip.example.test\"\n";
+
+    fn worker(max_payload: u16) -> Worker {
+        let mut text = CONFIG.to_string();
+        for i in 0..30 {
+            text.push_str(&format!(
+                "[[service.server]]\naddress = \"192.0.2.{}\"\nhost = \"s{i}.example.test\"\n",
+                i + 1
+            ));
+        }
+        let config = Config::parse(&text).unwrap();
+        let snapshots = SnapshotHandle::new(Snapshot::build(&config, &Serving::all_up(&config), 0).unwrap());
+        let counters: CounterBlocks = (0..1).map(|_| CachePadded::new(WorkerCounters::default())).collect();
+        let responder = Responder::new(snapshots, counters, 0);
+        Worker::new(responder, DnsTransport::Udp { max_payload }, config.rrl.clone())
+    }
+
+    fn query(name: &[u8], qtype: u16, edns: Option<u16>) -> Vec<u8> {
+        let mut p = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, u8::from(edns.is_some())];
+        p.extend_from_slice(name);
+        p.extend_from_slice(&qtype.to_be_bytes());
+        p.extend_from_slice(&[0, 1]);
+        if let Some(size) = edns {
+            p.extend_from_slice(&[0, 0, 41]);
+            p.extend_from_slice(&size.to_be_bytes());
+            p.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        }
+        p
+    }
+
+    /// What a frame's client and a socket's client get from two workers of one configuration,
+    /// one query after another: the same bytes, rotation and rate limiting (slips, drops)
+    /// included; a frame's MTU bound cuts replies as the configured cap does.
+    #[test]
+    fn a_frame_is_answered_as_a_datagram_rate_limit_and_mtu_cap_alike() {
+        let peer: SocketAddr = "198.18.0.2:40000".parse().unwrap();
+        let path = FramePath {
+            dst_mac: [2, 0, 0, 0, 0, 2],
+            src_mac: [2, 0, 0, 0, 0, 1],
+            vlan: None,
+            local: "198.18.0.1".parse().unwrap(),
+            local_port: 53,
+        };
+        let mut name = [0u8; 28];
+        let len = encode_peer(peer, &mut name);
+        let a = query(b"\x03sip\x07example\x04test\x00", 1, Some(1232));
+        let srv = query(b"\x04_sip\x04_udp\x03sip\x07example\x04test\x00", 33, Some(1232));
+        // A frame path whose MTU takes 600 bytes against a socket worker capped at 600.
+        for (frame_cap, socket_cap) in [(1232u16, 1232u16), (600, 600)] {
+            let (mut by_socket, mut by_frame) = (worker(socket_cap), worker(1232));
+            by_socket.begin_batch();
+            by_frame.begin_batch();
+            let mut outcomes = Vec::new();
+            for (i, q) in [&a, &srv].iter().cycle().take(12).enumerate() {
+                let (mut x, mut y) = ([0u8; 2048], [0u8; 2048]);
+                let n = by_socket.handle(q, Peer(&name[..len]), &mut x);
+                let m = by_frame.handle_frame(q, peer, &path, frame_cap, &mut y);
+                assert_eq!(x[..n], y[..m], "query {i}, cap {frame_cap}");
+                assert!(m <= usize::from(frame_cap));
+                outcomes.push((n, n > 0 && x[2] & 0x02 != 0));
+            }
+            // The limiter ran: 4 a second, so some replies were slipped (TC=1) or dropped.
+            assert!(outcomes.iter().any(|&(n, tc)| n == 0 || tc), "{outcomes:?}");
+            if frame_cap == 600 {
+                // The SRV answer of 30 servers does not fit 600 bytes: cut, as the cap cuts it.
+                let (mut x, mut y) = ([0u8; 2048], [0u8; 2048]);
+                let (mut s, mut f) = (worker(600), worker(1232));
+                s.begin_batch();
+                f.begin_batch();
+                let n = s.handle(&srv, Peer(&name[..len]), &mut x);
+                let m = f.handle_frame(&srv, peer, &path, 600, &mut y);
+                assert_eq!(x[..n], y[..m]);
+                assert!(m <= 600 && m > 12);
+            }
+        }
     }
 }

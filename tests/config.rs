@@ -105,7 +105,11 @@ fn hosts_file_problems_name_the_file_and_line() {
     let text = format!("{GOOD}\n[hosts]\nfile = \"{}\"\n", dir.join("hosts").display());
     let (ok, out) = check(&text);
     assert!(!ok);
-    assert!(out.contains("hosts.file:") && out.contains("hosts:2: `192.0.2.300` is not an IP address"), "{out}");
+    let named = format!(
+        "hosts.file: {}: 1 bad line, the file is refused whole: line 2: `192.0.2.300` is not an IP address",
+        dir.join("hosts").display()
+    );
+    assert!(out.contains(&named), "{out}");
     let (ok, out) = check(&format!("{GOOD}\n[hosts]\nfile = \"/nonexistent/hosts\"\n"));
     assert!(!ok && out.contains("cannot read /nonexistent/hosts"), "{out}");
     let _cleanup = std::fs::remove_dir_all(&dir);

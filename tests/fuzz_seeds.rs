@@ -43,3 +43,27 @@ fn the_query_fuzz_configuration_loads() {
     assert!(config.services.iter().any(|s| s.authority.is_some()), "a zone is fuzzed too");
     dnlb::snapshot::Snapshot::build(&config, &dnlb::snapshot::Serving::all_up(&config), 0).unwrap();
 }
+
+/// Seeds for the XDP frame target: a checksummed query frame per shape (IPv4, IPv6, VLAN), which
+/// random bytes would almost never reach past the checksum checks.
+#[test]
+fn xdp_frame_seeds_are_frames_the_parser_takes() {
+    use dnlb::io::xdp::frame::parse;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/xdp_frame");
+    let query = common::query("sip.example.test.", hickory_proto::rr::RecordType::A, 7, Some(1232));
+    for (file, client, server, vlan) in [
+        ("v4.bin", "198.18.0.2:40000", "198.18.0.1:53", None),
+        ("v6.bin", "[fd00:19::2]:40000", "[fd00:19::1]:53", None),
+        ("v4-vlan.bin", "198.18.0.2:40000", "198.18.0.1:53", Some(0x0064)),
+    ] {
+        let client: std::net::SocketAddr = client.parse().unwrap();
+        let frame = common::query_frame(client, server.parse().unwrap(), vlan, &query);
+        if std::env::var_os("DNLB_WRITE_SEEDS").is_some() {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(file), &frame).unwrap();
+        }
+        let seed = std::fs::read(dir.join(file)).expect("seed file");
+        assert_eq!(seed, frame, "{file}");
+        assert_eq!(parse(&seed).unwrap().peer, client, "{file}");
+    }
+}

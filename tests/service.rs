@@ -112,10 +112,12 @@ fn the_unit_has_every_hardening_directive() {
         "MemoryDenyWriteExecute=yes",
         "RestrictRealtime=yes",
         "RestrictSUIDSGID=yes",
-        "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX AF_NETLINK",
+        "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX AF_NETLINK AF_XDP",
         "RuntimeDirectory=dnlb",
         "LimitNOFILE=65536",
-        "SystemCallFilter=@system-service io_uring_setup io_uring_enter io_uring_register",
+        "SystemCallFilter=@system-service io_uring_setup io_uring_enter io_uring_register bpf",
+        // server.xdp's capabilities, commented out: opt-in, never granted by default.
+        "#AmbientCapabilities=CAP_NET_BIND_SERVICE CAP_NET_RAW CAP_NET_ADMIN CAP_BPF CAP_IPC_LOCK",
     ] {
         assert!(lines.contains(&required), "dist/dnlb.service lacks the line `{required}`");
     }
@@ -226,6 +228,16 @@ fn started_as_root_every_thread_becomes_the_user_and_still_answers() {
     let config = write_config(&dir, port, "user = \"nobody\"\n");
     let mut child = spawn(&config, &dir, "dnlb", &[]).spawn().unwrap();
     wait_until_answering(&mut child, addr, &dir.join("dnlb.log"));
+    // Answers start before the drop (the control socket and the metrics endpoint are bound
+    // after the workers, still as root): the ids are read once the drop is logged.
+    let log_path = dir.join("dnlb.log");
+    let read_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    common::wait_until(
+        "the drop logged",
+        Duration::from_secs(5),
+        || read_log().contains("running as user nobody"),
+        read_log,
+    );
     let tasks: Vec<PathBuf> = std::fs::read_dir(format!("/proc/{}/task", child.id()))
         .unwrap()
         .map(|e| e.unwrap().path().join("status"))
@@ -260,6 +272,41 @@ fn started_as_root_every_thread_becomes_the_user_and_still_answers() {
     let log = std::fs::read_to_string(dir.join("not-root.log")).unwrap();
     assert_eq!(status.code(), Some(1), "{log}");
     assert!(log.contains("server.user = \"daemon\": dnlb runs as uid"), "{log}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A reload whose new prober cannot start (here no thread can be made, as when a unit's
+/// TasksMax is reached) must not leave dnlb answering on frozen health with no prober and no
+/// word in the log: it says why and stops with an error, so the supervisor restarts it, as it
+/// does when the prober stalls.
+#[test]
+fn a_reload_whose_prober_cannot_start_stops_with_an_error() {
+    let root = nix::unistd::geteuid().is_root();
+    if !require(root, "running as root (to limit the tasks of server.user)") || !require(have("prlimit"), "prlimit") {
+        return;
+    }
+    let dir = scratch("no-prober");
+    let port = free_port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let config = write_config(&dir, port, "user = \"nobody\"\n");
+    // Root makes every thread at start (the limit does not bind it); as nobody, allowed one
+    // task, dnlb can make no thread at all.
+    let mut cmd = Command::new("prlimit");
+    cmd.args(["--nproc=1:1", "--", env!("CARGO_BIN_EXE_dnlb"), "--config", config.to_str().unwrap()]);
+    cmd.args(["--io", "portable"]).stdout(Stdio::null());
+    cmd.stderr(std::fs::File::create(dir.join("dnlb.log")).unwrap());
+    cmd.env_remove("NOTIFY_SOCKET").env_remove("WATCHDOG_USEC").env_remove("WATCHDOG_PID");
+    let mut child = cmd.spawn().unwrap();
+    wait_until_answering(&mut child, addr, &dir.join("dnlb.log"));
+    let hup = Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap();
+    assert!(hup.success());
+    let code = wait_exit(&mut child, Duration::from_secs(5));
+    let log = std::fs::read_to_string(dir.join("dnlb.log")).unwrap();
+    if code.is_none() {
+        terminate(&mut child);
+    }
+    assert!(code.is_some_and(|c| c != 0), "still serving with no prober (exit {code:?}):\n{log}");
+    assert!(log.contains("the prober for the new configuration could not start"), "{log}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -376,6 +376,20 @@ address = "127.0.0.1"
         assert!(p[0].message.contains("is not a user name"), "{}", p[0].message);
     }
 
+    #[test]
+    fn metrics_allow_and_connection_bound_name_their_field() {
+        let ok = format!("{MINIMAL}\n[metrics]\nlisten = \"127.0.0.1:9153\"\nallow = [\"10.0.0.0/8\", \"::1\"]\n");
+        let m = Config::parse(&ok).unwrap().metrics.unwrap();
+        assert_eq!((m.allow.len(), m.max_connections), (2, 256));
+        let bad = format!(
+            "{MINIMAL}\n[metrics]\nlisten = \"127.0.0.1:9153\"\nallow = [\"10.0.0.0/33\"]\nmax_connections = 0\n"
+        );
+        let p = Config::parse(&bad).unwrap_err();
+        let fields: Vec<&str> = p.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["metrics.allow[0]", "metrics.max_connections"], "{p:?}");
+        assert!(p[0].message.contains("write a prefix such as"), "{}", p[0].message);
+    }
+
     /// `MINIMAL` with `authority` (TOML lines) as the service's `[service.authority]` and `tail`
     /// appended to the file.
     fn zone(authority: &str, tail: &str) -> String {
@@ -406,6 +420,44 @@ address = "127.0.0.1"
         );
         assert_eq!(c.zone_for("a.b.sip.example.test").map(|s| s.name.as_str()), Some("sip.example.test"));
         assert!(c.zone_for("xsip.example.test").is_none() && c.zone_for("example.test").is_none());
+    }
+
+    #[test]
+    fn a_long_service_name_leaves_room_for_the_names_made_from_it() {
+        // `_sips._tcp.`, `ip6-<32 hex>.` and `hostmaster.` go in front of the service name; a
+        // file validation accepts must be one whose answers can be encoded, at any length.
+        let label = |n: usize| "a".repeat(n);
+        for len in (150..=253).step_by(1) {
+            let mut name = String::new();
+            while len - name.len() > 63 {
+                name.push_str(&label(62));
+                name.push('.');
+            }
+            name.push_str(&label(len - name.len()));
+            for (server, authority) in [
+                ("address = \"192.0.2.1\"\ntransports = [\"udp\", \"tls\"]", ""),
+                ("address = \"2001:db8::1\"", ""),
+                (
+                    "address = \"192.0.2.1\"\nhost = \"sbc.example.net\"",
+                    "[service.authority]\nns = [\"a.example.net\"]\n",
+                ),
+            ] {
+                let text = format!(
+                    "[server]\nlisten = [\"127.0.0.1:5353\"]\n[[service]]\nname = \"{name}\"\n{authority}[[service.server]]\n{server}\n"
+                );
+                match Config::parse(&text) {
+                    Ok(c) => {
+                        let built = crate::snapshot::Snapshot::build(&c, &crate::snapshot::Serving::all_up(&c), 0);
+                        assert!(built.is_ok(), "{len} characters, {server}: accepted but {built:?}");
+                    }
+                    Err(p) => {
+                        let fields = ["service[0].name", "service[0].authority.hostmaster"];
+                        assert!(fields.contains(&p[0].field.as_str()), "{len}: {p:?}");
+                        assert!(p[0].message.contains("too long"), "{len}: {}", p[0].message);
+                    }
+                }
+            }
+        }
     }
 
     #[test]
@@ -448,6 +500,22 @@ address = "127.0.0.1"
                 zone("ns = [\"a.example.net\"]", "[[service]]\nname = \"eu.sip.example.test\"\n[service.authority]\nns = [\"a.example.net\"]\n[[service.server]]\naddress = \"127.0.0.21\"\n"),
                 "service[1].authority",
                 "lies inside the zone `sip.example.test` of service[0]",
+            ),
+            (
+                zone(
+                    "ns = [\"eu.sip.example.test\"]\nglue = [{ name = \"eu.sip.example.test\", addresses = [\"192.0.2.53\"] }]",
+                    "[[service]]\nname = \"eu.sip.example.test\"\n[[service.server]]\naddress = \"127.0.0.21\"\n",
+                ),
+                "service[0].authority.glue[0].name",
+                "already a name of service[1]",
+            ),
+            (
+                zone(
+                    "ns = [\"ip-127-0-0-21.eu.sip.example.test\"]\nglue = [{ name = \"ip-127-0-0-21.eu.sip.example.test\", addresses = [\"192.0.2.53\"] }]",
+                    "[[service]]\nname = \"eu.sip.example.test\"\n[[service.server]]\naddress = \"127.0.0.21\"\n",
+                ),
+                "service[0].authority.glue[0].name",
+                "already a name of service[1]",
             ),
             (
                 zone("ns = [\"a.example.net\"]", "[relay]\nupstreams = [\"127.0.0.53:53\"]\n[[relay.route]]\ndomain = \"corp.sip.example.test\"\nupstreams = [\"127.0.0.54:53\"]\n"),

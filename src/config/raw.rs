@@ -67,6 +67,11 @@ pub(super) struct RawSites {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawMetrics {
     pub(super) listen: Spanned<String>,
+    /// Client prefixes served; absent: every client.
+    #[serde(default)]
+    pub(super) allow: Vec<Spanned<String>>,
+    #[serde(default = "default_metrics_max_connections")]
+    pub(super) max_connections: Spanned<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -161,6 +166,17 @@ pub(super) struct RawServerSection {
     pub(super) runtime_dir: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) user: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) xdp: Option<Spanned<RawXdp>>,
+}
+
+/// `[server] xdp = { interface = "eth0", required = false }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawXdp {
+    pub(super) interface: Spanned<String>,
+    #[serde(default)]
+    pub(super) required: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -355,6 +371,9 @@ pub(super) fn default_max_pending() -> Spanned<u64> {
 }
 pub(super) fn default_max_pending_per_prefix_percent() -> Spanned<u64> {
     spanned(25)
+}
+pub(super) fn default_metrics_max_connections() -> Spanned<u64> {
+    spanned(super::DEFAULT_MAX_CONNECTIONS as u64)
 }
 pub(super) fn default_slip() -> Spanned<u64> {
     spanned(2)

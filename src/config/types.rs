@@ -138,8 +138,9 @@ pub struct Config {
     pub probe: ProbeConfig,
     /// The SIP service names dnlb answers itself.
     pub services: Vec<ServiceConfig>,
-    /// Local names from the hosts file, answered like the SIP names (A, AAAA, PTR).
-    pub hosts: Vec<crate::hosts::HostEntry>,
+    /// Local names from the hosts file, answered like the SIP names (A, AAAA, PTR): parsed and
+    /// encoded once when the file is read, shared by every snapshot of this configuration.
+    pub hosts: std::sync::Arc<crate::hosts::Hosts>,
     /// TTL of the hosts-file answers, in seconds.
     pub hosts_ttl: u32,
     /// Where `hosts` came from (`None`: no `[hosts]` section).
@@ -208,11 +209,21 @@ pub struct HostsSource {
     pub watch: bool,
 }
 
+/// The connections the metrics endpoint and the control socket each hold at once, unless
+/// `metrics.max_connections` says otherwise.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+
 /// The Prometheus endpoint (`[metrics]`), served by [`crate::control::metrics`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MetricsConfig {
     /// The HTTP address `GET /metrics` is served on, e.g. `127.0.0.1:9153`.
     pub listen: SocketAddr,
+    /// The client prefixes served (`metrics.allow`); empty: every client. Others are closed at
+    /// once.
+    pub allow: Vec<Prefix>,
+    /// Connections held at once (`metrics.max_connections`); past it, the one that made progress
+    /// least recently is closed for the new one.
+    pub max_connections: usize,
 }
 
 /// The upstream relay for every name dnlb does not manage.
@@ -289,6 +300,18 @@ pub struct ServerConfig {
     pub runtime_dir: Option<std::path::PathBuf>,
     /// The user to become once every socket is bound (started as root); `None`: stay as started.
     pub user: Option<String>,
+    /// AF_XDP on one interface (`xdp = { interface = "eth0" }`); `None`: the kernel's path only.
+    pub xdp: Option<XdpConfig>,
+}
+
+/// `server.xdp`: the listen addresses on one interface answered from its receive queues through
+/// AF_XDP sockets ([`crate::io::xdp`]), beside the kernel's path. Changing it needs a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XdpConfig {
+    /// The interface, as `ip link` names it.
+    pub interface: String,
+    /// Refuse to start when XDP cannot be set up, instead of serving on io_uring alone.
+    pub required: bool,
 }
 
 /// SIP probing.

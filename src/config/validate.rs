@@ -69,6 +69,15 @@ impl Validator<'_> {
         // written, for the checks across sections.
         let zone_spans: Vec<Range<usize>> =
             raw.service.iter().map(|s| s.authority.as_ref().map_or(s.name.span(), |a| a.span())).collect();
+        // Each authority's glue names as the file writes them, with their index and place.
+        let glue_spans: Vec<Vec<(String, usize, Range<usize>)>> = raw
+            .service
+            .iter()
+            .map(|s| {
+                let glue = s.authority.as_ref().map_or(&[][..], |a| &a.get_ref().glue[..]);
+                glue.iter().enumerate().map(|(k, g)| (normalize_name(g.name.get_ref()), k, g.name.span())).collect()
+            })
+            .collect();
         let route_spans: Vec<Range<usize>> =
             raw.relay.as_ref().map(|r| r.route.iter().map(|x| x.domain.span()).collect()).unwrap_or_default();
         for (i, s) in raw.service.into_iter().enumerate() {
@@ -88,14 +97,14 @@ impl Validator<'_> {
                 let (entries, ttl, source) = self.hosts(h);
                 (entries, ttl, Some(source))
             }
-            None => (Vec::new(), 60, None),
+            None => (Default::default(), 60, None),
         };
         let relay = raw.relay.map(|r| self.relay(r));
         let rrl = raw.rrl.map(|r| self.rrl(r));
         let metrics = raw.metrics.and_then(|m| self.metrics(m));
         let sites = self.sites(raw.sites, &services);
         let cluster = raw.cluster.and_then(|c| self.cluster(c));
-        self.zones(&services, &zone_spans, relay.as_ref(), &route_spans);
+        self.zones(&services, &zone_spans, &glue_spans, relay.as_ref(), &route_spans);
         Config { server, probe, services, hosts, hosts_ttl, hosts_source, relay, rrl, metrics, sites, cluster }
     }
 
@@ -103,14 +112,40 @@ impl Validator<'_> {
     /// of its own is part of that zone (answered with its SOA); with one, it would be a zone
     /// inside a zone dnlb also serves, with no delegation between them: refused. A relay route
     /// inside a zone could never be used (names in a zone are answered, never relayed): refused.
-    /// A route above a zone is fine; the zone's names stay out of it.
+    /// A route above a zone is fine; the zone's names stay out of it. A name server's glue must
+    /// not name another service's name, SRV name or server host: the glue would take its answers.
     fn zones(
         &mut self,
         services: &[ServiceConfig],
         spans: &[Range<usize>],
+        glue_spans: &[Vec<(String, usize, Range<usize>)>],
         relay: Option<&RelayConfig>,
         route_spans: &[Range<usize>],
     ) {
+        for (i, s) in services.iter().enumerate() {
+            let Some(a) = &s.authority else { continue };
+            for (name, k, span) in glue_spans.get(i).into_iter().flatten() {
+                if !a.glue.iter().any(|(g, _)| g == name) {
+                    continue;
+                }
+                let owner = services.iter().enumerate().find(|(j, o)| {
+                    *j != i
+                        && (o.name == *name
+                            || o.servers.iter().any(|v| v.host == *name)
+                            || Transport::ALL.iter().any(|t| format!("{}.{}", t.srv_label(), o.name) == *name))
+                });
+                if let Some((j, o)) = owner {
+                    self.fail(
+                        span.clone(),
+                        &format!("service[{i}].authority.glue[{k}].name"),
+                        format!(
+                            "`{name}` is already a name of service[{j}] (`{}`: its name, an SRV name or a server's host), whose answers the glue would replace: give the name server a name of its own, such as ns1.{}",
+                            o.name, s.name
+                        ),
+                    );
+                }
+            }
+        }
         for (i, s) in services.iter().enumerate() {
             let Some(outer) = services
                 .iter()
@@ -357,6 +392,8 @@ impl Validator<'_> {
     }
 
     fn metrics(&mut self, raw: RawMetrics) -> Option<MetricsConfig> {
+        let allow = self.prefixes(&raw.allow, "metrics.allow", "127.0.0.0/8");
+        let max_connections = self.ranged(&raw.max_connections, "metrics.max_connections", 1, 65_536, "") as usize;
         match raw.listen.get_ref().parse::<SocketAddr>() {
             Ok(listen) if listen.ip().is_multicast() => {
                 self.fail(
@@ -366,7 +403,7 @@ impl Validator<'_> {
                 );
                 None
             }
-            Ok(listen) => Some(MetricsConfig { listen }),
+            Ok(listen) => Some(MetricsConfig { listen, allow, max_connections }),
             Err(_) => {
                 self.fail(
                     raw.listen.span(),
@@ -376,6 +413,22 @@ impl Validator<'_> {
                 None
             }
         }
+    }
+
+    /// A list of address prefixes (`FIELD[i]` names a bad one, with `example` as the fix).
+    fn prefixes(&mut self, list: &[Spanned<String>], field: &str, example: &str) -> Vec<Prefix> {
+        let mut out = Vec::with_capacity(list.len());
+        for (i, p) in list.iter().enumerate() {
+            match Prefix::parse(p.get_ref()) {
+                Ok(prefix) => out.push(prefix),
+                Err(why) => self.fail(
+                    p.span(),
+                    &format!("{field}[{i}]"),
+                    format!("{why}: write a prefix such as \"{example}\""),
+                ),
+            }
+        }
+        out
     }
 
     fn relay(&mut self, raw: RawRelay) -> RelayConfig {
@@ -392,22 +445,10 @@ impl Validator<'_> {
             let list = self.upstream_list(&r.upstreams, &format!("relay.route[{i}].upstreams"));
             routes.push(Route { domain, upstreams: list });
         }
-        let mut allow = Vec::new();
-        match &raw.allow {
-            None => allow.extend(DEFAULT_ALLOW.iter().filter_map(|p| Prefix::parse(p).ok())),
-            Some(list) => {
-                for (i, p) in list.get_ref().iter().enumerate() {
-                    match Prefix::parse(p.get_ref()) {
-                        Ok(prefix) => allow.push(prefix),
-                        Err(why) => self.fail(
-                            p.span(),
-                            &format!("relay.allow[{i}]"),
-                            format!("{why}: write a prefix such as \"10.0.0.0/8\""),
-                        ),
-                    }
-                }
-            }
-        }
+        let allow = match &raw.allow {
+            None => DEFAULT_ALLOW.iter().filter_map(|p| Prefix::parse(p).ok()).collect(),
+            Some(list) => self.prefixes(list.get_ref(), "relay.allow", "10.0.0.0/8"),
+        };
         let timeout = self.ranged(&raw.timeout_ms, "relay.timeout_ms", 50, 30_000, " ms");
         let health_interval =
             self.ranged(&raw.health_check_interval_ms, "relay.health_check_interval_ms", 100, 3_600_000, " ms");
@@ -462,17 +503,7 @@ impl Validator<'_> {
                 format!("{table} is not a power of two: use one such as {}", table.next_power_of_two()),
             );
         }
-        let mut exempt = Vec::new();
-        for (i, p) in raw.exempt.iter().enumerate() {
-            match Prefix::parse(p.get_ref()) {
-                Ok(prefix) => exempt.push(prefix),
-                Err(why) => self.fail(
-                    p.span(),
-                    &format!("rrl.exempt[{i}]"),
-                    format!("{why}: write a prefix such as \"100.64.0.0/10\""),
-                ),
-            }
-        }
+        let exempt = self.prefixes(&raw.exempt, "rrl.exempt", "100.64.0.0/10");
         RrlConfig {
             responses_per_second: rate,
             slip,
@@ -511,16 +542,15 @@ impl Validator<'_> {
         out
     }
 
-    fn hosts(&mut self, raw: RawHosts) -> (Vec<crate::hosts::HostEntry>, u32, HostsSource) {
+    fn hosts(&mut self, raw: RawHosts) -> (std::sync::Arc<crate::hosts::Hosts>, u32, HostsSource) {
         let ttl = self.ranged(&raw.ttl, "hosts.ttl", 0, 86_400, " s") as u32;
         let path = self.base.join(raw.file.get_ref());
-        let entries = crate::hosts::load(&path).unwrap_or_else(|problems| {
-            for p in problems {
-                self.fail(raw.file.span(), "hosts.file", p);
-            }
-            Vec::new()
+        // One problem however many lines are bad: the report names the first few and counts the rest.
+        let hosts = crate::hosts::Hosts::load(&path, ttl).unwrap_or_else(|e| {
+            self.fail(raw.file.span(), "hosts.file", e.to_string());
+            Default::default()
         });
-        (entries, ttl, HostsSource { path, watch: raw.watch })
+        (std::sync::Arc::new(hosts), ttl, HostsSource { path, watch: raw.watch })
     }
 
     fn server(&mut self, raw: RawServerSection) -> ServerConfig {
@@ -572,6 +602,22 @@ impl Validator<'_> {
             }
             Some(name.clone())
         });
+        let xdp = raw.xdp.as_ref().and_then(|x| {
+            let name = x.get_ref().interface.get_ref();
+            // IFNAMSIZ is 16 with the NUL; the kernel refuses '/', ':' and whitespace in names.
+            let bad = name.is_empty()
+                || name.len() > 15
+                || name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control());
+            if bad {
+                self.fail(
+                    x.get_ref().interface.span(),
+                    "server.xdp.interface",
+                    format!("`{name}` is not an interface name: write one `ip link` lists, such as \"eth0\" (at most 15 characters, no '/', ':' or spaces)"),
+                );
+                return None;
+            }
+            Some(XdpConfig { interface: name.clone(), required: x.get_ref().required })
+        });
         ServerConfig {
             listen,
             tcp: raw.tcp,
@@ -585,6 +631,7 @@ impl Validator<'_> {
             max_udp_payload: payload as u16,
             runtime_dir: raw.runtime_dir.as_ref().map(|d| self.base.join(d.get_ref())),
             user,
+            xdp,
         }
     }
 
@@ -738,6 +785,22 @@ impl Validator<'_> {
                 drain: s.drain,
             });
         }
+        // The SRV names and the servers' default hosts go in front of the service name: each
+        // must fit a DNS name too, or the answers could not be encoded when dnlb starts.
+        if check_name(&name).is_ok() {
+            let srv = Transport::ALL
+                .iter()
+                .filter(|t| servers.iter().any(|s| s.transports.contains(t)))
+                .map(|t| format!("{}.{name}", t.srv_label()));
+            let hosts = servers.iter().filter(|s| s.host.ends_with(name.as_str())).map(|s| s.host.clone());
+            if let Some(long) = srv.chain(hosts).filter(|n| n.len() > 253).max_by_key(String::len) {
+                self.fail(
+                    raw.name.span(),
+                    &field("name"),
+                    format!("`{name}` is too long for the names made from it: `{long}` has {} characters, more than 253: use a shorter service name (or give the servers a `host`)", long.len()),
+                );
+            }
+        }
         let tls_verify = self.tls_verify(raw.tls_verify, raw.tls_ca_file, &field);
         let authority = raw.authority.map(|a| self.authority(i, &name, a, &servers));
         ServiceConfig { name, policy: raw.policy, answers, ttl, all_down: raw.all_down, tls_verify, servers, authority }
@@ -773,7 +836,13 @@ impl Validator<'_> {
             ),
         }
         let hostmaster = match &raw.hostmaster {
-            None => format!("hostmaster.{zone}"),
+            None => {
+                let name = format!("hostmaster.{zone}");
+                if name.len() > 253 && check_name(zone).is_ok() {
+                    self.fail(span.clone(), &field("hostmaster"), format!("the default `hostmaster.{zone}` is too long ({} characters, more than 253): set hostmaster to a shorter mailbox, such as hostmaster@example.net", name.len()));
+                }
+                name
+            }
             Some(h) => {
                 let text = h.get_ref().trim();
                 // `user@example.net` is the mailbox user.example.net in an SOA.

@@ -5,28 +5,24 @@
 //! split the clients between two processes that may run different configurations. The lock makes
 //! the second one stop at once, naming the address, the lock file and the PID of the holder.
 //! The lock is an advisory `flock`: the kernel releases it when the process ends, however it
-//! ends, so a crashed instance never leaves a stale lock behind.
+//! ends, so a crashed instance never leaves a stale lock behind. The lock files are opened by
+//! [`RuntimeDir::open_lock`]: never through a symbolic link, never a file of someone else's, and
+//! only a file dnlb made is rewritten with its PID.
 
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::{File, TryLockError};
 use std::io::{Read, Seek, Write};
 use std::net::SocketAddr;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use super::runtime::lock_file;
+use super::runtime::{lock_file, RuntimeDir, RuntimeError};
 
 /// Why this instance may not run. Either another instance holds an address (the operator's
-/// doing), or the runtime directory is unusable (our environment's).
+/// doing), or the runtime directory or a lock file in it is unusable (the setup's).
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
-    /// The runtime directory could not be created.
-    #[error("cannot create the runtime directory {dir}: {source} (set server.runtime_dir to a writable directory)")]
-    Dir {
-        /// The directory.
-        dir: PathBuf,
-        /// What the operating system said.
-        source: std::io::Error,
-    },
+    /// A lock file could not be opened safely (a link, another user's file, no access).
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
     /// A lock file could not be opened, locked or written.
     #[error("cannot lock {file} for {addr}: {source} (set server.runtime_dir to a writable directory)")]
     File {
@@ -59,42 +55,26 @@ pub struct InstanceLocks {
 }
 
 impl InstanceLocks {
-    /// Creates `dir` (mode 0755) if missing and locks every address of `listen` in it, writing
-    /// this process's PID into each lock file. Fails on the first address another process holds.
-    pub fn acquire(dir: &Path, listen: &[SocketAddr]) -> Result<InstanceLocks, LockError> {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(dir)
-            .map_err(|source| LockError::Dir { dir: dir.to_path_buf(), source })?;
+    /// Locks every address of `listen` in the runtime directory `dir`, writing this process's PID
+    /// into each lock file dnlb may rewrite. Fails on the first address another process holds.
+    pub fn acquire(dir: &RuntimeDir, listen: &[SocketAddr]) -> Result<InstanceLocks, LockError> {
         let mut files = Vec::with_capacity(listen.len());
         for &addr in listen {
-            let path = lock_file(dir, addr);
+            let path = lock_file(dir.path(), addr);
             let fail = |source| LockError::File { addr, file: path.clone(), source };
             // Not truncated on open: the holder's PID must survive a failed attempt to read it.
-            let mut file =
-                match OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o644).open(&path) {
-                    Ok(file) => file,
-                    // A root instance's lock file is not writable by another user, but flock needs
-                    // only a read descriptor: a held lock then still reads as "already serves".
-                    Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                        let file = File::open(&path).map_err(|_| fail(e))?;
-                        return match file.try_lock() {
-                            Err(TryLockError::WouldBlock) => {
-                                let mut file = file;
-                                Err(LockError::Held { addr, holder: holder(&mut file), file: path })
-                            }
-                            _ => Err(fail(std::io::Error::from(std::io::ErrorKind::PermissionDenied))),
-                        };
-                    }
-                    Err(e) => return Err(fail(e)),
-                };
+            let (mut file, writable) = dir.open_lock(&path)?;
             match file.try_lock() {
                 Ok(()) => {}
                 Err(TryLockError::WouldBlock) => {
                     return Err(LockError::Held { addr, holder: holder(&mut file), file: path });
                 }
                 Err(TryLockError::Error(e)) => return Err(fail(e)),
+            }
+            if !writable {
+                // Root's file, and not held: a stale lock of a root instance this user cannot
+                // rewrite.
+                return Err(fail(std::io::Error::from(std::io::ErrorKind::PermissionDenied)));
             }
             file.set_len(0).map_err(fail)?;
             file.rewind().map_err(fail)?;
@@ -129,23 +109,27 @@ mod tests {
         d
     }
 
+    fn prepared(dir: &Path) -> RuntimeDir {
+        RuntimeDir::prepare(dir, None).unwrap()
+    }
+
     #[test]
     fn a_second_holder_is_refused_with_the_pid() {
         let dir = scratch("second");
         let addrs: Vec<SocketAddr> = vec!["127.0.0.1:5353".parse().unwrap(), "[::1]:5353".parse().unwrap()];
-        let first = InstanceLocks::acquire(&dir, &addrs).unwrap();
+        let first = InstanceLocks::acquire(&prepared(&dir), &addrs).unwrap();
         assert_eq!(first.paths().count(), 2);
         // flock locks belong to the open file, so a second open in this process conflicts too.
-        match InstanceLocks::acquire(&dir, &addrs[1..]) {
+        match InstanceLocks::acquire(&prepared(&dir), &addrs[1..]) {
             Err(LockError::Held { addr, holder, file }) => {
                 assert_eq!(addr, addrs[1]);
                 assert_eq!(holder, format!("PID {}", std::process::id()));
-                assert_eq!(file, dir.join("--1-5353.lock"));
+                assert_eq!(file, std::fs::canonicalize(&dir).unwrap().join("--1-5353.lock"));
             }
             other => panic!("expected Held, got {other:?}"),
         }
         drop(first);
-        let again = InstanceLocks::acquire(&dir, &addrs).unwrap();
+        let again = InstanceLocks::acquire(&prepared(&dir), &addrs).unwrap();
         drop(again);
         std::fs::remove_dir_all(&dir).unwrap();
     }

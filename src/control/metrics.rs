@@ -8,49 +8,42 @@
 //!  prober  ── ProbeStatus atomics + report mutex ────┼─► scrape(): a fresh prometheus::Registry
 //!  SnapshotHandle::load() (generation, built_at) ────┘     filled from loads ─► text format 0.0.4
 //!
-//!  mio accept ─► one connection at a time: read ≤ MAX_REQUEST bytes within REQUEST_TIME
-//!            ─► httparse ─► 200 (GET /metrics, /, /status.json) · 404 · 405 · 400 ─► close
+//!  listener::Serving (many clients at once, each ≤ MAX_REQUEST bytes, REQUEST_TIME to send its
+//!  request, REQUEST_TIME to take the reply; `allow`; max_connections, the least recently
+//!  progressing closed for a new one) ─► httparse ─► 200 (GET /metrics, /, /status.json) · 404 ·
+//!  405 · 400 · 431
 //! ```
 //!
 //! A scrape costs the workers nothing: it only loads the atomics they already keep and locks the
 //! prober's report list, which the prober refreshes once per interval. The exposition is written
 //! by the `prometheus` crate's text encoder (format 0.0.4, what `promtool check metrics` reads);
-//! requests are parsed by `httparse`. Connections are served one at a time, each bounded in
-//! size and time, so a client that sends garbage or nothing delays the next scrape by at most
-//! [`REQUEST_TIME`] and can never make the endpoint grow or stop.
+//! requests are parsed by `httparse`. The connections are served by [`super::listener`], so a
+//! client that sends garbage, nothing, or a byte now and then delays no other client's scrape and
+//! can never make the endpoint grow or stop.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use mio::net::TcpListener;
-use mio::{Events, Interest, Poll, Token};
 use prometheus::core::Collector;
 use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
+use super::listener::{Cut, Limits, Response, Service, Serving};
 use super::report::View;
 use super::running::{Reloads, RunningView};
 use super::status::{self, ReloadCounts, Status};
-use crate::config::Config;
+use crate::config::{Config, MetricsConfig, DEFAULT_MAX_CONNECTIONS};
 use crate::counters::{CounterBlocks, Totals};
-use crate::logging::RateLimited;
 use crate::probe::health::State;
 use crate::probe::ProbeView;
 use crate::snapshot::SnapshotHandle;
 
 /// The most request bytes read (request line and headers); a longer request gets 431.
 pub const MAX_REQUEST: usize = 8 * 1024;
-/// How long one connection may take to send its request and receive the reply.
+/// How long a client may take to send its request whole, and again to take its reply.
 pub const REQUEST_TIME: Duration = Duration::from_secs(2);
-/// How often the accept loop looks at the stop flag.
-const STOP_CHECK: Duration = Duration::from_millis(100);
-/// How long a closed connection is drained of what the client still sends.
-const LINGER: Duration = Duration::from_millis(200);
-/// The most bytes drained from a closed connection.
-const MAX_DRAIN: usize = 64 * 1024;
 /// The most headers a request may carry.
 const MAX_HEADERS: usize = 32;
 
@@ -87,25 +80,33 @@ pub struct Sources {
 
 /// A running metrics endpoint.
 pub struct MetricsServer {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    serving: Serving,
     addr: SocketAddr,
 }
 
 impl MetricsServer {
-    /// Binds `listen` and starts thread `dnlb-metrics`; fails before the thread starts if the
-    /// address cannot be bound.
+    /// Binds `listen` and starts thread `dnlb-metrics` with the default bounds and no `allow`
+    /// list; fails before the thread starts if the address cannot be bound.
     pub fn start(listen: SocketAddr, sources: Sources) -> Result<MetricsServer, MetricsError> {
-        let mut listener = TcpListener::bind(listen).map_err(|reason| MetricsError::Bind { addr: listen, reason })?;
+        let config = MetricsConfig { listen, allow: Vec::new(), max_connections: DEFAULT_MAX_CONNECTIONS };
+        MetricsServer::start_with(&config, sources)
+    }
+
+    /// Binds `config.listen` and starts thread `dnlb-metrics` serving the clients `config.allow`
+    /// lets in, `config.max_connections` at once.
+    pub fn start_with(config: &MetricsConfig, sources: Sources) -> Result<MetricsServer, MetricsError> {
+        let listen = config.listen;
+        let listener = TcpListener::bind(listen).map_err(|reason| MetricsError::Bind { addr: listen, reason })?;
         let addr = listener.local_addr()?;
-        let poll = Poll::new()?;
-        poll.registry().register(&mut listener, Token(0), Interest::READABLE)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("dnlb-metrics".into())
-            .spawn(move || serve(poll, listener, &sources, &s))?;
-        Ok(MetricsServer { stop, thread: Some(thread), addr })
+        let limits = Limits {
+            max_connections: config.max_connections,
+            max_request: MAX_REQUEST,
+            read_time: REQUEST_TIME,
+            write_time: REQUEST_TIME,
+            allow: config.allow.clone(),
+        };
+        let serving = Serving::start("dnlb-metrics", listener, Http { sources }, limits)?;
+        Ok(MetricsServer { serving, addr })
     }
 
     /// The address the endpoint listens on (the configured one, with the port the kernel chose
@@ -114,81 +115,30 @@ impl MetricsServer {
         self.addr
     }
 
-    /// Stops the thread and waits for it (it sees the flag within [`STOP_CHECK`], or after the
-    /// connection it is serving, at most [`REQUEST_TIME`]).
-    pub fn shutdown(mut self) {
-        self.stop_and_join();
-    }
-
-    fn stop_and_join(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            if t.join().is_err() {
-                tracing::error!("metrics: the endpoint's thread panicked");
-            }
-        }
+    /// Stops the thread and waits for it.
+    pub fn shutdown(self) {
+        self.serving.shutdown();
     }
 }
 
-impl Drop for MetricsServer {
-    fn drop(&mut self) {
-        self.stop_and_join();
-    }
+/// HTTP/1.1, one `GET /metrics` per connection.
+struct Http {
+    sources: Sources,
 }
 
-/// The accept loop: serves one connection at a time until `stop`.
-fn serve(mut poll: Poll, listener: TcpListener, sources: &Sources, stop: &AtomicBool) {
-    let mut events = Events::with_capacity(8);
-    let mut last_error = RateLimited::new(Duration::from_secs(60));
-    while !stop.load(Ordering::Acquire) {
-        if let Err(e) = poll.poll(&mut events, Some(STOP_CHECK)) {
-            if e.kind() != io::ErrorKind::Interrupted {
-                log_rarely(&mut last_error, &format!("poll: {e}"));
-                std::thread::sleep(STOP_CHECK);
-            }
-            continue;
-        }
-        if events.is_empty() {
-            continue;
-        }
-        // Edge-triggered: take every connection waiting before polling again.
-        loop {
-            match listener.accept() {
-                Ok((stream, _peer)) => {
-                    if let Err(e) = answer(stream, sources) {
-                        // A client that went away or was too slow: nothing to report per request.
-                        if !matches!(
-                            e.kind(),
-                            io::ErrorKind::WouldBlock
-                                | io::ErrorKind::TimedOut
-                                | io::ErrorKind::BrokenPipe
-                                | io::ErrorKind::ConnectionReset
-                                | io::ErrorKind::UnexpectedEof
-                        ) {
-                            log_rarely(&mut last_error, &format!("a request failed: {e}"));
-                        }
-                    }
-                    if stop.load(Ordering::Acquire) {
-                        return;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    // EMFILE and kin: the connection stays queued; wait instead of spinning.
-                    log_rarely(&mut last_error, &format!("accept: {e}"));
-                    std::thread::sleep(STOP_CHECK);
-                    break;
-                }
-            }
-        }
+impl Service for Http {
+    fn whole(&self, request: &[u8]) -> bool {
+        route(request).is_some()
     }
-}
 
-/// Logs at most once a minute, with the count of those held back.
-fn log_rarely(limit: &mut RateLimited, what: &str) {
-    if let Some(held) = limit.check(Instant::now()) {
-        tracing::warn!(held, "metrics: {what}");
+    fn answer(&self, request: &[u8], cut: Cut) -> Option<Response> {
+        let route = match (route(request), cut) {
+            (Some(route), _) => route,
+            (None, Cut::Full) => Route::TooLarge,
+            // The client went away before its request was whole: no one to answer.
+            (None, _) => return None,
+        };
+        Some(Response::Now(reply(route, &self.sources)))
     }
 }
 
@@ -222,95 +172,43 @@ enum Route {
     TooLarge,
 }
 
-/// Reads one request within [`REQUEST_TIME`] and [`MAX_REQUEST`] bytes, and answers it.
-fn answer(stream: mio::net::TcpStream, sources: &Sources) -> io::Result<()> {
-    // The accepted socket is non-blocking (mio); this connection is served blocking, with
-    // timeouts, so it cannot hold the thread longer than REQUEST_TIME.
-    let fd: std::os::fd::OwnedFd = stream.into();
-    let mut stream = std::net::TcpStream::from(fd);
-    stream.set_nonblocking(false)?;
-    let deadline = Instant::now() + REQUEST_TIME;
-    let mut buf = [0u8; MAX_REQUEST];
-    let mut len = 0;
-    let route = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::ErrorKind::TimedOut.into());
-        }
-        stream.set_read_timeout(Some(left))?;
-        let Some(free) = buf.get_mut(len..).filter(|b| !b.is_empty()) else { break Route::TooLarge };
-        let n = stream.read(free)?;
-        if n == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        len += n;
-        if let Some(route) = route(&buf[..len]) {
-            break route;
-        }
-    };
-    stream.set_write_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))))?;
+/// The whole reply to a request for `route`.
+fn reply(route: Route, sources: &Sources) -> Vec<u8> {
     let (status, content_type, body) = match route {
         Route::Metrics { .. } => match scrape(sources) {
-            Ok(text) => ("200 OK", TextEncoder::new().format_type().to_string(), Some(text)),
+            Ok(text) => ("200 OK", TextEncoder::new().format_type().to_string(), text),
             Err(e) => {
                 tracing::error!("metrics: {e}");
-                ("500 Internal Server Error", "text/plain".to_string(), Some(format!("{e}\n")))
+                ("500 Internal Server Error", "text/plain".to_string(), format!("{e}\n"))
             }
         },
         Route::Page { .. } => {
-            ("200 OK", "text/html; charset=utf-8".to_string(), Some(super::page::render(&status_of(sources, true))))
+            ("200 OK", "text/html; charset=utf-8".to_string(), super::page::render(&status_of(sources, true)))
         }
         Route::StatusJson { history, .. } => {
             let json = serde_json::to_string_pretty(&status_of(sources, history)).unwrap_or_default();
-            ("200 OK", "application/json".to_string(), Some(json + "\n"))
+            ("200 OK", "application/json".to_string(), json + "\n")
         }
-        Route::NotFound => {
-            ("404 Not Found", "text/plain".to_string(), Some("try /, /status.json or /metrics\n".to_string()))
-        }
-        Route::MethodNotAllowed => ("405 Method Not Allowed", "text/plain".to_string(), Some("use GET\n".to_string())),
-        Route::BadRequest => ("400 Bad Request", "text/plain".to_string(), Some("not an HTTP request\n".to_string())),
+        Route::NotFound => ("404 Not Found", "text/plain".to_string(), "try /, /status.json or /metrics\n".to_string()),
+        Route::MethodNotAllowed => ("405 Method Not Allowed", "text/plain".to_string(), "use GET\n".to_string()),
+        Route::BadRequest => ("400 Bad Request", "text/plain".to_string(), "not an HTTP request\n".to_string()),
         Route::TooLarge => {
-            ("431 Request Header Fields Too Large", "text/plain".to_string(), Some("request too large\n".to_string()))
+            ("431 Request Header Fields Too Large", "text/plain".to_string(), "request too large\n".to_string())
         }
     };
-    let body = body.unwrap_or_default();
     // HEAD gets the length a GET would, and no body.
-    let head = format!(
+    let mut out = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
-    );
-    stream.write_all(head.as_bytes())?;
+    )
+    .into_bytes();
     if !matches!(
         route,
         Route::Metrics { body: false } | Route::Page { body: false } | Route::StatusJson { body: false, .. }
     ) {
-        stream.write_all(body.as_bytes())?;
+        out.extend_from_slice(body.as_bytes());
     }
-    stream.flush()?;
-    linger(stream, deadline)
-}
-
-/// Closes our side, then reads and discards what the client still sends (a request we did not
-/// read whole) until it closes too, a little while at most: closing a socket with unread input
-/// sends a reset, which can destroy the reply before the client reads it.
-fn linger(mut stream: std::net::TcpStream, deadline: Instant) -> io::Result<()> {
-    stream.shutdown(std::net::Shutdown::Write)?;
-    let until = deadline.min(Instant::now() + LINGER);
-    let mut sink = [0u8; 4096];
-    let mut drained = 0;
-    while drained < MAX_DRAIN {
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        stream.set_read_timeout(Some(left))?;
-        match stream.read(&mut sink) {
-            Ok(0) => break,
-            Ok(n) => drained += n,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
+    out
 }
 
 /// Where a request goes, or `None` while its headers are incomplete.
@@ -471,6 +369,11 @@ fn workers(m: &mut Metrics, blocks: &CounterBlocks) -> Result<(), MetricsError> 
         m.int_gauge("dnlb_relay_waiting_clients", "Clients waiting on upstream exchanges now.", &["worker"])?;
     let cache_entries = m.int_gauge("dnlb_relay_cache_entries", "Answers in the relay's cache now.", &["worker"])?;
     let cache_bytes = m.int_gauge("dnlb_relay_cache_bytes", "Bytes the relay's cache holds now.", &["worker"])?;
+    let backend = m.int_gauge(
+        "dnlb_worker_backend",
+        "1 for each worker, labelled with its I/O backend (uring, portable, xdp).",
+        &["worker", "backend"],
+    )?;
     let tcp_accepted = m.counter("dnlb_tcp_connections_accepted_total", "TCP connections accepted.", &["worker"])?;
     let tcp_open = m.int_gauge("dnlb_tcp_connections_open", "TCP connections open now.", &["worker"])?;
     let tcp_refused = m.counter(
@@ -488,6 +391,9 @@ fn workers(m: &mut Metrics, blocks: &CounterBlocks) -> Result<(), MetricsError> 
         let w = i.to_string();
         let w = w.as_str();
         queries.with_label_values(&[w]).inc_by(t.queries);
+        if let Some(b) = block.backend.get() {
+            backend.with_label_values(&[w, b]).set(1);
+        }
         for (qtype, v) in [
             ("address", t.qtype_address),
             ("srv", t.qtype_srv),
@@ -515,6 +421,7 @@ fn workers(m: &mut Metrics, blocks: &CounterBlocks) -> Result<(), MetricsError> 
             ("no_send_slot", t.drop_send_slot),
             ("send_buffer_full", t.drop_outbox),
             ("oversize", t.drop_oversize),
+            ("bad_frame", t.drop_bad_frame),
             ("rate_limit", t.rrl_dropped),
         ] {
             dropped.with_label_values(&[w, reason]).inc_by(v);
@@ -730,6 +637,7 @@ mod tests {
     use crate::counters::WorkerCounters;
     use crate::snapshot::Snapshot;
     use crossbeam_utils::CachePadded;
+    use std::sync::Arc;
 
     const CONFIG: &str = "[server]\nlisten = [\"127.0.0.1:5353\"]\n";
 
@@ -741,6 +649,7 @@ mod tests {
         for (i, (_, c)) in fields.iter().enumerate() {
             c.store(7_000_001 + 10 * i as u64, Ordering::Relaxed);
         }
+        blocks[0].backend.set("xdp").unwrap();
         let sources = Sources {
             counters: blocks.clone(),
             running: RunningView::new(Running::new(Arc::new(Config::parse(CONFIG).unwrap()), None)),
@@ -751,6 +660,7 @@ mod tests {
             let value = 7_000_001 + 10 * i as u64;
             assert!(text.contains(&format!("}} {value}\n")), "{name} ({value}) is not exported:\n{text}");
         }
+        assert!(text.contains("dnlb_worker_backend{backend=\"xdp\",worker=\"0\"} 1\n"), "{text}");
     }
 
     #[test]

@@ -26,6 +26,7 @@
 pub mod answers;
 pub mod hosts_watch;
 pub mod instance;
+pub mod listener;
 pub mod metrics;
 pub mod notify;
 pub mod page;

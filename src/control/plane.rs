@@ -3,12 +3,14 @@
 //! and serves the main thread's loop: the watchdog, signals, reloads and the hosts-file watch.
 //!
 //! ```text
-//!  start ─► config (+ command-line overrides) ─► instance locks ─► Layout ─► first snapshot
+//!  start ─► config (+ command-line overrides) ─► runtime directory checked ─► instance locks
+//!        ─► Layout ─► first snapshot
 //!        ─► Server::start (workers) ─► prober ─► metrics endpoint ─► control socket
 //!        ─► drop to server.user ─► READY=1
 //!  serve (main thread, every 100 ms):
 //!        watchdog: workers alive, prober heartbeat fresh ─► WATCHDOG=1 (else exit 1)
-//!        SIGHUP · `dnlb reload` · hosts.watch ─► reload::plan ─► new Layout ─► stop the prober,
+//!        SIGHUP · `dnlb reload` · hosts.watch ─► files read on thread dnlb-load, made at start
+//!            (the loop goes on feeding the watchdog and watching for SIGTERM) ─► reload::plan ─► new Layout ─► stop the prober,
 //!            carry its health ─► start one on the new config ─► edge settings ─► RunningView
 //!        SIGINT / SIGTERM ─► STOPPING=1 ─► prober, workers stopped ─► locks released
 //! ```
@@ -27,13 +29,15 @@ use super::answers::ControlAnswers;
 use super::hosts_watch::HostsWatch;
 use super::instance::{InstanceLocks, LockError};
 use super::metrics::{MetricsError, MetricsServer, Sources};
+use super::notify;
 use super::privilege::{self, Outcome, PrivilegeError, Target};
 use super::reload::{self, Plan};
 use super::running::{Running, RunningView};
+use super::runtime::{self, RuntimeDir, RuntimeError};
 use super::socket::{ControlError, ControlSocket, Reply};
-use super::{notify, runtime};
 use crate::config::{Config, ConfigError, HostsSource, IoMode};
 use crate::dns::encode::EncodeError;
+use crate::hosts::Hosts;
 use crate::probe::core::OsEntropy;
 use crate::probe::{initial_serving, Carry, Prober, ProberError};
 use crate::server::{Server, ServerError};
@@ -54,7 +58,10 @@ pub enum PlaneError {
     /// `server.user` cannot be assumed (the operator's setup).
     #[error(transparent)]
     Privilege(#[from] PrivilegeError),
-    /// Another instance holds a listen address, or the runtime directory is unusable.
+    /// No runtime directory, or one that another user owns or may write.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// Another instance holds a listen address, or a lock file is unusable.
     #[error(transparent)]
     Lock(#[from] LockError),
     /// The answers could not be encoded.
@@ -78,6 +85,9 @@ pub enum PlaneError {
     /// The signal handlers could not be installed.
     #[error("installing signal handlers: {0}")]
     Signals(std::io::Error),
+    /// The thread that reads files for reloads could not start.
+    #[error("starting the thread that reads files for reloads: {0}")]
+    Loader(std::io::Error),
     /// The instance ran and then failed: the prober stalled, a worker or the prober ended badly.
     #[error("{}", .0.join("; "))]
     Stopped(Vec<String>),
@@ -109,7 +119,7 @@ impl Overrides {
 /// The control socket path of the instance `config` describes.
 pub fn control_path(config: &Config) -> Result<PathBuf, PlaneError> {
     let first = *config.server.listen.first().ok_or(PlaneError::NoListen)?;
-    Ok(runtime::control_socket(&runtime::dir(config.server.runtime_dir.as_deref()), first))
+    Ok(runtime::control_socket(&runtime::dir(config.server.runtime_dir.as_deref())?, first))
 }
 
 /// What starts a reload.
@@ -162,6 +172,11 @@ pub struct ControlPlane {
     signals: Signals,
     reloads: Receiver<SyncSender<Reply>>,
     hosts_watch: HostsWatch,
+    /// Thread `dnlb-load`, which reads the files of reloads and hosts changes.
+    loader: Loader,
+    /// Why the instance must stop: a reload stopped the prober and no prober could start again,
+    /// so the answers would stay frozen on the last health.
+    failed: Option<String>,
     /// Dropped (stopped) with the plane.
     _metrics: Option<MetricsServer>,
     _control: ControlSocket,
@@ -180,9 +195,15 @@ impl ControlPlane {
         // The user is looked up before anything is bound, so a typo or a start without root
         // fails before the first socket exists.
         let target = config.server.user.as_deref().map(privilege::resolve).transpose()?;
+        // Checked before anything is made in it (root's or the user's, no one else's to write);
+        // what dnlb makes there is given to server.user before the drop.
+        let runtime_dir = RuntimeDir::prepare(
+            &runtime::dir(config.server.runtime_dir.as_deref())?,
+            target.as_ref().map(Target::ids),
+        )?;
         // One instance per listen address: SO_REUSEPORT would let a second dnlb bind silently
         // and split the clients between two configurations.
-        let locks = InstanceLocks::acquire(&runtime::dir(config.server.runtime_dir.as_deref()), &config.server.listen)?;
+        let locks = InstanceLocks::acquire(&runtime_dir, &config.server.listen)?;
         // The first snapshot follows the configured start state; the prober publishes from then on.
         let layout = Arc::new(Layout::new(&config)?);
         let snapshots = SnapshotHandle::new(Snapshot::build_with(&layout, &config, &initial_serving(&config), 0)?);
@@ -200,7 +221,7 @@ impl ControlPlane {
             Some(m) => {
                 let sources =
                     Sources { counters: server.counters(), running: view.clone(), snapshots: snapshots.clone() };
-                let endpoint = MetricsServer::start(m.listen, sources)?;
+                let endpoint = MetricsServer::start_with(m, sources)?;
                 tracing::info!("metrics on http://{}/metrics", endpoint.local_addr());
                 Some(endpoint)
             }
@@ -217,7 +238,10 @@ impl ControlPlane {
             counters: server.counters(),
             reloads: reload_tx,
         };
-        let control = ControlSocket::start(&control_path, answers)?;
+        let control = ControlSocket::start(&runtime_dir, &control_path, answers)?;
+        // Made now, while still root: a reload must not need a new thread to read its files
+        // (under a unit's TasksMax, none may be left).
+        let loader = Loader::start().map_err(PlaneError::Loader)?;
         // Every socket is bound (the prober's, the control socket) while still root; from here
         // on, the user's.
         if let Some(target) = &target {
@@ -231,6 +255,7 @@ impl ControlPlane {
         }
         let hosts_watch = HostsWatch::new(&config, Instant::now());
         Ok(ControlPlane {
+            loader,
             path: path.to_path_buf(),
             overrides,
             config,
@@ -243,6 +268,7 @@ impl ControlPlane {
             signals,
             reloads,
             hosts_watch,
+            failed: None,
             _metrics: metrics,
             _control: control,
             _locks: locks,
@@ -261,7 +287,7 @@ impl ControlPlane {
         let mut watchdog = Watchdog::new(notify::watchdog_interval());
         let mut stalled = None;
         while !self.signals.stop.load(Ordering::Relaxed) && !self.server.worker_died() {
-            if let Some(why) = self.prober.as_ref().and_then(stall) {
+            if let Some(why) = self.prober.as_ref().and_then(stall).or_else(|| self.failed.take()) {
                 tracing::error!("{why}: answers would be frozen; stopping so a supervisor restarts dnlb");
                 stalled = Some(why);
                 break;
@@ -311,7 +337,9 @@ impl ControlPlane {
     /// Re-reads the configuration file and applies what can change in place. An invalid file
     /// changes nothing.
     fn reload_file(&mut self) -> Reply {
-        match self.overrides.load(&self.path) {
+        let (overrides, path) = (self.overrides, self.path.clone());
+        let Some(loaded) = self.loaded_aside(move || overrides.load(&path)) else { return abandoned() };
+        match loaded {
             Ok(fresh) => {
                 let source = self.path.display().to_string();
                 self.apply(fresh, &source)
@@ -326,16 +354,49 @@ impl ControlPlane {
     /// Re-reads the hosts file only (`hosts.watch` saw it change): the running configuration
     /// with the file's new names. A file that does not parse changes nothing.
     fn reload_hosts(&mut self, source: &HostsSource) -> Reply {
-        match crate::hosts::load(&source.path) {
-            Ok(entries) => {
+        tracing::info!("hosts file {} changed: reading it", source.path.display());
+        let (path, ttl) = (source.path.clone(), self.config.hosts_ttl);
+        let Some(loaded) = self.loaded_aside(move || Hosts::load(&path, ttl)) else { return abandoned() };
+        match loaded {
+            Ok(hosts) => {
                 let mut fresh = (*self.config).clone();
-                fresh.hosts = entries;
+                fresh.hosts = Arc::new(hosts);
                 self.apply(fresh, &source.path.display().to_string())
             }
-            Err(problems) => {
-                let text = problems.join("\n");
-                tracing::error!("hosts file change refused, the running names stay:\n{text}");
-                Reply { ok: false, text, json: serde_json::Value::Null }
+            Err(e) => {
+                // One line however many lines are bad: the report names the first few.
+                tracing::error!("hosts file change refused, the running names stay: {e}");
+                Reply { ok: false, text: format!("{e}\n"), json: serde_json::json!({"error": e.to_string()}) }
+            }
+        }
+    }
+
+    /// Runs `load` (a configuration or a hosts file: a million names take a second or more) on
+    /// thread `dnlb-load` while this one goes on feeding the service manager's watchdog and
+    /// watching for SIGTERM; `None` if a stop came first (the load is left to the exiting
+    /// process).
+    fn loaded_aside<T: Send + 'static>(&self, load: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let (tx, rx) = sync_channel(1);
+        // The receiver is gone only when dnlb is stopping: the result is not wanted then.
+        let job: Job = Box::new(move || drop(tx.send(load())));
+        if self.loader.jobs.send(job).is_err() {
+            // Only if a load panicked, which aborts the process first in a release build.
+            tracing::error!("the thread that reads the files has ended");
+            return None;
+        }
+        let mut watchdog = Watchdog::new(notify::watchdog_interval());
+        loop {
+            match rx.recv_timeout(TICK) {
+                Ok(value) => return Some(value),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return None,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            if self.signals.stop.load(Ordering::Relaxed) {
+                return None;
+            }
+            // Fed on the loop's terms: only while every worker runs and the prober progresses.
+            if !self.server.worker_died() && self.prober.as_ref().is_none_or(|p| !p.stalled()) {
+                watchdog.ping(Instant::now());
             }
         }
     }
@@ -356,7 +417,12 @@ impl ControlPlane {
         let layout = match Layout::new(&applied) {
             Ok(l) => Arc::new(l),
             Err(e) => {
-                return Reply { ok: false, text: format!("cannot build answers: {e}\n"), json: serde_json::Value::Null }
+                tracing::error!("reload refused, the running configuration stays: cannot build answers: {e}");
+                return Reply {
+                    ok: false,
+                    text: format!("cannot build answers: {e}\n"),
+                    json: serde_json::Value::Null,
+                };
             }
         };
         let carry = match self.prober.take().map(Prober::stop_and_carry) {
@@ -367,6 +433,7 @@ impl ControlPlane {
             }
             None => Carry::new(),
         };
+        let mut moved = false;
         if let (Some(f), Some(c)) = (&self.fleet, &applied.cluster) {
             // The old prober is stopped, the new one not started: the membership moves to the
             // new farm (servers, config hash) in between, so no report crosses from one to the
@@ -378,6 +445,7 @@ impl ControlPlane {
                 || hash != crate::cluster::core::config_hash(&self.config, k)
             {
                 tracing::info!(config = %hash, "reload: the farm or its probing changed; the fleet sees the new configuration");
+                moved = true;
                 if let Err(e) = f.handle().reconfigure(servers, hash) {
                     tracing::warn!("reload: {e}");
                 }
@@ -385,7 +453,12 @@ impl ControlPlane {
         }
         match spawn_prober(&applied, layout, &self.snapshots, &carry, self.fleet.as_ref()) {
             Ok(prober) => self.prober = prober,
-            Err(e) => return Reply { ok: false, text: format!("{e}\n"), json: serde_json::Value::Null },
+            Err(e) => {
+                let why = format!("the prober for the new configuration could not start ({e})");
+                tracing::error!("reload refused, the running configuration stays: {why}");
+                self.restart_prober(&carry, moved);
+                return Reply { ok: false, text: format!("{why}\n"), json: serde_json::Value::Null };
+            }
         }
         if let Some(p) = &self.prober {
             await_first_publish(p);
@@ -405,6 +478,32 @@ impl ControlPlane {
                 if restart.is_empty() { String::new() } else { format!("; need a restart: {}", restart.join(", ")) }
             ),
             json: serde_json::json!({"services": services, "kept": kept, "need_restart": need_restart}),
+        }
+    }
+
+    /// After a reload stopped the prober and the new one could not start: starts one again on
+    /// the running configuration with the health `carry` brought over, or, when that fails too,
+    /// marks the instance failed so that [`ControlPlane::serve`] stops it (no prober would ever
+    /// move the answers again). `moved` says whether the fleet's membership was moved to the
+    /// refused configuration's farm (it moves back).
+    fn restart_prober(&mut self, carry: &Carry, moved: bool) {
+        if let (Some(f), Some(c), true) = (&self.fleet, &self.config.cluster, moved) {
+            // Back to the running configuration's farm, which the restarted prober serves.
+            let k = c.probers_per_server;
+            let hash = crate::cluster::core::config_hash(&self.config, k);
+            if let Err(e) = f.handle().reconfigure(crate::cluster::server_keys(&self.config), hash) {
+                tracing::warn!("reload: {e}");
+            }
+        }
+        let restarted = Layout::new(&self.config).map_err(PlaneError::from).and_then(|layout| {
+            spawn_prober(&self.config, Arc::new(layout), &self.snapshots, carry, self.fleet.as_ref())
+        });
+        match restarted {
+            Ok(prober) => {
+                self.prober = prober;
+                self.view.publish(Running::new(self.config.clone(), self.prober.as_ref()));
+            }
+            Err(e) => self.failed = Some(format!("no prober could start again on the running configuration ({e})")),
         }
     }
 
@@ -440,6 +539,33 @@ impl ControlPlane {
         } else {
             Err(PlaneError::Stopped(errors))
         }
+    }
+}
+
+/// The reply to a reload that a stop overtook.
+fn abandoned() -> Reply {
+    let text = "the reload was abandoned: dnlb is stopping\n";
+    Reply { ok: false, text: text.into(), json: serde_json::json!({"error": text.trim()}) }
+}
+
+/// A load handed to thread `dnlb-load`.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Thread `dnlb-load`: runs the loads the main loop hands it, one at a time, for as long as the
+/// plane lives (it ends when the plane and its sender are dropped).
+struct Loader {
+    jobs: SyncSender<Job>,
+}
+
+impl Loader {
+    fn start() -> std::io::Result<Loader> {
+        let (jobs, queue) = sync_channel::<Job>(1);
+        std::thread::Builder::new().name("dnlb-load".into()).spawn(move || {
+            for job in queue {
+                job();
+            }
+        })?;
+        Ok(Loader { jobs })
     }
 }
 

@@ -108,6 +108,11 @@ impl Target {
         &self.name
     }
 
+    /// Its uid and primary gid: what dnlb gives the files it makes before it becomes the user.
+    pub fn ids(&self) -> (u32, u32) {
+        (self.uid.as_raw(), self.gid.as_raw())
+    }
+
     /// Becomes the user for good: supplementary groups, then the group, then the user (in that
     /// order: after setuid there is no right left to change groups), then checks that real,
     /// effective and saved ids are all the user's, so there is no way back to root.

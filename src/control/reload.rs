@@ -40,13 +40,32 @@ macro_rules! field {
 
 /// A [`Fixed`] table whose presence is the key: added or removed, it keeps the running one.
 macro_rules! section {
-    ($key:literal, $field:ident) => {
+    ($key:literal, $($field:ident).+) => {
         Fixed {
             key: $key,
-            differs: |running, fresh| running.$field.is_some() != fresh.$field.is_some(),
+            differs: |running, fresh| running.$($field).+.is_some() != fresh.$($field).+.is_some(),
             keep: |running, fresh| {
-                if running.$field.is_some() != fresh.$field.is_some() {
-                    fresh.$field = running.$field.clone();
+                if running.$($field).+.is_some() != fresh.$($field).+.is_some() {
+                    fresh.$($field).+ = running.$($field).+.clone();
+                }
+            },
+        }
+    };
+}
+
+/// A [`Fixed`] key inside an optional table (`server.xdp.interface`): it differs only where both
+/// files have the table (the table's presence is a key of its own).
+macro_rules! in_section {
+    ($key:literal, $($table:ident).+, $field:ident) => {
+        Fixed {
+            key: $key,
+            differs: |running, fresh| match (&running.$($table).+, &fresh.$($table).+) {
+                (Some(a), Some(b)) => a.$field != b.$field,
+                _ => false,
+            },
+            keep: |running, fresh| {
+                if let (Some(a), Some(b)) = (&running.$($table).+, &mut fresh.$($table).+) {
+                    b.$field = a.$field.clone();
                 }
             },
         }
@@ -84,24 +103,20 @@ pub const RESTART: &[Fixed] = &[
     // Privileges are dropped once, after every socket is bound; a process that dropped them
     // cannot take them back, and one that kept them must not seem to have dropped them.
     field!("server.user", server.user),
+    // The XSKs, the XDP program and the capabilities to make them exist only at start.
+    section!("[server.xdp]", server.xdp),
+    in_section!("server.xdp.interface", server.xdp, interface),
+    in_section!("server.xdp.required", server.xdp, required),
     field!("probe.core", probe.core),
     // The relay's sockets, and its descriptor in each worker's event loop, exist from the start
     // or not at all: its keys change in place, its presence does not.
     section!("[relay]", relay),
-    // The metrics endpoint is bound once, before privileges are dropped.
+    // The metrics endpoint is bound once, before privileges are dropped, and its serving loop
+    // made with its client list and bound.
     section!("[metrics]", metrics),
-    Fixed {
-        key: "metrics.listen",
-        differs: |running, fresh| match (&running.metrics, &fresh.metrics) {
-            (Some(a), Some(b)) => a.listen != b.listen,
-            _ => false,
-        },
-        keep: |running, fresh| {
-            if let (Some(a), Some(b)) = (&running.metrics, &mut fresh.metrics) {
-                b.listen = a.listen;
-            }
-        },
-    },
+    in_section!("metrics.listen", metrics, listen),
+    in_section!("metrics.allow", metrics, allow),
+    in_section!("metrics.max_connections", metrics, max_connections),
     // The fleet's membership is taken once; the farm's servers and probe settings (the config
     // hash) do change by reload, through the keys above.
     section!("[cluster]", cluster),
@@ -304,6 +319,19 @@ mod tests {
     }
 
     #[test]
+    fn xdp_needs_a_restart_added_removed_or_changed() {
+        let on = |iface: &str, required: bool| {
+            config(&format!("xdp = {{ interface = \"{iface}\", required = {required} }}\n"))
+        };
+        let running = on("eth0", false);
+        assert_eq!(plan(&running, config("")).need_restart, vec!["[server.xdp]"]);
+        assert_eq!(plan(&config(""), running.clone()).need_restart, vec!["[server.xdp]"]);
+        let changed = plan(&running, on("eth1", true));
+        assert_eq!(changed.need_restart, vec!["server.xdp.interface", "server.xdp.required"]);
+        assert_eq!(changed.config.server.xdp, running.server.xdp, "the running XDP set-up stays");
+    }
+
+    #[test]
     fn a_changed_metrics_address_needs_a_restart() {
         let running = config("[metrics]\nlisten = \"127.0.0.1:9153\"\n");
         let plan = plan(&running, config("[metrics]\nlisten = \"127.0.0.1:9154\"\n"));
@@ -312,5 +340,9 @@ mod tests {
         let plan = super::plan(&running, config(""));
         assert_eq!(plan.need_restart, vec!["[metrics]"], "removing the section too");
         assert_eq!(plan.config.metrics, running.metrics, "the endpoint keeps serving");
+        let fresh = config("[metrics]\nlisten = \"127.0.0.1:9153\"\nallow = [\"10.0.0.0/8\"]\nmax_connections = 8\n");
+        let plan = super::plan(&running, fresh);
+        assert_eq!(plan.need_restart, vec!["metrics.allow", "metrics.max_connections"]);
+        assert_eq!(plan.config.metrics, running.metrics, "the running endpoint's clients and bound stay");
     }
 }

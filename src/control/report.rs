@@ -64,6 +64,20 @@ pub(crate) fn ask(snapshot: &Arc<Snapshot>, name: &str, qtype: RecordType, clien
     Message::from_vec(&out[..n]).ok()
 }
 
+/// `name` in lower-case wire format as a query carries it, or `None` when no query can: an
+/// empty label, a label over 63 octets, more than 255 octets, a character outside ASCII.
+fn query_name(name: &str) -> Option<Vec<u8>> {
+    let fqdn = if name.ends_with('.') { name.to_string() } else { format!("{name}.") };
+    let parsed = Name::from_ascii(&fqdn).ok().filter(|_| name.is_ascii())?;
+    let mut wire = Vec::with_capacity(parsed.len() + 1);
+    for label in parsed.iter() {
+        wire.push(u8::try_from(label.len()).ok().filter(|&n| (1..=63).contains(&n))?);
+        wire.extend(label.iter().map(u8::to_ascii_lowercase));
+    }
+    wire.push(0);
+    (wire.len() <= crate::dns::query::MAX_NAME_LEN).then_some(wire)
+}
+
 fn records(m: &Message) -> Vec<String> {
     m.answers.iter().map(|r| format!("{} {} {} {}", r.name, r.ttl, r.record_type(), r.data)).collect()
 }
@@ -205,6 +219,9 @@ fn negative_line(n: &Negative, name: &str, rtype: RecordType, service: Option<&S
             if rtype == RecordType::AAAA { "IPv6" } else { "IPv4" }
         ),
         Negative::Health => "no server of this kind is healthy now: NODATA".into(),
+        Negative::Transfer => format!(
+            "`{name}` is a name of a zone dnlb serves, and zone transfers ({rtype}) are refused: each instance answers from its own configuration, nothing transfers the zone"
+        ),
     }
 }
 
@@ -232,13 +249,24 @@ pub fn explain(v: &View<'_>, name: &str, qtype: &str, client: Option<IpAddr>) ->
             json: json!(null),
         };
     };
+    // The name as a query carries it (escapes read, limits checked); one no query can carry
+    // has no answer to explain.
+    let Some(wire) = query_name(name) else {
+        return Reply {
+            ok: false,
+            text: format!(
+                "`{name}` is not a name a query can carry (labels of 1 to 63 octets, at most 255 in all, ASCII)\n"
+            ),
+            json: json!(null),
+        };
+    };
     let lower = name.trim_end_matches('.').to_ascii_lowercase();
     let mut why: Vec<String> = Vec::new();
     let reply = ask(&v.snapshot, &lower, rtype, client);
     // The closest enclosing service: a service inside another's zone explains its own names.
     let service = v.config.services.iter().filter(|s| within(&lower, &s.name)).max_by_key(|s| s.name.len());
     let managed = reply.as_ref().is_some_and(|m| m.metadata.authoritative);
-    let negative = v.snapshot.negative(&crate::dns::wire_name(&lower), u16::from(rtype), client);
+    let negative = v.snapshot.negative(&wire, u16::from(rtype), client);
     let zone = v.config.zone_for(&lower);
     // A rule of the configuration alone says it all; health-derived negatives keep the server
     // lines below, which are their reason.
@@ -416,8 +444,10 @@ pub fn explain(v: &View<'_>, name: &str, qtype: &str, client: Option<IpAddr>) ->
             )
         });
     }
-    if let (Some(_), Some(m)) = (&negative, &reply) {
-        why.push(soa_line(m, zone));
+    if let (Some(n), Some(m)) = (&negative, &reply) {
+        if *n != Negative::Transfer {
+            why.push(soa_line(m, zone));
+        }
     }
     let answer = reply.as_ref().map(records).unwrap_or_default();
     let rcode = reply
@@ -578,5 +608,22 @@ address = "192.0.2.3"
         assert!(explain_text("voice.sip.example.test", "A", true).contains("(MINIMUM 7 s)"));
         assert!(explain_text("voice.sip.example.test", "AAAA", true).contains("(MINIMUM 120 s)"));
         assert!(!explain_text("sip.example.test", "A", false).contains("SOA"), "a positive answer says nothing of it");
+    }
+
+    #[test]
+    fn explain_says_what_the_wire_says_for_transfers_and_impossible_names() {
+        // A zone transfer is REFUSED: no NODATA, no talk of a zone it is not in.
+        let text = explain_text("sip.example.test", "AXFR", false);
+        assert!(text.starts_with("sip.example.test AXFR: REFUSED"), "{text}");
+        assert!(text.contains("zone transfers"), "{text}");
+        assert!(!text.contains("NODATA") && !text.contains("in no zone"), "{text}");
+        // Names no query can carry get no verdict of the zone's.
+        for name in
+            ["a..b.sip.example.test", "\u{fc}.sip.example.test", &format!("{}.sip.example.test", "a".repeat(64))]
+        {
+            let text = explain_text(name, "A", false);
+            assert!(text.contains("not a name a query can carry"), "{name}:\n{text}");
+            assert!(!text.contains("NXDOMAIN") && !text.contains("REFUSED"), "{name}:\n{text}");
+        }
     }
 }

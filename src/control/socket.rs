@@ -10,30 +10,38 @@
 //!                                                    once the answers without (or with) it are out
 //! ```
 //!
-//! A request is at most 64 KiB and must arrive within 2 s; the socket is owner-only (0600), as
-//! a reload is an operator's action.
+//! Clients are served many at once by [`super::listener`]: a request is at most 64 KiB and must
+//! arrive whole within 2 s of the connect, the reply be taken within 2 s, 256 connections at
+//! most (past that, the one that made progress least recently makes room), so silent or
+//! dripping clients delay no other. Status and explain are answered on the listener's thread;
+//! reloads and drains, which wait for the main thread or the prober, each on a thread of its own.
+//! The socket is owner-only (0600), as a reload is an operator's action.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::logging::RateLimited;
+use super::listener::{Cut, Limits, Response, Service, Serving};
+use super::runtime::{RuntimeDir, RuntimeError};
+use crate::config::DEFAULT_MAX_CONNECTIONS;
 
 /// The longest request taken.
-const MAX_REQUEST: u64 = 64 * 1024;
+const MAX_REQUEST: usize = 64 * 1024;
 /// How long a client may take to send its request.
 const REQUEST_TIME: Duration = Duration::from_secs(2);
 
 /// Why the control socket could not be set up or reached.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
+    /// The runtime directory refuses the socket's name (a link or a file is there, or the socket
+    /// cannot be given to `server.user`).
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
     /// Another process answers on this socket: an instance already runs for this address.
     #[error("another dnlb already answers on {0}: stop it first, or give this one another listen address")]
     InUse(PathBuf),
@@ -106,8 +114,9 @@ pub struct Reply {
     pub json: serde_json::Value,
 }
 
-/// Answers requests; [`super::answers::ControlAnswers`] implements it.
-pub trait Answer: Send + 'static {
+/// Answers requests; [`super::answers::ControlAnswers`] implements it. Shared with the threads
+/// that answer reloads and drains.
+pub trait Answer: Send + Sync + 'static {
     /// Answers one request.
     fn answer(&self, request: Request) -> Reply;
 }
@@ -115,87 +124,92 @@ pub trait Answer: Send + 'static {
 /// A running control socket.
 pub struct ControlSocket {
     path: PathBuf,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    serving: Option<Serving>,
 }
 
 impl ControlSocket {
-    /// Binds `path` (a stale socket nobody answers on is replaced) and serves it with `answer`.
-    pub fn start(path: &Path, answer: impl Answer) -> Result<ControlSocket, ControlError> {
+    /// Binds `path` in the runtime directory `dir` (a stale socket nobody answers on is
+    /// replaced; anything else there is refused) and serves it with `answer`.
+    pub fn start(dir: &RuntimeDir, path: &Path, answer: impl Answer) -> Result<ControlSocket, ControlError> {
         if UnixStream::connect(path).is_ok() {
             return Err(ControlError::InUse(path.to_path_buf()));
         }
         let bind = |source| ControlError::Bind { path: path.to_path_buf(), source };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(bind)?;
-        }
-        match std::fs::remove_file(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(bind(e)),
-        }
+        dir.clear_socket(path)?;
         let listener = UnixListener::bind(path).map_err(bind)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind)?;
+        dir.adopt(path)?;
         listener.set_nonblocking(true).map_err(bind)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("dnlb-control".into())
-            .spawn(move || serve(&listener, &answer, &s))
+        let limits = Limits {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_request: MAX_REQUEST,
+            read_time: REQUEST_TIME,
+            write_time: REQUEST_TIME,
+            allow: Vec::new(),
+        };
+        let service = Lines { answer: Arc::new(answer) };
+        let serving = Serving::start("dnlb-control", mio::net::UnixListener::from_std(listener), service, limits)
             .map_err(bind)?;
-        Ok(ControlSocket { path: path.to_path_buf(), stop, thread: Some(thread) })
+        Ok(ControlSocket { path: path.to_path_buf(), serving: Some(serving) })
     }
 }
 
 impl Drop for ControlSocket {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            // The loop wakes every 50 ms; a panic there is already reported by the runtime.
-            let _joined = t.join();
+        if let Some(serving) = self.serving.take() {
+            serving.shutdown();
         }
         // Gone with the process anyway; a stale socket is replaced at the next start.
         let _removed = std::fs::remove_file(&self.path);
     }
 }
 
-fn serve(listener: &UnixListener, answer: &dyn Answer, stop: &AtomicBool) {
-    // A local client that keeps failing (or a full descriptor table) must not flood the log.
-    let mut limit = RateLimited::new(Duration::from_secs(60));
-    while !stop.load(Ordering::Acquire) {
-        match listener.accept() {
-            Ok((stream, _)) => {
-                if let Err(e) = handle(stream, answer) {
-                    if let Some(held) = limit.check(Instant::now()) {
-                        tracing::warn!(held, "control: a request failed: {e}");
-                    }
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(50)),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+/// One JSON request per line, one JSON reply per line.
+struct Lines<A> {
+    answer: Arc<A>,
+}
+
+impl<A: Answer> Service for Lines<A> {
+    fn whole(&self, request: &[u8]) -> bool {
+        memchr::memchr(b'\n', request).is_some()
+    }
+
+    fn answer(&self, request: &[u8], cut: Cut) -> Option<Response> {
+        if cut == Cut::Eof && request.is_empty() {
+            return None;
+        }
+        let line = request.split(|&b| b == b'\n').next().unwrap_or_default();
+        let parsed = std::str::from_utf8(line)
+            .map_err(|e| e.to_string())
+            .and_then(|text| serde_json::from_str::<Request>(text.trim()).map_err(|e| e.to_string()));
+        let request = match parsed {
+            Ok(request) => request,
             Err(e) => {
-                if let Some(held) = limit.check(Instant::now()) {
-                    tracing::warn!(held, "control: accept failed: {e}");
-                }
-                std::thread::sleep(Duration::from_millis(50));
+                let reply = Reply { ok: false, text: format!("bad request: {e}"), json: serde_json::Value::Null };
+                return Some(Response::Now(encode(&reply)));
+            }
+        };
+        match request {
+            // From the snapshot and the reports: quick, answered here.
+            Request::Status { .. } | Request::Explain { .. } => {
+                Some(Response::Now(encode(&self.answer.answer(request))))
+            }
+            // A reload waits for the main thread, a drain for the prober's publish.
+            slow @ (Request::Reload | Request::Drain { .. } | Request::Undrain { .. }) => {
+                let answer = self.answer.clone();
+                Some(Response::Later(Box::new(move || encode(&answer.answer(slow)))))
             }
         }
     }
 }
 
-fn handle(stream: UnixStream, answer: &dyn Answer) -> io::Result<()> {
-    stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(REQUEST_TIME))?;
-    stream.set_write_timeout(Some(REQUEST_TIME))?;
-    let mut line = String::new();
-    BufReader::new((&stream).take(MAX_REQUEST)).read_line(&mut line)?;
-    let reply = match serde_json::from_str::<Request>(line.trim()) {
-        Ok(request) => answer.answer(request),
-        Err(e) => Reply { ok: false, text: format!("bad request: {e}"), json: serde_json::Value::Null },
-    };
-    let mut out = serde_json::to_vec(&reply).map_err(io::Error::other)?;
+/// A reply as one JSON line.
+fn encode(reply: &Reply) -> Vec<u8> {
+    // Strings and a JSON value always encode; the fallback only keeps the client from waiting.
+    let mut out = serde_json::to_vec(reply)
+        .unwrap_or_else(|_| br#"{"ok":false,"text":"cannot encode the reply","json":null}"#.to_vec());
     out.push(b'\n');
-    (&stream).write_all(&out)
+    out
 }
 
 /// Sends `request` to the instance on `path` and returns its reply (the client's side). A reload

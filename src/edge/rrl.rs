@@ -108,7 +108,14 @@ impl Limiter {
         h.write_u128(key);
         let hash = h.finish();
         let mask = self.slots.len() - 1;
-        let (a, b) = (hash as usize & mask, (hash >> 32) as usize & mask);
+        let a = hash as usize & mask;
+        // Two different slots always: were both halves of the hash to pick one slot (one source in
+        // `slots.len()`), a flood source landing on a limited prefix's slot would evict it with no
+        // choice, about one run in a hundred of the flood test below.
+        let b = match (hash >> 32) as usize & mask {
+            b if b == a => a ^ 1,
+            b => b,
+        };
         let now_ms = u64::try_from(now.saturating_duration_since(self.start).as_millis()).unwrap_or(u64::MAX);
         let rate = u64::from(self.settings.responses_per_second);
         let capacity = rate.saturating_mul(UNIT);

@@ -5,19 +5,26 @@
 //!  socket ──►│ uring:    multishot recvmsg + provided buffer ring, sendmsg     │──► socket
 //!            │ portable: recvmmsg batch (32)            → sendmmsg batch       │
 //!            └───────── handler.begin_batch(); handler.handle(query) → reply ─┘
+//!
+//!            ┌──────────── xdp::serve(queue, handler, stop) ─────────────────┐
+//!  NIC queue►│ XDP program → XSK rx ring → parse L2-L4 → handler.handle_frame  │──► tx ring
+//!            └──────── reply written over the query, headers turned around ──┘
 //! ```
 //!
 //! A backend knows nothing about DNS: it hands each datagram to a [`Handler`] and sends whatever
-//! bytes come back to the sender. Both backends batch: one snapshot load per batch, one system
-//! call (or ring submission) per batch of replies.
+//! bytes come back to the sender. Every backend batches: one snapshot load per batch, one system
+//! call (or ring submission) per batch of replies. The XDP backend ([`xdp`]) serves the listen
+//! addresses of one interface beside the others, one worker per receive queue.
 
 pub mod affinity;
 pub mod portable;
 mod rlimit;
 pub mod udp;
 pub mod uring;
+pub mod xdp;
 
 pub use rlimit::raise_fd_limit;
+pub use xdp::frame::Path as FramePath;
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
@@ -61,6 +68,26 @@ impl Peer<'_> {
     }
 }
 
+/// Writes `addr` as the `sockaddr_in`/`sockaddr_in6` bytes a [`Peer`] holds; returns the length.
+pub fn encode_peer(addr: SocketAddr, out: &mut [u8; 28]) -> usize {
+    *out = [0; 28];
+    out[2..4].copy_from_slice(&addr.port().to_be_bytes());
+    match addr {
+        SocketAddr::V4(v4) => {
+            out[0..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+            out[4..8].copy_from_slice(&v4.ip().octets());
+            16
+        }
+        SocketAddr::V6(v6) => {
+            out[0..2].copy_from_slice(&(libc::AF_INET6 as u16).to_ne_bytes());
+            out[4..8].copy_from_slice(&v6.flowinfo().to_be_bytes());
+            out[8..24].copy_from_slice(&v6.ip().octets());
+            out[24..28].copy_from_slice(&v6.scope_id().to_ne_bytes());
+            28
+        }
+    }
+}
+
 /// Why a backend dropped a datagram without a reply; counted per reason, never logged per packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {
@@ -75,6 +102,9 @@ pub enum DropReason {
     /// A datagram longer than [`MAX_DATAGRAM`]: dropped unanswered by both backends, not parsed
     /// truncated.
     Oversize,
+    /// A frame on an XSK the kernel would have dropped too (a bad checksum, a UDP length past
+    /// the packet, a martian source): see [`xdp::frame::FrameError`].
+    BadFrame,
 }
 
 /// What a backend calls for the datagrams it receives.
@@ -83,6 +113,23 @@ pub trait Handler {
     fn begin_batch(&mut self);
     /// Handles one datagram and writes the reply into `reply`; returns its length, 0 for none.
     fn handle(&mut self, query: &[u8], peer: Peer<'_>, reply: &mut [u8]) -> usize;
+    /// Handles one datagram that came as a frame on an XSK (the XDP backend): as
+    /// [`Handler::handle`], but the reply may be at most `max_payload` bytes (what the
+    /// interface's MTU takes), and a reply that comes later (relayed) goes to `peer` through the
+    /// [`Outbox`] with `path`'s frame headers. By default it is handled as a plain datagram.
+    fn handle_frame(
+        &mut self,
+        query: &[u8],
+        peer: SocketAddr,
+        _path: &FramePath,
+        max_payload: u16,
+        reply: &mut [u8],
+    ) -> usize {
+        let mut name = [0u8; 28];
+        let n = encode_peer(peer, &mut name);
+        let cap = reply.len().min(usize::from(max_payload));
+        self.handle(query, Peer(&name[..n]), &mut reply[..cap])
+    }
     /// Counts an I/O error the backend met (receive or send); never logged per packet.
     fn io_error(&mut self, error: io::Error);
     /// Counts `count` datagrams dropped for `reason`.
@@ -102,11 +149,21 @@ pub trait Handler {
 /// How often [`Handler::tick`] runs when a handler has an extra descriptor.
 pub const TICK: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// Where the XDP backend sends replies that do not answer a frame in hand (relayed answers).
+pub trait FrameSink {
+    /// Sends a reply to `peer` with `path`'s frame headers, its payload written by `write` (which
+    /// returns its length; 0 for none). `false` when it could not go (no idle frame, the ring
+    /// full).
+    fn send(&mut self, peer: SocketAddr, path: &FramePath, write: &mut dyn FnMut(&mut [u8]) -> usize) -> bool;
+}
+
 /// Replies a handler produces outside `handle` (relayed answers, timeouts), sent at once on the
-/// client socket without blocking. A reply the kernel will not take is dropped and counted: there
-/// is no queue to overflow, so a crowd of clients waiting on one question all get their answer.
+/// client socket without blocking (or, for clients that came through the XDP backend, through
+/// its XSK). A reply the kernel will not take is dropped and counted: there is no queue to
+/// overflow, so a crowd of clients waiting on one question all get their answer.
 pub struct Outbox<'s> {
-    socket: &'s UdpSocket,
+    socket: Option<&'s UdpSocket>,
+    frames: Option<&'s mut dyn FrameSink>,
     buf: Box<[u8]>,
     /// Replies the socket would not take (send buffer full) since the last [`Outbox::report`].
     full: u64,
@@ -117,16 +174,47 @@ pub struct Outbox<'s> {
 impl<'s> Outbox<'s> {
     /// An outbox sending on `socket`.
     pub fn new(socket: &'s UdpSocket) -> Outbox<'s> {
-        Outbox { socket, buf: vec![0u8; REPLY_SIZE].into_boxed_slice(), full: 0, errors: Vec::new() }
+        Outbox {
+            socket: Some(socket),
+            frames: None,
+            buf: vec![0u8; REPLY_SIZE].into_boxed_slice(),
+            full: 0,
+            errors: Vec::new(),
+        }
+    }
+
+    /// An outbox sending through an XSK (the XDP backend); it has no socket, so it allocates
+    /// nothing and can be made per wake-up.
+    pub fn frames(sink: &'s mut dyn FrameSink) -> Outbox<'s> {
+        Outbox { socket: None, frames: Some(sink), buf: Box::default(), full: 0, errors: Vec::new() }
+    }
+
+    /// Sends a reply to `peer` with `path`'s frame headers through the XSK, written by `write`;
+    /// counted as [`DropReason::Outbox`] when it cannot go.
+    pub fn push_frame(&mut self, peer: SocketAddr, path: &FramePath, write: impl FnOnce(&mut [u8]) -> usize) {
+        let Some(sink) = self.frames.as_mut() else {
+            // A frame's client reaches an outbox without an XSK only if a worker's handler were
+            // moved between backends; the reply is counted, never sent with wrong headers.
+            self.full += 1;
+            return;
+        };
+        let mut write = Some(write);
+        if !sink.send(peer, path, &mut |buf| write.take().map_or(0, |w| w(buf))) {
+            self.full += 1;
+        }
     }
 
     /// Sends a reply to `peer`, written by `write` (which returns its length; 0 for none).
     pub fn push(&mut self, peer: SocketAddr, write: impl FnOnce(&mut [u8]) -> usize) {
+        let Some(socket) = self.socket else {
+            self.full += 1;
+            return;
+        };
         let n = write(&mut self.buf).min(self.buf.len());
         if n == 0 {
             return;
         }
-        match SockRef::from(self.socket).send_to_with_flags(&self.buf[..n], &peer.into(), libc::MSG_DONTWAIT) {
+        match SockRef::from(socket).send_to_with_flags(&self.buf[..n], &peer.into(), libc::MSG_DONTWAIT) {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.raw_os_error() == Some(libc::ENOBUFS) => {
                 self.full += 1;
@@ -183,14 +271,25 @@ pub enum Backend {
     Uring,
     /// recvmmsg/sendmmsg.
     Portable,
+    /// AF_XDP: one XSK per receive queue of an interface ([`xdp`]); started by the server for
+    /// `server.xdp`, never chosen by [`Backend::choose`].
+    Xdp,
+}
+
+impl Backend {
+    /// Its name in logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Uring => "uring",
+            Backend::Portable => "portable",
+            Backend::Xdp => "xdp",
+        }
+    }
 }
 
 impl std::fmt::Display for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Backend::Uring => "uring",
-            Backend::Portable => "portable",
-        })
+        f.write_str(self.name())
     }
 }
 
@@ -224,11 +323,12 @@ impl Backend {
         }
     }
 
-    /// Serves `socket` until `stop` fires.
+    /// Serves `socket` until `stop` fires. The XDP backend serves an XSK, not a socket
+    /// ([`xdp::serve`]): asked to serve a socket, it serves it with the portable backend.
     pub fn serve<H: Handler>(self, socket: &UdpSocket, handler: &mut H, stop: &Stop) -> io::Result<()> {
         match self {
             Backend::Uring => uring::serve(socket, handler, stop),
-            Backend::Portable => portable::serve(socket, handler, stop),
+            Backend::Portable | Backend::Xdp => portable::serve(socket, handler, stop),
         }
     }
 }
@@ -283,5 +383,20 @@ impl Stop {
     /// The pipe end io_uring polls.
     pub fn reader(&self) -> &io::PipeReader {
         &self.reader
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_encoded_peer_decodes_to_the_same_address() {
+        for addr in ["198.18.0.2:53000", "[fd00:19::2]:1", "[fe80::1]:65535"] {
+            let addr: SocketAddr = addr.parse().unwrap();
+            let mut name = [0u8; 28];
+            let n = encode_peer(addr, &mut name);
+            assert_eq!(Peer(&name[..n]).socket_addr(), Some(addr));
+        }
     }
 }

@@ -66,6 +66,14 @@ pub trait Wire {
 pub enum ReplyTo {
     /// A UDP client: a datagram to this address.
     Udp(SocketAddr),
+    /// A UDP client whose query came as a frame on an XSK (the XDP backend): a datagram to
+    /// this address, sent through the XSK with the query's frame headers turned around.
+    Frame {
+        /// The client's address and port.
+        peer: SocketAddr,
+        /// MACs, VLAN tag, our address and port.
+        path: crate::io::FramePath,
+    },
     /// A TCP client: the worker's connection in this slot, if it is still the same connection.
     Tcp {
         /// The connection's slot in the worker's table.

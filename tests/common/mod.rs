@@ -283,3 +283,23 @@ pub fn terminate(child: &mut std::process::Child) {
     let _killed = child.kill();
     let _reaped = child.wait();
 }
+
+/// A UDP query frame from `client` to `server` (Ethernet, an optional 802.1Q tag, IPv4 or IPv6,
+/// UDP with its checksum) carrying `payload`, as a NIC hands it to the XDP path.
+pub fn query_frame(client: SocketAddr, server: SocketAddr, vlan: Option<u16>, payload: &[u8]) -> Vec<u8> {
+    use dnlb::io::xdp::frame::{write_headers, Path};
+    // The path of a reply from the client's side: its headers are the query's.
+    let from_client = Path {
+        dst_mac: [2, 0, 0, 0, 0, 1],
+        src_mac: [2, 0, 0, 0, 0, 2],
+        vlan,
+        local: client.ip(),
+        local_port: client.port(),
+    };
+    let h = from_client.header_len();
+    let mut frame = vec![0u8; h + payload.len()];
+    frame[h..].copy_from_slice(payload);
+    let n = write_headers(&mut frame, &from_client, server, payload.len()).expect("room for the headers");
+    frame.truncate(n);
+    frame
+}
