@@ -403,27 +403,10 @@ fn workers(m: &mut Metrics, blocks: &CounterBlocks) -> Result<(), MetricsError> 
         ] {
             qtypes.with_label_values(&[w, qtype]).inc_by(v);
         }
-        for (rcode, v) in [
-            ("NOERROR", t.noerror),
-            ("NXDOMAIN", t.nxdomain),
-            ("FORMERR", t.formerr),
-            ("SERVFAIL", t.servfail),
-            ("NOTIMP", t.notimp),
-            ("REFUSED", t.refused),
-            ("BADVERS", t.badvers),
-            ("other", t.other_rcode),
-        ] {
+        for (rcode, v) in t.responses_by_rcode() {
             responses.with_label_values(&[w, rcode]).inc_by(v);
         }
-        for (reason, v) in [
-            ("malformed", t.dropped),
-            ("no_buffer", t.drop_enobufs),
-            ("no_send_slot", t.drop_send_slot),
-            ("send_buffer_full", t.drop_outbox),
-            ("oversize", t.drop_oversize),
-            ("bad_frame", t.drop_bad_frame),
-            ("rate_limit", t.rrl_dropped),
-        ] {
+        for (reason, v) in t.dropped_by_reason() {
             dropped.with_label_values(&[w, reason]).inc_by(v);
         }
         truncated.with_label_values(&[w]).inc_by(t.truncated);

@@ -317,20 +317,10 @@ pub fn gather(v: &View<'_>, history: bool) -> Status {
 
 /// The edge summary of `t`.
 fn edge(t: &Totals) -> EdgeSummary {
-    let responses = [
-        ("NOERROR", t.noerror),
-        ("NXDOMAIN", t.nxdomain),
-        ("FORMERR", t.formerr),
-        ("SERVFAIL", t.servfail),
-        ("NOTIMP", t.notimp),
-        ("REFUSED", t.refused),
-        ("BADVERS", t.badvers),
-        ("other", t.other_rcode),
-    ];
     EdgeSummary {
         queries: t.queries,
-        responses: responses.into_iter().collect(),
-        dropped: t.dropped + t.drop_enobufs + t.drop_send_slot + t.drop_outbox + t.drop_oversize + t.rrl_dropped,
+        responses: t.responses_by_rcode().into_iter().collect(),
+        dropped: t.dropped_by_reason().iter().map(|(_, n)| n).sum(),
         truncated: t.truncated,
         rrl_slipped: t.rrl_slipped,
         rrl_dropped: t.rrl_dropped,
@@ -365,5 +355,13 @@ mod tests {
         assert_eq!(unix(now - Duration::from_millis(1500), now, wall), 1_799_999_998.5);
         assert_eq!(unix(now + Duration::from_secs(5), now, wall), 1_800_000_000.0, "never in the future");
         assert_eq!(unix(now - Duration::from_secs(10), now, UNIX_EPOCH), 0.0, "never before the epoch");
+    }
+
+    /// The page's "dropped" is the sum of every reason `dnlb_dropped_total` has, the XDP
+    /// backend's bad frames included.
+    #[test]
+    fn dropped_counts_every_reason_the_metrics_have() {
+        let t = Totals { dropped: 1, drop_oversize: 2, drop_bad_frame: 4, rrl_dropped: 8, ..Totals::default() };
+        assert_eq!(edge(&t).dropped, 15);
     }
 }
