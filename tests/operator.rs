@@ -320,6 +320,14 @@ fn the_debian_package_is_whole_and_its_binary_runs() {
     let bin = scratch.join("usr/bin/dnlb");
     let checked = run(std::process::Command::new(&bin).arg("check-config").arg(scratch.join("etc/dnlb/dnlb.toml")));
     assert!(checked.contains(": ok ("), "{checked}");
+    // Built with the fleet (package.metadata.deb's features): it takes a [cluster] section.
+    let fleet = scratch.join("fleet.toml");
+    let packaged = std::fs::read_to_string(scratch.join("etc/dnlb/dnlb.toml")).unwrap();
+    let with_cluster = "[cluster]\netcd = [\"http://127.0.21.1:2379\"]\nfarm = \"voice-east\"\nname = \"edge-1\"\n";
+    std::fs::write(&fleet, format!("{packaged}\n{with_cluster}")).unwrap();
+    let out = std::process::Command::new(&bin).arg("check-config").arg(&fleet).output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.contains(": ok ("), "the packaged dnlb has no fleet:\n{said}");
     let version = run(std::process::Command::new(&bin).arg("--version"));
     assert_eq!(version.trim(), format!("dnlb {}", env!("CARGO_PKG_VERSION")));
     let man = run(std::process::Command::new("gzip").arg("-dc").arg(scratch.join("usr/share/man/man1/dnlb.1.gz")));
