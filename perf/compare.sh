@@ -215,6 +215,8 @@ server:
     do-not-query-localhost: no
     ratelimit: 0
     ip-ratelimit: 0
+    # unbound answers every name under test. itself (RFC 6761 default local zones) unless told not to.
+    local-zone: "test." nodefault
 stub-zone:
     name: "example.test"
     stub-addr: 127.0.0.1@$UPSTREAM_PORT

@@ -120,6 +120,10 @@ counters! {
     relay_forwarded,
     /// Relayed names answered from the cache.
     relay_cache_hits,
+    /// Relayed names answered stale (RFC 8767) while the upstreams failed or were slow.
+    relay_stale_answers,
+    /// Cached answers asked upstream again before they expired (prefetch).
+    relay_prefetches,
     /// Upstream exchanges that timed out.
     relay_timeouts,
     /// Upstream messages refused: not a response, another ID or another question.
@@ -224,6 +228,8 @@ impl WorkerCounters {
         set(&self.relay_cache_bytes, wide(g.cache_bytes));
         set(&self.relay_forwarded, s.forwarded);
         set(&self.relay_cache_hits, s.cache_hits);
+        set(&self.relay_stale_answers, s.stale_answers);
+        set(&self.relay_prefetches, s.prefetches);
         set(&self.relay_timeouts, s.timeouts);
         set(&self.relay_forged, s.forged);
         set(&self.relay_case_mismatch, s.case_mismatches);

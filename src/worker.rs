@@ -516,9 +516,15 @@ impl Worker {
                     relay.ready(&mut router, now);
                 }
             }
-            if let Some(tcp) = self.tcp.as_mut() {
-                tcp.serve_ready(hub.ready(), hub.registry(), &mut TcpAnswers { responder: r }, now);
+            // The relay drains its sockets until they would block, and relayed answers for TCP
+            // clients are written as they come; anything that arrives after that makes the hub
+            // readable again, and the backend's next wait sees it. So a pass in which TCP has
+            // nothing to do is the last: another would be an epoll_wait that finds nothing.
+            let Some(tcp) = self.tcp.as_mut() else { break };
+            if hub.ready().is_empty() && !tcp.has_more() {
+                break;
             }
+            tcp.serve_ready(hub.ready(), hub.registry(), &mut TcpAnswers { responder: r }, now);
         }
         self.publish_counters();
     }

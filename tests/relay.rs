@@ -7,7 +7,7 @@ use std::io::Read;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::upstream::{Behaviour, FakeUpstream, Nsd};
+use common::upstream::{Behaviour, FakeUpstream, Hostile, Nsd, Script};
 use common::*;
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::{RData, RecordType};
@@ -295,4 +295,204 @@ fn health_checks_take_a_dead_upstream_out_before_clients_wait_on_it() {
         assert_eq!(m.metadata.response_code, ResponseCode::NoError);
         assert!(took < Duration::from_millis(200), "query {i} waited {took:?}: it went to the dead upstream");
     }
+}
+
+/// A zone with short TTLs for the serve-stale and prefetch tests: answers live 1 s (negative
+/// ones too: SOA TTL and MINIMUM 1), `pop` 2 s.
+fn short_zone() -> String {
+    "$ORIGIN stale.test.\n$TTL 1\n@ IN SOA ns hostmaster 1 3600 600 86400 1\n@ IN NS ns\nns IN A 127.0.7.10\n\
+     a IN A 192.0.2.31\ntxt IN TXT \"only\"\npop 2 IN A 192.0.2.50\n"
+        .into()
+}
+
+/// A relay on one worker (so every client meets the same cache) with `extra` relay settings
+/// (the upstream timeout 2 s unless they say otherwise).
+fn one_worker(dns_port: u16, upstream: std::net::SocketAddr, extra: &str) -> String {
+    let timeout = if extra.contains("timeout_ms") { "" } else { "timeout_ms = 2000\n" };
+    format!(
+        "{}\n[relay]\nupstreams = [\"{upstream}\"]\n{timeout}{extra}\n",
+        config_text(dns_port, 2, "").replace("workers = 2", "workers = 1")
+    )
+}
+
+/// The TTL a client sees: of the first answer record, else of the first authority record (the
+/// SOA of a negative answer).
+fn ttl_seen(m: &Message) -> u32 {
+    m.answers.first().or(m.authorities.first()).map_or(u32::MAX, |r| r.ttl)
+}
+
+/// Upstream outage (RFC 8767): names cached before nsd stops are answered stale (TTL 30) within
+/// stale_answer_ms once their TTL ran out, NXDOMAIN and NODATA too, over UDP and TCP; a name never
+/// cached gets SERVFAIL; once nsd is back, answers are fresh again within stale_refresh_s. Each
+/// backend has its own nsd (127.0.7.10 and .11), in parallel.
+#[test]
+fn an_upstream_outage_is_ridden_out_on_stale_answers() {
+    if !require(have("nsd") || std::path::Path::new("/usr/sbin/nsd").exists(), "nsd (package nsd)") {
+        return;
+    }
+    let runs: Vec<_> =
+        backends().into_iter().zip(10u8..).map(|(io, host)| std::thread::spawn(move || outage(io, host))).collect();
+    for run in runs {
+        run.join().unwrap();
+    }
+}
+
+fn outage(io: dnlb::config::IoMode, host: u8) {
+    let upstream = std::net::SocketAddr::from(([127, 0, 7, host], free_port()));
+    let nsd = Nsd::serve(upstream, "stale.test", &short_zone());
+    let t = TestServer::start(&one_worker(free_port(), upstream, "stale_refresh_s = 2"), io);
+    let cases = [
+        ("a.stale.test.", ResponseCode::NoError, 1),
+        ("nx.stale.test.", ResponseCode::NXDomain, 0),
+        ("txt.stale.test.", ResponseCode::NoError, 0),
+    ];
+    for (i, (name, rcode, answers)) in cases.iter().enumerate() {
+        let m = udp_query(t.addr, &query(name, RecordType::A, i as u16, None));
+        assert_eq!((m.metadata.response_code, m.answers.len(), ttl_seen(&m)), (*rcode, *answers, 1), "{io:?} {name}");
+    }
+    let filled = Instant::now();
+    drop(nsd);
+    // Past every TTL (1 s): the cache holds only stale answers now.
+    std::thread::sleep(Duration::from_millis(1200).saturating_sub(filled.elapsed()));
+    for (i, (name, rcode, answers)) in cases.iter().enumerate() {
+        let start = Instant::now();
+        let m = udp_query(t.addr, &query(name, RecordType::A, 10 + i as u16, None));
+        let took = start.elapsed();
+        assert_eq!((m.metadata.response_code, m.answers.len()), (*rcode, *answers), "{io:?} {name}: stale");
+        assert_eq!(ttl_seen(&m), 30, "{io:?} {name}: the stale TTL");
+        assert!(took < Duration::from_millis(1800), "{io:?} {name}: answered after {took:?}");
+    }
+    let m = tcp_query(t.addr, &query("A.Stale.Test.", RecordType::A, 20, None));
+    assert_eq!((m.metadata.id, m.answers.len(), ttl_seen(&m)), (20, 1, 30), "{io:?}: stale over TCP");
+    assert_eq!(m.queries[0].name().to_ascii(), "A.Stale.Test.", "the client's letter case");
+    let m = udp_query(t.addr, &query("never.stale.test.", RecordType::A, 21, None));
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail, "{io:?}: never cached, nothing to serve");
+    // nsd back: a fresh answer once the recheck timer (2 s) lets the next query go upstream.
+    let _nsd = Nsd::serve(upstream, "stale.test", &short_zone());
+    let back = Instant::now();
+    let fresh = || ttl_seen(&udp_query(t.addr, &query("a.stale.test.", RecordType::A, 22, None))) <= 1;
+    let took =
+        wait_until(&format!("{io:?}: a fresh answer after nsd came back"), Duration::from_secs(4), fresh, || {
+            t.server.as_ref().unwrap().totals().to_string()
+        });
+    println!("{io:?}: fresh answers {:?} after nsd came back", back.elapsed());
+    assert!(took <= Duration::from_millis(2000 + 500), "{io:?}: fresh after {took:?}, stale_refresh_s is 2 s");
+    let totals = t.server.as_ref().unwrap().totals();
+    assert!(totals.relay_stale_answers >= 4, "{io:?}: {totals}");
+}
+
+/// An upstream that answers SERVFAIL for good cannot keep a stale answer alive past stale_max_s
+/// (2 s here), nor make dnlb ask it more than about once per stale_refresh_s (1 s); a silent one
+/// costs a client stale_answer_ms (600 ms), no more, and the stale answer then (its query times
+/// out 800 ms after it went).
+#[test]
+fn a_failing_upstream_cannot_pin_a_stale_answer() {
+    let runs: Vec<_> = backends().into_iter().map(|io| std::thread::spawn(move || pinned(io))).collect();
+    for run in runs {
+        run.join().unwrap();
+    }
+}
+
+fn pinned(io: dnlb::config::IoMode) {
+    let upstream = Hostile::start("127.0.0.1", Script { ttl: 1, ..Script::default() });
+    let extra = "timeout_ms = 800\nstale_max_s = 2\nstale_refresh_s = 1\nstale_answer_ms = 600";
+    let t = TestServer::start(&one_worker(free_port(), upstream.addr, extra), io);
+    let ask = |id: u16| udp_query(t.addr, &query("pin.hostile.test.", RecordType::A, id, None));
+    assert_eq!(ttl_seen(&ask(1)), 1);
+    let expires = Instant::now() + Duration::from_secs(1);
+    // Silent: the client gets the stale answer when its timer runs out, not before.
+    upstream.set_mute(true);
+    std::thread::sleep(expires.saturating_duration_since(Instant::now()) + Duration::from_millis(100));
+    let start = Instant::now();
+    let m = ask(2);
+    let took = start.elapsed();
+    assert_eq!((m.metadata.response_code, ttl_seen(&m)), (ResponseCode::NoError, 30), "{io:?}");
+    assert!(took >= Duration::from_millis(500), "{io:?}: stale after {took:?}, before the client timer");
+    assert!(took < Duration::from_millis(600 + 400), "{io:?}: stale after {took:?}");
+    // SERVFAIL for good: stale answers until 2 s past the expiry, then SERVFAIL.
+    upstream.set_mute(false);
+    upstream.set_servfail(true);
+    let asked_before = upstream.count();
+    let (mut stale, mut id) = (0, 3);
+    let ended = loop {
+        let m = ask(id);
+        id += 1;
+        if m.metadata.response_code == ResponseCode::ServFail {
+            break Instant::now();
+        }
+        assert_eq!(ttl_seen(&m), 30, "{io:?}: stale until the end");
+        stale += 1;
+        assert!(expires.elapsed() < Duration::from_secs(4), "{io:?}: still stale {:?} after expiry", expires.elapsed());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let after_expiry = ended.saturating_duration_since(expires);
+    let upstream_queries = upstream.count() - asked_before;
+    println!(
+        "{io:?}: SERVFAIL {after_expiry:?} after expiry; {stale} stale answers, {upstream_queries} upstream queries"
+    );
+    assert!(after_expiry >= Duration::from_millis(1900), "{io:?}: SERVFAIL already {after_expiry:?} after expiry");
+    assert!(stale >= 10, "{io:?}: {stale} stale answers");
+    assert!(upstream_queries <= 5, "{io:?}: {upstream_queries} upstream queries for {stale} stale answers");
+}
+
+/// Prefetch: a name asked 100 times a second across its expiry (TTL 2 s) never misses: the only
+/// client that waited on upstream is the first, and upstream saw one prefetch per TTL. Without
+/// prefetch the same run misses at the expiry. Both backends and the control run in parallel,
+/// each with its own dnlb, against one nsd (127.0.7.12).
+#[test]
+fn a_popular_name_is_prefetched_and_never_misses() {
+    if !require(have("nsd") || std::path::Path::new("/usr/sbin/nsd").exists(), "nsd (package nsd)") {
+        return;
+    }
+    let upstream = std::net::SocketAddr::from(([127, 0, 7, 12], free_port()));
+    let _nsd = Nsd::serve(upstream, "stale.test", &short_zone());
+    let mut runs: Vec<_> = backends().into_iter().map(|io| (io, true)).collect();
+    runs.push((dnlb::config::IoMode::Portable, false));
+    let runs: Vec<_> =
+        runs.into_iter().map(|(io, on)| std::thread::spawn(move || (io, on, popular(io, upstream, on)))).collect();
+    for run in runs {
+        let (io, on, totals) = run.join().unwrap();
+        if on {
+            assert_eq!(totals.relayed, 1, "{io:?}: only the first query waited on upstream: {totals}");
+            assert!(totals.relay_prefetches >= 1, "{io:?}: {totals}");
+            assert_eq!(totals.relay_forwarded, 1 + totals.relay_prefetches, "{io:?}: {totals}");
+        } else {
+            assert!(totals.relayed >= 2, "without prefetch the expiry is a miss: {totals}");
+            assert_eq!(totals.relay_prefetches, 0, "{totals}");
+        }
+    }
+}
+
+/// Asks `pop.stale.test` every 10 ms for 3 s through a fresh dnlb; returns its counters.
+fn popular(io: dnlb::config::IoMode, upstream: std::net::SocketAddr, prefetch: bool) -> dnlb::counters::Totals {
+    let t = TestServer::start(&one_worker(free_port(), upstream, &format!("prefetch = {prefetch}")), io);
+    let client = udp_client();
+    let start = Instant::now();
+    let (mut latencies, mut id) = (Vec::new(), 0u16);
+    while start.elapsed() < Duration::from_secs(3) {
+        let sent = Instant::now();
+        client.send_to(&query("pop.stale.test.", RecordType::A, id, None), t.addr).unwrap();
+        let mut buf = [0u8; 512];
+        let m = loop {
+            let (n, _) = recv_retry(&client, &mut buf).expect("an answer within 2 s");
+            let m = Message::from_vec(&buf[..n]).unwrap();
+            if m.metadata.id == id {
+                break m;
+            }
+        };
+        latencies.push(sent.elapsed());
+        assert_eq!((m.metadata.response_code, m.answers.len()), (ResponseCode::NoError, 1), "{io:?}");
+        id += 1;
+        std::thread::sleep(Duration::from_millis(10).saturating_sub(sent.elapsed()));
+    }
+    latencies.sort();
+    let p = |q: usize| latencies[(latencies.len() - 1) * q / 100];
+    println!(
+        "{io:?} prefetch={prefetch}: {} queries, latency median {:?}, p99 {:?}, max {:?}",
+        latencies.len(),
+        p(50),
+        p(99),
+        p(100)
+    );
+    t.server.as_ref().unwrap().totals()
 }

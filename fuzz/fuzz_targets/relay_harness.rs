@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dnlb::config::RelayConfig;
+use dnlb::config::{RelayConfig, StaleConfig};
 use dnlb::dns::answer::DnsTransport;
 use dnlb::dns::query::{parse, MAX_NAME_LEN};
 use dnlb::relay::engine::{Engine, Forwarded, Replies, ReplyTo, Token, Wire};
@@ -51,6 +51,15 @@ pub fn config(upstreams: usize) -> RelayConfig {
         routes: Vec::new(),
         health_check: Some("health.test".into()),
         health_check_interval: Duration::from_secs(2),
+        // Short enough that a program reaches every stale path: the client timer before the
+        // upstream timeout, the recheck timer, and the end of the stale window.
+        stale: Some(StaleConfig {
+            max: Duration::from_secs(60),
+            ttl: 30,
+            refresh: Duration::from_secs(2),
+            answer_after: Duration::from_millis(300),
+        }),
+        prefetch: true,
     }
 }
 

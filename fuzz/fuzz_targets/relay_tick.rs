@@ -1,8 +1,10 @@
 //! Drives the relay as a whole state machine: the input is a program of client questions,
 //! honest, forged and arbitrary upstream replies, socket failures and clock jumps (forwards by up
 //! to 49 days, backwards a little, as an injected clock may) with ticks, and reloads that change
-//! the upstreams, routes and cache under questions in flight. After every step each exchange in flight owns
-//! exactly one open socket and the bounds hold; at the end, every client has been answered.
+//! the upstreams, routes, cache, serve-stale and prefetch under questions in flight. Short TTLs
+//! and small clock steps bring cached answers into their prefetch tenth and past their expiry,
+//! where failures and slow upstreams serve them stale. After every step each exchange in flight
+//! owns exactly one open socket and the bounds hold; at the end, every client has been answered.
 #![no_main]
 
 #[path = "relay_harness.rs"]
@@ -43,7 +45,9 @@ fuzz_target!(|data: &[u8]| {
                 // An honest reply (rcode, TC and TTL from the input) to some exchange sent.
                 if let Some((token, to, sent, _)) = pick(&wire, arg) {
                     let flags = u16::from(next().unwrap_or(0)) & 0x020f;
-                    let ttl = u32::from(next().unwrap_or(0)) << 12;
+                    // Short TTLs (seconds) as often as long ones, so answers expire and go stale.
+                    let t = next().unwrap_or(0);
+                    let ttl = if t & 0x80 != 0 { u32::from(t & 0x7f) } else { u32::from(t) << 12 };
                     if let Some(mut reply) = honest_reply(&sent, flags, ttl) {
                         if op % 8 == 2 {
                             reply[12..].make_ascii_lowercase(); // an upstream that drops 0x20
@@ -66,7 +70,12 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             5 => {
-                let ms = u32::from_be_bytes([arg, next().unwrap_or(0), next().unwrap_or(0), next().unwrap_or(0)]);
+                // Small steps (tens of ms: the client timer, the prefetch tenth) or long jumps.
+                let ms = if arg & 0x80 != 0 {
+                    u32::from(arg & 0x7f) * 50
+                } else {
+                    u32::from_be_bytes([arg, next().unwrap_or(0), next().unwrap_or(0), next().unwrap_or(0)])
+                };
                 offset += Duration::from_millis(u64::from(ms));
                 e.tick(&mut clients, t0 + offset, &mut wire);
             }
@@ -91,9 +100,16 @@ fuzz_target!(|data: &[u8]| {
 });
 
 /// A reloaded configuration from `arg`: one to three upstreams from a window that may or may not
-/// overlap the running ones, a route for `y.z.test` or not, another cache size.
+/// overlap the running ones, a route for `y.z.test` or not, another cache size, serve-stale off
+/// or with a client timer of zero, prefetch off.
 fn reloaded(arg: u8) -> dnlb::config::RelayConfig {
     let mut c = config(1);
+    match arg & 0x30 {
+        0x10 => c.stale = None,
+        0x20 => c.stale = c.stale.map(|s| dnlb::config::StaleConfig { answer_after: Duration::ZERO, ..s }),
+        0x30 => c.prefetch = false,
+        _ => {}
+    }
     let first = usize::from(arg >> 2) % 4;
     let n = 1 + usize::from(arg) % 3;
     c.upstreams = (first..first + n).map(|i| std::net::SocketAddr::from(([192, 0, 2, 1 + i as u8], 53))).collect();

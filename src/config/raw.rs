@@ -121,6 +121,18 @@ pub(super) struct RawRelay {
     pub(super) health_check: Option<Spanned<String>>,
     #[serde(default = "default_health_interval_ms")]
     pub(super) health_check_interval_ms: Spanned<u64>,
+    #[serde(default = "default_true")]
+    pub(super) serve_stale: bool,
+    #[serde(default = "default_stale_max_s")]
+    pub(super) stale_max_s: Spanned<u64>,
+    #[serde(default = "default_stale_ttl_s")]
+    pub(super) stale_ttl_s: Spanned<u64>,
+    #[serde(default = "default_stale_refresh_s")]
+    pub(super) stale_refresh_s: Spanned<u64>,
+    #[serde(default = "default_stale_answer_ms")]
+    pub(super) stale_answer_ms: Spanned<u64>,
+    #[serde(default = "default_true")]
+    pub(super) prefetch: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -348,6 +360,18 @@ pub(super) fn default_timeout_ms() -> Spanned<u64> {
 }
 pub(super) fn default_health_interval_ms() -> Spanned<u64> {
     spanned(5000)
+}
+pub(super) fn default_stale_max_s() -> Spanned<u64> {
+    spanned(86_400)
+}
+pub(super) fn default_stale_ttl_s() -> Spanned<u64> {
+    spanned(30)
+}
+pub(super) fn default_stale_refresh_s() -> Spanned<u64> {
+    spanned(30)
+}
+pub(super) fn default_stale_answer_ms() -> Spanned<u64> {
+    spanned(1800)
 }
 pub(super) fn default_relay_timeout_ms() -> Spanned<u64> {
     spanned(2000)

@@ -259,6 +259,28 @@ pub struct RelayConfig {
     pub health_check: Option<String>,
     /// How often the health check goes to each upstream.
     pub health_check_interval: Duration,
+    /// Serving expired answers while the upstreams fail (RFC 8767); `None` (`serve_stale =
+    /// false`): an expired answer is never served.
+    pub stale: Option<StaleConfig>,
+    /// Whether a cached name still asked in the last tenth of its TTL is asked upstream again
+    /// before it expires (once per cached answer), so a popular name never misses.
+    pub prefetch: bool,
+}
+
+/// Serve-stale (RFC 8767): how long, with what TTL, and how soon an expired answer is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StaleConfig {
+    /// How long after its expiry an answer may still be served stale (RFC 8767's maximum stale
+    /// timer); never longer, however the upstreams fail.
+    pub max: Duration,
+    /// The TTL of every record of a stale answer, in seconds.
+    pub ttl: u32,
+    /// After a refresh of a name failed, its stale answer is given at once, without asking
+    /// upstream, for this long (RFC 8767's failure recheck timer).
+    pub refresh: Duration,
+    /// A client waiting on an upstream for a name with a stale answer gets that answer after
+    /// this long (RFC 8767's client-response timer); the upstream query goes on.
+    pub answer_after: Duration,
 }
 
 /// Names under `domain` go to these upstreams instead of the default ones.

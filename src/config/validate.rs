@@ -473,6 +473,18 @@ impl Validator<'_> {
             self.ranged(&raw.max_pending_per_prefix_percent, "relay.max_pending_per_prefix_percent", 1, 100, " %");
         let max_ttl = self.ranged(&raw.max_ttl_s, "relay.max_ttl_s", 1, 604_800, " s") as u32;
         let cache_bytes = self.ranged(&raw.cache_bytes, "relay.cache_bytes", 65_536, 1 << 34, " bytes") as usize;
+        let stale = StaleConfig {
+            max: Duration::from_secs(self.ranged(&raw.stale_max_s, "relay.stale_max_s", 1, 604_800, " s")),
+            ttl: self.ranged(&raw.stale_ttl_s, "relay.stale_ttl_s", 1, 3600, " s") as u32,
+            refresh: Duration::from_secs(self.ranged(&raw.stale_refresh_s, "relay.stale_refresh_s", 1, 3600, " s")),
+            answer_after: Duration::from_millis(self.ranged(
+                &raw.stale_answer_ms,
+                "relay.stale_answer_ms",
+                0,
+                30_000,
+                " ms",
+            )),
+        };
         RelayConfig {
             upstreams,
             timeout: Duration::from_millis(timeout),
@@ -487,6 +499,8 @@ impl Validator<'_> {
             routes,
             health_check,
             health_check_interval: Duration::from_millis(health_interval),
+            stale: raw.serve_stale.then_some(stale),
+            prefetch: raw.prefetch,
         }
     }
 

@@ -429,6 +429,8 @@ fn workers(m: &mut Metrics, blocks: &CounterBlocks) -> Result<(), MetricsError> 
             ("send_error", t.relay_send_errors),
             ("upstream_error", t.relay_upstream_errors),
             ("no_0x20", t.relay_no_caps),
+            ("stale", t.relay_stale_answers),
+            ("prefetch", t.relay_prefetches),
         ] {
             relay.with_label_values(&[w, event]).inc_by(v);
         }

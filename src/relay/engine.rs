@@ -1,11 +1,13 @@
-//! One worker's relay logic: pending table, dedupe, acceptance, retries, cache. It does no I/O of
-//! its own: it tells a [`Wire`] which datagrams to send, each exchange from a fresh random source
-//! port, and is told what came back, with the time passed in. Nothing here is shared with another
-//! worker.
+//! One worker's relay logic: pending table, dedupe, acceptance, retries, cache, serve-stale and
+//! prefetch. It does no I/O of its own: it tells a [`Wire`] which datagrams to send, each
+//! exchange from a fresh random source port, and is told what came back, with the time passed
+//! in. Nothing here is shared with another worker.
 //!
 //! ```text
-//!  client query (not managed) ─► cache hit? ─► reply now
-//!                                   │ miss
+//!  client query (not managed) ─► cache: fresh ─► reply now (in the last tenth of its TTL, once:
+//!                                   │             a prefetch goes upstream, nobody waits on it)
+//!                                   │ stale, a refresh failed lately ─► the stale answer now
+//!                                   │ miss, or stale
 //!                                   ▼
 //!        same question in flight? ── yes ─► wait on it (up to a bound; past it SERVFAIL,
 //!                                   │ no                 never a second upstream query)
@@ -15,18 +17,26 @@
 //!  datagram on token's socket ─► accept(source, ID, question and its case)
 //!        │ refused: counted (forged, case), still waiting       │ TC=1: Wire::send_tcp(token')
 //!        ▼ accepted: port released, cached, every waiter: copy + patch (ID, case, TTLs)
-//!  tick ─► past the timeout ─► replies in another case came, and the upstream never kept case:
+//!  tick ─► a waiter asked stale_answer_ms ago and the answer is stale: the stale answer
+//!          (the upstream query goes on and refreshes the cache)
+//!       ─► past the timeout ─► replies in another case came, and the upstream never kept case:
 //!                              once more without 0x20
-//!                              else retry once on the next upstream, else SERVFAIL
+//!                              else retry once on the next upstream, else the stale answer
+//!                              (and no upstream query for it for stale_refresh_s), else SERVFAIL
 //! ```
+//!
+//! The pending table is a slab: a token names its slot (low bits) and a launch serial (high
+//! bits), so finding an exchange hashes nothing; finished questions keep their buffers for the
+//! next, so a miss allocates only the cache entry it stores. Questions are found by the keyed
+//! hash of their cache key, computed once per query.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use super::cache::{fit_for_client, key_bytes, Cache, CacheKey, KEY_MAX};
+use super::cache::{fit_for_client, key_bytes, BuildPrehashed, Cache, CachePolicy, KeyHasher, Lookup, KEY_MAX};
 use super::pool::UpstreamPool;
 use super::random::{Fill, Random};
 use super::upstream::{accept, Refusal, Sent};
@@ -43,9 +53,33 @@ pub const WAITERS_PER_QUESTION: usize = 4096;
 /// IP fragments, which a forger could replace without knowing the ID or the port.
 pub const UPSTREAM_PAYLOAD: u16 = 1232;
 
-/// Identifies one upstream exchange (and the socket or connection the [`Wire`] opened for it).
-/// Never reused.
+/// Identifies one upstream exchange (and the socket or connection the [`Wire`] opened for it):
+/// its slot in the pending table in the low [`SLOT_BITS`] bits ([`token_slot`]), a launch serial
+/// above. Not reused while the exchange could be alive (the serial wraps after 2^39 launches).
 pub type Token = u64;
+
+/// Bits of a token that name its slot in the pending table.
+pub const SLOT_BITS: u32 = 24;
+/// The slot bits of a token.
+const SLOT_MASK: u64 = (1 << SLOT_BITS) - 1;
+/// Launch serials wrap below bit 63, which the I/O side sets for a TCP exchange's epoll token.
+const SERIAL_MASK: u64 = (1 << (63 - SLOT_BITS)) - 1;
+
+/// The slot of the pending table a token names: at most one live exchange holds it, so the I/O
+/// side may index its sockets by it too.
+#[inline]
+pub fn token_slot(token: Token) -> usize {
+    (token & SLOT_MASK) as usize
+}
+
+/// Finished questions kept for their buffers, at most.
+const SPARE_PENDING: usize = 256;
+/// A finished question whose waiters' bytes took more than this is not kept (a crowd of 4,096
+/// clients must not pin its buffers for good).
+const SPARE_HEADS: usize = 8192;
+/// Stale answers are looked for on ticks: one may go this much before its client's timer ends,
+/// never after.
+const STALE_SLACK: Duration = crate::io::TICK;
 
 /// The I/O the engine drives. Every exchange gets a source port of its own, taken by `send_*` and
 /// released by [`Wire::close`]; what arrives on it is handed back to [`Engine::on_reply`] or
@@ -92,7 +126,7 @@ pub trait Replies {
 /// What the relay did with a query.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Forwarded {
-    /// Answered now (a cache hit, or SERVFAIL): this many bytes are in `out`.
+    /// Answered now (a cache hit, a stale answer, or SERVFAIL): this many bytes are in `out`.
     Answered(usize),
     /// Sent upstream (or joined a query in flight); the answer comes through [`Replies`].
     Pending,
@@ -125,10 +159,15 @@ pub struct RelayGauges {
 /// Relay counters, published into the worker's counters.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct RelayStats {
-    /// Queries sent upstream, retries and health checks included.
+    /// Queries sent upstream, retries, prefetches and health checks included.
     pub forwarded: u64,
-    /// Answers served from the cache.
+    /// Answers served from the cache (fresh).
     pub cache_hits: u64,
+    /// Expired answers served stale (RFC 8767) while the upstreams failed or were slow.
+    pub stale_answers: u64,
+    /// Cached answers asked upstream again before they expired, because a client still asked
+    /// for them in the last tenth of their TTL.
+    pub prefetches: u64,
     /// Upstream exchanges that timed out.
     pub timeouts: u64,
     /// Upstream messages refused: not a response, another ID, another question.
@@ -159,22 +198,44 @@ pub struct RelayStats {
 }
 
 /// A client waiting on an upstream query.
+#[derive(Debug, Clone, Copy)]
 struct Waiter {
     to: ReplyTo,
-    /// Its header and question, as it sent them.
-    head: Box<[u8]>,
+    /// Where its header and question (as it sent them) start in the question's `heads`.
+    head_at: usize,
     query: Query,
     transport: DnsTransport,
+    /// When it asked: its stale answer, if there is one, is due `stale_answer_ms` later.
+    since: Instant,
+}
+
+/// Why a question went upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// A client asked (more may join).
+    Clients,
+    /// A refresh of a cached answer nobody waits on yet: a prefetch, or behind a stale answer
+    /// given at once (clients may join).
+    Refresh,
+    /// A health check: nobody waits, never retried or cached.
+    Check,
 }
 
 /// One question in flight upstream.
+#[derive(Debug)]
 struct Pending {
+    /// The exchange in flight for it now.
+    token: Token,
     /// The query as forwarded, before ID and letter case are drawn: the first client's message
     /// with the name in lower case and dnlb's EDNS size.
-    query: Box<[u8]>,
+    query: Vec<u8>,
     /// Where the question ends in `query`.
     question_end: usize,
-    key: CacheKey,
+    /// Its cache key, and that key's hash.
+    key: Vec<u8>,
+    hash: u64,
+    /// The waiters' headers and questions, back to back.
+    heads: Vec<u8>,
     waiters: Vec<Waiter>,
     /// What went out last, to check replies against.
     sent: Sent,
@@ -189,10 +250,47 @@ struct Pending {
     case_mismatch: bool,
     /// The UDP reply with TC=1, kept while the question is asked again over TCP.
     truncated: Option<Box<[u8]>>,
-    /// A health check: nobody waits, never retried or cached.
-    check: bool,
-    /// The prefix of the client whose question started it (charged against its share).
-    prefix: Option<u128>,
+    purpose: Purpose,
+    /// The keyed hash of the prefix of the client whose question started it (charged against
+    /// its share).
+    prefix: Option<u64>,
+}
+
+impl Pending {
+    /// A question with empty buffers.
+    fn blank(now: Instant) -> Pending {
+        Pending {
+            token: 0,
+            query: Vec::new(),
+            question_end: 0,
+            key: Vec::new(),
+            hash: 0,
+            heads: Vec::new(),
+            waiters: Vec::new(),
+            sent: Sent::default(),
+            started: now,
+            upstream: 0,
+            group: 0,
+            retried: false,
+            caps: false,
+            case_mismatch: false,
+            truncated: None,
+            purpose: Purpose::Clients,
+            prefix: None,
+        }
+    }
+
+    /// The header and question waiter `w` sent.
+    fn head(&self, w: &Waiter) -> &[u8] {
+        self.heads.get(w.head_at..w.head_at + w.query.question_end).unwrap_or_default()
+    }
+
+    /// Adds a waiter whose header and question are `head`.
+    fn wait(&mut self, head: &[u8], to: ReplyTo, query: &Query, transport: DnsTransport, now: Instant) {
+        let head_at = self.heads.len();
+        self.heads.extend_from_slice(head);
+        self.waiters.push(Waiter { to, head_at, query: *query, transport, since: now });
+    }
 }
 
 /// The share key of a client: its /24 (IPv4, or IPv4-mapped IPv6) or /56 (IPv6), tagged with
@@ -213,19 +311,31 @@ pub struct Engine {
     config: Arc<RelayConfig>,
     /// The upstreams: which one a question goes to, what was learnt of each, health checks.
     pool: UpstreamPool,
-    pending: HashMap<Token, Pending>,
-    by_key: HashMap<CacheKey, Token>,
+    /// The pending table: a question per slot, found by its token's slot bits.
+    slots: Vec<Option<Pending>>,
+    /// Slots free for the next question.
+    free: Vec<usize>,
+    /// Questions in `slots`.
+    live: usize,
+    /// Finished questions, kept for their buffers.
+    spare: Vec<Pending>,
+    /// The exchange in flight for each cache key, by the key's hash.
+    by_key: HashMap<u64, Token, BuildPrehashed>,
     /// Clients waiting, all pending questions together.
     waiting: usize,
-    /// Upstream queries in flight per client prefix that started them.
-    per_prefix: HashMap<u128, usize>,
-    next_token: Token,
+    /// Upstream queries in flight per client prefix that started them, by the prefix's hash.
+    per_prefix: HashMap<u64, usize, BuildPrehashed>,
+    /// Launches so far (the high bits of the next token).
+    serial: u64,
     cache: Cache,
+    /// Hashes cache keys and client prefixes under this worker's own random key.
+    keys: KeyHasher,
     random: Random,
-    /// The message being sent (reused, so a send allocates only what it keeps).
+    /// The message being sent (reused, so a send allocates nothing).
     scratch: Vec<u8>,
-    /// Tokens past their deadline (reused by `tick`).
+    /// Tokens past their deadline, and those with a stale answer due (reused by `tick`).
     expired: Vec<Token>,
+    stale_due: Vec<Token>,
     servfail: Template,
     /// Counters.
     pub stats: RelayStats,
@@ -237,15 +347,20 @@ impl Engine {
         let random = Random::new(fill).map_err(RelayError::Random)?;
         Ok(Engine {
             pool: UpstreamPool::new(&config, now),
-            cache: Cache::new(config.cache_entries, config.cache_bytes, config.max_ttl),
-            pending: HashMap::new(),
-            by_key: HashMap::new(),
+            cache: Cache::new(CachePolicy::of(&config)),
+            slots: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+            spare: Vec::new(),
+            by_key: HashMap::default(),
             waiting: 0,
-            per_prefix: HashMap::new(),
-            next_token: 1,
+            per_prefix: HashMap::default(),
+            serial: 0,
+            keys: KeyHasher::new(),
             random,
             scratch: Vec::new(),
             expired: Vec::new(),
+            stale_due: Vec::new(),
             servfail: Template::empty(false, rcode::SERVFAIL),
             stats: RelayStats::default(),
             config,
@@ -255,31 +370,29 @@ impl Engine {
     /// Applies a reloaded `[relay]` in place. Questions in flight stay and are answered: an
     /// upstream they went to that the new configuration drops is kept, retired, until they end;
     /// their route is looked up again for a retry. Upstreams that stay keep what was learnt of
-    /// them (failures, 0x20). The cache starts afresh when what its answers came from changes
-    /// (upstreams, routes) or its bounds do; limits and the allow list apply to new questions.
+    /// them (failures, 0x20). The cache starts afresh only when what its answers came from
+    /// changes (upstreams, routes); otherwise it keeps its answers, stale ones included, under
+    /// the new bounds. Limits and the allow list apply to new questions.
     pub fn reconfigure(&mut self, config: Arc<RelayConfig>, now: Instant) {
-        let in_flight: Vec<SocketAddr> = self.pending.values().map(|p| self.pool.addr(p.upstream)).collect();
+        let in_flight: Vec<SocketAddr> = self.slots.iter().flatten().map(|p| self.pool.addr(p.upstream)).collect();
         self.pool.reconfigure(&config, in_flight.iter().copied(), now);
-        for (p, addr) in self.pending.values_mut().zip(in_flight) {
+        for (p, addr) in self.slots.iter_mut().flatten().zip(in_flight) {
             let name = p.query.get(HEADER_LEN..p.question_end.saturating_sub(4)).unwrap_or_default();
-            p.group = if p.check { 0 } else { self.pool.group_for(name) };
+            p.group = if p.purpose == Purpose::Check { 0 } else { self.pool.group_for(name) };
             p.upstream = self.pool.locate(p.group, addr);
         }
-        let c = &self.config;
-        if c.upstreams != config.upstreams
-            || c.routes != config.routes
-            || c.cache_entries != config.cache_entries
-            || c.cache_bytes != config.cache_bytes
-            || c.max_ttl != config.max_ttl
-        {
-            self.cache = Cache::new(config.cache_entries, config.cache_bytes, config.max_ttl);
+        let policy = CachePolicy::of(&config);
+        if self.config.upstreams != config.upstreams || self.config.routes != config.routes {
+            self.cache = Cache::new(policy);
+        } else {
+            self.cache.reconfigure(policy, now);
         }
         self.config = config;
     }
 
     /// Upstream exchanges in flight.
     pub fn pending(&self) -> usize {
-        self.pending.len()
+        self.live
     }
 
     /// Clients waiting on them.
@@ -290,7 +403,7 @@ impl Engine {
     /// What the relay holds now, for the metrics.
     pub fn gauges(&self) -> RelayGauges {
         RelayGauges {
-            pending: self.pending(),
+            pending: self.live,
             waiting: self.waiting,
             cache_entries: self.cache.len(),
             cache_bytes: self.cache.bytes(),
@@ -318,30 +431,50 @@ impl Engine {
         now: Instant,
         wire: &mut dyn Wire,
     ) -> Forwarded {
-        // A cache hit allocates nothing: the key is built on the stack and borrowed.
+        // A cache hit allocates nothing: the key is built on the stack and hashed once.
         let mut key_buf = [0u8; KEY_MAX];
         let dnssec_ok = query.edns.is_some_and(|e| e.dnssec_ok);
         let checking_disabled = query.flags & flag::CD != 0;
         let key = key_bytes(name, query.qtype, query.qclass, dnssec_ok, checking_disabled, &mut key_buf);
-        if let Some(n) = self.cache.answer(key, packet, query, transport, out, now) {
-            self.stats.cache_hits += 1;
-            return Forwarded::Answered(n);
+        let hash = self.keys.hash(key);
+        match self.cache.lookup(hash, key, packet, query, transport, out, now) {
+            Lookup::Fresh { len, prefetch } => {
+                self.stats.cache_hits += 1;
+                if prefetch {
+                    self.refresh(packet, query, name, key, hash, true, now, wire);
+                }
+                return Forwarded::Answered(len);
+            }
+            Lookup::Stale { recheck } => {
+                // Stale at once while a refresh failed lately (no upstream query), or when the
+                // client-response timer is zero (a refresh goes upstream behind it).
+                let at_once = self.config.stale.is_some_and(|s| s.answer_after.is_zero());
+                if recheck || at_once {
+                    if let Some(n) = self.cache.write_stale(hash, key, packet, query, transport, out, now) {
+                        self.stats.stale_answers += 1;
+                        if !recheck {
+                            self.refresh(packet, query, name, key, hash, false, now, wire);
+                        }
+                        return Forwarded::Answered(n);
+                    }
+                }
+            }
+            Lookup::Miss => {}
         }
         let q_end = query.question_end;
-        if packet.len() < q_end || name.len() != query.name_len || q_end != HEADER_LEN + name.len() + 4 {
-            return self.servfail_now(packet, query, transport, out);
-        }
-        let waiter = Waiter { to, head: packet[..q_end].into(), query: *query, transport };
-        if let Some(p) = self.by_key.get(key).and_then(|t| self.pending.get_mut(t)) {
+        if let Some(p) = self.by_key.get(&hash).and_then(|&t| live_mut(&mut self.slots, t)).filter(|p| p.key == key) {
             if p.waiters.len() < WAITERS_PER_QUESTION && self.waiting < self.config.max_waiters {
-                p.waiters.push(waiter);
-                self.waiting += 1;
-                return Forwarded::Pending;
+                if let Some(head) = packet.get(..q_end) {
+                    p.wait(head, to, query, transport, now);
+                    self.waiting += 1;
+                    return Forwarded::Pending;
+                }
+            } else {
+                self.stats.waiters_full += 1;
             }
-            self.stats.waiters_full += 1;
             return self.servfail_now(packet, query, transport, out);
         }
-        if self.pending.len() >= self.config.max_pending {
+        if self.live >= self.config.max_pending {
             self.stats.pending_full += 1;
             return self.servfail_now(packet, query, transport, out);
         }
@@ -349,39 +482,82 @@ impl Engine {
             self.stats.waiters_full += 1;
             return self.servfail_now(packet, query, transport, out);
         }
-        let prefix = client_prefix(client);
+        let prefix = self.keys.hash_u128(client_prefix(client));
         if self.per_prefix.get(&prefix).copied().unwrap_or(0) >= self.config.max_pending_per_prefix {
             self.stats.prefix_full += 1;
             return self.servfail_now(packet, query, transport, out);
         }
-        let mut forwarded = packet.to_vec();
-        forwarded[HEADER_LEN..HEADER_LEN + name.len()].copy_from_slice(name);
-        advertise_payload(&mut forwarded, q_end);
-        let group = self.pool.group_for(name);
-        let upstream = self.pool.choose(group, now, None);
-        let p = Pending {
-            query: forwarded.into(),
-            question_end: q_end,
-            key: CacheKey::new(name, query.qtype, query.qclass, dnssec_ok, checking_disabled),
-            waiters: vec![waiter],
-            sent: unsent(self.pool.addr(upstream)),
-            started: now,
-            upstream,
-            group,
-            retried: false,
-            caps: self.pool.caps(upstream),
-            case_mismatch: false,
-            truncated: None,
-            check: false,
-            prefix: Some(prefix),
+        let Some(mut p) = self.question(packet, query, name, key, hash, now) else {
+            return self.servfail_now(packet, query, transport, out);
         };
+        p.wait(&packet[..q_end], to, query, transport, now);
+        p.prefix = Some(prefix);
         match self.launch(p, now, wire) {
             Ok(()) => {
                 self.waiting += 1;
                 *self.per_prefix.entry(prefix).or_insert(0) += 1;
                 Forwarded::Pending
             }
-            Err(_unsent) => self.servfail_now(packet, query, transport, out),
+            Err(p) => {
+                self.recycle(*p);
+                self.servfail_now(packet, query, transport, out)
+            }
+        }
+    }
+
+    /// A question for `packet` (its name lower-cased in `name`), ready to launch, with nobody
+    /// waiting yet; `None` if the packet does not hold the question `query` describes.
+    fn question(
+        &mut self,
+        packet: &[u8],
+        query: &Query,
+        name: &[u8],
+        key: &[u8],
+        hash: u64,
+        now: Instant,
+    ) -> Option<Pending> {
+        let q_end = query.question_end;
+        if packet.len() < q_end || name.len() != query.name_len || q_end != HEADER_LEN + name.len() + 4 {
+            return None;
+        }
+        let mut p = self.spare.pop().unwrap_or_else(|| Pending::blank(now));
+        p.query.extend_from_slice(packet);
+        p.query[HEADER_LEN..HEADER_LEN + name.len()].copy_from_slice(name);
+        advertise_payload(&mut p.query, q_end);
+        p.question_end = q_end;
+        p.key.extend_from_slice(key);
+        p.hash = hash;
+        p.group = self.pool.group_for(name);
+        p.upstream = self.pool.choose(p.group, now, None);
+        p.caps = self.pool.caps(p.upstream);
+        p.started = now;
+        p.purpose = Purpose::Clients;
+        Some(p)
+    }
+
+    /// Asks upstream for a cached answer nobody waits on yet (a `prefetch` of a fresh one, or a
+    /// refresh behind a stale answer), unless it is in flight already or the pending table is
+    /// full. A client asking meanwhile joins it.
+    #[allow(clippy::too_many_arguments)]
+    fn refresh(
+        &mut self,
+        packet: &[u8],
+        query: &Query,
+        name: &[u8],
+        key: &[u8],
+        hash: u64,
+        prefetch: bool,
+        now: Instant,
+        wire: &mut dyn Wire,
+    ) {
+        if self.by_key.contains_key(&hash) || self.live >= self.config.max_pending {
+            return;
+        }
+        let Some(mut p) = self.question(packet, query, name, key, hash, now) else { return };
+        p.purpose = Purpose::Refresh;
+        match self.launch(p, now, wire) {
+            Ok(()) => self.stats.prefetches += u64::from(prefetch),
+            Err(p) => self.recycle(*p),
         }
     }
 
@@ -404,44 +580,90 @@ impl Engine {
             self.stats.random_failures += 1;
             return Err(Box::new(p));
         }
-        let token = self.next_token;
-        self.next_token += 1;
+        let Some(token) = self.take_slot() else {
+            self.stats.pending_full += 1;
+            return Err(Box::new(p));
+        };
         let to = self.pool.addr(p.upstream);
         if wire.send_udp(token, to, &self.scratch).is_err() {
             wire.close(token);
+            self.free.push(token_slot(token));
             self.stats.send_errors += 1;
             self.pool.failed(p.upstream, now);
             return Err(Box::new(p));
         }
         self.stats.forwarded += 1;
-        p.sent = Sent { upstream: to, id, question: self.scratch[HEADER_LEN..q_end].into(), exact_case: p.caps };
+        p.sent.upstream = to;
+        p.sent.id = id;
+        p.sent.question.clear();
+        p.sent.question.extend_from_slice(&self.scratch[HEADER_LEN..q_end]);
+        p.sent.exact_case = p.caps;
         p.started = now;
-        if !p.check {
-            self.by_key.insert(p.key.clone(), token);
-        }
-        self.pending.insert(token, p);
+        self.file(p, token);
         Ok(())
+    }
+
+    /// A free slot of the pending table, as a fresh token; `None` past the slots a token can name.
+    fn take_slot(&mut self) -> Option<Token> {
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None if (self.slots.len() as u64) < SLOT_MASK => {
+                self.slots.push(None);
+                self.slots.len() - 1
+            }
+            None => return None,
+        };
+        self.serial = (self.serial + 1) & SERIAL_MASK;
+        Some((self.serial << SLOT_BITS) | slot as u64)
+    }
+
+    /// Files `p` as pending under `token` (whose slot [`Engine::take_slot`] gave).
+    fn file(&mut self, mut p: Pending, token: Token) {
+        p.token = token;
+        if p.purpose != Purpose::Check {
+            self.by_key.insert(p.hash, token);
+        }
+        self.slots[token_slot(token)] = Some(p);
+        self.live += 1;
     }
 
     /// Takes exchange `token` out of the tables and closes its socket. The question's prefix
     /// stays charged while it is retried (`launch` files it again under a new token).
     fn remove(&mut self, token: Token, wire: &mut dyn Wire) -> Option<Pending> {
-        let p = self.pending.remove(&token)?;
+        let slot = self.slots.get_mut(token_slot(token))?;
+        if slot.as_ref()?.token != token {
+            return None;
+        }
+        let p = slot.take()?;
+        self.free.push(token_slot(token));
+        self.live -= 1;
         wire.close(token);
-        if self.by_key.get(&p.key) == Some(&token) {
-            self.by_key.remove(&p.key);
+        if self.by_key.get(&p.hash) == Some(&token) {
+            self.by_key.remove(&p.hash);
         }
         Some(p)
     }
 
-    /// A question is over for good (answered or failed): its prefix's share is free again.
-    fn release(&mut self, p: &Pending) {
-        let Some(prefix) = p.prefix else { return };
-        if let Some(n) = self.per_prefix.get_mut(&prefix) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.per_prefix.remove(&prefix);
+    /// A question is over for good (answered or failed): its prefix's share is free again, and
+    /// its buffers are kept for the next one.
+    fn recycle(&mut self, mut p: Pending) {
+        if let Some(prefix) = p.prefix.take() {
+            if let Some(n) = self.per_prefix.get_mut(&prefix) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.per_prefix.remove(&prefix);
+                }
             }
+        }
+        if self.spare.len() < SPARE_PENDING && p.heads.capacity() <= SPARE_HEADS {
+            p.query.clear();
+            p.key.clear();
+            p.heads.clear();
+            p.waiters.clear();
+            p.truncated = None;
+            p.retried = false;
+            p.case_mismatch = false;
+            self.spare.push(p);
         }
     }
 
@@ -456,7 +678,7 @@ impl Engine {
         now: Instant,
         wire: &mut dyn Wire,
     ) -> ReplyOutcome {
-        let Some(p) = self.pending.get_mut(&token) else {
+        let Some(p) = live_mut(&mut self.slots, token) else {
             self.stats.late += 1;
             return ReplyOutcome::Unknown;
         };
@@ -487,7 +709,8 @@ impl Engine {
             return ReplyOutcome::Taken;
         }
         self.pool.answered(p.upstream);
-        if p.check {
+        if p.purpose == Purpose::Check {
+            self.recycle(p);
             return ReplyOutcome::Taken;
         }
         if flags & flag::TC != 0 && !over_tcp {
@@ -496,8 +719,9 @@ impl Engine {
                 Err(back) => p = *back,
             }
         }
-        self.cache.insert(p.key.clone(), data, now);
+        self.cache.insert(p.hash, &p.key, data, now);
         self.deliver(&p, data, now, out);
+        self.recycle(p);
         ReplyOutcome::Taken
     }
 
@@ -514,18 +738,17 @@ impl Engine {
         self.scratch.extend_from_slice(&p.query);
         self.scratch[..2].copy_from_slice(&p.sent.id.to_be_bytes());
         self.scratch[HEADER_LEN..q_end].copy_from_slice(&p.sent.question);
-        let token = self.next_token;
-        self.next_token += 1;
+        let Some(token) = self.take_slot() else { return Err(Box::new(p)) };
         if wire.send_tcp(token, p.sent.upstream, &self.scratch).is_err() {
             wire.close(token);
+            self.free.push(token_slot(token));
             self.stats.send_errors += 1;
             return Err(Box::new(p));
         }
         self.stats.tcp_retries += 1;
         p.truncated = Some(data.into());
         p.started = now;
-        self.by_key.insert(p.key.clone(), token);
-        self.pending.insert(token, p);
+        self.file(p, token);
         Ok(())
     }
 
@@ -537,15 +760,17 @@ impl Engine {
         if let Some(truncated) = p.truncated.take() {
             // The TCP retry failed: the client gets the truncated answer and may try TCP itself.
             self.deliver(&p, &truncated, now, out);
+            self.recycle(p);
             return;
         }
         self.pool.failed(p.upstream, now);
         self.retry_or_fail(p, now, out, wire);
     }
 
-    /// Once more on the next upstream of its group if it has not moved yet, else SERVFAIL.
+    /// Once more on the next upstream of its group if it has not moved yet, else the stale
+    /// answer or SERVFAIL.
     fn retry_or_fail(&mut self, mut p: Pending, now: Instant, out: &mut dyn Replies, wire: &mut dyn Wire) {
-        if !p.retried && !p.check && self.pool.group_len(p.group) > 1 {
+        if !p.retried && p.purpose != Purpose::Check && self.pool.group_len(p.group) > 1 {
             let next = self.pool.choose(p.group, now, Some(p.upstream));
             p.retried = true;
             p.upstream = next;
@@ -556,29 +781,46 @@ impl Engine {
                 Err(back) => p = *back,
             }
         }
-        self.fail_waiters(&p, out);
+        self.fail(&p, now, out);
+        self.recycle(p);
     }
 
     /// Answers every waiter of `p` from `data` (through the cache where it kept the reply).
     fn deliver(&mut self, p: &Pending, data: &[u8], now: Instant, out: &mut dyn Replies) {
-        self.release(p);
         let max_ttl = self.config.max_ttl;
+        let cache = &self.cache;
         for w in &p.waiters {
-            let cache = &mut self.cache;
-            out.push(w.to, &mut |buf| match cache.answer(p.key.as_bytes(), &w.head, &w.query, w.transport, buf, now) {
+            let head = p.head(w);
+            out.push(w.to, &mut |buf| match cache.answer(p.hash, &p.key, head, &w.query, w.transport, buf, now) {
                 Some(n) => n,
-                None => patch_raw(data, &w.head, &w.query, w.transport, max_ttl, buf),
+                None => patch_raw(data, head, &w.query, w.transport, max_ttl, buf),
             });
         }
         self.waiting = self.waiting.saturating_sub(p.waiters.len());
     }
 
-    /// Answers every waiter of `p` SERVFAIL.
-    fn fail_waiters(&mut self, p: &Pending, out: &mut dyn Replies) {
-        self.release(p);
-        for w in &p.waiters {
+    /// Every upstream failed `p`: its waiters get the stale answer if there is one (and its name
+    /// is not asked upstream again for `stale_refresh_s`), else SERVFAIL.
+    fn fail(&mut self, p: &Pending, now: Instant, out: &mut dyn Replies) {
+        if p.purpose == Purpose::Check {
+            return;
+        }
+        if self.cache.has_stale(p.hash, &p.key, now) {
+            self.cache.refresh_failed(p.hash, &p.key, now);
+            let cache = &self.cache;
+            for w in &p.waiters {
+                let head = p.head(w);
+                out.push(w.to, &mut |buf| {
+                    cache.write_stale(p.hash, &p.key, head, &w.query, w.transport, buf, now).unwrap_or(0)
+                });
+            }
+            self.stats.stale_answers += p.waiters.len() as u64;
+        } else {
             let servfail = &self.servfail;
-            out.push(w.to, &mut |buf| answer::write_reply(&w.head, &w.query, servfail, w.transport, buf).len);
+            for w in &p.waiters {
+                let head = p.head(w);
+                out.push(w.to, &mut |buf| answer::write_reply(head, &w.query, servfail, w.transport, buf).len);
+            }
         }
         self.waiting = self.waiting.saturating_sub(p.waiters.len());
     }
@@ -588,46 +830,80 @@ impl Engine {
     fn check_upstreams(&mut self, now: Instant, wire: &mut dyn Wire) {
         for i in 0..self.pool.active() {
             let Some(group) = self.pool.check_due(i, now) else { continue };
-            let Some(query) = self.pool.health_query().map(Box::<[u8]>::from) else { return };
-            let q_end = query.len();
-            let p = Pending {
-                query: query.clone(),
-                question_end: q_end,
-                key: CacheKey::new(&query[HEADER_LEN..q_end - 4], 1, 1, false, false),
-                waiters: Vec::new(),
-                sent: unsent(self.pool.addr(i)),
-                started: now,
-                upstream: i,
-                group,
-                retried: true,
-                caps: self.pool.caps(i),
-                case_mismatch: false,
-                truncated: None,
-                check: true,
-                prefix: None,
+            let mut p = self.spare.pop().unwrap_or_else(|| Pending::blank(now));
+            let Some(query) = self.pool.health_query() else {
+                self.spare.push(p);
+                return;
             };
+            p.query.extend_from_slice(query);
+            p.question_end = p.query.len();
+            p.upstream = i;
+            p.group = group;
+            p.retried = true;
+            p.caps = self.pool.caps(i);
+            p.purpose = Purpose::Check;
+            p.started = now;
             // A check that cannot be sent is counted in `launch`; the next one is due anyway.
-            if self.launch(p, now, wire).is_err() {
-                continue;
+            if let Err(p) = self.launch(p, now, wire) {
+                self.recycle(*p);
             }
         }
     }
 
-    /// Moves on every exchange past the timeout, and sends due health checks.
+    /// Gives the waiters whose client-response timer ran out the stale answer, where there is
+    /// one; their question stays in flight and refreshes the cache when its answer comes.
+    fn answer_stale_due(&mut self, token: Token, now: Instant, out: &mut dyn Replies) {
+        let Some(stale) = self.config.stale else { return };
+        let Some(p) = live_mut(&mut self.slots, token) else { return };
+        if !self.cache.has_stale(p.hash, &p.key, now) {
+            return;
+        }
+        let due = p
+            .waiters
+            .iter()
+            .take_while(|w| now.saturating_duration_since(w.since) + STALE_SLACK >= stale.answer_after)
+            .count();
+        for w in &p.waiters[..due] {
+            let head = p.heads.get(w.head_at..w.head_at + w.query.question_end).unwrap_or_default();
+            let cache = &self.cache;
+            out.push(w.to, &mut |buf| {
+                cache.write_stale(p.hash, &p.key, head, &w.query, w.transport, buf, now).unwrap_or(0)
+            });
+        }
+        p.waiters.drain(..due);
+        self.waiting = self.waiting.saturating_sub(due);
+        self.stats.stale_answers += due as u64;
+    }
+
+    /// Gives stale answers that are due, moves on every exchange past the timeout, and sends due
+    /// health checks.
     pub fn tick(&mut self, out: &mut dyn Replies, now: Instant, wire: &mut dyn Wire) {
         self.check_upstreams(now, wire);
         let timeout = self.config.timeout;
+        let stale_after = self.config.stale.map(|s| s.answer_after);
         let mut expired = std::mem::take(&mut self.expired);
+        let mut stale_due = std::mem::take(&mut self.stale_due);
         expired.clear();
-        expired.extend(
-            self.pending.iter().filter(|(_, p)| now.saturating_duration_since(p.started) >= timeout).map(|(t, _)| *t),
-        );
+        stale_due.clear();
+        for p in self.slots.iter().flatten() {
+            if now.saturating_duration_since(p.started) >= timeout {
+                expired.push(p.token);
+            }
+            let first = p.waiters.first().map(|w| now.saturating_duration_since(w.since) + STALE_SLACK);
+            if first.zip(stale_after).is_some_and(|(waited, after)| waited >= after) {
+                stale_due.push(p.token);
+            }
+        }
+        for &token in &stale_due {
+            self.answer_stale_due(token, now, out);
+        }
         for &token in &expired {
             let Some(mut p) = self.remove(token, wire) else { continue };
             self.stats.timeouts += 1;
             if let Some(truncated) = p.truncated.take() {
                 // The TCP retry took too long: the client gets the truncated answer.
                 self.deliver(&p, &truncated, now, out);
+                self.recycle(p);
                 continue;
             }
             if p.caps && p.case_mismatch {
@@ -648,7 +924,8 @@ impl Engine {
                         Ok(()) => continue,
                         Err(back) => p = *back,
                     }
-                    self.fail_waiters(&p, out);
+                    self.fail(&p, now, out);
+                    self.recycle(p);
                     continue;
                 }
             }
@@ -656,12 +933,14 @@ impl Engine {
             self.retry_or_fail(p, now, out, wire);
         }
         self.expired = expired;
+        self.stale_due = stale_due;
     }
 }
 
-/// A `Sent` for an exchange not sent yet (nothing can match it: ID and question are set on send).
-fn unsent(upstream: SocketAddr) -> Sent {
-    Sent { upstream, id: 0, question: Box::new([]), exact_case: true }
+/// The live question of exchange `token`, if it is still in flight.
+#[inline]
+fn live_mut(slots: &mut [Option<Pending>], token: Token) -> Option<&mut Pending> {
+    slots.get_mut(token_slot(token))?.as_mut().filter(|p| p.token == token)
 }
 
 /// Sets each letter of `name` (wire format, lower case) to upper or lower case at random. Length
@@ -799,11 +1078,189 @@ mod tests {
             routes: Vec::new(),
             health_check: None,
             health_check_interval: Duration::from_secs(5),
+            stale: None,
+            prefetch: false,
         }
     }
 
     fn engine(c: RelayConfig) -> Engine {
         Engine::new(Arc::new(c), super::super::random::system, Instant::now()).unwrap()
+    }
+
+    /// `upstreams` with serve-stale (stale max 100 s, TTL 30, refresh 10 s, client timer
+    /// 1,800 ms) and prefetch on.
+    fn stale_config(upstreams: &[&str]) -> RelayConfig {
+        RelayConfig {
+            stale: Some(crate::config::StaleConfig {
+                max: Duration::from_secs(100),
+                ttl: 30,
+                refresh: Duration::from_secs(10),
+                answer_after: Duration::from_millis(1800),
+            }),
+            prefetch: true,
+            timeout: Duration::from_secs(2),
+            ..config(upstreams)
+        }
+    }
+
+    /// Asks `name` (which must miss); answers the upstream query it sends with a TTL of 60 and
+    /// checks that the client got that answer.
+    fn ask_answered(e: &mut Engine, wire: &mut FakeWire, name: &str, now: Instant) {
+        assert_eq!(ask(e, wire, name, 1, now), Forwarded::Pending);
+        let (token, to, sent, _) = wire.sent.last().unwrap().clone();
+        let mut out = Collected::default();
+        assert_eq!(e.on_reply(token, &reply_to(&sent, 0, false), to, &mut out, now, wire), ReplyOutcome::Taken);
+        assert_eq!(out.0.len(), 1);
+    }
+
+    /// An engine on `config` whose cache holds `www.example.test` (TTL 60) from the time returned.
+    fn www_cached(config: RelayConfig) -> (Engine, FakeWire, Instant) {
+        let mut e = engine(config);
+        let mut wire = FakeWire::default();
+        let t0 = Instant::now();
+        ask_answered(&mut e, &mut wire, "www.example.test", t0);
+        (e, wire, t0)
+    }
+
+    /// The reply a client got at once, parsed: (RCODE, first answer TTL).
+    fn asked_now(e: &mut Engine, wire: &mut FakeWire, name: &str, now: Instant) -> Option<(u8, u32)> {
+        let packet = client_query(name, 5, false);
+        let mut lower = [0u8; query::MAX_NAME_LEN];
+        let q = query::parse(&packet, &mut lower).unwrap();
+        let mut out = [0u8; 2048];
+        let client: SocketAddr = CLIENT.parse().unwrap();
+        match e.query(&packet, &q, &lower[..q.name_len], client, ReplyTo::Udp(client), UDP, &mut out, now, wire) {
+            Forwarded::Answered(n) => Some((out[3] & 0xf, first_ttl(&out[..n]))),
+            Forwarded::Pending => None,
+        }
+    }
+
+    /// The TTL of the first answer record of `reply` (one question, an A record answer), or 0.
+    fn first_ttl(reply: &[u8]) -> u32 {
+        let q_end = HEADER_LEN + reply[HEADER_LEN..].iter().position(|&b| b == 0).unwrap() + 1 + 4;
+        reply.get(q_end + 6..q_end + 10).map_or(0, |t| u32::from_be_bytes(t.try_into().unwrap()))
+    }
+
+    #[test]
+    fn an_upstream_that_fails_gets_the_stale_answer_served_and_is_rechecked_later() {
+        let (mut e, mut wire, t0) = www_cached(stale_config(&["192.0.2.53:53"]));
+        assert_eq!(asked_now(&mut e, &mut wire, "www.example.test", t0 + Duration::from_secs(10)), Some((0, 50)));
+        // Expired: asked upstream again, which fails (ICMP): the client gets the stale answer.
+        let t1 = t0 + Duration::from_secs(61);
+        assert_eq!(asked_now(&mut e, &mut wire, "www.example.test", t1), None);
+        let mut out = Collected::default();
+        e.on_failure(wire.sent.last().unwrap().0, &mut out, t1, &mut wire);
+        assert_eq!(out.0.len(), 1);
+        assert_eq!((out.0[0].1[3] & 0xf, first_ttl(&out.0[0].1)), (0, 30), "stale, TTL 30");
+        assert_eq!(&out.0[0].1[..2], &[0, 5], "the waiting client's ID");
+        // For stale_refresh_s the stale answer comes at once and nothing goes upstream.
+        let sent = wire.sent.len();
+        assert_eq!(asked_now(&mut e, &mut wire, "www.example.test", t1 + Duration::from_secs(9)), Some((0, 30)));
+        assert_eq!(wire.sent.len(), sent, "no upstream query while the recheck timer runs");
+        // Then upstream is asked again, and its answer is fresh.
+        let t2 = t1 + Duration::from_secs(10);
+        ask_answered(&mut e, &mut wire, "www.example.test", t2);
+        assert_eq!(asked_now(&mut e, &mut wire, "www.example.test", t2), Some((0, 60)));
+        assert_eq!(e.stats.stale_answers, 2);
+        assert!(wire.open.is_empty() && e.waiting() == 0);
+    }
+
+    #[test]
+    fn a_slow_upstream_gets_the_stale_answer_served_after_the_client_timer_and_still_refreshes() {
+        let (mut e, mut wire, t0) = www_cached(stale_config(&["192.0.2.53:53"]));
+        let t1 = t0 + Duration::from_secs(70);
+        assert_eq!(asked_now(&mut e, &mut wire, "www.example.test", t1), None);
+        let mut out = Collected::default();
+        e.tick(&mut out, t1 + Duration::from_millis(1700), &mut wire);
+        assert!(out.0.is_empty(), "not yet");
+        e.tick(&mut out, t1 + Duration::from_millis(1750), &mut wire);
+        assert_eq!(out.0.len(), 1, "within stale_answer_ms, on the tick before it ends");
+        assert_eq!(first_ttl(&out.0[0].1), 30);
+        assert_eq!(e.waiting(), 0);
+        // The upstream query goes on; its answer refreshes the cache.
+        let (token, to, sent, _) = wire.sent.last().unwrap().clone();
+        assert!(wire.open.contains(&token));
+        let t2 = t1 + Duration::from_millis(1900);
+        assert_eq!(e.on_reply(token, &reply_to(&sent, 0, false), to, &mut out, t2, &mut wire), ReplyOutcome::Taken);
+        assert_eq!(out.0.len(), 1, "nobody left to answer");
+        assert_eq!(asked_now(&mut e, &mut wire, "www.example.test", t2), Some((0, 60)));
+        // A client timer of zero: the stale answer at once, the refresh behind it.
+        let mut c = stale_config(&["192.0.2.53:53"]);
+        c.stale = c.stale.map(|s| crate::config::StaleConfig { answer_after: Duration::ZERO, ..s });
+        let mut e = engine(c);
+        let mut wire = FakeWire::default();
+        ask_answered(&mut e, &mut wire, "www.example.test", t0);
+        assert_eq!(asked_now(&mut e, &mut wire, "www.example.test", t1), Some((0, 30)));
+        assert_eq!((wire.sent.len(), e.pending()), (2, 1), "refreshed behind the stale answer");
+        assert_eq!(asked_now(&mut e, &mut wire, "www.example.test", t1), Some((0, 30)));
+        assert_eq!(wire.sent.len(), 2, "one refresh in flight");
+    }
+
+    #[test]
+    fn no_stale_answer_past_the_stale_maximum_nor_without_one() {
+        let (mut e, mut wire, t0) = www_cached(stale_config(&["192.0.2.53:53"]));
+        // Expired 100 s ago and more: SERVFAIL, however the upstream fails.
+        let late = t0 + Duration::from_secs(160);
+        assert_eq!(asked_now(&mut e, &mut wire, "www.example.test", late), None);
+        let mut out = Collected::default();
+        e.on_failure(wire.sent.last().unwrap().0, &mut out, late, &mut wire);
+        assert_eq!(out.0[0].1[3] & 0xf, rcode::SERVFAIL);
+        // A name never cached: SERVFAIL as before.
+        assert_eq!(asked_now(&mut e, &mut wire, "never.example.test", late), None);
+        e.on_failure(wire.sent.last().unwrap().0, &mut out, late, &mut wire);
+        assert_eq!(out.0[1].1[3] & 0xf, rcode::SERVFAIL);
+        // Without serve-stale, an expired name fails as it always did.
+        let mut e = engine(config(&["192.0.2.53:53"]));
+        ask_answered(&mut e, &mut wire, "www.example.test", t0);
+        assert_eq!(asked_now(&mut e, &mut wire, "www.example.test", t0 + Duration::from_secs(61)), None);
+        e.on_failure(wire.sent.last().unwrap().0, &mut out, t0, &mut wire);
+        assert_eq!(out.0[2].1[3] & 0xf, rcode::SERVFAIL);
+        assert_eq!(e.stats.stale_answers, 0);
+    }
+
+    #[test]
+    fn a_name_asked_in_the_last_tenth_of_its_ttl_is_prefetched_once_and_never_misses() {
+        let mut e = engine(stale_config(&["192.0.2.53:53"]));
+        let mut wire = FakeWire::default();
+        let t0 = Instant::now();
+        ask_answered(&mut e, &mut wire, "pop.example.test", t0);
+        assert_eq!(asked_now(&mut e, &mut wire, "pop.example.test", t0 + Duration::from_secs(53)), Some((0, 7)));
+        assert_eq!(wire.sent.len(), 1, "not in the last tenth yet");
+        let t1 = t0 + Duration::from_secs(54);
+        assert_eq!(asked_now(&mut e, &mut wire, "pop.example.test", t1), Some((0, 6)), "answered from the cache");
+        assert_eq!((wire.sent.len(), e.stats.prefetches), (2, 1), "and asked upstream behind it");
+        assert_eq!(asked_now(&mut e, &mut wire, "pop.example.test", t1), Some((0, 6)));
+        assert_eq!(wire.sent.len(), 2, "once per entry");
+        let (token, to, sent, _) = wire.sent[1].clone();
+        let mut out = Collected::default();
+        e.on_reply(token, &reply_to(&sent, 0, false), to, &mut out, t1, &mut wire);
+        assert!(out.0.is_empty(), "nobody waited");
+        assert_eq!(asked_now(&mut e, &mut wire, "pop.example.test", t0 + Duration::from_secs(61)), Some((0, 53)));
+        assert_eq!(e.stats.cache_hits, 4);
+        // Off: no upstream query until it expires.
+        let mut c = stale_config(&["192.0.2.53:53"]);
+        c.prefetch = false;
+        let mut e = engine(c);
+        let mut wire = FakeWire::default();
+        ask_answered(&mut e, &mut wire, "pop.example.test", t0);
+        assert_eq!(asked_now(&mut e, &mut wire, "pop.example.test", t1), Some((0, 6)));
+        assert_eq!((wire.sent.len(), e.stats.prefetches), (1, 0));
+    }
+
+    #[test]
+    fn stale_answers_survive_a_reload_that_keeps_the_upstreams() {
+        let (mut e, mut wire, t0) = www_cached(stale_config(&["192.0.2.53:53"]));
+        let mut smaller = stale_config(&["192.0.2.53:53"]);
+        smaller.cache_entries = 50;
+        smaller.max_ttl = 600;
+        let t1 = t0 + Duration::from_secs(61);
+        e.reconfigure(Arc::new(smaller), t1);
+        assert_eq!(asked_now(&mut e, &mut wire, "www.example.test", t1), None);
+        let mut out = Collected::default();
+        e.on_failure(wire.sent.last().unwrap().0, &mut out, t1, &mut wire);
+        assert_eq!(first_ttl(&out.0[0].1), 30, "still there after the reload, served stale");
+        e.reconfigure(Arc::new(stale_config(&["192.0.2.54:53"])), t1);
+        assert_eq!(asked_now(&mut e, &mut wire, "www.example.test", t1), None, "new upstreams: a new cache");
     }
 
     fn client_query(name: &str, id: u16, cd: bool) -> Vec<u8> {

@@ -2,11 +2,12 @@
 //! [`sockets::Relay`] with its own upstream sockets, pending table and cache.
 //!
 //! - [`engine`]: one worker's relay logic without I/O (pending table, dedupe, accept, retry,
-//!   SERVFAIL on timeout, the cache), driven by events and the time;
+//!   SERVFAIL on timeout, the cache, serve-stale and prefetch), driven by events and the time;
 //! - [`pool`]: its upstreams: routes, choice, failures, 0x20 learning, health-check schedule;
 //! - [`sockets`]: its I/O: a socket per upstream exchange, in one epoll instance;
 //! - [`upstream`]: which upstream replies to accept (source, ID, exact question and case);
-//! - [`cache`]: answers kept as bytes, TTLs counting down and capped, negative caching per RFC 2308;
+//! - [`cache`]: answers kept as bytes, TTLs counting down and capped, negative caching per RFC 2308,
+//!   stale answers (RFC 8767) and the prefetch mark, stale entries out first;
 //! - [`random`]: IDs and letter case from the system's random source, never a fallback;
 
 pub mod cache;

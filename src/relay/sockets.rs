@@ -34,7 +34,9 @@ use mio::net::{TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::engine::{Engine, Forwarded, RelayGauges, RelayStats, Replies, ReplyOutcome, ReplyTo, Token, Wire};
+use super::engine::{
+    token_slot, Engine, Forwarded, RelayGauges, RelayStats, Replies, ReplyOutcome, ReplyTo, Token, Wire,
+};
 use super::random::Fill;
 use super::RelayError;
 use crate::config::RelayConfig;
@@ -84,8 +86,9 @@ struct Net {
     spare: [Vec<usize>; 2],
     /// Slot indices free for a new socket.
     holes: Vec<usize>,
-    /// The slot of each UDP exchange.
-    by_token: HashMap<Token, usize>,
+    /// The UDP exchange (its token, and its socket's slot) in each slot of the engine's pending
+    /// table, which a token names ([`token_slot`]): found without hashing. Token 0: none.
+    by_token: Vec<(Token, usize)>,
     tcp: HashMap<Token, TcpExchange>,
     /// Datagrams found on a socket when it was released (late replies).
     drained: u64,
@@ -157,7 +160,11 @@ impl Wire for Net {
         // one peer.
         let sent = slot.socket.connect(to).and_then(|()| slot.socket.send(bytes));
         slot.exchange = Some((token, to));
-        self.by_token.insert(token, index);
+        let at = token_slot(token);
+        if self.by_token.len() <= at {
+            self.by_token.resize(at + 1, (0, 0));
+        }
+        self.by_token[at] = (token, index);
         sent.map(drop)
     }
 
@@ -173,7 +180,9 @@ impl Wire for Net {
     }
 
     fn close(&mut self, token: Token) {
-        if let Some(index) = self.by_token.remove(&token) {
+        if let Some(entry) = self.by_token.get_mut(token_slot(token)).filter(|e| e.0 == token) {
+            let index = entry.1;
+            *entry = (0, 0);
             self.release(index);
         }
         // A TCP connection is closed (and so leaves epoll) when dropped.
@@ -261,7 +270,7 @@ impl Relay {
                 slots: Vec::new(),
                 spare: [Vec::new(), Vec::new()],
                 holes: Vec::new(),
-                by_token: HashMap::new(),
+                by_token: Vec::new(),
                 tcp: HashMap::new(),
                 drained: 0,
             },

@@ -32,9 +32,16 @@ pub struct Sent {
     /// The random ID the query went out with.
     pub id: u16,
     /// The question section as sent (wire bytes after the header).
-    pub question: Box<[u8]>,
+    pub question: Vec<u8>,
     /// Whether the name must come back in exactly the case sent (0x20 on for this query).
     pub exact_case: bool,
+}
+
+impl Default for Sent {
+    /// Nothing sent yet: an unspecified upstream, no question (set on each send).
+    fn default() -> Sent {
+        Sent { upstream: SocketAddr::from(([0, 0, 0, 0], 0)), id: 0, question: Vec::new(), exact_case: true }
+    }
 }
 
 /// Checks a reply that arrived on the socket the query left from.
@@ -82,7 +89,7 @@ mod tests {
         Sent {
             upstream: "127.0.0.53:53".parse().unwrap(),
             id: 0xbeef,
-            question: b"\x03wWw\x00\x00\x01\x00\x01".to_vec().into(),
+            question: b"\x03wWw\x00\x00\x01\x00\x01".to_vec(),
             exact_case: true,
         }
     }
@@ -112,7 +119,7 @@ mod tests {
         assert_eq!(accept(&r, from, &lenient), Err(Refusal::Question), "but not another name");
         let mut r = reply();
         r[18] = 0x21;
-        let sent_type = Sent { question: b"\x03wWw\x00\x00\x41\x00\x01".to_vec().into(), ..lenient.clone() };
+        let sent_type = Sent { question: b"\x03wWw\x00\x00\x41\x00\x01".to_vec(), ..lenient.clone() };
         let mut typed = reply();
         typed[18] = 0x41;
         assert_eq!(accept(&typed, from, &sent_type), Ok(()));

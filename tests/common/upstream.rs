@@ -192,6 +192,10 @@ pub struct Hostile {
     /// Query names (as received) in arrival order.
     pub names: Arc<std::sync::Mutex<Vec<String>>>,
     release: Arc<AtomicBool>,
+    /// While set, UDP queries are counted and not answered (a silent upstream).
+    mute: Arc<AtomicBool>,
+    /// While set, UDP queries are answered SERVFAIL.
+    servfail: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -247,6 +251,8 @@ impl Hostile {
         listener.set_nonblocking(true).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let release = Arc::new(AtomicBool::new(false));
+        let mute = Arc::new(AtomicBool::new(false));
+        let servfail = Arc::new(AtomicBool::new(false));
         let queries = Arc::new(AtomicU64::new(0));
         let tcp_queries = Arc::new(AtomicU64::new(0));
         let ports = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -260,6 +266,7 @@ impl Hostile {
                 ports.clone(),
                 names.clone(),
             );
+            let (mute, failing) = (mute.clone(), servfail.clone());
             std::thread::spawn(move || {
                 let mut held: Vec<(Vec<u8>, SocketAddr)> = Vec::new();
                 let mut buf = [0u8; 4096];
@@ -278,7 +285,11 @@ impl Hostile {
                     ports.lock().unwrap().push(from.port());
                     let name = question_name(query);
                     names.lock().unwrap().push(name.clone());
-                    let Some(reply) = scripted_reply(query, &script, false) else { continue };
+                    if mute.load(Ordering::Relaxed) {
+                        continue;
+                    }
+                    let now_failing = Script { servfail: script.servfail || failing.load(Ordering::Relaxed), ..script };
+                    let Some(reply) = scripted_reply(query, &now_failing, false) else { continue };
                     let lower = name.to_ascii_lowercase();
                     if script.hold.is_some_and(|h| lower.contains(h)) && !release.load(Ordering::Relaxed) {
                         held.push((reply, from));
@@ -316,7 +327,29 @@ impl Hostile {
                 }
             })
         };
-        Hostile { addr, socket, queries, tcp_queries, ports, names, release, stop, threads: vec![udp, tcp] }
+        Hostile {
+            addr,
+            socket,
+            queries,
+            tcp_queries,
+            ports,
+            names,
+            release,
+            mute,
+            servfail,
+            stop,
+            threads: vec![udp, tcp],
+        }
+    }
+
+    /// From now on, answers no UDP query (`true`) or answers them again.
+    pub fn set_mute(&self, on: bool) {
+        self.mute.store(on, Ordering::Relaxed);
+    }
+
+    /// From now on, answers every UDP query SERVFAIL (`true`) or as scripted again.
+    pub fn set_servfail(&self, on: bool) {
+        self.servfail.store(on, Ordering::Relaxed);
     }
 
     /// Sends every held reply, and answers at once from now on.
