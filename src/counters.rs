@@ -187,6 +187,35 @@ counters! {
     tcp_closed_evicted,
 }
 
+impl Totals {
+    /// Replies by RCODE, labelled as `dnlb_responses_total` and the status page name them.
+    pub fn responses_by_rcode(&self) -> [(&'static str, u64); 8] {
+        [
+            ("NOERROR", self.noerror),
+            ("NXDOMAIN", self.nxdomain),
+            ("FORMERR", self.formerr),
+            ("SERVFAIL", self.servfail),
+            ("NOTIMP", self.notimp),
+            ("REFUSED", self.refused),
+            ("BADVERS", self.badvers),
+            ("other", self.other_rcode),
+        ]
+    }
+
+    /// Messages dropped without a reply, by reason (`dnlb_dropped_total`'s `reason` label).
+    pub fn dropped_by_reason(&self) -> [(&'static str, u64); 7] {
+        [
+            ("malformed", self.dropped),
+            ("no_buffer", self.drop_enobufs),
+            ("no_send_slot", self.drop_send_slot),
+            ("send_buffer_full", self.drop_outbox),
+            ("oversize", self.drop_oversize),
+            ("bad_frame", self.drop_bad_frame),
+            ("rate_limit", self.rrl_dropped),
+        ]
+    }
+}
+
 impl WorkerCounters {
     /// Stores the relay's counters (cumulative, kept by the worker's relay) and its gauges into
     /// this block.

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use dnlb::config::{Config, IoMode};
 use dnlb::control::plane::{self, ControlPlane, Overrides};
 use dnlb::control::socket::{self, Request};
@@ -60,6 +60,9 @@ enum Cmd {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Also show each server's last changes (time, from, to, why, RTT, code, oc then).
+        #[arg(long)]
+        history: bool,
     },
     /// Show what a running instance would answer a client now, and why.
     Explain {
@@ -88,6 +91,13 @@ enum Cmd {
     Drain(DrainArgs),
     /// Put a drained server back into a running instance's answers (at once, if healthy).
     Undrain(DrainArgs),
+    /// Print the manual page dnlb(1) or a shell's completions, made from these very options
+    /// (the Debian package installs them; scripts/package runs this).
+    Generate {
+        /// What to print: man, bash, zsh, fish or elvish.
+        #[arg(value_parser = ["man", "bash", "zsh", "fish", "elvish"])]
+        what: String,
+    },
 }
 
 #[derive(Args)]
@@ -100,6 +110,22 @@ struct DrainArgs {
     /// The configuration the instance runs.
     #[arg(long, short = 'c')]
     config: PathBuf,
+}
+
+/// Prints `what` (`man`, or a shell's name) for this command line to stdout.
+fn generate(what: &str) -> Result<()> {
+    let mut cmd = Cli::command();
+    let mut out = std::io::stdout().lock();
+    let shell = match what {
+        "man" => return clap_mangen::Man::new(cmd).render(&mut out).context("writing the manual page"),
+        "bash" => clap_complete::Shell::Bash,
+        "zsh" => clap_complete::Shell::Zsh,
+        "fish" => clap_complete::Shell::Fish,
+        "elvish" => clap_complete::Shell::Elvish,
+        other => bail!("cannot generate `{other}`: use man, bash, zsh, fish or elvish"),
+    };
+    clap_complete::generate(shell, &mut cmd, "dnlb", &mut out);
+    Ok(())
 }
 
 fn parse_io(s: &str) -> Result<IoMode, String> {
@@ -153,13 +179,14 @@ fn main() -> ExitCode {
         Some(Cmd::CheckConfig { path }) => Config::load(&path).map_err(anyhow::Error::from).map(|config| {
             println!("{}: ok ({} service(s))", path.display(), config.services.len());
         }),
-        Some(Cmd::Status { config, json }) => ask(&config, Request::Status, json),
+        Some(Cmd::Status { config, json, history }) => ask(&config, Request::Status { history }, json),
         Some(Cmd::Explain { name, qtype, client, config, json }) => {
             ask(&config, Request::Explain { name, qtype, client: client.map(|c| c.to_string()) }, json)
         }
         Some(Cmd::Reload { config }) => ask(&config, Request::Reload, false),
         Some(Cmd::Drain(a)) => ask(&a.config, Request::Drain { server: a.server, service: a.service }, false),
         Some(Cmd::Undrain(a)) => ask(&a.config, Request::Undrain { server: a.server, service: a.service }, false),
+        Some(Cmd::Generate { what }) => generate(&what),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -179,6 +179,19 @@ fn steady_state_detection_and_one_alone() {
     let explain = String::from_utf8_lossy(&fleet[0].cli(&["explain", NAME]).unwrap().stdout).into_owned();
     let line = explain.lines().find(|l| l.contains(&format!("server {dead} "))).unwrap_or_default().to_string();
     assert!(line.contains("fleet: probed by") && line.contains("every prober says down: out"), "{explain}");
+    // `dnlb status` (the page's /status.json has the same schema): the health the answers use,
+    // and the third of the servers (k = 2 of 3) another member probes.
+    let status = fleet[0].cli(&["status", "--json", "--history"]).unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let servers = json["services"][0]["servers"].as_array().unwrap();
+    let row = servers.iter().find(|s| s["address"].as_str().is_some_and(|a| a.starts_with(&format!("{dead}:"))));
+    let row = row.unwrap_or_else(|| panic!("{json}"));
+    assert_eq!((row["state"].as_str(), row["serving"].as_str()), (Some("down"), Some("out")), "{row}");
+    let elsewhere = servers.iter().filter(|s| s["probed_here"] == false).count();
+    assert!((9..=11).contains(&elsewhere), "{elsewhere} servers probed elsewhere: {json}");
+    assert!(json["cluster"].is_object(), "{json}");
+    let text = String::from_utf8_lossy(&fleet[0].cli(&["status", "--history"]).unwrap().stdout).into_owned();
+    assert_eq!(text.matches(",not probed here").count(), elsewhere, "{text}");
     farm.responders[7].set(Mode::Reply(200, None));
 
     // Two instances stop: the last one probes everything, once per interval.

@@ -95,7 +95,7 @@ fn status_explain_and_reloads_that_keep_health() {
     let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     let servers = &json["services"][0]["servers"];
     assert_eq!(servers.as_array().unwrap().len(), 2, "{json}");
-    assert_eq!(servers[0]["state"], "Up");
+    assert_eq!(servers[0]["state"], "up");
     assert_eq!(servers[0]["why"], "a final reply");
     let explain = d.cli(&["explain", "sip.example.test", "A", "--client", "10.0.0.1"]).unwrap();
     let text = String::from_utf8_lossy(&explain.stdout);

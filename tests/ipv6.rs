@@ -255,14 +255,20 @@ fn several_ipv6_servers_with_sites_by_ipv6_client_prefix_naptr_and_explain() {
     let _west: Vec<SipResponder> = WEST.iter().map(|i| start(i)).collect();
     let (interval, timeout, fall) = (200u64, 100u64, 2u64);
     // The real binary on each backend, side by side, probing the same farm.
+    // Each with its status page on [::1] too (the page and /status.json name IPv6 servers).
+    let v6_loopback: IpAddr = "::1".parse().unwrap();
+    let pages: Vec<SocketAddr> =
+        backends().iter().map(|_| SocketAddr::new(v6_loopback, free_port_on(v6_loopback))).collect();
     let dnlbs: Vec<Dnlb> = backends()
         .into_iter()
-        .map(|io| {
+        .zip(&pages)
+        .map(|(io, page)| {
             let port = free_port_on("::1".parse().unwrap());
             let dir = std::env::temp_dir().join(format!("dnlb-ipv6-sites-{}-{port}", std::process::id()));
             let mut text = format!(
                 "[server]\nlisten = [\"[::1]:{port}\"]\nworkers = 1\npin_workers = false\nruntime_dir = \"{}\"\n\
                  [probe]\ninterval_ms = {interval}\ntimeout_ms = {timeout}\nretransmit_ms = 30\nrise = 2\nfall = {fall}\n\
+                 [metrics]\nlisten = \"{page}\"\n\
                  [[service]]\nname = \"sip.example.test\"\nall_down = \"nodata\"\n",
                 dir.join("run").display()
             );
@@ -312,7 +318,7 @@ fn several_ipv6_servers_with_sites_by_ipv6_client_prefix_naptr_and_explain() {
         for ip in &all {
             let addr = format!("[{ip}]:{sip_port}");
             let s = servers.iter().find(|s| s["address"] == addr.as_str()).unwrap_or_else(|| panic!("{addr}: {json}"));
-            assert_eq!((s["state"].as_str(), s["last_code"].as_u64()), (Some("Up"), Some(200)), "{s}");
+            assert_eq!((s["state"].as_str(), s["last_code"].as_u64()), (Some("up"), Some(200)), "{s}");
         }
         assert!(in_east.addresses(d.dns, service, RecordType::A).is_empty(), "no IPv4 server, no A record");
         // NAPTR (RFC 3263) is the same for every client: SIP+D2U only (UDP servers).
@@ -358,6 +364,29 @@ fn several_ipv6_servers_with_sites_by_ipv6_client_prefix_naptr_and_explain() {
         println!("{}: east's IPv6 clients moved to west after {took:?} (bound {bound:?})", d.dns);
         assert!(took <= bound + Duration::from_millis(250), "moved after {took:?}, bound {bound:?}");
         assert_eq!(elsewhere.addresses(d.dns, service, RecordType::AAAA), set(&WEST));
+    }
+    // The operator's view of an IPv6 server that went out: `dnlb status --history`, the status
+    // page and /status.json, all fetched over [::1], name it as `[address]:port` with its change.
+    let gone = format!("[{}]:{sip_port}", EAST[0]);
+    for (d, page) in dnlbs.iter().zip(&pages) {
+        let text = String::from_utf8(d.cli(&["status", "--history"]).unwrap().stdout).unwrap();
+        let at = text.find(&format!("  {gone} ")).unwrap_or_else(|| panic!("{gone}: {text}"));
+        let block: Vec<&str> = text[at..].lines().take(3).collect();
+        assert!(block[0].contains("udp  down") && block[0].contains("timeout"), "{text}");
+        assert!(block[1..].iter().any(|l| l.contains("up -> down  timeout")), "{text}");
+        assert!(block[1..].iter().any(|l| l.contains("unknown -> up  a final reply")), "{text}");
+        let (status, body) = common::prom::http(*page, b"GET /status.json HTTP/1.1\r\n\r\n");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let s = json["services"][0]["servers"].as_array().unwrap().iter().find(|s| s["address"] == gone.as_str());
+        let s = s.unwrap_or_else(|| panic!("{status} {json}"));
+        assert_eq!(
+            (s["state"].as_str(), s["serving"].as_str(), s["site"].as_str()),
+            (Some("down"), Some("out"), Some("east"))
+        );
+        let (status, html) = common::prom::http(*page, b"GET / HTTP/1.1\r\n\r\n");
+        let row = html.lines().find(|l| l.starts_with(&format!("<tr id=\"sip.example.test/{gone}/udp\"")));
+        let row = row.unwrap_or_else(|| panic!("{status}: {html}"));
+        assert!(row.contains("data-serving=\"out\"") && row.contains(&format!("<td>{gone}</td>")), "{row}");
     }
     drop(dnlbs);
     drop(east);

@@ -167,7 +167,8 @@ fn relay_counters_and_cache_gauges_reach_the_scrape() {
 fn garbage_requests_are_answered_and_the_endpoint_keeps_serving() {
     let r = start();
     let addr = r.metrics.local_addr();
-    assert_eq!(http(addr, b"GET / HTTP/1.1\r\n\r\n").0, 404);
+    assert_eq!(http(addr, b"GET /index.html HTTP/1.1\r\n\r\n").0, 404);
+    assert_eq!(http(addr, b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n").0, 405);
     assert_eq!(http(addr, b"GET /metrics/x HTTP/1.0\r\n\r\n").0, 404);
     assert_eq!(http(addr, b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n").0, 405);
     assert_eq!(http(addr, b"\x00\x01\x02\xff\xfe\r\n\r\n").0, 400);

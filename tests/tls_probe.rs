@@ -235,22 +235,22 @@ fn tls_probes_check_certificates_and_reach_kamailio() {
         "first verdicts",
         Duration::from_secs(20),
         &[
-            (&a(0), "Up", None),
-            (&a(1), "Down", Some(EXPIRED)),
-            (&a(2), "Down", Some(WRONG_NAME)),
-            (&a(3), "Up", None),
-            (&a(4), "Up", None),
+            (&a(0), "up", None),
+            (&a(1), "down", Some(EXPIRED)),
+            (&a(2), "down", Some(WRONG_NAME)),
+            (&a(3), "up", None),
+            (&a(4), "up", None),
         ],
         &kamailio_logs,
     );
     println!("valid up, expired and wrong-name down with their reasons, verify-off up after {settled:?}");
     // 127.0.0.141 is in two services: trusted through the CA file, untrusted by the system's roots.
     let start = Instant::now();
-    while !service_of(&a(0)).contains(&"Down Some(\"TLS: certificate issuer not trusted\")".to_string()) {
+    while !service_of(&a(0)).contains(&"down Some(\"TLS: certificate issuer not trusted\")".to_string()) {
         assert!(start.elapsed() < Duration::from_secs(5), "default verification: {:?}", service_of(&a(0)));
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(service_of(&a(0)).contains(&"Up None".to_string()));
+    assert!(service_of(&a(0)).contains(&"up None".to_string()));
     let up: Vec<IpAddr> = [ips[0], ips[3]].iter().map(|i| i.parse().unwrap()).collect();
     assert_eq!(d.addresses("sip.example.test."), up, "only the servers with good certificates are served");
     assert_eq!(d.addresses("off.example.test."), vec![ips[4].parse::<IpAddr>().unwrap()]);
@@ -271,7 +271,7 @@ fn tls_probes_check_certificates_and_reach_kamailio() {
     d.wait(
         "kamailio stopped",
         Duration::from_secs(5),
-        &[(&a(3), "Down", Some("connection refused")), (&a(0), "Up", None)],
+        &[(&a(3), "down", Some("connection refused")), (&a(0), "up", None)],
         &String::new,
     );
     println!("kamailio stopped: down after {:?}", stopped.elapsed());

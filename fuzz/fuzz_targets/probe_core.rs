@@ -160,7 +160,7 @@ fuzz_target!(|data: &[u8]| {
                 // An operator drains or undrains a server (or an address that is none).
                 let ip = ["127.0.0.11", "::1", "127.0.0.99", "2001:db8::10"][usize::from(input.byte() % 4)].parse().unwrap();
                 let port = (input.byte() & 1 == 0).then_some(5060);
-                let _matched = core.set_drained(None, ip, port, input.byte() & 1 == 0);
+                let _matched = core.set_drained(None, ip, port, input.byte() & 1 == 0, now);
             }
             _ => {}
         }

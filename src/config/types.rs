@@ -24,6 +24,18 @@ pub enum Policy {
     Latency,
 }
 
+impl Policy {
+    /// Its name as the configuration writes it (`round-robin`), and as reports and logs say it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::RoundRobin => "round-robin",
+            Policy::OnDuty => "on-duty",
+            Policy::Weighted => "weighted",
+            Policy::Latency => "latency",
+        }
+    }
+}
+
 /// What a service answers when none of its servers is healthy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -36,6 +48,18 @@ pub enum AllDown {
     Servfail,
     /// Answer NOERROR with no records.
     Nodata,
+}
+
+impl AllDown {
+    /// Its name as the configuration writes it (`serve-all`), and as reports and logs say it.
+    pub fn name(self) -> &'static str {
+        match self {
+            AllDown::ServeAll => "serve-all",
+            AllDown::LastGood => "last-good",
+            AllDown::Servfail => "servfail",
+            AllDown::Nodata => "nodata",
+        }
+    }
 }
 
 /// The SIP request a probe sends.
@@ -491,4 +515,28 @@ pub struct RrlConfig {
     pub exempt: Vec<Prefix>,
     /// Slots per worker's table (a power of two).
     pub table_size: usize,
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::*;
+
+    /// What reports print is what the file accepts: each name parses back to its value.
+    #[test]
+    fn names_are_the_configuration_spellings() {
+        #[derive(Deserialize)]
+        struct Both {
+            policy: Policy,
+            all_down: AllDown,
+        }
+        for policy in [Policy::RoundRobin, Policy::OnDuty, Policy::Weighted, Policy::Latency] {
+            for all_down in [AllDown::ServeAll, AllDown::LastGood, AllDown::Servfail, AllDown::Nodata] {
+                let text = format!("policy = \"{}\"\nall_down = \"{}\"\n", policy.name(), all_down.name());
+                let both: Both = toml::from_str(&text).unwrap();
+                assert_eq!((both.policy, both.all_down), (policy, all_down));
+            }
+        }
+        assert_eq!(Policy::RoundRobin.name(), "round-robin");
+        assert_eq!(AllDown::ServeAll.name(), "serve-all");
+    }
 }

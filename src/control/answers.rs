@@ -10,11 +10,13 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::mpsc::{sync_channel, SyncSender};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::report::{self, View};
 use super::running::RunningView;
 use super::socket::{Answer, Reply, Request};
+use super::status::ReloadCounts;
+use crate::counters::{CounterBlocks, Totals};
 use crate::probe::{DrainRequest, ProbeControl};
 use crate::snapshot::SnapshotHandle;
 
@@ -27,6 +29,8 @@ pub struct ControlAnswers {
     pub running: RunningView,
     /// The answers the workers serve.
     pub snapshots: SnapshotHandle,
+    /// The workers' counters (status shows what clients asked and got).
+    pub counters: CounterBlocks,
     /// Where reload requests go, each with the channel its reply comes back on.
     pub reloads: SyncSender<SyncSender<Reply>>,
 }
@@ -42,10 +46,13 @@ impl Answer for ControlAnswers {
             snapshot: self.snapshots.current(),
             heartbeat: running.prober.as_ref().map(|p| p.heartbeat_age()),
             now: Instant::now(),
+            wall: SystemTime::now(),
+            totals: Some(Totals::sum(&self.counters)),
+            reloads: ReloadCounts::read(self.running.reloads()),
             fleet: running.fleet.as_ref(),
         };
         match request {
-            Request::Status => report::status(&view),
+            Request::Status { history } => report::status(&view, history),
             Request::Explain { name, qtype, client } => {
                 let client = client.and_then(|c| c.parse().ok());
                 report::explain(&view, &name, &qtype, client)

@@ -1,4 +1,7 @@
-//! The Prometheus endpoint: `GET /metrics` on `[metrics] listen`, served by thread `dnlb-metrics`.
+//! The Prometheus endpoint: `GET /metrics` on `[metrics] listen`, served by thread `dnlb-metrics`,
+//! with the status page (`GET /`, [`super::page`]) and its data (`GET /status.json`, the schema of
+//! `dnlb status --json`) beside it, read from the same sources. Read-only: no request changes
+//! anything.
 //!
 //! ```text
 //!  workers ── single-writer atomics (CounterBlocks) ─┐
@@ -7,7 +10,8 @@
 //!
 //!  listener::Serving (many clients at once, each ≤ MAX_REQUEST bytes, REQUEST_TIME to send its
 //!  request, REQUEST_TIME to take the reply; `allow`; max_connections, the least recently
-//!  progressing closed for a new one) ─► httparse ─► 200 (GET /metrics) · 404 · 405 · 400 · 431
+//!  progressing closed for a new one) ─► httparse ─► 200 (GET /metrics, /, /status.json) · 404 ·
+//!  405 · 400 · 431
 //! ```
 //!
 //! A scrape costs the workers nothing: it only loads the atomics they already keep and locks the
@@ -20,15 +24,17 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use mio::net::TcpListener;
 use prometheus::core::Collector;
 use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use super::listener::{Cut, Limits, Response, Service, Serving};
-use super::running::RunningView;
-use crate::config::{MetricsConfig, DEFAULT_MAX_CONNECTIONS};
+use super::report::View;
+use super::running::{Reloads, RunningView};
+use super::status::{self, ReloadCounts, Status};
+use crate::config::{Config, MetricsConfig, DEFAULT_MAX_CONNECTIONS};
 use crate::counters::{CounterBlocks, Totals};
 use crate::probe::health::State;
 use crate::probe::ProbeView;
@@ -144,6 +150,18 @@ enum Route {
         /// Whether the body is wanted (not for `HEAD`).
         body: bool,
     },
+    /// `GET /`: the status page.
+    Page {
+        /// Whether the body is wanted (not for `HEAD`).
+        body: bool,
+    },
+    /// `GET /status.json`: what `dnlb status --json` prints (`?history=1`: with histories).
+    StatusJson {
+        /// Whether the body is wanted (not for `HEAD`).
+        body: bool,
+        /// Whether each server's history is wanted.
+        history: bool,
+    },
     /// Another path.
     NotFound,
     /// Another method on `/metrics`.
@@ -164,7 +182,14 @@ fn reply(route: Route, sources: &Sources) -> Vec<u8> {
                 ("500 Internal Server Error", "text/plain".to_string(), format!("{e}\n"))
             }
         },
-        Route::NotFound => ("404 Not Found", "text/plain".to_string(), "try /metrics\n".to_string()),
+        Route::Page { .. } => {
+            ("200 OK", "text/html; charset=utf-8".to_string(), super::page::render(&status_of(sources, true)))
+        }
+        Route::StatusJson { history, .. } => {
+            let json = serde_json::to_string_pretty(&status_of(sources, history)).unwrap_or_default();
+            ("200 OK", "application/json".to_string(), json + "\n")
+        }
+        Route::NotFound => ("404 Not Found", "text/plain".to_string(), "try /, /status.json or /metrics\n".to_string()),
         Route::MethodNotAllowed => ("405 Method Not Allowed", "text/plain".to_string(), "use GET\n".to_string()),
         Route::BadRequest => ("400 Bad Request", "text/plain".to_string(), "not an HTTP request\n".to_string()),
         Route::TooLarge => {
@@ -177,7 +202,10 @@ fn reply(route: Route, sources: &Sources) -> Vec<u8> {
         body.len()
     )
     .into_bytes();
-    if route != (Route::Metrics { body: false }) {
+    if !matches!(
+        route,
+        Route::Metrics { body: false } | Route::Page { body: false } | Route::StatusJson { body: false, .. }
+    ) {
         out.extend_from_slice(body.as_bytes());
     }
     out
@@ -192,15 +220,47 @@ fn route(request: &[u8]) -> Option<Route> {
         Err(_) => Some(Route::BadRequest),
         Ok(httparse::Status::Complete(_)) => {
             // The path without a query string: Prometheus may add parameters.
-            let path = req.path.unwrap_or("").split('?').next().unwrap_or("");
+            let (path, query) = req.path.unwrap_or("").split_once('?').unwrap_or((req.path.unwrap_or(""), ""));
+            let history = query.split('&').any(|p| p == "history=1" || p == "history=true");
             Some(match (req.method.unwrap_or(""), path) {
                 ("GET", "/metrics") => Route::Metrics { body: true },
                 ("HEAD", "/metrics") => Route::Metrics { body: false },
-                (_, "/metrics") => Route::MethodNotAllowed,
+                ("GET", "/") => Route::Page { body: true },
+                ("HEAD", "/") => Route::Page { body: false },
+                ("GET", "/status.json") => Route::StatusJson { body: true, history },
+                ("HEAD", "/status.json") => Route::StatusJson { body: false, history },
+                // Read-only: nothing here changes the instance.
+                (_, "/metrics" | "/" | "/status.json") => Route::MethodNotAllowed,
                 _ => Route::NotFound,
             })
         }
     }
+}
+
+/// What the status page and `/status.json` show, read from the same sources as a scrape: the
+/// running configuration and prober, the snapshot, the workers' counters and the reloads.
+pub fn status_of(sources: &Sources, history: bool) -> Status {
+    let running = sources.running.load();
+    let reports = running
+        .prober
+        .as_ref()
+        .map(|p| match p.status().servers.lock() {
+            Ok(r) => r.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        })
+        .unwrap_or_default();
+    let view = View {
+        config: &running.config,
+        reports: &reports,
+        snapshot: sources.snapshots.current(),
+        heartbeat: running.prober.as_ref().map(ProbeView::heartbeat_age),
+        now: Instant::now(),
+        wall: SystemTime::now(),
+        totals: Some(Totals::sum(&sources.counters)),
+        reloads: ReloadCounts::read(sources.running.reloads()),
+        fleet: running.fleet.as_ref(),
+    };
+    status::gather(&view, history)
 }
 
 /// The exposition of everything dnlb counts, in the Prometheus text format.
@@ -212,8 +272,12 @@ pub fn scrape(sources: &Sources) -> Result<String, MetricsError> {
         fleet(&mut m, f)?;
     }
     if let Some(p) = &running.prober {
-        prober(&mut m, p)?;
+        prober(&mut m, p, &running.config)?;
     }
+    m.gauge("dnlb_tcp_connections_max", "The most TCP connections open at once (server.tcp_max_connections).")?
+        .with_label_values(&[] as &[&str])
+        .set(running.config.server.tcp_max_connections as f64);
+    reloads(&mut m, sources.running.reloads())?;
     let snapshot = sources.snapshots.load();
     m.gauge("dnlb_snapshot_generation", "Generation of the answers served (each probe publish adds one).")?
         .with_label_values(&[] as &[&str])
@@ -339,27 +403,10 @@ fn workers(m: &mut Metrics, blocks: &CounterBlocks) -> Result<(), MetricsError> 
         ] {
             qtypes.with_label_values(&[w, qtype]).inc_by(v);
         }
-        for (rcode, v) in [
-            ("NOERROR", t.noerror),
-            ("NXDOMAIN", t.nxdomain),
-            ("FORMERR", t.formerr),
-            ("SERVFAIL", t.servfail),
-            ("NOTIMP", t.notimp),
-            ("REFUSED", t.refused),
-            ("BADVERS", t.badvers),
-            ("other", t.other_rcode),
-        ] {
+        for (rcode, v) in t.responses_by_rcode() {
             responses.with_label_values(&[w, rcode]).inc_by(v);
         }
-        for (reason, v) in [
-            ("malformed", t.dropped),
-            ("no_buffer", t.drop_enobufs),
-            ("no_send_slot", t.drop_send_slot),
-            ("send_buffer_full", t.drop_outbox),
-            ("oversize", t.drop_oversize),
-            ("bad_frame", t.drop_bad_frame),
-            ("rate_limit", t.rrl_dropped),
-        ] {
+        for (reason, v) in t.dropped_by_reason() {
             dropped.with_label_values(&[w, reason]).inc_by(v);
         }
         truncated.with_label_values(&[w]).inc_by(t.truncated);
@@ -407,6 +454,26 @@ fn workers(m: &mut Metrics, blocks: &CounterBlocks) -> Result<(), MetricsError> 
             tcp_closed.with_label_values(&[w, reason]).inc_by(v);
         }
     }
+    Ok(())
+}
+
+/// How the reloads went: counts by result, whether the last one worked and when the
+/// configuration in force was put in place.
+fn reloads(m: &mut Metrics, r: &Reloads) -> Result<(), MetricsError> {
+    let c = ReloadCounts::read(r);
+    let total =
+        m.counter("dnlb_reloads_total", "Reloads (SIGHUP, dnlb reload, hosts.watch), by result.", &["result"])?;
+    total.with_label_values(&["success"]).inc_by(c.succeeded);
+    total.with_label_values(&["failure"]).inc_by(c.failed);
+    m.gauge("dnlb_config_last_reload_successful", "1 if the last reload succeeded (or none was tried), else 0.")?
+        .with_label_values(&[] as &[&str])
+        .set(if c.last_ok { 1.0 } else { 0.0 });
+    m.gauge(
+        "dnlb_config_last_reload_success_timestamp_seconds",
+        "When the configuration in force was put in place (start or last successful reload), Unix time.",
+    )?
+    .with_label_values(&[] as &[&str])
+    .set(c.last_success_unix);
     Ok(())
 }
 
@@ -463,7 +530,7 @@ fn fleet(m: &mut Metrics, f: &crate::cluster::Handle) -> Result<(), MetricsError
 }
 
 /// The prober: its totals, its heartbeat, and per service, server and transport its verdict.
-fn prober(m: &mut Metrics, p: &ProbeView) -> Result<(), MetricsError> {
+fn prober(m: &mut Metrics, p: &ProbeView, config: &Config) -> Result<(), MetricsError> {
     let s = p.status();
     let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     for (name, help, v) in [
@@ -504,12 +571,28 @@ fn prober(m: &mut Metrics, p: &ProbeView) -> Result<(), MetricsError> {
         "The RFC 7339 oc reduction the server asks for (0: none).",
         labels,
     )?;
+    let changed = m.gauge_with(
+        "dnlb_sip_server_last_change_timestamp_seconds",
+        "When the server's state last changed (up, down), Unix time (absent before its first verdict).",
+        labels,
+    )?;
+    let all_down = m.int_gauge(
+        "dnlb_service_all_down",
+        "1 while no server of the service is healthy and undrained, so its answers follow its all_down policy.",
+        &["service", "all_down"],
+    )?;
     // The report list is refreshed once per interval by the prober; clone it out so the lock is
     // held only for the copy.
     let reports = match s.servers.lock() {
         Ok(r) => r.clone(),
         Err(poisoned) => poisoned.into_inner().clone(),
     };
+    let (now, wall) = (Instant::now(), SystemTime::now());
+    for s in &config.services {
+        let mine = reports.iter().filter(|r| *r.service == *s.name);
+        let down = mine.clone().count() > 0 && mine.clone().all(|r| r.state != State::Up || r.drained);
+        all_down.with_label_values(&[s.name.as_str(), s.all_down.name()]).set(i64::from(down));
+    }
     for r in &reports {
         let server = r.addr.to_string();
         let l = [&*r.service, server.as_str(), r.transport.name()];
@@ -524,6 +607,9 @@ fn prober(m: &mut Metrics, p: &ProbeView) -> Result<(), MetricsError> {
         }
         drained.with_label_values(&l).set(i64::from(r.drained));
         overload.with_label_values(&l).set(i64::from(r.overload.unwrap_or(0)));
+        if let Some((at, _)) = r.changed {
+            changed.with_label_values(&l).set(status::unix(at, now, wall));
+        }
     }
     Ok(())
 }
@@ -568,7 +654,13 @@ mod tests {
         assert_eq!(route(b"GET /metrics?x=1 HTTP/1.0\r\n\r\n"), Some(Route::Metrics { body: true }));
         assert_eq!(route(b"HEAD /metrics HTTP/1.1\r\n\r\n"), Some(Route::Metrics { body: false }));
         assert_eq!(route(b"POST /metrics HTTP/1.1\r\n\r\n"), Some(Route::MethodNotAllowed));
-        assert_eq!(route(b"GET / HTTP/1.1\r\n\r\n"), Some(Route::NotFound));
+        assert_eq!(route(b"GET / HTTP/1.1\r\n\r\n"), Some(Route::Page { body: true }));
+        assert_eq!(route(b"GET /status.json HTTP/1.1\r\n\r\n"), Some(Route::StatusJson { body: true, history: false }));
+        let with = Route::StatusJson { body: true, history: true };
+        assert_eq!(route(b"GET /status.json?x=2&history=1 HTTP/1.1\r\n\r\n"), Some(with));
+        assert_eq!(route(b"POST / HTTP/1.1\r\n\r\n"), Some(Route::MethodNotAllowed), "no write endpoints");
+        assert_eq!(route(b"PUT /status.json HTTP/1.1\r\n\r\n"), Some(Route::MethodNotAllowed));
+        assert_eq!(route(b"GET /index.html HTTP/1.1\r\n\r\n"), Some(Route::NotFound));
         assert_eq!(route(b"GET /metrics HTTP/1.1\r\nHost"), None);
         assert_eq!(route(b"\x00\xff garbage\r\n\r\n"), Some(Route::BadRequest));
     }

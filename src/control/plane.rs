@@ -232,7 +232,12 @@ impl ControlPlane {
         }
         let serving = serving(&config, &server);
         let (reload_tx, reloads) = sync_channel(1);
-        let answers = ControlAnswers { running: view.clone(), snapshots: snapshots.clone(), reloads: reload_tx };
+        let answers = ControlAnswers {
+            running: view.clone(),
+            snapshots: snapshots.clone(),
+            counters: server.counters(),
+            reloads: reload_tx,
+        };
         let control = ControlSocket::start(&runtime_dir, &control_path, answers)?;
         // Made now, while still root: a reload must not need a new thread to read its files
         // (under a unit's TasksMax, none may be left).
@@ -319,6 +324,7 @@ impl ControlPlane {
             Trigger::Hosts(source) => self.reload_hosts(source),
             Trigger::Hangup | Trigger::Asked(_) => self.reload_file(),
         };
+        self.view.reloads().record(reply.ok, std::time::SystemTime::now());
         if let Err(e) = notify::ready(&self.serving) {
             tracing::warn!("{e}");
         }

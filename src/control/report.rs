@@ -1,10 +1,11 @@
 //! `dnlb status` and `dnlb explain`: what a running instance answers now and why, from its
 //! snapshot, its prober's reports and its configuration. Pure: time and state are passed in.
+//! Status is gathered by [`super::status`] and rendered here as text; explain is built here.
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_utils::CachePadded;
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
@@ -12,8 +13,9 @@ use hickory_proto::rr::{Name, RData, RecordType};
 use serde_json::json;
 
 use super::socket::Reply;
+use super::status::{self, ReloadCounts, Status};
 use crate::config::{within, AllDown, Config, ServiceConfig};
-use crate::counters::{CounterBlocks, WorkerCounters};
+use crate::counters::{CounterBlocks, Totals, WorkerCounters};
 use crate::dns::answer;
 use crate::probe::health::State;
 use crate::probe::ServerReport;
@@ -32,18 +34,24 @@ pub struct View<'a> {
     pub heartbeat: Option<Duration>,
     /// Now.
     pub now: Instant,
+    /// Now on the wall clock (for the Unix times tools read).
+    pub wall: SystemTime,
+    /// The workers' counters, summed; `None` where the reader has none.
+    pub totals: Option<Totals>,
+    /// How the reloads went.
+    pub reloads: ReloadCounts,
     /// The fleet (`[cluster]`), if this instance is in one.
     pub fleet: Option<&'a crate::cluster::Handle>,
 }
 
 /// The health a report's server is answered with: in a fleet, the combined verdicts.
-fn answered(r: &ServerReport) -> State {
+pub(crate) fn answered(r: &ServerReport) -> State {
     r.fleet.map_or(r.state, |(state, _)| state)
 }
 
 /// Asks the snapshot `name`/`qtype` as `client` would (over TCP, so nothing is truncated) and
 /// decodes the reply; rotation starts at its first position.
-fn ask(snapshot: &Arc<Snapshot>, name: &str, qtype: RecordType, client: Option<IpAddr>) -> Option<Message> {
+pub(crate) fn ask(snapshot: &Arc<Snapshot>, name: &str, qtype: RecordType, client: Option<IpAddr>) -> Option<Message> {
     let fqdn = if name.ends_with('.') { name.to_string() } else { format!("{name}.") };
     let mut m = Message::new(1, MessageType::Query, OpCode::Query);
     m.add_query(Query::query(Name::from_ascii(&fqdn).ok()?, qtype));
@@ -74,78 +82,89 @@ fn records(m: &Message) -> Vec<String> {
     m.answers.iter().map(|r| format!("{} {} {} {}", r.name, r.ttl, r.record_type(), r.data)).collect()
 }
 
-/// `dnlb status`: per service the answer now and per server and transport its health.
-pub fn status(v: &View<'_>) -> Reply {
+/// `dnlb status [--history]`: per service the answer now and per server and transport its
+/// health, as text and as JSON (the schema `/status.json` serves too).
+pub fn status(v: &View<'_>, history: bool) -> Reply {
+    let gathered = status::gather(v, history);
+    let text = status_text(&gathered);
+    let json = serde_json::to_value(&gathered).unwrap_or_default();
+    Reply { ok: true, text, json }
+}
+
+/// Seconds as people read them: `12.3 s`, `4.0 min`, `2.5 h`, `3.1 d`.
+pub fn ago(seconds: f64) -> String {
+    match seconds {
+        s if s < 120.0 => format!("{s:.1} s"),
+        s if s < 7200.0 => format!("{:.1} min", s / 60.0),
+        s if s < 172_800.0 => format!("{:.1} h", s / 3600.0),
+        s => format!("{:.1} d", s / 86_400.0),
+    }
+}
+
+/// The text of `dnlb status`; each server's changes below it when they were gathered.
+pub fn status_text(st: &Status) -> String {
     let mut text = String::new();
-    let age = v.now.saturating_duration_since(v.snapshot.built_at);
-    let _ = writeln!(text, "snapshot generation {} built {:.1} s ago", v.snapshot.generation(), age.as_secs_f64());
-    match v.heartbeat {
+    let _ = writeln!(text, "snapshot generation {} built {:.1} s ago", st.generation, st.snapshot_age_seconds);
+    match st.prober_heartbeat_age_seconds {
         Some(h) => {
-            let _ = writeln!(text, "prober heartbeat {} ms ago", h.as_millis());
+            let _ = writeln!(text, "prober heartbeat {:.0} ms ago", h * 1000.0);
         }
         None => text.push_str("probing is off: every configured server counts as healthy\n"),
     }
-    let mut services = Vec::new();
-    for s in &v.config.services {
-        let answer: Vec<String> = ask(&v.snapshot, &s.name, RecordType::A, None)
-            .map(|m| m.answers.iter().map(|r| r.data.to_string()).collect())
-            .unwrap_or_default();
-        let _ = writeln!(text, "\n{} ({:?}, all down: {:?}): A {}", s.name, s.policy, s.all_down, answer.join(" "));
-        let mut servers = Vec::new();
-        for r in v.reports.iter().filter(|r| *r.service == *s.name) {
-            let since = r.changed.map(|(at, _)| v.now.saturating_duration_since(at).as_secs_f64());
-            let why = r.changed.map(|(_, why)| why);
-            let rtt = r.rtt.map(|d| d.as_secs_f64() * 1000.0);
-            let mut state = format!("{:?}", answered(r));
-            if let Some((effective, probing)) = r.fleet {
-                if !probing {
-                    state.push_str(",not probed here");
-                } else if effective != r.state {
-                    let _ = write!(state, ",own:{:?}", r.state);
-                }
+    for s in &st.services {
+        let _ = writeln!(text, "\n{} ({}, all down: {}): A {}", s.name, s.policy, s.all_down, s.answer.join(" "));
+        if s.all_down_now {
+            let _ = writeln!(text, "  no server is healthy: answering by all_down = {}", s.all_down);
+        }
+        for r in &s.servers {
+            let mut state = r.state.to_string();
+            if !r.probed_here {
+                state.push_str(",not probed here");
+            } else if r.own_state != r.state {
+                let _ = write!(state, ",own:{}", r.own_state);
             }
             if r.drained {
                 state.push_str(",drained");
             }
-            if let Some(oc) = r.overload {
+            if let Some(oc) = r.overload_percent {
                 let _ = write!(state, ",oc={oc}%");
             }
+            let flaps =
+                if r.flaps_24h > 0 { format!("  flaps {}/1h {}/24h", r.flaps_1h, r.flaps_24h) } else { String::new() };
             let _ = writeln!(
                 text,
-                "  {:<24} {:<4} {:<16} {:>10} {:>10} {:>5}  {}{}",
-                r.addr.to_string(),
-                r.transport.name(),
+                "  {:<24} {:<4} {:<16} {:>10} {:>10} {:>5}  {}{}{}",
+                r.address,
+                r.transport,
                 state,
-                since.map_or("-".into(), |s| format!("{s:.1} s")),
-                rtt.map_or("-".into(), |ms| format!("{ms:.2} ms")),
+                r.since_seconds.map_or("-".into(), ago),
+                r.rtt_ms.map_or("-".into(), |ms| format!("{ms:.2} ms")),
                 r.last_code.map_or("-".into(), |c| c.to_string()),
-                why.unwrap_or("-"),
+                r.why.unwrap_or("-"),
                 // A reason that already decided the last change is not said twice.
-                r.failure.filter(|f| Some(*f) != why).map_or(String::new(), |f| format!("; failing: {f}"))
+                r.failure.filter(|f| Some(*f) != r.why).map_or(String::new(), |f| format!("; failing: {f}")),
+                flaps
             );
-            servers.push(json!({
-                "address": r.addr.to_string(), "transport": r.transport.name(),
-                "state": format!("{:?}", answered(r)), "own_state": format!("{:?}", r.state),
-                "probed_here": r.fleet.is_none_or(|(_, probing)| probing), "since_seconds": since, "why": why,
-                "rtt_ms": rtt, "last_code": r.last_code, "flips": r.flips, "failure": r.failure,
-                "drained": r.drained, "overload_percent": r.overload, "loss_copies": r.lossy,
-            }));
+            for c in r.history.iter().flatten().rev() {
+                let drained = if c.drained { ",drained" } else { "" };
+                let _ = writeln!(
+                    text,
+                    "      {:>10} ago  {} -> {}{drained}  {}  (rtt {}, code {}{})",
+                    ago(c.ago_seconds),
+                    c.from,
+                    c.to,
+                    c.why,
+                    c.rtt_ms.map_or("-".into(), |ms| format!("{ms:.2} ms")),
+                    c.last_code.map_or("-".into(), |c| c.to_string()),
+                    if c.overload_percent > 0 { format!(", oc={}%", c.overload_percent) } else { String::new() }
+                );
+            }
         }
-        services
-            .push(json!({"name": s.name, "policy": format!("{:?}", s.policy), "answer": answer, "servers": servers}));
     }
-    let fleet = v.fleet.map(|h| crate::cluster::report::status(h, v.config));
-    if let Some((t, _)) = &fleet {
+    if let Some(t) = &st.cluster_text {
         text.push_str(t);
     }
-    let json = json!({
-        "generation": v.snapshot.generation(),
-        "snapshot_age_seconds": age.as_secs_f64(),
-        "prober_heartbeat_age_seconds": v.heartbeat.map(|h| h.as_secs_f64()),
-        "services": services,
-        "cluster": fleet.map(|(_, j)| j),
-    });
-    Reply { ok: true, text, json }
+    text
 }
 
 /// Which `[[sites]]` entry, if any, steered `client`'s answer for service `s`.
@@ -263,10 +282,10 @@ pub fn explain(v: &View<'_>, name: &str, qtype: &str, client: Option<IpAddr>) ->
         ));
     } else if let (Some(s), true) = (service, managed) {
         why.push(format!(
-            "`{}` is the SIP service `{}`: answered from health (policy {:?}{})",
+            "`{}` is the SIP service `{}`: answered from health (policy {}{})",
             lower,
             s.name,
-            s.policy,
+            s.policy.name(),
             s.answers.map_or(String::new(), |n| format!(", at most {n} addresses"))
         ));
         why.push(sites_line(v.config, s, client));
@@ -322,9 +341,9 @@ pub fn explain(v: &View<'_>, name: &str, qtype: &str, client: Option<IpAddr>) ->
                             format!(" for {:.1} s ({why})", v.now.saturating_duration_since(at).as_secs_f64())
                         });
                         format!(
-                            "{} {:?}{}{}{}",
+                            "{} {}{}{}{}",
                             r.transport.name(),
-                            r.state,
+                            r.state.name(),
                             since.unwrap_or_default(),
                             r.last_code.map_or(String::new(), |c| format!(", last code {c}")),
                             r.failure
@@ -353,6 +372,7 @@ pub fn explain(v: &View<'_>, name: &str, qtype: &str, client: Option<IpAddr>) ->
                 Some(site) => format!("{line} [site {site}]"),
                 None => line,
             };
+            let line = format!("{line}{}", history_note(&reports, v.now));
             // In a fleet: whose verdicts decided, and who disagrees.
             let own = reports.iter().filter(|r| r.fleet.is_some_and(|(_, probing)| probing)).map(|r| r.state);
             let own = own.fold(None, |acc: Option<bool>, st| match st {
@@ -402,9 +422,9 @@ pub fn explain(v: &View<'_>, name: &str, qtype: &str, client: Option<IpAddr>) ->
                 .max_by_key(|r| r.domain.len());
             match route {
                 Some(r) => {
-                    why.push(format!("not a managed name: relayed by route `{}` to {:?}", r.domain, r.upstreams))
+                    why.push(format!("not a managed name: relayed by route `{}` to {}", r.domain, list(&r.upstreams)))
                 }
-                None => why.push(format!("not a managed name: relayed to {:?}", relay.upstreams)),
+                None => why.push(format!("not a managed name: relayed to {}", list(&relay.upstreams))),
             }
             if client.is_none() {
                 why.push("(no --client given: the allow list was not checked)".into());
@@ -430,7 +450,10 @@ pub fn explain(v: &View<'_>, name: &str, qtype: &str, client: Option<IpAddr>) ->
         }
     }
     let answer = reply.as_ref().map(records).unwrap_or_default();
-    let rcode = reply.as_ref().map(|m| m.metadata.response_code.to_string()).unwrap_or_else(|| "no reply".into());
+    let rcode = reply
+        .as_ref()
+        .map(|m| crate::dns::rcode_name(u16::from(m.metadata.response_code)).into_owned())
+        .unwrap_or_else(|| "no reply".into());
     let mut text = format!("{lower} {rtype}: {rcode}\n");
     for r in &answer {
         let _ = writeln!(text, "  {r}");
@@ -444,6 +467,39 @@ pub fn explain(v: &View<'_>, name: &str, qtype: &str, client: Option<IpAddr>) ->
         text,
         json: json!({"name": lower, "type": rtype.to_string(), "rcode": rcode, "answer": answer, "why": why}),
     }
+}
+
+/// What a server's history adds to its explain line: its flaps and its last change, per
+/// transport that has any (empty for a server that never changed).
+fn history_note(reports: &[&ServerReport], now: Instant) -> String {
+    let notes: Vec<String> = reports
+        .iter()
+        .filter_map(|r| {
+            let last = r.history.last()?;
+            let flaps = r.history.flaps(now);
+            let drained = if last.drained { ",drained" } else { "" };
+            Some(format!(
+                "{}: {} flaps in 1 h, {} in 24 h, last change {} ago: {} -> {}{drained} ({})",
+                r.transport.name(),
+                flaps.hour,
+                flaps.day,
+                ago(now.saturating_duration_since(last.at).as_secs_f64()),
+                last.from.name(),
+                last.to.name(),
+                last.why
+            ))
+        })
+        .collect();
+    if notes.is_empty() {
+        String::new()
+    } else {
+        format!("; history {}", notes.join("; "))
+    }
+}
+
+/// Addresses as a person lists them: `192.0.2.1:53, 192.0.2.2:53`.
+fn list(addrs: &[SocketAddr]) -> String {
+    addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }
 
 #[cfg(test)]
@@ -500,11 +556,21 @@ address = "192.0.2.3"
                 drained: false,
                 overload: None,
                 lossy: false,
+                history: Arc::default(),
                 fleet: None,
             })
             .collect();
-        let view =
-            View { config: &config, reports: &reports, snapshot, heartbeat: None, now: Instant::now(), fleet: None };
+        let view = View {
+            config: &config,
+            reports: &reports,
+            snapshot,
+            heartbeat: None,
+            now: Instant::now(),
+            wall: SystemTime::now(),
+            totals: None,
+            reloads: ReloadCounts::default(),
+            fleet: None,
+        };
         explain(&view, name, qtype, None).text
     }
 
@@ -515,21 +581,21 @@ address = "192.0.2.3"
                 "nonexist.sip.example.test",
                 "A",
                 false,
-                "Non-Existent Domain",
+                "NXDOMAIN",
                 "lies in the zone `sip.example.test` and is no name of it",
             ),
-            ("_udp.sip.example.test", "A", false, "No Error", "empty non-terminal"),
-            ("sip.example.test", "TXT", false, "No Error", "has no TXT records, only A, AAAA, NAPTR, SOA, NS"),
+            ("_udp.sip.example.test", "A", false, "NOERROR", "empty non-terminal"),
+            ("sip.example.test", "TXT", false, "NOERROR", "has no TXT records, only A, AAAA, NAPTR, SOA, NS"),
             (
                 "sip.example.test",
                 "AAAA",
                 false,
-                "No Error",
+                "NOERROR",
                 "no server of service `sip.example.test` has an IPv6 address",
             ),
-            ("voice.sip.example.test", "A", true, "No Error", "all-down policy nodata"),
-            ("sip.example.test", "SOA", false, "No Error", "apex of the zone of service `sip.example.test`"),
-            ("plain.example.net", "AAAA", false, "No Error", "no SOA (the name is in no zone"),
+            ("voice.sip.example.test", "A", true, "NOERROR", "all-down policy nodata"),
+            ("sip.example.test", "SOA", false, "NOERROR", "apex of the zone of service `sip.example.test`"),
+            ("plain.example.net", "AAAA", false, "NOERROR", "no SOA (the name is in no zone"),
         ];
         for (name, qtype, down, rcode, says) in cases {
             let text = explain_text(name, qtype, down);
@@ -548,7 +614,7 @@ address = "192.0.2.3"
     fn explain_says_what_the_wire_says_for_transfers_and_impossible_names() {
         // A zone transfer is REFUSED: no NODATA, no talk of a zone it is not in.
         let text = explain_text("sip.example.test", "AXFR", false);
-        assert!(text.starts_with("sip.example.test AXFR: Query Refused"), "{text}");
+        assert!(text.starts_with("sip.example.test AXFR: REFUSED"), "{text}");
         assert!(text.contains("zone transfers"), "{text}");
         assert!(!text.contains("NODATA") && !text.contains("in no zone"), "{text}");
         // Names no query can carry get no verdict of the zone's.

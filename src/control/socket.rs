@@ -71,7 +71,11 @@ pub enum ControlError {
 #[serde(tag = "cmd", rename_all = "kebab-case")]
 pub enum Request {
     /// Every service's answers and every server's health.
-    Status,
+    Status {
+        /// Each server's last changes too.
+        #[serde(default)]
+        history: bool,
+    },
     /// What dnlb would answer `client` for `name`/`qtype` now, and why.
     Explain {
         /// The name asked.
@@ -187,7 +191,9 @@ impl<A: Answer> Service for Lines<A> {
         };
         match request {
             // From the snapshot and the reports: quick, answered here.
-            Request::Status | Request::Explain { .. } => Some(Response::Now(encode(&self.answer.answer(request)))),
+            Request::Status { .. } | Request::Explain { .. } => {
+                Some(Response::Now(encode(&self.answer.answer(request))))
+            }
             // A reload waits for the main thread, a drain for the prober's publish.
             slow @ (Request::Reload | Request::Drain { .. } | Request::Undrain { .. }) => {
                 let answer = self.answer.clone();

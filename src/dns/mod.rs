@@ -36,6 +36,34 @@ pub mod rtype {
 /// The IN class.
 pub const CLASS_IN: u16 = 1;
 
+/// An RCODE's name as dig prints it (`NOERROR`, `NXDOMAIN`, ..., `RCODE12` for one without a
+/// name), so what an operator reads in dnlb matches what dig shows for the same reply.
+pub fn rcode_name(rcode: u16) -> std::borrow::Cow<'static, str> {
+    let name = match rcode {
+        0 => "NOERROR",
+        1 => "FORMERR",
+        2 => "SERVFAIL",
+        3 => "NXDOMAIN",
+        4 => "NOTIMP",
+        5 => "REFUSED",
+        6 => "YXDOMAIN",
+        7 => "YXRRSET",
+        8 => "NXRRSET",
+        9 => "NOTAUTH",
+        10 => "NOTZONE",
+        16 => "BADVERS",
+        17 => "BADKEY",
+        18 => "BADTIME",
+        19 => "BADMODE",
+        20 => "BADNAME",
+        21 => "BADALG",
+        22 => "BADTRUNC",
+        23 => "BADCOOKIE",
+        other => return format!("RCODE{other}").into(),
+    };
+    name.into()
+}
+
 /// Encodes a validated presentation name (`sip.example.test`) to lower-case wire format.
 pub fn wire_name(name: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(name.len() + 2);
@@ -45,4 +73,19 @@ pub fn wire_name(name: &str) -> Vec<u8> {
     }
     out.push(0);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rcodes_are_named_as_dig_names_them() {
+        assert_eq!(rcode_name(0), "NOERROR");
+        assert_eq!(rcode_name(3), "NXDOMAIN");
+        assert_eq!(rcode_name(16), "BADVERS");
+        assert_eq!(rcode_name(12), "RCODE12");
+        let hickory = hickory_proto::op::ResponseCode::from(0, 2);
+        assert_eq!(rcode_name(u16::from(hickory)), "SERVFAIL");
+    }
 }

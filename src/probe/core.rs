@@ -14,6 +14,7 @@
 //!   TLS: Connected ─► handle ────────────► wait; the driver runs the handshake
 //!        Secured / TlsFailed(reason) ────► Action::Send / verdict Failed with the reason
 //!                                          verdict ─► Health::observe ─► flipped? ─► Flip record
+//!                                                                                  └► History::record
 //!                                                  ─► Action::Close, next probe scheduled
 //!   poll_publish() ◄───────────────────── answers changed? ─► Publish (health, round)
 //! ```
@@ -31,6 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::health::{Health, State, Thresholds, Verdict};
+use super::history::{self, Change, History};
 use super::policy::{AnswerPolicy, ServerNow};
 use super::sip::{self, Frame, ProbeId, Reply, RequestTemplate};
 use crate::cluster::core::{combine, Combined, Seen};
@@ -267,13 +269,14 @@ pub struct FailureChange {
 /// What identifies a probed target across a reload: its service, address and transport.
 pub type TargetKey = (Arc<str>, SocketAddr, Transport);
 
-/// What a target carries over a reload: its health machine, last code, last change and whether
-/// an operator drained it.
+/// What a target carries over a reload: its health machine, last code, last change, history and
+/// whether an operator drained it.
 #[derive(Debug, Clone)]
 pub struct Carried {
     health: Health,
     last_code: Option<u16>,
     changed: Option<(Instant, &'static str)>,
+    history: Arc<History>,
     drained: bool,
     /// The server's `drain` setting when it was carried: a reload that changes it applies it.
     drain_configured: bool,
@@ -307,6 +310,8 @@ pub struct ServerReport {
     pub overload: Option<u8>,
     /// Whether its UDP probes go out as several copies (loss was seen on its path lately).
     pub lossy: bool,
+    /// Its last changes and flap counts (shared with the core until the next change).
+    pub history: Arc<History>,
     /// In a fleet (`[cluster]`): the health the answers use (this instance's verdict combined
     /// with the other probers'), and whether this instance probes the server now.
     pub fleet: Option<(State, bool)>,
@@ -400,6 +405,8 @@ struct Target {
     last_code: Option<u16>,
     /// When the state last changed, and why.
     changed: Option<(Instant, &'static str)>,
+    /// Its last changes and flap counts; copied on write, so reports share it until it changes.
+    history: Arc<History>,
     /// Why the last probe failed, if it did.
     failure: Option<&'static str>,
     /// Taken out of the answers by an operator; still probed.
@@ -443,6 +450,24 @@ enum Timer {
     Timeout,
     /// An overload reduction may have run out (not tied to a probe).
     OverloadEnds,
+}
+
+impl Target {
+    /// A history entry with what this target looks like at `now` (its state unchanged; the
+    /// caller sets what changed and why).
+    fn snapshot_now(&self, now: Instant) -> Change {
+        let state = self.health.state();
+        Change {
+            at: now,
+            from: state,
+            to: state,
+            drained: self.drained,
+            why: "",
+            rtt_us: self.health.rtt().map(history::micros),
+            code: self.last_code,
+            overload: self.overload.map_or(0, |o| o.percent),
+        }
+    }
 }
 
 /// `now + d`, saturating instead of panicking at the end of `Instant`'s range.
@@ -536,6 +561,22 @@ impl Core {
                         Some(c) if c.drain_configured == server.drain => c.drained,
                         _ => server.drain,
                     };
+                    let mut history = kept.map_or_else(|| Arc::new(History::default()), |c| c.history.clone());
+                    if let Some(c) = kept.filter(|c| c.drained != drained) {
+                        let why =
+                            if drained { "drained in the configuration" } else { "undrained in the configuration" };
+                        let change = Change {
+                            at: now,
+                            from: c.health.state(),
+                            to: c.health.state(),
+                            drained,
+                            why,
+                            rtt_us: c.health.rtt().map(history::micros),
+                            code: c.last_code,
+                            overload: 0,
+                        };
+                        Arc::make_mut(&mut history).record(change);
+                    }
                     let template = RequestTemplate::new(server.probe_method, addr, transport).map_err(|error| {
                         CoreError::Request { service: service.name.clone(), addr, transport, error }
                     })?;
@@ -553,6 +594,7 @@ impl Core {
                         next_due: now,
                         last_code: kept.and_then(|c| c.last_code),
                         changed: kept.and_then(|c| c.changed),
+                        history,
                         failure: None,
                         drained,
                         drain_configured: server.drain,
@@ -700,6 +742,7 @@ impl Core {
                     health: t.health.clone(),
                     last_code: t.last_code,
                     changed: t.changed,
+                    history: t.history.clone(),
                     drained: t.drained,
                     drain_configured: t.drain_configured,
                 };
@@ -725,23 +768,37 @@ impl Core {
                 drained: t.drained,
                 overload: t.overload.map(|o| o.percent),
                 lossy: self.settings.loss_copies > 1 && t.lossy_until.is_some(),
+                history: t.history.clone(),
                 fleet: t.shared.as_ref().map(|f| (f.effective, t.probing)),
             })
             .collect()
     }
 
     /// Drains (`drained`) or undrains the servers at `ip` (and `port`, if given) of `service`
-    /// (or of every service): a drained server leaves the answers at the next publish and keeps
-    /// being probed, so it returns as soon as it is undrained if it is healthy. Returns how many
-    /// targets (server transports) it matched.
-    pub fn set_drained(&mut self, service: Option<&str>, ip: IpAddr, port: Option<u16>, drained: bool) -> usize {
+    /// (or of every service) at `now`: a drained server leaves the answers at the next publish
+    /// and keeps being probed, so it returns as soon as it is undrained if it is healthy. Returns
+    /// how many targets (server transports) it matched.
+    pub fn set_drained(
+        &mut self,
+        service: Option<&str>,
+        ip: IpAddr,
+        port: Option<u16>,
+        drained: bool,
+        now: Instant,
+    ) -> usize {
         let mut matched = 0;
         for t in &mut self.targets {
             let name = &self.policy.services()[t.service].name;
             if t.addr.ip() == ip && port.is_none_or(|p| p == t.addr.port()) && service.is_none_or(|s| **name == *s) {
                 matched += 1;
-                self.dirty |= t.drained != drained;
-                t.drained = drained;
+                if t.drained != drained {
+                    self.dirty = true;
+                    t.drained = drained;
+                    let why = if drained { "drained by an operator" } else { "undrained by an operator" };
+                    let state = t.health.state();
+                    let change = Change { at: now, from: state, to: state, drained, why, ..t.snapshot_now(now) };
+                    Arc::make_mut(&mut t.history).record(change);
+                }
             }
         }
         matched
@@ -1054,6 +1111,8 @@ impl Core {
                 self.undecided = self.undecided.saturating_sub(1);
             }
             t.changed = Some((now, why));
+            let change = Change { from, to: t.health.state(), why, ..t.snapshot_now(now) };
+            Arc::make_mut(&mut t.history).record(change);
             self.dirty = true;
             self.stats.flips += 1;
             if self.flips.len() >= MAX_FLIP_RECORDS {

@@ -766,9 +766,12 @@ fn a_drained_server_leaves_at_once_and_is_still_probed() {
     let c = config(FAST, &[("127.0.0.21", "\"udp\", \"tcp\""), ("127.0.0.22", "\"udp\"")], "");
     let mut sim = Sim::new(&c, vec![ok(), ok(), ok()]);
     sim.run_until(ms(1000));
-    assert_eq!(sim.core.set_drained(None, "127.0.0.21".parse().unwrap(), Some(5061), true), 0, "wrong port");
-    assert_eq!(sim.core.set_drained(Some("other.test"), "127.0.0.21".parse().unwrap(), None, true), 0);
-    assert_eq!(sim.core.set_drained(Some("sip.example.test"), "127.0.0.21".parse().unwrap(), Some(5060), true), 2);
+    assert_eq!(sim.core.set_drained(None, "127.0.0.21".parse().unwrap(), Some(5061), true, sim.now), 0, "wrong port");
+    assert_eq!(sim.core.set_drained(Some("other.test"), "127.0.0.21".parse().unwrap(), None, true, sim.now), 0);
+    assert_eq!(
+        sim.core.set_drained(Some("sip.example.test"), "127.0.0.21".parse().unwrap(), Some(5060), true, sim.now),
+        2
+    );
     let publish = sim.core.poll_publish().expect("published at once");
     assert_eq!(publish.serving.up[0], vec![vec![], vec![Transport::Udp]]);
     let opens = sim.opens.iter().filter(|p| p.target == 0).count();
@@ -782,7 +785,7 @@ fn a_drained_server_leaves_at_once_and_is_still_probed() {
         Vec::<Transport>::new(),
         "the drain survives a reload"
     );
-    assert_eq!(sim.core.set_drained(None, "127.0.0.21".parse().unwrap(), None, false), 2);
+    assert_eq!(sim.core.set_drained(None, "127.0.0.21".parse().unwrap(), None, false, sim.now), 2);
     let publish = sim.core.poll_publish().expect("published at once");
     assert_eq!(publish.serving.up[0], vec![vec![Transport::Udp, Transport::Tcp], vec![Transport::Udp]]);
 }
@@ -812,7 +815,7 @@ fn a_server_configured_drained_is_never_served_and_its_line_decides_on_reload() 
     assert!(crate::snapshot::Serving::all_up(&c).up[0][0].is_empty(), "nor before the first probe");
 
     // Undrained by the operator; a reload with the same `drain = true` keeps that.
-    assert_eq!(sim.core.set_drained(None, "127.0.0.21".parse().unwrap(), None, false), 1);
+    assert_eq!(sim.core.set_drained(None, "127.0.0.21".parse().unwrap(), None, false, sim.now), 1);
     let mut same = Core::carrying(&c, sim.now, Box::new(Seeded(5)), &sim.core.carry()).unwrap();
     assert_eq!(same.poll_publish().unwrap().serving.up[0][0], vec![Transport::Udp]);
     // A reload that removes the line leaves it in; one that adds it back drains it again.
@@ -896,6 +899,77 @@ fn loss_table() {
         let new = flaps_under_loss(defaults, loss, 20);
         eprintln!("loss {loss} % per direction: loss_copies = 1: {old} flaps in 2 h; loss_copies = 10: {new} in 20 h");
     }
+}
+
+/// Every change lands in the target's history with what the server looked like then (its RTT,
+/// last code), drains included; flaps are counted, and a reload carries it all for servers that
+/// stay while new servers start with none.
+#[test]
+fn history_records_changes_and_flaps_and_survives_a_reload() {
+    let c = config(FAST, &[("127.0.0.21", "\"udp\""), ("127.0.0.22", "\"udp\"")], "");
+    let mut sim = Sim::new(&c, vec![ok(), ok()]);
+    sim.run_until(ms(1000));
+    for round in 0..3 {
+        sim.behaviours[1] = Behaviour::Silent;
+        sim.run_until(sim.at() + ms(1000));
+        assert_eq!(sim.state(1), State::Down, "round {round}");
+        sim.behaviours[1] = ok();
+        sim.run_until(sim.at() + ms(1000));
+        assert_eq!(sim.state(1), State::Up, "round {round}");
+    }
+    let report = &sim.core.reports()[1];
+    let changes: Vec<(State, State, &str)> = report.history.changes().map(|c| (c.from, c.to, c.why)).collect();
+    assert_eq!(changes[0], (State::Unknown, State::Up, "a final reply"), "the first verdict");
+    assert_eq!(changes[1], (State::Up, State::Down, "timeout"));
+    assert_eq!(changes[2], (State::Down, State::Up, "a final reply"));
+    assert_eq!(changes.len(), 7, "{changes:?}");
+    let down = report.history.changes().nth(1).unwrap();
+    assert_eq!((down.code, down.drained), (Some(200), false), "the last code before it fell silent");
+    assert!(down.rtt_us.is_some_and(|us| us >= 2_000), "its RTT then (two hops): {down:?}");
+    // Each flip's time is the verdict's, exactly as the flip records say.
+    let flip_times: Vec<Duration> = sim.flips.iter().filter(|(_, f)| f.target == 1).map(|(at, _)| *at).collect();
+    let history_times: Vec<Duration> = report.history.changes().map(|c| c.at - sim.t0).collect();
+    assert_eq!(history_times, flip_times);
+    assert_eq!(report.history.flaps(sim.now), history::Flaps { hour: 6, day: 6 });
+    assert_eq!(sim.core.reports()[0].history.changes().len(), 1, "the steady neighbour: its first verdict");
+    // An hour later, the flaps have left the hour but not the day.
+    assert_eq!(report.history.flaps(sim.now + Duration::from_secs(3600)), history::Flaps { hour: 0, day: 6 });
+
+    // A drain is a change of its own: same health, drained, and why.
+    assert_eq!(sim.core.set_drained(None, "127.0.0.22".parse().unwrap(), None, true, sim.now), 1);
+    let last = *sim.core.reports()[1].history.last().unwrap();
+    assert_eq!((last.from, last.to, last.drained, last.why), (State::Up, State::Up, true, "drained by an operator"));
+    assert_eq!(sim.core.set_drained(None, "127.0.0.22".parse().unwrap(), None, true, sim.now), 1);
+    assert_eq!(sim.core.reports()[1].history.changes().len(), 8, "draining a drained server changes nothing");
+
+    // A reload keeps it for the servers that stay; a new server starts with none.
+    let next = config(FAST, &[("127.0.0.22", "\"udp\""), ("127.0.0.23", "\"udp\"")], "");
+    let reloaded = Core::carrying(&next, sim.now, Box::new(Seeded(7)), &sim.core.carry()).unwrap();
+    let reports = reloaded.reports();
+    assert_eq!(*reports[0].history, *sim.core.reports()[1].history, "carried whole");
+    assert_eq!(reports[1].history.changes().len(), 0);
+    // A reload that changes the server's `drain` line records who decided.
+    let mut drained = next.clone();
+    drained.services[0].servers[1].drain = true;
+    let again = Core::carrying(&drained, sim.now, Box::new(Seeded(8)), &reloaded.carry()).unwrap();
+    let last = *again.reports()[1].history.last().unwrap();
+    assert_eq!((last.drained, last.why), (true, "drained in the configuration"));
+}
+
+/// The history's memory is bounded whatever a server does: a server flapping for a simulated
+/// day keeps 32 changes.
+#[test]
+fn a_server_flapping_all_day_keeps_32_changes() {
+    let probe = "interval_ms = 1000\ntimeout_ms = 100\nretransmit_ms = 30\nrise = 1\nfall = 1";
+    let c = config(probe, &[("127.0.0.21", "\"udp\"")], "");
+    let mut sim = Sim::new(&c, vec![ok()]);
+    for hour in 0..24u64 {
+        sim.behaviours[0] = if hour % 2 == 0 { Behaviour::Silent } else { ok() };
+        sim.run_until(ms((hour + 1) * 3_600_000));
+    }
+    let h = &sim.core.reports()[0].history;
+    assert_eq!(h.changes().len(), history::HISTORY_LEN.min(sim.flips_of(0)));
+    assert_eq!(h.flaps(sim.now).day as usize, sim.flips_of(0) - 1, "every flip but the first verdict");
 }
 
 fn seen(up: bool) -> Seen {

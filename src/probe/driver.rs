@@ -509,7 +509,7 @@ impl Driver {
     fn commands(&mut self, now: Instant) {
         let mut answered = Vec::new();
         while let Ok((r, reply)) = self.inbox.try_recv() {
-            let matched = self.core.set_drained(r.service.as_deref(), r.ip, r.port, r.drained);
+            let matched = self.core.set_drained(r.service.as_deref(), r.ip, r.port, r.drained, now);
             let port = r.port.map_or(String::new(), |p| format!(":{p}"));
             let verb = if r.drained { "drained" } else { "undrained" };
             tracing::info!(server = %format_args!("{}{port}", r.ip), matched, "{verb} by the operator");
@@ -540,13 +540,13 @@ impl Driver {
             flipped = true;
             if let Some((service, addr, transport)) = self.core.describe(f.target) {
                 let transport = transport.name();
-                let (from, why) = (format!("{:?}", f.from).to_lowercase(), f.why);
+                let (from, why) = (f.from.name(), f.why);
                 // Bounded by the probe interval per server, so never rate-limited: every flip is
                 // an event an operator may need to line up with a complaint.
                 if f.to == State::Up {
                     tracing::info!(%service, server = %addr, transport, from, why, "server up");
                 } else {
-                    let to = format!("{:?}", f.to).to_lowercase();
+                    let to = f.to.name();
                     tracing::warn!(%service, server = %addr, transport, from, to, why, "server out of the answers");
                 }
             }

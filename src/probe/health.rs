@@ -25,6 +25,18 @@ pub enum State {
     Down,
 }
 
+impl State {
+    /// Its name as `probe.start` writes it (`unknown`, `up`, `down`), and as reports, logs and
+    /// the status page say it.
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Unknown => "unknown",
+            State::Up => "up",
+            State::Down => "down",
+        }
+    }
+}
+
 /// The outcome of one probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {

@@ -4,6 +4,7 @@
 //! - [`sip`]: the probe request (written from a template) and the reply checks (our own bounded
 //!   parser: rsip cannot handle IPv6 references), bounded framing; no I/O;
 //! - [`health`]: the rise/fall state machine, no I/O, time passed in;
+//! - [`history`]: each server's last changes and flap counts, no I/O, time passed in;
 //! - [`core`]: schedule, timers, retransmissions, verdicts and publish decisions, driven by
 //!   events and `now`, no I/O;
 //! - [`policy`]: who is served with what weight (overload, latency, last good), a pure rule;
@@ -13,6 +14,7 @@
 pub mod core;
 pub mod driver;
 pub mod health;
+pub mod history;
 pub mod policy;
 pub mod sip;
 pub mod tls;
