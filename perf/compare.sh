@@ -15,6 +15,10 @@
 #   TCP=true perf/compare.sh             dnlb with its TCP listeners on (as deployed) for UDP runs
 #   RRL=1000000 perf/compare.sh          dnlb with [rrl] at this rate (the limiter runs, nothing
 #                                        is limited): its cost on the UDP path
+#   BEFORE_BIN=/tmp/old-dnlb SERVERS="dnlb before nsd" perf/compare.sh
+#   BEFORE_BIN=/tmp/old-dnlb WORKLOAD=cache-hit SERVERS="dnlb-relay before-relay nsd" perf/compare.sh
+#                                        another build of dnlb beside this one (`before`: the SIP
+#                                        answer configuration, `before-relay`: the relay's)
 #
 # Two load shapes per server: saturation (dnsperf -c 4 -q 200 -T 1) and a fixed 30,000 queries/s
 # (-Q 30000). Traffic goes to 127.0.0.1 only; every run is bounded by -l and every server started
@@ -54,6 +58,7 @@ RRL=${RRL:-}
 KNOT_BIN=${KNOT_BIN:-$(command -v knotd || echo /usr/sbin/knotd)}
 DNLB_BIN=${DNLB_BIN:-target/release/dnlb}
 FLOOR_BIN=${FLOOR_BIN:-target/release/dnlb-floor}
+BEFORE_BIN=${BEFORE_BIN:-}
 NSD_BIN=${NSD_BIN:-$(command -v nsd || echo /usr/sbin/nsd)}
 DNSPERF=${DNSPERF:-dnsperf}
 PORT=${PORT:-5390}
@@ -247,6 +252,8 @@ start_server() {
         dnlb) taskset -c "$SERVER_CPUS" "$DNLB_BIN" --config "$work/dnlb.toml" 2>"$work/dnlb.log" & ;;
         nsd) taskset -c "$SERVER_CPUS" "$NSD_BIN" -d -c "$work/nsd.conf" 2>"$work/nsd.err" & ;;
         dnlb-relay) taskset -c "$SERVER_CPUS" "$DNLB_BIN" --config "$work/relay.toml" 2>"$work/relay.log" & ;;
+        before) taskset -c "$SERVER_CPUS" "$BEFORE_BIN" --config "$work/dnlb.toml" 2>"$work/before.log" & ;;
+        before-relay) taskset -c "$SERVER_CPUS" "$BEFORE_BIN" --config "$work/relay.toml" 2>"$work/before-relay.log" & ;;
         dnsdist) taskset -c "$SERVER_CPUS" "$DNSDIST_BIN" --supervised --disable-syslog -C "$work/dnsdist.conf" >"$work/dnsdist.log" 2>&1 & ;;
         unbound) taskset -c "$SERVER_CPUS" "$UNBOUND_BIN" -d -c "$work/unbound.conf" 2>"$work/unbound.log" & ;;
         knot) taskset -c "$SERVER_CPUS" "$KNOT_BIN" -c "$work/knot.conf" 2>"$work/knot.log" & ;;
@@ -301,6 +308,8 @@ for shape in $SHAPES; do
             split("nsd knot dnsdist unbound", refs, " ")
             for (k in refs) if (cpu[d] > 0 && cpu[refs[k]] > 0)
                 printf "   %s/%s: %.3f (qps %.3f)", d, refs[k], cpu[d] / cpu[refs[k]], qps[d] / qps[refs[k]]
+            b = (d == "dnlb") ? "before" : "before-relay"
+            if (cpu[d] > 0 && cpu[b] > 0) printf "   %s/%s: %.3f (qps %.3f)", d, b, cpu[d] / cpu[b], qps[d] / qps[b]
             printf "\n"
         }' "$results"
 done
