@@ -111,13 +111,48 @@ fn upstream_queries_leave_from_random_ports() {
         let t = TestServer::start(&relay_config(&[up.addr], ""), io);
         let client = udp_client();
         let n = 1000u16;
-        let replies = collect(&client, n as usize, Duration::from_secs(8));
-        send_paced(&client, t.addr, (0..n).map(|i| query(&format!("q{i}.ports.test."), RecordType::A, i, None)));
-        let replies = replies.join().unwrap();
-        assert_eq!(replies.len(), n as usize, "{io:?}: every client answered");
+        // With both cores saturated a test thread can be starved long enough for a socket buffer
+        // to overflow; the unanswered questions are asked again (up to three passes), so a lost
+        // datagram costs a retry, not the test. What is checked is where the queries came from.
+        let mut answered = HashSet::new();
+        let mut passes = 0;
+        while answered.len() < n as usize && passes < 3 {
+            passes += 1;
+            let missing: Vec<u16> = (0..n).filter(|i| !answered.contains(i)).collect();
+            let replies = collect(&client, missing.len(), Duration::from_secs(8));
+            send_paced(
+                &client,
+                t.addr,
+                missing.iter().map(|&i| query(&format!("q{i}.ports.test."), RecordType::A, i, None)),
+            );
+            // A question the upstream never saw (lost on its way) comes back SERVFAIL: asked again.
+            let replies = replies.join().unwrap();
+            answered.extend(
+                replies
+                    .into_iter()
+                    .filter(|(_, m)| m.metadata.response_code == ResponseCode::NoError)
+                    .map(|(id, _)| id),
+            );
+        }
+        assert_eq!(answered.len(), n as usize, "{io:?}: every client answered");
         let ports: HashSet<u16> = up.ports.lock().unwrap().iter().copied().collect();
-        println!("{io:?}: {} upstream queries from {} distinct source ports", up.count(), ports.len());
-        assert_eq!(up.count(), u64::from(n));
+        println!(
+            "{io:?}: {} upstream queries from {} distinct source ports, {passes} pass(es)",
+            up.count(),
+            ports.len()
+        );
+        if passes == 1 {
+            assert_eq!(up.count(), u64::from(n), "{io:?}: one upstream query per question");
+        } else {
+            assert!(up.count() >= u64::from(n), "{io:?}: every question went upstream");
+        }
+        // RFC 5452: a fresh port per upstream query, whatever was retried.
+        assert!(
+            ports.len() as u64 * 10 >= up.count() * 9,
+            "{io:?}: {} distinct ports for {} queries",
+            ports.len(),
+            up.count()
+        );
         assert!(ports.len() >= 900, "{io:?}: only {} distinct source ports for {n} queries", ports.len());
     }
 }
