@@ -224,6 +224,7 @@ pub fn render(st: &Status) -> String {
         cell(&mut out, "upstream timeouts / errors", format!("{} / {}", r.upstream_timeouts, r.upstream_errors));
         cell(&mut out, "forged replies refused", r.forged);
         cell(&mut out, "in flight", r.pending);
+        cell(&mut out, "stale answers / prefetches", format!("{} / {}", r.stale_answers, r.prefetches));
         out.push_str("</div>\n");
     }
     for s in &st.services {
@@ -258,7 +259,7 @@ pub fn render(st: &Status) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::status::{ReloadCounts, ServerStatus};
+    use crate::control::status::{RelaySummary, ReloadCounts, ServerStatus};
 
     fn server(address: &str, state: &'static str, serving: &'static str, history: Vec<ChangeStatus>) -> ServerStatus {
         ServerStatus {
@@ -349,6 +350,26 @@ mod tests {
         for x in svg.split(" x=\"").skip(1).map(|r| r.split('"').next().unwrap().parse::<f64>().unwrap()) {
             assert!((0.0..=TIMELINE_WIDTH).contains(&x), "{x} in {svg}");
         }
+    }
+
+    #[test]
+    fn the_relay_summary_counts_stale_answers_and_prefetches() {
+        let mut st = status(vec![]);
+        st.relay = Some(RelaySummary {
+            cache_hits: 90,
+            cache_misses: 10,
+            upstream_queries: 12,
+            upstream_timeouts: 2,
+            upstream_errors: 1,
+            forged: 0,
+            pending: 3,
+            stale_answers: 4,
+            prefetches: 5,
+        });
+        let page = render(&st);
+        let relay = page.lines().find(|l| l.contains("id=\"relay\"")).unwrap();
+        assert!(relay.contains("90 / 10") && relay.contains("stale answers / prefetches"), "{relay}");
+        assert!(relay.contains("4 / 5"), "{relay}");
     }
 
     #[test]

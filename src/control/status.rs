@@ -181,6 +181,10 @@ pub struct RelaySummary {
     pub forged: u64,
     /// Upstream exchanges in flight now.
     pub pending: u64,
+    /// Relayed names answered stale (RFC 8767) while the upstreams failed or were slow.
+    pub stale_answers: u64,
+    /// Cached answers asked upstream again before they expired (prefetch).
+    pub prefetches: u64,
 }
 
 /// How the reloads went, read once.
@@ -340,6 +344,8 @@ fn relay(t: &Totals) -> RelaySummary {
         upstream_errors: t.relay_upstream_errors,
         forged: t.relay_forged + t.relay_case_mismatch,
         pending: t.relay_pending,
+        stale_answers: t.relay_stale_answers,
+        prefetches: t.relay_prefetches,
     }
 }
 
