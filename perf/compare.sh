@@ -72,14 +72,8 @@ for tool in "$DNSPERF" taskset; do
     command -v "$tool" >/dev/null || { echo "perf/compare.sh: $tool is missing (apt-get install dnsperf util-linux)" >&2; exit 1; }
 done
 
-work=$(mktemp -d /tmp/dnlb-perf.XXXXXX)
-pids=()
-cleanup() {
-    for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+. perf/lib.sh
+perf_scratch dnlb-perf
 
 # Same answers everywhere: sip.example.test A -> three addresses.
 printf 'sip.example.test A\n' > "$work/probe.txt"
@@ -119,31 +113,7 @@ sip IN A 127.0.0.12
 sip IN A 127.0.0.13
 www IN A 192.0.2.80
 EOF
-cat > "$work/nsd.conf" <<EOF
-server:
-    ip-address: 127.0.0.1@$PORT
-    server-count: $WORKERS
-    reuseport: yes
-    username: ""
-    chroot: ""
-    zonesdir: "$work"
-    pidfile: "$work/nsd.pid"
-    xfrdfile: "$work/xfrd.state"
-    zonelistfile: "$work/zone.list"
-    database: ""
-    logfile: "$work/nsd.log"
-    verbosity: 0
-    hide-version: yes
-    receive-buffer-size: 4194304
-    send-buffer-size: 4194304
-    rrl-ratelimit: 0
-    rrl-whitelist-ratelimit: 0
-remote-control:
-    control-enable: no
-zone:
-    name: example.test
-    zonefile: example.test.zone
-EOF
+nsd_conf "$work" "127.0.0.1@$PORT" "$WORKERS" example.test > "$work/nsd.conf"
 mkdir -p "$work/knot"
 cat > "$work/knot.conf" <<EOF
 server:
@@ -181,7 +151,7 @@ wait_answer() {
 if [ "$WORKLOAD" = cache-hit ] || [ "$WORKLOAD" = cache-miss ]; then
     # The upstream: nsd with the same zone on the next port, on the load generator's cores (it
     # sees one query per cache, not the load).
-    sed "s/@$PORT\$/@$UPSTREAM_PORT/; s#nsd.pid#upstream.pid#; s#xfrd.state#upstream.xfrd#; s#zone.list#upstream.list#" "$work/nsd.conf" > "$work/upstream.conf"
+    nsd_conf "$work" "127.0.0.1@$UPSTREAM_PORT" "$WORKERS" example.test upstream > "$work/upstream.conf"
     taskset -c "$LOAD_CPUS" "$NSD_BIN" -d -c "$work/upstream.conf" 2>"$work/upstream.err" &
     pids+=("$!")
     cat > "$work/relay.toml" <<EOF2

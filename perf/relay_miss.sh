@@ -57,14 +57,8 @@ for s in $SERVERS; do
     esac
 done
 
-work=$(mktemp -d /tmp/dnlb-miss.XXXXXX)
-pids=()
-cleanup() {
-    for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+. perf/lib.sh
+perf_scratch dnlb-miss
 
 for shape in $SHAPES; do
     seq 1 "$NAMES" | sed "s/^/m${shape:0:3}x/; s/\$/.miss.test A/" > "$work/names-$shape.txt"
@@ -79,30 +73,7 @@ $TTL 3600
 ns  IN A 127.0.7.2
 www IN A 192.0.2.80
 EOF
-cat > "$work/nsd.conf" <<EOF
-server:
-    ip-address: $UPSTREAM_IP@$PORT
-    server-count: 1
-    username: ""
-    chroot: ""
-    zonesdir: "$work"
-    pidfile: "$work/nsd.pid"
-    xfrdfile: "$work/xfrd.state"
-    zonelistfile: "$work/zone.list"
-    database: ""
-    logfile: "$work/nsd.log"
-    verbosity: 0
-    hide-version: yes
-    receive-buffer-size: 4194304
-    send-buffer-size: 4194304
-    rrl-ratelimit: 0
-    rrl-whitelist-ratelimit: 0
-remote-control:
-    control-enable: no
-zone:
-    name: miss.test
-    zonefile: miss.test.zone
-EOF
+nsd_conf "$work" "$UPSTREAM_IP@$PORT" 1 miss.test > "$work/nsd.conf"
 dnlb_conf() {
     cat <<EOF
 [server]

@@ -23,14 +23,8 @@ IO=${IO:-uring}
 DNLB_BIN=${DNLB_BIN:-target/release/dnlb}
 if [ -z "${SKIP_BUILD:-}" ]; then cargo build --release --quiet --bins; fi
 
-work=$(mktemp -d /tmp/dnlb-slowloris.XXXXXX)
-pids=()
-cleanup() {
-    for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+. perf/lib.sh
+perf_scratch dnlb-slowloris
 
 cat > "$work/dnlb.toml" <<EOF
 [server]
