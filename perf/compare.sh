@@ -172,30 +172,7 @@ newServer({address="127.0.0.1:$UPSTREAM_PORT", checkInterval=3600})
 pc = newPacketCache(10000)
 getPool(""):setCache(pc)
 EOF2
-    cat > "$work/unbound.conf" <<EOF2
-server:
-    interface: 127.0.0.1@$PORT
-    port: $PORT
-    num-threads: $WORKERS
-    so-reuseport: yes
-    do-daemonize: no
-    chroot: ""
-    username: ""
-    directory: "$work"
-    pidfile: "$work/unbound.pid"
-    use-syslog: no
-    logfile: ""
-    verbosity: 0
-    access-control: 127.0.0.0/8 allow
-    do-not-query-localhost: no
-    ratelimit: 0
-    ip-ratelimit: 0
-    # unbound answers every name under test. itself (RFC 6761 default local zones) unless told not to.
-    local-zone: "test." nodefault
-stub-zone:
-    name: "example.test"
-    stub-addr: 127.0.0.1@$UPSTREAM_PORT
-EOF2
+    unbound_conf "$work" 127.0.0.1 "$PORT" "$WORKERS" example.test "127.0.0.1@$UPSTREAM_PORT" stub > "$work/unbound.conf"
     wait_answer "$UPSTREAM_PORT"
 fi
 

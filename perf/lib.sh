@@ -7,6 +7,10 @@
 #                                 LISTEN (ADDRESS@PORT), N server processes on SO_REUSEPORT, rate
 #                                 limiting off, 4 MiB socket buffers; TAG (default nsd) names its
 #                                 pid, state and log files, so two can run from one directory
+#   unbound_conf DIR ADDRESS PORT N ZONE UPSTREAM stub|forward
+#                                 prints unbound's configuration on ADDRESS@PORT with N threads on
+#                                 SO_REUSEPORT, rate limiting off, ZONE sent to UPSTREAM
+#                                 (ADDRESS@PORT) as a stub or a forward zone
 
 perf_scratch() {
     work=$(mktemp -d "/tmp/$1.XXXXXX")
@@ -46,5 +50,33 @@ remote-control:
 zone:
     name: $zone
     zonefile: $zone.zone
+EOF
+}
+
+unbound_conf() {
+    local dir=$1 address=$2 port=$3 count=$4 zone=$5 upstream=$6 kind=$7
+    cat <<EOF
+server:
+    interface: $address@$port
+    port: $port
+    num-threads: $count
+    so-reuseport: yes
+    do-daemonize: no
+    chroot: ""
+    username: ""
+    directory: "$dir"
+    pidfile: "$dir/unbound.pid"
+    use-syslog: no
+    logfile: ""
+    verbosity: 0
+    access-control: 127.0.0.0/8 allow
+    do-not-query-localhost: no
+    ratelimit: 0
+    ip-ratelimit: 0
+    # unbound answers every name under test. itself (RFC 6761 default local zones) unless told not to.
+    local-zone: "test." nodefault
+$kind-zone:
+    name: "$zone"
+    $kind-addr: $upstream
 EOF
 }

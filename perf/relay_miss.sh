@@ -92,29 +92,7 @@ dnlb_conf uring > "$work/dnlb-uring.toml"
 dnlb_conf portable > "$work/dnlb-portable.toml"
 dnlb_conf uring before > "$work/before-uring.toml"
 dnlb_conf portable before > "$work/before-portable.toml"
-cat > "$work/unbound.conf" <<EOF
-server:
-    interface: $RELAY_IP@$PORT
-    port: $PORT
-    num-threads: 1
-    do-daemonize: no
-    chroot: ""
-    username: ""
-    directory: "$work"
-    pidfile: "$work/unbound.pid"
-    use-syslog: no
-    logfile: ""
-    verbosity: 0
-    access-control: 127.0.0.0/8 allow
-    do-not-query-localhost: no
-    ratelimit: 0
-    ip-ratelimit: 0
-    # unbound answers every name under test. itself (RFC 6761 default local zones) unless told not to.
-    local-zone: "test." nodefault
-forward-zone:
-    name: "miss.test"
-    forward-addr: $UPSTREAM_IP@$PORT
-EOF
+unbound_conf "$work" "$RELAY_IP" "$PORT" 1 miss.test "$UPSTREAM_IP@$PORT" forward > "$work/unbound.conf"
 cat > "$work/dnsdist.conf" <<EOF
 setLocal("$RELAY_IP:$PORT")
 setACL({"127.0.0.0/8"})
