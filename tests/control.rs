@@ -100,6 +100,15 @@ fn status_explain_and_reloads_that_keep_health() {
     let explain = d.cli(&["explain", "sip.example.test", "A", "--client", "10.0.0.1"]).unwrap();
     let text = String::from_utf8_lossy(&explain.stdout);
     assert!(text.contains("server 127.0.0.131 (#0) in: up on udp"), "{text}");
+    // Sent straight to the socket (the command line checks it first), a client that is no
+    // address is refused, not explained as if no client had been named.
+    let mut socket = std::os::unix::net::UnixStream::connect(runtime.join(format!("127.0.0.1-{port}.sock"))).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let ask = r#"{"cmd":"explain","name":"sip.example.test","qtype":"A","client":"10.0.0.1x"}"#;
+    std::io::Write::write_all(&mut socket, format!("{ask}\n").as_bytes()).unwrap();
+    let mut reply = String::new();
+    let _read = std::io::Read::read_to_string(&mut socket, &mut reply);
+    assert!(reply.contains(r#""ok":false"#) && reply.contains("is not an IP address"), "{reply}");
 
     // Silence one server, then reload with a third added: the silent one stays out (its health
     // is kept: no re-rise from Unknown), the new one comes in within a round plus rise.

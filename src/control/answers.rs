@@ -53,10 +53,16 @@ impl Answer for ControlAnswers {
         };
         match request {
             Request::Status { history } => report::status(&view, history),
-            Request::Explain { name, qtype, client } => {
-                let client = client.and_then(|c| c.parse().ok());
-                report::explain(&view, &name, &qtype, client)
-            }
+            Request::Explain { name, qtype, client } => match client.map(|c| c.parse::<IpAddr>().map_err(|_| c)) {
+                // The command line checks the address; a request sent straight to the socket
+                // may not have, and an explanation for some other client would mislead.
+                Some(Err(c)) => {
+                    let text = format!("--client {c:?} is not an IP address (e.g. 192.0.2.1 or 2001:db8::1)\n");
+                    Reply { ok: false, json: serde_json::json!({"error": text.trim()}), text }
+                }
+                Some(Ok(ip)) => report::explain(&view, &name, &qtype, Some(ip)),
+                None => report::explain(&view, &name, &qtype, None),
+            },
             Request::Reload => self.reload(),
             Request::Drain { server, service } => match &running.fleet {
                 Some(f) => drain_fleet(f, &running.config, &server, service, true),
