@@ -259,7 +259,11 @@ pub fn parse(frame: &[u8]) -> Result<Incoming, FrameError> {
             return Err(FrameError::BadChecksum);
         }
     }
-    if src_port == 0 || !reachable(remote) {
+    // The reply swaps the MACs: a group address (the low bit of the first byte) as the query's
+    // source would broadcast the reply to the segment, and as its destination would become the
+    // reply's source, which no valid frame has. The kernel's path answers from the interface's
+    // own MAC; this one drops them.
+    if src_port == 0 || !reachable(remote) || src_mac[0] & 1 != 0 || dst_mac[0] & 1 != 0 {
         return Err(FrameError::Martian);
     }
     Ok(Incoming {
@@ -340,6 +344,13 @@ mod tests {
 
     /// A query frame from `client` to `server`, built with the same writer (its direction
     /// turned around) and checked against an independent checksum below.
+    /// Recomputes the IPv4 header checksum of an untagged frame after a test changed the header.
+    fn reseal_ipv4(frame: &mut [u8]) {
+        put16(frame, 24, 0);
+        let check = !fold(sum(&frame[14..34], 0));
+        put16(frame, 24, check);
+    }
+
     fn query_frame(client: SocketAddr, server: SocketAddr, vlan: Option<u16>, payload: &[u8]) -> Vec<u8> {
         let from_client =
             Path { dst_mac: OUR_MAC, src_mac: CLIENT_MAC, vlan, local: client.ip(), local_port: client.port() };
@@ -435,9 +446,25 @@ mod tests {
         let mut bad_ip = good.clone();
         bad_ip[22] = 63; // TTL changed, header checksum not
         assert_eq!(parse(&bad_ip), Err(FrameError::BadIpHeader));
-        let mut fragment = good.clone();
-        fragment[20] = 0x20; // more fragments
-        assert_eq!(parse(&fragment), Err(FrameError::BadIpHeader));
+        // Fragments, with a header checksum that holds: refused for being fragments.
+        for (flags, offset) in [(0x20, 0), (0, 1), (0x1f, 0xff)] {
+            let mut fragment = good.clone();
+            fragment[20] = flags;
+            fragment[21] = offset;
+            reseal_ipv4(&mut fragment);
+            assert_eq!(parse(&fragment), Err(FrameError::BadIpHeader), "flags {flags:#x} offset {offset}");
+        }
+        // The don't-fragment bit alone is no fragment.
+        let mut dont = good.clone();
+        dont[20] = 0x40;
+        reseal_ipv4(&mut dont);
+        assert!(parse(&dont).is_ok());
+        // Group MACs, either way round.
+        for at in [0, 6] {
+            let mut group = good.clone();
+            group[at] |= 1;
+            assert_eq!(parse(&group), Err(FrameError::Martian), "group MAC at byte {at}");
+        }
         assert_eq!(parse(&good[..good.len() - 1]), Err(FrameError::Truncated));
         let mut long_udp = good.clone();
         put16(&mut long_udp, 38, 29 + 1);

@@ -409,7 +409,9 @@ fn answer<H: Handler>(
         }
     };
     let payload = incoming.payload.clone();
-    if payload.len() > MAX_DATAGRAM {
+    // The scratch copy bounds it too: a descriptor no sane kernel gives (a long frame near the
+    // start of its chunk) must not index past it.
+    if payload.len() > MAX_DATAGRAM.min(scratch.len()) {
         handler.dropped(DropReason::Oversize, 1);
         return None;
     }
