@@ -297,7 +297,12 @@ impl Cache {
 
     /// Stores an upstream reply (already validated) under `key` (whose hash is `hash`) if it is
     /// cacheable; returns its TTL if stored. It replaces a fresh or stale entry of the same key.
+    /// A reply that cannot be cached (TTL 0, REFUSED, too big) still ends the key's entry: the
+    /// upstream answered, so an old answer must not go on being served stale.
     pub fn insert(&mut self, hash: u64, key: &[u8], reply: &[u8], now: Instant) -> Option<u32> {
+        if self.get(hash, key).is_some() {
+            self.remove(hash);
+        }
         if self.policy.capacity == 0 || key.len() > KEY_MAX {
             return None;
         }
@@ -954,6 +959,24 @@ mod tests {
         ins(&mut plain, key("old.example.test"), &r, t0);
         assert_eq!(look(&mut plain, "old.example.test.", at), Lookup::Miss);
         assert!(plain.is_empty());
+    }
+
+    #[test]
+    fn an_answer_that_cannot_be_cached_still_ends_the_stale_one() {
+        let t0 = Instant::now();
+        let at = t0 + Duration::from_secs(61);
+        let old = reply("old.example.test.", ResponseCode::NoError, &[(60, [192, 0, 2, 1])], None, false);
+        for fresh in [
+            reply("old.example.test.", ResponseCode::NoError, &[(0, [192, 0, 2, 2])], None, false),
+            reply("old.example.test.", ResponseCode::Refused, &[], None, false),
+        ] {
+            let mut c = Cache::new(stale_policy(100));
+            ins(&mut c, key("old.example.test"), &old, t0);
+            assert!(stale(&c, "old.example.test.", at).is_some());
+            assert_eq!(ins(&mut c, key("old.example.test"), &fresh, at), None, "not cacheable");
+            assert!(stale(&c, "old.example.test.", at).is_none(), "the upstream answered: nothing stale is left");
+            assert!(c.is_empty());
+        }
     }
 
     #[test]
