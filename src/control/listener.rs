@@ -418,6 +418,7 @@ impl<L: Listener, S: Service> Loop<L, S> {
     /// Replies from jobs, into their connections if those are still the same.
     fn collect_jobs(&mut self) {
         while let Ok((slot, generation, reply)) = self.done_rx.try_recv() {
+            self.jobs.fetch_sub(1, Ordering::AcqRel);
             let Some(c) = self.conns.get_mut(slot).and_then(Option::as_mut).filter(|c| c.generation == generation)
             else {
                 continue;
@@ -505,12 +506,15 @@ impl<L: Listener, S: Service> Loop<L, S> {
         let (done, waker, jobs) = (self.done_tx.clone(), self.waker.clone(), self.jobs.clone());
         let spawned = std::thread::Builder::new().name(format!("{}-job", self.name)).spawn(move || {
             let reply = job();
-            jobs.fetch_sub(1, Ordering::AcqRel);
-            // Room for MAX_JOBS replies: the send never waits. A stopped loop no longer listens.
+            // A job counts until the loop collects its reply, so the channel's MAX_JOBS places
+            // always have room: the send never waits and never fails for room. A stopped loop
+            // no longer listens.
             if done.try_send((slot, generation, reply)).is_ok() {
                 if let Err(e) = waker.wake() {
                     tracing::debug!("waking a listener with a reply: {e} (it looks again within {TICK:?})");
                 }
+            } else {
+                jobs.fetch_sub(1, Ordering::AcqRel);
             }
         });
         match spawned {
