@@ -472,23 +472,23 @@ impl Engine {
             } else {
                 self.stats.waiters_full += 1;
             }
-            return self.servfail_now(packet, query, transport, out);
+            return self.stale_or_servfail(hash, key, packet, query, transport, out, now);
         }
         if self.live >= self.config.max_pending {
             self.stats.pending_full += 1;
-            return self.servfail_now(packet, query, transport, out);
+            return self.stale_or_servfail(hash, key, packet, query, transport, out, now);
         }
         if self.waiting >= self.config.max_waiters {
             self.stats.waiters_full += 1;
-            return self.servfail_now(packet, query, transport, out);
+            return self.stale_or_servfail(hash, key, packet, query, transport, out, now);
         }
         let prefix = self.keys.hash_u128(client_prefix(client));
         if self.per_prefix.get(&prefix).copied().unwrap_or(0) >= self.config.max_pending_per_prefix {
             self.stats.prefix_full += 1;
-            return self.servfail_now(packet, query, transport, out);
+            return self.stale_or_servfail(hash, key, packet, query, transport, out, now);
         }
         let Some(mut p) = self.question(packet, query, name, key, hash, now) else {
-            return self.servfail_now(packet, query, transport, out);
+            return self.stale_or_servfail(hash, key, packet, query, transport, out, now);
         };
         p.wait(&packet[..q_end], to, query, transport, now);
         p.prefix = Some(prefix);
@@ -500,7 +500,7 @@ impl Engine {
             }
             Err(p) => {
                 self.recycle(*p);
-                self.servfail_now(packet, query, transport, out)
+                self.stale_or_servfail(hash, key, packet, query, transport, out, now)
             }
         }
     }
@@ -559,6 +559,26 @@ impl Engine {
             Ok(()) => self.stats.prefetches += u64::from(prefetch),
             Err(p) => self.recycle(*p),
         }
+    }
+
+    /// No upstream query can be made for this client now (tables full, no socket): the stale
+    /// answer if the cache may serve one (RFC 8767 is for this too), else SERVFAIL.
+    #[allow(clippy::too_many_arguments)]
+    fn stale_or_servfail(
+        &mut self,
+        hash: u64,
+        key: &[u8],
+        packet: &[u8],
+        query: &Query,
+        transport: DnsTransport,
+        out: &mut [u8],
+        now: Instant,
+    ) -> Forwarded {
+        if let Some(n) = self.cache.write_stale(hash, key, packet, query, transport, out, now) {
+            self.stats.stale_answers += 1;
+            return Forwarded::Answered(n);
+        }
+        self.servfail_now(packet, query, transport, out)
     }
 
     fn servfail_now(&self, packet: &[u8], query: &Query, transport: DnsTransport, out: &mut [u8]) -> Forwarded {
@@ -1194,6 +1214,18 @@ mod tests {
         assert_eq!((wire.sent.len(), e.pending()), (2, 1), "refreshed behind the stale answer");
         assert_eq!(asked_now(&mut e, &mut wire, "www.example.test", t1), Some((0, 30)));
         assert_eq!(wire.sent.len(), 2, "one refresh in flight");
+    }
+
+    #[test]
+    fn a_full_pending_table_serves_the_stale_answer_not_servfail() {
+        let (mut e, mut wire, t0) = www_cached(RelayConfig { max_pending: 1, ..stale_config(&["192.0.2.53:53"]) });
+        let t1 = t0 + Duration::from_secs(61);
+        // Another question fills the table; the expired name can go nowhere upstream.
+        assert_eq!(asked_now(&mut e, &mut wire, "other.example.test", t1), None);
+        assert_eq!(asked_now(&mut e, &mut wire, "www.example.test", t1), Some((0, 30)), "stale, TTL 30");
+        assert_eq!(e.stats.stale_answers, 1);
+        // A name with nothing cached still gets SERVFAIL.
+        assert_eq!(asked_now(&mut e, &mut wire, "new.example.test", t1).map(|(rcode, _)| rcode), Some(2));
     }
 
     #[test]
