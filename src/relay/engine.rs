@@ -302,7 +302,8 @@ fn client_prefix(client: SocketAddr) -> u128 {
     };
     match ip {
         std::net::IpAddr::V4(a) => (1u128 << 127) | u128::from(u32::from(a) >> 8),
-        std::net::IpAddr::V6(a) => (u128::from(a) >> 72) | 1,
+        // The /56 moved up a bit, so the tag bit does not fold two neighbouring /56s together.
+        std::net::IpAddr::V6(a) => ((u128::from(a) >> 72) << 1) | 1,
     }
 }
 
@@ -1214,6 +1215,18 @@ mod tests {
         assert_eq!((wire.sent.len(), e.pending()), (2, 1), "refreshed behind the stale answer");
         assert_eq!(asked_now(&mut e, &mut wire, "www.example.test", t1), Some((0, 30)));
         assert_eq!(wire.sent.len(), 2, "one refresh in flight");
+    }
+
+    #[test]
+    fn clients_share_by_their_24_or_56() {
+        let p = |s: &str| client_prefix(s.parse().unwrap());
+        assert_eq!(p("192.0.2.1:1"), p("192.0.2.200:2"));
+        assert_ne!(p("192.0.2.1:1"), p("192.0.3.1:1"));
+        assert_eq!(p("[::ffff:192.0.2.9]:1"), p("192.0.2.1:1"), "IPv4-mapped counts as IPv4");
+        assert_eq!(p("[2001:db8:0:1200::1]:1"), p("[2001:db8:0:12ff::2]:1"), "one /56");
+        assert_ne!(p("[2001:db8:0:1200::1]:1"), p("[2001:db8:0:1300::1]:1"), "neighbouring /56s");
+        assert_ne!(p("[2001:db8:0:1200::1]:1"), p("[2001:db8:0:1100::1]:1"));
+        assert_ne!(p("[::c000:201]:1"), p("192.0.2.1:1"), "the families never meet");
     }
 
     #[test]
